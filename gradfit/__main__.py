@@ -1,0 +1,3 @@
+from gradfit.cli import main
+
+main()

@@ -1,0 +1,29 @@
+"""Exceptions for mistakes a user can fix. The CLI turns them into a message and an exit code."""
+
+
+class GradfitError(Exception):
+    """A problem with the user's input or environment; exit code 2 unless a subclass says otherwise."""
+
+    exit_code = 2
+
+
+class ConfigError(GradfitError):
+    """The config file or a --set override is malformed, unknown or out of range."""
+
+
+class DataError(GradfitError):
+    """A dataset is missing, malformed, or does not fit the model."""
+
+
+class DeviceError(GradfitError):
+    """The requested device is not available to JAX."""
+
+
+class RunDirError(GradfitError):
+    """A run directory cannot be created or is not a gradfit run."""
+
+
+class TrainingFailed(GradfitError):
+    """Training ran but failed (for example it diverged); exit code 1."""
+
+    exit_code = 1

@@ -1,0 +1,142 @@
+"""Rich rendering for the CLI: training progress, summary and config tables. Imported by gradfit.cli only."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Optional
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from gradfit.config import ResolvedConfig, describe_keys, unused_keys
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    """Compact number formatting for tables and log lines; '-' for missing values."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+class TrainProgress:
+    """Training callbacks: a live progress bar on a terminal, plain log lines otherwise (at most 2 per second)."""
+
+    def __init__(self, console: Console, live: Optional[bool] = None):
+        self.console = console
+        self.live = console.is_terminal if live is None else live
+        self.progress: Optional[Progress] = None
+        self.task = None
+        self.total = 0
+        self.last_print = 0.0
+        self.started = 0.0
+        self.unprinted: Optional[dict] = None
+
+    def on_start(self, info: dict) -> None:
+        self.total = info["total_steps"]
+        self.started = time.perf_counter()
+        self.console.print(
+            f"[bold]{escape(info['model'])}[/] on [bold]{escape(info['dataset'])}[/]: {info['num_params']:,} "
+            f"parameters, {self.total:,} steps on {escape(info['device'])} "
+            f"(compiled in {info['compile_time_s']:.2f} s)", soft_wrap=True
+        )
+        self.console.print(f"run directory: {escape(info['run_dir'])}", soft_wrap=True)
+        if self.live:
+            self.progress = Progress(
+                TextColumn("[bold blue]train"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}"),
+                TextColumn("val acc {task.fields[val_acc]}"),
+                TextColumn("{task.fields[rate]} steps/s"),
+                TimeRemainingColumn(),
+                console=self.console,
+            )
+            self.progress.start()
+            self.task = self.progress.add_task("train", total=self.total, loss="-", val_acc="-", rate="-")
+
+    def on_log(self, record: dict) -> None:
+        elapsed = time.perf_counter() - self.started
+        rate = fmt(record["step"] / elapsed, 3) if elapsed > 0 and record["step"] else "-"
+        if self.progress is not None:
+            self.progress.update(self.task, completed=record["step"], loss=fmt(record["objective"]),
+                                 val_acc=fmt(record["val_accuracy"], 3), rate=rate)
+            return
+        now = time.perf_counter()
+        self.unprinted = (record, rate)
+        if record["step"] in (0, self.total) or now - self.last_print >= 0.5:
+            self.last_print = now
+            self._print_line(record, rate)
+
+    def _print_line(self, record: dict, rate: str) -> None:
+        self.unprinted = None
+        self.console.print(
+            f"step {record['step']}/{self.total}  epoch {record['epoch']:.2f}  "
+            f"objective {fmt(record['objective'])}  val_loss {fmt(record['val_loss'])}  "
+            f"val_acc {fmt(record['val_accuracy'], 3)}  grad_norm {fmt(record['grad_norm'], 3)}  "
+            f"lr {fmt(record['learning_rate'], 3)}  {rate} steps/s",
+            highlight=False, soft_wrap=True,
+        )
+
+    def on_end(self, summary: dict) -> None:
+        if self.unprinted is not None and self.progress is None:
+            self._print_line(*self.unprinted)
+        self.close()
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+def summary_table(summary: dict) -> Table:
+    final = summary["final"]
+    table = Table(title="Training summary", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    rows = [
+        ("status", summary["status"]),
+        ("stop reason", summary["stop_reason"]),
+        ("steps / epochs", f"{summary['steps']:,} / {summary['epochs']:.4g}"),
+        ("objective", fmt(summary["objective"], 6)),
+        ("grad norm", fmt(summary["grad_norm"], 3)),
+        ("train loss", fmt(final["train_loss"])),
+        ("val loss / accuracy", f"{fmt(final['val_loss'])} / {fmt(final['val_accuracy'])}"),
+        ("test loss / accuracy", f"{fmt(final['test_loss'])} / {fmt(final['test_accuracy'])}"),
+        ("compile time", f"{summary['compile_time_s']:.2f} s"),
+        ("speed", f"{fmt(summary['steps_per_s'], 4)} steps/s"),
+        ("wall time", f"{summary['wall_time_s']:.2f} s"),
+        ("device", summary["device"]),
+        ("run directory", summary["run_dir"]),
+    ]
+    for key, value in rows:
+        table.add_row(key, escape(str(value)))
+    return table
+
+
+def config_table(resolved: ResolvedConfig) -> tuple[Table, int]:
+    """The resolved config, one row per key that the chosen model/optimizer uses; returns (table, hidden)."""
+    config = resolved.config.model_dump(mode="json")
+    unused = unused_keys(resolved.config)
+    title = f"Resolved config: {resolved.path or 'built-in defaults'}"
+    table = Table(title=title, title_justify="left")
+    for name in ("key", "value", "source", "description"):
+        table.add_column(name, overflow="fold")
+    hidden = 0
+    for info in describe_keys():
+        if any(info.key[: n] in unused for n in range(1, len(info.key) + 1)):
+            hidden += 1
+            continue
+        value: Any = config
+        for part in info.key:
+            value = value[part]
+        source = resolved.source_of(info.key)
+        style = "" if source == "default" else "bold"
+        shown = value if isinstance(value, str) else json.dumps(value)  # YAML spelling: null, true, [64, 64]
+        table.add_row(".".join(info.key), escape(shown),
+                      f"[{style}]{escape(source)}[/]" if style else source, escape(info.description))
+    return table, hidden

@@ -1,0 +1,102 @@
+"""Run directories: unique names, atomic writes, metrics, params. Nothing existing is ever overwritten.
+
+Layout of ``<out_dir>/<name>-<YYYYmmdd-HHMMSS>[-n]/``:
+    config.yaml         fully resolved config (loadable by `gradfit train`), versions and device as comments
+    preprocessing.json  feature names, label mapping, standardization mean/std
+    metrics.jsonl       one JSON object per log point
+    params.npz          final parameters, keyed by pytree path ("layers/0/w"); no pickle
+    summary.json        outcome, timings and final metrics
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import numpy as np
+
+from gradfit.errors import RunDirError
+
+
+def create_run_dir(parent: str | Path, name: str, now: Optional[_dt.datetime] = None) -> Path:
+    """Make a fresh directory ``parent/name-timestamp``, adding ``-2``, ``-3``... if that exists.
+
+    ``os.mkdir`` is atomic, so two runs started in the same second still get distinct directories.
+    """
+    parent = Path(parent)
+    stamp = (now or _dt.datetime.now()).strftime("%Y%m%d-%H%M%S")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunDirError(f"cannot create output directory {parent}: {exc.strerror}") from None
+    for n in range(1, 10_000):
+        candidate = parent / (f"{name}-{stamp}" if n == 1 else f"{name}-{stamp}-{n}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise RunDirError(f"cannot create run directory {candidate}: {exc.strerror}") from None
+    raise RunDirError(f"too many runs named {name}-{stamp} in {parent}")
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write to a temporary file in the same directory, fsync, then rename over ``path``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def to_jsonable(value: Any) -> Any:
+    """NumPy scalars/arrays to Python; NaN and inf to None (JSON has no such numbers)."""
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return to_jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_atomic(path, json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n")
+
+
+def append_jsonl(path: Path, record: Mapping) -> None:
+    """Append one line and flush it to disk, so a crash loses at most the line being written."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(to_jsonable(record), allow_nan=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def save_arrays(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """Atomically write named arrays as .npz (object arrays are refused: nothing needs unpickling)."""
+    import io
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **{k: np.asarray(v) for k, v in arrays.items()})
+    write_atomic(path, buffer.getvalue())
+
+
+def load_arrays(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as archive:
+        return {k: archive[k] for k in archive.files}
