@@ -50,7 +50,7 @@ def user_errors():
     try:
         yield
     except GradfitError as exc:
-        stderr.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        stderr.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         stderr.print("[yellow]interrupted[/]")
@@ -172,7 +172,7 @@ def config_validate(
             resolve_config(path)
         except ConfigError as exc:
             failed += 1
-            stderr.print(f"[bold red]invalid[/] {escape(str(exc))}", highlight=False)
+            stderr.print(f"[bold red]invalid[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         else:
             console.print(f"[green]ok[/] {escape(str(path))}", highlight=False)
     if failed:

@@ -459,6 +459,15 @@ def unused_keys(config: GradfitConfig) -> set[KeyPath]:
 
 
 def to_yaml(config: GradfitConfig, header: str = "") -> str:
-    """The fully resolved config as YAML that `gradfit train` accepts back unchanged."""
-    body = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, default_flow_style=None)
-    return header + body
+    """The resolved config as YAML that `gradfit train` accepts back unchanged.
+
+    Every key the run uses is written, defaults included; keys the chosen variants ignore are left out
+    (they would be rejected on the way back in).
+    """
+    tree = config.model_dump(mode="json")
+    for key in sorted(unused_keys(config), key=len, reverse=True):
+        node = tree
+        for part in key[:-1]:
+            node = node.get(part, {})
+        node.pop(key[-1], None)
+    return header + yaml.safe_dump(tree, sort_keys=False, default_flow_style=None)

@@ -127,7 +127,7 @@ def make_chunk(train_step: Callable, model: Model, l2: float, schedule: Optional
         metrics = {
             "objective": value,
             "train_loss": value - l2_penalty(params, l2),
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             "learning_rate": lr,
             "finite": finite,
         }
@@ -148,20 +148,25 @@ def evaluate(model: Model, params, x, y) -> tuple[float, float]:
     return float(data_loss(logits, y)), float(accuracy(logits, y))
 
 
-def fit(config: GradfitConfig, out_dir: str = "runs", callbacks: Optional[Callbacks] = None) -> dict:
-    """Train as the config says and write a run directory; returns the summary (also in summary.json).
+@dataclasses.dataclass
+class Prepared:
+    """Everything a run needs, built and checked before anything is written to disk."""
 
-    Raises:
-        GradfitError: bad data, settings or device (before the run directory is created).
-        TrainingFailed: the loss or parameters became non-finite (summary.json says why).
+    config: GradfitConfig
+    dataset: Dataset
+    model: Model
+    plan: Plan
+    device: Any
+    state: TrainState
+    data: dict  # device arrays: x, y, x_val, y_val, shuffle_key
+    chunk: Callable  # the uncompiled chunk function (for tests and benchmarks)
+
+
+def prepare(config: GradfitConfig) -> Prepared:
+    """Load and check the data, pick the device, size the plan and build the initial state (no compilation).
+
+    Call inside ``jax.enable_x64(...)`` for float64 (``fit`` does).
     """
-    with jax.enable_x64(config.runtime.precision == "float64"):
-        return _fit(config, out_dir, callbacks or Callbacks())
-
-
-def _fit(config: GradfitConfig, out_dir: str, callbacks: Callbacks) -> dict:
-    started = time.perf_counter()
-    # everything that can reject the input happens before the run directory exists
     dataset = load_dataset(config)
     device = select_device(config.runtime.device)
     plan = Plan.from_config(config, len(dataset.train))
@@ -177,56 +182,86 @@ def _fit(config: GradfitConfig, out_dir: str, callbacks: Callbacks) -> dict:
         state = TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32), order)
         # optimizer states may alias the params (lbfgs does); donation needs every buffer distinct
         state = jax.tree_util.tree_map(lambda a: jnp.array(a, copy=True), state)
+    # committed like the outputs of the compiled step, so feeding those back never recompiles
+    state = jax.device_put(state, device)
 
     objective = make_objective(model.apply, config.model.l2)
     train_step = make_train_step(objective, optimizer, plan, len(dataset.train), config.optimizer.name == "lbfgs")
     chunk = make_chunk(train_step, model, config.model.l2, schedule, has_val=len(dataset.val) > 0)
-    compile_started = time.perf_counter()
-    compiled = jax.jit(chunk, donate_argnums=0).lower(state, data, jnp.int32(0)).compile()
-    compile_time = time.perf_counter() - compile_started
+    return Prepared(config, dataset, model, plan, device, state, data, chunk)
+
+
+@dataclasses.dataclass
+class Outcome:
+    """How the loop ended."""
+
+    step: int = 0
+    status: str = "completed"  # completed | failed | interrupted
+    stop_reason: str = "completed all steps"
+    last: dict = dataclasses.field(default_factory=dict)  # the last log record
+    train_time: float = 0.0  # seconds inside compiled chunks, compilation excluded
+
+
+def fit(config: GradfitConfig, out_dir: str = "runs", callbacks: Optional[Callbacks] = None) -> dict:
+    """Train as the config says and write a run directory; returns the summary (also in summary.json).
+
+    Raises:
+        GradfitError: bad data, settings or device (before the run directory is created).
+        TrainingFailed: the loss or parameters became non-finite (summary.json says why).
+    """
+    with jax.enable_x64(config.runtime.precision == "float64"):
+        return _fit(config, out_dir, callbacks or Callbacks())
+
+
+def _fit(config: GradfitConfig, out_dir: str, callbacks: Callbacks) -> dict:
+    started = time.perf_counter()
+    run = prepare(config)  # everything that can reject the input happens before the run directory exists
+    tick = time.perf_counter()
+    compiled = jax.jit(run.chunk, donate_argnums=0).lower(run.state, run.data, jnp.int32(0)).compile()
+    compile_time = time.perf_counter() - tick
 
     run_dir = runs.create_run_dir(out_dir, config.name)
-    device_name = describe_device(device)
+    device_name = describe_device(run.device)
     runs.write_atomic(run_dir / "config.yaml", to_yaml(config, _config_header(device_name)))
-    runs.write_json(run_dir / "preprocessing.json", dataset.preprocessing())
-    info = {"run_dir": str(run_dir), "device": device_name, "total_steps": plan.total_steps,
-            "steps_per_epoch": plan.steps_per_epoch, "num_params": count_params(state.params),
-            "compile_time_s": compile_time, "dataset": dataset.name, "model": config.model.kind}
-    callbacks.on_start(info)
+    runs.write_json(run_dir / "preprocessing.json", run.dataset.preprocessing())
+    callbacks.on_start({
+        "run_dir": str(run_dir), "device": device_name, "total_steps": run.plan.total_steps,
+        "steps_per_epoch": run.plan.steps_per_epoch, "num_params": count_params(run.state.params),
+        "compile_time_s": compile_time, "dataset": run.dataset.name, "model": config.model.kind,
+    })
 
-    # the loop: dispatch a chunk, read its metrics back, log, decide whether to go on
-    step, train_time, stop_reason, status, last = 0, 0.0, "completed all steps", "completed", {}
+    # dispatch a chunk, read its metrics back, log, decide whether to go on; the first chunk (0 steps)
+    # logs the starting point
+    state, out = run.state, Outcome()
     try:
         while True:
-            n = 0 if step == 0 and not last else min(plan.log_every, plan.total_steps - step)
+            n = min(run.plan.log_every, run.plan.total_steps - out.step) if out.last else 0
             tick = time.perf_counter()
-            state, metrics = compiled(state, data, jnp.int32(n))
+            state, metrics = compiled(state, run.data, jnp.int32(n))
             metrics = jax.device_get(metrics)
-            train_time += time.perf_counter() - tick
-            step += n
-            last = _log_record(metrics, step, plan, time.perf_counter() - started)
-            runs.append_jsonl(run_dir / "metrics.jsonl", last)
-            callbacks.on_log(last)
+            out.train_time += time.perf_counter() - tick
+            out.step += n
+            out.last = _log_record(metrics, out.step, run.plan, time.perf_counter() - started)
+            runs.append_jsonl(run_dir / "metrics.jsonl", out.last)
+            callbacks.on_log(out.last)
             if not metrics["finite"]:
-                status = "failed"
-                stop_reason = f"diverged: non-finite loss or parameters at step {step}"
+                out.status = "failed"
+                out.stop_reason = f"diverged: non-finite loss or parameters at step {out.step}"
                 break
-            if config.train.tol is not None and last["grad_norm"] < config.train.tol:
-                stop_reason = f"converged: grad_norm {last['grad_norm']:.3g} < tol {config.train.tol:g}"
+            if config.train.tol is not None and out.last["grad_norm"] < config.train.tol:
+                out.stop_reason = f"converged: grad_norm {out.last['grad_norm']:.3g} < tol {config.train.tol:g}"
                 break
-            if step >= plan.total_steps:
+            if out.step >= run.plan.total_steps:
                 break
     except KeyboardInterrupt:
-        status, stop_reason = "interrupted", f"interrupted at step {step}"
-        _write_summary(run_dir, config, dataset, model, state, plan, step, status, stop_reason, last,
-                       device_name, started, compile_time, train_time, save_params=True)
+        out.status, out.stop_reason = "interrupted", f"interrupted at step {out.step}"
+        _finish(run_dir, run, state, out, device_name, started, compile_time)
         raise
-    summary = _write_summary(run_dir, config, dataset, model, state, plan, step, status, stop_reason, last,
-                             device_name, started, compile_time, train_time, save_params=status == "completed")
+    summary = _finish(run_dir, run, state, out, device_name, started, compile_time)
     callbacks.on_end(summary)
-    if status == "failed":
+    if out.status == "failed":
         raise TrainingFailed(
-            f"training diverged at step {step} (last finite objective: {_last_finite_objective(run_dir)}); "
+            f"training diverged at step {out.step} (last finite objective: {_last_finite_objective(run_dir)}); "
             f"lower optimizer.learning_rate or set optimizer.clip_norm. Run directory: {run_dir}"
         )
     return summary
@@ -252,28 +287,30 @@ def _log_record(metrics: dict, step: int, plan: Plan, elapsed: float) -> dict:
     return record
 
 
-def _write_summary(run_dir, config, dataset, model, state, plan, step, status, stop_reason, last, device_name,
-                   started, compile_time, train_time, save_params) -> dict:
+def _finish(run_dir, run: Prepared, state: TrainState, out: Outcome, device_name: str, started: float,
+            compile_time: float) -> dict:
+    """Save the parameters (unless training failed) and write summary.json; returns the summary."""
     params = jax.device_get(state.params)
-    if save_params:
+    if out.status != "failed":
         runs.save_arrays(run_dir / "params.npz", named_leaves(params))
-    test_loss, test_acc = evaluate(model, params, *_split_arrays(dataset.test, dataset, params))
+    test_loss, test_acc = evaluate(run.model, params, *_split_arrays(run.dataset.test, run.dataset, params))
+    config, last = run.config, out.last
     summary = {
         "run_dir": str(run_dir),
-        "status": status,
-        "stop_reason": stop_reason,
+        "status": out.status,
+        "stop_reason": out.stop_reason,
         "model": config.model.kind,
         "optimizer": config.optimizer.name,
-        "dataset": dataset.name,
+        "dataset": run.dataset.name,
         "device": device_name,
         "precision": config.runtime.precision,
         "num_params": count_params(params),
-        "rows": {"train": len(dataset.train), "val": len(dataset.val), "test": len(dataset.test)},
-        "steps": step,
-        "epochs": step / plan.steps_per_epoch,
+        "rows": {"train": len(run.dataset.train), "val": len(run.dataset.val), "test": len(run.dataset.test)},
+        "steps": out.step,
+        "epochs": out.step / run.plan.steps_per_epoch,
         "wall_time_s": time.perf_counter() - started,
         "compile_time_s": compile_time,
-        "steps_per_s": step / train_time if train_time > 0 and step else None,
+        "steps_per_s": out.step / out.train_time if out.train_time > 0 and out.step else None,
         "objective": last.get("objective"),
         "grad_norm": last.get("grad_norm"),
         "final": {

@@ -1,0 +1,256 @@
+"""The training loop: accuracy targets, agreement with scikit-learn, determinism, compilation, run directories."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import CONFIGS, make_config
+from gradfit.config import resolve_config
+from gradfit.data import load_dataset
+from gradfit.errors import ConfigError, DeviceError, TrainingFailed
+from gradfit.losses import make_objective
+from gradfit.runs import create_run_dir, load_arrays
+from gradfit.train import fit, prepare
+
+TINY_MLP = ("name=tiny", "data.source=digits", "model.kind=mlp", "model.hidden=[16]", "train.epochs=3",
+            "train.batch_size=100", "train.log_every=4", "optimizer.learning_rate=0.01")
+
+
+def read_metrics(run_dir) -> list[dict]:
+    with open(f"{run_dir}/metrics.jsonl", encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.mark.parametrize("config_file", ["logreg.yaml", "mlp.yaml"])
+def test_shipped_configs_reach_95_percent_test_accuracy(config_file, out_dir):
+    summary = fit(make_config(path=CONFIGS / config_file), out_dir=out_dir)
+    assert summary["status"] == "completed"
+    assert summary["final"]["test_accuracy"] >= 0.95
+    assert summary["rows"]["test"] > 100  # the accuracy is measured on a real held-out split
+
+
+def test_lbfgs_float64_objective_matches_scikit_learn(out_dir):
+    sklearn = pytest.importorskip("sklearn.linear_model")
+    lam = 0.01
+    config = make_config("runtime.precision=float64", f"model.l2={lam}", "train.steps=300", "train.tol=1e-10",
+                         "data.val_fraction=0", "data.test_fraction=0", path=CONFIGS / "logreg.yaml")
+    summary = fit(config, out_dir=out_dir)
+    data = load_dataset(config)
+    n = len(data.train)
+    # scikit-learn minimizes C * sum(log-loss) + ||w||^2 / 2, i.e. ours times C*n when C = 1 / (lam * n)
+    clf = sklearn.LogisticRegression(C=1 / (lam * n), tol=1e-12, max_iter=100_000).fit(data.train.x, data.train.y)
+    w, b = clf.coef_[0], clf.intercept_[0]
+    reference = np.mean(np.logaddexp(0, -data.train.y * (data.train.x @ w + b))) + lam / 2 * w @ w
+    assert summary["objective"] == pytest.approx(reference, rel=1e-6)
+    assert summary["stop_reason"].startswith("converged")
+
+
+def test_same_config_and_seed_give_identical_runs(out_dir):
+    config = make_config(*TINY_MLP)
+    first, second = fit(config, out_dir=out_dir), fit(config, out_dir=out_dir)
+    assert first["run_dir"] != second["run_dir"]
+    strip = lambda records: [{k: v for k, v in r.items() if k != "elapsed_s"} for r in records]  # noqa: E731
+    assert strip(read_metrics(first["run_dir"])) == strip(read_metrics(second["run_dir"]))
+    a, b = load_arrays(f"{first['run_dir']}/params.npz"), load_arrays(f"{second['run_dir']}/params.npz")
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+    other_seed = fit(make_config(*TINY_MLP, "seed=1"), out_dir=out_dir)
+    assert other_seed["objective"] != first["objective"]
+
+
+def test_training_chunk_is_compiled_once():
+    compiles = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda event, duration, **kw: compiles.append(event) if "backend_compile" in event else None
+    )
+    run = prepare(make_config(*TINY_MLP))
+    chunk = jax.jit(run.chunk, donate_argnums=0)
+    state, _ = chunk(run.state, run.data, jnp.int32(4))
+    after_first = len(compiles)
+    assert after_first >= 1
+    state, _ = chunk(state, run.data, jnp.int32(4))
+    state, metrics = chunk(state, run.data, jnp.int32(3))  # a shorter last chunk reuses the program too
+    assert len(compiles) == after_first
+    assert int(state.step) == 11 and np.isfinite(metrics["objective"])
+
+
+def test_minibatches_follow_a_fresh_permutation_per_epoch():
+    run = prepare(make_config(*TINY_MLP))
+    n_train, per_epoch = len(run.dataset.train), run.plan.steps_per_epoch
+    chunk = jax.jit(run.chunk)
+    state, _ = chunk(run.state, run.data, jnp.int32(1))
+    epoch0 = np.asarray(state.order)
+    state, _ = chunk(state, run.data, jnp.int32(per_epoch))
+    epoch1 = np.asarray(state.order)
+    for order, epoch in ((epoch0, 0), (epoch1, 1)):
+        assert sorted(order.tolist()) == list(range(n_train))  # every row once per epoch
+        expected = jax.random.permutation(jax.random.fold_in(run.data["shuffle_key"], epoch), n_train)
+        np.testing.assert_array_equal(order, np.asarray(expected))  # keyed by (seed, epoch)
+    assert not np.array_equal(epoch0, epoch1)
+
+
+OPTIMIZERS = [
+    ("sgd", "optimizer.learning_rate=0.5"),
+    ("momentum", "optimizer.learning_rate=0.1"),
+    ("nesterov", "optimizer.learning_rate=0.1"),
+    ("adam", "optimizer.learning_rate=0.05"),
+    ("adamw", "optimizer.learning_rate=0.05"),
+    ("rmsprop", "optimizer.learning_rate=0.01"),
+    ("adagrad", "optimizer.learning_rate=0.1"),
+    ("lbfgs", None),
+]
+
+
+@pytest.mark.parametrize("kind", ["logistic", "mlp"])
+@pytest.mark.parametrize("name,lr", OPTIMIZERS, ids=[o[0] for o in OPTIMIZERS])
+def test_every_optimizer_lowers_the_objective(kind, name, lr, out_dir):
+    overrides = [f"model.kind={kind}", f"optimizer.name={name}", "train.steps=30", "train.log_every=10"]
+    if kind == "mlp":
+        overrides += ["model.hidden=[8, 8]", "model.activation=tanh"]
+    if lr:
+        overrides.append(lr)
+    summary = fit(make_config(*overrides), out_dir=out_dir)
+    records = read_metrics(summary["run_dir"])
+    assert records[0]["step"] == 0 and records[-1]["step"] == summary["steps"]
+    assert summary["objective"] < 0.5 * records[0]["objective"]
+    assert summary["final"]["val_accuracy"] > 0.9
+
+
+@pytest.mark.parametrize("precision,dtype", [("float32", np.float32), ("float64", np.float64)])
+def test_precision_sets_the_parameter_dtype(precision, dtype, out_dir):
+    summary = fit(make_config(f"runtime.precision={precision}", "train.steps=5"), out_dir=out_dir)
+    params = load_arrays(f"{summary['run_dir']}/params.npz")
+    assert {a.dtype for a in params.values()} == {np.dtype(dtype)}
+    assert jnp.zeros(1).dtype == jnp.float32  # float64 was enabled for that run only
+
+
+def test_run_directory_contents(out_dir):
+    config = make_config("name=contents", "train.steps=12", "train.log_every=5", "optimizer.learning_rate=0.1",
+                         "optimizer.schedule.name=cosine")
+    summary = fit(config, out_dir=out_dir)
+    run_dir = summary["run_dir"]
+    assert run_dir.startswith(str(out_dir / "contents-"))
+
+    saved = resolve_config(f"{run_dir}/config.yaml").config
+    assert saved == config  # loadable by `gradfit train`, nothing lost
+    assert "jax" in open(f"{run_dir}/config.yaml", encoding="utf-8").readline(200) + open(
+        f"{run_dir}/config.yaml", encoding="utf-8").read(400)
+
+    records = read_metrics(run_dir)
+    assert [r["step"] for r in records] == [0, 5, 10, 12]  # the last chunk is shorter
+    for record in records:
+        assert set(record) >= {"step", "epoch", "train_loss", "val_loss", "val_accuracy", "grad_norm",
+                               "learning_rate", "elapsed_s"}
+    # cosine schedule: lr of the last step taken, decaying to final_fraction * lr
+    assert records[1]["learning_rate"] == pytest.approx(0.1 * (0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * 4 / 12))),
+                                                        rel=1e-5)
+
+    params = load_arrays(f"{run_dir}/params.npz")
+    assert set(params) == {"w", "b"} and params["w"].shape == (30,)
+    preprocessing = json.load(open(f"{run_dir}/preprocessing.json", encoding="utf-8"))
+    assert preprocessing["classes"] == ["benign", "malignant"]
+    assert len(preprocessing["standardize"]["mean"]) == 30
+
+    on_disk = json.load(open(f"{run_dir}/summary.json", encoding="utf-8"))
+    assert on_disk == json.loads(json.dumps(summary))
+    for key in ("run_dir", "model", "dataset", "device", "steps", "epochs", "stop_reason", "wall_time_s",
+                "compile_time_s", "steps_per_s", "objective", "final"):
+        assert key in on_disk
+    assert set(on_disk["final"]) == {"train_loss", "val_loss", "val_accuracy", "test_loss", "test_accuracy"}
+    assert on_disk["objective"] == pytest.approx(records[-1]["objective"])
+
+
+def test_final_metrics_are_null_for_empty_splits(out_dir):
+    summary = fit(make_config("train.steps=3", "data.val_fraction=0", "data.test_fraction=0"), out_dir=out_dir)
+    assert summary["final"]["val_loss"] is None and summary["final"]["test_accuracy"] is None
+    assert read_metrics(summary["run_dir"])[-1]["val_accuracy"] is None
+
+
+def test_objective_in_summary_is_the_regularized_training_loss(out_dir):
+    config = make_config("model.l2=0.1", "train.steps=20", "optimizer.learning_rate=0.1",
+                         "runtime.precision=float64")
+    summary = fit(config, out_dir=out_dir)
+    params = load_arrays(f"{summary['run_dir']}/params.npz")
+    data = load_dataset(config)
+    margin = data.train.y * (data.train.x @ params["w"] + params["b"])
+    loss = np.mean(np.logaddexp(0, -margin))
+    assert summary["final"]["train_loss"] == pytest.approx(loss, rel=1e-10)
+    assert summary["objective"] == pytest.approx(loss + 0.05 * params["w"] @ params["w"], rel=1e-10)
+
+
+def test_stops_when_the_gradient_norm_is_below_tol(out_dir):
+    summary = fit(make_config("optimizer.name=lbfgs", "train.steps=500", "train.tol=1e-3"), out_dir=out_dir)
+    assert summary["stop_reason"].startswith("converged") and summary["steps"] < 500
+    assert summary["grad_norm"] < 1e-3
+
+
+def test_divergence_fails_cleanly_without_saving_params(out_dir):
+    config = make_config(*TINY_MLP, "optimizer={name: sgd, learning_rate: 1.0e+4}")
+    with pytest.raises(TrainingFailed, match=r"diverged at step \d+.*lower optimizer.learning_rate") as info:
+        fit(config, out_dir=out_dir)
+    assert info.value.exit_code == 1
+    (run_dir,) = out_dir.iterdir()
+    summary = json.load(open(run_dir / "summary.json", encoding="utf-8"))
+    assert summary["status"] == "failed" and "diverged" in summary["stop_reason"]
+    assert not (run_dir / "params.npz").exists()
+
+
+def test_bad_settings_fail_before_the_run_directory_exists(out_dir):
+    with pytest.raises(ConfigError, match=r"batch_size=5000 exceeds the 341 training rows"):
+        fit(make_config("train.batch_size=5000"), out_dir=out_dir)
+    with pytest.raises(ConfigError, match="warmup_steps=10 must be below the run's 5 steps"):
+        fit(make_config("train.steps=5", "optimizer.schedule={name: warmup_cosine, warmup_steps: 10}"),
+            out_dir=out_dir)
+    assert not out_dir.exists()
+
+
+def test_steps_and_epochs_with_minibatches(out_dir):
+    config = make_config(*TINY_MLP[:-3], "train.steps=25", "train.epochs=null", "train.batch_size=100",
+                         "train.log_every=10")
+    summary = fit(config, out_dir=out_dir)
+    per_epoch = summary["rows"]["train"] // 100
+    assert summary["steps"] == 25 and summary["epochs"] == pytest.approx(25 / per_epoch)
+
+
+def test_run_directories_never_collide(tmp_path):
+    now = dt.datetime(2026, 11, 26, 10, 15, 0)
+    first = create_run_dir(tmp_path, "x", now)
+    (first / "keep.txt").write_text("user data")
+    second, third = create_run_dir(tmp_path, "x", now), create_run_dir(tmp_path, "x", now)
+    assert [p.name for p in (first, second, third)] == ["x-20261126-101500", "x-20261126-101500-2",
+                                                        "x-20261126-101500-3"]
+    assert (first / "keep.txt").read_text() == "user data"
+
+
+def _has_gpu() -> bool:
+    try:
+        return bool(jax.devices("gpu"))
+    except RuntimeError:
+        return False
+
+
+@pytest.mark.skipif(_has_gpu(), reason="this machine has a GPU")
+def test_gpu_request_without_gpu_is_a_clear_error(out_dir):
+    with pytest.raises(DeviceError, match=r"JAX sees no GPU.*jax\[cuda"):
+        fit(make_config("runtime.device=gpu"), out_dir=out_dir)
+    assert not out_dir.exists()
+
+
+@pytest.mark.skipif(not _has_gpu(), reason="needs a GPU")
+def test_trains_on_the_gpu(out_dir):
+    summary = fit(make_config(*TINY_MLP, "runtime.device=gpu"), out_dir=out_dir)
+    assert summary["device"].startswith("gpu") and summary["final"]["val_accuracy"] > 0.8
+
+
+def test_objective_helper_matches_model_loss():
+    run = prepare(make_config("runtime.device=cpu"))
+    objective = make_objective(run.model.apply, 0.0)
+    value = objective(run.state.params, run.data["x"], run.data["y"])
+    assert float(value) == pytest.approx(np.log(2), rel=1e-6)  # zero weights: log(1 + e^0)
