@@ -11,10 +11,10 @@ import dataclasses
 import difflib
 import re
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Optional, Sequence
+from typing import Annotated, Any, ClassVar, Literal, Optional, Sequence, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gradfit.errors import ConfigError
 
@@ -41,15 +41,13 @@ class _Section(BaseModel):
         chosen = getattr(self, self.SELECTOR, None)
         return {key for key, users in self.APPLIES_TO.items() if chosen not in users}
 
-    @model_validator(mode="after")
-    def _reject_unused_keys(self):
-        for key in sorted(self.unused_keys() & self.model_fields_set):
-            users = ", ".join(sorted(self.APPLIES_TO[key]))
-            chosen = getattr(self, self.SELECTOR)
-            raise _KeyProblem(
-                (key,), f"'{key}' is not used when {self.SELECTOR} is '{chosen}' (it applies to: {users}); remove it"
-            )
-        return self
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_as_numbers(cls, value: Any, info):
+        # pydantic would read `epochs: yes` as 1; a boolean where a number belongs is a mistake
+        if isinstance(value, bool) and cls.model_fields[info.field_name].annotation is not bool:
+            raise ValueError("expected a number, not a boolean")
+        return value
 
 
 class SyntheticConfig(_Section):
@@ -317,11 +315,49 @@ def _apply_override(tree: dict, key: KeyPath, value: Any) -> None:
     node = tree
     for depth, part in enumerate(key[:-1]):
         child = node.setdefault(part, {})
-        if not isinstance(child, dict):
+        if not isinstance(child, dict) or not _is_section(key[: depth + 1]):
             section = ".".join(key[: depth + 1])
             raise ConfigError(f"--set {'.'.join(key)}: '{section}' is a value, not a section")
         node = child
     node[key[-1]] = value
+
+
+def _is_section(key: KeyPath) -> bool:
+    """False when the schema says ``key`` holds a value (unknown keys are left to the validator)."""
+    cls: Any = GradfitConfig
+    for part in key:
+        if not _is_section_class(cls) or part not in cls.model_fields:
+            return True
+        cls = cls.model_fields[part].annotation
+    return _is_section_class(cls)
+
+
+def _is_section_class(cls: Any) -> bool:
+    return isinstance(cls, type) and issubclass(cls, _Section)
+
+
+def _unused_key_problems(tree: Any, cls: type[_Section] = GradfitConfig, prefix: KeyPath = ()) -> list:
+    """(key path, message) for each key the section's chosen variant ignores, checked on the raw input.
+
+    Done before and apart from pydantic so these are reported together with every other problem.
+    """
+    if not isinstance(tree, dict):
+        return []
+    problems = []
+    chosen = None
+    if cls.SELECTOR:
+        selector = cls.model_fields[cls.SELECTOR]
+        chosen = tree.get(cls.SELECTOR, selector.default)
+        if chosen not in get_args(selector.annotation):
+            chosen = None  # a typo in the selector itself is reported by the validator
+    for key, value in tree.items():
+        users = cls.APPLIES_TO.get(key)
+        if users is not None and chosen is not None and chosen not in users:
+            problems.append((prefix + (key,), f"not used when {cls.SELECTOR} is '{chosen}' (it applies to: "
+                                              f"{', '.join(sorted(users))}); remove it"))
+        elif key in cls.model_fields and _is_section_class(cls.model_fields[key].annotation):
+            problems += _unused_key_problems(value, cls.model_fields[key].annotation, prefix + (key,))
+    return problems
 
 
 def resolve_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()) -> ResolvedConfig:
@@ -359,14 +395,23 @@ def resolve_config(path: Optional[str | Path] = None, overrides: Sequence[str] =
         key, value = parse_override(text)
         _apply_override(tree, key, value)
         overridden.append(key)
-        if key == ("data", "path") and isinstance(value, str):
+        if key[0] == "data":
             _anchor_data_path(tree, Path.cwd())
+    for section in GradfitConfig.model_fields:
+        if section in tree and tree[section] is None:  # `optimizer:` with every key commented out
+            tree[section] = {}
+    problems = _unused_key_problems(tree)
+    config = None
     try:
         config = GradfitConfig.model_validate(tree)
     except ValidationError as exc:
-        problems = [_describe_error(err, tree, origin, lines, overridden) for err in exc.errors()]
-        count = f"{len(problems)} problem" + ("s" if len(problems) > 1 else "")
-        raise ConfigError(f"{origin}: {count}:\n" + "\n".join(f"  {p}" for p in problems)) from None
+        problems += [_explain(err) for err in exc.errors()]
+    if problems:
+        located = sorted((_locate(loc, lines, overridden), ".".join(map(str, loc)) or "(top level)", message)
+                         for loc, message in problems)
+        count = f"{len(located)} problem" + ("s" if len(located) > 1 else "")
+        text = "\n".join(f"  {where}{what}: {message}" for (_, where), what, message in located)
+        raise ConfigError(f"{origin}: {count}:\n{text}")
     return ResolvedConfig(config, path, lines, frozenset(overridden))
 
 
@@ -378,36 +423,36 @@ def _anchor_data_path(tree: dict, base: Path) -> None:
         data["path"] = str(p if p.is_absolute() else (base / p).resolve())
 
 
-def _describe_error(err: dict, tree: dict, origin: str, lines: dict, overridden: list) -> str:
-    """One line per problem: where (file line or --set), which key, what is wrong and a hint."""
+def _explain(err: dict) -> tuple[KeyPath, str]:
+    """A pydantic error as (key path, message with the value and a hint)."""
     loc = tuple(err["loc"])
     cause = (err.get("ctx") or {}).get("error")
     if isinstance(cause, _KeyProblem):
-        loc = loc + cause.key
-        message = str(cause)
-    elif err["type"] == "extra_forbidden":
+        return loc + cause.key, str(cause)
+    if err["type"] == "extra_forbidden":
         allowed = sorted(_section_class(loc[:-1]).model_fields)
         close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
         hint = f"did you mean '{close[0]}'?" if close else f"allowed keys here: {', '.join(allowed)}"
-        message = f"unknown key; {hint}"
-    elif err["type"] == "literal_error":
+        return loc, f"unknown key; {hint}"
+    if err["type"] == "literal_error":
         choices = re.findall(r"'([^']*)'", err["ctx"]["expected"])
         close = difflib.get_close_matches(str(err["input"]), choices, n=1)
-        message = f"got {err['input']!r}; expected one of {', '.join(choices)}"
-        if close:
-            message += f"; did you mean '{close[0]}'?"
-    else:
-        got = err.get("input")
-        message = err["msg"] + ("" if isinstance(got, dict) else f" (got {got!r})")
-    what = ".".join(str(p) for p in loc) or "(top level)"
-    where = None
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        return loc, f"got {err['input']!r}; expected one of {', '.join(choices)}{hint}"
+    message = err["msg"].removeprefix("Value error, ")
+    got = err.get("input")
+    return loc, message + ("" if isinstance(got, dict) else f" (got {got!r})")
+
+
+def _locate(loc: KeyPath, lines: dict, overridden: list) -> tuple[int, str]:
+    """(sort key, 'line N: ' or '--set: ') for a key path: an override wins over the file."""
     for key in overridden:
         if loc[: len(key)] == key or key[: len(loc)] == loc:
-            where = "--set"
+            return (0, "--set: ")
     for n in range(len(loc), 0, -1):
-        if where is None and loc[:n] in lines:
-            where = f"line {lines[loc[:n]]}"
-    return f"{where}: {what}: {message}" if where else f"{what}: {message}"
+        if loc[:n] in lines:
+            return (lines[loc[:n]], f"line {lines[loc[:n]]}: ")
+    return (0, "")
 
 
 def _section_class(loc: KeyPath) -> type[BaseModel]:

@@ -271,7 +271,7 @@ def test_keys_of_another_variant_are_rejected(tmp_path, text, key, line_no, chos
     path = write(tmp_path, text)
     line = problem_line(config_error(path), key)
     assert re.search(rf"\bline {line_no}\b", line), line
-    assert f"'{key.rsplit('.', 1)[-1]}' is not used {chosen}" in line
+    assert f"{key}: not used {chosen}" in line
     assert applies_to in line
     assert "remove it" in line
 
@@ -480,7 +480,7 @@ def test_malformed_overrides(override):
     assert message == f"--set {override!r}: expected KEY.PATH=VALUE, e.g. --set optimizer.learning_rate=3e-3"
 
 
-@pytest.mark.parametrize("file_text", [None, "seed: 3\n"], ids=["seed-from-defaults", "seed-from-file"])
+@pytest.mark.parametrize("file_text", [None, "seed: 3\n"], ids=["defaults", "file-sets-seed"])
 @pytest.mark.parametrize("override, scalar", [("seed.x=1", "seed"), ("optimizer.learning_rate.x=1", "optimizer.learning_rate")])
 def test_override_into_a_scalar(tmp_path, file_text, override, scalar):
     path = write(tmp_path, file_text) if file_text is not None else None
@@ -499,7 +499,7 @@ def test_override_with_invalid_yaml_value():
     ("optimiser.name=sgd", "optimiser", "did you mean 'optimizer'?"),
     ("optimizer.name=adma", "optimizer.name", "did you mean 'adam'?"),
     ("train.epochs=many", "train.epochs", "'many'"),
-    ("optimizer.momentum=0.5", "optimizer.momentum", "is not used when name is 'adam'"),
+    ("optimizer.momentum=0.5", "optimizer.momentum", "not used when name is 'adam'"),
 ])
 def test_a_bad_set_is_blamed_on_set_not_on_the_file(tmp_path, override, key, fragment):
     path = write(tmp_path, "seed: 1\noptimizer:\n  name: adam\n  learning_rate: 0.01\ntrain:\n  epochs: 3\n")
