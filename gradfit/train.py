@@ -9,7 +9,6 @@ stays on the device as a jit argument, and minibatches are drawn on the device f
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from typing import Any, Callable, NamedTuple, Optional
 
@@ -199,6 +198,7 @@ class Outcome:
     status: str = "completed"  # completed | failed | interrupted
     stop_reason: str = "completed all steps"
     last: dict = dataclasses.field(default_factory=dict)  # the last log record
+    last_finite_objective: Optional[float] = None
     train_time: float = 0.0  # seconds inside compiled chunks, compilation excluded
 
 
@@ -244,7 +244,9 @@ def _fit(config: GradfitConfig, out_dir: str, callbacks: Callbacks) -> dict:
             out.last = _log_record(metrics, out.step, run.plan, time.perf_counter() - started)
             runs.append_jsonl(run_dir / "metrics.jsonl", out.last)
             callbacks.on_log(out.last)
-            if not metrics["finite"]:
+            if metrics["finite"]:
+                out.last_finite_objective = out.last["objective"]
+            else:
                 out.status = "failed"
                 out.stop_reason = f"diverged: non-finite loss or parameters at step {out.step}"
                 break
@@ -260,22 +262,24 @@ def _fit(config: GradfitConfig, out_dir: str, callbacks: Callbacks) -> dict:
     summary = _finish(run_dir, run, state, out, device_name, started, compile_time)
     callbacks.on_end(summary)
     if out.status == "failed":
+        last_good = "none" if out.last_finite_objective is None else f"{out.last_finite_objective:.6g}"
         raise TrainingFailed(
-            f"training diverged at step {out.step} (last finite objective: {_last_finite_objective(run_dir)}); "
+            f"training diverged at step {out.step} (last finite objective: {last_good}); "
             f"lower optimizer.learning_rate or set optimizer.clip_norm. Run directory: {run_dir}"
         )
     return summary
 
 
-def _device_arrays(dataset: Dataset, dtype, shuffle_key) -> dict:
-    def labels(y):  # ±1 floats for binary tasks, int class ids for multiclass
-        return np.asarray(y, dtype) if dataset.n_classes == 2 else np.asarray(y, np.int32)
+def split_arrays(split, n_classes: int, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) as the loss wants them: x in ``dtype``; y as ±1 in ``dtype`` (binary) or int32 class ids."""
+    y = np.asarray(split.y, dtype) if n_classes == 2 else np.asarray(split.y, np.int32)
+    return np.asarray(split.x, dtype), y
 
-    return {
-        "x": np.asarray(dataset.train.x, dtype), "y": labels(dataset.train.y),
-        "x_val": np.asarray(dataset.val.x, dtype), "y_val": labels(dataset.val.y),
-        "shuffle_key": shuffle_key,
-    }
+
+def _device_arrays(dataset: Dataset, dtype, shuffle_key) -> dict:
+    x, y = split_arrays(dataset.train, dataset.n_classes, dtype)
+    x_val, y_val = split_arrays(dataset.val, dataset.n_classes, dtype)
+    return {"x": x, "y": y, "x_val": x_val, "y_val": y_val, "shuffle_key": shuffle_key}
 
 
 def _log_record(metrics: dict, step: int, plan: Plan, elapsed: float) -> dict:
@@ -293,7 +297,8 @@ def _finish(run_dir, run: Prepared, state: TrainState, out: Outcome, device_name
     params = jax.device_get(state.params)
     if out.status != "failed":
         runs.save_arrays(run_dir / "params.npz", named_leaves(params))
-    test_loss, test_acc = evaluate(run.model, params, *_split_arrays(run.dataset.test, run.dataset, params))
+    dtype = jax.tree_util.tree_leaves(params)[0].dtype
+    test_loss, test_acc = evaluate(run.model, params, *split_arrays(run.dataset.test, run.dataset.n_classes, dtype))
     config, last = run.config, out.last
     summary = {
         "run_dir": str(run_dir),
@@ -324,22 +329,6 @@ def _finish(run_dir, run: Prepared, state: TrainState, out: Outcome, device_name
     }
     runs.write_json(run_dir / "summary.json", summary)
     return summary
-
-
-def _split_arrays(split, dataset: Dataset, params):
-    dtype = jax.tree_util.tree_leaves(params)[0].dtype
-    y = np.asarray(split.y, dtype) if dataset.n_classes == 2 else np.asarray(split.y, np.int32)
-    return np.asarray(split.x, dtype), y
-
-
-def _last_finite_objective(run_dir) -> str:
-    import json
-
-    values = []
-    with open(run_dir / "metrics.jsonl", encoding="utf-8") as f:
-        values = [json.loads(line).get("objective") for line in f]
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    return f"{finite[-1]:.6g}" if finite else "none"
 
 
 def _versions() -> dict:
