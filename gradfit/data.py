@@ -11,6 +11,7 @@ import csv
 import dataclasses
 import difflib
 import math
+import zipfile
 from pathlib import Path
 from typing import Optional
 
@@ -77,7 +78,10 @@ def load_dataset(config: GradfitConfig) -> Dataset:
             f"{origin}: the logistic model is binary but the target has {len(classes)} classes "
             f"({_preview(classes)}); use model.kind: mlp for multiclass"
         )
-    train_idx, val_idx, test_idx = split_indices(len(y), data.val_fraction, data.test_fraction, config.seed)
+    try:
+        train_idx, val_idx, test_idx = split_indices(len(y), data.val_fraction, data.test_fraction, config.seed)
+    except DataError as exc:
+        raise DataError(f"{origin}: {exc}") from None
     if len(np.unique(y[train_idx])) < 2:
         raise DataError(f"{origin}: the training split holds a single class; use more rows or another seed")
     mean = std = None
@@ -146,6 +150,8 @@ def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """An .npz with ``X`` (n, d) numeric and ``y`` (n,); optional ``feature_names`` (d,) strings."""
     if not path.is_file():
         raise DataError(f"{path}: data file not found")
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path}: not a valid .npz file (not a zip archive); save it with np.savez(path, X=..., y=...)")
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {k: archive[k] for k in archive.files}
@@ -171,64 +177,80 @@ def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
 
 
 def read_csv(path: Path, target: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """A CSV with a header row; every column but ``target`` must be numeric and finite."""
+    """A CSV with a header row; every column but ``target`` must be numeric and finite.
+
+    A first pass with the csv module checks the shape of every row and collects the labels; NumPy's fast
+    parser then reads the features, and on failure a second pass names the offending line and column.
+    """
     if not path.is_file():
         raise DataError(f"{path}: data file not found")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        header = next(csv.reader(f), None)
-    if not header or not any(h.strip() for h in header):
-        raise DataError(f"{path}: file is empty; expected a header row naming the columns")
-    header = [h.strip() for h in header]
-    if target not in header:
-        close = difflib.get_close_matches(target, header, n=1)
-        hint = f"did you mean '{close[0]}'? (set data.target)" if close else "set data.target to the label column"
-        raise DataError(f"{path}: no target column '{target}' in the header; {hint}")
+    try:
+        header, labels = _read_csv_structure(path, target)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not a UTF-8 text file ({exc.reason} at byte {exc.start}); save it as UTF-8 CSV") \
+            from None
     t = header.index(target)
     feature_cols = [i for i in range(len(header)) if i != t]
-    if not feature_cols:
-        raise DataError(f"{path}: the only column is the target '{target}'; there are no features")
+    names = [header[i] for i in feature_cols]
     try:
         x = np.loadtxt(path, delimiter=",", skiprows=1, usecols=feature_cols, ndmin=2, quotechar='"',
                        encoding="utf-8-sig")
-        labels = np.loadtxt(path, delimiter=",", skiprows=1, usecols=[t], dtype=str, ndmin=1, quotechar='"',
-                            encoding="utf-8-sig")
     except ValueError as exc:
-        _diagnose_csv(path, header, t)  # raises a precise error when it finds the bad line
+        _diagnose_features(path, header, t)  # raises a precise error when it finds the bad cell
         raise DataError(f"{path}: cannot parse CSV: {exc}") from None
-    if len(labels) == 0:
-        raise DataError(f"{path}: the header has no data rows below it")
-    names = [header[i] for i in feature_cols]
     if not np.isfinite(x).all():
-        _diagnose_csv(path, header, t)
+        _diagnose_features(path, header, t)
         _check_finite(x, path, names, first_line=2)
-    return x, np.char.strip(labels), names
+    return x, np.array(labels), names
 
 
-def _diagnose_csv(path: Path, header: list[str], target_col: int) -> None:
-    """Walk the file line by line and raise a DataError naming the first bad line and column."""
+def _read_csv_structure(path: Path, target: str) -> tuple[list[str], list[str]]:
+    """Check the header and that every row has one field per column and a label; returns (header, labels)."""
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        header = [h.strip() for h in next(reader, [])]
+        if not any(header):
+            raise DataError(f"{path}: file is empty; expected a header row naming the columns")
+        if target not in header:
+            close = difflib.get_close_matches(target, header, n=1)
+            hint = f"did you mean '{close[0]}'? (set data.target)" if close else "set data.target to the label column"
+            raise DataError(f"{path}: no target column '{target}' in the header; {hint}")
+        if len(header) == 1:
+            raise DataError(f"{path}: the only column is the target '{target}'; there are no features")
+        t = header.index(target)
+        labels = []
+        for row in reader:
+            if not row:
+                continue  # blank lines are skipped, as NumPy does
+            if len(row) != len(header):
+                raise DataError(f"{path}:{reader.line_num}: {len(row)} fields but the header has {len(header)} columns")
+            label = row[t].strip()
+            if not label:
+                raise DataError(f"{path}:{reader.line_num}: missing label in column '{target}'")
+            labels.append(label)
+    if not labels:
+        raise DataError(f"{path}: the header has no data rows below it")
+    return header, labels
+
+
+def _diagnose_features(path: Path, header: list[str], target_col: int) -> None:
+    """Walk the file line by line and raise a DataError naming the first non-numeric or non-finite cell."""
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
         next(reader)
         for row in reader:
-            line = reader.line_num
-            if not row:
-                continue
-            if len(row) != len(header):
-                raise DataError(f"{path}:{line}: {len(row)} fields but the header has {len(header)} columns")
             for i, cell in enumerate(row):
                 if i == target_col:
-                    if not cell.strip():
-                        raise DataError(f"{path}:{line}: missing label in column '{header[i]}'")
                     continue
                 try:
                     value = float(cell)
                 except ValueError:
                     raise DataError(
-                        f"{path}:{line}: column '{header[i]}' has non-numeric value {cell!r}; "
+                        f"{path}:{reader.line_num}: column '{header[i]}' has non-numeric value {cell!r}; "
                         "features must be numbers (encode categories as numbers first)"
                     ) from None
                 if not math.isfinite(value):
-                    raise DataError(f"{path}:{line}: column '{header[i]}' is {cell.strip()}; "
+                    raise DataError(f"{path}:{reader.line_num}: column '{header[i]}' is {cell.strip()}; "
                                     "remove or impute missing and infinite values first")
 
 
