@@ -17,8 +17,8 @@ from typing import Optional
 
 import numpy as np
 
-from gradfit.config import DataConfig, GradfitConfig
 from gradfit.errors import DataError
+from gradfit.schema import DataConfig, GradfitConfig
 
 BUILTIN = {"breast_cancer": "breast_cancer.csv", "digits": "digits.csv"}
 

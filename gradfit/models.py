@@ -12,7 +12,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gradfit.config import ModelConfig
+from gradfit.schema import ModelConfig
 
 ACTIVATIONS: dict[str, Callable] = {
     "relu": jax.nn.relu,

@@ -6,9 +6,9 @@ from typing import Callable
 
 import optax
 
-from gradfit.config import OptimizerConfig
 from gradfit.errors import ConfigError
 from gradfit.models import weight_mask
+from gradfit.schema import OptimizerConfig
 
 
 def make_schedule(config: OptimizerConfig, total_steps: int) -> Callable:

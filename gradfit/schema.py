@@ -1,0 +1,308 @@
+"""The config schema: every section, key, default, range and description, and what applies to what.
+
+Sections are frozen pydantic models that forbid unknown keys. A key that only some variants use (``momentum``
+only for momentum/nesterov) is listed in its section's APPLIES_TO, so that setting it for another variant is an
+error rather than silently ignored. No jax and no file handling here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Annotated, Any, ClassVar, Literal, Optional, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+KeyPath = tuple  # ("optimizer", "learning_rate"); list indexes are ints
+
+
+class KeyProblem(ValueError):
+    """Raised by a validator to blame one key of its section rather than the section as a whole."""
+
+    def __init__(self, key: KeyPath, message: str):
+        super().__init__(message)
+        self.key = key
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: key -> the selector values it is used with, e.g. {"momentum": {"momentum", "nesterov"}}
+    APPLIES_TO: ClassVar[dict[str, set[str]]] = {}
+    SELECTOR: ClassVar[str] = ""
+
+    def unused_keys(self) -> set[str]:
+        """Keys of this section that the chosen variant (e.g. the optimizer name) ignores."""
+        chosen = getattr(self, self.SELECTOR, None)
+        return {key for key, users in self.APPLIES_TO.items() if chosen not in users}
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_as_numbers(cls, value: Any, info):
+        # pydantic would read `epochs: yes` as 1; a boolean where a number belongs is a mistake
+        if isinstance(value, bool) and cls.model_fields[info.field_name].annotation is not bool:
+            raise ValueError("expected a number, not a boolean")
+        return value
+
+
+class SyntheticConfig(_Section):
+    n_samples: int = Field(10_000, ge=2, description="number of rows generated")
+    n_features: int = Field(20, ge=1, description="number of features")
+    n_classes: int = Field(2, ge=2, description="number of classes")
+    separation: float = Field(
+        2.0, ge=0, description="scale of the true weights: larger means easier to classify"
+    )
+    noise: float = Field(
+        1.0, ge=0, description="label noise: 1 samples labels from the logistic model, 0 makes them deterministic"
+    )
+
+
+class DataConfig(_Section):
+    source: Literal["breast_cancer", "digits", "synthetic", "file"] = Field(
+        "breast_cancer", description="built-in dataset, 'synthetic', or 'file' (then set data.path)"
+    )
+    path: Optional[str] = Field(
+        None, description="CSV (with a header) or .npz (arrays X, y) file; relative to the config file"
+    )
+    target: str = Field("target", description="name of the label column in a CSV file")
+    val_fraction: float = Field(0.2, ge=0, lt=1, description="fraction of rows held out for validation")
+    test_fraction: float = Field(0.2, ge=0, lt=1, description="fraction of rows held out for the final test")
+    standardize: bool = Field(
+        True, description="scale features to mean 0, std 1 using training-split statistics"
+    )
+    synthetic: SyntheticConfig = Field(
+        default_factory=SyntheticConfig, description="generator settings (source: synthetic)"
+    )
+
+    APPLIES_TO = {"path": {"file"}, "target": {"file"}, "synthetic": {"synthetic"}}
+    SELECTOR = "source"
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.source == "file" and not self.path:
+            raise KeyProblem(("path",), "data.source is 'file' but data.path is not set")
+        if self.val_fraction + self.test_fraction >= 1:
+            raise KeyProblem(
+                ("val_fraction",),
+                f"val_fraction + test_fraction = {self.val_fraction + self.test_fraction:g} leaves no "
+                "training rows; keep the sum below 1",
+            )
+        return self
+
+
+class ModelConfig(_Section):
+    kind: Literal["logistic", "mlp"] = Field(
+        "logistic", description="'logistic' (binary, labels mapped to -1/+1) or 'mlp' (binary or multiclass)"
+    )
+    hidden: list[Annotated[int, Field(ge=1)]] = Field([64, 64], min_length=1, description="hidden layer sizes, input to output")
+    activation: Literal["relu", "tanh", "gelu", "sigmoid", "silu"] = Field(
+        "relu", description="hidden-layer activation"
+    )
+    init: Literal["auto", "he", "glorot"] = Field(
+        "auto", description="weight init: auto = He for relu/gelu/silu, Glorot for tanh/sigmoid"
+    )
+    l2: float = Field(0.0, ge=0, description="L2 penalty (l2/2)*||w||^2 on weights, not biases")
+
+    APPLIES_TO = {"hidden": {"mlp"}, "activation": {"mlp"}, "init": {"mlp"}}
+    SELECTOR = "kind"
+
+    @model_validator(mode="after")
+    def _check(self):
+        for i, size in enumerate(self.hidden):
+            if size < 1:
+                raise KeyProblem(("hidden", i), f"hidden layer sizes must be >= 1, got {size}")
+        return self
+
+
+class ScheduleConfig(_Section):
+    name: Literal["constant", "cosine", "exponential", "warmup_cosine"] = Field(
+        "constant", description="learning-rate schedule over the whole run"
+    )
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up steps from 0 to learning_rate")
+    final_fraction: float = Field(
+        0.01, ge=0, le=1, description="learning rate at the last step, as a fraction of learning_rate"
+    )
+
+    APPLIES_TO = {
+        "warmup_steps": {"warmup_cosine"},
+        "final_fraction": {"cosine", "exponential", "warmup_cosine"},
+    }
+    SELECTOR = "name"
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.name == "exponential" and self.final_fraction == 0:
+            raise KeyProblem(("final_fraction",), "an exponential schedule needs final_fraction > 0")
+        return self
+
+
+_ADAPTIVE = {"adam", "adamw", "rmsprop", "adagrad"}
+_FIRST_ORDER = {"sgd", "momentum", "nesterov"} | _ADAPTIVE
+
+
+class OptimizerConfig(_Section):
+    name: Literal["sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad", "lbfgs"] = Field(
+        "adam", description="optax optimizer; lbfgs is full-batch with a zoom line search"
+    )
+    learning_rate: float = Field(1e-3, gt=0, description="step size (peak value when a schedule is used)")
+    momentum: float = Field(0.9, ge=0, lt=1, description="momentum coefficient")
+    b1: float = Field(0.9, ge=0, lt=1, description="Adam first-moment decay")
+    b2: float = Field(0.999, ge=0, lt=1, description="Adam second-moment decay")
+    eps: float = Field(1e-8, gt=0, description="denominator constant of adaptive methods")
+    decay: float = Field(0.9, gt=0, lt=1, description="RMSProp squared-gradient decay")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW decoupled weight decay")
+    memory_size: int = Field(10, ge=1, description="L-BFGS history length")
+    clip_norm: Optional[float] = Field(None, gt=0, description="clip gradients to this global norm (null: off)")
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig, description="learning-rate schedule")
+
+    APPLIES_TO = {
+        "learning_rate": _FIRST_ORDER,
+        "momentum": {"momentum", "nesterov"},
+        "b1": {"adam", "adamw"},
+        "b2": {"adam", "adamw"},
+        "eps": _ADAPTIVE,
+        "decay": {"rmsprop"},
+        "weight_decay": {"adamw"},
+        "memory_size": {"lbfgs"},
+        "clip_norm": _FIRST_ORDER,
+        "schedule": _FIRST_ORDER,
+    }
+    SELECTOR = "name"
+
+
+class TrainConfig(_Section):
+    epochs: Optional[int] = Field(None, ge=1, description="passes over the training split (100 if steps is unset)")
+    steps: Optional[int] = Field(None, ge=1, description="optimizer steps; use instead of epochs")
+    batch_size: Optional[int] = Field(
+        None, ge=1, description="minibatch size (null: full batch); the last partial batch of an epoch is dropped"
+    )
+    log_every: int = Field(10, ge=1, description="steps fused per device dispatch; metrics are logged after each")
+    tol: Optional[float] = Field(
+        None, gt=0, description="stop when the full-batch gradient norm falls below this (checked when logging)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_epochs(cls, data: Any):
+        if isinstance(data, dict) and data.get("epochs") is None and data.get("steps") is None:
+            return {**data, "epochs": 100}
+        return data
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.epochs is not None and self.steps is not None:
+            raise KeyProblem(
+                ("steps",), "set either train.epochs or train.steps, not both (set train.epochs=null to use steps)"
+            )
+        return self
+
+
+class RuntimeConfig(_Section):
+    device: Literal["auto", "cpu", "gpu"] = Field("auto", description="auto picks the GPU when JAX sees one")
+    precision: Literal["float32", "float64"] = Field("float32", description="floating-point type of data and params")
+
+
+class GradfitConfig(_Section):
+    """A whole training config. Every key has a default; see ``describe_keys`` and the README."""
+
+    name: str = Field(
+        "run", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100,
+        description="run name; the run directory is <out-dir>/<name>-<timestamp>",
+    )
+    seed: int = Field(0, ge=0, description="seed for the split, the init and the minibatch order")
+    data: DataConfig = Field(default_factory=DataConfig, description="dataset and split")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="model and loss")
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig, description="optax optimizer")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="training loop")
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="device and precision")
+
+    @model_validator(mode="after")
+    def _check_combination(self):
+        if self.optimizer.name == "lbfgs" and self.train.batch_size is not None:
+            raise KeyProblem(("train", "batch_size"), "lbfgs is a full-batch method; set train.batch_size=null")
+        return self
+
+
+# ---------------------------------------------------------------------------------------- schema walking
+
+
+def is_section(key: KeyPath) -> bool:
+    """False when the schema says ``key`` holds a value (unknown keys are left to the validator)."""
+    cls: Any = GradfitConfig
+    for part in key:
+        if not _is_section_class(cls) or part not in cls.model_fields:
+            return True
+        cls = cls.model_fields[part].annotation
+    return _is_section_class(cls)
+
+
+def _is_section_class(cls: Any) -> bool:
+    return isinstance(cls, type) and issubclass(cls, _Section)
+
+
+def unused_key_problems(tree: Any, cls: type[_Section] = GradfitConfig, prefix: KeyPath = ()) -> list:
+    """(key path, message) for each key the section's chosen variant ignores, checked on the raw input.
+
+    Done before and apart from pydantic so these are reported together with every other problem.
+    """
+    if not isinstance(tree, dict):
+        return []
+    problems = []
+    chosen = None
+    if cls.SELECTOR:
+        selector = cls.model_fields[cls.SELECTOR]
+        chosen = tree.get(cls.SELECTOR, selector.default)
+        if chosen not in get_args(selector.annotation):
+            chosen = None  # a typo in the selector itself is reported by the validator
+    for key, value in tree.items():
+        users = cls.APPLIES_TO.get(key)
+        if users is not None and chosen is not None and chosen not in users:
+            problems.append((prefix + (key,), f"not used when {cls.SELECTOR} is '{chosen}' (it applies to: "
+                                              f"{', '.join(sorted(users))}); remove it"))
+        elif key in cls.model_fields and _is_section_class(cls.model_fields[key].annotation):
+            problems += unused_key_problems(value, cls.model_fields[key].annotation, prefix + (key,))
+    return problems
+
+
+def section_class(loc: KeyPath) -> type[BaseModel]:
+    cls: type[BaseModel] = GradfitConfig
+    for part in loc:
+        annotation = cls.model_fields[part].annotation
+        cls = annotation
+    return cls
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyInfo:
+    key: KeyPath
+    default: Any
+    description: str
+    choices: Optional[tuple] = None
+
+
+def describe_keys(cls: type[BaseModel] = GradfitConfig, prefix: KeyPath = ()) -> list[KeyInfo]:
+    """Every leaf key of the schema with its default and description (drives `config show` and the README)."""
+    out = []
+    for name, field in cls.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            out.extend(describe_keys(annotation, prefix + (name,)))
+            continue
+        default = field.get_default(call_default_factory=True)
+        choices = getattr(annotation, "__args__", None) if getattr(annotation, "__origin__", None) is Literal else None
+        out.append(KeyInfo(prefix + (name,), default, field.description or "", choices))
+    return out
+
+
+def unused_keys(config: GradfitConfig) -> set[KeyPath]:
+    """Key paths the chosen model/optimizer/schedule/source ignore (hidden from `config show`)."""
+    unused = set()
+
+    def walk(section: _Section, prefix: KeyPath):
+        unused.update(prefix + (k,) for k in section.unused_keys())
+        for name in type(section).model_fields:
+            value = getattr(section, name)
+            if isinstance(value, _Section) and prefix + (name,) not in unused:
+                walk(value, prefix + (name,))
+
+    walk(config, ())
+    return unused
