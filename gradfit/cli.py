@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 
 import gradfit
-from gradfit.errors import GradfitError
+from gradfit.errors import GradfitError, TrainingFailed
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -50,7 +50,8 @@ def user_errors():
     try:
         yield
     except GradfitError as exc:
-        stderr.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        label = "[bold yellow]interrupted:[/]" if exc.exit_code == 130 else "[bold red]error:[/]"
+        stderr.print(f"{label} {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         stderr.print("[yellow]interrupted[/]")
@@ -113,6 +114,10 @@ def train(
         progress = None if quiet else report.TrainProgress(console)
         try:
             summary = fit(resolved.config, out_dir=str(out_dir), callbacks=progress)
+        except TrainingFailed as exc:
+            if json_out and exc.summary is not None:
+                typer.echo(json.dumps(exc.summary, indent=2))
+            raise
         finally:
             if progress is not None:
                 progress.close()

@@ -171,6 +171,7 @@ def resolve_config(path: Optional[str | Path] = None, overrides: Sequence[str] =
         overridden.append(key)
         if key[0] == "data":
             _anchor_data_path(tree, Path.cwd())
+    _prefer_overridden_length(tree, overridden)
     for section in GradfitConfig.model_fields:
         if section in tree and tree[section] is None:  # `optimizer:` with every key commented out
             tree[section] = {}
@@ -187,6 +188,16 @@ def resolve_config(path: Optional[str | Path] = None, overrides: Sequence[str] =
         text = "\n".join(f"  {where}{what}: {message}" for (_, where), what, message in located)
         raise ConfigError(f"{origin}: {count}:\n{text}")
     return ResolvedConfig(config, path, lines, frozenset(overridden))
+
+
+def _prefer_overridden_length(tree: dict, overridden: list) -> None:
+    """`--set train.steps=N` replaces the file's `epochs` (and vice versa): the command line wins."""
+    train = tree.get("train")
+    if not isinstance(train, dict):
+        return
+    for given, other in ((("train", "steps"), "epochs"), (("train", "epochs"), "steps")):
+        if given in overridden and ("train", other) not in overridden and train.get(given[1]) is not None:
+            train.pop(other, None)
 
 
 def _anchor_data_path(tree: dict, base: Path) -> None:

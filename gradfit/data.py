@@ -139,7 +139,11 @@ def make_synthetic(
     """
     rng = np.random.default_rng(seed)
     weights = rng.standard_normal((n_features, n_classes)) * (separation / math.sqrt(n_features))
-    x = rng.standard_normal((n_samples, n_features), dtype=np.float32)
+    try:
+        x = rng.standard_normal((n_samples, n_features), dtype=np.float32)
+    except MemoryError:
+        raise DataError(f"synthetic data of {n_samples:,} x {n_features:,} needs {n_samples * n_features * 4 / 2**30:.1f} "
+                        "GiB of memory for the features alone; lower data.synthetic.n_samples") from None
     logits = x @ weights.astype(np.float32)
     if noise > 0:
         logits += noise * rng.gumbel(size=logits.shape).astype(np.float32)
@@ -164,7 +168,7 @@ def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
         raise DataError(f"{path}: missing array(s) {', '.join(missing)}; found {sorted(arrays) or 'none'}. "
                         "Save with np.savez(path, X=features, y=labels)")
     x, y = arrays["X"], arrays["y"]
-    if x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
+    if x.ndim != 2 or x.dtype.kind not in "biuf":
         raise DataError(f"{path}: X must be a 2-D numeric array, got shape {x.shape} dtype {x.dtype}")
     if y.ndim != 1 or len(y) != len(x):
         raise DataError(f"{path}: y must be 1-D with one label per row of X; X has {len(x)} rows, y has shape {y.shape}")
@@ -194,10 +198,12 @@ def read_csv(path: Path, target: str) -> tuple[np.ndarray, np.ndarray, list[str]
     names = [header[i] for i in feature_cols]
     try:
         x = np.loadtxt(path, delimiter=",", skiprows=1, usecols=feature_cols, ndmin=2, quotechar='"',
-                       encoding="utf-8-sig")
+                       encoding="utf-8-sig", comments=None)
     except ValueError as exc:
         _diagnose_features(path, header, t)  # raises a precise error when it finds the bad cell
         raise DataError(f"{path}: cannot parse CSV: {exc}") from None
+    if len(x) != len(labels):  # the two passes must see the same rows
+        raise DataError(f"{path}: read {len(x)} feature rows but {len(labels)} labels; check the quoting")
     if not np.isfinite(x).all():
         _diagnose_features(path, header, t)
         _check_finite(x, path, names, first_line=2)
@@ -211,6 +217,12 @@ def _read_csv_structure(path: Path, target: str) -> tuple[list[str], list[str]]:
         header = [h.strip() for h in next(reader, [])]
         if not any(header):
             raise DataError(f"{path}: file is empty; expected a header row naming the columns")
+        if len(header) == 1 and any(sep in header[0] for sep in ";\t|"):
+            raise DataError(f"{path}: the header has a single column {header[0]!r}; gradfit reads comma-separated "
+                            "files, and this one seems to use another separator")
+        duplicates = sorted({h for h in header if header.count(h) > 1})
+        if duplicates:
+            raise DataError(f"{path}: duplicate column name(s) in the header: {', '.join(duplicates)}")
         if target not in header:
             close = difflib.get_close_matches(target, header, n=1)
             hint = f"did you mean '{close[0]}'? (set data.target)" if close else "set data.target to the label column"
@@ -280,9 +292,9 @@ def encode_labels(labels: np.ndarray, origin: str) -> tuple[np.ndarray, list]:
         if np.all(labels == np.round(labels)):
             labels = labels.astype(np.int64)
     classes, y = np.unique(labels, return_inverse=True)
+    classes = [c.item() if hasattr(c, "item") else c for c in classes]
     if len(classes) < 2:
         raise DataError(f"{origin}: the target has a single class ({_preview(classes)}); need at least two")
-    classes = [c.item() if hasattr(c, "item") else c for c in classes]
     if len(classes) == 2:
         return np.where(y == 1, 1.0, -1.0), classes
     return y.astype(np.int32), classes

@@ -24,6 +24,16 @@ class RunDirError(GradfitError):
 
 
 class TrainingFailed(GradfitError):
-    """Training ran but failed (for example it diverged); exit code 1."""
+    """Training ran but failed (for example it diverged); exit code 1. ``summary`` is what summary.json holds."""
 
     exit_code = 1
+
+    def __init__(self, message: str, summary: dict | None = None):
+        super().__init__(message)
+        self.summary = summary
+
+
+class Interrupted(TrainingFailed):
+    """Training was stopped by SIGINT/SIGTERM after saving its state; exit code 130."""
+
+    exit_code = 130

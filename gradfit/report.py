@@ -42,7 +42,7 @@ class TrainProgress:
         self.console.print(
             f"[bold]{escape(info['model'])}[/] on [bold]{escape(info['dataset'])}[/]: {info['num_params']:,} "
             f"parameters, {self.total:,} steps on {escape(info['device'])} "
-            f"(compiled in {info['compile_time_s']:.2f} s)", soft_wrap=True
+            f"(compiled in {info['compile_time_s']:.2f} s)", soft_wrap=True, highlight=False
         )
         self.console.print(f"run directory: {escape(info['run_dir'])}", soft_wrap=True)
         if self.live:
@@ -108,7 +108,7 @@ def summary_table(summary: dict) -> Table:
         ("val loss / accuracy", f"{fmt(final['val_loss'])} / {fmt(final['val_accuracy'])}"),
         ("test loss / accuracy", f"{fmt(final['test_loss'])} / {fmt(final['test_accuracy'])}"),
         ("compile time", f"{summary['compile_time_s']:.2f} s"),
-        ("speed", f"{fmt(summary['steps_per_s'], 4)} steps/s"),
+        ("speed", f"{fmt(summary['steps_per_s'], 4)} steps/s (time inside the compiled program)"),
         ("wall time", f"{summary['wall_time_s']:.2f} s"),
         ("device", summary["device"]),
         ("run directory", summary["run_dir"]),

@@ -11,6 +11,7 @@ Layout of ``<out_dir>/<name>-<YYYYmmdd-HHMMSS>[-n]/``:
 from __future__ import annotations
 
 import datetime as _dt
+import io
 import json
 import math
 import os
@@ -90,8 +91,6 @@ def append_jsonl(path: Path, record: Mapping) -> None:
 
 def save_arrays(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     """Atomically write named arrays as .npz (object arrays are refused: nothing needs unpickling)."""
-    import io
-
     buffer = io.BytesIO()
     np.savez(buffer, **{k: np.asarray(v) for k, v in arrays.items()})
     write_atomic(path, buffer.getvalue())

@@ -24,7 +24,7 @@ class KeyProblem(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     #: key -> the selector values it is used with, e.g. {"momentum": {"momentum", "nesterov"}}
     APPLIES_TO: ClassVar[dict[str, set[str]]] = {}
@@ -208,7 +208,7 @@ class GradfitConfig(_Section):
         "run", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100,
         description="run name; the run directory is <out-dir>/<name>-<timestamp>",
     )
-    seed: int = Field(0, ge=0, description="seed for the split, the init and the minibatch order")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="seed for the split, the init and the minibatch order")
     data: DataConfig = Field(default_factory=DataConfig, description="dataset and split")
     model: ModelConfig = Field(default_factory=ModelConfig, description="model and loss")
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig, description="optax optimizer")
@@ -242,7 +242,8 @@ def _is_section_class(cls: Any) -> bool:
 def unused_key_problems(tree: Any, cls: type[_Section] = GradfitConfig, prefix: KeyPath = ()) -> list:
     """(key path, message) for each key the section's chosen variant ignores, checked on the raw input.
 
-    Done before and apart from pydantic so these are reported together with every other problem.
+    Done before and apart from pydantic so these are reported together with every other problem. Such keys
+    set to null are removed from ``tree`` instead (null means "not set").
     """
     if not isinstance(tree, dict):
         return []
@@ -253,9 +254,12 @@ def unused_key_problems(tree: Any, cls: type[_Section] = GradfitConfig, prefix: 
         chosen = tree.get(cls.SELECTOR, selector.default)
         if chosen not in get_args(selector.annotation):
             chosen = None  # a typo in the selector itself is reported by the validator
-    for key, value in tree.items():
+    for key, value in list(tree.items()):
         users = cls.APPLIES_TO.get(key)
         if users is not None and chosen is not None and chosen not in users:
+            if value is None:  # `--set optimizer.momentum=null` clears a key that no longer applies
+                del tree[key]
+                continue
             problems.append((prefix + (key,), f"not used when {cls.SELECTOR} is '{chosen}' (it applies to: "
                                               f"{', '.join(sorted(users))}); remove it"))
         elif key in cls.model_fields and _is_section_class(cls.model_fields[key].annotation):

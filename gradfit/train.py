@@ -9,6 +9,8 @@ stays on the device as a jit argument, and minibatches are drawn on the device f
 from __future__ import annotations
 
 import dataclasses
+import signal
+import threading
 import time
 from typing import Any, Callable, NamedTuple, Optional
 
@@ -21,7 +23,7 @@ import gradfit
 from gradfit.config import GradfitConfig, to_yaml
 from gradfit.data import Dataset, load_dataset
 from gradfit.device import describe_device, select_device
-from gradfit.errors import ConfigError, TrainingFailed
+from gradfit.errors import ConfigError, Interrupted, TrainingFailed
 from gradfit.losses import accuracy, data_loss, l2_penalty, make_objective
 from gradfit.models import Model, build_model, count_params, named_leaves
 from gradfit.optim import make_optimizer
@@ -103,12 +105,12 @@ def make_train_step(objective: Callable, optimizer, plan: Plan, n_train: int, lb
     return train_step
 
 
-def make_chunk(train_step: Callable, model: Model, l2: float, schedule: Optional[Callable], has_val: bool):
+def make_chunk(train_step: Callable, objective: Callable, model: Model, l2: float, schedule: Optional[Callable],
+               has_val: bool):
     """chunk(state, data, num_steps) -> (state, metrics): num_steps steps, then the log point's metrics.
 
     ``num_steps`` is a traced scalar, so the last, shorter chunk of a run reuses the same compiled program.
     """
-    objective = make_objective(model.apply, l2)
 
     def chunk(state: TrainState, data: dict, num_steps):
         state, _ = jax.lax.fori_loop(
@@ -139,8 +141,8 @@ def make_chunk(train_step: Callable, model: Model, l2: float, schedule: Optional
     return chunk
 
 
-def evaluate(model: Model, params, x, y) -> tuple[float, float]:
-    """(loss, accuracy) of params on one split; (None, None) for an empty split."""
+def evaluate(model: Model, params, x, y) -> tuple[Optional[float], Optional[float]]:
+    """(loss, accuracy) of params on one split, on the device that holds params; (None, None) if it is empty."""
     if len(y) == 0:
         return None, None
     logits = jax.jit(model.apply)(params, x)
@@ -186,7 +188,7 @@ def prepare(config: GradfitConfig) -> Prepared:
 
     objective = make_objective(model.apply, config.model.l2)
     train_step = make_train_step(objective, optimizer, plan, len(dataset.train), config.optimizer.name == "lbfgs")
-    chunk = make_chunk(train_step, model, config.model.l2, schedule, has_val=len(dataset.val) > 0)
+    chunk = make_chunk(train_step, objective, model, config.model.l2, schedule, has_val=len(dataset.val) > 0)
     return Prepared(config, dataset, model, plan, device, state, data, chunk)
 
 
@@ -231,9 +233,9 @@ def _fit(config: GradfitConfig, out_dir: str, callbacks: Callbacks) -> dict:
     })
 
     # dispatch a chunk, read its metrics back, log, decide whether to go on; the first chunk (0 steps)
-    # logs the starting point
+    # logs the starting point. SIGINT/SIGTERM only set a flag, so the chunk in flight always completes.
     state, out = run.state, Outcome()
-    try:
+    with _StopRequests() as stop:
         while True:
             n = min(run.plan.log_every, run.plan.total_steps - out.step) if out.last else 0
             tick = time.perf_counter()
@@ -250,24 +252,49 @@ def _fit(config: GradfitConfig, out_dir: str, callbacks: Callbacks) -> dict:
                 out.status = "failed"
                 out.stop_reason = f"diverged: non-finite loss or parameters at step {out.step}"
                 break
+            if stop.signal_name:
+                out.status, out.stop_reason = "interrupted", f"{stop.signal_name} at step {out.step}"
+                break
             if config.train.tol is not None and out.last["grad_norm"] < config.train.tol:
                 out.stop_reason = f"converged: grad_norm {out.last['grad_norm']:.3g} < tol {config.train.tol:g}"
                 break
             if out.step >= run.plan.total_steps:
                 break
-    except KeyboardInterrupt:
-        out.status, out.stop_reason = "interrupted", f"interrupted at step {out.step}"
-        _finish(run_dir, run, state, out, device_name, started, compile_time)
-        raise
     summary = _finish(run_dir, run, state, out, device_name, started, compile_time)
     callbacks.on_end(summary)
+    if out.status == "interrupted":
+        raise Interrupted(f"{out.stop_reason}; parameters so far saved in {run_dir}", summary)
     if out.status == "failed":
         last_good = "none" if out.last_finite_objective is None else f"{out.last_finite_objective:.6g}"
+        hint = ("check model.l2 and data.standardize" if config.optimizer.name == "lbfgs"
+                else "lower optimizer.learning_rate or set optimizer.clip_norm")
         raise TrainingFailed(
-            f"training diverged at step {out.step} (last finite objective: {last_good}); "
-            f"lower optimizer.learning_rate or set optimizer.clip_norm. Run directory: {run_dir}"
+            f"training diverged at step {out.step} (last finite objective: {last_good}); {hint}. "
+            f"Run directory: {run_dir}", summary
         )
     return summary
+
+
+class _StopRequests:
+    """Within the block, SIGINT and SIGTERM are recorded instead of raised (main thread only)."""
+
+    def __init__(self):
+        self.signal_name: Optional[str] = None
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame):
+        self.signal_name = signal.Signals(signum).name
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
 
 
 def split_arrays(split, n_classes: int, dtype) -> tuple[np.ndarray, np.ndarray]:

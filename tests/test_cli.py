@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from typer.testing import CliRunner
@@ -136,3 +138,79 @@ def test_config_validate(tmp_path):
     mixed = invoke("config", "validate", str(CONFIGS / "logreg.yaml"), str(bad))
     assert mixed.exit_code == 2
     assert "did you mean 'adam'?" in mixed.stderr and "bad.yaml" in mixed.stderr
+
+
+def _write(path, text):
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "csv_text,message",
+    [
+        ("a,b,target\n1,2,x\n3,oops,y\n", ":3: column 'b' has non-numeric value 'oops'"),
+        ("a,b,target\n1,2,x\n3,nan,y\n", ":3: column 'b' is nan"),
+        ("a,b,target\n1,2,x\n3,4\n", ":3: 2 fields but the header has 3 columns"),
+        ("a,b,label\n1,2,x\n3,4,y\n", "no target column 'target'"),
+        ("a,b,target\n1,2,x\n3,4,x\n5,6,x\n", "single class ('x')"),
+        ("a,target,a\n1,x,2\n3,y,4\n", "duplicate column name(s) in the header: a"),
+        ("a;b;target\n1;2;x\n", "seems to use another separator"),
+        ("", "file is empty"),
+    ],
+)
+def test_broken_data_files_exit_2_naming_the_problem(csv_text, message, tmp_path):
+    path = _write(tmp_path / "data.csv", csv_text)
+    result = invoke("train", str(CONFIGS / "logreg.yaml"), "-o", str(tmp_path / "runs"),
+                    "--set", "data.source=file", "--set", f"data.path={path}")
+    assert result.exit_code == 2, result.output
+    assert "data.csv" in result.stderr and message in result.stderr
+    assert "Traceback" not in result.output and not (tmp_path / "runs").exists()
+
+
+def test_command_line_steps_replace_the_files_epochs(tmp_path):
+    result = invoke("train", str(CONFIGS / "mlp.yaml"), "-o", str(tmp_path), "--json", "--set", "train.steps=70")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["steps"] == 70
+
+
+def test_null_clears_a_key_the_new_variant_does_not_use():
+    result = invoke("config", "show", str(CONFIGS / "mlp.yaml"), "--set", "optimizer.name=sgd",
+                    "--set", "optimizer.b1=null", "--set", "optimizer.schedule={name: constant}")
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("override,message", [
+    ("seed=18446744073709551616", "seed"),
+    ("optimizer.learning_rate=.inf", "optimizer.learning_rate"),
+    ("model.l2=.nan", "model.l2"),
+])
+def test_extreme_numbers_are_config_errors(override, message, tmp_path):
+    result = invoke("train", str(CONFIGS / "logreg.yaml"), "-o", str(tmp_path), "--set", override)
+    assert result.exit_code == 2 and message in result.stderr and "Traceback" not in result.output
+
+
+def test_sigint_finishes_the_chunk_saves_params_and_exits_130(tmp_path):
+    config = _write(tmp_path / "long.yaml", (
+        "name: long\ndata: {source: synthetic, synthetic: {n_samples: 20000, n_features: 50}}\n"
+        "optimizer: {name: sgd, learning_rate: 0.5}\ntrain: {steps: 10000000, log_every: 20}\n"
+        "runtime: {device: cpu}\n"))
+    process = subprocess.Popen([sys.executable, "-m", "gradfit", "train", config, "-o", str(tmp_path / "runs")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = None
+    for _ in range(600):  # wait until a few log points are on disk (at most 60 s)
+        found = list((tmp_path / "runs").glob("long-*/metrics.jsonl"))
+        if found and len(found[0].read_text().splitlines()) >= 3:
+            metrics = found[0]
+            break
+        time.sleep(0.1)
+    assert metrics is not None, "training did not start"
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    run_dir = metrics.parent
+    summary = json.loads((run_dir / "summary.json").read_text())
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert summary["status"] == "interrupted" and summary["stop_reason"].startswith("SIGINT")
+    assert summary["steps"] == records[-1]["step"] and summary["objective"] == records[-1]["objective"]
+    assert (run_dir / "params.npz").exists()

@@ -334,11 +334,15 @@ def test_epochs_default_to_100_only_when_steps_is_unset(tmp_path, text, epochs, 
 
 
 def test_switching_a_file_from_epochs_to_steps_via_set():
-    mlp = ROOT / "configs" / "mlp.yaml"
-    message = config_error(mlp, ["train.steps=10"])
+    mlp = ROOT / "configs" / "mlp.yaml"  # the file sets train.epochs
+    for overrides in (["train.steps=10"], ["train.epochs=null", "train.steps=10"]):
+        train = resolve_config(mlp, overrides).config.train
+        assert (train.epochs, train.steps) == (None, 10)
+    logreg = ROOT / "configs" / "logreg.yaml"  # the file sets train.steps
+    train = resolve_config(logreg, ["train.epochs=5"]).config.train
+    assert (train.epochs, train.steps) == (5, None)
+    message = config_error(mlp, ["train.steps=10", "train.epochs=3"])  # both on the command line: ambiguous
     assert "--set" in problem_line(message, "train.steps")
-    train = resolve_config(mlp, ["train.epochs=null", "train.steps=10"]).config.train
-    assert (train.epochs, train.steps) == (None, 10)
 
 
 # --------------------------------------------------------------------------------------------- YAML problems

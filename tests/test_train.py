@@ -67,17 +67,23 @@ def test_same_config_and_seed_give_identical_runs(out_dir):
 
 def test_training_chunk_is_compiled_once():
     compiles = []
-    jax.monitoring.register_event_duration_secs_listener(
-        lambda event, duration, **kw: compiles.append(event) if "backend_compile" in event else None
-    )
-    run = prepare(make_config(*TINY_MLP))
-    chunk = jax.jit(run.chunk, donate_argnums=0)
-    state, _ = chunk(run.state, run.data, jnp.int32(4))
-    after_first = len(compiles)
-    assert after_first >= 1
-    state, _ = chunk(state, run.data, jnp.int32(4))
-    state, metrics = chunk(state, run.data, jnp.int32(3))  # a shorter last chunk reuses the program too
-    assert len(compiles) == after_first
+
+    def count(event, duration, **kwargs):
+        if "backend_compile" in event:
+            compiles.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(count)
+    try:
+        run = prepare(make_config(*TINY_MLP))
+        chunk = jax.jit(run.chunk, donate_argnums=0)
+        state, _ = chunk(run.state, run.data, jnp.int32(4))
+        after_first = len(compiles)
+        assert after_first >= 1
+        state, _ = chunk(state, run.data, jnp.int32(4))
+        state, metrics = chunk(state, run.data, jnp.int32(3))  # a shorter last chunk reuses the program too
+        assert len(compiles) == after_first
+    finally:
+        jax.monitoring.unregister_event_duration_listener(count)
     assert int(state.step) == 11 and np.isfinite(metrics["objective"])
 
 
