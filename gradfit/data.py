@@ -312,10 +312,19 @@ def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) 
     return order[n_val + n_test:], order[:n_val], order[n_val:n_val + n_test]
 
 
-def fit_standardization(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature mean and std (constant features get std 1, so they become 0 instead of NaN)."""
-    mean = x.mean(axis=0, dtype=np.float64)
-    std = x.std(axis=0, dtype=np.float64)
+def fit_standardization(x: np.ndarray, rows_per_chunk: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and std in float64 (constant features get std 1, so they become 0 instead of NaN).
+
+    Two passes over row chunks: exact like ``x.std(dtype=float64)``, several times faster on large float32 data
+    because no full-size float64 copy is made.
+    """
+    n = len(x)
+    mean = sum(x[i:i + rows_per_chunk].sum(axis=0, dtype=np.float64) for i in range(0, n, rows_per_chunk)) / n
+    squares = np.zeros(x.shape[1])
+    for i in range(0, n, rows_per_chunk):
+        centered = x[i:i + rows_per_chunk].astype(np.float64) - mean
+        squares += np.einsum("ij,ij->j", centered, centered)
+    std = np.sqrt(squares / n)
     std[std < 1e-12] = 1.0
     return mean, std
 
