@@ -70,3 +70,57 @@ def logistic_manual_grad(params: dict, x: np.ndarray, y: np.ndarray, l2: float =
     # sigmoid(t) = exp(-logaddexp(0, -t)) never overflows
     residual = -y * np.exp(-np.logaddexp(0.0, -margin))
     return {"w": x.T @ residual / len(y) + l2 * w, "b": np.asarray(residual.mean())}
+
+
+# Hand-written activations and their derivatives, matching gradfit.models.ACTIVATIONS (gelu: tanh approximation,
+# jax.nn.gelu's default; relu'(0) = 0 as in JAX).
+_GELU_C = np.sqrt(2.0 / np.pi)
+
+
+def _sigmoid(z):
+    return np.exp(-np.logaddexp(0.0, -z))
+
+
+_ACTIVATION_AND_DERIVATIVE = {
+    "relu": (lambda z: np.maximum(z, 0.0), lambda z: (z > 0).astype(z.dtype)),
+    "tanh": (np.tanh, lambda z: 1.0 - np.tanh(z) ** 2),
+    "sigmoid": (_sigmoid, lambda z: _sigmoid(z) * (1.0 - _sigmoid(z))),
+    "silu": (lambda z: z * _sigmoid(z), lambda z: _sigmoid(z) * (1.0 + z * (1.0 - _sigmoid(z)))),
+    "gelu": (
+        lambda z: 0.5 * z * (1.0 + np.tanh(_GELU_C * (z + 0.044715 * z**3))),
+        lambda z: 0.5 * (1.0 + np.tanh(_GELU_C * (z + 0.044715 * z**3)))
+        + 0.5 * z * (1.0 - np.tanh(_GELU_C * (z + 0.044715 * z**3)) ** 2) * _GELU_C * (1.0 + 3 * 0.044715 * z**2),
+    ),
+}
+
+
+def mlp_manual_grad(params: dict, x: np.ndarray, y: np.ndarray, activation: str, l2: float = 0.0) -> dict:
+    """Backpropagation written out by hand in NumPy (float64) for gradfit's MLP and its loss.
+
+    Forward: a_0 = x, z_l = a_{l-1} W_l + b_l, a_l = act(z_l); the last z is the logits. Backward: delta_L is
+    dLoss/dlogits ((softmax - onehot)/N, or -y sigmoid(-y s)/N for one binary logit), then
+    dW_l = a_{l-1}^T delta_l (+ l2 W_l), db_l = sum_rows delta_l, delta_{l-1} = (delta_l W_l^T) * act'(z_{l-1}).
+    """
+    act, act_prime = _ACTIVATION_AND_DERIVATIVE[activation]
+    layers = [{k: np.asarray(v, np.float64) for k, v in layer.items()} for layer in params["layers"]]
+    a, pre_activations, inputs = np.asarray(x, np.float64), [], []
+    for i, layer in enumerate(layers):
+        inputs.append(a)
+        z = a @ layer["w"] + layer["b"]
+        pre_activations.append(z)
+        a = act(z) if i < len(layers) - 1 else z
+    logits, n = a, len(x)
+    if logits.shape[1] == 1:  # one binary logit, labels in {-1, +1}
+        yy = np.asarray(y, np.float64)[:, None]
+        delta = -yy * _sigmoid(-yy * logits) / n
+    else:
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        probs = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+        probs[np.arange(n), np.asarray(y, np.int64)] -= 1.0
+        delta = probs / n
+    grads = [None] * len(layers)
+    for i in range(len(layers) - 1, -1, -1):
+        grads[i] = {"w": inputs[i].T @ delta + l2 * layers[i]["w"], "b": delta.sum(axis=0)}
+        if i > 0:
+            delta = (delta @ layers[i]["w"].T) * act_prime(pre_activations[i - 1])
+    return {"layers": grads}

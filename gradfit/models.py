@@ -109,3 +109,22 @@ def weight_mask(params):
 
 def count_params(params) -> int:
     return sum(leaf.size for leaf in jax.tree_util.tree_leaves(params))
+
+
+def params_from_named(template, arrays: dict, origin: str = "params"):
+    """Inverse of ``named_leaves``: fill ``template``'s structure with ``arrays[name]``, checking names and shapes.
+
+    Raises:
+        ValueError: naming the missing, unexpected or mis-shaped entries.
+    """
+    expected = named_leaves(template)
+    missing, extra = sorted(set(expected) - set(arrays)), sorted(set(arrays) - set(expected))
+    if missing or extra:
+        raise ValueError(f"{origin} does not match the model: missing {missing or 'nothing'}, "
+                         f"unexpected {extra or 'nothing'}")
+    for name, leaf in expected.items():
+        if tuple(arrays[name].shape) != tuple(leaf.shape):
+            raise ValueError(f"{origin}: '{name}' has shape {tuple(arrays[name].shape)}, the model expects "
+                             f"{tuple(leaf.shape)}")
+    leaves = [jnp.asarray(arrays[name], leaf.dtype) for name, leaf in expected.items()]
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template), leaves)

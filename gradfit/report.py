@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from typing import Any, Optional
 
@@ -12,6 +13,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from gradfit.config import ResolvedConfig, describe_keys, unused_keys
+
+
+def stdout_console() -> Console:
+    """A console for stdout; wide when it is not a terminal, so logs and redirected tables are not wrapped."""
+    console = Console()
+    return console if console.is_terminal else Console(width=160)
 
 
 def fmt(value: Any, digits: int = 4) -> str:
@@ -140,3 +147,50 @@ def config_table(resolved: ResolvedConfig) -> tuple[Table, int]:
         table.add_row(".".join(info.key), escape(shown),
                       f"[{style}]{escape(source)}[/]" if style else source, escape(info.description))
     return table, hidden
+
+
+VERDICT_STYLE = {"PASS": "green", "KINK": "cyan", "INCONCLUSIVE": "yellow", "FAIL": "bold red", "N/A": "dim"}
+METHOD_NAMES = {"forward": "forward AD", "finite_difference": "finite differences", "manual": "hand-derived"}
+
+
+def gradcheck_tables(report) -> list[Table]:
+    """One table per parameter group: each method against reverse-mode AD."""
+    tables = []
+    for group in report.groups:
+        style = VERDICT_STYLE[group.verdict]
+        shape = "scalar" if not group.shape else "x".join(map(str, group.shape))
+        table = Table(title=f"[bold]{escape(group.name)}[/] ({shape}, {group.size:,} entries): [{style}]{group.verdict}[/]",
+                      title_justify="left")
+        for name, justify in (("method vs reverse AD", "left"), ("rel. error", "right"), ("worst entry", "left"),
+                              ("its value", "right"), ("reverse AD", "right"), ("checked", "right"),
+                              ("verdict", "left"), ("notes", "left")):
+            table.add_column(name, justify=justify)
+        for method in ("forward", "finite_difference", "manual"):
+            r = group.methods[method]
+            notes = [r.note] if r.note else []
+            if r.kinks:
+                notes.append(f"{r.kinks} kink(s): AD between the one-sided differences")
+            if r.inconclusive:
+                notes.append(f"{r.inconclusive} within noise")
+            if r.failures:
+                notes.append(f"{r.failures} failing")
+            table.add_row(METHOD_NAMES[method], fmt(r.error, 2), escape(r.worst or "-"), fmt(r.worst_value, 7),
+                          fmt(r.worst_reference, 7), str(r.checked) if r.checked else "-",
+                          f"[{VERDICT_STYLE[r.verdict]}]{r.verdict}[/]", escape("; ".join(notes)))
+        tables.append(table)
+    return tables
+
+
+def sweep_table(rows, shape: str) -> Table:
+    table = Table(title="Finite-difference error against the step h", title_justify="left")
+    table.add_column("h", justify="right")
+    table.add_column("rel. error", justify="right")
+    table.add_column("")
+    best = min(r.error for r in rows)
+    for r in rows:
+        marks = "#" * max(1, min(40, int(round(2 * (16 + math.log10(max(r.error, 1e-16)))))))
+        table.add_row(f"{r.step:.0e}", f"{r.error:.2e}", marks + ("  <- best" if r.error == best else ""))
+    table.caption = ("V shape: truncation falls as h^2 until round-off rises; consistent with a correct gradient"
+                     if shape == "V" else
+                     f"flat floor near {best:.1e}: finite differences never agree better; the gradient is wrong")
+    return table

@@ -1,0 +1,482 @@
+"""Gradient checking: reverse-mode AD against forward mode, finite differences and a hand-derived gradient.
+
+Works on any scalar ``loss_fn(params)`` and params pytree; returns result objects and prints nothing.
+
+Finite differences are central, ``D(h) = (f(t + h v) - f(t - h v)) / 2h`` with ``h = eps^(1/3) * max(1, |t|)``.
+Each is paired with ``D(h/2)``: for a smooth function the error of ``D(h)`` is 4/3 of ``|D(h) - D(h/2)|``
+(Richardson), and that difference also carries the round-off, so it is an honest per-entry noise estimate.
+An entry passes when ``|D(h) - reverse| <= 3 * noise``; it is INCONCLUSIVE up to 10 * noise (the finite
+differences cannot resolve it) and FAIL beyond. Where the one-sided differences disagree and their gap does not
+shrink with h (a kink, e.g. a ReLU pre-activation near 0), the entry is KINK, and passes if reverse AD lies between.
+
+Small models are checked coordinate by coordinate ("full"); larger ones along random directions per parameter
+group plus a sample of coordinates ("directional"), and a failing direction is bisected down to its worst entry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from gradfit.models import named_leaves
+
+PASS, FAIL, KINK, INCONCLUSIVE, NOT_AVAILABLE = "PASS", "FAIL", "KINK", "INCONCLUSIVE", "N/A"
+METHODS = ("forward", "finite_difference", "manual")
+PASS_NOISE, FAIL_NOISE = 3.0, 10.0  # multiples of the finite-difference noise estimate
+EXACT_TOLERANCE = 1e3  # exact methods (forward, manual) may differ from reverse by this many eps (relative)
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckOptions:
+    """How to check. ``step`` replaces eps^(1/3) in the finite-difference step rule."""
+
+    precision: str = "float64"
+    step: Optional[float] = None
+    full: Optional[bool] = None  # None: full below ``threshold`` parameters, directional above
+    threshold: int = 5000
+    directions: int = 8  # per group, in directional mode
+    coordinates: int = 16  # sampled per group, in directional mode
+    seed: int = 0
+    batch: int = 128  # loss evaluations per vmapped device call
+
+
+@dataclasses.dataclass
+class MethodResult:
+    """One method against reverse AD on one parameter group."""
+
+    method: str
+    verdict: str
+    error: Optional[float] = None  # ||method - reverse|| / ||reverse|| over the checked entries
+    worst: Optional[str] = None  # where the worst entry is: "[3, 7]" or "direction 2"
+    worst_index: Optional[int] = None  # flat index of the worst entry within its group (None for a direction)
+    worst_value: Optional[float] = None
+    worst_reference: Optional[float] = None
+    checked: int = 0
+    kinks: int = 0
+    inconclusive: int = 0
+    failures: int = 0
+    note: str = ""
+
+
+@dataclasses.dataclass
+class GroupResult:
+    name: str
+    size: int
+    shape: tuple
+    verdict: str
+    methods: dict  # method name -> MethodResult
+
+
+@dataclasses.dataclass
+class SweepRow:
+    step: float
+    error: float  # norm-relative error of finite differences against reverse AD
+
+
+@dataclasses.dataclass
+class Report:
+    verdict: str  # "pass" | "fail" | "inconclusive"
+    precision: str
+    num_params: int
+    mode: str  # "full" | "directional"
+    step_rule: str
+    groups: list
+    sweep: Optional[list] = None
+    sweep_shape: Optional[str] = None  # "V" | "flat"
+
+    def to_json(self) -> dict:
+        out = {
+            "verdict": self.verdict, "precision": self.precision, "num_params": self.num_params, "mode": self.mode,
+            "step_rule": self.step_rule,
+            "groups": [
+                {"name": g.name, "size": g.size, "verdict": g.verdict.lower(),
+                 "errors": {m: (g.methods[m].error if m in g.methods else None) for m in METHODS},
+                 "methods": {m: dataclasses.asdict(r) for m, r in g.methods.items()}}
+                for g in self.groups
+            ],
+        }
+        if self.sweep is not None:
+            out["sweep"] = {"shape": self.sweep_shape, "rows": [dataclasses.asdict(r) for r in self.sweep]}
+        return out
+
+
+@dataclasses.dataclass
+class _Group:
+    name: str
+    offset: int
+    size: int
+    shape: tuple
+
+
+class _Problem:
+    """The flattened loss and batched evaluators around one point ``theta``."""
+
+    def __init__(self, loss_fn: Callable, params, options: CheckOptions):
+        dtype = jnp.float64 if options.precision == "float64" else jnp.float32
+        params = jax.tree_util.tree_map(lambda p: jnp.asarray(p, dtype), params)
+        self.theta, self.unravel = ravel_pytree(params)
+        self.eps = float(jnp.finfo(dtype).eps)
+        self.batch = options.batch
+        self.loss = lambda theta: loss_fn(self.unravel(theta))
+        self.groups, offset = [], 0
+        for name, leaf in named_leaves(params).items():
+            self.groups.append(_Group(name, offset, int(leaf.size), tuple(leaf.shape)))
+            offset += int(leaf.size)
+        theta = self.theta
+        self.f0 = float(jax.jit(self.loss)(theta))
+        self.reverse = np.asarray(jax.jit(jax.grad(self.loss))(theta), np.float64)
+        self._along = jax.jit(jax.vmap(lambda v, d: self.loss(theta + d * v)))
+        self._at = jax.jit(jax.vmap(lambda i, d: self.loss(theta.at[i].add(d))))
+        self._jvp_along = jax.jit(jax.vmap(lambda v: jax.jvp(self.loss, (theta,), (v,))[1]))
+        self._jvp_at = jax.jit(jax.vmap(
+            lambda i: jax.jvp(self.loss, (theta,), (jnp.zeros_like(theta).at[i].set(1),))[1]))
+        self.step_base = options.step if options.step is not None else self.eps ** (1 / 3)
+
+    def _batched(self, fn, *columns) -> np.ndarray:
+        """Apply a vmapped fn in fixed-size batches (padded), so it compiles once whatever the count."""
+        n, out = len(columns[0]), []
+        batch = min(self.batch, 1 << max(0, (n - 1).bit_length()))  # a power of two: few distinct compilations
+        for start in range(0, n, batch):
+            block = [c[start:start + batch] for c in columns]
+            pad = batch - len(block[0])
+            block = [np.concatenate([b, np.repeat(b[-1:], pad, axis=0)]) if pad else b for b in block]
+            out.append(np.asarray(fn(*block), np.float64)[: batch - pad])
+        return np.concatenate(out) if out else np.zeros(0)
+
+    def losses_at(self, index: np.ndarray, delta: np.ndarray) -> np.ndarray:
+        return self._batched(self._at, index.astype(np.int32), delta.astype(self.theta.dtype))
+
+    def losses_along(self, vectors: np.ndarray, delta: np.ndarray) -> np.ndarray:
+        return self._batched(self._along, vectors.astype(self.theta.dtype), delta.astype(self.theta.dtype))
+
+    def forward_at(self, index: np.ndarray) -> np.ndarray:
+        return self._batched(self._jvp_at, index.astype(np.int32))
+
+    def forward_along(self, vectors: np.ndarray) -> np.ndarray:
+        return self._batched(self._jvp_along, vectors.astype(self.theta.dtype))
+
+
+@dataclasses.dataclass
+class _Differences:
+    """Finite differences of one batch of entries (coordinates or directions)."""
+
+    central: np.ndarray  # D(h)
+    noise: np.ndarray  # |D(h) - D(h/2)| + a round-off floor
+    forward_side: np.ndarray  # (f(t + h v) - f(t)) / h
+    backward_side: np.ndarray  # (f(t) - f(t - h v)) / h
+    smooth: np.ndarray  # bool: the one-sided gap halves with h, as it does where the function is smooth
+
+
+def _differences(problem: _Problem, evaluate: Callable, steps: np.ndarray) -> _Differences:
+    """evaluate(deltas) -> losses; deltas are stacked as +h, -h, +h/2, -h/2 for every entry."""
+    k = len(steps)
+    values = evaluate(np.concatenate([steps, -steps, steps / 2, -steps / 2]))
+    plus, minus, plus2, minus2 = values[:k], values[k:2 * k], values[2 * k:3 * k], values[3 * k:]
+    f0 = problem.f0
+    central, central2 = (plus - minus) / (2 * steps), (plus2 - minus2) / steps
+    # rounding of the loss values themselves: a few eps of their size, divided by the step
+    roundoff = 4 * problem.eps * np.maximum(abs(f0), np.maximum(np.abs(plus), np.abs(minus))) / steps
+    # Where f is smooth the gap between the one-sided differences is ~ f'' h: it halves with h, and it dwarfs
+    # the O(h^2) change of the central difference. A kink within h of theta breaks one or the other.
+    gap, gap2 = np.abs(plus - 2 * f0 + minus) / steps, np.abs(plus2 - 2 * f0 + minus2) / (steps / 2)
+    smooth = (np.abs(gap2 - gap / 2) <= 0.25 * gap + roundoff) & (2 * np.abs(central - central2) <= 0.25 * gap + roundoff)
+    return _Differences(central, np.abs(central - central2) + roundoff, (plus - f0) / steps, (f0 - minus) / steps,
+                        smooth)
+
+
+def _fd_verdicts(diff: _Differences, reference: np.ndarray) -> np.ndarray:
+    error = np.abs(diff.central - reference)
+    low = np.minimum(diff.forward_side, diff.backward_side) - PASS_NOISE * diff.noise
+    high = np.maximum(diff.forward_side, diff.backward_side) + PASS_NOISE * diff.noise
+    kink = ~diff.smooth & (reference >= low) & (reference <= high)
+    return np.where(error <= PASS_NOISE * diff.noise, PASS,
+                    np.where(kink, KINK, np.where(error <= FAIL_NOISE * diff.noise, INCONCLUSIVE, FAIL)))
+
+
+def _combine(verdicts) -> str:
+    verdicts = set(verdicts)
+    for verdict in (FAIL, INCONCLUSIVE, KINK, PASS):
+        if verdict in verdicts:
+            return verdict
+    return NOT_AVAILABLE
+
+
+def _method_result(method, values, reference, verdicts, labels, ratio, flat) -> MethodResult:
+    """Summarize per-entry values/verdicts; the worst entry is the one with the largest error ratio."""
+    norm = np.linalg.norm(reference)
+    error = float(np.linalg.norm(values - reference) / norm) if norm > 0 else float(np.linalg.norm(values))
+    worst = int(np.argmax(ratio))
+    return MethodResult(
+        method, _combine(verdicts), error, labels[worst], None if flat is None else int(flat[worst]),
+        float(values[worst]), float(reference[worst]),
+        checked=len(values), kinks=int(np.sum(verdicts == KINK)), inconclusive=int(np.sum(verdicts == INCONCLUSIVE)),
+        failures=int(np.sum(verdicts == FAIL)),
+    )
+
+
+def _exact_verdicts(values: np.ndarray, reference: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    tolerance = EXACT_TOLERANCE * eps * (np.abs(reference) + np.max(np.abs(reference), initial=0.0) + 1e-30)
+    ratio = np.abs(values - reference) / tolerance
+    return np.where(ratio <= 1, PASS, FAIL), ratio
+
+
+def check_gradient(loss_fn: Callable, params, manual_grad: Optional[Callable] = None,
+                   options: CheckOptions = CheckOptions()) -> Report:
+    """Check ``jax.grad(loss_fn)`` at ``params`` against forward mode, finite differences and ``manual_grad``.
+
+    Args:
+        loss_fn: params pytree -> scalar loss. Arrays it closes over should already have the checked precision.
+        params: the point to check at (any pytree of arrays).
+        manual_grad: optional params -> gradient pytree (same structure), e.g. a hand-derived NumPy gradient.
+        options: precision, finite-difference step, full vs directional mode.
+
+    Returns:
+        A Report; its ``verdict`` is "fail" if any group fails, "inconclusive" if any entry could not be decided.
+    """
+    with jax.enable_x64(options.precision == "float64"):
+        problem = _Problem(loss_fn, params, options)
+        manual = None
+        if manual_grad is not None:
+            manual = np.asarray(ravel_pytree(jax.tree_util.tree_map(
+                lambda g: jnp.asarray(g, jnp.float64 if options.precision == "float64" else jnp.float32),
+                manual_grad(jax.tree_util.tree_map(np.asarray, problem.unravel(problem.theta)))))[0], np.float64)
+        forward_ok = _forward_mode_available(problem)
+        full = options.full if options.full is not None else problem.theta.size <= options.threshold
+        rng = np.random.default_rng(options.seed)
+        groups = [
+            (_check_group_full if full else _check_group_directional)(problem, group, manual, forward_ok, options, rng)
+            for group in problem.groups
+        ]
+    verdicts = {g.verdict for g in groups}
+    overall = "fail" if FAIL in verdicts else "inconclusive" if INCONCLUSIVE in verdicts else "pass"
+    rule = f"h = {'eps^(1/3)' if options.step is None else f'{options.step:g}'} * max(1, |theta|)"
+    return Report(overall, options.precision, int(problem.theta.size), "full" if full else "directional", rule,
+                  groups)
+
+
+def _forward_mode_available(problem: _Problem) -> bool:
+    try:
+        problem.forward_at(np.zeros(1, np.int32))
+        return True
+    except TypeError:  # e.g. jax.custom_vjp functions have no forward-mode rule
+        return False
+
+
+def _coordinate_steps(problem: _Problem, index: np.ndarray) -> np.ndarray:
+    theta = np.asarray(problem.theta, np.float64)
+    return problem.step_base * np.maximum(1.0, np.abs(theta[index]))
+
+
+def _index_label(group: _Group, flat: int) -> str:
+    return str([int(i) for i in np.unravel_index(flat, group.shape)]) if group.shape else "[]"
+
+
+def _check_group_full(problem, group, manual, forward_ok, options, rng) -> GroupResult:
+    index = np.arange(group.offset, group.offset + group.size)
+    labels = [_index_label(group, i) for i in range(group.size)]
+    return _check_entries(problem, group, manual, forward_ok, index, None, labels)
+
+
+def _random_directions(problem: _Problem, group: _Group, count: int, rng) -> np.ndarray:
+    """(count, P) unit vectors, Gaussian on the group's entries and zero elsewhere."""
+    vectors = np.zeros((count, problem.theta.size))
+    vectors[:, group.offset:group.offset + group.size] = rng.standard_normal((count, group.size))
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def _check_group_directional(problem, group, manual, forward_ok, options, rng) -> GroupResult:
+    vectors = _random_directions(problem, group, options.directions, rng)
+    sample = rng.choice(group.size, size=min(options.coordinates, group.size), replace=False)
+    direction_result = _check_entries(problem, group, manual, forward_ok, None, vectors,
+                                      [f"direction {k}" for k in range(len(vectors))])
+    coordinate_result = _check_entries(problem, group, manual, forward_ok, group.offset + sample, None,
+                                       [_index_label(group, i) for i in sample])
+    fd = direction_result.methods["finite_difference"]
+    if fd.verdict == FAIL:  # narrow the failing direction down to its worst coordinate
+        k = int(fd.worst.split()[-1])
+        flat = _bisect(problem, group, vectors[k])
+        fd.note = f"direction {k} narrowed to entry {_index_label(group, flat)}"
+        narrowed = _check_entries(problem, group, manual, forward_ok, np.array([group.offset + flat]), None,
+                                  [_index_label(group, flat)])
+        coordinate_result = _merge(coordinate_result, narrowed)
+    return _merge(coordinate_result, direction_result)  # on a tie, name a coordinate rather than a direction
+
+
+def _merge(a: GroupResult, b: GroupResult) -> GroupResult:
+    """Combine the results of two sets of entries of one group; the worse result names the worst entry."""
+    order = [FAIL, INCONCLUSIVE, KINK, PASS, NOT_AVAILABLE]
+    methods = {}
+    for name in a.methods:
+        x, y = a.methods[name], b.methods[name]
+        worse = x if order.index(x.verdict) <= order.index(y.verdict) else y
+        errors = [e for e in (x.error, y.error) if e is not None]
+        methods[name] = dataclasses.replace(
+            worse, error=max(errors) if errors else None, checked=x.checked + y.checked, kinks=x.kinks + y.kinks,
+            inconclusive=x.inconclusive + y.inconclusive, failures=x.failures + y.failures,
+            note="; ".join(n for n in (x.note, y.note) if n))
+    return GroupResult(a.name, a.size, a.shape, _combine(m.verdict for m in methods.values()), methods)
+
+
+def _check_entries(problem, group, manual, forward_ok, index, vectors, labels) -> GroupResult:
+    """Check coordinates ``index`` (flat) or directions ``vectors`` (rows) of one group with every method."""
+    if vectors is None:
+        reference = problem.reverse[index]
+        steps = _coordinate_steps(problem, index)
+        repeat = np.tile(index, 4)
+        diff = _differences(problem, lambda d: problem.losses_at(repeat, d), steps)
+        forward = problem.forward_at(index) if forward_ok else None
+        manual_values = manual[index] if manual is not None else None
+    else:
+        reference = vectors @ problem.reverse
+        support = np.abs(np.asarray(problem.theta, np.float64)[group.offset:group.offset + group.size])
+        steps = np.full(len(vectors), problem.step_base * max(1.0, float(support.max(initial=0.0))))
+        repeat = np.tile(vectors, (4, 1))
+        diff = _differences(problem, lambda d: problem.losses_along(repeat, d), steps)
+        forward = problem.forward_along(vectors) if forward_ok else None
+        manual_values = vectors @ manual if manual is not None else None
+
+    methods = {}
+    fd_verdicts = _fd_verdicts(diff, reference)
+    fd_ratio = np.abs(diff.central - reference) / np.maximum(diff.noise, 1e-300)
+    flat = None if vectors is not None else index - group.offset
+    methods["finite_difference"] = _method_result("finite_difference", diff.central, reference, fd_verdicts, labels,
+                                                  fd_ratio, flat)
+    for name, values in (("forward", forward), ("manual", manual_values)):
+        if values is None:
+            note = "no forward-mode rule (custom_vjp)" if name == "forward" else "no hand-derived gradient"
+            methods[name] = MethodResult(name, NOT_AVAILABLE, note=note)
+            continue
+        verdicts, ratio = _exact_verdicts(values, reference, problem.eps)
+        methods[name] = _method_result(name, values, reference, verdicts, labels, ratio, flat)
+    return GroupResult(group.name, group.size, group.shape, _combine(m.verdict for m in methods.values()), methods)
+
+
+def _bisect(problem: _Problem, group: _Group, direction: np.ndarray) -> int:
+    """Halve a failing direction's support, following the half whose finite differences disagree most."""
+    support = np.arange(group.offset, group.offset + group.size)
+    support = support[direction[support] != 0]
+    while len(support) > 1:
+        halves = np.array_split(support, 2)
+        vectors = np.zeros((2, direction.size))
+        for row, half in enumerate(halves):
+            vectors[row, half] = direction[half]
+        reference = vectors @ problem.reverse
+        steps = np.full(2, problem.step_base * max(1.0, float(np.abs(np.asarray(problem.theta))[support].max())))
+        repeat = np.tile(vectors, (4, 1))
+        diff = _differences(problem, lambda d: problem.losses_along(repeat, d), steps)
+        ratio = np.abs(diff.central - reference) / np.maximum(diff.noise, 1e-300)
+        support = halves[int(np.argmax(ratio))]
+    return int(support[0] - group.offset)
+
+
+SWEEP_STEPS = tuple(10.0 ** -k for k in range(1, 11))
+
+
+def sweep_steps(loss_fn: Callable, params, options: CheckOptions = CheckOptions(), report: Optional[Report] = None,
+                steps=SWEEP_STEPS) -> tuple[list, str]:
+    """Norm-relative error of central differences against reverse AD for each step, over coordinates.
+
+    All coordinates in full mode; otherwise a seeded sample per group plus the worst entry each group's check
+    found (pass the check's ``report``), so that a localized error is in the sweep.
+
+    Returns (rows, shape): "V" when the error reaches the precision's attainable accuracy and has a sharp
+    minimum (truncation ~ h^2 on one side, round-off ~ eps/h on the other); "flat" when it levels off at a
+    floor instead, the mark of a wrong gradient.
+    """
+    with jax.enable_x64(options.precision == "float64"):
+        problem = _Problem(loss_fn, params, options)
+        full = options.full if options.full is not None else problem.theta.size <= options.threshold
+        rng = np.random.default_rng(options.seed)
+        if full:
+            index = np.arange(problem.theta.size)
+        else:
+            picks = [g.offset + rng.choice(g.size, min(options.coordinates, g.size), replace=False)
+                     for g in problem.groups]
+            if report is not None:
+                offsets = {g.name: g.offset for g in problem.groups}
+                picks += [[offsets[g.name] + g.methods["finite_difference"].worst_index] for g in report.groups
+                          if g.methods["finite_difference"].worst_index is not None]
+            index = np.unique(np.concatenate(picks))
+        reference = problem.reverse[index]
+        norm = np.linalg.norm(reference)
+        scale = np.maximum(1.0, np.abs(np.asarray(problem.theta, np.float64)[index]))
+        rows = []
+        for h in steps:
+            deltas = h * scale
+            values = problem.losses_at(np.tile(index, 2), np.concatenate([deltas, -deltas]))
+            central = (values[: len(index)] - values[len(index):]) / (2 * deltas)
+            rows.append(SweepRow(float(h), float(np.linalg.norm(central - reference) / (norm if norm > 0 else 1.0))))
+    errors = np.array([r.error for r in rows])
+    best = errors.min()
+    floor_width = int(np.sum(errors <= 3 * best))  # a V has a sharp minimum; a floor spans several steps
+    shape = "V" if best <= np.sqrt(problem.eps) and floor_width < 3 else "flat"
+    return rows, shape
+
+
+__all__ = ["CheckOptions", "Report", "GroupResult", "MethodResult", "SweepRow", "check_gradient", "sweep_steps",
+           "ConfigProblem", "problem_from_config", "PASS", "FAIL", "KINK", "INCONCLUSIVE", "NOT_AVAILABLE"]
+
+
+@dataclasses.dataclass
+class ConfigProblem:
+    """What compare-grads checks for a config: the training loss at a point, and its hand-derived gradient."""
+
+    loss_fn: Callable
+    params: object
+    manual_grad: Callable
+    description: str
+
+
+def problem_from_config(config, at_run: Optional[str] = None, precision: str = "float64",
+                        max_rows: int = 10_000) -> ConfigProblem:
+    """The config's regularized training objective on (up to ``max_rows`` of) its training split.
+
+    The point is the run's saved parameters (``at_run``), else the model's initial parameters; logistic
+    regression starts at zero, where central differences are exact by symmetry, so it is checked at a seeded
+    random point instead. Call inside ``jax.enable_x64(precision == "float64")``.
+    """
+    from gradfit.data import load_dataset
+    from gradfit.errors import RunDirError
+    from gradfit.losses import logistic_manual_grad, make_objective, mlp_manual_grad
+    from gradfit.models import build_model, params_from_named
+    from gradfit.runs import load_arrays
+    from gradfit.train import split_arrays
+
+    dtype = jnp.float64 if precision == "float64" else jnp.float32
+    dataset = load_dataset(config)
+    model = build_model(config.model, dataset.n_features, dataset.n_classes)
+    x, y = split_arrays(dataset.train, dataset.n_classes, dtype)
+    x, y = x[:max_rows], y[:max_rows]
+    key = jax.random.PRNGKey(config.seed)  # the same initial parameters `gradfit train` starts from
+    params = model.init(key, dtype)
+    if at_run is not None:
+        path = f"{at_run}/params.npz"
+        try:
+            params = params_from_named(params, load_arrays(path), path)
+        except FileNotFoundError:
+            raise RunDirError(f"{at_run}: no params.npz here; is it a finished gradfit run directory?") from None
+        except ValueError as exc:
+            raise RunDirError(f"{exc}; pass the config the run was trained with") from None
+        where = f"parameters of {at_run}"
+    elif config.model.kind == "logistic":
+        w_key, b_key = jax.random.split(key)
+        params = {"w": jax.random.normal(w_key, params["w"].shape, dtype) / np.sqrt(dataset.n_features),
+                  "b": jax.random.normal(b_key, (), dtype)}
+        where = f"a random point (seed {config.seed})"
+    else:
+        where = f"the initial parameters (seed {config.seed})"
+    objective = make_objective(model.apply, config.model.l2)
+    x_device, y_device = jnp.asarray(x), jnp.asarray(y)
+    l2 = config.model.l2
+    if config.model.kind == "logistic":
+        manual = lambda p: logistic_manual_grad(p, x, y, l2)  # noqa: E731
+    else:
+        manual = lambda p: mlp_manual_grad(p, x, y, config.model.activation, l2)  # noqa: E731
+    description = (f"{config.model.kind} on {dataset.name}: training objective over {len(y):,} rows "
+                   f"(l2 = {l2:g}), at {where}")
+    return ConfigProblem(lambda p: objective(p, x_device, y_device), params, manual, description)

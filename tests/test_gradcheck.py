@@ -1,0 +1,226 @@
+"""compare-grads: exact agreement where it must hold, planted bugs found and located, kinks not failed."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import CONFIGS, make_config
+from gradfit import gradcheck
+from gradfit.cli import app
+from gradfit.gradcheck import FAIL, KINK, PASS, CheckOptions, check_gradient, problem_from_config, sweep_steps
+
+runner = CliRunner()
+MLP = ("model.kind=mlp", "data.source=digits")
+
+
+def config_problem(*overrides, precision="float64", **kwargs):
+    with jax.enable_x64(precision == "float64"):
+        return problem_from_config(make_config(*overrides), precision=precision, **kwargs)
+
+
+def planted_bug(scale: float, index: tuple):
+    """Identity whose custom VJP scales one entry of the cotangent: the gradient of that entry is off by `scale`."""
+
+    @jax.custom_vjp
+    def identity(w):
+        return w
+
+    identity.defvjp(lambda w: (w, None), lambda _, cotangent: (cotangent.at[index].multiply(scale),))
+    return identity
+
+
+def with_bug_in_layer(problem, layer: int, scale: float, index: tuple):
+    bug = planted_bug(scale, index)
+
+    def loss(params):
+        layers = list(params["layers"])
+        layers[layer] = {**layers[layer], "w": bug(layers[layer]["w"])}
+        return problem.loss_fn({"layers": layers})
+
+    return loss
+
+
+def test_logistic_regression_in_float64_agrees_to_the_digits():
+    problem = config_problem("model.l2=0.01")
+    report = check_gradient(problem.loss_fn, problem.params, problem.manual_grad)
+    assert report.verdict == "pass" and report.mode == "full" and report.num_params == 31
+    for group in report.groups:
+        assert group.methods["finite_difference"].error < 1e-8
+        assert group.methods["forward"].error < 1e-12
+        assert group.methods["manual"].error < 1e-12
+        assert group.methods["finite_difference"].checked == group.size  # every coordinate
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "gelu"])
+def test_mlp_groups_all_pass(activation):
+    problem = config_problem(*MLP, "model.hidden=[16, 8]", f"model.activation={activation}", "model.l2=0.001")
+    report = check_gradient(problem.loss_fn, problem.params, problem.manual_grad)
+    assert report.verdict == "pass"
+    assert [g.name for g in report.groups] == ["layers/0/b", "layers/0/w", "layers/1/b", "layers/1/w",
+                                               "layers/2/b", "layers/2/w"]
+    for group in report.groups:
+        assert group.verdict in (PASS, KINK)
+        assert group.methods["forward"].error < 1e-12 and group.methods["manual"].error < 1e-12
+
+
+def test_a_relu_kink_is_flagged_not_failed():
+    x = jnp.array([[1.0, 1.0]])
+    params = {"w": jnp.array([5e-10, 5e-10]), "b": jnp.array(0.0)}  # pre-activation 1e-9: just right of the kink
+
+    def loss(p):
+        return jnp.mean(jax.nn.relu(x @ p["w"] + p["b"]))
+
+    report = check_gradient(loss, params, options=CheckOptions(full=True))
+    for group in report.groups:
+        fd = group.methods["finite_difference"]
+        assert fd.verdict == KINK and fd.kinks == group.size
+        assert group.verdict == KINK
+    assert report.verdict == "pass"
+
+
+def test_planted_bug_is_found_and_located_in_full_mode():
+    problem = config_problem()
+    bug = planted_bug(1.001, (7,))  # 0.1% off in w[7]
+    report = check_gradient(lambda p: problem.loss_fn({**p, "w": bug(p["w"])}), problem.params)
+    assert report.verdict == "fail"
+    (failing,) = [g for g in report.groups if g.verdict == FAIL]
+    fd = failing.methods["finite_difference"]
+    assert failing.name == "w" and fd.worst == "[7]" and fd.failures == 1
+    assert failing.methods["forward"].verdict == "N/A"  # custom_vjp has no forward rule: said, not failed
+    assert {g.name: g.verdict for g in report.groups}["b"] == PASS
+
+
+def test_planted_bug_is_found_and_located_in_directional_mode():
+    problem = config_problem(*MLP, "model.hidden=[128, 64]")
+    loss = with_bug_in_layer(problem, 1, 1.001, (5, 9))
+    report = check_gradient(loss, problem.params, problem.manual_grad)
+    assert report.mode == "directional" and report.num_params > 5000
+    assert report.verdict == "fail"
+    (failing,) = [g for g in report.groups if g.verdict == FAIL]
+    fd = failing.methods["finite_difference"]
+    assert failing.name == "layers/1/w" and fd.worst == "[5, 9]"
+    assert "narrowed to entry [5, 9]" in fd.note
+    assert failing.methods["manual"].verdict == FAIL  # the hand-derived gradient disagrees with the buggy AD too
+
+
+def test_one_percent_error_is_not_missed_in_float32():
+    problem = config_problem(precision="float32")
+    bug = planted_bug(1.01, (3,))
+    report = check_gradient(lambda p: problem.loss_fn({**p, "w": bug(p["w"])}), problem.params,
+                            options=CheckOptions(precision="float32"))
+    assert report.verdict == "fail"
+    assert {g.name: g.methods["finite_difference"].worst for g in report.groups if g.verdict == FAIL} == {"w": "[3]"}
+
+
+def test_float32_correct_gradient_is_not_a_failure():
+    problem = config_problem(*MLP, "model.hidden=[16]", precision="float32")
+    report = check_gradient(problem.loss_fn, problem.params, problem.manual_grad, CheckOptions(precision="float32"))
+    assert report.verdict in ("pass", "inconclusive")
+    assert all(g.verdict != FAIL for g in report.groups)
+
+
+def test_sweep_shows_a_v_for_a_right_gradient_and_a_floor_for_a_wrong_one():
+    problem = config_problem()
+    rows, shape = sweep_steps(problem.loss_fn, problem.params)
+    errors = [r.error for r in rows]
+    assert [r.step for r in rows] == [10.0 ** -k for k in range(1, 11)]
+    assert shape == "V" and min(errors) < 1e-9
+    best = int(np.argmin(errors))
+    assert errors[0] > 100 * errors[best] and errors[-1] > 100 * errors[best]  # truncation, then round-off
+    bug = planted_bug(1.001, (7,))
+    rows, shape = sweep_steps(lambda p: problem.loss_fn({**p, "w": bug(p["w"])}), problem.params)
+    assert shape == "flat" and min(r.error for r in rows) > 1e-5
+
+
+def test_library_use_on_any_function_prints_nothing(capsys):
+    def loss(p):
+        return jnp.sum(jnp.sin(p["a"]) * p["b"][0]) + jnp.sum(p["b"] ** 3)
+
+    params = {"a": jnp.linspace(-1.0, 1.0, 5), "b": jnp.array([0.3, -0.7])}
+    manual = lambda p: {"a": np.cos(p["a"]) * p["b"][0],  # noqa: E731
+                        "b": 3 * np.asarray(p["b"]) ** 2 + np.array([np.sum(np.sin(p["a"])), 0.0])}
+    report = check_gradient(loss, params, manual)
+    assert report.verdict == "pass" and [g.name for g in report.groups] == ["a", "b"]
+    assert capsys.readouterr().out == ""
+    as_json = json.loads(json.dumps(report.to_json()))
+    assert as_json["groups"][0]["errors"]["manual"] < 1e-12
+
+
+# ----------------------------------------------------------------------------------------------------- CLI
+
+
+def invoke(*args):
+    return runner.invoke(app, ["compare-grads", *args], env={"COLUMNS": "200"})
+
+
+def test_cli_default_passes_and_writes_json(tmp_path):
+    out = tmp_path / "out.json"
+    result = invoke("--json", str(out))
+    assert result.exit_code == 0, result.output
+    assert "verdict: PASS" in result.output and "finite differences" in result.output
+    data = json.loads(out.read_text())
+    assert data["verdict"] == "pass" and data["precision"] == "float64" and data["num_params"] == 31
+    for group in data["groups"]:
+        assert set(group) >= {"name", "size", "errors", "verdict"}
+        assert set(group["errors"]) == {"forward", "finite_difference", "manual"}
+
+
+def test_cli_mlp_config_directional_with_sweep(tmp_path):
+    result = invoke(str(CONFIGS / "mlp.yaml"), "--sweep", "--json", str(tmp_path / "o.json"))
+    assert result.exit_code == 0, result.output
+    assert "directional check" in result.output and "V shape" in result.output
+    assert json.loads((tmp_path / "o.json").read_text())["sweep"]["shape"] == "V"
+
+
+def test_cli_exit_1_on_a_wrong_gradient(monkeypatch, tmp_path):
+    real = gradcheck.problem_from_config
+
+    def buggy(*args, **kwargs):
+        problem = real(*args, **kwargs)
+        bug = planted_bug(1.001, (2,))
+        return gradcheck.ConfigProblem(lambda p: problem.loss_fn({**p, "w": bug(p["w"])}), problem.params,
+                                       problem.manual_grad, problem.description)
+
+    monkeypatch.setattr(gradcheck, "problem_from_config", buggy)
+    result = invoke("--json", str(tmp_path / "o.json"))
+    assert result.exit_code == 1
+    assert "verdict: FAIL" in result.output
+    assert json.loads((tmp_path / "o.json").read_text())["verdict"] == "fail"
+
+
+def test_cli_at_a_trained_run(tmp_path):
+    from gradfit.train import fit
+
+    summary = fit(make_config(*MLP, "model.hidden=[8]", "train.steps=20", "optimizer.learning_rate=0.01"),
+                  out_dir=tmp_path)
+    result = invoke("--at", summary["run_dir"])  # the config comes from the run directory
+    assert result.exit_code == 0, result.output
+    assert f"parameters of {summary['run_dir']}" in result.output
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--at", "nowhere"], "nowhere: not a gradfit run directory"),
+    ([str(CONFIGS / "logreg.yaml"), "--at", "TMP"], "no params.npz here"),
+    (["missing.yaml"], "config file not found"),
+    (["--set", "model.hiden=[3]"], "did you mean 'hidden'?"),
+    (["--precision", "float16"], "float16"),
+])
+def test_cli_bad_input_exits_2(args, message, tmp_path):
+    result = invoke(*[str(tmp_path) if a == "TMP" else a for a in args])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and "Traceback" not in result.output
+
+
+def test_cli_at_a_run_of_another_model_exits_2(tmp_path):
+    from gradfit.train import fit
+
+    summary = fit(make_config("train.steps=3"), out_dir=tmp_path)  # a logistic run
+    result = invoke(str(CONFIGS / "mlp.yaml"), "--at", summary["run_dir"])
+    assert result.exit_code == 2
+    assert "does not match the model" in result.stderr
