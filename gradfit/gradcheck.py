@@ -184,7 +184,8 @@ def _differences(problem: _Problem, evaluate: Callable, steps: np.ndarray) -> _D
     # Where f is smooth the gap between the one-sided differences is ~ f'' h: it halves with h, and it dwarfs
     # the O(h^2) change of the central difference. A kink within h of theta breaks one or the other.
     gap, gap2 = np.abs(plus - 2 * f0 + minus) / steps, np.abs(plus2 - 2 * f0 + minus2) / (steps / 2)
-    smooth = (np.abs(gap2 - gap / 2) <= 0.25 * gap + roundoff) & (2 * np.abs(central - central2) <= 0.25 * gap + roundoff)
+    smooth = ((np.abs(gap2 - gap / 2) <= 0.25 * gap + roundoff)
+              & (2 * np.abs(central - central2) <= 0.25 * gap + roundoff))
     return _Differences(central, np.abs(central - central2) + roundoff, (plus - f0) / steps, (f0 - minus) / steps,
                         smooth)
 
