@@ -168,6 +168,8 @@ def compare_grads(
             if not config.is_file():
                 raise RunDirError(f"{at}: not a gradfit run directory (no config.yaml); pass the config as well")
         resolved = resolve_config(config, set_ or [])
+        if json_file is not None and (json_file.is_dir() or not json_file.parent.is_dir()):
+            raise GradfitError(f"--json {json_file}: cannot write there (not a file in an existing folder)")
         import jax
 
         from gradfit import gradcheck, report

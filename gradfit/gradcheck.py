@@ -23,11 +23,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from gradfit.errors import GradfitError
 from gradfit.models import named_leaves
 
 PASS, FAIL, KINK, INCONCLUSIVE, NOT_AVAILABLE = "PASS", "FAIL", "KINK", "INCONCLUSIVE", "N/A"
 METHODS = ("forward", "finite_difference", "manual")
 PASS_NOISE, FAIL_NOISE = 3.0, 10.0  # multiples of the finite-difference noise estimate
+RESOLUTION = 1e-2  # a PASS needs finite differences good to 1% of the value (else INCONCLUSIVE)
 EXACT_TOLERANCE = 1e3  # exact methods (forward, manual) may differ from reverse by this many eps (relative)
 
 
@@ -129,6 +131,8 @@ class _Problem:
             offset += int(leaf.size)
         theta = self.theta
         self.f0 = float(jax.jit(self.loss)(theta))
+        if not np.isfinite(self.f0):
+            raise GradfitError(f"the loss is {self.f0} at the point being checked; a gradient check needs a finite loss")
         self.reverse = np.asarray(jax.jit(jax.grad(self.loss))(theta), np.float64)
         self._along = jax.jit(jax.vmap(lambda v, d: self.loss(theta + d * v)))
         self._at = jax.jit(jax.vmap(lambda i, d: self.loss(theta.at[i].add(d))))
@@ -173,7 +177,7 @@ class _Differences:
 
 
 def _differences(problem: _Problem, evaluate: Callable, steps: np.ndarray) -> _Differences:
-    """evaluate(deltas) -> losses; deltas are stacked as +h, -h, +h/2, -h/2 for every entry."""
+    """evaluate(deltas) -> losses for deltas stacked as +h, -h, +h/2, -h/2 over the entries."""
     k = len(steps)
     values = evaluate(np.concatenate([steps, -steps, steps / 2, -steps / 2]))
     plus, minus, plus2, minus2 = values[:k], values[k:2 * k], values[2 * k:3 * k], values[3 * k:]
@@ -191,12 +195,34 @@ def _differences(problem: _Problem, evaluate: Callable, steps: np.ndarray) -> _D
 
 
 def _fd_verdicts(diff: _Differences, reference: np.ndarray) -> np.ndarray:
+    """PASS only where the differences resolve the value to 1% (of the entry or of the group's typical size);
+    where they agree but cannot resolve it, INCONCLUSIVE."""
     error = np.abs(diff.central - reference)
+    scale = np.maximum(np.abs(reference), np.sqrt(np.mean(reference ** 2)))
+    resolved = PASS_NOISE * diff.noise <= RESOLUTION * scale
     low = np.minimum(diff.forward_side, diff.backward_side) - PASS_NOISE * diff.noise
     high = np.maximum(diff.forward_side, diff.backward_side) + PASS_NOISE * diff.noise
     kink = ~diff.smooth & (reference >= low) & (reference <= high)
-    return np.where(error <= PASS_NOISE * diff.noise, PASS,
-                    np.where(kink, KINK, np.where(error <= FAIL_NOISE * diff.noise, INCONCLUSIVE, FAIL)))
+    agree = error <= PASS_NOISE * diff.noise
+    return np.where(agree & resolved, PASS,
+                    np.where(kink, KINK, np.where(agree | (error <= FAIL_NOISE * diff.noise), INCONCLUSIVE, FAIL)))
+
+
+def _fd_check(problem: "_Problem", evaluate: Callable, steps: np.ndarray, reference: np.ndarray):
+    """Differences at ``steps``; entries that do not pass are retried at steps/16 and steps/256, since
+    truncation error and kinks within h shrink with the step while an error in the gradient does not."""
+    diff = _differences(problem, evaluate, steps)
+    verdicts = _fd_verdicts(diff, reference)
+    for shrink in (16, 256):
+        retry = np.flatnonzero(verdicts != PASS)
+        if len(retry) == 0:
+            break
+        smaller = _differences(problem, lambda d, r=retry: evaluate(d, r), steps[retry] / shrink)
+        better = _fd_verdicts(smaller, reference[retry]) == PASS
+        for field in dataclasses.fields(diff):
+            getattr(diff, field.name)[retry[better]] = getattr(smaller, field.name)[better]
+        verdicts[retry[better]] = PASS
+    return diff, verdicts
 
 
 def _combine(verdicts) -> str:
@@ -220,8 +246,10 @@ def _method_result(method, values, reference, verdicts, labels, ratio, flat) -> 
     )
 
 
-def _exact_verdicts(values: np.ndarray, reference: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
-    tolerance = EXACT_TOLERANCE * eps * (np.abs(reference) + np.max(np.abs(reference), initial=0.0) + 1e-30)
+def _exact_verdicts(values: np.ndarray, reference: np.ndarray, eps: float, f0: float) -> tuple[np.ndarray, np.ndarray]:
+    # rounding scales with the size of the summed terms, not with a gradient that is ~0 at an optimum: |f| floors it
+    tolerance = EXACT_TOLERANCE * eps * (np.abs(reference) + np.max(np.abs(reference), initial=0.0) + abs(f0)
+                                         + 1e-300)
     ratio = np.abs(values - reference) / tolerance
     return np.where(ratio <= 1, PASS, FAIL), ratio
 
@@ -243,9 +271,14 @@ def check_gradient(loss_fn: Callable, params, manual_grad: Optional[Callable] = 
         problem = _Problem(loss_fn, params, options)
         manual = None
         if manual_grad is not None:
-            manual = np.asarray(ravel_pytree(jax.tree_util.tree_map(
-                lambda g: jnp.asarray(g, jnp.float64 if options.precision == "float64" else jnp.float32),
-                manual_grad(jax.tree_util.tree_map(np.asarray, problem.unravel(problem.theta)))))[0], np.float64)
+            point = problem.unravel(problem.theta)
+            grad = manual_grad(jax.tree_util.tree_map(np.asarray, point))
+            if jax.tree_util.tree_structure(grad) != jax.tree_util.tree_structure(point) or any(
+                    np.shape(g) != np.shape(p) for g, p in zip(jax.tree_util.tree_leaves(grad),
+                                                                jax.tree_util.tree_leaves(point))):
+                raise GradfitError("the hand-derived gradient does not have the structure and shapes of the params")
+            manual = np.asarray(ravel_pytree(jax.tree_util.tree_map(lambda g: jnp.asarray(g, point_dtype(point)),
+                                                                    grad))[0], np.float64)
         forward_ok = _forward_mode_available(problem)
         full = options.full if options.full is not None else problem.theta.size <= options.threshold
         rng = np.random.default_rng(options.seed)
@@ -258,6 +291,10 @@ def check_gradient(loss_fn: Callable, params, manual_grad: Optional[Callable] = 
     rule = f"h = {'eps^(1/3)' if options.step is None else f'{options.step:g}'} * max(1, |theta|)"
     return Report(overall, options.precision, int(problem.theta.size), "full" if full else "directional", rule,
                   groups)
+
+
+def point_dtype(params):
+    return jax.tree_util.tree_leaves(params)[0].dtype
 
 
 def _forward_mode_available(problem: _Problem) -> bool:
@@ -293,19 +330,26 @@ def _random_directions(problem: _Problem, group: _Group, count: int, rng) -> np.
 def _check_group_directional(problem, group, manual, forward_ok, options, rng) -> GroupResult:
     vectors = _random_directions(problem, group, options.directions, rng)
     sample = rng.choice(group.size, size=min(options.coordinates, group.size), replace=False)
-    direction_result = _check_entries(problem, group, manual, forward_ok, None, vectors,
-                                      [f"direction {k}" for k in range(len(vectors))])
-    coordinate_result = _check_entries(problem, group, manual, forward_ok, group.offset + sample, None,
-                                       [_index_label(group, i) for i in sample])
-    fd = direction_result.methods["finite_difference"]
+    result = _check_entries(problem, group, manual, forward_ok, None, vectors,
+                            [f"direction {k}" for k in range(len(vectors))])
+    fd = result.methods["finite_difference"]
     if fd.verdict == FAIL:  # narrow the failing direction down to its worst coordinate
         k = int(fd.worst.split()[-1])
-        flat = _bisect(problem, group, vectors[k])
-        fd.note = f"direction {k} narrowed to entry {_index_label(group, flat)}"
-        narrowed = _check_entries(problem, group, manual, forward_ok, np.array([group.offset + flat]), None,
-                                  [_index_label(group, flat)])
-        coordinate_result = _merge(coordinate_result, narrowed)
-    return _merge(coordinate_result, direction_result)  # on a tie, name a coordinate rather than a direction
+        flat, spread = _bisect(problem, group, vectors[k])
+        fd.note = f"direction {k} narrowed to entry {_index_label(group, flat)}" + (
+            " (both halves fail: the error is spread over many entries)" if spread else "")
+        sample = np.union1d(sample, [flat])
+    if len(sample):  # on a tie the merged result names a coordinate rather than a direction
+        result = _merge(_check_entries(problem, group, manual, forward_ok, group.offset + sample, None,
+                                       [_index_label(group, i) for i in sample]), result)
+    if manual is not None:  # the hand-derived gradient is at hand for every coordinate: compare them all
+        index = np.arange(group.offset, group.offset + group.size)
+        verdicts, ratio = _exact_verdicts(manual[index], problem.reverse[index], problem.eps, problem.f0)
+        result.methods["manual"] = _method_result("manual", manual[index], problem.reverse[index], verdicts,
+                                                  [_index_label(group, i) for i in range(group.size)], ratio,
+                                                  index - group.offset)
+        result.verdict = _combine(m.verdict for m in result.methods.values())
+    return result
 
 
 def _merge(a: GroupResult, b: GroupResult) -> GroupResult:
@@ -328,21 +372,19 @@ def _check_entries(problem, group, manual, forward_ok, index, vectors, labels) -
     if vectors is None:
         reference = problem.reverse[index]
         steps = _coordinate_steps(problem, index)
-        repeat = np.tile(index, 4)
-        diff = _differences(problem, lambda d: problem.losses_at(repeat, d), steps)
+        evaluate = lambda d, rows=slice(None): problem.losses_at(np.tile(index[rows], 4), d)  # noqa: E731
         forward = problem.forward_at(index) if forward_ok else None
         manual_values = manual[index] if manual is not None else None
     else:
         reference = vectors @ problem.reverse
         support = np.abs(np.asarray(problem.theta, np.float64)[group.offset:group.offset + group.size])
         steps = np.full(len(vectors), problem.step_base * max(1.0, float(support.max(initial=0.0))))
-        repeat = np.tile(vectors, (4, 1))
-        diff = _differences(problem, lambda d: problem.losses_along(repeat, d), steps)
+        evaluate = lambda d, rows=slice(None): problem.losses_along(np.tile(vectors[rows], (4, 1)), d)  # noqa: E731
         forward = problem.forward_along(vectors) if forward_ok else None
         manual_values = vectors @ manual if manual is not None else None
 
     methods = {}
-    fd_verdicts = _fd_verdicts(diff, reference)
+    diff, fd_verdicts = _fd_check(problem, evaluate, steps, reference)
     fd_ratio = np.abs(diff.central - reference) / np.maximum(diff.noise, 1e-300)
     flat = None if vectors is not None else index - group.offset
     methods["finite_difference"] = _method_result("finite_difference", diff.central, reference, fd_verdicts, labels,
@@ -352,15 +394,19 @@ def _check_entries(problem, group, manual, forward_ok, index, vectors, labels) -
             note = "no forward-mode rule (custom_vjp)" if name == "forward" else "no hand-derived gradient"
             methods[name] = MethodResult(name, NOT_AVAILABLE, note=note)
             continue
-        verdicts, ratio = _exact_verdicts(values, reference, problem.eps)
+        verdicts, ratio = _exact_verdicts(values, reference, problem.eps, problem.f0)
         methods[name] = _method_result(name, values, reference, verdicts, labels, ratio, flat)
     return GroupResult(group.name, group.size, group.shape, _combine(m.verdict for m in methods.values()), methods)
 
 
-def _bisect(problem: _Problem, group: _Group, direction: np.ndarray) -> int:
-    """Halve a failing direction's support, following the half whose finite differences disagree most."""
+def _bisect(problem: _Problem, group: _Group, direction: np.ndarray) -> tuple[int, bool]:
+    """Halve a failing direction's support, following the half whose finite differences disagree most.
+
+    Returns (flat index within the group, whether both halves of the first split failed).
+    """
     support = np.arange(group.offset, group.offset + group.size)
     support = support[direction[support] != 0]
+    spread = None
     while len(support) > 1:
         halves = np.array_split(support, 2)
         vectors = np.zeros((2, direction.size))
@@ -371,8 +417,10 @@ def _bisect(problem: _Problem, group: _Group, direction: np.ndarray) -> int:
         repeat = np.tile(vectors, (4, 1))
         diff = _differences(problem, lambda d: problem.losses_along(repeat, d), steps)
         ratio = np.abs(diff.central - reference) / np.maximum(diff.noise, 1e-300)
+        if spread is None:
+            spread = bool(np.all(ratio > FAIL_NOISE))
         support = halves[int(np.argmax(ratio))]
-    return int(support[0] - group.offset)
+    return int(support[0] - group.offset), bool(spread)
 
 
 SWEEP_STEPS = tuple(10.0 ** -k for k in range(1, 11))
@@ -402,7 +450,9 @@ def sweep_steps(loss_fn: Callable, params, options: CheckOptions = CheckOptions(
                 offsets = {g.name: g.offset for g in problem.groups}
                 picks += [[offsets[g.name] + g.methods["finite_difference"].worst_index] for g in report.groups
                           if g.methods["finite_difference"].worst_index is not None]
-            index = np.unique(np.concatenate(picks))
+            index = np.unique(np.concatenate(picks)).astype(int)
+            if len(index) == 0:
+                raise GradfitError("the sweep needs at least one coordinate per group (--coordinates >= 1)")
         reference = problem.reverse[index]
         norm = np.linalg.norm(reference)
         scale = np.maximum(1.0, np.abs(np.asarray(problem.theta, np.float64)[index]))
@@ -413,9 +463,10 @@ def sweep_steps(loss_fn: Callable, params, options: CheckOptions = CheckOptions(
             central = (values[: len(index)] - values[len(index):]) / (2 * deltas)
             rows.append(SweepRow(float(h), float(np.linalg.norm(central - reference) / (norm if norm > 0 else 1.0))))
     errors = np.array([r.error for r in rows])
-    best = errors.min()
-    floor_width = int(np.sum(errors <= 3 * best))  # a V has a sharp minimum; a floor spans several steps
-    shape = "V" if best <= np.sqrt(problem.eps) and floor_width < 3 else "flat"
+    best = int(np.argmin(errors))
+    floor_width = int(np.sum(errors <= 3 * errors[best]))  # a V has a sharp minimum; a floor spans several steps
+    falls = best == 0 or errors[0] >= 10 * errors[best]  # truncation error falls on the large-step side
+    shape = "V" if floor_width < 3 and falls and errors[best] < RESOLUTION else "flat"
     return rows, shape
 
 

@@ -36,8 +36,10 @@ def planted_bug(scale: float, index: tuple):
 
 
 def with_bug_in_layer(problem, layer: int, scale: float, index: tuple):
-    bug = planted_bug(scale, index)
+    return with_bug(problem, layer, planted_bug(scale, index))
 
+
+def with_bug(problem, layer: int, bug):
     def loss(params):
         layers = list(params["layers"])
         layers[layer] = {**layers[layer], "w": bug(layers[layer]["w"])}
@@ -224,3 +226,53 @@ def test_cli_at_a_run_of_another_model_exits_2(tmp_path):
     result = invoke(str(CONFIGS / "mlp.yaml"), "--at", summary["run_dir"])
     assert result.exit_code == 2
     assert "does not match the model" in result.stderr
+
+
+def test_a_converged_point_is_not_a_false_failure(tmp_path):
+    from gradfit.train import fit
+
+    summary = fit(make_config("runtime.precision=float64", "train.tol=1e-9", "train.steps=200",
+                              path=CONFIGS / "logreg.yaml"), out_dir=tmp_path)
+    assert summary["grad_norm"] < 1e-8  # the gradient is ~0: rounding must not be judged against it
+    result = invoke("--at", summary["run_dir"])
+    assert result.exit_code == 0, result.output
+    assert "FAIL" not in result.output
+
+
+def test_a_large_step_is_rechecked_at_smaller_steps_before_failing():
+    problem = config_problem()
+    report = check_gradient(problem.loss_fn, problem.params, problem.manual_grad, CheckOptions(step=1.0))
+    assert report.verdict == "pass"
+
+
+def test_hand_derived_errors_are_located_on_every_coordinate_in_directional_mode():
+    problem = config_problem(*MLP, "model.hidden=[128, 64]")
+
+    def wrong_manual(params):
+        grads = problem.manual_grad(params)
+        grads["layers"][1]["w"][5, 9] *= 1.001
+        return grads
+
+    report = check_gradient(problem.loss_fn, problem.params, wrong_manual)
+    assert report.mode == "directional"
+    failing = {g.name: g.methods["manual"] for g in report.groups if g.verdict == FAIL}
+    assert list(failing) == ["layers/1/w"] and failing["layers/1/w"].worst == "[5, 9]"
+    assert failing["layers/1/w"].checked == 128 * 64
+
+
+def test_an_error_spread_over_a_group_is_said_to_be_spread():
+    problem = config_problem(*MLP, "model.hidden=[128, 64]")
+    bug = planted_bug(1.0001, (slice(None), slice(None)))  # every entry of layers/1/w 0.01% off
+    report = check_gradient(with_bug(problem, 1, bug), problem.params)
+    (failing,) = [g for g in report.groups if g.verdict == FAIL]
+    assert failing.name == "layers/1/w" and "spread" in failing.methods["finite_difference"].note
+
+
+def test_library_input_errors_are_clear():
+    from gradfit.errors import GradfitError
+
+    params = {"a": jnp.ones(3)}
+    with pytest.raises(GradfitError, match="the loss is nan"):
+        check_gradient(lambda p: jnp.sum(p["a"]) * jnp.nan, params)
+    with pytest.raises(GradfitError, match="structure and shapes"):
+        check_gradient(lambda p: jnp.sum(p["a"] ** 2), params, manual_grad=lambda p: {"b": 2 * p["a"]})
