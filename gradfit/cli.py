@@ -170,20 +170,15 @@ def compare_grads(
         resolved = resolve_config(config, set_ or [])
         if json_file is not None and (json_file.is_dir() or not json_file.parent.is_dir()):
             raise GradfitError(f"--json {json_file}: cannot write there (not a file in an existing folder)")
-        import jax
-
         from gradfit import gradcheck, report
         from gradfit.runs import write_json
 
         options = gradcheck.CheckOptions(precision=precision.value, step=step, full=True if full else None,
                                          directions=directions, coordinates=coordinates, seed=seed)
-        with jax.enable_x64(precision.value == "float64"):
-            problem = gradcheck.problem_from_config(resolved.config, None if at is None else str(at),
-                                                    precision.value, max_rows)
-        result = gradcheck.check_gradient(problem.loss_fn, problem.params, problem.manual_grad, options)
-        if sweep:
-            result.sweep, result.sweep_shape = gradcheck.sweep_steps(problem.loss_fn, problem.params, options,
-                                                                     result)
+        problem = gradcheck.problem_from_config(resolved.config, None if at is None else str(at), precision.value,
+                                                max_rows)
+        result = gradcheck.check_gradient(problem.loss_fn, problem.params, problem.manual_grad, options,
+                                          args=problem.args, sweep=sweep)
         console.print(f"{escape(problem.description)}\n{result.num_params:,} parameters, {result.precision}, "
                       f"{result.mode} check, finite-difference step {result.step_rule}", highlight=False)
         for table in report.gradcheck_tables(result):

@@ -100,6 +100,12 @@ def load_dataset(config: GradfitConfig) -> Dataset:
     )
 
 
+def split_arrays(split: Split, n_classes: int, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) as the loss wants them: x in ``dtype``; y as ±1 in ``dtype`` (binary) or int32 class ids."""
+    y = np.asarray(split.y, dtype) if n_classes == 2 else np.asarray(split.y, np.int32)
+    return np.asarray(split.x, dtype), y
+
+
 def read_source(data: DataConfig, seed: int) -> tuple[np.ndarray, np.ndarray, list[str], str]:
     """Features (n, d), raw labels (n,), feature names and a display name for the configured source."""
     if data.source == "synthetic":

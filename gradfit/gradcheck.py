@@ -26,6 +26,9 @@ from jax.flatten_util import ravel_pytree
 from gradfit.errors import GradfitError
 from gradfit.models import named_leaves
 
+__all__ = ["CheckOptions", "Report", "GroupResult", "MethodResult", "SweepRow", "check_gradient",
+           "ConfigProblem", "problem_from_config", "PASS", "FAIL", "KINK", "INCONCLUSIVE", "NOT_AVAILABLE"]
+
 PASS, FAIL, KINK, INCONCLUSIVE, NOT_AVAILABLE = "PASS", "FAIL", "KINK", "INCONCLUSIVE", "N/A"
 METHODS = ("forward", "finite_difference", "manual")
 PASS_NOISE, FAIL_NOISE = 3.0, 10.0  # multiples of the finite-difference noise estimate
@@ -115,31 +118,46 @@ class _Group:
     shape: tuple
 
 
-class _Problem:
-    """The flattened loss and batched evaluators around one point ``theta``."""
+def _dtype(precision: str):
+    return jnp.float64 if precision == "float64" else jnp.float32
 
-    def __init__(self, loss_fn: Callable, params, options: CheckOptions):
-        dtype = jnp.float64 if options.precision == "float64" else jnp.float32
+
+class _Problem:
+    """The flattened loss ``loss(theta, *args)`` and batched evaluators around one point ``theta``.
+
+    ``theta`` and ``args`` (the data) are jit arguments, not constants baked into the compiled programs.
+    """
+
+    def __init__(self, loss_fn: Callable, params, options: CheckOptions, args: tuple = ()):
+        dtype = _dtype(options.precision)
         params = jax.tree_util.tree_map(lambda p: jnp.asarray(p, dtype), params)
         self.theta, self.unravel = ravel_pytree(params)
+        self.theta64 = np.asarray(self.theta, np.float64)
+        self.args = args
         self.eps = float(jnp.finfo(dtype).eps)
         self.batch = options.batch
-        self.loss = lambda theta: loss_fn(self.unravel(theta))
+        self.step_base = options.step if options.step is not None else self.eps ** (1 / 3)
+        self.full = options.full if options.full is not None else self.theta.size <= options.threshold
         self.groups, offset = [], 0
         for name, leaf in named_leaves(params).items():
             self.groups.append(_Group(name, offset, int(leaf.size), tuple(leaf.shape)))
             offset += int(leaf.size)
-        theta = self.theta
-        self.f0 = float(jax.jit(self.loss)(theta))
+
+        def loss(theta, *args):
+            return loss_fn(self.unravel(theta), *args)
+
+        self.f0 = float(jax.jit(loss)(self.theta, *args))
         if not np.isfinite(self.f0):
             raise GradfitError(f"the loss is {self.f0} at the point being checked; a gradient check needs a finite loss")
-        self.reverse = np.asarray(jax.jit(jax.grad(self.loss))(theta), np.float64)
-        self._along = jax.jit(jax.vmap(lambda v, d: self.loss(theta + d * v)))
-        self._at = jax.jit(jax.vmap(lambda i, d: self.loss(theta.at[i].add(d))))
-        self._jvp_along = jax.jit(jax.vmap(lambda v: jax.jvp(self.loss, (theta,), (v,))[1]))
+        self.reverse = np.asarray(jax.jit(jax.grad(loss))(self.theta, *args), np.float64)
+        fixed = (None,) * (1 + len(args))  # theta and the data are shared by every row of a batch
+        self._along = jax.jit(jax.vmap(lambda v, d, theta, *a: loss(theta + d * v, *a), in_axes=(0, 0, *fixed)))
+        self._at = jax.jit(jax.vmap(lambda i, d, theta, *a: loss(theta.at[i].add(d), *a), in_axes=(0, 0, *fixed)))
+        self._jvp_along = jax.jit(jax.vmap(
+            lambda v, theta, *a: jax.jvp(lambda t: loss(t, *a), (theta,), (v,))[1], in_axes=(0, *fixed)))
         self._jvp_at = jax.jit(jax.vmap(
-            lambda i: jax.jvp(self.loss, (theta,), (jnp.zeros_like(theta).at[i].set(1),))[1]))
-        self.step_base = options.step if options.step is not None else self.eps ** (1 / 3)
+            lambda i, theta, *a: jax.jvp(lambda t: loss(t, *a), (theta,), (jnp.zeros_like(theta).at[i].set(1),))[1],
+            in_axes=(0, *fixed)))
 
     def _batched(self, fn, *columns) -> np.ndarray:
         """Apply a vmapped fn in fixed-size batches (padded), so it compiles once whatever the count."""
@@ -149,7 +167,7 @@ class _Problem:
             block = [c[start:start + batch] for c in columns]
             pad = batch - len(block[0])
             block = [np.concatenate([b, np.repeat(b[-1:], pad, axis=0)]) if pad else b for b in block]
-            out.append(np.asarray(fn(*block), np.float64)[: batch - pad])
+            out.append(np.asarray(fn(*block, self.theta, *self.args), np.float64)[: batch - pad])
         return np.concatenate(out) if out else np.zeros(0)
 
     def losses_at(self, index: np.ndarray, delta: np.ndarray) -> np.ndarray:
@@ -255,46 +273,45 @@ def _exact_verdicts(values: np.ndarray, reference: np.ndarray, eps: float, f0: f
 
 
 def check_gradient(loss_fn: Callable, params, manual_grad: Optional[Callable] = None,
-                   options: CheckOptions = CheckOptions()) -> Report:
+                   options: CheckOptions = CheckOptions(), args: tuple = (), sweep: bool = False) -> Report:
     """Check ``jax.grad(loss_fn)`` at ``params`` against forward mode, finite differences and ``manual_grad``.
 
     Args:
-        loss_fn: params pytree -> scalar loss. Arrays it closes over should already have the checked precision.
-        params: the point to check at (any pytree of arrays).
-        manual_grad: optional params -> gradient pytree (same structure), e.g. a hand-derived NumPy gradient.
+        loss_fn: ``loss_fn(params, *args) -> scalar``.
+        params: the point to check at (any pytree of arrays); cast to the checked precision.
+        manual_grad: optional ``params -> gradient`` pytree of the same structure, e.g. hand-derived in NumPy.
         options: precision, finite-difference step, full vs directional mode.
+        args: arrays passed to ``loss_fn`` after params (the data), as jit arguments rather than constants.
+        sweep: also tabulate the finite-difference error against the step (``Report.sweep``).
 
     Returns:
         A Report; its ``verdict`` is "fail" if any group fails, "inconclusive" if any entry could not be decided.
     """
     with jax.enable_x64(options.precision == "float64"):
-        problem = _Problem(loss_fn, params, options)
-        manual = None
-        if manual_grad is not None:
-            point = problem.unravel(problem.theta)
-            grad = manual_grad(jax.tree_util.tree_map(np.asarray, point))
-            if jax.tree_util.tree_structure(grad) != jax.tree_util.tree_structure(point) or any(
-                    np.shape(g) != np.shape(p) for g, p in zip(jax.tree_util.tree_leaves(grad),
-                                                                jax.tree_util.tree_leaves(point))):
-                raise GradfitError("the hand-derived gradient does not have the structure and shapes of the params")
-            manual = np.asarray(ravel_pytree(jax.tree_util.tree_map(lambda g: jnp.asarray(g, point_dtype(point)),
-                                                                    grad))[0], np.float64)
+        problem = _Problem(loss_fn, params, options, args)
+        manual = None if manual_grad is None else _flat_manual_gradient(problem, manual_grad)
         forward_ok = _forward_mode_available(problem)
-        full = options.full if options.full is not None else problem.theta.size <= options.threshold
         rng = np.random.default_rng(options.seed)
-        groups = [
-            (_check_group_full if full else _check_group_directional)(problem, group, manual, forward_ok, options, rng)
-            for group in problem.groups
-        ]
-    verdicts = {g.verdict for g in groups}
-    overall = "fail" if FAIL in verdicts else "inconclusive" if INCONCLUSIVE in verdicts else "pass"
-    rule = f"h = {'eps^(1/3)' if options.step is None else f'{options.step:g}'} * max(1, |theta|)"
-    return Report(overall, options.precision, int(problem.theta.size), "full" if full else "directional", rule,
-                  groups)
+        check_group = _check_group_full if problem.full else _check_group_directional
+        groups = [check_group(problem, group, manual, forward_ok, options, rng) for group in problem.groups]
+        verdicts = {g.verdict for g in groups}
+        overall = "fail" if FAIL in verdicts else "inconclusive" if INCONCLUSIVE in verdicts else "pass"
+        rule = f"h = {'eps^(1/3)' if options.step is None else f'{options.step:g}'} * max(1, |theta|)"
+        report = Report(overall, options.precision, int(problem.theta.size),
+                        "full" if problem.full else "directional", rule, groups)
+        if sweep:
+            report.sweep, report.sweep_shape = _sweep(problem, options, groups)
+    return report
 
 
-def point_dtype(params):
-    return jax.tree_util.tree_leaves(params)[0].dtype
+def _flat_manual_gradient(problem: "_Problem", manual_grad: Callable) -> np.ndarray:
+    point = problem.unravel(problem.theta)
+    grad = manual_grad(jax.tree_util.tree_map(np.asarray, point))
+    leaves, point_leaves = jax.tree_util.tree_leaves(grad), jax.tree_util.tree_leaves(point)
+    if jax.tree_util.tree_structure(grad) != jax.tree_util.tree_structure(point) or any(
+            np.shape(g) != np.shape(p) for g, p in zip(leaves, point_leaves)):
+        raise GradfitError("the hand-derived gradient does not have the structure and shapes of the params")
+    return np.concatenate([np.ravel(np.asarray(g, np.float64)) for g in leaves]) if leaves else np.zeros(0)
 
 
 def _forward_mode_available(problem: _Problem) -> bool:
@@ -306,7 +323,7 @@ def _forward_mode_available(problem: _Problem) -> bool:
 
 
 def _coordinate_steps(problem: _Problem, index: np.ndarray) -> np.ndarray:
-    theta = np.asarray(problem.theta, np.float64)
+    theta = problem.theta64
     return problem.step_base * np.maximum(1.0, np.abs(theta[index]))
 
 
@@ -377,7 +394,7 @@ def _check_entries(problem, group, manual, forward_ok, index, vectors, labels) -
         manual_values = manual[index] if manual is not None else None
     else:
         reference = vectors @ problem.reverse
-        support = np.abs(np.asarray(problem.theta, np.float64)[group.offset:group.offset + group.size])
+        support = np.abs(problem.theta64[group.offset:group.offset + group.size])
         steps = np.full(len(vectors), problem.step_base * max(1.0, float(support.max(initial=0.0))))
         evaluate = lambda d, rows=slice(None): problem.losses_along(np.tile(vectors[rows], (4, 1)), d)  # noqa: E731
         forward = problem.forward_along(vectors) if forward_ok else None
@@ -413,7 +430,7 @@ def _bisect(problem: _Problem, group: _Group, direction: np.ndarray) -> tuple[in
         for row, half in enumerate(halves):
             vectors[row, half] = direction[half]
         reference = vectors @ problem.reverse
-        steps = np.full(2, problem.step_base * max(1.0, float(np.abs(np.asarray(problem.theta))[support].max())))
+        steps = np.full(2, problem.step_base * max(1.0, float(np.abs(problem.theta64)[support].max())))
         repeat = np.tile(vectors, (4, 1))
         diff = _differences(problem, lambda d: problem.losses_along(repeat, d), steps)
         ratio = np.abs(diff.central - reference) / np.maximum(diff.noise, 1e-300)
@@ -426,42 +443,36 @@ def _bisect(problem: _Problem, group: _Group, direction: np.ndarray) -> tuple[in
 SWEEP_STEPS = tuple(10.0 ** -k for k in range(1, 11))
 
 
-def sweep_steps(loss_fn: Callable, params, options: CheckOptions = CheckOptions(), report: Optional[Report] = None,
-                steps=SWEEP_STEPS) -> tuple[list, str]:
+def _sweep(problem: _Problem, options: CheckOptions, groups: list, steps=SWEEP_STEPS) -> tuple[list, str]:
     """Norm-relative error of central differences against reverse AD for each step, over coordinates.
 
     All coordinates in full mode; otherwise a seeded sample per group plus the worst entry each group's check
-    found (pass the check's ``report``), so that a localized error is in the sweep.
+    found, so that a localized error is in the sweep.
 
-    Returns (rows, shape): "V" when the error reaches the precision's attainable accuracy and has a sharp
-    minimum (truncation ~ h^2 on one side, round-off ~ eps/h on the other); "flat" when it levels off at a
-    floor instead, the mark of a wrong gradient.
+    Returns (rows, shape): "V" when the error has a sharp minimum (truncation ~ h^2 on the large-step side,
+    round-off ~ eps/h on the other); "flat" when it levels off at a floor instead, the mark of a wrong gradient.
     """
-    with jax.enable_x64(options.precision == "float64"):
-        problem = _Problem(loss_fn, params, options)
-        full = options.full if options.full is not None else problem.theta.size <= options.threshold
-        rng = np.random.default_rng(options.seed)
-        if full:
-            index = np.arange(problem.theta.size)
-        else:
-            picks = [g.offset + rng.choice(g.size, min(options.coordinates, g.size), replace=False)
-                     for g in problem.groups]
-            if report is not None:
-                offsets = {g.name: g.offset for g in problem.groups}
-                picks += [[offsets[g.name] + g.methods["finite_difference"].worst_index] for g in report.groups
-                          if g.methods["finite_difference"].worst_index is not None]
-            index = np.unique(np.concatenate(picks)).astype(int)
-            if len(index) == 0:
-                raise GradfitError("the sweep needs at least one coordinate per group (--coordinates >= 1)")
-        reference = problem.reverse[index]
-        norm = np.linalg.norm(reference)
-        scale = np.maximum(1.0, np.abs(np.asarray(problem.theta, np.float64)[index]))
-        rows = []
-        for h in steps:
-            deltas = h * scale
-            values = problem.losses_at(np.tile(index, 2), np.concatenate([deltas, -deltas]))
-            central = (values[: len(index)] - values[len(index):]) / (2 * deltas)
-            rows.append(SweepRow(float(h), float(np.linalg.norm(central - reference) / (norm if norm > 0 else 1.0))))
+    if problem.full:
+        index = np.arange(problem.theta.size)
+    else:
+        rng = np.random.default_rng(options.seed + 1)
+        picks = [g.offset + rng.choice(g.size, min(options.coordinates, g.size), replace=False)
+                 for g in problem.groups]
+        offsets = {g.name: g.offset for g in problem.groups}
+        picks += [[offsets[g.name] + g.methods["finite_difference"].worst_index] for g in groups
+                  if g.methods["finite_difference"].worst_index is not None]
+        index = np.unique(np.concatenate(picks)).astype(int)
+        if len(index) == 0:
+            raise GradfitError("the sweep needs at least one coordinate per group (--coordinates >= 1)")
+    reference = problem.reverse[index]
+    norm = np.linalg.norm(reference)
+    scale = np.maximum(1.0, np.abs(problem.theta64[index]))
+    rows = []
+    for h in steps:
+        deltas = h * scale
+        values = problem.losses_at(np.tile(index, 2), np.concatenate([deltas, -deltas]))
+        central = (values[: len(index)] - values[len(index):]) / (2 * deltas)
+        rows.append(SweepRow(float(h), float(np.linalg.norm(central - reference) / (norm if norm > 0 else 1.0))))
     errors = np.array([r.error for r in rows])
     best = int(np.argmin(errors))
     floor_width = int(np.sum(errors <= 3 * errors[best]))  # a V has a sharp minimum; a floor spans several steps
@@ -470,18 +481,17 @@ def sweep_steps(loss_fn: Callable, params, options: CheckOptions = CheckOptions(
     return rows, shape
 
 
-__all__ = ["CheckOptions", "Report", "GroupResult", "MethodResult", "SweepRow", "check_gradient", "sweep_steps",
-           "ConfigProblem", "problem_from_config", "PASS", "FAIL", "KINK", "INCONCLUSIVE", "NOT_AVAILABLE"]
 
 
 @dataclasses.dataclass
 class ConfigProblem:
     """What compare-grads checks for a config: the training loss at a point, and its hand-derived gradient."""
 
-    loss_fn: Callable
+    loss_fn: Callable  # (params, x, y) -> training objective
     params: object
     manual_grad: Callable
     description: str
+    args: tuple  # (x, y): the training rows, as device arrays
 
 
 def problem_from_config(config, at_run: Optional[str] = None, precision: str = "float64",
@@ -490,16 +500,20 @@ def problem_from_config(config, at_run: Optional[str] = None, precision: str = "
 
     The point is the run's saved parameters (``at_run``), else the model's initial parameters; logistic
     regression starts at zero, where central differences are exact by symmetry, so it is checked at a seeded
-    random point instead. Call inside ``jax.enable_x64(precision == "float64")``.
+    random point instead.
     """
-    from gradfit.data import load_dataset
+    with jax.enable_x64(precision == "float64"):
+        return _problem_from_config(config, at_run, precision, max_rows)
+
+
+def _problem_from_config(config, at_run, precision, max_rows) -> ConfigProblem:
+    from gradfit.data import load_dataset, split_arrays
     from gradfit.errors import RunDirError
     from gradfit.losses import logistic_manual_grad, make_objective, mlp_manual_grad
     from gradfit.models import build_model, params_from_named
     from gradfit.runs import load_arrays
-    from gradfit.train import split_arrays
 
-    dtype = jnp.float64 if precision == "float64" else jnp.float32
+    dtype = _dtype(precision)
     dataset = load_dataset(config)
     model = build_model(config.model, dataset.n_features, dataset.n_classes)
     x, y = split_arrays(dataset.train, dataset.n_classes, dtype)
@@ -522,8 +536,6 @@ def problem_from_config(config, at_run: Optional[str] = None, precision: str = "
         where = f"a random point (seed {config.seed})"
     else:
         where = f"the initial parameters (seed {config.seed})"
-    objective = make_objective(model.apply, config.model.l2)
-    x_device, y_device = jnp.asarray(x), jnp.asarray(y)
     l2 = config.model.l2
     if config.model.kind == "logistic":
         manual = lambda p: logistic_manual_grad(p, x, y, l2)  # noqa: E731
@@ -531,4 +543,4 @@ def problem_from_config(config, at_run: Optional[str] = None, precision: str = "
         manual = lambda p: mlp_manual_grad(p, x, y, config.model.activation, l2)  # noqa: E731
     description = (f"{config.model.kind} on {dataset.name}: training objective over {len(y):,} rows "
                    f"(l2 = {l2:g}), at {where}")
-    return ConfigProblem(lambda p: objective(p, x_device, y_device), params, manual, description)
+    return ConfigProblem(make_objective(model.apply, l2), params, manual, description, (jnp.asarray(x), jnp.asarray(y)))

@@ -16,12 +16,11 @@ from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 import gradfit
 from gradfit.config import GradfitConfig, to_yaml
-from gradfit.data import Dataset, load_dataset
+from gradfit.data import Dataset, load_dataset, split_arrays
 from gradfit.device import describe_device, select_device
 from gradfit.errors import ConfigError, Interrupted, TrainingFailed
 from gradfit.losses import accuracy, data_loss, l2_penalty, make_objective
@@ -295,12 +294,6 @@ class _StopRequests:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         return False
-
-
-def split_arrays(split, n_classes: int, dtype) -> tuple[np.ndarray, np.ndarray]:
-    """(x, y) as the loss wants them: x in ``dtype``; y as ±1 in ``dtype`` (binary) or int32 class ids."""
-    y = np.asarray(split.y, dtype) if n_classes == 2 else np.asarray(split.y, np.int32)
-    return np.asarray(split.x, dtype), y
 
 
 def _device_arrays(dataset: Dataset, dtype, shuffle_key) -> dict:

@@ -13,15 +13,23 @@ from typer.testing import CliRunner
 from conftest import CONFIGS, make_config
 from gradfit import gradcheck
 from gradfit.cli import app
-from gradfit.gradcheck import FAIL, KINK, PASS, CheckOptions, check_gradient, problem_from_config, sweep_steps
+from gradfit.gradcheck import FAIL, KINK, PASS, CheckOptions, check_gradient, problem_from_config
 
 runner = CliRunner()
 MLP = ("model.kind=mlp", "data.source=digits")
 
 
 def config_problem(*overrides, precision="float64", **kwargs):
-    with jax.enable_x64(precision == "float64"):
-        return problem_from_config(make_config(*overrides), precision=precision, **kwargs)
+    return problem_from_config(make_config(*overrides), precision=precision, **kwargs)
+
+
+def check(problem, loss=None, manual=None, options=CheckOptions(), **kwargs):
+    """Check a config problem's objective (or ``loss``, a bugged version of it) on its training rows."""
+    return check_gradient(loss or problem.loss_fn, problem.params, manual, options, args=problem.args, **kwargs)
+
+
+def with_bug_in_w(problem, bug):
+    return lambda p, *data: problem.loss_fn({**p, "w": bug(p["w"])}, *data)
 
 
 def planted_bug(scale: float, index: tuple):
@@ -40,17 +48,17 @@ def with_bug_in_layer(problem, layer: int, scale: float, index: tuple):
 
 
 def with_bug(problem, layer: int, bug):
-    def loss(params):
+    def loss(params, *data):
         layers = list(params["layers"])
         layers[layer] = {**layers[layer], "w": bug(layers[layer]["w"])}
-        return problem.loss_fn({"layers": layers})
+        return problem.loss_fn({"layers": layers}, *data)
 
     return loss
 
 
 def test_logistic_regression_in_float64_agrees_to_the_digits():
     problem = config_problem("model.l2=0.01")
-    report = check_gradient(problem.loss_fn, problem.params, problem.manual_grad)
+    report = check(problem, manual=problem.manual_grad)
     assert report.verdict == "pass" and report.mode == "full" and report.num_params == 31
     for group in report.groups:
         assert group.methods["finite_difference"].error < 1e-8
@@ -62,7 +70,7 @@ def test_logistic_regression_in_float64_agrees_to_the_digits():
 @pytest.mark.parametrize("activation", ["relu", "tanh", "gelu"])
 def test_mlp_groups_all_pass(activation):
     problem = config_problem(*MLP, "model.hidden=[16, 8]", f"model.activation={activation}", "model.l2=0.001")
-    report = check_gradient(problem.loss_fn, problem.params, problem.manual_grad)
+    report = check(problem, manual=problem.manual_grad)
     assert report.verdict == "pass"
     assert [g.name for g in report.groups] == ["layers/0/b", "layers/0/w", "layers/1/b", "layers/1/w",
                                                "layers/2/b", "layers/2/w"]
@@ -89,7 +97,7 @@ def test_a_relu_kink_is_flagged_not_failed():
 def test_planted_bug_is_found_and_located_in_full_mode():
     problem = config_problem()
     bug = planted_bug(1.001, (7,))  # 0.1% off in w[7]
-    report = check_gradient(lambda p: problem.loss_fn({**p, "w": bug(p["w"])}), problem.params)
+    report = check(problem, with_bug_in_w(problem, bug))
     assert report.verdict == "fail"
     (failing,) = [g for g in report.groups if g.verdict == FAIL]
     fd = failing.methods["finite_difference"]
@@ -101,7 +109,7 @@ def test_planted_bug_is_found_and_located_in_full_mode():
 def test_planted_bug_is_found_and_located_in_directional_mode():
     problem = config_problem(*MLP, "model.hidden=[128, 64]")
     loss = with_bug_in_layer(problem, 1, 1.001, (5, 9))
-    report = check_gradient(loss, problem.params, problem.manual_grad)
+    report = check(problem, loss, problem.manual_grad)
     assert report.mode == "directional" and report.num_params > 5000
     assert report.verdict == "fail"
     (failing,) = [g for g in report.groups if g.verdict == FAIL]
@@ -114,29 +122,30 @@ def test_planted_bug_is_found_and_located_in_directional_mode():
 def test_one_percent_error_is_not_missed_in_float32():
     problem = config_problem(precision="float32")
     bug = planted_bug(1.01, (3,))
-    report = check_gradient(lambda p: problem.loss_fn({**p, "w": bug(p["w"])}), problem.params,
-                            options=CheckOptions(precision="float32"))
+    report = check(problem, with_bug_in_w(problem, bug), options=CheckOptions(precision="float32"))
     assert report.verdict == "fail"
     assert {g.name: g.methods["finite_difference"].worst for g in report.groups if g.verdict == FAIL} == {"w": "[3]"}
 
 
 def test_float32_correct_gradient_is_not_a_failure():
     problem = config_problem(*MLP, "model.hidden=[16]", precision="float32")
-    report = check_gradient(problem.loss_fn, problem.params, problem.manual_grad, CheckOptions(precision="float32"))
+    report = check(problem, manual=problem.manual_grad, options=CheckOptions(precision="float32"))
     assert report.verdict in ("pass", "inconclusive")
     assert all(g.verdict != FAIL for g in report.groups)
 
 
 def test_sweep_shows_a_v_for_a_right_gradient_and_a_floor_for_a_wrong_one():
     problem = config_problem()
-    rows, shape = sweep_steps(problem.loss_fn, problem.params)
+    report = check(problem, sweep=True)
+    rows, shape = report.sweep, report.sweep_shape
     errors = [r.error for r in rows]
     assert [r.step for r in rows] == [10.0 ** -k for k in range(1, 11)]
     assert shape == "V" and min(errors) < 1e-9
     best = int(np.argmin(errors))
     assert errors[0] > 100 * errors[best] and errors[-1] > 100 * errors[best]  # truncation, then round-off
     bug = planted_bug(1.001, (7,))
-    rows, shape = sweep_steps(lambda p: problem.loss_fn({**p, "w": bug(p["w"])}), problem.params)
+    report = check(problem, with_bug_in_w(problem, bug), sweep=True)
+    rows, shape = report.sweep, report.sweep_shape
     assert shape == "flat" and min(r.error for r in rows) > 1e-5
 
 
@@ -186,8 +195,8 @@ def test_cli_exit_1_on_a_wrong_gradient(monkeypatch, tmp_path):
     def buggy(*args, **kwargs):
         problem = real(*args, **kwargs)
         bug = planted_bug(1.001, (2,))
-        return gradcheck.ConfigProblem(lambda p: problem.loss_fn({**p, "w": bug(p["w"])}), problem.params,
-                                       problem.manual_grad, problem.description)
+        return gradcheck.ConfigProblem(with_bug_in_w(problem, bug), problem.params, problem.manual_grad,
+                                       problem.description, problem.args)
 
     monkeypatch.setattr(gradcheck, "problem_from_config", buggy)
     result = invoke("--json", str(tmp_path / "o.json"))
@@ -241,7 +250,7 @@ def test_a_converged_point_is_not_a_false_failure(tmp_path):
 
 def test_a_large_step_is_rechecked_at_smaller_steps_before_failing():
     problem = config_problem()
-    report = check_gradient(problem.loss_fn, problem.params, problem.manual_grad, CheckOptions(step=1.0))
+    report = check(problem, manual=problem.manual_grad, options=CheckOptions(step=1.0))
     assert report.verdict == "pass"
 
 
@@ -253,7 +262,7 @@ def test_hand_derived_errors_are_located_on_every_coordinate_in_directional_mode
         grads["layers"][1]["w"][5, 9] *= 1.001
         return grads
 
-    report = check_gradient(problem.loss_fn, problem.params, wrong_manual)
+    report = check(problem, manual=wrong_manual)
     assert report.mode == "directional"
     failing = {g.name: g.methods["manual"] for g in report.groups if g.verdict == FAIL}
     assert list(failing) == ["layers/1/w"] and failing["layers/1/w"].worst == "[5, 9]"
@@ -263,7 +272,7 @@ def test_hand_derived_errors_are_located_on_every_coordinate_in_directional_mode
 def test_an_error_spread_over_a_group_is_said_to_be_spread():
     problem = config_problem(*MLP, "model.hidden=[128, 64]")
     bug = planted_bug(1.0001, (slice(None), slice(None)))  # every entry of layers/1/w 0.01% off
-    report = check_gradient(with_bug(problem, 1, bug), problem.params)
+    report = check(problem, with_bug(problem, 1, bug))
     (failing,) = [g for g in report.groups if g.verdict == FAIL]
     assert failing.name == "layers/1/w" and "spread" in failing.methods["finite_difference"].note
 
