@@ -160,6 +160,8 @@ class Prepared:
     state: TrainState
     data: dict  # device arrays: x, y, x_val, y_val, shuffle_key
     chunk: Callable  # the uncompiled chunk function (for tests and benchmarks)
+    train_step: Callable  # one step, (state, data) -> (state, loss), uncompiled (for benchmarks)
+    objective: Callable  # (params, x, y) -> regularized loss
 
 
 def prepare(config: GradfitConfig) -> Prepared:
@@ -188,7 +190,7 @@ def prepare(config: GradfitConfig) -> Prepared:
     objective = make_objective(model.apply, config.model.l2)
     train_step = make_train_step(objective, optimizer, plan, len(dataset.train), config.optimizer.name == "lbfgs")
     chunk = make_chunk(train_step, objective, model, config.model.l2, schedule, has_val=len(dataset.val) > 0)
-    return Prepared(config, dataset, model, plan, device, state, data, chunk)
+    return Prepared(config, dataset, model, plan, device, state, data, chunk, train_step, objective)
 
 
 @dataclasses.dataclass
