@@ -193,6 +193,53 @@ def compare_grads(
             raise typer.Exit(1)
 
 
+@app.command()
+def bench(
+    configs: Optional[List[Path]] = typer.Argument(
+        None, help="Configs to time; omit for the built-in suite (the logreg and mlp configs)."),
+    device: Device = typer.Option(Device.auto, help="auto, cpu, or gpu (an error when JAX sees none)."),
+    quick: bool = typer.Option(False, "--quick", help="Small sizes and fewer repeats: well under a minute on 2 cores."),
+    no_peers: bool = typer.Option(False, "--no-peers", help="Skip the NumPy / scikit-learn / PyTorch comparisons."),
+    json_file: Optional[Path] = typer.Option(None, "--json", help="Also write every number as JSON to this file."),
+) -> None:
+    """Measure speed: compile time, steps/s, the cost of a gradient, AD modes vs finite differences, and peers.
+
+    Every time is a median over repeats after a warm-up call, with the device synchronized (block_until_ready); compile time is reported apart from steady-state speed.
+
+    [bold]Examples[/]
+
+      gradfit bench --quick
+      gradfit bench --device gpu
+      gradfit bench configs/mlp.yaml --device cpu --json bench.json
+    """
+    from gradfit.config import resolve_config
+
+    with user_errors():
+        if json_file is not None and (json_file.is_dir() or not json_file.parent.is_dir()):
+            raise GradfitError(f"--json {json_file}: cannot write there (not a file in an existing folder)")
+        chosen = None
+        if configs:
+            chosen = {}
+            for path in configs:
+                config = resolve_config(path).config
+                chosen[config.name if config.name not in chosen else str(path)] = config
+        from dataclasses import replace
+
+        from gradfit import bench as engine
+        from gradfit.report import bench_tables, stdout_console
+        from gradfit.runs import write_json
+
+        console = stdout_console()
+        options = replace(engine.QUICK if quick else engine.FULL, peers=not no_peers)
+        with console.status("benchmarking") as status:
+            result = engine.run_bench(chosen, options, device.value,
+                                      progress=lambda section: status.update(f"benchmarking: {section}"))
+        for table in bench_tables(result):
+            console.print(table)
+        if json_file is not None:
+            write_json(json_file, result)
+
+
 @config_app.command("show")
 def config_show(
     config: Optional[Path] = typer.Argument(None, help="YAML config file; omit for the built-in defaults."),

@@ -194,3 +194,84 @@ def sweep_table(rows, shape: str) -> Table:
                      if shape == "V" else
                      f"flat floor near {best:.1e}: finite differences never agree better; the gradient is wrong")
     return table
+
+
+def _rate(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def bench_tables(result: dict) -> list[Table]:
+    """Environment, training throughput, gradient cost, method scaling and peers as Rich tables."""
+    tables = []
+    env = Table(title="Environment", show_header=False, title_justify="left")
+    for key, value in result["environment"].items():
+        env.add_row(key, escape(str(value)))
+    tables.append(env)
+
+    training = Table(title="Training throughput (median of repeats after warm-up)", title_justify="left")
+    for name in ("config", "params", "batch", "compile s", "python loop steps/s", "fused steps/s", "fused examples/s",
+                 "fused / loop", "GFLOP/s", "of peak"):
+        training.add_column(name, justify="left" if name == "config" else "right")
+    for row in result["training"]:
+        peak = row.get("fraction_of_peak")
+        training.add_row(f"{row['config']} ({row['optimizer']})", f"{row['num_params']:,}", str(row["batch_size"]),
+                         f"{row['compile_time_s']:.2f}", _rate(row["python_loop"]["steps_per_s"]),
+                         _rate(row["fused"]["steps_per_s"]), _rate(row["fused"]["examples_per_s"]),
+                         f"{row['fused_speedup']:.2f}x", f"{row['gflops_per_s']:.3g}",
+                         ", ".join(f"{k} {v:.1%}" for k, v in peak.items()) if peak else "-")
+    tables.append(training)
+
+    cost = Table(title="Cost of a gradient: one value_and_grad vs one loss evaluation", title_justify="left")
+    for name in ("config", "rows", "params", "loss", "value_and_grad", "ratio"):
+        cost.add_column(name, justify="left" if name == "config" else "right")
+    for row in result["gradient_cost"]:
+        cost.add_row(row["config"], f"{row['rows']:,}", f"{row['num_params']:,}", _seconds(row["loss_s"]),
+                     _seconds(row["value_and_grad_s"]), f"{row['ratio']:.2f}x")
+    tables.append(cost)
+
+    for family, data in result["methods"].items():
+        table = Table(title=f"Full gradient of the {family} model, as a multiple of one loss evaluation",
+                      title_justify="left")
+        for name in ("size", "params", "loss", "reverse AD", "forward AD", "finite diff.", "NumPy by hand"):
+            table.add_column(name, justify="right")
+        for row in data["rows"]:
+            r = row["ratios"]
+            table.add_row(str(row["size"]), f"{row['num_params']:,}", _seconds(row["loss_s"]),
+                          f"{r['reverse']:.3g}x", f"{r['forward']:.3g}x", f"{r['finite_difference']:.3g}x",
+                          f"{r['manual_numpy']:.3g}x")
+        e = data["growth_exponent"]
+        if e["reverse"] is not None:
+            table.caption = (f"growth exponent vs parameters: reverse {e['reverse']:.2f}, forward {e['forward']:.2f}, "
+                             f"finite differences {e['finite_difference']:.2f}, NumPy {e['manual_numpy']:.2f} "
+                             "(0: constant multiple of a loss; 1: one pass per parameter)")
+        tables.append(table)
+
+    if "peers" in result:
+        peers = Table(title="Against the alternatives (time ratio gradfit / peer: below 1, gradfit is faster)",
+                      title_justify="left")
+        for name in ("peer", "gradfit", "peer time", "ratio", "notes"):
+            peers.add_column(name, justify="left" if name in ("peer", "notes") else "right")
+        for key, row in result["peers"].items():
+            if not row.get("available", True):
+                peers.add_row(escape(row["peer"]), "-", "-", "-", escape(row["reason"]))
+                continue
+            gradfit_s = row.get("gradfit_s_per_step", row.get("gradfit_s"))
+            peer_s = row.get("peer_s_per_step", row.get("peer_s"))
+            per = " /step" if "gradfit_s_per_step" in row else ""
+            notes = row.get("note", "")
+            if "relative_gap" in row:
+                notes = f"objectives agree to {row['relative_gap']:.1e}; " + notes
+            if "config" in row:
+                notes = f"{row['config']}, batch {row['batch_size']}" + (f"; {notes}" if notes else "")
+            peers.add_row(escape(row["peer"]), _seconds(gradfit_s) + per, _seconds(peer_s) + per,
+                          f"{row['time_ratio']:.2f}", escape(notes))
+        tables.append(peers)
+    return tables
+
+
+def _seconds(value: float) -> str:
+    if value >= 1:
+        return f"{value:.2f} s"
+    if value >= 1e-3:
+        return f"{value * 1e3:.3g} ms"
+    return f"{value * 1e6:.3g} us"
