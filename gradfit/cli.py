@@ -76,6 +76,7 @@ def main_callback(
       gradfit train configs/mlp.yaml --set optimizer.learning_rate=3e-3 --set train.epochs=20
       gradfit config show configs/mlp.yaml
       gradfit compare-grads configs/mlp.yaml
+      gradfit bench --quick
     """
 
 

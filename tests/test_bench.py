@@ -1,0 +1,130 @@
+"""gradfit bench on tiny sizes: the JSON is complete, every ratio is finite and positive, and the costs of the
+differentiation methods grow as theory says. No speed targets here: those belong in the bench output."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import jax
+import pytest
+from typer.testing import CliRunner
+
+from conftest import make_config
+from gradfit import bench
+from gradfit.cli import app
+
+TINY = bench.BenchOptions(steps=5, repeats=1, logreg_dims=(4, 16), mlp_widths=(4,), rows=64, peers=True)
+TINY_SUITE = {
+    "logreg": make_config("name=logreg", "train.steps=5"),
+    "mlp": make_config("name=mlp", "data.source=digits", "model.kind=mlp", "model.hidden=[8]", "train.steps=5",
+                       "train.batch_size=32"),
+}
+
+
+@pytest.fixture(scope="module")
+def result():
+    return bench.run_bench(TINY_SUITE, TINY, device="cpu")
+
+
+def positive_finite(value) -> bool:
+    return isinstance(value, float) and math.isfinite(value) and value > 0
+
+
+def test_json_has_every_section_and_is_serializable(result):
+    data = json.loads(json.dumps(result))
+    assert set(data) >= {"environment", "training", "gradient_cost", "methods", "peers"}
+    env = data["environment"]
+    assert env["platform"] == "cpu" and env["cpu_cores"] >= 1
+    for key in ("jax", "jaxlib", "optax", "dtype", "matmul_precision", "device_kind"):
+        assert env[key]
+    assert [row["config"] for row in data["training"]] == ["logreg", "mlp"]
+    assert set(data["methods"]) == {"logistic", "mlp"}
+
+
+def test_every_time_and_ratio_is_finite_and_positive(result):
+    for row in result["training"]:
+        for key in ("compile_time_s", "fused_speedup", "gflops_per_s"):
+            assert positive_finite(row[key]), key
+        for loop in ("python_loop", "fused"):
+            assert positive_finite(row[loop]["steps_per_s"]) and positive_finite(row[loop]["examples_per_s"])
+        assert row["fused"]["examples_per_s"] == pytest.approx(row["fused"]["steps_per_s"] * row["batch_size"])
+    for row in result["gradient_cost"]:
+        assert positive_finite(row["ratio"]) and row["ratio"] == pytest.approx(row["value_and_grad_s"] / row["loss_s"])
+    for family in result["methods"].values():
+        for row in family["rows"]:
+            assert all(positive_finite(v) for v in row["ratios"].values())
+    for name, peer in result["peers"].items():
+        if peer.get("available", True):
+            assert positive_finite(peer["time_ratio"]), name
+
+
+def test_sklearn_peer_reaches_the_same_objective(result):
+    pytest.importorskip("sklearn")
+    peer = result["peers"]["sklearn_lbfgs"]
+    assert peer["available"] and peer["relative_gap"] < 1e-6
+
+
+def test_missing_optional_peer_is_reported_not_fatal(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_torch(name, *args, **kwargs):
+        if name == "torch":
+            raise ImportError("no torch here")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_torch)
+    peer = bench._torch_peer(TINY_SUITE["mlp"], TINY)
+    assert peer == {"peer": "PyTorch eager MLP step", "available": False,
+                    "reason": "torch is not installed (optional: pip install torch)"}
+
+
+def test_reverse_mode_stays_flat_while_forward_and_finite_differences_grow():
+    options = bench.BenchOptions(repeats=3, logreg_dims=(16, 1024), mlp_widths=(), rows=256)
+    rows = bench.method_scaling(options, jax.devices("cpu")[0])["logistic"]["rows"]
+    small, large = rows[0]["ratios"], rows[-1]["ratios"]
+    # 64x more parameters: forward AD and central differences need a pass per parameter, reverse mode does not
+    assert large["finite_difference"] > 8 * small["finite_difference"]
+    assert large["forward"] > 4 * small["forward"]
+    assert large["reverse"] < 4 * small["reverse"]
+    assert large["reverse"] < large["forward"] / 4 and large["reverse"] < large["finite_difference"] / 4
+
+
+def test_gpu_peak_table():
+    assert bench.gpu_peak("NVIDIA H100 80GB HBM3") == bench.GPU_PEAKS_TFLOPS["H100"]
+    assert bench.gpu_peak("NVIDIA H200") == bench.GPU_PEAKS_TFLOPS["H200"]
+    assert bench.gpu_peak("cpu") is None
+
+
+def test_cli_quick_json(monkeypatch, tmp_path):
+    monkeypatch.setattr(bench, "QUICK", TINY)
+    monkeypatch.setattr(bench, "DEFAULT_SUITE", {"logreg": ["name=logreg", "train.steps=5"]})
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(app, ["bench", "--quick", "--device", "cpu", "--no-peers", "--json", str(out)],
+                                env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "Training throughput" in result.output and "Cost of a gradient" in result.output
+    data = json.loads(out.read_text())
+    assert data["options"]["steps"] == 5 and "peers" not in data
+
+
+def test_cli_gpu_without_gpu_exits_2():
+    try:
+        has_gpu = bool(jax.devices("gpu"))
+    except RuntimeError:
+        has_gpu = False
+    if has_gpu:
+        pytest.skip("this machine has a GPU")
+    result = CliRunner().invoke(app, ["bench", "--device", "gpu"], env={"COLUMNS": "200"})
+    assert result.exit_code == 2
+    assert "JAX sees no GPU" in result.stderr and "pip install" in result.stderr
+
+
+def test_cli_bad_config_exits_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  kind: tree\n")
+    result = CliRunner().invoke(app, ["bench", str(bad), "--device", "cpu"], env={"COLUMNS": "200"})
+    assert result.exit_code == 2
+    assert "model.kind" in result.stderr and "expected one of logistic, mlp" in result.stderr
