@@ -353,21 +353,25 @@ def _torch_peer(config: GradfitConfig, options: BenchOptions) -> dict:
         layers.append(torch.nn.Linear(fan_in, fan_out))
         if i < len(sizes) - 2:
             layers.append(activation())
-    net = torch.nn.Sequential(*layers)
+    # the same kind of device as gradfit's run, when this torch build can use it
+    where = "cuda" if run.device.platform == "gpu" and torch.cuda.is_available() else "cpu"
+    net = torch.nn.Sequential(*layers).to(where)
     optimizer = torch.optim.Adam(net.parameters(), lr=config.optimizer.learning_rate)
-    x = torch.tensor(np.asarray(run.dataset.train.x[:batch], np.float32))
-    y = torch.tensor(np.asarray(run.dataset.train.y[:batch], np.int64))
+    x = torch.tensor(np.asarray(run.dataset.train.x[:batch], np.float32), device=where)
+    y = torch.tensor(np.asarray(run.dataset.train.y[:batch], np.int64), device=where)
 
     def torch_step():
         optimizer.zero_grad()
         loss = torch.nn.functional.cross_entropy(net(x), y)
         loss.backward()
         optimizer.step()
-        return None
+        if where == "cuda":
+            torch.cuda.synchronize()
 
     torch_s = median_time(torch_step, repeats=options.repeats * 4)
     return {"peer": "PyTorch eager MLP step", "available": True, "torch": torch.__version__,
-            "note": f"torch {torch.__version__}, {torch.get_num_threads()} threads, Adam, batch {batch}",
+            "device": where,
+            "note": f"torch {torch.__version__} on {where} ({torch.get_num_threads()} CPU threads), Adam, batch {batch}",
             "threads": torch.get_num_threads(), "batch_size": batch,
             "gradfit_s_per_step": gradfit_s, "peer_s_per_step": torch_s, "time_ratio": gradfit_s / torch_s}
 
