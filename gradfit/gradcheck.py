@@ -30,6 +30,7 @@ __all__ = ["CheckOptions", "Report", "GroupResult", "MethodResult", "SweepRow", 
            "ConfigProblem", "problem_from_config", "PASS", "FAIL", "KINK", "INCONCLUSIVE", "NOT_AVAILABLE"]
 
 PASS, FAIL, KINK, INCONCLUSIVE, NOT_AVAILABLE = "PASS", "FAIL", "KINK", "INCONCLUSIVE", "N/A"
+SEVERITY = (FAIL, INCONCLUSIVE, KINK, PASS, NOT_AVAILABLE)  # most severe first
 METHODS = ("forward", "finite_difference", "manual")
 PASS_NOISE, FAIL_NOISE = 3.0, 10.0  # multiples of the finite-difference noise estimate
 RESOLUTION = 1e-2  # a PASS needs finite differences good to 1% of the value (else INCONCLUSIVE)
@@ -59,6 +60,7 @@ class MethodResult:
     error: Optional[float] = None  # ||method - reverse|| / ||reverse|| over the checked entries
     worst: Optional[str] = None  # where the worst entry is: "[3, 7]" or "direction 2"
     worst_index: Optional[int] = None  # flat index of the worst entry within its group (None for a direction)
+    worst_direction: Optional[int] = None  # which random direction was worst (directional mode)
     worst_value: Optional[float] = None
     worst_reference: Optional[float] = None
     checked: int = 0
@@ -244,11 +246,9 @@ def _fd_check(problem: "_Problem", evaluate: Callable, steps: np.ndarray, refere
 
 
 def _combine(verdicts) -> str:
+    """The most severe verdict of a set (N/A only when nothing else is there)."""
     verdicts = set(verdicts)
-    for verdict in (FAIL, INCONCLUSIVE, KINK, PASS):
-        if verdict in verdicts:
-            return verdict
-    return NOT_AVAILABLE
+    return next((v for v in SEVERITY if v in verdicts), NOT_AVAILABLE)
 
 
 def _method_result(method, values, reference, verdicts, labels, ratio, flat) -> MethodResult:
@@ -258,7 +258,7 @@ def _method_result(method, values, reference, verdicts, labels, ratio, flat) -> 
     worst = int(np.argmax(ratio))
     return MethodResult(
         method, _combine(verdicts), error, labels[worst], None if flat is None else int(flat[worst]),
-        float(values[worst]), float(reference[worst]),
+        None if flat is not None else worst, float(values[worst]), float(reference[worst]),
         checked=len(values), kinks=int(np.sum(verdicts == KINK)), inconclusive=int(np.sum(verdicts == INCONCLUSIVE)),
         failures=int(np.sum(verdicts == FAIL)),
     )
@@ -332,9 +332,7 @@ def _index_label(group: _Group, flat: int) -> str:
 
 
 def _check_group_full(problem, group, manual, forward_ok, options, rng) -> GroupResult:
-    index = np.arange(group.offset, group.offset + group.size)
-    labels = [_index_label(group, i) for i in range(group.size)]
-    return _check_entries(problem, group, manual, forward_ok, index, None, labels)
+    return _check_coordinates(problem, group, manual, forward_ok, np.arange(group.size))
 
 
 def _random_directions(problem: _Problem, group: _Group, count: int, rng) -> np.ndarray:
@@ -347,35 +345,29 @@ def _random_directions(problem: _Problem, group: _Group, count: int, rng) -> np.
 def _check_group_directional(problem, group, manual, forward_ok, options, rng) -> GroupResult:
     vectors = _random_directions(problem, group, options.directions, rng)
     sample = rng.choice(group.size, size=min(options.coordinates, group.size), replace=False)
-    result = _check_entries(problem, group, manual, forward_ok, None, vectors,
-                            [f"direction {k}" for k in range(len(vectors))])
+    result = _check_directions(problem, group, manual, forward_ok, vectors)
     fd = result.methods["finite_difference"]
     if fd.verdict == FAIL:  # narrow the failing direction down to its worst coordinate
-        k = int(fd.worst.split()[-1])
+        k = fd.worst_direction
         flat, spread = _bisect(problem, group, vectors[k])
         fd.note = f"direction {k} narrowed to entry {_index_label(group, flat)}" + (
             " (both halves fail: the error is spread over many entries)" if spread else "")
         sample = np.union1d(sample, [flat])
     if len(sample):  # on a tie the merged result names a coordinate rather than a direction
-        result = _merge(_check_entries(problem, group, manual, forward_ok, group.offset + sample, None,
-                                       [_index_label(group, i) for i in sample]), result)
+        result = _merge(_check_coordinates(problem, group, manual, forward_ok, sample), result)
     if manual is not None:  # the hand-derived gradient is at hand for every coordinate: compare them all
-        index = np.arange(group.offset, group.offset + group.size)
-        verdicts, ratio = _exact_verdicts(manual[index], problem.reverse[index], problem.eps, problem.f0)
-        result.methods["manual"] = _method_result("manual", manual[index], problem.reverse[index], verdicts,
-                                                  [_index_label(group, i) for i in range(group.size)], ratio,
-                                                  index - group.offset)
+        everything = _check_coordinates(problem, group, manual, False, np.arange(group.size), methods=("manual",))
+        result.methods["manual"] = everything.methods["manual"]
         result.verdict = _combine(m.verdict for m in result.methods.values())
     return result
 
 
 def _merge(a: GroupResult, b: GroupResult) -> GroupResult:
     """Combine the results of two sets of entries of one group; the worse result names the worst entry."""
-    order = [FAIL, INCONCLUSIVE, KINK, PASS, NOT_AVAILABLE]
     methods = {}
     for name in a.methods:
         x, y = a.methods[name], b.methods[name]
-        worse = x if order.index(x.verdict) <= order.index(y.verdict) else y
+        worse = x if SEVERITY.index(x.verdict) <= SEVERITY.index(y.verdict) else y
         errors = [e for e in (x.error, y.error) if e is not None]
         methods[name] = dataclasses.replace(
             worse, error=max(errors) if errors else None, checked=x.checked + y.checked, kinks=x.kinks + y.kinks,
@@ -384,36 +376,58 @@ def _merge(a: GroupResult, b: GroupResult) -> GroupResult:
     return GroupResult(a.name, a.size, a.shape, _combine(m.verdict for m in methods.values()), methods)
 
 
-def _check_entries(problem, group, manual, forward_ok, index, vectors, labels) -> GroupResult:
-    """Check coordinates ``index`` (flat) or directions ``vectors`` (rows) of one group with every method."""
-    if vectors is None:
-        reference = problem.reverse[index]
-        steps = _coordinate_steps(problem, index)
-        evaluate = lambda d, rows=slice(None): problem.losses_at(np.tile(index[rows], 4), d)  # noqa: E731
-        forward = problem.forward_at(index) if forward_ok else None
-        manual_values = manual[index] if manual is not None else None
-    else:
-        reference = vectors @ problem.reverse
-        support = np.abs(problem.theta64[group.offset:group.offset + group.size])
-        steps = np.full(len(vectors), problem.step_base * max(1.0, float(support.max(initial=0.0))))
-        evaluate = lambda d, rows=slice(None): problem.losses_along(np.tile(vectors[rows], (4, 1)), d)  # noqa: E731
-        forward = problem.forward_along(vectors) if forward_ok else None
-        manual_values = vectors @ manual if manual is not None else None
+def _check_coordinates(problem, group, manual, forward_ok, flat: np.ndarray,
+                       methods=("finite_difference", "forward", "manual")) -> GroupResult:
+    """Check the group's entries ``flat`` (indices within the group) with each of ``methods``."""
+    index = group.offset + flat
 
-    methods = {}
-    diff, fd_verdicts = _fd_check(problem, evaluate, steps, reference)
-    fd_ratio = np.abs(diff.central - reference) / np.maximum(diff.noise, 1e-300)
-    flat = None if vectors is not None else index - group.offset
-    methods["finite_difference"] = _method_result("finite_difference", diff.central, reference, fd_verdicts, labels,
-                                                  fd_ratio, flat)
-    for name, values in (("forward", forward), ("manual", manual_values)):
+    def evaluate(deltas, rows=slice(None)):
+        return problem.losses_at(np.tile(index[rows], 4), deltas)
+
+    return _summarize(
+        problem, group, methods, [_index_label(group, i) for i in flat], flat, problem.reverse[index],
+        evaluate, _coordinate_steps(problem, index),
+        forward=lambda: problem.forward_at(index) if forward_ok else None,
+        manual_values=None if manual is None else manual[index],
+    )
+
+
+def _check_directions(problem, group, manual, forward_ok, vectors: np.ndarray) -> GroupResult:
+    """Check directional derivatives along the rows of ``vectors`` (supported on the group)."""
+    support = np.abs(problem.theta64[group.offset:group.offset + group.size])
+    steps = np.full(len(vectors), problem.step_base * max(1.0, float(support.max(initial=0.0))))
+
+    def evaluate(deltas, rows=slice(None)):
+        return problem.losses_along(np.tile(vectors[rows], (4, 1)), deltas)
+
+    return _summarize(
+        problem, group, ("finite_difference", "forward", "manual"), [f"direction {k}" for k in range(len(vectors))],
+        None, vectors @ problem.reverse, evaluate, steps,
+        forward=lambda: problem.forward_along(vectors) if forward_ok else None,
+        manual_values=None if manual is None else vectors @ manual,
+    )
+
+
+def _summarize(problem, group, methods, labels, flat, reference, evaluate, steps, forward, manual_values):
+    """Run the requested methods on one set of entries and summarize each against reverse AD."""
+    results = {}
+    if "finite_difference" in methods:
+        diff, verdicts = _fd_check(problem, evaluate, steps, reference)
+        ratio = np.abs(diff.central - reference) / np.maximum(diff.noise, 1e-300)
+        results["finite_difference"] = _method_result("finite_difference", diff.central, reference, verdicts,
+                                                      labels, ratio, flat)
+    exact = {"forward": forward() if "forward" in methods else None, "manual": manual_values}
+    for name in ("forward", "manual"):
+        if name not in methods:
+            continue
+        values = exact[name]
         if values is None:
             note = "no forward-mode rule (custom_vjp)" if name == "forward" else "no hand-derived gradient"
-            methods[name] = MethodResult(name, NOT_AVAILABLE, note=note)
+            results[name] = MethodResult(name, NOT_AVAILABLE, note=note)
             continue
         verdicts, ratio = _exact_verdicts(values, reference, problem.eps, problem.f0)
-        methods[name] = _method_result(name, values, reference, verdicts, labels, ratio, flat)
-    return GroupResult(group.name, group.size, group.shape, _combine(m.verdict for m in methods.values()), methods)
+        results[name] = _method_result(name, values, reference, verdicts, labels, ratio, flat)
+    return GroupResult(group.name, group.size, group.shape, _combine(m.verdict for m in results.values()), results)
 
 
 def _bisect(problem: _Problem, group: _Group, direction: np.ndarray) -> tuple[int, bool]:
