@@ -26,9 +26,10 @@ from gradfit.models import count_params, logistic, mlp
 
 # Dense fp32 peak (TFLOP/s) of GPUs we know: the CUDA-core rate, and the TF32 tensor-core rate (dense) that
 # float32 matmuls use under JAX's default GPU matmul precision.
-GPU_PEAKS_TFLOPS = {
+GPU_PEAKS_TFLOPS = {  # checked in this order: the first name found in the device kind wins
     "H200": {"float32": 67.0, "tf32": 494.7},
-    "H100": {"float32": 67.0, "tf32": 494.7},  # SXM; the PCIe card is lower (51 / 378)
+    "H100 PCIE": {"float32": 51.0, "tf32": 378.0},
+    "H100": {"float32": 67.0, "tf32": 494.7},  # SXM
     "A100": {"float32": 19.5, "tf32": 156.0},
 }
 
@@ -49,12 +50,15 @@ FULL = BenchOptions()
 QUICK = BenchOptions(steps=50, repeats=3, logreg_dims=(8, 64, 512), mlp_widths=(8, 32), rows=500)
 
 DEFAULT_SUITE = {
-    # the shipped configs/logreg.yaml and configs/mlp.yaml, so the default suite needs no files
+    # the settings of the shipped configs/logreg.yaml and configs/mlp.yaml, so the suite needs no files
     "logreg": ["name=logreg", "data.source=breast_cancer", "model.kind=logistic", "model.l2=0.001",
-               "optimizer.name=lbfgs", "train.steps=100"],
+               "optimizer.name=lbfgs", "train.steps=100", "train.log_every=5", "train.tol=1e-6"],
     "mlp": ["name=mlp", "data.source=digits", "model.kind=mlp", "model.hidden=[128, 64]", "model.l2=0.0001",
-            "optimizer.name=adam", "optimizer.learning_rate=0.003", "train.epochs=40", "train.batch_size=64"],
+            "optimizer.name=adam", "optimizer.learning_rate=0.003",
+            "optimizer.schedule={name: warmup_cosine, warmup_steps: 50, final_fraction: 0.01}",
+            "train.epochs=40", "train.batch_size=64", "train.log_every=16"],
 }
+DESCENT_RATE = 0.01  # learning rate of the plain gradient-descent steps compared with NumPy
 
 
 def median_time(fn: Callable, *args, repeats: int = 5, min_sample_s: float = 0.002) -> float:
@@ -63,7 +67,6 @@ def median_time(fn: Callable, *args, repeats: int = 5, min_sample_s: float = 0.0
     Calls shorter than ``min_sample_s`` are repeated within each sample and averaged, so microsecond timings
     are not dominated by the timer and the scheduler.
     """
-    tick = time.perf_counter()
     jax.block_until_ready(fn(*args))  # warm-up (and compilation, for a jitted fn)
     tick = time.perf_counter()
     jax.block_until_ready(fn(*args))
@@ -78,7 +81,7 @@ def median_time(fn: Callable, *args, repeats: int = 5, min_sample_s: float = 0.0
     return statistics.median(samples)
 
 
-def environment(device) -> dict:
+def environment(device, precisions) -> dict:
     import jaxlib
 
     return {
@@ -87,7 +90,7 @@ def environment(device) -> dict:
         "device_kind": device.device_kind,
         "cpu_cores": os.cpu_count(),
         "jax": jax.__version__, "jaxlib": jaxlib.__version__, "optax": optax.__version__,
-        "dtype": "float32",
+        "dtype": ", ".join(sorted(set(precisions))),
         "matmul_precision": jax.config.jax_default_matmul_precision or "default",
     }
 
@@ -100,27 +103,42 @@ def gpu_peak(device_kind: str) -> Optional[dict]:
     return None
 
 
+def _prepared(config: GradfitConfig):
+    """train.prepare under the config's precision (float64 data and params need x64 while they are made)."""
+    from gradfit.train import prepare
+
+    with jax.enable_x64(config.runtime.precision == "float64"):
+        return prepare(config)
+
+
+def _batch_size(run) -> int:
+    return run.plan.batch_size or len(run.dataset.train)
+
+
 def fused_seconds_per_step(run, steps: int, repeats: int) -> tuple[float, float]:
     """(seconds per step inside the compiled fused loop, compile seconds) for a prepared run.
 
-    The fused program also evaluates one log point's metrics; that is timed alone (0 steps) and taken out.
+    The fused program ends with one log point's metrics; that is timed alone (0 steps) and subtracted, with
+    enough steps that the steps take at least 10x as long, so the difference is not noise.
     """
-    tick = time.perf_counter()
-    fused = jax.jit(run.chunk).lower(run.state, run.data, jnp.int32(steps)).compile()
-    compile_s = time.perf_counter() - tick
-    total = median_time(lambda: fused(run.state, run.data, jnp.int32(steps)), repeats=repeats)
-    metrics_only = median_time(lambda: fused(run.state, run.data, jnp.int32(0)), repeats=repeats)
+    with jax.enable_x64(run.config.runtime.precision == "float64"):
+        tick = time.perf_counter()
+        fused = jax.jit(run.chunk).lower(run.state, run.data, jnp.int32(steps)).compile()
+        compile_s = time.perf_counter() - tick
+        metrics_only = median_time(lambda: fused(run.state, run.data, jnp.int32(0)), repeats=repeats)
+        total = median_time(lambda: fused(run.state, run.data, jnp.int32(steps)), repeats=repeats)
+        while total < 11 * metrics_only and steps < 100_000:  # grow geometrically: a noisy estimate can't blow up
+            steps *= 4
+            total = median_time(lambda: fused(run.state, run.data, jnp.int32(steps)), repeats=repeats)
     return max(total - metrics_only, 1e-12) / steps, compile_s
 
 
 def training_throughput(config: GradfitConfig, options: BenchOptions) -> dict:
     """Compile time, then steps/s and examples/s of a Python loop over the jitted step and of the fused loop."""
-    from gradfit.train import prepare
-
+    run = _prepared(config)
+    n = options.steps
+    fused_s, compile_s = fused_seconds_per_step(run, n, options.repeats)
     with jax.enable_x64(config.runtime.precision == "float64"):
-        run = prepare(config)
-        n = options.steps
-        fused_s, compile_s = fused_seconds_per_step(run, n, options.repeats)
         step = jax.jit(run.train_step)
 
         def python_loop():
@@ -133,12 +151,13 @@ def training_throughput(config: GradfitConfig, options: BenchOptions) -> dict:
         step.lower(run.state, run.data).compile()
         step_compile_s = time.perf_counter() - tick
         loop_s = median_time(python_loop, repeats=options.repeats)
-    batch = run.plan.batch_size or len(run.dataset.train)
-    flops_per_step = 3 * batch * _forward_flops_per_example(run.state.params)  # forward + backward ~ 3x forward
+    batch = _batch_size(run)
+    flops_per_step = batch * step_flops_per_example(run.state.params)
     fused_rate = 1 / fused_s
     loop_rate = n / loop_s
     result = {
         "config": config.name, "model": config.model.kind, "optimizer": config.optimizer.name,
+        "precision": config.runtime.precision,
         "num_params": count_params(run.state.params), "batch_size": batch, "steps": n,
         "compile_time_s": compile_s, "step_compile_time_s": step_compile_s,
         "python_loop": {"steps_per_s": loop_rate, "examples_per_s": loop_rate * batch},
@@ -148,24 +167,25 @@ def training_throughput(config: GradfitConfig, options: BenchOptions) -> dict:
         "gflops_per_s": flops_per_step * fused_rate / 1e9,
     }
     peak = gpu_peak(run.device.device_kind) if run.device.platform == "gpu" else None
-    if peak:
+    if peak and config.runtime.precision == "float32":  # the table holds 32-bit peaks only
         result["fraction_of_peak"] = {k: result["gflops_per_s"] / (v * 1e3) for k, v in peak.items()}
     return result
 
 
-def _forward_flops_per_example(params) -> int:
-    """2 FLOPs per weight entry (multiply + add) in the matrix products of one example's forward pass."""
-    if "layers" in params:
-        return sum(2 * layer["w"].size for layer in params["layers"])
-    return 2 * params["w"].size
+def step_flops_per_example(params) -> int:
+    """Matrix-product FLOPs of one example's forward and backward pass (2 per multiply-add).
+
+    Forward 2|W| per layer; backward 2|W| for the weight gradient of every layer, plus 2|W| for the gradient
+    with respect to the layer's input for every layer but the first (nothing needs d loss / d x).
+    """
+    weights = [layer["w"].size for layer in params["layers"]] if "layers" in params else [params["w"].size]
+    return 4 * sum(weights) + 2 * sum(weights[1:])
 
 
 def gradient_cost(config: GradfitConfig, options: BenchOptions) -> dict:
     """Time of one loss evaluation vs one value_and_grad on the full training split."""
-    from gradfit.train import prepare
-
+    run = _prepared(config)
     with jax.enable_x64(config.runtime.precision == "float64"):
-        run = prepare(config)
         params, x, y = run.state.params, run.data["x"], run.data["y"]
         loss_s = median_time(jax.jit(run.objective), params, x, y, repeats=options.repeats * 4)
         grad_s = median_time(jax.jit(jax.value_and_grad(run.objective)), params, x, y, repeats=options.repeats * 4)
@@ -221,7 +241,8 @@ def method_scaling(options: BenchOptions, device) -> dict:
             model = logistic(d)
             params = jax.tree_util.tree_map(lambda p: p + 0.01, model.init(jax.random.PRNGKey(0)))
             timing = _gradient_methods(make_objective(model.apply, 0.0), params, jnp.asarray(x), jnp.asarray(y),
-                                       lambda p, x, y: logistic_manual_grad(p, x, y), options.repeats)
+                                       lambda p, x, y: logistic_manual_grad(p, x, y, dtype=np.float32),
+                                       options.repeats)
             rows.append({"size": d, **timing})
         families["logistic"] = _with_ratios(rows)
         rows = []
@@ -231,7 +252,8 @@ def method_scaling(options: BenchOptions, device) -> dict:
             params = model.init(jax.random.PRNGKey(0))
             timing = _gradient_methods(make_objective(model.apply, 0.0), params, jnp.asarray(x),
                                        jnp.asarray(labels, jnp.int32),
-                                       lambda p, x, y: mlp_manual_grad(p, x, y, "tanh"), options.repeats)
+                                       lambda p, x, y: mlp_manual_grad(p, x, y, "tanh", dtype=np.float32),
+                                       options.repeats)
             rows.append({"size": width, **timing})
         families["mlp"] = _with_ratios(rows)
     return families
@@ -252,127 +274,168 @@ def _with_ratios(rows: list) -> dict:
 def peers(configs: dict, options: BenchOptions) -> dict:
     """gradfit against a NumPy step (always), scikit-learn's lbfgs and a PyTorch eager step (when installed)."""
     out = {}
+    # torch first: after scikit-learn has started its OpenMP threads, torch's own pool fights them for the
+    # cores (seen here: 40 s of contention on 2 cores), which would measure the clash, not torch
+    network = next((c for c in configs.values() if c.model.kind == "mlp"), None)
+    if network is not None:
+        out["torch_eager_mlp"] = _torch_peer(network, options)
     for name, config in configs.items():
         out[f"numpy_step_{name}"] = _numpy_step_peer(config, options)
     logreg = next((c for c in configs.values() if c.model.kind == "logistic"), None)
     if logreg is not None:
         out["sklearn_lbfgs"] = _sklearn_peer(logreg, options)
-    network = next((c for c in configs.values() if c.model.kind == "mlp"), None)
-    if network is not None:
-        out["torch_eager_mlp"] = _torch_peer(network, options)
     return out
 
 
-def _numpy_step_peer(config: GradfitConfig, options: BenchOptions) -> dict:
-    """Time per plain gradient-descent step: NumPy with the hand-derived gradient vs gradfit's fused sgd step."""
-    from gradfit.train import prepare
+def _unavailable(peer: str, reason: str) -> dict:
+    return {"peer": peer, "available": False, "reason": reason}
 
-    sgd = config.model_copy(update={"optimizer": config.optimizer.model_validate({"name": "sgd",
-                                                                                   "learning_rate": 0.01})})
-    run = prepare(sgd)
+
+def _first_batch(run, dtype):
+    batch = _batch_size(run)
+    return np.asarray(run.dataset.train.x[:batch], dtype), np.asarray(run.dataset.train.y[:batch])
+
+
+def _numpy_step_peer(config: GradfitConfig, options: BenchOptions) -> dict:
+    """Time per plain gradient-descent step: NumPy with the hand-derived gradient vs gradfit's fused sgd step,
+    same batch size and precision."""
+    sgd = config.model_copy(update={"optimizer": config.optimizer.model_validate(
+        {"name": "sgd", "learning_rate": DESCENT_RATE})})
+    run = _prepared(sgd)
     gradfit_s, _ = fused_seconds_per_step(run, options.steps, options.repeats)
-    params = jax.tree_util.tree_map(lambda p: np.asarray(p, np.float32), run.state.params)
-    batch = run.plan.batch_size or len(run.dataset.train)
-    x = np.asarray(run.dataset.train.x[:batch], np.float32)
-    y = np.asarray(run.dataset.train.y[:batch])
+    dtype = np.float64 if config.runtime.precision == "float64" else np.float32
+    params = jax.tree_util.tree_map(lambda p: np.asarray(p, dtype), run.state.params)
+    x, y = _first_batch(run, dtype)
     l2 = config.model.l2
     if config.model.kind == "logistic":
-        grad = lambda p: logistic_manual_grad(p, x, y, l2)  # noqa: E731
+        grad = lambda p: logistic_manual_grad(p, x, y, l2, dtype)  # noqa: E731
     else:
-        grad = lambda p: mlp_manual_grad(p, x, y, config.model.activation, l2)  # noqa: E731
+        grad = lambda p: mlp_manual_grad(p, x, y, config.model.activation, l2, dtype)  # noqa: E731
 
     def numpy_step():
-        g = grad(params)
-        return jax.tree_util.tree_map(lambda p, gi: p - 0.01 * gi, params, g)
+        return jax.tree_util.tree_map(lambda p, g: p - DESCENT_RATE * g, params, grad(params))
 
     numpy_s = median_time(numpy_step, repeats=options.repeats * 4)
-    return {"peer": "NumPy, hand-derived gradient", "config": config.name, "batch_size": batch,
+    return {"peer": "NumPy, hand-derived gradient", "config": config.name, "batch_size": _batch_size(run),
+            "precision": config.runtime.precision,
             "gradfit_s_per_step": gradfit_s, "peer_s_per_step": numpy_s, "time_ratio": gradfit_s / numpy_s}
 
 
 def _sklearn_peer(config: GradfitConfig, options: BenchOptions) -> dict:
-    """Time for scikit-learn's lbfgs to reach the objective gradfit's lbfgs reaches (float64, same data)."""
+    """Time for each L-BFGS to reach the same objective (float64, same data, same L2), compile time excluded.
+
+    The target is the better of the two converged objectives; each side is timed with the fewest iterations
+    that reach it to 1e-9 relative.
+    """
+    name = "scikit-learn LogisticRegression(lbfgs)"
     try:
+        import warnings
+
+        from sklearn.exceptions import ConvergenceWarning
         from sklearn.linear_model import LogisticRegression
     except ImportError:
-        return {"peer": "scikit-learn LogisticRegression(lbfgs)", "available": False,
-                "reason": "scikit-learn is not installed (pip install scikit-learn)"}
+        return _unavailable(name, "scikit-learn is not installed (pip install scikit-learn)")
+    from gradfit.config import GradfitConfig as Schema
     from gradfit.data import load_dataset
-    from gradfit.train import prepare
 
     lam = config.model.l2 or 1e-3
-    overrides = {"model": config.model.model_copy(update={"l2": lam}),
-                 "optimizer": config.optimizer.model_validate({"name": "lbfgs"}),
-                 "runtime": config.runtime.model_copy(update={"precision": "float64"})}
-    config = config.model_copy(update=overrides)
+    settings = config.model_dump()
+    settings["model"]["l2"] = lam
+    settings["optimizer"] = {"name": "lbfgs"}
+    settings["train"] = {"steps": 200}  # full batch
+    settings["runtime"]["precision"] = "float64"
+    config = Schema.model_validate(settings)
     data = load_dataset(config)
     x, y = data.train.x, data.train.y
-    c = 1.0 / (lam * len(y))
 
-    def sklearn_fit():
-        return LogisticRegression(C=c, solver="lbfgs", tol=1e-10, max_iter=10_000).fit(x, y)
+    def sklearn_fit(iterations: int, tol: float = 0.0):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            return LogisticRegression(C=1.0 / (lam * len(y)), solver="lbfgs", tol=tol, max_iter=iterations).fit(x, y)
 
-    sklearn_s = median_time(sklearn_fit, repeats=options.repeats)
-    clf = sklearn_fit()
-    w, b = clf.coef_[0], clf.intercept_[0]
-    target = float(np.mean(np.logaddexp(0, -y * (x @ w + b))) + lam / 2 * w @ w)
+    def sklearn_objective(clf) -> float:
+        w, b = clf.coef_[0], clf.intercept_[0]
+        return float(np.mean(np.logaddexp(0, -y * (x @ w + b))) + lam / 2 * w @ w)
+
+    run = _prepared(config)
     with jax.enable_x64(True):
-        run = prepare(config)
         fused = jax.jit(run.chunk).lower(run.state, run.data, jnp.int32(0)).compile()
-        # the fewest L-BFGS steps that reach scikit-learn's objective (to 1e-9 relative), then time that many
-        for steps in range(5, 201, 5):
-            reached = float(fused(run.state, run.data, jnp.int32(steps))[1]["objective"])
-            if reached <= target * (1 + 1e-9):
-                break
+
+        def gradfit_objective(steps: int) -> float:
+            return float(fused(run.state, run.data, jnp.int32(steps))[1]["objective"])
+
+        target = min(sklearn_objective(sklearn_fit(10_000, 1e-14)), gradfit_objective(200))
+        goal = target * (1 + 1e-9)
+        steps = next((n for n in range(1, 201) if gradfit_objective(n) <= goal), None)
+        iterations = next((n for n in range(1, 1001) if sklearn_objective(sklearn_fit(n)) <= goal), None)
+        if steps is None or iterations is None:
+            return _unavailable(name, "one of the two did not reach the common objective; nothing to compare")
         gradfit_s = median_time(lambda: fused(run.state, run.data, jnp.int32(steps)), repeats=options.repeats)
-    return {"peer": "scikit-learn LogisticRegression(lbfgs)", "available": True, "l2": lam,
-            "gradfit_objective": reached, "peer_objective": target, "gradfit_steps": steps,
-            "relative_gap": abs(reached - target) / abs(target),
+    sklearn_s = median_time(lambda: sklearn_fit(iterations), repeats=options.repeats)
+    return {"peer": name, "available": True, "l2": lam, "objective": target,
+            "gradfit_steps": steps, "peer_iterations": iterations,
             "gradfit_s": gradfit_s, "peer_s": sklearn_s, "time_ratio": gradfit_s / sklearn_s,
-            "note": f"time to the same objective: gradfit {steps} L-BFGS steps (compiled, compile time excluded), "
-                    "scikit-learn to tol 1e-10, both float64"}
+            "note": f"time to objective {target:.10g} (1e-9 relative): gradfit {steps} L-BFGS steps, "
+                    f"scikit-learn {iterations} iterations; float64; gradfit compile time excluded"}
+
+
+TORCH_OPTIMIZERS = {  # gradfit optimizer -> (torch class name, keyword arguments from the config)
+    "sgd": ("SGD", lambda c: {}),
+    "momentum": ("SGD", lambda c: {"momentum": c.momentum}),
+    "nesterov": ("SGD", lambda c: {"momentum": c.momentum, "nesterov": True}),
+    "adam": ("Adam", lambda c: {"betas": (c.b1, c.b2), "eps": c.eps}),
+    "adamw": ("AdamW", lambda c: {"betas": (c.b1, c.b2), "eps": c.eps, "weight_decay": c.weight_decay}),
+    "rmsprop": ("RMSprop", lambda c: {"alpha": c.decay, "eps": c.eps}),
+    "adagrad": ("Adagrad", lambda c: {"eps": c.eps}),
+}
 
 
 def _torch_peer(config: GradfitConfig, options: BenchOptions) -> dict:
-    """A PyTorch eager training step of the same MLP, optimizer and batch size, vs gradfit's fused step."""
+    """A PyTorch eager training step of the same MLP, loss, optimizer and batch size, vs gradfit's fused step."""
+    name = "PyTorch eager MLP step"
     try:
         import torch
     except ImportError:
-        return {"peer": "PyTorch eager MLP step", "available": False,
-                "reason": "torch is not installed (optional: pip install torch)"}
-    from gradfit.train import prepare
-
-    run = prepare(config)
+        return _unavailable(name, "torch is not installed (optional: pip install torch)")
+    if config.optimizer.name not in TORCH_OPTIMIZERS:
+        return _unavailable(name, f"no like-for-like PyTorch step for optimizer '{config.optimizer.name}'")
+    run = _prepared(config)
     gradfit_s, _ = fused_seconds_per_step(run, options.steps, options.repeats)
-    batch = run.plan.batch_size or len(run.dataset.train)
-    sizes = [run.dataset.n_features, *config.model.hidden, run.dataset.n_classes]
+    dtype = torch.float64 if config.runtime.precision == "float64" else torch.float32
+    # the same kind of device as gradfit's run, when this torch build can use it
+    where = "cuda" if run.device.platform == "gpu" and torch.cuda.is_available() else "cpu"
+    binary = run.dataset.n_classes == 2
+    sizes = [run.dataset.n_features, *config.model.hidden, 1 if binary else run.dataset.n_classes]
     activation = {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh, "gelu": lambda: torch.nn.GELU("tanh"),
                   "sigmoid": torch.nn.Sigmoid, "silu": torch.nn.SiLU}[config.model.activation]
     layers = []
     for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(torch.nn.Linear(fan_in, fan_out))
-        if i < len(sizes) - 2:
-            layers.append(activation())
-    # the same kind of device as gradfit's run, when this torch build can use it
-    where = "cuda" if run.device.platform == "gpu" and torch.cuda.is_available() else "cpu"
-    net = torch.nn.Sequential(*layers).to(where)
-    optimizer = torch.optim.Adam(net.parameters(), lr=config.optimizer.learning_rate)
-    x = torch.tensor(np.asarray(run.dataset.train.x[:batch], np.float32), device=where)
-    y = torch.tensor(np.asarray(run.dataset.train.y[:batch], np.int64), device=where)
+        layers += [torch.nn.Linear(fan_in, fan_out)] + ([activation()] if i < len(sizes) - 2 else [])
+    net = torch.nn.Sequential(*layers).to(where, dtype)
+    cls, kwargs = TORCH_OPTIMIZERS[config.optimizer.name]
+    optimizer = getattr(torch.optim, cls)(net.parameters(), lr=config.optimizer.learning_rate,
+                                          **kwargs(config.optimizer))
+    x_np, y_np = _first_batch(run, np.float64 if dtype == torch.float64 else np.float32)
+    x = torch.tensor(x_np, device=where, dtype=dtype)
+    if binary:  # one logit and the logistic loss on labels mapped from {-1, +1} to {0, 1}, as gradfit does
+        y = torch.tensor((y_np + 1) / 2, device=where, dtype=dtype)
+        loss_fn = lambda out: torch.nn.functional.binary_cross_entropy_with_logits(out[:, 0], y)  # noqa: E731
+    else:
+        y = torch.tensor(y_np, device=where, dtype=torch.int64)
+        loss_fn = lambda out: torch.nn.functional.cross_entropy(out, y)  # noqa: E731
 
     def torch_step():
         optimizer.zero_grad()
-        loss = torch.nn.functional.cross_entropy(net(x), y)
-        loss.backward()
+        loss_fn(net(x)).backward()
         optimizer.step()
-        if where == "cuda":
+        if where == "cuda":  # like block_until_ready on the JAX side
             torch.cuda.synchronize()
 
     torch_s = median_time(torch_step, repeats=options.repeats * 4)
-    return {"peer": "PyTorch eager MLP step", "available": True, "torch": torch.__version__,
-            "device": where,
-            "note": f"torch {torch.__version__} on {where} ({torch.get_num_threads()} CPU threads), Adam, batch {batch}",
-            "threads": torch.get_num_threads(), "batch_size": batch,
+    return {"peer": name, "available": True, "torch": torch.__version__, "device": where,
+            "batch_size": _batch_size(run), "optimizer": config.optimizer.name,
+            "note": f"torch {torch.__version__} on {where} ({torch.get_num_threads()} CPU threads), "
+                    f"{config.optimizer.name}, batch {_batch_size(run)}",
             "gradfit_s_per_step": gradfit_s, "peer_s_per_step": torch_s, "time_ratio": gradfit_s / torch_s}
 
 
@@ -384,7 +447,8 @@ def run_bench(configs: Optional[dict] = None, options: BenchOptions = FULL, devi
     chosen = select_device(device)
     configs = {name: c.model_copy(update={"runtime": c.runtime.model_copy(update={"device": chosen.platform})})
                for name, c in configs.items()}
-    result = {"environment": environment(chosen), "options": dataclasses.asdict(options)}
+    result = {"environment": environment(chosen, [c.runtime.precision for c in configs.values()]),
+              "options": dataclasses.asdict(options)}
     progress("training throughput")
     result["training"] = [training_throughput(c, options) for c in configs.values()]
     progress("gradient cost")

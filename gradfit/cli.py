@@ -58,6 +58,21 @@ def user_errors():
         raise typer.Exit(130) from None
 
 
+def _check_writable(path: Optional[Path]) -> None:
+    """Fail before the work, not after it, when an output file cannot be written."""
+    if path is None:
+        return
+    import tempfile
+
+    try:
+        if path.is_dir():
+            raise OSError("it is a folder")
+        with tempfile.NamedTemporaryFile(dir=path.parent or "."):
+            pass
+    except OSError as exc:
+        raise GradfitError(f"--json {path}: cannot write there ({exc.strerror or exc})") from None
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"gradfit {gradfit.__version__}")
@@ -169,8 +184,7 @@ def compare_grads(
             if not config.is_file():
                 raise RunDirError(f"{at}: not a gradfit run directory (no config.yaml); pass the config as well")
         resolved = resolve_config(config, set_ or [])
-        if json_file is not None and (json_file.is_dir() or not json_file.parent.is_dir()):
-            raise GradfitError(f"--json {json_file}: cannot write there (not a file in an existing folder)")
+        _check_writable(json_file)
         from gradfit import gradcheck, report
         from gradfit.runs import write_json
 
@@ -216,8 +230,7 @@ def bench(
     from gradfit.config import resolve_config
 
     with user_errors():
-        if json_file is not None and (json_file.is_dir() or not json_file.parent.is_dir()):
-            raise GradfitError(f"--json {json_file}: cannot write there (not a file in an existing folder)")
+        _check_writable(json_file)
         chosen = None
         if configs:
             chosen = {}

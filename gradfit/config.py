@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
+import reprlib
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -68,12 +69,26 @@ class _StrictLoader(yaml.SafeLoader):
         seen = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            try:
+                hash(key)
+            except TypeError:  # a complex key ("? [a, b]"): SafeLoader reports it below, with its line
+                continue
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key '{key}'", key_node.start_mark
                 )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_int(self, node):
+        try:
+            return super().construct_yaml_int(node)
+        except ValueError:  # Python refuses to convert integers of more than 4300 digits
+            raise yaml.constructor.ConstructorError(
+                None, None, f"integer of {len(node.value)} digits is too large", node.start_mark) from None
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:int", _StrictLoader.construct_yaml_int)
 
 
 def _parse_yaml(text: str, origin: str) -> tuple[Any, dict]:
@@ -83,8 +98,13 @@ def _parse_yaml(text: str, origin: str) -> tuple[Any, dict]:
         try:
             node = loader.get_single_node()
             data = loader.construct_document(node) if node is not None else None
+            lines: dict = {}
+            if node is not None:
+                _record_lines(node, (), lines)
         finally:
             loader.dispose()
+    except RecursionError:
+        raise ConfigError(f"{origin}: invalid YAML: nested too deeply") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{origin}:{mark.line + 1}" if mark else origin
@@ -95,22 +115,23 @@ def _parse_yaml(text: str, origin: str) -> tuple[Any, dict]:
         elif "constructor for the tag" in problem:
             hint = " (gradfit configs hold plain values only; remove the !! tag)"
         raise ConfigError(f"{where}: invalid YAML: {problem}{hint}") from None
-    lines: dict = {}
-    if node is not None:
-        _record_lines(node, (), lines)
     return data, lines
 
 
-def _record_lines(node, prefix: KeyPath, lines: dict) -> None:
+def _record_lines(node, prefix: KeyPath, lines: dict, seen: set | None = None) -> None:
+    seen = set() if seen is None else seen
+    if id(node) in seen:  # an alias: walking it again is exponential ("billion laughs") or endless (a loop)
+        return
+    seen.add(id(node))
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             key = prefix + (key_node.value,)
             lines[key] = key_node.start_mark.line + 1
-            _record_lines(value_node, key, lines)
+            _record_lines(value_node, key, lines, seen)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             lines[prefix + (i,)] = item.start_mark.line + 1
-            _record_lines(item, prefix + (i,), lines)
+            _record_lines(item, prefix + (i,), lines, seen)
 
 
 def parse_override(text: str) -> tuple[KeyPath, Any]:
@@ -203,7 +224,7 @@ def _prefer_overridden_length(tree: dict, overridden: list) -> None:
 def _anchor_data_path(tree: dict, base: Path) -> None:
     """Make data.path absolute, so the resolved config (saved in the run directory) works from anywhere."""
     data = tree.get("data")
-    if isinstance(data, dict) and isinstance(data.get("path"), str) and data["path"]:
+    if isinstance(data, dict) and isinstance(data.get("path"), str) and data["path"] and "\0" not in data["path"]:
         p = Path(data["path"]).expanduser()
         data["path"] = str(p if p.is_absolute() else (base / p).resolve())
 
@@ -226,7 +247,11 @@ def _explain(err: dict) -> tuple[KeyPath, str]:
         return loc, f"got {err['input']!r}; expected one of {', '.join(choices)}{hint}"
     message = err["msg"].removeprefix("Value error, ")
     got = err.get("input")
-    return loc, message + ("" if isinstance(got, dict) else f" (got {got!r})")
+    return loc, message + ("" if isinstance(got, dict) else f" (got {_SHORT.repr(got)})")
+
+
+_SHORT = reprlib.Repr()  # a value in a message: bounded, however large or deep (aliases) the input
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother = 2, 6, 6, 200, 200
 
 
 def _locate(loc: KeyPath, lines: dict, overridden: list) -> tuple[int, str]:

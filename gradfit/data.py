@@ -219,8 +219,11 @@ def read_csv(path: Path, target: str) -> tuple[np.ndarray, np.ndarray, list[str]
 def _read_csv_structure(path: Path, target: str) -> tuple[list[str], list[str]]:
     """Check the header and that every row has one field per column and a label; returns (header, labels)."""
     with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        header = [h.strip() for h in next(reader, [])]
+        reader = csv.reader(f, strict=True)
+        try:
+            header = [h.strip() for h in next(reader, [])]
+        except csv.Error as exc:
+            raise DataError(f"{path}:1: malformed CSV header ({exc})") from None
         if not any(header):
             raise DataError(f"{path}: file is empty; expected a header row naming the columns")
         if len(header) == 1 and any(sep in header[0] for sep in ";\t|"):
@@ -237,7 +240,14 @@ def _read_csv_structure(path: Path, target: str) -> tuple[list[str], list[str]]:
             raise DataError(f"{path}: the only column is the target '{target}'; there are no features")
         t = header.index(target)
         labels = []
-        for row in reader:
+        while True:
+            start = reader.line_num + 1
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:  # strict=True: an unclosed quote, a field over the csv module's limit
+                raise DataError(f"{path}:{start}: malformed CSV row ({exc}); is a '\"' quote left open?") from None
             if not row:
                 continue  # blank lines are skipped, as NumPy does
             if len(row) != len(header):

@@ -57,15 +57,15 @@ def make_objective(apply: Callable, l2: float) -> Callable:
     return objective
 
 
-def logistic_manual_grad(params: dict, x: np.ndarray, y: np.ndarray, l2: float = 0.0) -> dict:
-    """Closed-form gradient of the L2-penalized binary logistic loss, in NumPy (float64).
+def logistic_manual_grad(params: dict, x: np.ndarray, y: np.ndarray, l2: float = 0.0, dtype=np.float64) -> dict:
+    """Closed-form gradient of the L2-penalized binary logistic loss, in NumPy (float64 unless ``dtype``).
 
     d/dw = (1/N) X^T (-y * sigmoid(-y * m)) + l2 * w,   d/db = mean(-y * sigmoid(-y * m)),   m = X w + b.
     """
-    w = np.asarray(params["w"], np.float64)
-    b = np.asarray(params["b"], np.float64)
-    x = np.asarray(x, np.float64)
-    y = np.asarray(y, np.float64)
+    w = np.asarray(params["w"], dtype)
+    b = np.asarray(params["b"], dtype)
+    x = np.asarray(x, dtype)  # no copy when already of this dtype
+    y = np.asarray(y, dtype)
     margin = -y * (x @ w + b)
     # sigmoid(t) = exp(-logaddexp(0, -t)) never overflows
     residual = -y * np.exp(-np.logaddexp(0.0, -margin))
@@ -94,16 +94,17 @@ _ACTIVATION_AND_DERIVATIVE = {
 }
 
 
-def mlp_manual_grad(params: dict, x: np.ndarray, y: np.ndarray, activation: str, l2: float = 0.0) -> dict:
-    """Backpropagation written out by hand in NumPy (float64) for gradfit's MLP and its loss.
+def mlp_manual_grad(params: dict, x: np.ndarray, y: np.ndarray, activation: str, l2: float = 0.0,
+                    dtype=np.float64) -> dict:
+    """Backpropagation written out by hand in NumPy (float64 unless ``dtype``) for gradfit's MLP and its loss.
 
     Forward: a_0 = x, z_l = a_{l-1} W_l + b_l, a_l = act(z_l); the last z is the logits. Backward: delta_L is
     dLoss/dlogits ((softmax - onehot)/N, or -y sigmoid(-y s)/N for one binary logit), then
     dW_l = a_{l-1}^T delta_l (+ l2 W_l), db_l = sum_rows delta_l, delta_{l-1} = (delta_l W_l^T) * act'(z_{l-1}).
     """
     act, act_prime = _ACTIVATION_AND_DERIVATIVE[activation]
-    layers = [{k: np.asarray(v, np.float64) for k, v in layer.items()} for layer in params["layers"]]
-    a, pre_activations, inputs = np.asarray(x, np.float64), [], []
+    layers = [{k: np.asarray(v, dtype) for k, v in layer.items()} for layer in params["layers"]]
+    a, pre_activations, inputs = np.asarray(x, dtype), [], []
     for i, layer in enumerate(layers):
         inputs.append(a)
         z = a @ layer["w"] + layer["b"]
@@ -111,7 +112,7 @@ def mlp_manual_grad(params: dict, x: np.ndarray, y: np.ndarray, activation: str,
         a = act(z) if i < len(layers) - 1 else z
     logits, n = a, len(x)
     if logits.shape[1] == 1:  # one binary logit, labels in {-1, +1}
-        yy = np.asarray(y, np.float64)[:, None]
+        yy = np.asarray(y, dtype)[:, None]
         delta = -yy * _sigmoid(-yy * logits) / n
     else:
         shifted = logits - logits.max(axis=1, keepdims=True)

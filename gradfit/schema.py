@@ -76,6 +76,13 @@ class DataConfig(_Section):
     APPLIES_TO = {"path": {"file"}, "target": {"file"}, "synthetic": {"synthetic"}}
     SELECTOR = "source"
 
+    @field_validator("path")
+    @classmethod
+    def _no_nul(cls, value: Optional[str]):
+        if value is not None and "\0" in value:
+            raise ValueError("a file path cannot contain a NUL character")
+        return value
+
     @model_validator(mode="after")
     def _check(self):
         if self.source == "file" and not self.path:
