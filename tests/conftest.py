@@ -20,3 +20,16 @@ def make_config(*overrides: str, path: str | Path | None = None) -> GradfitConfi
 @pytest.fixture
 def out_dir(tmp_path) -> Path:
     return tmp_path / "runs"
+
+
+def has_gpu() -> bool:
+    import jax
+
+    try:
+        return bool(jax.devices("gpu"))
+    except RuntimeError:
+        return False
+
+
+requires_gpu = pytest.mark.skipif(not has_gpu(), reason="needs a GPU")
+requires_no_gpu = pytest.mark.skipif(has_gpu(), reason="this machine has a GPU")

@@ -10,7 +10,7 @@ import jax
 import pytest
 from typer.testing import CliRunner
 
-from conftest import make_config
+from conftest import make_config, requires_no_gpu
 from gradfit import bench
 from gradfit.cli import app
 
@@ -111,13 +111,8 @@ def test_cli_quick_json(monkeypatch, tmp_path):
     assert data["options"]["steps"] == 5 and "peers" not in data
 
 
+@requires_no_gpu
 def test_cli_gpu_without_gpu_exits_2():
-    try:
-        has_gpu = bool(jax.devices("gpu"))
-    except RuntimeError:
-        has_gpu = False
-    if has_gpu:
-        pytest.skip("this machine has a GPU")
     result = CliRunner().invoke(app, ["bench", "--device", "gpu"], env={"COLUMNS": "200"})
     assert result.exit_code == 2
     assert "JAX sees no GPU" in result.stderr and "pip install" in result.stderr

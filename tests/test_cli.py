@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 import gradfit
-from conftest import CONFIGS, ROOT
+from conftest import CONFIGS, ROOT, requires_no_gpu
 from gradfit.cli import app
 
 runner = CliRunner()
@@ -99,14 +99,8 @@ def test_user_errors_exit_2_with_a_message_and_no_traceback(args, message, tmp_p
     assert not (tmp_path / "runs").exists()  # nothing written for a rejected config
 
 
+@requires_no_gpu
 def test_gpu_request_without_gpu_exits_2_with_install_hint(tmp_path):
-    jax = pytest.importorskip("jax")
-    try:
-        has_gpu = bool(jax.devices("gpu"))
-    except RuntimeError:
-        has_gpu = False
-    if has_gpu:
-        pytest.skip("this machine has a GPU")
     result = invoke("train", str(CONFIGS / "logreg.yaml"), "--device", "gpu", "-o", str(tmp_path))
     assert result.exit_code == 2
     assert "JAX sees no GPU" in result.stderr and "pip install" in result.stderr

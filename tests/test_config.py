@@ -21,7 +21,6 @@ from typer.testing import CliRunner
 from gradfit.cli import app
 from gradfit.config import (
     GradfitConfig,
-    ResolvedConfig,
     describe_keys,
     parse_override,
     resolve_config,

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from conftest import has_gpu
 from gradfit.cli import app
 
 runner = CliRunner()
@@ -256,15 +257,6 @@ CASES = {
 }
 
 
-def _has_gpu() -> bool:
-    import jax
-
-    try:
-        return bool(jax.devices("gpu"))
-    except RuntimeError:
-        return False
-
-
 def _write(path: Path, content: FileContent, tmp: str) -> None:
     if callable(content):
         content(path)
@@ -277,7 +269,7 @@ def _write(path: Path, content: FileContent, tmp: str) -> None:
 @pytest.mark.parametrize("name", list(CASES))
 def test_hostile_input_is_refused_cleanly(name: str, tmp_path: Path):
     case = CASES[name]
-    if case.needs_no_gpu and _has_gpu():
+    if case.needs_no_gpu and has_gpu():
         pytest.skip("this machine has a GPU")
     tmp = str(tmp_path)
     if case.config is not None:

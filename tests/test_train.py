@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import CONFIGS, make_config
+from conftest import CONFIGS, make_config, requires_gpu, requires_no_gpu
 from gradfit.config import resolve_config
 from gradfit.data import load_dataset
 from gradfit.errors import ConfigError, DeviceError, TrainingFailed
@@ -235,21 +235,14 @@ def test_run_directories_never_collide(tmp_path):
     assert (first / "keep.txt").read_text() == "user data"
 
 
-def _has_gpu() -> bool:
-    try:
-        return bool(jax.devices("gpu"))
-    except RuntimeError:
-        return False
-
-
-@pytest.mark.skipif(_has_gpu(), reason="this machine has a GPU")
+@requires_no_gpu
 def test_gpu_request_without_gpu_is_a_clear_error(out_dir):
     with pytest.raises(DeviceError, match=r"JAX sees no GPU.*jax\[cuda"):
         fit(make_config("runtime.device=gpu"), out_dir=out_dir)
     assert not out_dir.exists()
 
 
-@pytest.mark.skipif(not _has_gpu(), reason="needs a GPU")
+@requires_gpu
 def test_trains_on_the_gpu(out_dir):
     summary = fit(make_config(*TINY_MLP, "runtime.device=gpu"), out_dir=out_dir)
     assert summary["device"].startswith("gpu") and summary["final"]["val_accuracy"] > 0.8
