@@ -8,6 +8,7 @@ error rather than silently ignored. No jax and no file handling here.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Annotated, Any, ClassVar, Literal, Optional, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -212,8 +213,7 @@ class GradfitConfig(_Section):
     """A whole training config. Every key has a default; see ``describe_keys`` and the README."""
 
     name: str = Field(
-        "run", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100,
-        description="run name; the run directory is <out-dir>/<name>-<timestamp>",
+        "run", max_length=100, description="run name; the run directory is <out-dir>/<name>-<timestamp>",
     )
     seed: int = Field(0, ge=0, le=2**32 - 1, description="seed for the split, the init and the minibatch order")
     data: DataConfig = Field(default_factory=DataConfig, description="dataset and split")
@@ -221,6 +221,15 @@ class GradfitConfig(_Section):
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig, description="optax optimizer")
     train: TrainConfig = Field(default_factory=TrainConfig, description="training loop")
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="device and precision")
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_folder_name(cls, value: str):
+        # it becomes a folder name: no separators, no "..", nothing hidden
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
+            raise ValueError("use letters, digits, '.', '_' and '-', starting with a letter or digit "
+                             "(the name becomes a folder under --out-dir)")
+        return value
 
     @model_validator(mode="after")
     def _check_combination(self):

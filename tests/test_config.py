@@ -172,7 +172,7 @@ BAD_VALUES = [
     pytest.param("data:\n  val_fraction: 1.5\n", "data.val_fraction", 2, ["less than 1", "1.5"],
                  id="val-fraction-over-1"),
     pytest.param("seed: -1\n", "seed", 1, ["greater than or equal to 0", "-1"], id="seed-negative"),
-    pytest.param("name: 'my run'\n", "name", 1, ["pattern", "'my run'"], id="name-with-space"),
+    pytest.param("name: 'my run'\n", "name", 1, ["use letters, digits", "'my run'"], id="name-with-space"),
     pytest.param("optimizer:\n  name: adma\n", "optimizer.name", 2,
                  ["got 'adma'", "expected one of sgd, momentum, nesterov, adam", "did you mean 'adam'?"],
                  id="literal-typo"),
