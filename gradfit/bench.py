@@ -23,6 +23,7 @@ from gradfit.data import make_synthetic
 from gradfit.device import describe_device, select_device
 from gradfit.losses import logistic_manual_grad, make_objective, mlp_manual_grad
 from gradfit.models import count_params, logistic, mlp
+from gradfit.train import prepare
 
 # Dense fp32 peak (TFLOP/s) of GPUs we know: the CUDA-core rate, and the TF32 tensor-core rate (dense) that
 # float32 matmuls use under JAX's default GPU matmul precision.
@@ -103,14 +104,6 @@ def gpu_peak(device_kind: str) -> Optional[dict]:
     return None
 
 
-def _prepared(config: GradfitConfig):
-    """train.prepare under the config's precision (float64 data and params need x64 while they are made)."""
-    from gradfit.train import prepare
-
-    with jax.enable_x64(config.runtime.precision == "float64"):
-        return prepare(config)
-
-
 def _batch_size(run) -> int:
     return run.plan.batch_size or len(run.dataset.train)
 
@@ -135,7 +128,7 @@ def fused_seconds_per_step(run, steps: int, repeats: int) -> tuple[float, float]
 
 def training_throughput(config: GradfitConfig, options: BenchOptions) -> dict:
     """Compile time, then steps/s and examples/s of a Python loop over the jitted step and of the fused loop."""
-    run = _prepared(config)
+    run = prepare(config)
     n = options.steps
     fused_s, compile_s = fused_seconds_per_step(run, n, options.repeats)
     with jax.enable_x64(config.runtime.precision == "float64"):
@@ -184,7 +177,7 @@ def step_flops_per_example(params) -> int:
 
 def gradient_cost(config: GradfitConfig, options: BenchOptions) -> dict:
     """Time of one loss evaluation vs one value_and_grad on the full training split."""
-    run = _prepared(config)
+    run = prepare(config)
     with jax.enable_x64(config.runtime.precision == "float64"):
         params, x, y = run.state.params, run.data["x"], run.data["y"]
         loss_s = median_time(jax.jit(run.objective), params, x, y, repeats=options.repeats * 4)
@@ -301,7 +294,7 @@ def _numpy_step_peer(config: GradfitConfig, options: BenchOptions) -> dict:
     same batch size and precision."""
     sgd = config.model_copy(update={"optimizer": config.optimizer.model_validate(
         {"name": "sgd", "learning_rate": DESCENT_RATE})})
-    run = _prepared(sgd)
+    run = prepare(sgd)
     gradfit_s, _ = fused_seconds_per_step(run, options.steps, options.repeats)
     dtype = np.float64 if config.runtime.precision == "float64" else np.float32
     params = jax.tree_util.tree_map(lambda p: np.asarray(p, dtype), run.state.params)
@@ -357,7 +350,7 @@ def _sklearn_peer(config: GradfitConfig, options: BenchOptions) -> dict:
         w, b = clf.coef_[0], clf.intercept_[0]
         return float(np.mean(np.logaddexp(0, -y * (x @ w + b))) + lam / 2 * w @ w)
 
-    run = _prepared(config)
+    run = prepare(config)
     with jax.enable_x64(True):
         fused = jax.jit(run.chunk).lower(run.state, run.data, jnp.int32(0)).compile()
 
@@ -399,7 +392,7 @@ def _torch_peer(config: GradfitConfig, options: BenchOptions) -> dict:
         return _unavailable(name, "torch is not installed (optional: pip install torch)")
     if config.optimizer.name not in TORCH_OPTIMIZERS:
         return _unavailable(name, f"no like-for-like PyTorch step for optimizer '{config.optimizer.name}'")
-    run = _prepared(config)
+    run = prepare(config)
     gradfit_s, _ = fused_seconds_per_step(run, options.steps, options.repeats)
     dtype = torch.float64 if config.runtime.precision == "float64" else torch.float32
     # the same kind of device as gradfit's run, when this torch build can use it

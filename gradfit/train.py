@@ -167,8 +167,13 @@ class Prepared:
 def prepare(config: GradfitConfig) -> Prepared:
     """Load and check the data, pick the device, size the plan and build the initial state (no compilation).
 
-    Call inside ``jax.enable_x64(...)`` for float64 (``fit`` does).
+    Arrays are made with x64 enabled for float64 configs; trace and run ``chunk`` under the same setting.
     """
+    with jax.enable_x64(config.runtime.precision == "float64"):
+        return _prepare(config)
+
+
+def _prepare(config: GradfitConfig) -> Prepared:
     dataset = load_dataset(config)
     device = select_device(config.runtime.device)
     plan = Plan.from_config(config, len(dataset.train))
