@@ -97,23 +97,31 @@ def main_callback(
 
 @app.command()
 def train(
-    config: Path = typer.Argument(..., help="YAML config file (see configs/ and [bold]gradfit config show[/])."),
+    config: Optional[Path] = typer.Argument(
+        None, help="YAML config file (see configs/ and [bold]gradfit config show[/]); with --resume, defaults to "
+                   "the run's own config.yaml."),
     set_: Optional[List[str]] = typer.Option(None, "--set", "-s", help=SET_HELP, metavar="KEY=VALUE"),
-    out_dir: Path = typer.Option(Path("runs"), "--out-dir", "-o", help="Parent folder of the new run directory."),
+    out_dir: Optional[Path] = typer.Option(None, "--out-dir", "-o",
+                                           help="Parent folder of the new run directory (default: runs)."),
+    resume: Optional[Path] = typer.Option(None, "--resume", metavar="RUN_DIR",
+                                          help="Continue this run in place from its newest checkpoint."),
+    force: bool = typer.Option(False, "--force", help="With --resume: continue even though the config differs "
+                                                      "(the changes are recorded in summary.json)."),
     device: Optional[Device] = typer.Option(None, help="Shortcut for --set runtime.device=..."),
     precision: Optional[Precision] = typer.Option(None, help="Shortcut for --set runtime.precision=..."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output, only errors."),
     json_out: bool = typer.Option(False, "--json", help="Print summary.json to stdout (progress goes to stderr)."),
 ) -> None:
-    """Train the model a config describes and write a new run directory.
+    """Train the model a config describes and write a new run directory, or resume a stopped run.
 
-    The run directory [bold]runs/<name>-<timestamp>/[/] holds config.yaml (resolved), metrics.jsonl, params.npz, preprocessing.json and summary.json. Existing runs are never overwritten.
+    The run directory [bold]runs/<name>-<timestamp>/[/] holds config.yaml (resolved), metrics.jsonl, params.npz, preprocessing.json, summary.json and checkpoints/. Existing runs are never overwritten. Ctrl-C finishes the steps in flight, writes a checkpoint and prints the command that resumes the run; a resumed run continues bit-identically to one that was never stopped.
 
     [bold]Examples[/]
 
       gradfit train configs/logreg.yaml
       gradfit train configs/mlp.yaml --set optimizer.learning_rate=3e-3 --set train.epochs=20
       gradfit train configs/logreg.yaml --device cpu --precision float64 --json
+      gradfit train --resume runs/mlp-20261126-101500
     """
     from gradfit.config import resolve_config
 
@@ -123,15 +131,29 @@ def train(
     if precision is not None:
         overrides.append(f"runtime.precision={precision.value}")
     with user_errors():
+        if resume is None:
+            if config is None:
+                raise GradfitError("missing CONFIG: gradfit train CONFIG, or gradfit train --resume RUN_DIR")
+            if force:
+                raise GradfitError("--force only applies with --resume")
+        else:
+            if out_dir is not None:
+                raise GradfitError("--out-dir does not apply with --resume: the run continues in its own folder")
+            from gradfit.runs import check_run_dir
+
+            config = config or check_run_dir(resume) / "config.yaml"
         resolved = resolve_config(config, overrides)
         from gradfit import report
 
         console = stderr if json_out else report.stdout_console()
-        from gradfit.train import fit
+        from gradfit import loop
 
         progress = None if quiet else report.TrainProgress(console)
         try:
-            summary = fit(resolved.config, out_dir=str(out_dir), callbacks=progress)
+            if resume is None:
+                summary = loop.fit(resolved.config, out_dir or Path("runs"), callbacks=progress)
+            else:
+                summary = loop.resume(resume, resolved.config, force=force, callbacks=progress)
         except TrainingFailed as exc:
             if json_out and exc.summary is not None:
                 typer.echo(json.dumps(exc.summary, indent=2))

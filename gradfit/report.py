@@ -39,19 +39,22 @@ class TrainProgress:
         self.progress: Optional[Progress] = None
         self.task = None
         self.total = 0
+        self.start_step = 0
         self.last_print = 0.0
         self.started = 0.0
         self.unprinted: Optional[dict] = None
 
     def on_start(self, info: dict) -> None:
         self.total = info["total_steps"]
+        self.start_step = info.get("start_step", 0)
         self.started = time.perf_counter()
         self.console.print(
             f"[bold]{escape(info['model'])}[/] on [bold]{escape(info['dataset'])}[/]: {info['num_params']:,} "
             f"parameters, {self.total:,} steps on {escape(info['device'])} "
             f"(compiled in {info['compile_time_s']:.2f} s)", soft_wrap=True, highlight=False
         )
-        self.console.print(f"run directory: {escape(info['run_dir'])}", soft_wrap=True)
+        resumed = f" (resumed at step {self.start_step:,})" if self.start_step else ""
+        self.console.print(f"run directory: {escape(info['run_dir'])}{resumed}", soft_wrap=True)
         if self.live:
             self.progress = Progress(
                 TextColumn("[bold blue]train"),
@@ -64,11 +67,13 @@ class TrainProgress:
                 console=self.console,
             )
             self.progress.start()
-            self.task = self.progress.add_task("train", total=self.total, loss="-", val_acc="-", rate="-")
+            self.task = self.progress.add_task("train", total=self.total, completed=self.start_step, loss="-",
+                                               val_acc="-", rate="-")
 
     def on_log(self, record: dict) -> None:
         elapsed = time.perf_counter() - self.started
-        rate = fmt(record["step"] / elapsed, 3) if elapsed > 0 and record["step"] else "-"
+        done = record["step"] - self.start_step
+        rate = fmt(done / elapsed, 3) if elapsed > 0 and done else "-"
         if self.progress is not None:
             self.progress.update(self.task, completed=record["step"], loss=fmt(record["objective"]),
                                  val_acc=fmt(record["val_accuracy"], 3), rate=rate)
@@ -114,15 +119,25 @@ def summary_table(summary: dict) -> Table:
         ("train loss", fmt(final["train_loss"])),
         ("val loss / accuracy", f"{fmt(final['val_loss'])} / {fmt(final['val_accuracy'])}"),
         ("test loss / accuracy", f"{fmt(final['test_loss'])} / {fmt(final['test_accuracy'])}"),
+        ("params.npz", _saved_params(summary)),
         ("compile time", f"{summary['compile_time_s']:.2f} s"),
         ("speed", f"{fmt(summary['steps_per_s'], 4)} steps/s (time inside the compiled program)"),
         ("wall time", f"{summary['wall_time_s']:.2f} s"),
         ("device", summary["device"]),
         ("run directory", summary["run_dir"]),
+        ("last checkpoint", summary["checkpoint"] or "-"),
     ]
     for key, value in rows:
         table.add_row(key, escape(str(value)))
     return table
+
+
+def _saved_params(summary: dict) -> str:
+    if summary["params_step"] is None:
+        return "not written (the parameters diverged)"
+    stopper = summary["early_stopping"]
+    best = f", the best {stopper['monitor']}" if stopper else ""
+    return f"parameters of step {summary['params_step']:,}{best}"
 
 
 def config_table(resolved: ResolvedConfig) -> tuple[Table, int]:

@@ -4,12 +4,14 @@ Layout of ``<out_dir>/<name>-<YYYYmmdd-HHMMSS>[-n]/``:
     config.yaml         fully resolved config (loadable by `gradfit train`), versions and device as comments
     preprocessing.json  feature names, label mapping, standardization mean/std
     metrics.jsonl       one JSON object per log point
-    params.npz          final parameters, keyed by pytree path ("layers/0/w"); no pickle
+    params.npz          final parameters (the best ones under early stopping), keyed by pytree path; no pickle
     summary.json        outcome, timings and final metrics
+    checkpoints/        step-NNNNNNNN.npz files to resume from (see gradfit.checkpoints)
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import io
 import json
@@ -45,6 +47,38 @@ def create_run_dir(parent: str | Path, name: str, now: Optional[_dt.datetime] = 
         except OSError as exc:
             raise RunDirError(f"cannot create run directory {candidate}: {exc.strerror}") from None
     raise RunDirError(f"too many runs named {name}-{stamp} in {parent}")
+
+
+def check_run_dir(path: Path) -> Path:
+    """``path`` if it is a run directory made by gradfit train, else a RunDirError saying what it is instead."""
+    path = Path(path)
+    if not path.is_dir():
+        raise RunDirError(f"{path}: no such run directory" if not path.exists() else f"{path}: not a directory")
+    missing = [name for name in ("config.yaml", "metrics.jsonl") if not (path / name).is_file()]
+    if missing:
+        raise RunDirError(f"{path}: not a gradfit run directory (it has no {' and no '.join(missing)}); "
+                          "pass a folder made by gradfit train, e.g. runs/<name>-<timestamp>")
+    return path
+
+
+@contextlib.contextmanager
+def locked(run_dir: Path):
+    """Hold an exclusive lock on the run directory, so two processes never write the same run.
+
+    An OS file lock, released by the kernel when the process dies, so a killed run never leaves it stale.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; rely on the user
+        yield
+        return
+    with open(Path(run_dir) / ".lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise RunDirError(f"{run_dir}: another gradfit process is writing this run; wait for it to "
+                              "finish or stop it") from None
+        yield
 
 
 def write_atomic(path: Path, data: bytes | str) -> None:
@@ -87,6 +121,34 @@ def append_jsonl(path: Path, record: Mapping) -> None:
         f.write(json.dumps(to_jsonable(record), allow_nan=False) + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def truncate_metrics(path: Path, step: int) -> int:
+    """Keep the records of ``path`` up to ``step`` and move later ones to ``metrics.discarded.jsonl``.
+
+    A run resumed from its step-``step`` checkpoint logs those steps again; this keeps metrics.jsonl free of
+    duplicates without losing what was there. A torn last line (a crash mid-write) is moved too.
+    Returns the number of records moved.
+    """
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    kept, moved = [], []
+    for number, line in enumerate(lines, 1):
+        try:
+            record_step = json.loads(line)["step"]
+            if not isinstance(record_step, int):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            if number < len(lines):
+                raise RunDirError(f"{path}, line {number}: not a gradfit metrics record; the run directory was "
+                                  "edited by hand") from None
+            moved.append(line)
+            continue
+        (kept if record_step <= step else moved).append(line)
+    if moved:
+        with open(Path(path).with_name("metrics.discarded.jsonl"), "a", encoding="utf-8") as f:
+            f.write("".join(line + "\n" for line in moved))
+        write_atomic(path, "".join(line + "\n" for line in kept))
+    return len(moved)
 
 
 def save_arrays(path: Path, arrays: Mapping[str, np.ndarray]) -> None:

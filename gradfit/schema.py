@@ -177,6 +177,17 @@ class OptimizerConfig(_Section):
     SELECTOR = "name"
 
 
+class EarlyStoppingConfig(_Section):
+    monitor: Optional[Literal["val_loss", "val_accuracy"]] = Field(
+        None, description="validation metric watched at each log point (null: early stopping off)"
+    )
+    patience: int = Field(10, ge=1, description="log points in a row without improvement before the run stops")
+    min_delta: float = Field(0.0, ge=0, description="smallest change of the monitored metric that counts as improvement")
+
+    APPLIES_TO = {"patience": {"val_loss", "val_accuracy"}, "min_delta": {"val_loss", "val_accuracy"}}
+    SELECTOR = "monitor"
+
+
 class TrainConfig(_Section):
     epochs: Optional[int] = Field(None, ge=1, description="passes over the training split (100 if steps is unset)")
     steps: Optional[int] = Field(None, ge=1, description="optimizer steps; use instead of epochs")
@@ -186,6 +197,14 @@ class TrainConfig(_Section):
     log_every: int = Field(10, ge=1, description="steps fused per device dispatch; metrics are logged after each")
     tol: Optional[float] = Field(
         None, gt=0, description="stop when the full-batch gradient norm falls below this (checked when logging)"
+    )
+    checkpoint_every: Optional[int] = Field(
+        1000, ge=1, description="checkpoint at the first log point past every this many steps (null: only at the "
+        "end and on interruption)"
+    )
+    keep_checkpoints: int = Field(3, ge=1, description="how many of the newest checkpoints to keep")
+    early_stopping: EarlyStoppingConfig = Field(
+        default_factory=EarlyStoppingConfig, description="stop when a validation metric stops improving"
     )
 
     @model_validator(mode="before")
@@ -235,6 +254,9 @@ class GradfitConfig(_Section):
     def _check_combination(self):
         if self.optimizer.name == "lbfgs" and self.train.batch_size is not None:
             raise KeyProblem(("train", "batch_size"), "lbfgs is a full-batch method; set train.batch_size=null")
+        if self.train.early_stopping.monitor and self.data.val_fraction == 0:
+            raise KeyProblem(("train", "early_stopping", "monitor"),
+                             "early stopping watches the validation split; set data.val_fraction > 0")
         return self
 
 
@@ -268,19 +290,28 @@ def unused_key_problems(tree: Any, cls: type[_Section] = GradfitConfig, prefix: 
     if cls.SELECTOR:
         selector = cls.model_fields[cls.SELECTOR]
         chosen = tree.get(cls.SELECTOR, selector.default)
-        if chosen not in get_args(selector.annotation):
-            chosen = None  # a typo in the selector itself is reported by the validator
+        if chosen not in _choices(selector.annotation):
+            chosen = ...  # a typo in the selector itself is reported by the validator
     for key, value in list(tree.items()):
         users = cls.APPLIES_TO.get(key)
-        if users is not None and chosen is not None and chosen not in users:
+        if users is not None and chosen is not ... and chosen not in users:
             if value is None:  # `--set optimizer.momentum=null` clears a key that no longer applies
                 del tree[key]
                 continue
-            problems.append((prefix + (key,), f"not used when {cls.SELECTOR} is '{chosen}' (it applies to: "
+            shown = "null" if chosen is None else f"'{chosen}'"
+            problems.append((prefix + (key,), f"not used when {cls.SELECTOR} is {shown} (it applies to: "
                                               f"{', '.join(sorted(users))}); remove it"))
         elif key in cls.model_fields and _is_section_class(cls.model_fields[key].annotation):
             problems += unused_key_problems(value, cls.model_fields[key].annotation, prefix + (key,))
     return problems
+
+
+def _choices(annotation: Any) -> tuple:
+    """The values a Literal (or Optional[Literal]) annotation allows."""
+    args = get_args(annotation)
+    if type(None) in args:  # Optional[Literal[...]]
+        return tuple(v for arg in args if arg is not type(None) for v in get_args(arg)) + (None,)
+    return args
 
 
 def section_class(loc: KeyPath) -> type[BaseModel]:
@@ -308,7 +339,7 @@ def describe_keys(cls: type[BaseModel] = GradfitConfig, prefix: KeyPath = ()) ->
             out.extend(describe_keys(annotation, prefix + (name,)))
             continue
         default = field.get_default(call_default_factory=True)
-        choices = getattr(annotation, "__args__", None) if getattr(annotation, "__origin__", None) is Literal else None
+        choices = _choices(annotation) if Literal in (getattr(a, "__origin__", None) for a in (annotation, *get_args(annotation))) else None
         out.append(KeyInfo(prefix + (name,), default, field.description or "", choices))
     return out
 

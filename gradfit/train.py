@@ -1,4 +1,4 @@
-"""The compiled training loop.
+"""The compiled training program (the host-side loop around it is ``gradfit.loop``).
 
 One jitted program runs ``log_every`` optimizer steps (a ``fori_loop`` over ``train_step``) and then computes
 the metrics of a log point, so the host only sees the device once per log point. The state is donated, the data
@@ -9,8 +9,6 @@ stays on the device as a jit argument, and minibatches are drawn on the device f
 from __future__ import annotations
 
 import dataclasses
-import signal
-import threading
 import time
 from typing import Any, Callable, NamedTuple, Optional
 
@@ -18,15 +16,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-import gradfit
-from gradfit.config import GradfitConfig, to_yaml
+from gradfit.config import GradfitConfig
 from gradfit.data import Dataset, load_dataset, split_arrays
-from gradfit.device import describe_device, select_device
-from gradfit.errors import ConfigError, Interrupted, TrainingFailed
+from gradfit.device import select_device
+from gradfit.errors import ConfigError
 from gradfit.losses import accuracy, data_loss, l2_penalty, make_objective
-from gradfit.models import Model, build_model, count_params, named_leaves
+from gradfit.models import Model, build_model
 from gradfit.optim import make_optimizer
-from gradfit import runs
 
 
 class TrainState(NamedTuple):
@@ -34,16 +30,6 @@ class TrainState(NamedTuple):
     opt_state: Any
     step: jax.Array  # int32 (): optimizer steps taken so far
     order: jax.Array  # int32 (n_train,): row order of the current epoch; (0,) when training full-batch
-
-
-class Callbacks:
-    """Progress hooks; the engine prints nothing itself. Override what you need."""
-
-    def on_start(self, info: dict) -> None: ...
-
-    def on_log(self, record: dict) -> None: ...
-
-    def on_end(self, summary: dict) -> None: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,6 +163,9 @@ def _prepare(config: GradfitConfig) -> Prepared:
     dataset = load_dataset(config)
     device = select_device(config.runtime.device)
     plan = Plan.from_config(config, len(dataset.train))
+    if config.train.early_stopping.monitor and len(dataset.val) == 0:
+        raise ConfigError(f"train.early_stopping: the validation split of {dataset.name} is empty "
+                          f"(data.val_fraction={config.data.val_fraction:g}); raise data.val_fraction")
     optimizer, schedule = make_optimizer(config.optimizer, plan.total_steps)
     dtype = jnp.float64 if config.runtime.precision == "float64" else jnp.float32
     model = build_model(config.model, dataset.n_features, dataset.n_classes)
@@ -198,175 +187,14 @@ def _prepare(config: GradfitConfig) -> Prepared:
     return Prepared(config, dataset, model, plan, device, state, data, chunk, train_step, objective)
 
 
-@dataclasses.dataclass
-class Outcome:
-    """How the loop ended."""
-
-    step: int = 0
-    status: str = "completed"  # completed | failed | interrupted
-    stop_reason: str = "completed all steps"
-    last: dict = dataclasses.field(default_factory=dict)  # the last log record
-    last_finite_objective: Optional[float] = None
-    train_time: float = 0.0  # seconds inside compiled chunks, compilation excluded
-
-
-def fit(config: GradfitConfig, out_dir: str = "runs", callbacks: Optional[Callbacks] = None) -> dict:
-    """Train as the config says and write a run directory; returns the summary (also in summary.json).
-
-    Raises:
-        GradfitError: bad data, settings or device (before the run directory is created).
-        TrainingFailed: the loss or parameters became non-finite (summary.json says why).
-    """
-    with jax.enable_x64(config.runtime.precision == "float64"):
-        return _fit(config, out_dir, callbacks or Callbacks())
-
-
-def _fit(config: GradfitConfig, out_dir: str, callbacks: Callbacks) -> dict:
-    started = time.perf_counter()
-    run = prepare(config)  # everything that can reject the input happens before the run directory exists
+def compile_chunk(run: Prepared) -> tuple[Callable, float]:
+    """(compiled chunk with the state donated, seconds spent compiling). Call it under the run's x64 setting."""
     tick = time.perf_counter()
     compiled = jax.jit(run.chunk, donate_argnums=0).lower(run.state, run.data, jnp.int32(0)).compile()
-    compile_time = time.perf_counter() - tick
-
-    run_dir = runs.create_run_dir(out_dir, config.name)
-    device_name = describe_device(run.device)
-    runs.write_atomic(run_dir / "config.yaml", to_yaml(config, _config_header(device_name)))
-    runs.write_json(run_dir / "preprocessing.json", run.dataset.preprocessing())
-    callbacks.on_start({
-        "run_dir": str(run_dir), "device": device_name, "total_steps": run.plan.total_steps,
-        "steps_per_epoch": run.plan.steps_per_epoch, "num_params": count_params(run.state.params),
-        "compile_time_s": compile_time, "dataset": run.dataset.name, "model": config.model.kind,
-    })
-
-    # dispatch a chunk, read its metrics back, log, decide whether to go on; the first chunk (0 steps)
-    # logs the starting point. SIGINT/SIGTERM only set a flag, so the chunk in flight always completes.
-    state, out = run.state, Outcome()
-    with _StopRequests() as stop:
-        while True:
-            n = min(run.plan.log_every, run.plan.total_steps - out.step) if out.last else 0
-            tick = time.perf_counter()
-            state, metrics = compiled(state, run.data, jnp.int32(n))
-            metrics = jax.device_get(metrics)
-            out.train_time += time.perf_counter() - tick
-            out.step += n
-            out.last = _log_record(metrics, out.step, run.plan, time.perf_counter() - started)
-            runs.append_jsonl(run_dir / "metrics.jsonl", out.last)
-            callbacks.on_log(out.last)
-            if metrics["finite"]:
-                out.last_finite_objective = out.last["objective"]
-            else:
-                out.status = "failed"
-                out.stop_reason = f"diverged: non-finite loss or parameters at step {out.step}"
-                break
-            if stop.signal_name:
-                out.status, out.stop_reason = "interrupted", f"{stop.signal_name} at step {out.step}"
-                break
-            if config.train.tol is not None and out.last["grad_norm"] < config.train.tol:
-                out.stop_reason = f"converged: grad_norm {out.last['grad_norm']:.3g} < tol {config.train.tol:g}"
-                break
-            if out.step >= run.plan.total_steps:
-                break
-    summary = _finish(run_dir, run, state, out, device_name, started, compile_time)
-    callbacks.on_end(summary)
-    if out.status == "interrupted":
-        raise Interrupted(f"{out.stop_reason}; parameters so far saved in {run_dir}", summary)
-    if out.status == "failed":
-        last_good = "none" if out.last_finite_objective is None else f"{out.last_finite_objective:.6g}"
-        hint = ("check model.l2 and data.standardize" if config.optimizer.name == "lbfgs"
-                else "lower optimizer.learning_rate or set optimizer.clip_norm")
-        raise TrainingFailed(
-            f"training diverged at step {out.step} (last finite objective: {last_good}); {hint}. "
-            f"Run directory: {run_dir}", summary
-        )
-    return summary
-
-
-class _StopRequests:
-    """Within the block, SIGINT and SIGTERM are recorded instead of raised (main thread only)."""
-
-    def __init__(self):
-        self.signal_name: Optional[str] = None
-        self._previous: dict = {}
-
-    def _handle(self, signum, frame):
-        self.signal_name = signal.Signals(signum).name
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        return False
+    return compiled, time.perf_counter() - tick
 
 
 def _device_arrays(dataset: Dataset, dtype, shuffle_key) -> dict:
     x, y = split_arrays(dataset.train, dataset.n_classes, dtype)
     x_val, y_val = split_arrays(dataset.val, dataset.n_classes, dtype)
     return {"x": x, "y": y, "x_val": x_val, "y_val": y_val, "shuffle_key": shuffle_key}
-
-
-def _log_record(metrics: dict, step: int, plan: Plan, elapsed: float) -> dict:
-    record = {"step": step, "epoch": step / plan.steps_per_epoch}
-    for key in ("train_loss", "objective", "val_loss", "val_accuracy", "grad_norm", "learning_rate"):
-        value = metrics.get(key)
-        record[key] = None if value is None else float(value)
-    record["elapsed_s"] = elapsed
-    return record
-
-
-def _finish(run_dir, run: Prepared, state: TrainState, out: Outcome, device_name: str, started: float,
-            compile_time: float) -> dict:
-    """Save the parameters (unless training failed) and write summary.json; returns the summary."""
-    params = jax.device_get(state.params)
-    if out.status != "failed":
-        runs.save_arrays(run_dir / "params.npz", named_leaves(params))
-    dtype = jax.tree_util.tree_leaves(params)[0].dtype
-    test_loss, test_acc = evaluate(run.model, params, *split_arrays(run.dataset.test, run.dataset.n_classes, dtype))
-    config, last = run.config, out.last
-    summary = {
-        "run_dir": str(run_dir),
-        "status": out.status,
-        "stop_reason": out.stop_reason,
-        "model": config.model.kind,
-        "optimizer": config.optimizer.name,
-        "dataset": run.dataset.name,
-        "device": device_name,
-        "precision": config.runtime.precision,
-        "num_params": count_params(params),
-        "rows": {"train": len(run.dataset.train), "val": len(run.dataset.val), "test": len(run.dataset.test)},
-        "steps": out.step,
-        "epochs": out.step / run.plan.steps_per_epoch,
-        "wall_time_s": time.perf_counter() - started,
-        "compile_time_s": compile_time,
-        "steps_per_s": out.step / out.train_time if out.train_time > 0 and out.step else None,
-        "objective": last.get("objective"),
-        "grad_norm": last.get("grad_norm"),
-        "final": {
-            "train_loss": last.get("train_loss"),
-            "val_loss": last.get("val_loss"),
-            "val_accuracy": last.get("val_accuracy"),
-            "test_loss": test_loss,
-            "test_accuracy": test_acc,
-        },
-        "versions": _versions(),
-    }
-    runs.write_json(run_dir / "summary.json", summary)
-    return summary
-
-
-def _versions() -> dict:
-    import jaxlib
-
-    return {"gradfit": gradfit.__version__, "jax": jax.__version__, "jaxlib": jaxlib.__version__,
-            "optax": optax.__version__}
-
-
-def _config_header(device_name: str) -> str:
-    v = _versions()
-    return (f"# Resolved gradfit config: every key, defaults included. Re-run with: gradfit train <this file>\n"
-            f"# gradfit {v['gradfit']}, jax {v['jax']}, jaxlib {v['jaxlib']}, optax {v['optax']}; "
-            f"device {device_name}\n")

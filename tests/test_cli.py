@@ -183,7 +183,7 @@ def test_extreme_numbers_are_config_errors(override, message, tmp_path):
     assert result.exit_code == 2 and message in result.stderr and "Traceback" not in result.output
 
 
-def test_sigint_finishes_the_chunk_saves_params_and_exits_130(tmp_path):
+def test_sigint_finishes_the_chunk_writes_a_checkpoint_and_exits_130(tmp_path):
     config = _write(tmp_path / "long.yaml", (
         "name: long\ndata: {source: synthetic, synthetic: {n_samples: 20000, n_features: 50}}\n"
         "optimizer: {name: sgd, learning_rate: 0.5}\ntrain: {steps: 10000000, log_every: 20}\n"
@@ -208,3 +208,5 @@ def test_sigint_finishes_the_chunk_saves_params_and_exits_130(tmp_path):
     assert summary["status"] == "interrupted" and summary["stop_reason"].startswith("SIGINT")
     assert summary["steps"] == records[-1]["step"] and summary["objective"] == records[-1]["objective"]
     assert (run_dir / "params.npz").exists()
+    assert (run_dir / "checkpoints" / f"step-{summary['steps']:08d}.npz").exists()
+    assert f"Resume with: gradfit train --resume {run_dir}" in " ".join(err.split())

@@ -206,7 +206,7 @@ def test_cli_exit_1_on_a_wrong_gradient(monkeypatch, tmp_path):
 
 
 def test_cli_at_a_trained_run(tmp_path):
-    from gradfit.train import fit
+    from gradfit.loop import fit
 
     summary = fit(make_config(*MLP, "model.hidden=[8]", "train.steps=20", "optimizer.learning_rate=0.01"),
                   out_dir=tmp_path)
@@ -229,7 +229,7 @@ def test_cli_bad_input_exits_2(args, message, tmp_path):
 
 
 def test_cli_at_a_run_of_another_model_exits_2(tmp_path):
-    from gradfit.train import fit
+    from gradfit.loop import fit
 
     summary = fit(make_config("train.steps=3"), out_dir=tmp_path)  # a logistic run
     result = invoke(str(CONFIGS / "mlp.yaml"), "--at", summary["run_dir"])
@@ -238,7 +238,7 @@ def test_cli_at_a_run_of_another_model_exits_2(tmp_path):
 
 
 def test_a_converged_point_is_not_a_false_failure(tmp_path):
-    from gradfit.train import fit
+    from gradfit.loop import fit
 
     summary = fit(make_config("runtime.precision=float64", "train.tol=1e-9", "train.steps=200",
                               path=CONFIGS / "logreg.yaml"), out_dir=tmp_path)

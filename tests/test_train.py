@@ -16,7 +16,8 @@ from gradfit.data import load_dataset
 from gradfit.errors import ConfigError, DeviceError, TrainingFailed
 from gradfit.losses import make_objective
 from gradfit.runs import create_run_dir, load_arrays
-from gradfit.train import fit, prepare
+from gradfit.loop import fit
+from gradfit.train import prepare
 
 TINY_MLP = ("name=tiny", "data.source=digits", "model.kind=mlp", "model.hidden=[16]", "train.epochs=3",
             "train.batch_size=100", "train.log_every=4", "optimizer.learning_rate=0.01")
