@@ -8,20 +8,33 @@ tiny and each case is rejected while the config or the data is read, or before c
 The table maps a case id to a ``Case``: the text of config.yaml, the stderr fragments expected, data files to
 write next to it (referenced relatively, as ``data: {source: file, path: data.csv}``), extra arguments, and globs
 that must match nothing afterwards. ``{tmp}`` in the config, the args and the fragments stands for tmp_path.
+
+A second catalogue, ``RESUME_CASES``, does the same for ``gradfit train --resume RUN_DIR``: one tiny real run is
+trained and interrupted once per module (plus one that completed), each case damages a copy of it (files deleted,
+checkpoints truncated, edited, re-signed with a valid digest but unusable, the config changed...) and the resume
+must be refused with exit code 2 and a message naming the problem. On top of that, a refused resume must leave
+the user's run exactly as it was: every file byte-identical, nothing added.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import shutil
+import signal
 from pathlib import Path
-from typing import Callable, Union
+from typing import Callable, Optional, Union
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import has_gpu
+from conftest import has_gpu, make_config
+from gradfit import checkpoints, runs
 from gradfit.cli import app
+from gradfit.errors import Interrupted
+from gradfit.loop import Callbacks, fit
 
 runner = CliRunner()
 WIDE = {"COLUMNS": "200"}  # keep Rich from wrapping messages mid-sentence
@@ -295,3 +308,316 @@ def test_hostile_input_is_refused_cleanly(name: str, tmp_path: Path):
 
 def test_the_catalogue_is_large_enough():
     assert len(CASES) >= 30
+
+
+# ================================================================================== broken run directories: --resume
+# The fixture run: 12 steps, a log point every 2, a checkpoint every 4, interrupted at step 8. So it holds
+# step-00000004.npz and step-00000008.npz, and resuming it intact works (see test_the_intact_run_resumes).
+TINY_RUN = ("name=tiny", "train.steps=12", "train.log_every=2", "train.checkpoint_every=4", "train.keep_checkpoints=3",
+            "runtime.device=cpu")
+NEWEST, PREVIOUS = "step-00000008.npz", "step-00000004.npz"
+LEARNING_RATE = "learning_rate: 0.001"  # as the fixture's config.yaml spells it
+
+
+class _InterruptAt(Callbacks):
+    """Send this process SIGINT at a log point, as Ctrl-C would: fit checkpoints, then raises Interrupted."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_log(self, record: dict) -> None:
+        if record["step"] == self.step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+@pytest.fixture(scope="module")
+def trained_runs(tmp_path_factory) -> dict[str, Path]:
+    """{"interrupted": a resumable run stopped at step 8, "finished": the same run trained to the end}."""
+    config = make_config(*TINY_RUN)
+    out_dir = tmp_path_factory.mktemp("interrupted")
+    with pytest.raises(Interrupted):
+        fit(config, out_dir, _InterruptAt(8))
+    (interrupted,) = out_dir.iterdir()
+    finished = Path(fit(config, tmp_path_factory.mktemp("finished"))["run_dir"])
+    assert [p.name for _, p in checkpoints.listing(interrupted)] == [PREVIOUS, NEWEST]
+    return {"interrupted": interrupted, "finished": finished}
+
+
+def _newest(run: Path) -> Path:
+    return checkpoints.folder(run) / NEWEST
+
+
+def _read_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict]:
+    arrays = runs.load_arrays(path)
+    return arrays, json.loads(str(arrays.pop("meta")))
+
+
+def _write_checkpoint(path: Path, arrays: dict[str, np.ndarray], meta: Union[dict, str, None]) -> None:
+    """As checkpoints.save writes it; meta as a dict (written as JSON), raw text, or None for no meta entry."""
+    if meta is not None:
+        arrays = {**arrays, "meta": np.array(meta if isinstance(meta, str) else json.dumps(meta))}
+    runs.save_arrays(path, arrays)
+
+
+def raw_meta(meta: Optional[str]) -> Callable[[Path], None]:
+    """Damage: the newest checkpoint's meta entry replaced by this text (None: removed), arrays kept."""
+    def damage(run: Path) -> None:
+        arrays, _ = _read_checkpoint(_newest(run))
+        _write_checkpoint(_newest(run), arrays, meta)
+    return damage
+
+
+Edit = Callable[[dict, dict], None]  # changes (arrays, meta) in place
+
+
+def tampered(edit: Edit) -> Callable[[Path], None]:
+    """Damage: the newest checkpoint edited and rewritten with its old digest, as a hand edit would leave it."""
+    def damage(run: Path) -> None:
+        arrays, meta = _read_checkpoint(_newest(run))
+        edit(arrays, meta)
+        _write_checkpoint(_newest(run), arrays, meta)
+    return damage
+
+
+def crafted(edit: Edit) -> Callable[[Path], None]:
+    """Damage: the newest checkpoint edited and re-signed with a valid digest, as checkpoints.save would write it.
+
+    The digest only proves the file is what some writer meant to write: everything behind it must still be checked.
+    """
+    def damage(run: Path) -> None:
+        arrays, meta = _read_checkpoint(_newest(run))
+        edit(arrays, meta)
+        meta["digest"] = checkpoints.digest(arrays, meta)
+        _write_checkpoint(_newest(run), arrays, meta)
+    return damage
+
+
+def remove(name: str) -> Callable[[Path], None]:
+    def damage(run: Path) -> None:
+        target = run / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    return damage
+
+
+def rewrite(name: str, change: Callable[[bytes], bytes]) -> Callable[[Path], None]:
+    def damage(run: Path) -> None:
+        (run / name).write_bytes(change((run / name).read_bytes()))
+    return damage
+
+
+def _not_a_run_dir(kind: str) -> Callable[[Path], None]:
+    def damage(run: Path) -> None:
+        shutil.rmtree(run)  # kind "missing": nothing more
+        if kind == "file":
+            run.write_text("not a folder\n")
+        elif kind == "empty":
+            run.mkdir()
+    return damage
+
+
+def _set(section: Optional[str], key: str, value) -> Edit:
+    """meta[section][key] = value (meta[key] when section is None)."""
+    return lambda arrays, meta: (meta if section is None else meta[section]).__setitem__(key, value)
+
+
+def _scale_first_weight(arrays: dict, meta: dict) -> None:
+    w = arrays["state/params/w"].copy()
+    w[0] += 1.0
+    arrays["state/params/w"] = w
+
+
+def _widen_weights(arrays: dict, meta: dict) -> None:  # one more feature than the data has
+    arrays["state/params/w"] = np.append(arrays["state/params/w"], np.float32(0))
+
+
+def _to_float64(arrays: dict, meta: dict) -> None:
+    for name, array in arrays.items():
+        if array.dtype == np.float32:
+            arrays[name] = array.astype(np.float64)
+
+
+class _TouchOnUnpickle:
+    """Pickles to a call of Path.touch: if anything unpickles it, the file appears and the snapshot check fails."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return Path.touch, (self.path,)
+
+
+def _add_pickled_array(run: Path) -> None:
+    arrays, meta = _read_checkpoint(_newest(run))
+    evil = np.array([_TouchOnUnpickle(run / "UNPICKLED")], dtype=object)
+    np.savez(_newest(run), **arrays, meta=np.array(json.dumps(meta)), **{"state/evil": evil})
+
+
+def _garbage_metrics_line(run: Path) -> None:
+    lines = (run / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (run / "metrics.jsonl").write_text("".join(lines[:2]) + "this is not JSON\n" + "".join(lines[2:]))
+
+
+@dataclasses.dataclass(frozen=True)
+class ResumeCase:
+    damage: Callable[[Path], None]  # applied to a fresh copy of the run directory
+    expect: tuple[str, ...]  # fragments that must all appear in stderr; {run} stands for the run directory
+    args: tuple[str, ...] = ()  # after `train --resume RUN_DIR`
+    run: str = "interrupted"  # which fixture run to copy: "interrupted" or "finished"
+    command: Optional[tuple[str, ...]] = None  # instead of `--resume RUN_DIR ARGS`, for misuse without --resume
+    hold_lock: bool = False  # hold the run's lock during the call, as a running gradfit process would
+    xfail: Optional[str] = None  # a known gradfit bug: the case is expected to fail until it is fixed
+
+
+def _keep(run: Path) -> None:
+    """No damage: the problem is in the command line."""
+
+
+RESUME_CASES = {
+    # ------------------------------------------------------------------------------ not a run directory
+    "run-dir-missing": ResumeCase(
+        _not_a_run_dir("missing"), ("{run}", "no such run directory")),
+    "run-dir-is-a-file": ResumeCase(
+        _not_a_run_dir("file"), ("{run}", "not a directory")),
+    "run-dir-is-empty": ResumeCase(
+        _not_a_run_dir("empty"), ("{run}", "not a gradfit run directory")),
+    "config-yaml-deleted": ResumeCase(
+        remove("config.yaml"), ("{run}", "not a gradfit run directory", "config.yaml")),
+    "metrics-jsonl-deleted": ResumeCase(
+        remove("metrics.jsonl"), ("{run}", "not a gradfit run directory", "metrics.jsonl")),
+    "checkpoints-deleted": ResumeCase(  # a run killed before its first checkpoint looks like this
+        remove("checkpoints"), ("{run}", "no checkpoint to resume from")),
+    "run-locked-by-another-process": ResumeCase(
+        _keep, ("{run}", "another gradfit process"), hold_lock=True),
+    # ------------------------------------------------------------------------------ damaged checkpoint files
+    "newest-checkpoint-truncated": ResumeCase(  # a full disk, a copy cut short: point to the previous checkpoint
+        rewrite(f"checkpoints/{NEWEST}", lambda data: data[:len(data) // 2]),
+        (NEWEST, "unreadable", "delete it", PREVIOUS)),
+    "newest-checkpoint-empty": ResumeCase(
+        rewrite(f"checkpoints/{NEWEST}", lambda data: b""), (NEWEST, "unreadable", "delete it", PREVIOUS)),
+    "newest-checkpoint-random-bytes": ResumeCase(
+        rewrite(f"checkpoints/{NEWEST}", lambda data: np.random.default_rng(0).bytes(len(data))),
+        (NEWEST, "unreadable", "delete it", PREVIOUS)),
+    "newest-checkpoint-is-a-folder": ResumeCase(
+        lambda run: (remove(f"checkpoints/{NEWEST}")(run), _newest(run).mkdir()),
+        (NEWEST, "unreadable", PREVIOUS)),
+    "checkpoint-array-edited": ResumeCase(  # the digest is what catches a changed value
+        tampered(_scale_first_weight), (NEWEST, "do not match the digest", "modified", PREVIOUS)),
+    "checkpoint-meta-edited": ResumeCase(
+        tampered(_set("loop", "step", 12)), (NEWEST, "do not match the digest", "modified")),
+    "checkpoint-meta-removed": ResumeCase(
+        raw_meta(None), (NEWEST, "not a gradfit checkpoint", PREVIOUS)),
+    "checkpoint-meta-not-json": ResumeCase(
+        raw_meta("{not json"), (NEWEST, "not a gradfit checkpoint")),
+    "checkpoint-pickled-object-array": ResumeCase(  # refused without unpickling: UNPICKLED must not appear
+        _add_pickled_array, (NEWEST, "pickle")),
+    # ------------------------------------------------------------------------------ valid digest, unusable contents
+    "checkpoint-of-another-model": ResumeCase(
+        crafted(_widen_weights), (NEWEST, "'params/w' has shape (31,)", "(30,)", "another model")),
+    "checkpoint-float64-in-float32-run": ResumeCase(
+        crafted(_to_float64), (NEWEST, "float64", "float32", "runtime.precision")),
+    "checkpoint-meta-without-loop": ResumeCase(
+        crafted(lambda arrays, meta: meta.pop("loop")), (NEWEST, "metadata is inconsistent", "'loop'", PREVIOUS)),
+    "checkpoint-meta-loop-is-a-list": ResumeCase(
+        crafted(_set(None, "loop", [8])), (NEWEST, "metadata is inconsistent")),
+    "checkpoint-meta-config-is-a-string": ResumeCase(
+        crafted(_set(None, "config", "adam")), (NEWEST, "metadata is inconsistent")),
+    "checkpoint-of-a-newer-format": ResumeCase(
+        crafted(_set(None, "format", 99)), (NEWEST, "checkpoint format 99", "reads format 1")),
+    # values behind a valid digest are still checked: a wrong type or step never reaches the loop
+    "checkpoint-meta-loop-step-is-a-string": ResumeCase(
+        crafted(_set("loop", "step", "8")), (NEWEST, "metadata is inconsistent", "step")),
+    "checkpoint-meta-loop-last-empty": ResumeCase(
+        crafted(_set("loop", "last", {})), (NEWEST, "metadata is inconsistent", "last log record")),
+    "checkpoint-meta-loop-resumes-null": ResumeCase(
+        crafted(_set("loop", "resumes", None)), (NEWEST, "metadata is inconsistent", "resumes")),
+    "checkpoint-meta-loop-step-negative": ResumeCase(
+        crafted(_set("loop", "step", -4)), (NEWEST, "metadata is inconsistent", "step")),
+    "checkpoint-meta-loop-step-huge": ResumeCase(
+        crafted(_set("loop", "step", 10**30)), (NEWEST, "metadata is inconsistent", "step numbers disagree")),
+    "checkpoint-meta-elapsed-is-text": ResumeCase(
+        crafted(_set("loop", "elapsed_s", "x")), (NEWEST, "metadata is inconsistent", "elapsed_s")),
+    "checkpoint-meta-early-stopping-is-text": ResumeCase(
+        crafted(_set(None, "early_stopping", "val_loss")), (NEWEST, "metadata is inconsistent")),
+    # ------------------------------------------------------------------------------ config differs from the run's
+    "config-yaml-edited": ResumeCase(  # the changes are listed, and how to go ahead anyway
+        rewrite("config.yaml", lambda text: text.replace(LEARNING_RATE.encode(), b"learning_rate: 0.05")),
+        ("optimizer.learning_rate", "0.001", "0.05", "--force")),
+    "set-on-resume": ResumeCase(
+        _keep, ("optimizer.learning_rate", "0.001", "0.05", "--force"),
+        args=("--set", "optimizer.learning_rate=0.05")),
+    "config-yaml-not-yaml": ResumeCase(
+        rewrite("config.yaml", lambda text: text.replace(LEARNING_RATE.encode(), b"learning_rate: [0.001")),
+        ("config.yaml", "invalid YAML")),
+    # ------------------------------------------------------------------------------ the run, the command line
+    "run-already-finished": ResumeCase(
+        _keep, ("{run}", "already finished", "--force"), run="finished"),
+    "out-dir-with-resume": ResumeCase(
+        _keep, ("--out-dir", "--resume"), args=("--out-dir", "{run}/elsewhere")),
+    "force-without-resume": ResumeCase(  # would otherwise start a new run from the run's config
+        _keep, ("--force", "--resume"), command=("{run}/config.yaml", "-o", "{run}/runs", "--force")),
+    "metrics-garbage-line": ResumeCase(  # found after compiling, but before metrics.jsonl is rewritten
+        _garbage_metrics_line, ("metrics.jsonl", "line 3", "not a gradfit metrics record")),
+}
+
+
+def _snapshot(root: Path) -> dict[str, Optional[bytes]]:
+    """Every file's bytes under root, folders as None; a .lock only by its presence (it is opened to be locked)."""
+    return {str(p.relative_to(root)): None if p.is_dir() or p.name == ".lock" else p.read_bytes()
+            for p in root.rglob("*")}
+
+
+def _copy_run(source: Path, tmp_path: Path) -> Path:
+    run = tmp_path / "run"
+    shutil.copytree(source, run)
+    return run
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=case.xfail) if case.xfail else ())
+    for name, case in RESUME_CASES.items()])
+def test_broken_run_dir_is_refused_untouched(name: str, tmp_path: Path, trained_runs):
+    case = RESUME_CASES[name]
+    run = _copy_run(trained_runs[case.run], tmp_path)
+    case.damage(run)
+    before = _snapshot(tmp_path)
+    fill = lambda text: text.replace("{run}", str(run))  # noqa: E731
+    argv = [fill(a) for a in case.command] if case.command else ["--resume", str(run), *map(fill, case.args)]
+
+    lock = None
+    if case.hold_lock:
+        fcntl = pytest.importorskip("fcntl")
+        lock = open(run / ".lock", "a")
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        result = runner.invoke(app, ["train", *argv], env=WIDE)
+    finally:
+        if lock is not None:
+            lock.close()
+
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert len(result.stderr) < MAX_MESSAGE, f"{len(result.stderr)}-character message: {result.stderr[:300]}..."
+    for fragment in case.expect:
+        assert fill(fragment) in result.stderr, result.stderr
+    # the point of the catalogue: a refused resume leaves the user's run exactly as it was
+    after = _snapshot(tmp_path)
+    assert sorted(after.keys() - before.keys()) == [], "files were added"
+    assert sorted(before.keys() - after.keys()) == [], "files were deleted"
+    assert [k for k in before if before[k] != after[k]] == [], "files were changed"
+
+
+def test_the_intact_run_resumes(tmp_path: Path, trained_runs):
+    """The control for the catalogue above: undamaged, the same copy resumes and finishes."""
+    run = _copy_run(trained_runs["interrupted"], tmp_path)
+    before = _snapshot(tmp_path)
+    result = runner.invoke(app, ["train", "--resume", str(run), "--quiet", "--json"], env=WIDE)
+    assert result.exit_code == 0, result.output
+    assert _snapshot(tmp_path) != before  # so the snapshot comparison above would see a resume that went ahead
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["steps"] == 12
+    assert summary["resumes"][0]["checkpoint"] == NEWEST
+
+
+def test_the_resume_catalogue_is_large_enough():
+    assert len(RESUME_CASES) >= 25
