@@ -54,8 +54,9 @@ def listing(run_dir: Path) -> list[tuple[int, Path]]:
     found = []
     if folder(run_dir).is_dir():
         for path in folder(run_dir).iterdir():
-            if step_of(path) is not None:
-                found.append((step_of(path), path))
+            step = step_of(path)
+            if step is not None:
+                found.append((step, path))
     return sorted(found)
 
 
@@ -66,9 +67,14 @@ def save(run_dir: Path, step: int, arrays: Mapping[str, np.ndarray], meta: Mappi
     meta = runs.to_jsonable({**meta, "format": FORMAT, "step": step})
     meta["digest"] = digest(arrays, meta)
     runs.save_arrays(path, {**arrays, _META: np.array(json.dumps(meta, allow_nan=False))})
+    prune(run_dir, keep)
+    return path
+
+
+def prune(run_dir: Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` checkpoints (called only after a new one is safely on disk)."""
     for _, old in listing(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
-    return path
 
 
 def load(path: Path) -> tuple[dict[str, np.ndarray], dict]:
@@ -101,7 +107,8 @@ def load(path: Path) -> tuple[dict[str, np.ndarray], dict]:
 
 def previous_hint(path: Path) -> str:
     """How to go on when the checkpoint at ``path`` cannot be used."""
-    older = [p for _, p in listing(path.parent.parent) if p.name < path.name]
+    step = step_of(path)
+    older = [p for s, p in listing(path.parent.parent) if step is not None and s < step]
     if older:
         return f"delete it to resume from the previous checkpoint, {older[-1].name}"
     return "no older checkpoint exists: start a new run"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import shlex
 import signal
 import threading
@@ -113,15 +114,18 @@ def fit(config: GradfitConfig, out_dir: str | Path = "runs", callbacks: Optional
         compiled, compile_time = compile_chunk(run)
         run_dir = runs.create_run_dir(out_dir, config.name)
         with runs.locked(run_dir):
-            session = _Session(run, compiled, run_dir, started, compile_time, callbacks or Callbacks())
+            session = _Session(run, compiled, run_dir, started, compile_time, callbacks, run.state, LoopState(),
+                               EarlyStopping.from_config(config))
             runs.write_atomic(run_dir / "config.yaml", to_yaml(config, _config_header(session.device_name)))
             runs.write_json(run_dir / "preprocessing.json", run.dataset.preprocessing())
-            return session.train(run.state, LoopState(), EarlyStopping.from_config(config), best=None)
+            return session.train()
 
 
 def resume(run_dir: str | Path, config: GradfitConfig, force: bool = False,
            callbacks: Optional[Callbacks] = None) -> dict:
     """Continue a run in place from its newest checkpoint, bit-identically to a run that was never stopped.
+
+    A run whose last session finished training but died before writing its summary gets its outputs written.
 
     Args:
         run_dir: a run directory made by ``fit``.
@@ -130,147 +134,234 @@ def resume(run_dir: str | Path, config: GradfitConfig, force: bool = False,
 
     Raises:
         ConfigError: the config differs from the checkpoint's (and not ``force``).
-        RunDirError: not a run directory, no checkpoint, a damaged checkpoint, or a finished run.
+        RunDirError: not a run directory, no checkpoint, a damaged checkpoint, or nothing left to train.
     """
     with jax.enable_x64(config.runtime.precision == "float64"):
         started = time.perf_counter()
         run_dir = runs.check_run_dir(Path(run_dir))
         with runs.locked(run_dir):
-            path = checkpoints.latest(run_dir)
-            if path is None:
-                raise RunDirError(f"{run_dir}: no checkpoint to resume from (the run stopped before writing one); "
-                                  "start a new run")
-            arrays, changes, loop, saved_stopper, finished = _read_checkpoint(path, config)
-            if changes and not force:
-                listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changes.items())
+            saved = _SavedRun.read(run_dir, config)
+            if saved.changes and not force:
+                listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in saved.changes.items())
                 raise ConfigError(f"{run_dir}: the config differs from the one the run was trained with ({listed}); "
                                   "the run would not continue as it started. Add --force to resume anyway "
                                   "(the changes are recorded in summary.json)")
-            if finished and not changes:
-                raise RunDirError(f"{run_dir}: this run already finished ({finished}); to train it further, "
-                                  "resume with a larger train.steps or train.epochs and --force")
+            if saved.finished and not saved.changes and _outputs_complete(run_dir, saved.loop.step):
+                raise RunDirError(f"{run_dir}: this run already finished ({saved.finished}). {_EXTEND_HINT}")
 
             run = prepare(config)
-            stopper = EarlyStopping.from_config(config, saved_stopper)
-            state = jax.device_put(_restore(run.state, arrays, "state", path), run.device)
-            has_best = stopper is not None and stopper.best is not None
-            best = jax.device_put(_restore(run.state.params, arrays, "best", path), run.device) if has_best else None
-            compiled, compile_time = compile_chunk(run)
+            session = _Session(run, None, run_dir, started, 0.0, callbacks, *saved.restore(run, config), path=saved.path)
+            session.compiled, session.compile_time = compile_chunk(run)
+            reproduced = session.replay(saved.loop.last, force)
+            if saved.finished and not saved.changes:  # its summary or params.npz was lost: write them again
+                return session.finish("completed", saved.finished)
+            blocking = _stop_rule(config, run.plan, session.loop, session.stopper, None)
+            if blocking is not None:
+                raise RunDirError(f"{run_dir}: with this config the run would stop at once, at step "
+                                  f"{session.loop.step} ({blocking.reason}). {_EXTEND_HINT}")
 
-            # a zero-step chunk recomputes the metrics logged at the checkpoint: equal bits prove that the data,
-            # device and libraries are those of the original run, so the rest of it will be reproduced exactly
-            state, metrics = compiled(state, run.data, jnp.int32(0))
-            now = {key: float(metrics[key]) for key in ("objective", "grad_norm")}
-            then = {key: loop.last[key] for key in now}
-            if now != then and not force:
-                raise RunDirError(
-                    f"{path}: the restored state does not reproduce the metrics logged at step {loop.step} "
-                    f"(objective {now['objective']!r} now, {then['objective']!r} then): the data, device or library "
-                    "versions differ from the original run's. Add --force to resume anyway")
-            loop.resumes.append({"from_step": loop.step, "checkpoint": path.name, "forced_changes": changes,
-                                 "reproduced_checkpoint_metrics": now == then})
-            runs.truncate_metrics(run_dir / "metrics.jsonl", loop.step)
-            session = _Session(run, compiled, run_dir, started, compile_time, callbacks or Callbacks(), path)
-            if changes:  # keep the config the run started with, next to the one it continues with
+            session.loop.resumes.append({"from_step": saved.loop.step, "checkpoint": saved.path.name,
+                                         "forced_changes": saved.changes, "reproduced_checkpoint_metrics": reproduced})
+            runs.truncate_metrics(run_dir / "metrics.jsonl", saved.loop.step)
+            if saved.changes:
+                # keep the config the run started with; then make the newest checkpoint and config.yaml agree
                 old = run_dir / "config.yaml"
-                runs.write_atomic(_unused_name(run_dir, f"config.before-step-{loop.step}"), old.read_bytes())
+                runs.write_atomic(_unused_name(run_dir, f"config.before-step-{saved.loop.step}"), old.read_bytes())
+                session.checkpoint(finished=None)
                 runs.write_atomic(old, to_yaml(config, _config_header(session.device_name)))
-            return session.train(state, loop, stopper, best)
+            return session.train()
+
+
+_EXTEND_HINT = ("To train it further, resume with --force and a larger train.steps or train.epochs (and a larger "
+                "train.early_stopping.patience or smaller train.tol if one of those stopped it)")
+
+
+def _outputs_complete(run_dir: Path, step: int) -> bool:
+    """True when summary.json reports the run completed at ``step`` and its params.npz exists."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+        return summary["status"] == "completed" and summary["steps"] == step and (run_dir / "params.npz").is_file()
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+@dataclasses.dataclass(frozen=True)
+class _SavedRun:
+    """The newest checkpoint of a run, read and checked, and how the config to resume with differs from it."""
+
+    path: Path
+    arrays: dict
+    changes: dict  # {"optimizer.learning_rate": (old, new)}
+    loop: LoopState
+    stopper: Optional[EarlyStopping]
+    finished: Optional[str]  # the stop reason when the run had finished training
+
+    @classmethod
+    def read(cls, run_dir: Path, config: GradfitConfig) -> "_SavedRun":
+        path = checkpoints.latest(run_dir)
+        if path is None:
+            raise RunDirError(f"{run_dir}: no checkpoint to resume from (the run stopped before writing one); "
+                              "start a new run")
+        arrays, meta = checkpoints.load(path)
+        try:  # the digest already rules out damage: these checks keep a hand-made file from reaching the loop
+            changes = checkpoints.changed_keys(meta["config"], config.model_dump(mode="json"))
+            loop = pydantic.TypeAdapter(LoopState).validate_python(meta["loop"])
+            stopper = meta["early_stopping"]
+            stopper = None if stopper is None else pydantic.TypeAdapter(EarlyStopping).validate_python(stopper)
+            finished = meta["finished"]
+            if not isinstance(finished, (str, type(None))):
+                raise TypeError("'finished' is not a string")
+            if not (loop.step == meta["step"] == checkpoints.step_of(path) == int(arrays["state/step"])):
+                raise ValueError("its step numbers disagree")
+            if not all(isinstance(loop.last.get(key), float) for key in ("objective", "grad_norm")):
+                raise ValueError("the last log record is incomplete")
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+            raise RunDirError(f"{path}: the checkpoint's metadata is inconsistent ({_reason(exc)}); "
+                              f"{checkpoints.previous_hint(path)}") from None
+        return cls(path, arrays, changes, loop, stopper, finished)
+
+    def restore(self, run: Prepared, config: GradfitConfig) -> tuple:
+        """(train state, loop state, early stopping, best params) on the run's device."""
+        stopper = EarlyStopping.from_config(config, self.stopper)
+        state = jax.device_put(_restore(run.state, self.arrays, "state", self.path), run.device)
+        best = None
+        if stopper is not None and stopper.best is not None:
+            best = jax.device_put(_restore(run.state.params, self.arrays, "best", self.path), run.device)
+        return state, dataclasses.replace(self.loop), stopper, best
+
+
+@dataclasses.dataclass(frozen=True)
+class StopRule:
+    status: str  # completed | interrupted
+    reason: str
 
 
 @dataclasses.dataclass
 class _Session:
-    """One process's part of a run: the compiled program, where to write, and the clock."""
+    """One process's part of a run: the compiled program, the evolving state, where to write, and the clock."""
 
     run: Prepared
     compiled: Any
     run_dir: Path
     started: float
     compile_time: float
-    callbacks: Callbacks
-    last_checkpoint: Optional[Path] = None
+    callbacks: Optional[Callbacks]
+    state: TrainState
+    loop: LoopState
+    stopper: Optional[EarlyStopping]
+    best: Any = None  # the best parameters under early stopping (a copy: the state is donated to each chunk)
+    path: Optional[Path] = None  # the newest checkpoint
+    callback_error: Optional[str] = None
+    last_finite: Optional[float] = None  # the objective before the chunk that diverged
 
     def __post_init__(self):
         self.device_name = describe_device(self.run.device)
 
-    def train(self, state: TrainState, loop: LoopState, stopper: Optional[EarlyStopping], best) -> dict:
-        run, plan = self.run, self.run.plan
-        self.callbacks.on_start({
+    def train(self) -> dict:
+        """Run chunks until a stop rule fires, then write the outputs; raise unless training completed."""
+        plan, loop = self.run.plan, self.loop
+        self.notify("on_start", {
             "run_dir": str(self.run_dir), "device": self.device_name, "total_steps": plan.total_steps,
             "start_step": loop.step, "steps_per_epoch": plan.steps_per_epoch,
-            "num_params": count_params(state.params), "compile_time_s": self.compile_time,
-            "dataset": run.dataset.name, "model": run.config.model.kind,
+            "num_params": count_params(self.state.params), "compile_time_s": self.compile_time,
+            "dataset": self.run.dataset.name, "model": self.run.config.model.kind,
         })
-        status, reason, last_finite = "completed", "completed all steps", None
-        try:
-            # SIGINT/SIGTERM only set a flag, so the chunk in flight always completes and is checkpointed
-            with _StopRequests() as stop:
-                while True:
-                    # the first chunk of a new run takes 0 steps: it logs the starting point
-                    n = min(plan.log_every, plan.total_steps - loop.step) if loop.last else 0
-                    last_finite = loop.last.get("objective")
-                    tick = time.perf_counter()
-                    state, metrics = self.compiled(state, run.data, jnp.int32(n))
-                    metrics = jax.device_get(metrics)
-                    loop.train_time_s += time.perf_counter() - tick
-                    loop.step += n
-                    loop.last = _log_record(metrics, loop.step, plan, self.elapsed(loop))
-                    runs.append_jsonl(self.run_dir / "metrics.jsonl", loop.last)
-                    self.callbacks.on_log(loop.last)
-                    if not metrics["finite"]:
-                        status, reason = "failed", f"diverged: non-finite loss or parameters at step {loop.step}"
-                        break
-                    if stopper is not None and stopper.update(loop.last):
-                        best = jax.tree_util.tree_map(jnp.copy, state.params)  # state is donated to the next chunk
-                    stop_rule = _stop_rule(run.config, plan, loop, stopper, stop.signal_name)
-                    every = run.config.train.checkpoint_every
-                    if stop_rule or (every and loop.step // every > (loop.step - n) // every):
-                        finished = stop_rule[1] if stop_rule and stop_rule[0] == "completed" else None
-                        self.checkpoint(state, loop, stopper, best, finished)
-                    if stop_rule:
-                        status, reason = stop_rule
-                        break
-        except BaseException as exc:  # never leave a run directory that looks healthy after a crash
-            with contextlib.suppress(Exception):
-                self.finish(state, loop, stopper, best, "failed", f"crashed: {type(exc).__name__}: {exc}")
-            if isinstance(exc, OSError):
-                raise TrainingFailed(f"cannot write to {self.run_dir}: {exc}") from None
-            raise
-        summary = self.finish(state, loop, stopper, best, status, reason)
-        self.callbacks.on_end(summary)
-        self.raise_unless_completed(summary, loop, last_finite)
+        # from here on SIGINT/SIGTERM only set a flag: the chunk in flight and the outputs are always completed
+        with _StopRequests() as stop:
+            try:
+                status, reason = self.run_chunks(stop)
+                summary = self.finish(status, reason)
+            except BaseException as exc:  # never leave a run directory that looks healthy after a crash
+                with contextlib.suppress(Exception):
+                    self.finish("failed", f"crashed: {_reason(exc)}")
+                if isinstance(exc, OSError):
+                    raise TrainingFailed(f"{self.run_dir}: {exc}; the run's summary.json says failed") from None
+                raise
+        self.notify("on_end", summary)
+        self.raise_unless_completed(summary)
         return summary
 
-    def elapsed(self, loop: LoopState) -> float:
-        return loop.elapsed_s + time.perf_counter() - self.started
+    def run_chunks(self, stop: "_StopRequests") -> tuple[str, str]:
+        """Dispatch chunks, log, update early stopping, checkpoint when due; (status, stop reason) at the end."""
+        plan, loop = self.run.plan, self.loop
+        while True:
+            # the first chunk of a new run takes 0 steps: it logs the starting point
+            n = min(plan.log_every, plan.total_steps - loop.step) if loop.last else 0
+            self.last_finite = loop.last.get("objective")
+            tick = time.perf_counter()
+            self.state, metrics = self.compiled(self.state, self.run.data, jnp.int32(n))
+            metrics = jax.device_get(metrics)
+            loop.train_time_s += time.perf_counter() - tick
+            loop.step += n
+            loop.last = _log_record(metrics, loop.step, plan, self.elapsed())
+            runs.append_jsonl(self.run_dir / "metrics.jsonl", loop.last)
+            self.notify("on_log", loop.last)
+            if not metrics["finite"]:
+                return "failed", f"diverged: non-finite loss or parameters at step {loop.step}"
+            if self.stopper is not None and self.stopper.update(loop.last):
+                self.best = jax.tree_util.tree_map(jnp.copy, self.state.params)
+            rule = _stop_rule(self.run.config, plan, loop, self.stopper, stop.signal_name)
+            if rule is not None or _checkpoint_due(loop.step, n, self.run.config.train.checkpoint_every):
+                self.checkpoint(finished=rule.reason if rule is not None and rule.status == "completed" else None)
+            if rule is not None:
+                return rule.status, rule.reason
 
-    def checkpoint(self, state: TrainState, loop: LoopState, stopper: Optional[EarlyStopping], best,
-                   finished: Optional[str]) -> None:
-        arrays = _named("state", jax.device_get(state))
-        if best is not None:
-            arrays.update(_named("best", jax.device_get(best)))
+    def replay(self, logged: dict, force: bool) -> bool:
+        """Recompute the checkpoint's metrics with a zero-step chunk; True when they equal the logged ones.
+
+        Equal bits prove that the data, device and libraries are those of the original run, so the rest of it
+        will be reproduced exactly.
+        """
+        self.state, metrics = self.compiled(self.state, self.run.data, jnp.int32(0))
+        now = {key: float(metrics[key]) for key in ("objective", "grad_norm")}
+        if now != {key: logged[key] for key in now} and not force:
+            raise RunDirError(
+                f"{self.path}: the restored state does not reproduce the metrics logged at step {self.loop.step} "
+                f"(objective {now['objective']!r} now, {logged['objective']!r} then): the data, device or library "
+                "versions differ from the original run's. Add --force to resume anyway")
+        return now == {key: logged[key] for key in now}
+
+    def notify(self, hook: str, payload: dict) -> None:
+        """Call a progress hook; one that fails (a closed pipe under the progress display) is dropped, not fatal."""
+        if self.callbacks is None:
+            return
+        try:
+            getattr(self.callbacks, hook)(payload)
+        except (Exception, SystemExit) as exc:  # Rich exits on a broken pipe
+            self.callbacks, self.callback_error = None, _reason(exc)
+
+    def elapsed(self) -> float:
+        return self.loop.elapsed_s + time.perf_counter() - self.started
+
+    def checkpoint(self, finished: Optional[str]) -> None:
+        arrays = _named("state", jax.device_get(self.state))
+        if self.best is not None:
+            arrays.update(_named("best", jax.device_get(self.best)))
         config = self.run.config.model_dump(mode="json")
         meta = {
             "config": config,
             "config_hash": checkpoints.config_hash(config),
-            "loop": {**dataclasses.asdict(loop), "elapsed_s": self.elapsed(loop)},
-            "early_stopping": None if stopper is None else dataclasses.asdict(stopper),
+            "loop": {**dataclasses.asdict(self.loop), "elapsed_s": self.elapsed()},
+            "early_stopping": None if self.stopper is None else dataclasses.asdict(self.stopper),
             "finished": finished,
             "device": self.device_name,
             "versions": _versions(),
         }
-        self.last_checkpoint = checkpoints.save(self.run_dir, loop.step, arrays, meta,
-                                                self.run.config.train.keep_checkpoints)
+        self.path = checkpoints.save(self.run_dir, self.loop.step, arrays, meta,
+                                     self.run.config.train.keep_checkpoints)
 
-    def finish(self, state: TrainState, loop: LoopState, stopper: Optional[EarlyStopping], best, status: str,
-               reason: str) -> dict:
+    def finish(self, status: str, reason: str) -> dict:
         """Save the parameters that count (the best under early stopping) and write summary.json."""
-        run, config = self.run, self.run.config
-        use_best = best is not None
-        params = jax.device_get(best if use_best else state.params)
+        run, config, loop, stopper = self.run, self.run.config, self.loop, self.stopper
+        use_best = self.best is not None
+        saved = status != "failed" or use_best  # diverged parameters are never saved as a result
+        params = jax.device_get(self.best if use_best else self.state.params)
         record = stopper.best_record if use_best else loop.last
-        if status != "failed" or use_best:  # diverged parameters are never saved as a result
-            runs.save_arrays(self.run_dir / "params.npz", named_leaves(params))
+        params_file = self.run_dir / "params.npz"
+        if saved:
+            runs.save_arrays(params_file, named_leaves(params))
+        elif params_file.exists():  # from an earlier session: it must not pass for this one's result
+            params_file.replace(_unused_name(self.run_dir, "params.previous", ".npz"))
         dtype = jax.tree_util.tree_leaves(params)[0].dtype
         test_loss, test_acc = evaluate(run.model, params, *split_arrays(run.dataset.test, run.dataset.n_classes,
                                                                         dtype))
@@ -287,8 +378,8 @@ class _Session:
             "rows": {"train": len(run.dataset.train), "val": len(run.dataset.val), "test": len(run.dataset.test)},
             "steps": loop.step,
             "epochs": loop.step / run.plan.steps_per_epoch,
-            "params_step": record.get("step") if status != "failed" or use_best else None,
-            "wall_time_s": self.elapsed(loop),
+            "params_step": record.get("step") if saved else None,
+            "wall_time_s": self.elapsed(),
             "compile_time_s": self.compile_time,
             "steps_per_s": loop.step / loop.train_time_s if loop.train_time_s > 0 and loop.step else None,
             "objective": record.get("objective"),
@@ -302,45 +393,75 @@ class _Session:
             },
             "early_stopping": None if stopper is None else {
                 k: v for k, v in dataclasses.asdict(stopper).items() if k != "best_record"},
-            "checkpoint": None if self.last_checkpoint is None else str(self.last_checkpoint),
+            "checkpoint": None if self.path is None else str(self.path),
             "resumes": loop.resumes,
             "versions": _versions(),
         }
+        if self.callback_error:
+            summary["progress_display_error"] = self.callback_error
         runs.write_json(self.run_dir / "summary.json", summary)
         return runs.to_jsonable(summary)  # exactly what summary.json holds
 
-    def raise_unless_completed(self, summary: dict, loop: LoopState, last_finite: Optional[float]) -> None:
+    def raise_unless_completed(self, summary: dict) -> None:
         resume_command = f"gradfit train --resume {shlex.quote(str(self.run_dir))}"
         if summary["status"] == "interrupted":
-            raise Interrupted(f"{summary['stop_reason']}; checkpoint written to {self.last_checkpoint}. "
+            raise Interrupted(f"{summary['stop_reason']}; checkpoint written to {self.path}. "
                               f"Resume with: {resume_command}", summary)
         if summary["status"] == "failed":
-            hint = ("check model.l2 and data.standardize" if self.run.config.optimizer.name == "lbfgs"
-                    else "lower optimizer.learning_rate or set optimizer.clip_norm")
-            if self.last_checkpoint is not None:
-                key = "model.l2" if self.run.config.optimizer.name == "lbfgs" else "optimizer.learning_rate"
-                where = (f"The last checkpoint before the divergence, {self.last_checkpoint}, is intact; continue "
-                         f"from it with: {resume_command} --set {key}=... --force")
+            lbfgs = self.run.config.optimizer.name == "lbfgs"
+            hint = "check model.l2 and data.standardize" if lbfgs else \
+                "lower optimizer.learning_rate or set optimizer.clip_norm"
+            if self.path is not None:
+                key = "model.l2" if lbfgs else "optimizer.learning_rate"
+                step = checkpoints.step_of(self.path)
+                where = (f"The newest checkpoint, {self.path} (step {step}, objective "
+                         f"{_logged_objective(self.run_dir, step)}; step 0: {_logged_objective(self.run_dir, 0)}), "
+                         f"is intact; continue from it with: {resume_command} --set {key}=... --force, or start "
+                         "again if its objective is already far above the start")
             else:
                 where = f"No checkpoint was written before it; run directory: {self.run_dir}"
-            finite = "none" if last_finite is None else f"{last_finite:.6g}"
-            raise TrainingFailed(f"training diverged at step {loop.step} (last finite objective: {finite}); "
+            finite = "none" if self.last_finite is None else f"{self.last_finite:.6g}"
+            raise TrainingFailed(f"training diverged at step {self.loop.step} (last finite objective: {finite}); "
                                  f"{hint}. {where}", summary)
 
 
+def _checkpoint_due(step: int, steps_just_run: int, every: Optional[int]) -> bool:
+    """At the first log point at or past each multiple of ``every``: a rule of the step alone, so resumable."""
+    return bool(every) and step // every > (step - steps_just_run) // every
+
+
+def _logged_objective(run_dir: Path, step: int) -> str:
+    """The objective metrics.jsonl holds for ``step``, formatted; '?' when it is not there."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
+            record = json.loads(line)
+            if record.get("step") == step and isinstance(record.get("objective"), float):
+                return f"{record['objective']:.4g}"
+    return "?"
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception as one line: the first pydantic error, or 'Type: message'."""
+    if isinstance(exc, pydantic.ValidationError):
+        first = exc.errors()[0]
+        return f"{exc.title}.{'.'.join(map(str, first['loc']))}: {first['msg']}"
+    return f"{type(exc).__name__}: {exc}"
+
+
 def _stop_rule(config: GradfitConfig, plan: Plan, loop: LoopState, stopper: Optional[EarlyStopping],
-               signal_name: Optional[str]) -> Optional[tuple[str, str]]:
-    """(status, stop_reason) when the run stops at this log point, else None. Finishing rules win over signals."""
+               signal_name: Optional[str]) -> Optional[StopRule]:
+    """Why the run stops at this log point, or None. Finishing rules win over signals."""
     tol = config.train.tol
     if loop.step >= plan.total_steps:
-        return "completed", "completed all steps"
+        return StopRule("completed", "completed all steps")
     if tol is not None and loop.last["grad_norm"] < tol:
-        return "completed", f"converged: grad_norm {loop.last['grad_norm']:.3g} < tol {tol:g}"
+        return StopRule("completed", f"converged: grad_norm {loop.last['grad_norm']:.3g} < tol {tol:g}")
     if stopper is not None and stopper.exhausted:
-        return "completed", (f"early stopping: {stopper.monitor} did not improve by more than {stopper.min_delta:g} "
-                             f"in {stopper.patience} log points; best {stopper.best:.6g} at step {stopper.best_step}")
+        return StopRule("completed", f"early stopping: {stopper.monitor} did not improve by more than "
+                                     f"{stopper.min_delta:g} in {stopper.patience} log points; best "
+                                     f"{stopper.best:.6g} at step {stopper.best_step}")
     if signal_name:
-        return "interrupted", f"{signal_name} at step {loop.step}"
+        return StopRule("interrupted", f"{signal_name} at step {loop.step}")
     return None
 
 
@@ -370,35 +491,6 @@ def _named(prefix: str, tree) -> dict[str, np.ndarray]:
     return {f"{prefix}/{name}": np.asarray(leaf) for name, leaf in named_leaves(tree).items()}
 
 
-def _read_checkpoint(path: Path, config: GradfitConfig):
-    """(arrays, config changes, LoopState, saved EarlyStopping or None, finished reason) of one checkpoint.
-
-    The digest already rules out damage; these checks keep a hand-crafted file from reaching the loop.
-    """
-    arrays, meta = checkpoints.load(path)
-    try:
-        changes = checkpoints.changed_keys(meta["config"], config.model_dump(mode="json"))
-        loop = pydantic.TypeAdapter(LoopState).validate_python(meta["loop"])
-        saved = meta["early_stopping"]
-        saved = None if saved is None else pydantic.TypeAdapter(EarlyStopping).validate_python(saved)
-        finished = meta["finished"]
-        if not isinstance(finished, (str, type(None))):
-            raise TypeError("'finished' is not a string")
-        if not (loop.step == meta["step"] == checkpoints.step_of(path) == int(arrays["state/step"])):
-            raise ValueError("its step numbers disagree")
-        if not all(isinstance(loop.last.get(key), float) for key in ("objective", "grad_norm")):
-            raise ValueError("the last log record is incomplete")
-    except (KeyError, TypeError, AttributeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
-        if isinstance(exc, pydantic.ValidationError):
-            first = exc.errors()[0]
-            reason = f"{exc.title}.{'.'.join(map(str, first['loc']))}: {first['msg']}"
-        else:
-            reason = f"{type(exc).__name__}: {exc}"
-        raise RunDirError(f"{path}: the checkpoint's metadata is inconsistent ({reason}); "
-                          f"{checkpoints.previous_hint(path)}") from None
-    return arrays, changes, loop, saved, finished
-
-
 def _restore(template, arrays: dict, prefix: str, path: Path):
     """``template``'s structure filled from the checkpoint arrays under ``prefix``; names, shapes, dtypes checked."""
     stored = {name[len(prefix) + 1:]: a for name, a in arrays.items() if name.startswith(prefix + "/")}
@@ -412,11 +504,11 @@ def _restore(template, arrays: dict, prefix: str, path: Path):
         raise RunDirError(f"{exc}; the checkpoint was written for another model, optimizer or data shape") from None
 
 
-def _unused_name(run_dir: Path, stem: str) -> Path:
-    candidate, n = run_dir / f"{stem}.yaml", 1
+def _unused_name(run_dir: Path, stem: str, suffix: str = ".yaml") -> Path:
+    candidate, n = run_dir / f"{stem}{suffix}", 1
     while candidate.exists():
         n += 1
-        candidate = run_dir / f"{stem}-{n}.yaml"
+        candidate = run_dir / f"{stem}-{n}{suffix}"
     return candidate
 
 

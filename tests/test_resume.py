@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -340,3 +341,94 @@ def test_early_stopping_keeps_the_best_parameters_when_training_diverges(tmp_pat
 def test_early_stopping_needs_a_validation_split():
     with pytest.raises(ConfigError, match="data.val_fraction"):
         make_config("data.val_fraction=0", "train.early_stopping.monitor=val_loss")
+
+
+# ---------------------------------------------------------------------------------------------- edge cases
+
+
+def test_resuming_twice_with_early_stopping_firing_after_the_resumes_equals_one_run(tmp_path):
+    config = make_config(*MLP[:-3], "train.epochs=30", "train.log_every=5", "train.checkpoint_every=10",
+                         "optimizer={name: adam, learning_rate: 0.03}",
+                         "train.early_stopping={monitor: val_loss, patience: 3}")
+    reference = fit(config, tmp_path / "reference")
+    assert reference["stop_reason"].startswith("early stopping") and reference["steps"] > 20
+    run_dir = interrupt(config, tmp_path / "stopped", 10)
+    with pytest.raises(Interrupted):
+        resume(run_dir, config, callbacks=InterruptAt(20))
+    resumed = resume(run_dir, config)
+    assert [r["from_step"] for r in resumed["resumes"]] == [10, 20]
+    assert_identical_runs(resumed, reference)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (("train.steps=6",), "would stop at once, at step 8 (completed all steps)"),  # fewer steps than done
+    (("train.steps=8",), "would stop at once, at step 8 (completed all steps)"),
+    (("train.tol=1e6",), "would stop at once, at step 8 (converged"),
+])
+def test_a_forced_config_that_would_stop_at_once_is_refused(overrides, message, tmp_path):
+    config = make_config("train.steps=20", "train.log_every=2")
+    run_dir = interrupt(config, tmp_path, 8)
+    before = metrics(run_dir)
+    with pytest.raises(RunDirError, match=re.escape(message)):
+        resume(run_dir, make_config("train.steps=20", "train.log_every=2", *overrides), force=True)
+    assert metrics(run_dir) == before
+
+
+def test_a_finished_run_needs_a_change_that_lets_it_train_further(tmp_path):
+    config = make_config(*EARLY, "train.early_stopping={monitor: val_loss, patience: 3}")
+    run_dir = Path(fit(config, tmp_path)["run_dir"])
+    longer = make_config(*EARLY[:-4], "train.epochs=120", *EARLY[-3:], "train.early_stopping={monitor: val_loss, patience: 3}")
+    with pytest.raises(RunDirError, match="would stop at once.*early stopping.*patience"):
+        resume(run_dir, longer, force=True)
+    with pytest.raises(RunDirError, match="would stop at once"):  # an unrelated change does not train further
+        resume(run_dir, make_config(*EARLY, "train.early_stopping={monitor: val_loss, patience: 3}",
+                                    "train.keep_checkpoints=5"), force=True)
+    patient = make_config(*EARLY, "train.early_stopping={monitor: val_loss, patience: 6}")
+    summary = resume(run_dir, patient, force=True)
+    steps = [r["step"] for r in metrics(run_dir)]
+    assert steps == sorted(set(steps)) and summary["steps"] > summary["resumes"][0]["from_step"]
+
+
+def test_resume_completes_a_run_that_finished_training_but_lost_its_outputs(tmp_path):
+    config = make_config("train.steps=10", "train.log_every=5")
+    first = fit(config, tmp_path)
+    run_dir = Path(first["run_dir"])
+    (run_dir / "summary.json").unlink()  # as if killed between the final checkpoint and the summary
+    (run_dir / "params.npz").unlink()
+    again = resume(run_dir, config)
+    assert again["status"] == "completed" and again["steps"] == 10 and again["objective"] == first["objective"]
+    assert (run_dir / "params.npz").exists() and [r["step"] for r in metrics(run_dir)] == [0, 5, 10]
+    with pytest.raises(RunDirError, match="already finished"):
+        resume(run_dir, config)
+
+
+def test_a_failing_progress_display_does_not_stop_training(tmp_path):
+    class Broken(Callbacks):
+        def on_log(self, record):
+            raise SystemExit(1)  # what Rich does when stdout is a closed pipe
+
+    summary = fit(make_config("train.steps=10", "train.log_every=2"), tmp_path, Broken())
+    assert summary["status"] == "completed" and summary["steps"] == 10
+    assert "SystemExit" in summary["progress_display_error"]
+
+
+def test_a_resumed_run_that_diverges_does_not_leave_the_earlier_params_as_its_result(tmp_path):
+    config = make_config(*MLP[:-1], "optimizer={name: sgd, learning_rate: 0.01}", "train.log_every=1")
+    run_dir = interrupt(config, tmp_path, 3)
+    earlier = (run_dir / "params.npz").read_bytes()
+    with pytest.raises(TrainingFailed):
+        resume(run_dir, make_config(*MLP[:-1], "optimizer={name: sgd, learning_rate: 1.0e+4}", "train.log_every=1"),
+               force=True)
+    assert not (run_dir / "params.npz").exists()
+    assert (run_dir / "params.previous.npz").read_bytes() == earlier
+
+
+def test_a_forced_resume_is_checkpointed_at_once(tmp_path):
+    config = make_config("train.steps=20", "train.log_every=2", "train.checkpoint_every=100")
+    run_dir = interrupt(config, tmp_path, 6)
+    forced = make_config("train.steps=20", "train.log_every=2", "train.checkpoint_every=100",
+                         "optimizer.learning_rate=0.002")
+    with pytest.raises(Interrupted):
+        resume(run_dir, forced, force=True, callbacks=InterruptAt(8))
+    # the newest checkpoint carries the forced config, so a plain resume needs no --force
+    assert resume(run_dir, forced)["steps"] == 20
