@@ -7,6 +7,7 @@ Exit codes: 0 success, 1 a failed training or check, 2 bad usage or input, 130 i
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from enum import Enum
 from pathlib import Path
@@ -53,12 +54,17 @@ def user_errors():
         label = "[bold yellow]interrupted:[/]" if exc.exit_code == 130 else "[bold red]error:[/]"
         stderr.print(f"{label} {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt:
-        stderr.print("[yellow]interrupted[/]")
+    except KeyboardInterrupt:  # before training started (loading, compiling) or after it ended: nothing to save
+        stderr.print("[yellow]interrupted[/] (before or after training: nothing was written)")
         raise typer.Exit(130) from None
+    except OSError as exc:  # a full disk, a folder without write permission: not the input's fault
+        where = f"{exc.filename}: " if exc.filename else ""
+        stderr.print(f"[bold red]error:[/] {escape(where + (exc.strerror or str(exc)))}", highlight=False,
+                     soft_wrap=True)
+        raise typer.Exit(1) from None
 
 
-def _check_writable(path: Optional[Path]) -> None:
+def _check_writable(path: Optional[Path], option: str = "--json") -> None:
     """Fail before the work, not after it, when an output file cannot be written."""
     if path is None:
         return
@@ -70,7 +76,7 @@ def _check_writable(path: Optional[Path]) -> None:
         with tempfile.NamedTemporaryFile(dir=path.parent or "."):
             pass
     except OSError as exc:
-        raise GradfitError(f"--json {path}: cannot write there ({exc.strerror or exc})") from None
+        raise GradfitError(f"{option} {path}: cannot write there ({exc.strerror or exc})") from None
 
 
 def _version(value: bool) -> None:
@@ -92,6 +98,9 @@ def main_callback(
       gradfit config show configs/mlp.yaml
       gradfit compare-grads configs/mlp.yaml
       gradfit bench --quick
+      gradfit eval runs/logreg-20261126-101500 --data new.csv
+      gradfit predict runs/mlp-20261126-101500 unlabeled.csv --out predictions.csv --proba
+      gradfit inference runs/logreg-20261126-101500
     """
 
 
@@ -274,6 +283,135 @@ def bench(
             console.print(table)
         if json_file is not None:
             write_json(json_file, result)
+
+
+class Split(str, Enum):
+    test = "test"
+    val = "val"
+    train = "train"
+
+
+class Scale(str, Enum):
+    original = "original"
+    standardized = "standardized"
+
+
+RUN_DIR_HELP = "A run directory made by gradfit train."
+BATCH_HELP = "Rows per batch: files are read and predicted this many rows at a time, never loaded whole."
+
+
+@app.command("eval")
+def eval_(
+    run_dir: Path = typer.Argument(..., help=RUN_DIR_HELP),
+    data: Optional[Path] = typer.Option(None, "--data", help="A labelled CSV or .npz to evaluate on, instead of a "
+                                                             "split of the run's own data."),
+    split: Split = typer.Option(Split.test, help="Which split of the run's data, without --data."),
+    target: Optional[str] = typer.Option(None, help="Label column of a --data CSV [default: the run's data.target]."),
+    batch_rows: int = typer.Option(65_536, "--batch-rows", min=1, help=BATCH_HELP),
+    json_file: Optional[Path] = typer.Option(None, "--json", help="Also write the metrics as JSON to this file."),
+) -> None:
+    """Evaluate a trained model: log loss, accuracy, precision/recall/F1 per class and macro, ROC AUC, confusion matrix.
+
+    New data get the run's saved standardization and label mapping; their feature columns must be the run's (matched by name, in any order).
+
+    [bold]Examples[/]
+
+      gradfit eval runs/logreg-20261126-101500
+      gradfit eval runs/logreg-20261126-101500 --data new.csv --json metrics.json
+      gradfit eval runs/mlp-20261126-101500 --split val
+    """
+    with user_errors():
+        _check_writable(json_file)
+        from gradfit import metrics, report, trained
+        from gradfit.runs import write_json
+
+        run = trained.load_run(run_dir)
+        y, log_probs, source = trained.evaluate(run, data, split.value, target or run.config.data.target, batch_rows)
+        result = metrics.classification_metrics(y, log_probs, run.classes)
+        console = report.stdout_console()
+        for table in report.eval_tables(result, source):
+            console.print(table)
+        if json_file is not None:
+            write_json(json_file, {"run_dir": str(run_dir), "data": source, **result})
+
+
+@app.command()
+def predict(
+    run_dir: Path = typer.Argument(..., help=RUN_DIR_HELP),
+    data: Path = typer.Argument(..., help="CSV (with a header) or .npz (array X) of features; a label column, if "
+                                          "present, is ignored."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the predictions CSV here [default: stdout]."),
+    proba: bool = typer.Option(False, "--proba", help="Add one probability column per class, p_<label>."),
+    force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
+    target: Optional[str] = typer.Option(None, help="Name of a label column to ignore [default: the run's data.target]."),
+    batch_rows: int = typer.Option(65_536, "--batch-rows", min=1, help=BATCH_HELP),
+) -> None:
+    """Predict labels (and probabilities) for new rows, in the original label values.
+
+    Output columns: [bold]line[/] (of the input CSV; [bold]row[/] for .npz), [bold]prediction[/], and with --proba one [bold]p_<label>[/] per class. The file is written to a temporary name and renamed when complete, so a failure never leaves a partial or overwritten file.
+
+    [bold]Examples[/]
+
+      gradfit predict runs/mlp-20261126-101500 unlabeled.csv --out predictions.csv --proba
+      gradfit predict runs/logreg-20261126-101500 new.npz | head
+    """
+    import sys
+
+    with user_errors():
+        from gradfit import trained
+        from gradfit.runs import write_atomic_stream
+
+        if out is not None and out.exists() and not force:
+            raise GradfitError(f"--out {out}: already exists; pass --force to overwrite it")
+        _check_writable(out, "--out")
+        run = trained.load_run(run_dir)
+        label_column = target or run.config.data.target
+        if out is None:
+            trained.write_predictions(run, data, sys.stdout, proba, label_column, batch_rows)
+            return
+        with write_atomic_stream(out) as handle:
+            rows = trained.write_predictions(run, data, handle, proba, label_column, batch_rows)
+        stderr.print(f"wrote {rows:,} predictions to {escape(str(out))}", highlight=False)
+
+
+@app.command()
+def inference(
+    run_dir: Path = typer.Argument(..., help=RUN_DIR_HELP),
+    scale: Scale = typer.Option(Scale.original, help="Coefficients per unit of the raw features (original), or per "
+                                                     "standard deviation (standardized)."),
+    level: float = typer.Option(0.95, min=0.5, max=0.9999, help="Confidence level of the intervals."),
+    json_file: Optional[Path] = typer.Option(None, "--json", help="Also write the table as JSON to this file."),
+) -> None:
+    """Coefficient table of a logistic regression: estimates, standard errors, z, p-values, confidence intervals.
+
+    Standard errors come from the inverse Hessian (jax.hessian, float64) of the total negative log-likelihood on the training split, at the run's parameters; with model.l2 > 0 the penalized Hessian is used, and the output says so. Separation, a singular or ill-conditioned Hessian, and an unconverged fit are detected and explained instead of printing huge or NaN numbers. Exit code 1 when standard errors are withheld for such a reason.
+
+    [bold]Examples[/]
+
+      gradfit inference runs/logreg-20261126-101500
+      gradfit inference runs/logreg-20261126-101500 --scale standardized --json coefficients.json
+    """
+    with user_errors():
+        _check_writable(json_file)
+        from gradfit import report, trained
+        from gradfit.runs import write_json
+
+        run = trained.load_run(run_dir)
+        result = trained.coefficient_inference(run, scale.value, level)
+        console = report.stdout_console()
+        negative, positive = run.classes
+        for table in report.inference_tables(result, positive, negative):
+            console.print(table)
+        for problem in result.problems:
+            console.print(f"[bold red]problem:[/] {escape(problem)}", soft_wrap=True, highlight=False)
+        for note in result.notes:
+            console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True, highlight=False)
+        if json_file is not None:
+            write_json(json_file, {"run_dir": str(run_dir), "positive_class": positive,
+                                   "negative_class": negative, "converged": result.converged,
+                                   **dataclasses.asdict(result)})
+        if result.withheld:
+            raise typer.Exit(1)
 
 
 @config_app.command("show")

@@ -297,6 +297,29 @@ def encode_labels(labels: np.ndarray, origin: str) -> tuple[np.ndarray, list]:
     Numeric-looking labels are compared as numbers ("1" == "1.0"); two classes become -1.0/+1.0,
     more become 0..K-1. Classes are sorted, so the mapping is the same for any row order.
     """
+    classes, y = np.unique(_normalize_labels(labels, origin), return_inverse=True)
+    classes = [c.item() if hasattr(c, "item") else c for c in classes]
+    if len(classes) < 2:
+        raise DataError(f"{origin}: the target has a single class ({_preview(classes)}); need at least two")
+    if len(classes) == 2:
+        return np.where(y == 1, 1.0, -1.0), classes
+    return y.astype(np.int32), classes
+
+
+def class_ids(labels: np.ndarray, classes: list, origin: str) -> np.ndarray:
+    """Raw labels -> index into ``classes`` (a run's label mapping), matched as ``encode_labels`` matches them."""
+    index = {c: i for i, c in enumerate(classes)}
+    values, inverse = np.unique(_normalize_labels(labels, origin), return_inverse=True)
+    values = [v.item() if hasattr(v, "item") else v for v in values]
+    unknown = [v for v in values if v not in index]
+    if unknown:
+        raise DataError(f"{origin}: label(s) {_preview(unknown)} were not seen in training; the run knows "
+                        f"{_preview(classes, 10)}")
+    return np.array([index[v] for v in values], dtype=np.int32)[inverse]
+
+
+def _normalize_labels(labels: np.ndarray, origin: str) -> np.ndarray:
+    """Labels as numbers when they all look like numbers (integers when integral), else as strings."""
     if labels.dtype.kind in "US":
         try:
             labels = labels.astype(np.float64)
@@ -307,13 +330,7 @@ def encode_labels(labels: np.ndarray, origin: str) -> tuple[np.ndarray, list]:
             raise DataError(f"{origin}: the target contains NaN or inf labels")
         if np.all(labels == np.round(labels)):
             labels = labels.astype(np.int64)
-    classes, y = np.unique(labels, return_inverse=True)
-    classes = [c.item() if hasattr(c, "item") else c for c in classes]
-    if len(classes) < 2:
-        raise DataError(f"{origin}: the target has a single class ({_preview(classes)}); need at least two")
-    if len(classes) == 2:
-        return np.where(y == 1, 1.0, -1.0), classes
-    return y.astype(np.int32), classes
+    return labels
 
 
 def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) -> tuple[np.ndarray, ...]:

@@ -290,3 +290,63 @@ def _seconds(value: float) -> str:
     if value >= 1e-3:
         return f"{value * 1e3:.3g} ms"
     return f"{value * 1e6:.3g} us"
+
+
+def eval_tables(metrics: dict, source: str) -> list[Table]:
+    """Overview, per-class precision/recall/F1, and the confusion matrix (rows: true, columns: predicted)."""
+    overview = Table(title=f"Evaluation on {escape(source)}", show_header=False, title_justify="left")
+    overview.add_column(style="bold")
+    overview.add_column(justify="right")
+    for key, value in (("rows", f"{metrics['rows']:,}"), ("log loss", fmt(metrics["log_loss"], 5)),
+                       ("accuracy", fmt(metrics["accuracy"], 5)), ("ROC AUC", fmt(metrics["roc_auc"], 5)),
+                       ("macro precision", fmt(metrics["precision_macro"], 5)),
+                       ("macro recall", fmt(metrics["recall_macro"], 5)), ("macro F1", fmt(metrics["f1_macro"], 5))):
+        if not (key == "ROC AUC" and metrics["roc_auc"] is None and len(metrics["classes"]) > 2):
+            overview.add_row(key, value)
+    per_class = Table(title="Per class", title_justify="left")
+    for name in ("class", "precision", "recall", "F1", "support"):
+        per_class.add_column(name, justify="left" if name == "class" else "right")
+    for row in metrics["per_class"]:
+        per_class.add_row(escape(str(row["class"])), fmt(row["precision"]), fmt(row["recall"]), fmt(row["f1"]),
+                          f"{row['support']:,}")
+    confusion = Table(title="Confusion matrix (rows: true class, columns: predicted)", title_justify="left")
+    confusion.add_column("true \\ predicted", style="bold")
+    for c in metrics["classes"]:
+        confusion.add_column(escape(str(c)), justify="right")
+    for c, counts in zip(metrics["classes"], metrics["confusion_matrix"]):
+        confusion.add_row(escape(str(c)), *(f"{v:,}" for v in counts))
+    return [overview, per_class, confusion]
+
+
+def inference_tables(result, positive: Any, negative: Any) -> list[Table]:
+    """The fit's summary and the coefficient table of a logistic-regression inference result."""
+    fit = Table(title=f"Logistic regression: log-odds of {escape(str(positive))} vs {escape(str(negative))}",
+                show_header=False, title_justify="left")
+    fit.add_column(style="bold")
+    fit.add_column()
+    converged = {None: "unknown (standard errors withheld)", True: "yes", False: "no"}[result.converged]
+    for key, value in (
+        ("observations", f"{result.n_obs:,} (the training split)"),
+        ("log-likelihood", fmt(result.log_likelihood, 8)), ("AIC", fmt(result.aic, 8)), ("BIC", fmt(result.bic, 8)),
+        ("penalty", f"L2 = {result.l2:g}" if result.l2 else "none (maximum likelihood)"),
+        ("converged", f"{converged}; gradient norm {fmt(result.gradient_norm, 3)}, Newton step "
+                      f"{fmt(result.newton_offset, 3)} standard errors"),
+        ("Hessian condition number", fmt(result.condition_number, 3)),
+        ("coefficient scale", "original feature units" if result.scale == "original"
+         else "per standard deviation of each feature (standardized)"),
+    ):
+        fit.add_row(key, escape(value))
+    level = f"{result.level:.0%}"
+    table = Table(title="Coefficients", title_justify="left")
+    for name in ("", "estimate", "std err", "z", "P>|z|", f"{level} CI low", f"{level} CI high"):
+        table.add_column(name, justify="left" if not name else "right")
+    for c in result.coefficients:
+        table.add_row(escape(c.name), fmt(c.estimate, 5), fmt(c.std_error, 4), fmt(c.z, 4), _p_value(c.p_value),
+                      fmt(c.ci_low, 5), fmt(c.ci_high, 5))
+    return [fit, table]
+
+
+def _p_value(p: Optional[float]) -> str:
+    if p is None:
+        return "-"
+    return "<1e-16" if p < 1e-16 else f"{p:.3g}"

@@ -1,0 +1,61 @@
+"""Classification metrics from true class indices and predicted log-probabilities. NumPy only, no jax.
+
+Conventions follow scikit-learn: precision of a class never predicted is 0, macro averages weight classes
+equally, ROC AUC (binary only) is the probability that a random positive scores above a random negative, ties
+counting one half.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+
+def classification_metrics(y: np.ndarray, log_probs: np.ndarray, classes: list) -> dict:
+    """Log loss, accuracy, per-class and macro precision/recall/F1, binary ROC AUC and the confusion matrix.
+
+    Args:
+        y: (n,) int class indices into ``classes``.
+        log_probs: (n, K) log class probabilities.
+        classes: the K original label values, for naming.
+    """
+    n, k = log_probs.shape
+    predicted = log_probs.argmax(axis=1)
+    confusion = np.zeros((k, k), np.int64)  # rows: true class, columns: predicted class
+    np.add.at(confusion, (y, predicted), 1)
+    hits = np.diag(confusion).astype(np.float64)
+    support, predicted_counts = confusion.sum(axis=1), confusion.sum(axis=0)
+    precision = _ratio(hits, predicted_counts)
+    recall = _ratio(hits, support)
+    f1 = _ratio(2 * precision * recall, precision + recall)
+    return {
+        "rows": n,
+        "log_loss": float(-log_probs[np.arange(n), y].mean()),
+        "accuracy": float(hits.sum() / n),
+        "precision_macro": float(precision.mean()),
+        "recall_macro": float(recall.mean()),
+        "f1_macro": float(f1.mean()),
+        "roc_auc": roc_auc(y == 1, log_probs[:, 1]) if k == 2 else None,
+        "per_class": [{"class": c, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+                      for c, p, r, f, s in zip(classes, precision, recall, f1, support)],
+        "confusion_matrix": confusion.tolist(),
+        "classes": list(classes),
+    }
+
+
+def roc_auc(positive: np.ndarray, scores: np.ndarray) -> Optional[float]:
+    """Area under the ROC curve via the Mann-Whitney U statistic with average ranks for ties; None if one class."""
+    n_pos = int(positive.sum())
+    n_neg = len(positive) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return None
+    values, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    average_rank = np.cumsum(counts) - (counts - 1) / 2  # 1-based rank of each distinct score, ties averaged
+    rank_sum = average_rank[inverse][positive].sum()
+    return float((rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """numerator / denominator, 0 where the denominator is 0."""
+    return np.divide(numerator, denominator, out=np.zeros(len(numerator)), where=denominator > 0)

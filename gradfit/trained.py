@@ -1,0 +1,215 @@
+"""A finished run loaded back for eval, predict and inference: config, preprocessing, parameters, model.
+
+New data go through exactly what training did: the saved standardization (never refitted), the saved label
+mapping, the model in the run's precision. A run whose training data changed since is refused for anything that
+re-creates its splits.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, TextIO
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gradfit import runs
+from gradfit.batches import Batch, read_batches
+from gradfit.config import GradfitConfig, resolve_config
+from gradfit.data import Dataset, class_ids, load_dataset
+from gradfit.errors import DataError, GradfitError, RunDirError
+from gradfit.models import Model, build_model, params_from_named
+
+BLOCK_ROWS = 1024  # rows per call of the compiled forward pass
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedRun:
+    run_dir: Path
+    config: GradfitConfig
+    preprocessing: dict  # preprocessing.json: feature_names, classes, standardize {mean, std} or None
+    params: Any  # pytree of jax arrays in the run's precision
+    model: Model
+    summary: Optional[dict]
+
+    @property
+    def feature_names(self) -> list[str]:
+        return self.preprocessing["feature_names"]
+
+    @property
+    def classes(self) -> list:
+        return self.preprocessing["classes"]
+
+    @property
+    def dtype(self):
+        return jnp.float64 if self.config.runtime.precision == "float64" else jnp.float32
+
+    def standardize(self, x: np.ndarray) -> np.ndarray:
+        """Raw features (n, d) -> what the model saw in training, with the run's saved mean and std."""
+        scaling = self.preprocessing["standardize"]
+        if scaling is None:
+            return np.asarray(x, np.float64)
+        return (np.asarray(x, np.float64) - np.asarray(scaling["mean"])) / np.asarray(scaling["std"])
+
+    def log_probabilities(self) -> Callable[[np.ndarray], np.ndarray]:
+        """A function: standardized x (n, d) -> log class probabilities (n, K) float64.
+
+        Rows go through one compiled program in fixed blocks of ``BLOCK_ROWS`` (the last one padded): XLA may
+        round differently at other shapes, and a row's probabilities must not depend on how a file is batched.
+        """
+        params, dtype, x64 = self.params, self.dtype, self.config.runtime.precision == "float64"
+
+        @jax.jit
+        def log_softmax(params, x):
+            logits = self.model.apply(params, x)
+            if logits.ndim == 1:  # binary: one logit, for classes[1]
+                logits = jnp.stack([jnp.zeros_like(logits), logits], axis=1)
+            return jax.nn.log_softmax(logits)
+
+        def log_probs(x: np.ndarray) -> np.ndarray:
+            out = []
+            for start in range(0, len(x), BLOCK_ROWS):
+                block = np.zeros((BLOCK_ROWS, x.shape[1]), dtype)
+                rows = x[start:start + BLOCK_ROWS]
+                block[: len(rows)] = rows
+                with jax.enable_x64(x64):
+                    out.append(np.asarray(log_softmax(params, block), np.float64)[: len(rows)])
+            return np.concatenate(out) if out else np.zeros((0, len(self.classes)))
+
+        return log_probs
+
+    def batches(self, path: Path, target: Optional[str], need_labels: bool, rows: int) -> Iterator[Batch]:
+        """Standardized batches of a data file (its columns checked now); labels as class indices if ``need_labels``."""
+        raw = read_batches(path, self.feature_names, target, need_labels, rows)
+        return (Batch(self.standardize(b.x), class_ids(b.labels, self.classes, str(path)) if need_labels else b.labels,
+                      b.rows) for b in raw)
+
+
+def load_run(run_dir: str | Path) -> TrainedRun:
+    """Load a run directory made by ``gradfit train``.
+
+    Raises:
+        RunDirError: not a run, or it has no usable parameters (a failed run) or preprocessing record.
+        ConfigError: its config.yaml was edited into an invalid one.
+    """
+    run_dir = runs.check_run_dir(Path(run_dir))
+    config = resolve_config(run_dir / "config.yaml").config
+    summary = _read_json(run_dir / "summary.json", required=False)
+    preprocessing = _read_json(run_dir / "preprocessing.json", required=True)
+    _check_preprocessing(run_dir, preprocessing)
+    if not (run_dir / "params.npz").is_file():
+        status = f" (status {summary.get('status')}: {summary.get('stop_reason')})" if isinstance(summary, dict) else ""
+        raise RunDirError(f"{run_dir}: has no params.npz{status}; only runs that saved parameters can be used")
+    try:
+        arrays = runs.load_arrays(run_dir / "params.npz")
+    except (OSError, ValueError, EOFError) as exc:
+        raise RunDirError(f"{run_dir / 'params.npz'}: unreadable ({exc})") from None
+    model = build_model(config.model, len(preprocessing["feature_names"]), len(preprocessing["classes"]))
+    dtype = jnp.float64 if config.runtime.precision == "float64" else jnp.float32
+    with jax.enable_x64(config.runtime.precision == "float64"):
+        template = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), dtype))
+        try:
+            params = params_from_named(template, arrays, origin=str(run_dir / "params.npz"))
+        except ValueError as exc:
+            raise RunDirError(str(exc)) from None
+    return TrainedRun(run_dir, config, preprocessing, params, model, summary)
+
+
+def reload_dataset(run: TrainedRun) -> Dataset:
+    """The run's dataset and splits, re-created from its config and checked against what training saved."""
+    dataset = load_dataset(run.config)
+    saved = run.preprocessing
+    now = dataset.preprocessing()
+    if now["feature_names"] != saved["feature_names"] or now["classes"] != saved["classes"] or \
+            now["standardize"] != saved["standardize"] or now["rows"] != saved.get("rows"):
+        raise DataError(f"{dataset.name}: the training data differ from when {run.run_dir} was trained (features, "
+                        "labels, rows or standardization changed); its splits cannot be re-created. Evaluate on a "
+                        "file with --data instead")
+    return dataset
+
+
+def coefficient_inference(run: TrainedRun, scale: str, level: float):
+    """The logistic-regression coefficient table of a run, on its re-created training split."""
+    from gradfit.inference import logistic_inference
+
+    if run.config.model.kind != "logistic":
+        raise GradfitError(f"{run.run_dir}: inference applies to logistic regression, and this run is an MLP "
+                           "(model.kind: mlp): its weights have no coefficient interpretation. Use gradfit eval "
+                           "for its metrics")
+    train = reload_dataset(run).train
+    scaling = run.preprocessing["standardize"] or {}
+    return logistic_inference(train.x, train.y, np.asarray(run.params["w"]), float(run.params["b"]),
+                              run.config.model.l2, run.feature_names, scaling.get("mean"), scaling.get("std"),
+                              scale, level)
+
+
+def _read_json(path: Path, required: bool) -> Optional[Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        if required:
+            raise RunDirError(f"{path.parent}: not a complete gradfit run (no {path.name})") from None
+        return None
+    except (OSError, ValueError) as exc:
+        raise RunDirError(f"{path}: unreadable ({exc})") from None
+
+
+def _check_preprocessing(run_dir: Path, record: Any) -> None:
+    try:
+        names, classes, scaling = record["feature_names"], record["classes"], record["standardize"]
+        ok = isinstance(names, list) and all(isinstance(n, str) for n in names) and isinstance(classes, list) \
+            and len(classes) >= 2 and (scaling is None or all(
+                len(scaling[k]) == len(names) and all(isinstance(v, (int, float)) for v in scaling[k])
+                for k in ("mean", "std")))
+    except (KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise RunDirError(f"{run_dir / 'preprocessing.json'}: malformed (it must hold feature_names, classes and "
+                          "standardize as gradfit train wrote them)")
+
+
+def evaluate(run: TrainedRun, data: Optional[Path], split: str, target: Optional[str],
+             batch_rows: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """(true class indices, log-probabilities, what was evaluated) on a labelled file or one of the run's splits."""
+    log_probs = run.log_probabilities()
+    if data is not None:
+        parts = [(batch.labels, log_probs(batch.x)) for batch in run.batches(data, target, True, batch_rows)]
+        if not parts:
+            raise DataError(f"{data}: the header has no data rows below it")
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), str(data)
+    rows = getattr(reload_dataset(run), split)
+    if len(rows) == 0:
+        raise DataError(f"{run.run_dir}: the run has no {split} rows (data.{split}_fraction was 0); pick another "
+                        "--split or pass --data FILE")
+    y = (rows.y > 0).astype(np.int32) if len(run.classes) == 2 else rows.y.astype(np.int32)
+    probs = [log_probs(rows.x[i:i + batch_rows]) for i in range(0, len(rows), batch_rows)]
+    return y, np.concatenate(probs), f"the {split} split of {run.preprocessing['dataset']}"
+
+
+def write_predictions(run: TrainedRun, data: Path, out: TextIO, with_probabilities: bool, target: Optional[str],
+                      batch_rows: int) -> int:
+    """Stream predictions for a file as CSV to ``out``; returns the number of rows.
+
+    Columns: ``line`` (the input line; ``row`` for .npz), ``prediction`` (an original label value) and, with
+    probabilities, ``p_<label>`` per class, with enough digits to give back the run's floats exactly.
+    """
+    batches = run.batches(data, target, False, batch_rows)  # a wrong file fails here, before any output
+    log_probs = run.log_probabilities()
+    digits = "%.17g" if run.config.runtime.precision == "float64" else "%.9g"
+    writer = csv.writer(out, lineterminator="\n")
+    position = "row" if Path(data).suffix.lower() == ".npz" else "line"
+    writer.writerow([position, "prediction"] + ([f"p_{c}" for c in run.classes] if with_probabilities else []))
+    count = 0
+    for batch in batches:
+        lp = log_probs(batch.x)
+        predicted = lp.argmax(axis=1)
+        probabilities = np.exp(lp)
+        for i, row in enumerate(batch.rows):
+            extra = [digits % p for p in probabilities[i]] if with_probabilities else []
+            writer.writerow([int(row), run.classes[predicted[i]], *extra])
+        count += len(batch.rows)
+    return count
