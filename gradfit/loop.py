@@ -444,7 +444,8 @@ def _reason(exc: BaseException) -> str:
     """An exception as one line: the first pydantic error, or 'Type: message'."""
     if isinstance(exc, pydantic.ValidationError):
         first = exc.errors()[0]
-        return f"{exc.title}.{'.'.join(map(str, first['loc']))}: {first['msg']}"
+        where = ".".join([exc.title, *map(str, first["loc"])])
+        return f"{where}: {first['msg']}"
     return f"{type(exc).__name__}: {exc}"
 
 
