@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
+import sys
 from enum import Enum
 from pathlib import Path
 from typing import List, Optional
@@ -54,9 +56,13 @@ def user_errors():
         label = "[bold yellow]interrupted:[/]" if exc.exit_code == 130 else "[bold red]error:[/]"
         stderr.print(f"{label} {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt:  # before training started (loading, compiling) or after it ended: nothing to save
-        stderr.print("[yellow]interrupted[/] (before or after training: nothing was written)")
+    except KeyboardInterrupt:  # outside a training loop (which saves its state itself)
+        stderr.print("[yellow]interrupted[/]")
         raise typer.Exit(130) from None
+    except BrokenPipeError:  # stdout was closed by its reader (`| head`): it has what it wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the exit's final flush does not fail again
+        raise typer.Exit(0) from None
     except OSError as exc:  # a full disk, a folder without write permission: not the input's fault
         where = f"{exc.filename}: " if exc.filename else ""
         stderr.print(f"[bold red]error:[/] {escape(where + (exc.strerror or str(exc)))}", highlight=False,
@@ -355,8 +361,6 @@ def predict(
       gradfit predict runs/mlp-20261126-101500 unlabeled.csv --out predictions.csv --proba
       gradfit predict runs/logreg-20261126-101500 new.npz | head
     """
-    import sys
-
     with user_errors():
         from gradfit import trained
         from gradfit.runs import write_atomic_stream
@@ -384,7 +388,7 @@ def inference(
 ) -> None:
     """Coefficient table of a logistic regression: estimates, standard errors, z, p-values, confidence intervals.
 
-    Standard errors come from the inverse Hessian (jax.hessian, float64) of the total negative log-likelihood on the training split, at the run's parameters; with model.l2 > 0 the penalized Hessian is used, and the output says so. Separation, a singular or ill-conditioned Hessian, and an unconverged fit are detected and explained instead of printing huge or NaN numbers. Exit code 1 when standard errors are withheld for such a reason.
+    Standard errors come from the inverse Hessian (jax.hessian, float64) of the total negative log-likelihood on the training split, at the run's parameters; with model.l2 > 0 the penalized Hessian is used, and the output says so. Separation (checked on the data with a linear program), constant features, a singular or ill-conditioned Hessian and an unconverged fit are detected and explained instead of printing huge or NaN numbers. Exit code 1 when any problem is reported (the numbers are then withheld or not to be trusted).
 
     [bold]Examples[/]
 
@@ -394,10 +398,11 @@ def inference(
     with user_errors():
         _check_writable(json_file)
         from gradfit import report, trained
+        from gradfit.inference import run_inference
         from gradfit.runs import write_json
 
         run = trained.load_run(run_dir)
-        result = trained.coefficient_inference(run, scale.value, level)
+        result = run_inference(run, scale.value, level)
         console = report.stdout_console()
         negative, positive = run.classes
         for table in report.inference_tables(result, positive, negative):
@@ -410,7 +415,7 @@ def inference(
             write_json(json_file, {"run_dir": str(run_dir), "positive_class": positive,
                                    "negative_class": negative, "converged": result.converged,
                                    **dataclasses.asdict(result)})
-        if result.withheld:
+        if result.problems:
             raise typer.Exit(1)
 
 

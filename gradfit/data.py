@@ -76,7 +76,7 @@ def load_dataset(config: GradfitConfig) -> Dataset:
     if config.model.kind == "logistic" and len(classes) > 2:
         raise DataError(
             f"{origin}: the logistic model is binary but the target has {len(classes)} classes "
-            f"({_preview(classes)}); use model.kind: mlp for multiclass"
+            f"({preview(classes)}); use model.kind: mlp for multiclass"
         )
     try:
         train_idx, val_idx, test_idx = split_indices(len(y), data.val_fraction, data.test_fraction, config.seed)
@@ -300,7 +300,7 @@ def encode_labels(labels: np.ndarray, origin: str) -> tuple[np.ndarray, list]:
     classes, y = np.unique(_normalize_labels(labels, origin), return_inverse=True)
     classes = [c.item() if hasattr(c, "item") else c for c in classes]
     if len(classes) < 2:
-        raise DataError(f"{origin}: the target has a single class ({_preview(classes)}); need at least two")
+        raise DataError(f"{origin}: the target has a single class ({preview(classes)}); need at least two")
     if len(classes) == 2:
         return np.where(y == 1, 1.0, -1.0), classes
     return y.astype(np.int32), classes
@@ -309,12 +309,18 @@ def encode_labels(labels: np.ndarray, origin: str) -> tuple[np.ndarray, list]:
 def class_ids(labels: np.ndarray, classes: list, origin: str) -> np.ndarray:
     """Raw labels -> index into ``classes`` (a run's label mapping), matched as ``encode_labels`` matches them."""
     index = {c: i for i, c in enumerate(classes)}
-    values, inverse = np.unique(_normalize_labels(labels, origin), return_inverse=True)
+    if labels.dtype.kind == "S":
+        labels = np.char.decode(labels, "utf-8")
+    if all(isinstance(c, str) for c in classes):  # training read them as text: so compare text, row by row
+        labels = np.char.strip(labels.astype(str))
+    else:
+        labels = _normalize_labels(labels, origin)
+    values, inverse = np.unique(labels, return_inverse=True)
     values = [v.item() if hasattr(v, "item") else v for v in values]
     unknown = [v for v in values if v not in index]
     if unknown:
-        raise DataError(f"{origin}: label(s) {_preview(unknown)} were not seen in training; the run knows "
-                        f"{_preview(classes, 10)}")
+        raise DataError(f"{origin}: label(s) {preview(unknown)} were not seen in training; the run knows "
+                        f"{preview(classes, 10)}")
     return np.array([index[v] for v in values], dtype=np.int32)[inverse]
 
 
@@ -362,6 +368,7 @@ def fit_standardization(x: np.ndarray, rows_per_chunk: int = 1 << 16) -> tuple[n
     return mean, std
 
 
-def _preview(values, limit: int = 5) -> str:
+def preview(values, limit: int = 5) -> str:
+    """The first values, repr'd, for an error message: "'a', 'b', ... (12 in all)"."""
     shown = ", ".join(repr(v) for v in list(values)[:limit])
-    return shown + (", ..." if len(values) > limit else "")
+    return shown + (f", ... ({len(values)} in all)" if len(values) > limit else "")

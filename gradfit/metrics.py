@@ -1,8 +1,9 @@
 """Classification metrics from true class indices and predicted log-probabilities. NumPy only, no jax.
 
-Conventions follow scikit-learn: precision of a class never predicted is 0, macro averages weight classes
-equally, ROC AUC (binary only) is the probability that a random positive scores above a random negative, ties
-counting one half.
+Conventions follow scikit-learn's defaults: the precision of a class never predicted is 0; macro averages weight
+equally the classes that occur among the true or the predicted labels; ROC AUC (binary only) is the probability
+that a random positive scores above a random negative, ties counting one half. Log loss uses the exact
+log-probabilities (scikit-learn clips probabilities at machine epsilon).
 """
 
 from __future__ import annotations
@@ -29,13 +30,14 @@ def classification_metrics(y: np.ndarray, log_probs: np.ndarray, classes: list) 
     precision = _ratio(hits, predicted_counts)
     recall = _ratio(hits, support)
     f1 = _ratio(2 * precision * recall, precision + recall)
+    present = (support + predicted_counts) > 0  # a class absent from both does not dilute the macro averages
     return {
         "rows": n,
         "log_loss": float(-log_probs[np.arange(n), y].mean()),
         "accuracy": float(hits.sum() / n),
-        "precision_macro": float(precision.mean()),
-        "recall_macro": float(recall.mean()),
-        "f1_macro": float(f1.mean()),
+        "precision_macro": float(precision[present].mean()),
+        "recall_macro": float(recall[present].mean()),
+        "f1_macro": float(f1[present].mean()),
         "roc_auc": roc_auc(y == 1, log_probs[:, 1]) if k == 2 else None,
         "per_class": [{"class": c, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
                       for c, p, r, f, s in zip(classes, precision, recall, f1, support)],

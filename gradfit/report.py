@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from rich.console import Console
 from rich.markup import escape
@@ -13,6 +13,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from gradfit.config import ResolvedConfig, describe_keys, unused_keys
+
+if TYPE_CHECKING:
+    from gradfit.inference import Inference
 
 
 def stdout_console() -> Console:
@@ -318,22 +321,31 @@ def eval_tables(metrics: dict, source: str) -> list[Table]:
     return [overview, per_class, confusion]
 
 
-def inference_tables(result, positive: Any, negative: Any) -> list[Table]:
+def inference_tables(result: "Inference", positive: Any, negative: Any) -> list[Table]:
     """The fit's summary and the coefficient table of a logistic-regression inference result."""
     fit = Table(title=f"Logistic regression: log-odds of {escape(str(positive))} vs {escape(str(negative))}",
                 show_header=False, title_justify="left")
     fit.add_column(style="bold")
     fit.add_column()
     converged = {None: "unknown (standard errors withheld)", True: "yes", False: "no"}[result.converged]
+    if not result.standardized_features:
+        scale = "raw feature units (the run did not standardize its features)"
+    elif result.scale == "original":
+        scale = "original feature units"
+    else:
+        scale = "per standard deviation of each feature (standardized)"
+    separation = {None: "none", "not checked": "not checked (too many rows)"}.get(result.separation,
+                                                                                 result.separation)
     for key, value in (
         ("observations", f"{result.n_obs:,} (the training split)"),
         ("log-likelihood", fmt(result.log_likelihood, 8)), ("AIC", fmt(result.aic, 8)), ("BIC", fmt(result.bic, 8)),
+        ("parameters", f"{result.effective_parameters:.4g}" + (" effective" if result.l2 else "")),
         ("penalty", f"L2 = {result.l2:g}" if result.l2 else "none (maximum likelihood)"),
+        ("separation", separation),
         ("converged", f"{converged}; gradient norm {fmt(result.gradient_norm, 3)}, Newton step "
                       f"{fmt(result.newton_offset, 3)} standard errors"),
-        ("Hessian condition number", fmt(result.condition_number, 3)),
-        ("coefficient scale", "original feature units" if result.scale == "original"
-         else "per standard deviation of each feature (standardized)"),
+        ("Hessian condition number", f"{fmt(result.condition_number, 3)} (scaled to unit diagonal)"),
+        ("coefficient scale", scale),
     ):
         fit.add_row(key, escape(value))
     level = f"{result.level:.0%}"

@@ -53,7 +53,7 @@ def create_run_dir(parent: str | Path, name: str, now: Optional[_dt.datetime] = 
 def write_atomic_stream(path: Path):
     """A text file handle whose contents replace ``path`` only if the block completes (fsync, then rename)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _temporary(path)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
             yield handle
@@ -63,6 +63,7 @@ def write_atomic_stream(path: Path):
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _sync_directory(path.parent)
 
 
 def check_run_dir(path: Path) -> Path:
@@ -97,10 +98,19 @@ def locked(run_dir: Path):
         yield
 
 
+def _temporary(path: Path) -> tuple[int, str]:
+    """A temporary file next to ``path``, with the permissions a plain open() would give (mkstemp makes 0600)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
+    return fd, tmp
+
+
 def write_atomic(path: Path, data: bytes | str) -> None:
     """Write to a temporary file in the same directory, fsync, then rename over ``path``."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _temporary(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)

@@ -7,7 +7,6 @@ re-creates its splits.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 from pathlib import Path
@@ -21,7 +20,7 @@ from gradfit import runs
 from gradfit.batches import Batch, read_batches
 from gradfit.config import GradfitConfig, resolve_config
 from gradfit.data import Dataset, class_ids, load_dataset
-from gradfit.errors import DataError, GradfitError, RunDirError
+from gradfit.errors import DataError, RunDirError
 from gradfit.models import Model, build_model, params_from_named
 
 BLOCK_ROWS = 1024  # rows per call of the compiled forward pass
@@ -72,12 +71,13 @@ class TrainedRun:
 
         def log_probs(x: np.ndarray) -> np.ndarray:
             out = []
-            for start in range(0, len(x), BLOCK_ROWS):
-                block = np.zeros((BLOCK_ROWS, x.shape[1]), dtype)
-                rows = x[start:start + BLOCK_ROWS]
-                block[: len(rows)] = rows
-                with jax.enable_x64(x64):
-                    out.append(np.asarray(log_softmax(params, block), np.float64)[: len(rows)])
+            with jax.enable_x64(x64):
+                for start in range(0, len(x), BLOCK_ROWS):
+                    block = np.asarray(x[start:start + BLOCK_ROWS], dtype)
+                    rows = len(block)
+                    if rows < BLOCK_ROWS:  # pad the last block to the compiled shape
+                        block = np.concatenate([block, np.zeros((BLOCK_ROWS - rows, x.shape[1]), dtype)])
+                    out.append(np.asarray(log_softmax(params, block), np.float64)[:rows])
             return np.concatenate(out) if out else np.zeros((0, len(self.classes)))
 
         return log_probs
@@ -85,8 +85,8 @@ class TrainedRun:
     def batches(self, path: Path, target: Optional[str], need_labels: bool, rows: int) -> Iterator[Batch]:
         """Standardized batches of a data file (its columns checked now); labels as class indices if ``need_labels``."""
         raw = read_batches(path, self.feature_names, target, need_labels, rows)
-        return (Batch(self.standardize(b.x), class_ids(b.labels, self.classes, str(path)) if need_labels else b.labels,
-                      b.rows) for b in raw)
+        return (Batch(self.standardize(b.x), class_ids(b.labels, self.classes, str(path)) if need_labels else None,
+                      b.line_numbers) for b in raw)
 
 
 def load_run(run_dir: str | Path) -> TrainedRun:
@@ -130,21 +130,6 @@ def reload_dataset(run: TrainedRun) -> Dataset:
                         "labels, rows or standardization changed); its splits cannot be re-created. Evaluate on a "
                         "file with --data instead")
     return dataset
-
-
-def coefficient_inference(run: TrainedRun, scale: str, level: float):
-    """The logistic-regression coefficient table of a run, on its re-created training split."""
-    from gradfit.inference import logistic_inference
-
-    if run.config.model.kind != "logistic":
-        raise GradfitError(f"{run.run_dir}: inference applies to logistic regression, and this run is an MLP "
-                           "(model.kind: mlp): its weights have no coefficient interpretation. Use gradfit eval "
-                           "for its metrics")
-    train = reload_dataset(run).train
-    scaling = run.preprocessing["standardize"] or {}
-    return logistic_inference(train.x, train.y, np.asarray(run.params["w"]), float(run.params["b"]),
-                              run.config.model.l2, run.feature_names, scaling.get("mean"), scaling.get("std"),
-                              scale, level)
 
 
 def _read_json(path: Path, required: bool) -> Optional[Any]:
@@ -195,21 +180,28 @@ def write_predictions(run: TrainedRun, data: Path, out: TextIO, with_probabiliti
     """Stream predictions for a file as CSV to ``out``; returns the number of rows.
 
     Columns: ``line`` (the input line; ``row`` for .npz), ``prediction`` (an original label value) and, with
-    probabilities, ``p_<label>`` per class, with enough digits to give back the run's floats exactly.
+    probabilities, ``p_<label>`` per class (17 significant digits for float64 runs, 9 for float32 ones).
     """
     batches = run.batches(data, target, False, batch_rows)  # a wrong file fails here, before any output
     log_probs = run.log_probabilities()
     digits = "%.17g" if run.config.runtime.precision == "float64" else "%.9g"
-    writer = csv.writer(out, lineterminator="\n")
+    labels = np.array([_csv_field(str(c)) for c in run.classes])
     position = "row" if Path(data).suffix.lower() == ".npz" else "line"
-    writer.writerow([position, "prediction"] + ([f"p_{c}" for c in run.classes] if with_probabilities else []))
+    header = [position, "prediction"] + ([f"p_{c}" for c in run.classes] if with_probabilities else [])
+    out.write(",".join(_csv_field(h) for h in header) + "\n")
     count = 0
     for batch in batches:
         lp = log_probs(batch.x)
-        predicted = lp.argmax(axis=1)
-        probabilities = np.exp(lp)
-        for i, row in enumerate(batch.rows):
-            extra = [digits % p for p in probabilities[i]] if with_probabilities else []
-            writer.writerow([int(row), run.classes[predicted[i]], *extra])
-        count += len(batch.rows)
+        columns = [batch.line_numbers.astype(str), labels[lp.argmax(axis=1)]]
+        if with_probabilities:
+            columns += list(np.char.mod(digits, np.exp(lp)).T)
+        out.write("".join(",".join(row) + "\n" for row in zip(*columns)))
+        count += len(lp)
     return count
+
+
+def _csv_field(text: str) -> str:
+    """``text`` quoted for CSV when it needs to be."""
+    if any(ch in text for ch in ',"\r\n'):
+        return '"' + text.replace('"', '""') + '"'
+    return text

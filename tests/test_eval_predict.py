@@ -9,6 +9,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import stat
+import subprocess
+import sys
+import warnings
 from pathlib import Path
 
 import jax
@@ -517,3 +522,83 @@ def test_help_texts_have_examples(command, example):
     result = invoke(command, "--help")
     assert result.exit_code == 0
     assert "Examples" in result.output and example in result.output, result.output
+
+
+# ------------------------------------------------------------------------------------------- from review
+
+
+def test_predict_ignores_a_label_column_even_when_it_is_empty(yes_no, tmp_path):
+    header, rows = read_rows(yes_no["data"])
+    unlabelled = write_csv(tmp_path / "unlabelled.csv", header, [row[:-1] + [""] for row in rows])
+    with_labels = invoke("predict", yes_no["run_dir"], yes_no["data"])
+    without = invoke("predict", yes_no["run_dir"], unlabelled)
+    assert without.exit_code == 0, without.output
+    assert without.stdout == with_labels.stdout
+
+
+def test_labels_are_matched_as_training_read_them_whatever_a_batch_holds(tmp_path):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((120, 2))
+    labels = np.where(x[:, 0] + rng.logistic(size=120) > 0, "1", "neg")  # text classes: '1' and 'neg'
+    data = write_csv(tmp_path / "train.csv", ["a", "b", "target"],
+                     [[repr(float(v)) for v in row] + [label] for row, label in zip(x, labels)])
+    run_dir = fit(make_config(f"data={{source: file, path: {data}}}", "train.steps=20"), tmp_path / "runs")["run_dir"]
+    only_ones = write_csv(tmp_path / "ones.csv", ["a", "b", "target"],
+                          [[repr(float(v)) for v in row] + ["1"] for row, label in zip(x, labels) if label == "1"])
+    for args in (("--data", only_ones), ("--data", data, "--batch-rows", "1")):
+        result = invoke("eval", run_dir, *args)
+        assert result.exit_code == 0, result.output
+
+
+def test_macro_averages_skip_classes_absent_from_labels_and_predictions():
+    metrics_module = pytest.importorskip("sklearn.metrics")
+    y = np.array([0, 0, 1, 1, 1])
+    log_probs = np.log(np.array([[0.9, 0.05, 0.05], [0.2, 0.7, 0.1], [0.1, 0.8, 0.1], [0.1, 0.8, 0.1],
+                                 [0.6, 0.3, 0.1]]))  # class 2 neither occurs nor is predicted
+    result = classification_metrics(y, log_probs, ["a", "b", "c"])
+    predicted = log_probs.argmax(axis=1)
+    for key, function in (("precision_macro", metrics_module.precision_score),
+                          ("recall_macro", metrics_module.recall_score), ("f1_macro", metrics_module.f1_score)):
+        assert result[key] == pytest.approx(function(y, predicted, average="macro", zero_division=0), abs=1e-12)
+
+
+def test_a_damaged_npz_exits_2(yes_no, tmp_path):
+    x = yes_no["x"]
+    np.savez(tmp_path / "good.npz", X=x, y=yes_no["labels"])
+    raw = (tmp_path / "good.npz").read_bytes()
+    (tmp_path / "flipped.npz").write_bytes(raw[:200] + bytes(b ^ 0xFF for b in raw[200:260]) + raw[260:])
+    np.savez(tmp_path / "short.npz", X=x[:10], y=yes_no["labels"][:10])
+    short = (tmp_path / "short.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(short[: len(short) // 2])
+    for name in ("flipped.npz", "cut.npz"):
+        result = invoke("eval", yes_no["run_dir"], "--data", tmp_path / name)
+        assert result.exit_code == 2, (name, result.output)
+        assert "Traceback" not in result.output and name in result.stderr
+
+
+def test_piping_predictions_into_head_is_not_an_error(yes_no):
+    command = f"{sys.executable} -m gradfit predict {yes_no['run_dir']} {yes_no['data']} | head -2"
+    result = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == "line,prediction" and "error" not in result.stderr
+
+
+def test_out_gets_the_permissions_of_a_plain_file(yes_no, tmp_path):
+    out = tmp_path / "p.csv"
+    result = invoke("predict", yes_no["run_dir"], yes_no["data"], "--out", out)
+    assert result.exit_code == 0, result.output
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
+
+
+def test_blank_and_whitespace_lines_are_skipped_without_warnings(yes_no, tmp_path):
+    header, rows = read_rows(yes_no["data"])
+    text = ",".join(header) + "\n" + "\n".join(",".join(r) for r in rows[:3]) + "\n\n   \n" + \
+        "\n".join(",".join(r) for r in rows[3:6]) + "\n"
+    (tmp_path / "gaps.csv").write_text(text, encoding="utf-8")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = invoke("eval", yes_no["run_dir"], "--data", tmp_path / "gaps.csv")
+    assert result.exit_code == 0, result.output
+    assert "│ rows            │       6 │" in result.stdout

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from conftest import CONFIGS, make_config
 from gradfit.cli import app
-from gradfit.inference import CONVERGED_OFFSET, ILL_CONDITIONED, SINGULAR, logistic_inference
+from gradfit.inference import CONVERGED_OFFSET, ILL_CONDITIONED, SINGULAR, detect_separation, logistic_inference
 from gradfit.loop import fit
 
 runner = CliRunner()
@@ -219,9 +219,13 @@ def test_95_percent_intervals_cover_the_truth_at_about_the_nominal_rate():
 # --------------------------------------------------------------------------------------------- diagnoses
 
 
-def test_breast_cancer_unpenalized_reports_complete_separation_instead_of_standard_errors(tmp_path):
-    config = make_config("model.l2=0", "data.val_fraction=0", "data.test_fraction=0", "runtime.precision=float64",
-                         "train.steps=500", path=CONFIGS / "logreg.yaml")
+@pytest.mark.parametrize("training", [
+    pytest.param(("runtime.precision=float64", "train.steps=500"), id="long-float64-fit"),
+    pytest.param((), id="shipped-100-float32-steps"),  # the fit still misclassifies rows: the LP sees separation
+])
+def test_breast_cancer_unpenalized_reports_complete_separation_instead_of_standard_errors(training, tmp_path):
+    config = make_config("model.l2=0", "data.val_fraction=0", "data.test_fraction=0", *training,
+                         path=CONFIGS / "logreg.yaml")
     run_dir = Path(fit(config, out_dir=tmp_path / "runs")["run_dir"])
     table, output = run_inference(run_dir, tmp_path / "separated.json", exit_code=1)
     assert "complete separation" in output
@@ -232,6 +236,7 @@ def test_breast_cancer_unpenalized_reports_complete_separation_instead_of_standa
         assert c["ci_low"] is None and c["ci_high"] is None, c
         assert c["estimate"] is None, c  # withheld too: it only reflects when the optimizer stopped
     assert any("complete separation" in p for p in table["problems"])
+    assert table["log_likelihood"] is None and table["aic"] is None and table["bic"] is None
 
 
 def test_breast_cancer_shipped_config_is_penalized_with_finite_standard_errors(tmp_path):
@@ -313,3 +318,56 @@ def test_inference_on_an_mlp_run_exits_2_saying_it_is_for_logistic_regression(tm
     assert result.exit_code == 2, result.output
     assert "inference applies to logistic regression" in result.output and "MLP" in result.output
     assert "Traceback" not in result.output
+
+
+# ------------------------------------------------------------------------------------- diagnoses from review
+
+
+def test_separation_is_detected_from_the_data_not_the_fit():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((200, 2))
+    y = np.where(x[:, 0] > 0, 1.0, -1.0)
+    assert detect_separation(x, y) == "complete"
+    y_quasi = np.where(x[:, 0] > 0, 1.0, -1.0)
+    x_quasi = np.vstack([x, [[0.0, 0.0], [0.0, 0.0]]])  # the same point in both classes, on the boundary
+    assert detect_separation(x_quasi, np.r_[y_quasi, 1.0, -1.0]) == "quasi-complete"
+    noisy = np.where(x[:, 0] + rng.logistic(size=200) > 0, 1.0, -1.0)
+    assert detect_separation(x, noisy) is None
+    # whatever parameters the optimizer stopped at (here: zero), separated data withhold everything
+    result = logistic_inference(x, y, np.zeros(2), 0.0, 0.0, ["a", "b"], scale="standardized")
+    assert result.separation == "complete" and result.withheld and result.log_likelihood is None
+    assert all(c.estimate is None and c.std_error is None for c in result.coefficients)
+
+
+def test_feature_units_do_not_make_a_well_identified_model_singular(known_data):
+    x, y01, _, _ = known_data
+    scaled = x * [1e4, 1e-2, 1.0]  # dollars next to kilometres: units, not collinearity
+    beta, cov = irls(with_intercept(scaled), y01)
+    result = logistic_inference(scaled, np.where(y01 == 1, 1.0, -1.0), beta[1:], beta[0], 0.0, NAMES)
+    assert not result.withheld and result.problems == [] and result.condition_number < 1e3
+    np.testing.assert_allclose([c.std_error for c in result.coefficients], np.sqrt(np.diag(cov)), rtol=1e-6)
+
+
+def test_a_constant_feature_is_left_out_and_does_not_inflate_the_intercept(known_data):
+    x, y01, _, _ = known_data
+    mean, std = x.mean(axis=0), x.std(axis=0)
+    z = (x - mean) / std
+    with_constant = np.column_stack([z, np.zeros(len(z))])  # a column of 100s, standardized as gradfit does
+    l2, n = 0.01, len(z)
+    penalty = np.diag(np.r_[0.0, np.full(3, n * l2)])
+    beta, cov = irls(with_intercept(z), y01, penalty)
+    result = logistic_inference(with_constant, np.where(y01 == 1, 1.0, -1.0), np.r_[beta[1:], 0.0], beta[0], l2,
+                                NAMES + ["constant"], mean=np.r_[mean, 100.0], std=np.r_[std, 1.0],
+                                scale="standardized")
+    assert result.constant_features == ["constant"] and any("constant" in note for note in result.notes)
+    assert [c.name for c in result.coefficients] == ["(intercept)"] + NAMES
+    np.testing.assert_allclose([c.std_error for c in result.coefficients], np.sqrt(np.diag(cov)), rtol=1e-6)
+
+
+def test_a_fit_that_has_not_converged_exits_1(known_data, tmp_path):
+    _, _, csv_path, folder = known_data
+    summary = fit(make_config(f"data={{source: file, path: {csv_path}}}", "optimizer.learning_rate=0.01",
+                              "train.steps=20", "data.val_fraction=0", "data.test_fraction=0"), out_dir=tmp_path)
+    table, output = run_inference(Path(summary["run_dir"]), tmp_path / "t.json", exit_code=1)
+    assert table["converged"] is False and "not converged" in output
+    assert all(c["std_error"] is not None for c in table["coefficients"])  # shown, but flagged
