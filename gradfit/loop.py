@@ -467,7 +467,8 @@ def _stop_rule(config: GradfitConfig, plan: Plan, loop: LoopState, stopper: Opti
 
 
 class _StopRequests:
-    """Within the block, SIGINT and SIGTERM are recorded instead of raised (main thread only)."""
+    """Within the block, SIGINT, SIGTERM and SIGHUP (a closed ssh session) are recorded instead of raised (main
+    thread only)."""
 
     def __init__(self):
         self.signal_name: Optional[str] = None
@@ -478,8 +479,9 @@ class _StopRequests:
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
+            for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+                if sig is not None:
+                    self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def __exit__(self, *exc):
