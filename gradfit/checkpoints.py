@@ -87,7 +87,7 @@ def load(path: Path) -> tuple[dict[str, np.ndarray], dict]:
     try:
         arrays = runs.load_arrays(path)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        # numpy's own text for pickled data suggests allow_pickle=True: never the advice for a checkpoint
+        # numpy's own text for pickled data suggests loading it unsafely: never the advice for a checkpoint
         reason = "it holds pickled objects, which gradfit never loads" if "pickle" in str(exc) else str(exc)
         raise RunDirError(f"{path}: checkpoint is unreadable (truncated or corrupted: {reason}); {hint}") from None
     if _META not in arrays:

@@ -50,12 +50,12 @@ def create_run_dir(parent: str | Path, name: str, now: Optional[_dt.datetime] = 
 
 
 @contextlib.contextmanager
-def write_atomic_stream(path: Path):
-    """A text file handle whose contents replace ``path`` only if the block completes (fsync, then rename)."""
+def write_atomic_stream(path: Path, binary: bool = False):
+    """A file handle whose contents replace ``path`` only if the block completes (fsync, rename, fsync folder)."""
     path = Path(path)
     fd, tmp = _temporary(path)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8", newline="")) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
@@ -109,18 +109,8 @@ def _temporary(path: Path) -> tuple[int, str]:
 
 def write_atomic(path: Path, data: bytes | str) -> None:
     """Write to a temporary file in the same directory, fsync, then rename over ``path``."""
-    path = Path(path)
-    fd, tmp = _temporary(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _sync_directory(path.parent)
+    with write_atomic_stream(path, binary=True) as handle:
+        handle.write(data.encode() if isinstance(data, str) else data)
 
 
 def _sync_directory(folder: Path) -> None:

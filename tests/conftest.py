@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -33,3 +35,18 @@ def has_gpu() -> bool:
 
 requires_gpu = pytest.mark.skipif(not has_gpu(), reason="needs a GPU")
 requires_no_gpu = pytest.mark.skipif(has_gpu(), reason="this machine has a GPU")
+
+
+class InterruptAt:
+    """Training callbacks that send this process a real SIGINT at one log point: the same path as Ctrl-C."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_start(self, info: dict) -> None: ...
+
+    def on_log(self, record: dict) -> None:
+        if record["step"] == self.step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def on_end(self, summary: dict) -> None: ...

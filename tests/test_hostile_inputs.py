@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
-import signal
 from pathlib import Path
 from typing import Callable, Optional, Union
 
@@ -30,11 +28,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import has_gpu, make_config
+from conftest import InterruptAt, has_gpu, make_config
 from gradfit import checkpoints, runs
 from gradfit.cli import app
 from gradfit.errors import Interrupted
-from gradfit.loop import Callbacks, fit
+from gradfit.loop import fit
 
 runner = CliRunner()
 WIDE = {"COLUMNS": "200"}  # keep Rich from wrapping messages mid-sentence
@@ -319,24 +317,13 @@ NEWEST, PREVIOUS = "step-00000008.npz", "step-00000004.npz"
 LEARNING_RATE = "learning_rate: 0.001"  # as the fixture's config.yaml spells it
 
 
-class _InterruptAt(Callbacks):
-    """Send this process SIGINT at a log point, as Ctrl-C would: fit checkpoints, then raises Interrupted."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_log(self, record: dict) -> None:
-        if record["step"] == self.step:
-            os.kill(os.getpid(), signal.SIGINT)
-
-
 @pytest.fixture(scope="module")
 def trained_runs(tmp_path_factory) -> dict[str, Path]:
     """{"interrupted": a resumable run stopped at step 8, "finished": the same run trained to the end}."""
     config = make_config(*TINY_RUN)
     out_dir = tmp_path_factory.mktemp("interrupted")
     with pytest.raises(Interrupted):
-        fit(config, out_dir, _InterruptAt(8))
+        fit(config, out_dir, InterruptAt(8))
     (interrupted,) = out_dir.iterdir()
     finished = Path(fit(config, tmp_path_factory.mktemp("finished"))["run_dir"])
     assert [p.name for _, p in checkpoints.listing(interrupted)] == [PREVIOUS, NEWEST]

@@ -7,7 +7,6 @@ must give the same metrics, parameters and optimizer state, to the last bit, as 
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -19,7 +18,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import make_config
+from conftest import InterruptAt, make_config
 from gradfit import checkpoints, runs
 from gradfit.cli import app
 from gradfit.errors import ConfigError, Interrupted, RunDirError, TrainingFailed
@@ -32,17 +31,6 @@ LOGREG_LBFGS = ("name=lbfgs", "optimizer.name=lbfgs", "optimizer.learning_rate=n
 MLP = ("name=mlp", "data.source=digits", "model.kind=mlp", "model.hidden=[16]", "train.batch_size=100",
        "train.epochs=4", "train.log_every=4", "train.checkpoint_every=8",
        "optimizer={name: adam, learning_rate: 0.01, schedule: {name: warmup_cosine, warmup_steps: 6}}")
-
-
-class InterruptAt(Callbacks):
-    """Sends this process a real SIGINT at one log point: the same path as Ctrl-C."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_log(self, record: dict) -> None:
-        if record["step"] == self.step:
-            os.kill(os.getpid(), signal.SIGINT)
 
 
 def metrics(run_dir) -> list[dict]:
