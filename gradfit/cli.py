@@ -161,14 +161,14 @@ def train(
         from gradfit import report
 
         console = stderr if json_out else report.stdout_console()
-        from gradfit import loop
+        from gradfit import loop, resume as resuming
 
         progress = None if quiet else report.TrainProgress(console)
         try:
             if resume is None:
                 summary = loop.fit(resolved.config, out_dir or Path("runs"), callbacks=progress)
             else:
-                summary = loop.resume(resume, resolved.config, force=force, callbacks=progress)
+                summary = resuming.resume(resume, resolved.config, force=force, callbacks=progress)
         except TrainingFailed as exc:
             if json_out and exc.summary is not None:
                 typer.echo(json.dumps(exc.summary, indent=2))

@@ -1,9 +1,10 @@
-"""The host side of training: log points, early stopping, checkpoints, stopping rules, resume, the summary.
+"""The host side of training: log points, early stopping, checkpoints, stopping rules, the summary.
 
 The loop dispatches one compiled chunk of steps (see ``gradfit.train``), reads its metrics back, logs them,
 updates early stopping, writes a checkpoint when one is due, and decides whether to go on. Everything it
 carries from one log point to the next is in the train state, ``LoopState`` and ``EarlyStopping``, and all three
-go into every checkpoint: that is what makes a resumed run bit-identical to an uninterrupted one.
+go into every checkpoint: that is what makes a resumed run bit-identical to an uninterrupted one (see
+``gradfit.resume``).
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from gradfit import checkpoints, runs
 from gradfit.config import GradfitConfig, to_yaml
 from gradfit.data import split_arrays
 from gradfit.device import describe_device
-from gradfit.errors import ConfigError, Interrupted, RunDirError, TrainingFailed
-from gradfit.models import count_params, named_leaves, params_from_named
+from gradfit.errors import Interrupted, TrainingFailed
+from gradfit.models import count_params, named_leaves
 from gradfit.train import Plan, Prepared, TrainState, compile_chunk, evaluate, prepare
 
 
@@ -114,120 +115,11 @@ def fit(config: GradfitConfig, out_dir: str | Path = "runs", callbacks: Optional
         compiled, compile_time = compile_chunk(run)
         run_dir = runs.create_run_dir(out_dir, config.name)
         with runs.locked(run_dir):
-            session = _Session(run, compiled, run_dir, started, compile_time, callbacks, run.state, LoopState(),
+            session = Session(run, compiled, run_dir, started, compile_time, callbacks, run.state, LoopState(),
                                EarlyStopping.from_config(config))
-            runs.write_atomic(run_dir / "config.yaml", to_yaml(config, _config_header(session.device_name)))
+            runs.write_atomic(run_dir / "config.yaml", to_yaml(config, config_header(session.device_name)))
             runs.write_json(run_dir / "preprocessing.json", run.dataset.preprocessing())
             return session.train()
-
-
-def resume(run_dir: str | Path, config: GradfitConfig, force: bool = False,
-           callbacks: Optional[Callbacks] = None) -> dict:
-    """Continue a run in place from its newest checkpoint, bit-identically to a run that was never stopped.
-
-    A run whose last session finished training but died before writing its summary gets its outputs written.
-
-    Args:
-        run_dir: a run directory made by ``fit``.
-        config: the config to continue with; any difference from the checkpoint's is refused unless ``force``.
-        force: continue despite config differences or a restored state that does not reproduce its metrics.
-
-    Raises:
-        ConfigError: the config differs from the checkpoint's (and not ``force``).
-        RunDirError: not a run directory, no checkpoint, a damaged checkpoint, or nothing left to train.
-    """
-    with jax.enable_x64(config.runtime.precision == "float64"):
-        started = time.perf_counter()
-        run_dir = runs.check_run_dir(Path(run_dir))
-        with runs.locked(run_dir):
-            saved = _SavedRun.read(run_dir, config)
-            if saved.changes and not force:
-                listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in saved.changes.items())
-                raise ConfigError(f"{run_dir}: the config differs from the one the run was trained with ({listed}); "
-                                  "the run would not continue as it started. Add --force to resume anyway "
-                                  "(the changes are recorded in summary.json)")
-            if saved.finished and not saved.changes and _outputs_complete(run_dir, saved.loop.step):
-                raise RunDirError(f"{run_dir}: this run already finished ({saved.finished}). {_EXTEND_HINT}")
-
-            run = prepare(config)
-            session = _Session(run, None, run_dir, started, 0.0, callbacks, *saved.restore(run, config), path=saved.path)
-            session.compiled, session.compile_time = compile_chunk(run)
-            reproduced = session.replay(saved.loop.last, force)
-            if saved.finished and not saved.changes:  # its summary or params.npz was lost: write them again
-                return session.finish("completed", saved.finished)
-            blocking = _stop_rule(config, run.plan, session.loop, session.stopper, None)
-            if blocking is not None:
-                raise RunDirError(f"{run_dir}: with this config the run would stop at once, at step "
-                                  f"{session.loop.step} ({blocking.reason}). {_EXTEND_HINT}")
-
-            session.loop.resumes.append({"from_step": saved.loop.step, "checkpoint": saved.path.name,
-                                         "forced_changes": saved.changes, "reproduced_checkpoint_metrics": reproduced})
-            runs.truncate_metrics(run_dir / "metrics.jsonl", saved.loop.step)
-            if saved.changes:
-                # keep the config the run started with; then make the newest checkpoint and config.yaml agree
-                old = run_dir / "config.yaml"
-                runs.write_atomic(_unused_name(run_dir, f"config.before-step-{saved.loop.step}"), old.read_bytes())
-                session.checkpoint(finished=None)
-                runs.write_atomic(old, to_yaml(config, _config_header(session.device_name)))
-            return session.train()
-
-
-_EXTEND_HINT = ("To train it further, resume with --force and a larger train.steps or train.epochs (and a larger "
-                "train.early_stopping.patience or smaller train.tol if one of those stopped it)")
-
-
-def _outputs_complete(run_dir: Path, step: int) -> bool:
-    """True when summary.json reports the run completed at ``step`` and its params.npz exists."""
-    try:
-        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-        return summary["status"] == "completed" and summary["steps"] == step and (run_dir / "params.npz").is_file()
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-
-
-@dataclasses.dataclass(frozen=True)
-class _SavedRun:
-    """The newest checkpoint of a run, read and checked, and how the config to resume with differs from it."""
-
-    path: Path
-    arrays: dict
-    changes: dict  # {"optimizer.learning_rate": (old, new)}
-    loop: LoopState
-    stopper: Optional[EarlyStopping]
-    finished: Optional[str]  # the stop reason when the run had finished training
-
-    @classmethod
-    def read(cls, run_dir: Path, config: GradfitConfig) -> "_SavedRun":
-        path = checkpoints.latest(run_dir)
-        if path is None:
-            raise RunDirError(f"{run_dir}: no checkpoint to resume from (the run stopped before writing one); "
-                              "start a new run")
-        arrays, meta = checkpoints.load(path)
-        try:  # the digest already rules out damage: these checks keep a hand-made file from reaching the loop
-            changes = checkpoints.changed_keys(meta["config"], config.model_dump(mode="json"))
-            loop = pydantic.TypeAdapter(LoopState).validate_python(meta["loop"])
-            stopper = meta["early_stopping"]
-            stopper = None if stopper is None else pydantic.TypeAdapter(EarlyStopping).validate_python(stopper)
-            finished = meta["finished"]
-            if not isinstance(finished, (str, type(None))):
-                raise TypeError("'finished' is not a string")
-            if not (loop.step == meta["step"] == checkpoints.step_of(path) == int(arrays["state/step"])):
-                raise ValueError("its step numbers disagree")
-            if not all(isinstance(loop.last.get(key), float) for key in ("objective", "grad_norm")):
-                raise ValueError("the last log record is incomplete")
-        except (KeyError, TypeError, AttributeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
-            raise RunDirError(f"{path}: the checkpoint's metadata is inconsistent ({_reason(exc)}); "
-                              f"{checkpoints.previous_hint(path)}") from None
-        return cls(path, arrays, changes, loop, stopper, finished)
-
-    def restore(self, run: Prepared, config: GradfitConfig) -> tuple:
-        """(train state, loop state, early stopping, best params) on the run's device."""
-        stopper = EarlyStopping.from_config(config, self.stopper)
-        state = jax.device_put(_restore(run.state, self.arrays, "state", self.path), run.device)
-        best = None
-        if stopper is not None and stopper.best is not None:
-            best = jax.device_put(_restore(run.state.params, self.arrays, "best", self.path), run.device)
-        return state, dataclasses.replace(self.loop), stopper, best
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,7 +129,7 @@ class StopRule:
 
 
 @dataclasses.dataclass
-class _Session:
+class Session:
     """One process's part of a run: the compiled program, the evolving state, where to write, and the clock."""
 
     run: Prepared
@@ -273,7 +165,7 @@ class _Session:
                 summary = self.finish(status, reason)
             except BaseException as exc:  # never leave a run directory that looks healthy after a crash
                 with contextlib.suppress(Exception):
-                    self.finish("failed", f"crashed: {_reason(exc)}")
+                    self.finish("failed", f"crashed: {one_line(exc)}")
                 if isinstance(exc, OSError):
                     raise TrainingFailed(f"{self.run_dir}: {exc}; the run's summary.json says failed") from None
                 raise
@@ -300,26 +192,11 @@ class _Session:
                 return "failed", f"diverged: non-finite loss or parameters at step {loop.step}"
             if self.stopper is not None and self.stopper.update(loop.last):
                 self.best = jax.tree_util.tree_map(jnp.copy, self.state.params)
-            rule = _stop_rule(self.run.config, plan, loop, self.stopper, stop.signal_name)
+            rule = stop_rule(self.run.config, plan, loop, self.stopper, stop.signal_name)
             if rule is not None or _checkpoint_due(loop.step, n, self.run.config.train.checkpoint_every):
                 self.checkpoint(finished=rule.reason if rule is not None and rule.status == "completed" else None)
             if rule is not None:
                 return rule.status, rule.reason
-
-    def replay(self, logged: dict, force: bool) -> bool:
-        """Recompute the checkpoint's metrics with a zero-step chunk; True when they equal the logged ones.
-
-        Equal bits prove that the data, device and libraries are those of the original run, so the rest of it
-        will be reproduced exactly.
-        """
-        self.state, metrics = self.compiled(self.state, self.run.data, jnp.int32(0))
-        now = {key: float(metrics[key]) for key in ("objective", "grad_norm")}
-        if now != {key: logged[key] for key in now} and not force:
-            raise RunDirError(
-                f"{self.path}: the restored state does not reproduce the metrics logged at step {self.loop.step} "
-                f"(objective {now['objective']!r} now, {logged['objective']!r} then): the data, device or library "
-                "versions differ from the original run's. Add --force to resume anyway")
-        return now == {key: logged[key] for key in now}
 
     def notify(self, hook: str, payload: dict) -> None:
         """Call a progress hook; one that fails (a closed pipe under the progress display) is dropped, not fatal."""
@@ -328,7 +205,7 @@ class _Session:
         try:
             getattr(self.callbacks, hook)(payload)
         except (Exception, SystemExit) as exc:  # Rich exits on a broken pipe
-            self.callbacks, self.callback_error = None, _reason(exc)
+            self.callbacks, self.callback_error = None, one_line(exc)
 
     def elapsed(self) -> float:
         return self.loop.elapsed_s + time.perf_counter() - self.started
@@ -361,7 +238,7 @@ class _Session:
         if saved:
             runs.save_arrays(params_file, named_leaves(params))
         elif params_file.exists():  # from an earlier session: it must not pass for this one's result
-            params_file.replace(_unused_name(self.run_dir, "params.previous", ".npz"))
+            params_file.replace(unused_name(self.run_dir, "params.previous", ".npz"))
         dtype = jax.tree_util.tree_leaves(params)[0].dtype
         test_loss, test_acc = evaluate(run.model, params, *split_arrays(run.dataset.test, run.dataset.n_classes,
                                                                         dtype))
@@ -440,7 +317,7 @@ def _logged_objective(run_dir: Path, step: int) -> str:
     return "?"
 
 
-def _reason(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     """An exception as one line: the first pydantic error, or 'Type: message'."""
     if isinstance(exc, pydantic.ValidationError):
         first = exc.errors()[0]
@@ -449,7 +326,7 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _stop_rule(config: GradfitConfig, plan: Plan, loop: LoopState, stopper: Optional[EarlyStopping],
+def stop_rule(config: GradfitConfig, plan: Plan, loop: LoopState, stopper: Optional[EarlyStopping],
                signal_name: Optional[str]) -> Optional[StopRule]:
     """Why the run stops at this log point, or None. Finishing rules win over signals."""
     tol = config.train.tol
@@ -494,20 +371,7 @@ def _named(prefix: str, tree) -> dict[str, np.ndarray]:
     return {f"{prefix}/{name}": np.asarray(leaf) for name, leaf in named_leaves(tree).items()}
 
 
-def _restore(template, arrays: dict, prefix: str, path: Path):
-    """``template``'s structure filled from the checkpoint arrays under ``prefix``; names, shapes, dtypes checked."""
-    stored = {name[len(prefix) + 1:]: a for name, a in arrays.items() if name.startswith(prefix + "/")}
-    for name, leaf in named_leaves(template).items():
-        if name in stored and stored[name].dtype != leaf.dtype:
-            raise RunDirError(f"{path}: '{prefix}/{name}' is {stored[name].dtype} but this config needs "
-                              f"{leaf.dtype} (was runtime.precision changed?)")
-    try:
-        return params_from_named(template, stored, origin=f"{path} ({prefix})")
-    except ValueError as exc:
-        raise RunDirError(f"{exc}; the checkpoint was written for another model, optimizer or data shape") from None
-
-
-def _unused_name(run_dir: Path, stem: str, suffix: str = ".yaml") -> Path:
+def unused_name(run_dir: Path, stem: str, suffix: str = ".yaml") -> Path:
     candidate, n = run_dir / f"{stem}{suffix}", 1
     while candidate.exists():
         n += 1
@@ -531,7 +395,7 @@ def _versions() -> dict:
             "optax": optax.__version__}
 
 
-def _config_header(device_name: str) -> str:
+def config_header(device_name: str) -> str:
     v = _versions()
     return (f"# Resolved gradfit config: every key, defaults included. Re-run with: gradfit train <this file>\n"
             f"# gradfit {v['gradfit']}, jax {v['jax']}, jaxlib {v['jaxlib']}, optax {v['optax']}; "

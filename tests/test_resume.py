@@ -22,7 +22,8 @@ from conftest import InterruptAt, make_config
 from gradfit import checkpoints, runs
 from gradfit.cli import app
 from gradfit.errors import ConfigError, Interrupted, RunDirError, TrainingFailed
-from gradfit.loop import Callbacks, EarlyStopping, fit, resume
+from gradfit.loop import Callbacks, EarlyStopping, fit
+from gradfit.resume import resume
 
 LOGREG_MINIBATCH = ("name=lr", "optimizer={name: momentum, learning_rate: 0.05}", "train.batch_size=50",
                     "train.epochs=5", "train.log_every=4", "train.checkpoint_every=4", "runtime.precision=float64")

@@ -1,0 +1,164 @@
+"""Resuming a run from its newest checkpoint: read and check it, restore the state, prove the replay exact, go on.
+
+A resumed run continues bit-identically to one that was never stopped: the checkpoint holds everything the loop
+carries (``gradfit.loop``), and before any step a zero-step chunk must reproduce the metrics logged at the
+checkpoint, bit for bit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import pydantic
+
+from gradfit import checkpoints, runs
+from gradfit.config import GradfitConfig, to_yaml
+from gradfit.errors import ConfigError, RunDirError
+from gradfit.loop import (Callbacks, EarlyStopping, LoopState, Session, config_header, one_line, stop_rule,
+                          unused_name)
+from gradfit.models import named_leaves, params_from_named
+from gradfit.train import Prepared, compile_chunk, prepare
+
+
+def resume(run_dir: str | Path, config: GradfitConfig, force: bool = False,
+           callbacks: Optional[Callbacks] = None) -> dict:
+    """Continue a run in place from its newest checkpoint, bit-identically to a run that was never stopped.
+
+    A run whose last session finished training but died before writing its summary gets its outputs written.
+
+    Args:
+        run_dir: a run directory made by ``fit``.
+        config: the config to continue with; any difference from the checkpoint's is refused unless ``force``.
+        force: continue despite config differences or a restored state that does not reproduce its metrics.
+
+    Raises:
+        ConfigError: the config differs from the checkpoint's (and not ``force``).
+        RunDirError: not a run directory, no checkpoint, a damaged checkpoint, or nothing left to train.
+    """
+    with jax.enable_x64(config.runtime.precision == "float64"):
+        started = time.perf_counter()
+        run_dir = runs.check_run_dir(Path(run_dir))
+        with runs.locked(run_dir):
+            saved = _SavedRun.read(run_dir, config)
+            if saved.changes and not force:
+                listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in saved.changes.items())
+                raise ConfigError(f"{run_dir}: the config differs from the one the run was trained with ({listed}); "
+                                  "the run would not continue as it started. Add --force to resume anyway "
+                                  "(the changes are recorded in summary.json)")
+            if saved.finished and not saved.changes and _outputs_complete(run_dir, saved.loop.step):
+                raise RunDirError(f"{run_dir}: this run already finished ({saved.finished}). {_EXTEND_HINT}")
+
+            run = prepare(config)
+            session = Session(run, None, run_dir, started, 0.0, callbacks, *saved.restore(run, config), path=saved.path)
+            session.compiled, session.compile_time = compile_chunk(run)
+            reproduced = _replay(session, saved.loop.last, force)
+            if saved.finished and not saved.changes:  # its summary or params.npz was lost: write them again
+                return session.finish("completed", saved.finished)
+            blocking = stop_rule(config, run.plan, session.loop, session.stopper, None)
+            if blocking is not None:
+                raise RunDirError(f"{run_dir}: with this config the run would stop at once, at step "
+                                  f"{session.loop.step} ({blocking.reason}). {_EXTEND_HINT}")
+
+            session.loop.resumes.append({"from_step": saved.loop.step, "checkpoint": saved.path.name,
+                                         "forced_changes": saved.changes, "reproduced_checkpoint_metrics": reproduced})
+            runs.truncate_metrics(run_dir / "metrics.jsonl", saved.loop.step)
+            if saved.changes:
+                # keep the config the run started with; then make the newest checkpoint and config.yaml agree
+                old = run_dir / "config.yaml"
+                runs.write_atomic(unused_name(run_dir, f"config.before-step-{saved.loop.step}"), old.read_bytes())
+                session.checkpoint(finished=None)
+                runs.write_atomic(old, to_yaml(config, config_header(session.device_name)))
+            return session.train()
+
+
+_EXTEND_HINT = ("To train it further, resume with --force and a larger train.steps or train.epochs (and a larger "
+                "train.early_stopping.patience or smaller train.tol if one of those stopped it)")
+
+
+def _outputs_complete(run_dir: Path, step: int) -> bool:
+    """True when summary.json reports the run completed at ``step`` and its params.npz exists."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+        return summary["status"] == "completed" and summary["steps"] == step and (run_dir / "params.npz").is_file()
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+@dataclasses.dataclass(frozen=True)
+class _SavedRun:
+    """The newest checkpoint of a run, read and checked, and how the config to resume with differs from it."""
+
+    path: Path
+    arrays: dict
+    changes: dict  # {"optimizer.learning_rate": (old, new)}
+    loop: LoopState
+    stopper: Optional[EarlyStopping]
+    finished: Optional[str]  # the stop reason when the run had finished training
+
+    @classmethod
+    def read(cls, run_dir: Path, config: GradfitConfig) -> "_SavedRun":
+        path = checkpoints.latest(run_dir)
+        if path is None:
+            raise RunDirError(f"{run_dir}: no checkpoint to resume from (the run stopped before writing one); "
+                              "start a new run")
+        arrays, meta = checkpoints.load(path)
+        try:  # the digest already rules out damage: these checks keep a hand-made file from reaching the loop
+            changes = checkpoints.changed_keys(meta["config"], config.model_dump(mode="json"))
+            loop = pydantic.TypeAdapter(LoopState).validate_python(meta["loop"])
+            stopper = meta["early_stopping"]
+            stopper = None if stopper is None else pydantic.TypeAdapter(EarlyStopping).validate_python(stopper)
+            finished = meta["finished"]
+            if not isinstance(finished, (str, type(None))):
+                raise TypeError("'finished' is not a string")
+            if not (loop.step == meta["step"] == checkpoints.step_of(path) == int(arrays["state/step"])):
+                raise ValueError("its step numbers disagree")
+            if not all(isinstance(loop.last.get(key), float) for key in ("objective", "grad_norm")):
+                raise ValueError("the last log record is incomplete")
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+            raise RunDirError(f"{path}: the checkpoint's metadata is inconsistent ({one_line(exc)}); "
+                              f"{checkpoints.previous_hint(path)}") from None
+        return cls(path, arrays, changes, loop, stopper, finished)
+
+    def restore(self, run: Prepared, config: GradfitConfig) -> tuple:
+        """(train state, loop state, early stopping, best params) on the run's device."""
+        stopper = EarlyStopping.from_config(config, self.stopper)
+        state = jax.device_put(_restore(run.state, self.arrays, "state", self.path), run.device)
+        best = None
+        if stopper is not None and stopper.best is not None:
+            best = jax.device_put(_restore(run.state.params, self.arrays, "best", self.path), run.device)
+        return state, dataclasses.replace(self.loop), stopper, best
+
+
+def _replay(session: Session, logged: dict, force: bool) -> bool:
+    """Recompute the checkpoint's metrics with a zero-step chunk; True when they equal the logged ones.
+
+    Equal bits prove that the data, device and libraries are those of the original run, so the rest of it
+    will be reproduced exactly.
+    """
+    session.state, metrics = session.compiled(session.state, session.run.data, jnp.int32(0))
+    now = {key: float(metrics[key]) for key in ("objective", "grad_norm")}
+    if now != {key: logged[key] for key in now} and not force:
+        raise RunDirError(
+            f"{session.path}: the restored state does not reproduce the metrics logged at step {session.loop.step} "
+            f"(objective {now['objective']!r} now, {logged['objective']!r} then): the data, device or library "
+            "versions differ from the original run's. Add --force to resume anyway")
+    return now == {key: logged[key] for key in now}
+
+
+def _restore(template, arrays: dict, prefix: str, path: Path):
+    """``template``'s structure filled from the checkpoint arrays under ``prefix``; names, shapes, dtypes checked."""
+    stored = {name[len(prefix) + 1:]: a for name, a in arrays.items() if name.startswith(prefix + "/")}
+    for name, leaf in named_leaves(template).items():
+        if name in stored and stored[name].dtype != leaf.dtype:
+            raise RunDirError(f"{path}: '{prefix}/{name}' is {stored[name].dtype} but this config needs "
+                              f"{leaf.dtype} (was runtime.precision changed?)")
+    try:
+        return params_from_named(template, stored, origin=f"{path} ({prefix})")
+    except ValueError as exc:
+        raise RunDirError(f"{exc}; the checkpoint was written for another model, optimizer or data shape") from None
