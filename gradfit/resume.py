@@ -55,8 +55,9 @@ def resume(run_dir: str | Path, config: GradfitConfig, force: bool = False,
                 raise RunDirError(f"{run_dir}: this run already finished ({saved.finished}). {_EXTEND_HINT}")
 
             run = prepare(config)
-            session = Session(run, None, run_dir, started, 0.0, callbacks, *saved.restore(run, config), path=saved.path)
-            session.compiled, session.compile_time = compile_chunk(run)
+            compiled, compile_time = compile_chunk(run)
+            session = Session(run, compiled, run_dir, started, compile_time, callbacks, *saved.restore(run, config),
+                              path=saved.path)
             reproduced = _replay(session, saved.loop.last, force)
             if saved.finished and not saved.changes:  # its summary or params.npz was lost: write them again
                 return session.finish("completed", saved.finished)
@@ -143,12 +144,13 @@ def _replay(session: Session, logged: dict, force: bool) -> bool:
     """
     session.state, metrics = session.compiled(session.state, session.run.data, jnp.int32(0))
     now = {key: float(metrics[key]) for key in ("objective", "grad_norm")}
-    if now != {key: logged[key] for key in now} and not force:
+    reproduced = now == {key: logged[key] for key in now}
+    if not reproduced and not force:
         raise RunDirError(
             f"{session.path}: the restored state does not reproduce the metrics logged at step {session.loop.step} "
             f"(objective {now['objective']!r} now, {logged['objective']!r} then): the data, device or library "
             "versions differ from the original run's. Add --force to resume anyway")
-    return now == {key: logged[key] for key in now}
+    return reproduced
 
 
 def _restore(template, arrays: dict, prefix: str, path: Path):
