@@ -114,28 +114,9 @@ def logistic_inference(x: np.ndarray, y: np.ndarray, w: np.ndarray, b: float, l2
     condition = float(eigenvalues.max() / eigenvalues.min()) if eigenvalues.min() > 0 else math.inf
 
     no_estimates = l2 == 0 and separation in ("complete", "quasi-complete")
-    if no_estimates:
-        problems.append(
-            f"{separation} separation: a hyperplane classifies every training row correctly"
-            f"{'' if separation == 'complete' else ' or lies on it'}, so the maximum-likelihood estimates do not "
-            f"exist (they grow without bound as training goes on; |theta| is now {np.linalg.norm(theta):.3g}). "
-            "Estimates, standard errors, z, p-values, intervals, log-likelihood, AIC and BIC are withheld. Fit with "
-            "model.l2 > 0 for penalized estimates, or drop the separating features")
-    elif separation in ("complete", "quasi-complete"):
-        notes.append(f"the training rows show {separation} separation: without the L2 penalty the estimates would "
-                     "not exist, and these depend on the penalty's size")
-    elif separation == "not checked":
-        notes.append(f"separation was not checked ({n:,} rows x {d + 1} coefficients is above the linear program's "
-                     "limit); a diverging fit would show as not converged or as a singular Hessian")
+    _explain_separation(separation, l2, n, d, theta, problems, notes)
     if condition > ILL_CONDITIONED and not no_estimates:
-        direction = _describe_direction(eigenvectors[:, 0], kept_names + ["(intercept)"])
-        if condition > SINGULAR:
-            problems.append(f"the Hessian is singular or nearly so (condition number {condition:.3g}): the "
-                            f"coefficients are not identified along {direction} (collinear features). Standard "
-                            "errors are withheld; drop one of those features or fit with model.l2 > 0")
-        else:
-            notes.append(f"the Hessian is ill-conditioned (condition number {condition:.3g}): {direction} is nearly "
-                         "collinear, so the standard errors of those coefficients are inflated")
+        _explain_conditioning(condition, eigenvectors[:, 0], kept_names + ["(intercept)"], problems, notes)
     withheld = bool(problems)
 
     covariance, offset = None, None
@@ -158,13 +139,8 @@ def logistic_inference(x: np.ndarray, y: np.ndarray, w: np.ndarray, b: float, l2
 
     estimates = theta
     if mean is not None and std is not None and scale == "original":
-        # logit = sum_j w_j (x_j - m_j) / s_j + b is linear in theta, so the delta method is exact
-        m, s = np.asarray(mean, np.float64)[keep], np.asarray(std, np.float64)[keep]
-        jacobian = np.eye(d + 1)
-        jacobian[:d, :d] = np.diag(1 / s)
-        jacobian[d, :d] = -m / s
-        estimates = jacobian @ theta
-        covariance = None if covariance is None else jacobian @ covariance @ jacobian.T
+        estimates, covariance = _to_original_scale(theta, covariance, np.asarray(mean, np.float64)[keep],
+                                                   np.asarray(std, np.float64)[keep])
 
     order = np.r_[d, np.arange(d)]  # intercept first
     log_likelihood = None if no_estimates else -nll
@@ -179,6 +155,49 @@ def logistic_inference(x: np.ndarray, y: np.ndarray, w: np.ndarray, b: float, l2
         separation=separation, constant_features=[names[i] for i in constant], withheld=withheld,
         problems=problems, notes=notes,
     )
+
+
+def _explain_separation(separation: Optional[str], l2: float, n: int, d: int, theta: np.ndarray,
+                        problems: list[str], notes: list[str]) -> None:
+    if separation in ("complete", "quasi-complete") and l2 == 0:
+        problems.append(
+            f"{separation} separation: a hyperplane classifies every training row correctly"
+            f"{'' if separation == 'complete' else ' or lies on it'}, so the maximum-likelihood estimates do not "
+            f"exist (they grow without bound as training goes on; |theta| is now {np.linalg.norm(theta):.3g}). "
+            "Estimates, standard errors, z, p-values, intervals, log-likelihood, AIC and BIC are withheld. Fit with "
+            "model.l2 > 0 for penalized estimates, or drop the separating features")
+    elif separation in ("complete", "quasi-complete"):
+        notes.append(f"the training rows show {separation} separation: without the L2 penalty the estimates would "
+                     "not exist, and these depend on the penalty's size")
+    elif separation == "not checked":
+        notes.append(f"separation was not checked ({n:,} rows x {d + 1} coefficients is above the linear program's "
+                     "limit); a diverging fit would show as not converged or as a singular Hessian")
+
+
+def _explain_conditioning(condition: float, weakest: np.ndarray, names: list[str], problems: list[str],
+                          notes: list[str]) -> None:
+    """``weakest``: the eigenvector of the smallest eigenvalue, the combination the data barely determine."""
+    direction = _describe_direction(weakest, names)
+    if condition > SINGULAR:
+        problems.append(f"the Hessian is singular or nearly so (condition number {condition:.3g}): the coefficients "
+                        f"are not identified along {direction} (collinear features). Standard errors are withheld; "
+                        "drop one of those features or fit with model.l2 > 0")
+    else:
+        notes.append(f"the Hessian is ill-conditioned (condition number {condition:.3g}): {direction} is nearly "
+                     "collinear, so the standard errors of those coefficients are inflated")
+
+
+def _to_original_scale(theta: np.ndarray, covariance: Optional[np.ndarray], mean: np.ndarray,
+                       std: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """Standardized-scale (w, b) and covariance -> raw-feature units.
+
+    logit = sum_j w_j (x_j - m_j) / s_j + b is linear in theta, so the delta method is exact.
+    """
+    d = len(mean)
+    jacobian = np.eye(d + 1)
+    jacobian[:d, :d] = np.diag(1 / std)
+    jacobian[d, :d] = -mean / std
+    return jacobian @ theta, None if covariance is None else jacobian @ covariance @ jacobian.T
 
 
 def run_inference(run, scale: str = "original", level: float = 0.95) -> Inference:
