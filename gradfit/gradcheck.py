@@ -25,6 +25,7 @@ from jax.flatten_util import ravel_pytree
 
 from gradfit.errors import GradfitError
 from gradfit.models import named_leaves
+from gradfit.precision import Precision
 
 __all__ = ["CheckOptions", "Report", "GroupResult", "MethodResult", "SweepRow", "check_gradient",
            "ConfigProblem", "problem_from_config", "PASS", "FAIL", "KINK", "INCONCLUSIVE", "NOT_AVAILABLE"]
@@ -120,10 +121,6 @@ class _Group:
     shape: tuple
 
 
-def _dtype(precision: str):
-    return jnp.float64 if precision == "float64" else jnp.float32
-
-
 class _Problem:
     """The flattened loss ``loss(theta, *args)`` and batched evaluators around one point ``theta``.
 
@@ -131,7 +128,7 @@ class _Problem:
     """
 
     def __init__(self, loss_fn: Callable, params, options: CheckOptions, args: tuple = ()):
-        dtype = _dtype(options.precision)
+        dtype = Precision(options.precision).param_dtype
         params = jax.tree_util.tree_map(lambda p: jnp.asarray(p, dtype), params)
         self.theta, self.unravel = ravel_pytree(params)
         self.theta64 = np.asarray(self.theta, np.float64)
@@ -287,7 +284,7 @@ def check_gradient(loss_fn: Callable, params, manual_grad: Optional[Callable] = 
     Returns:
         A Report; its ``verdict`` is "fail" if any group fails, "inconclusive" if any entry could not be decided.
     """
-    with jax.enable_x64(options.precision == "float64"):
+    with Precision(options.precision).scope():
         problem = _Problem(loss_fn, params, options, args)
         manual = None if manual_grad is None else _flat_manual_gradient(problem, manual_grad)
         forward_ok = _forward_mode_available(problem)
@@ -516,7 +513,7 @@ def problem_from_config(config, at_run: Optional[str] = None, precision: str = "
     regression starts at zero, where central differences are exact by symmetry, so it is checked at a seeded
     random point instead.
     """
-    with jax.enable_x64(precision == "float64"):
+    with Precision(precision).scope():
         return _problem_from_config(config, at_run, precision, max_rows)
 
 
@@ -527,7 +524,7 @@ def _problem_from_config(config, at_run, precision, max_rows) -> ConfigProblem:
     from gradfit.models import build_model, params_from_named
     from gradfit.runs import load_arrays
 
-    dtype = _dtype(precision)
+    dtype = Precision(precision).param_dtype
     dataset = load_dataset(config)
     model = build_model(config.model, dataset.n_features, dataset.n_classes)
     x, y = split_arrays(dataset.train, dataset.n_classes, dtype)

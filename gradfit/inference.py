@@ -250,12 +250,6 @@ def _derivatives(x: np.ndarray, y: np.ndarray, theta: np.ndarray, l2: float):
     n, d = x.shape
     penalty = np.diag(np.r_[np.full(d, n * l2), 0.0])  # objective = n * (mean loss + (l2/2)||w||^2)
     with jax.enable_x64(True):
-        @jax.jit
-        def chunk(theta, xc, yc, weight):  # weight 0 marks the padding of the last chunk
-            def nll(theta):
-                return jnp.sum(weight * jnp.logaddexp(0.0, -yc * (xc @ theta[:d] + theta[d])))
-            return nll(theta), jax.grad(nll)(theta), jax.hessian(nll)(theta)
-
         theta = jnp.asarray(theta, jnp.float64)
         total, grad, hess = 0.0, np.zeros(d + 1), np.zeros((d + 1, d + 1))
         for start in range(0, n, _CHUNK_ROWS):
@@ -264,10 +258,24 @@ def _derivatives(x: np.ndarray, y: np.ndarray, theta: np.ndarray, l2: float):
             weight = np.r_[np.ones(len(yc)), np.zeros(pad)]
             xc = np.concatenate([np.asarray(xc, np.float64), np.zeros((pad, d))])
             yc = np.r_[yc, np.zeros(pad)]
-            value, g, h = chunk(theta, xc, yc, weight)
+            value, g, h = _chunk_derivatives(theta, xc, yc, weight)
             total, grad, hess = total + float(value), grad + np.asarray(g), hess + np.asarray(h)
     theta = np.asarray(theta)
     return total, grad + penalty @ theta, hess + penalty, hess
+
+
+@jax.jit
+def _chunk_derivatives(theta, x, y, weight):
+    """Negative log-likelihood of one chunk and its gradient and Hessian; ``weight`` 0 marks padding rows.
+
+    Defined once, so each data shape compiles once per process (not once per call).
+    """
+    d = x.shape[1]
+
+    def nll(theta):
+        return jnp.sum(weight * jnp.logaddexp(0.0, -y * (x @ theta[:d] + theta[d])))
+
+    return nll(theta), jax.grad(nll)(theta), jax.hessian(nll)(theta)
 
 
 def _unit_diagonal(hessian: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -2,6 +2,9 @@
 
 ``init(key, dtype) -> params`` and ``apply(params, x) -> logits`` with x: (n, d). Binary tasks get one logit per
 row, shape (n,); K > 2 classes get (n, K). Parameter names are readable pytree paths ("layers/0/w").
+
+With a ``compute_dtype`` (bfloat16 mixed precision) the inputs of each matrix product are cast to it and the
+product is returned in the parameters' dtype; everything else stays in the parameters' dtype.
 """
 
 from __future__ import annotations
@@ -29,7 +32,14 @@ class Model(NamedTuple):
     apply: Callable  # (params, x: (n, d)) -> logits: (n,) or (n, K)
 
 
-def logistic(n_features: int) -> Model:
+def dense(x, w, compute_dtype=None):
+    """``x @ w``; with ``compute_dtype``, from inputs in that dtype with the result in ``w``'s dtype."""
+    if compute_dtype is None or compute_dtype == w.dtype:
+        return x @ w
+    return jnp.matmul(x.astype(compute_dtype), w.astype(compute_dtype), preferred_element_type=w.dtype)
+
+
+def logistic(n_features: int, compute_dtype=None) -> Model:
     """Binary logistic regression: logit = <w, x> + b, with params {"w": (d,), "b": ()} starting at zero."""
 
     def init(key, dtype=jnp.float32):
@@ -37,12 +47,13 @@ def logistic(n_features: int) -> Model:
         return {"w": jnp.zeros((n_features,), dtype), "b": jnp.zeros((), dtype)}
 
     def apply(params, x):
-        return x @ params["w"] + params["b"]
+        return dense(x, params["w"], compute_dtype) + params["b"]
 
     return Model(init, apply)
 
 
-def mlp(n_features: int, n_outputs: int, hidden: list[int], activation: str, init_scheme: str = "auto") -> Model:
+def mlp(n_features: int, n_outputs: int, hidden: list[int], activation: str, init_scheme: str = "auto",
+        compute_dtype=None) -> Model:
     """Fully connected network; params {"layers": [{"w": (fan_in, fan_out), "b": (fan_out,)}, ...]}.
 
     Hidden layers use He init (relu family) or Glorot init (tanh, sigmoid); the output layer uses Glorot.
@@ -71,19 +82,19 @@ def mlp(n_features: int, n_outputs: int, hidden: list[int], activation: str, ini
     def apply(params, x):
         *hidden_layers, last = params["layers"]
         for layer in hidden_layers:
-            x = act(x @ layer["w"] + layer["b"])
-        logits = x @ last["w"] + last["b"]
+            x = act(dense(x, layer["w"], compute_dtype) + layer["b"])
+        logits = dense(x, last["w"], compute_dtype) + last["b"]
         return logits[:, 0] if n_outputs == 1 else logits
 
     return Model(init, apply)
 
 
-def build_model(config: ModelConfig, n_features: int, n_classes: int) -> Model:
+def build_model(config: ModelConfig, n_features: int, n_classes: int, compute_dtype=None) -> Model:
     """The model a config names, sized for the data: one logit for two classes, else one per class."""
     if config.kind == "logistic":
-        return logistic(n_features)
+        return logistic(n_features, compute_dtype)
     n_outputs = 1 if n_classes == 2 else n_classes
-    return mlp(n_features, n_outputs, config.hidden, config.activation, config.init)
+    return mlp(n_features, n_outputs, config.hidden, config.activation, config.init, compute_dtype)
 
 
 def path_name(path) -> str:

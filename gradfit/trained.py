@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradfit import runs
+from gradfit import precision, runs
 from gradfit.batches import Batch, read_batches
 from gradfit.config import GradfitConfig, resolve_config
 from gradfit.data import Dataset, class_ids, load_dataset
@@ -44,8 +44,8 @@ class TrainedRun:
         return self.preprocessing["classes"]
 
     @property
-    def dtype(self):
-        return jnp.float64 if self.config.runtime.precision == "float64" else jnp.float32
+    def precision(self) -> precision.Precision:
+        return precision.of(self.config)
 
     def standardize(self, x: np.ndarray) -> np.ndarray:
         """Raw features (n, d) -> what the model saw in training, with the run's saved mean and std."""
@@ -60,7 +60,8 @@ class TrainedRun:
         Rows go through one compiled program in fixed blocks of ``BLOCK_ROWS`` (the last one padded): XLA may
         round differently at other shapes, and a row's probabilities must not depend on how a file is batched.
         """
-        params, dtype, x64 = self.params, self.dtype, self.config.runtime.precision == "float64"
+        params, chosen = self.params, self.precision
+        dtype = chosen.param_dtype
 
         @jax.jit
         def log_softmax(params, x):
@@ -71,7 +72,7 @@ class TrainedRun:
 
         def log_probs(x: np.ndarray) -> np.ndarray:
             out = []
-            with jax.enable_x64(x64):
+            with chosen.scope():
                 for start in range(0, len(x), BLOCK_ROWS):
                     block = np.asarray(x[start:start + BLOCK_ROWS], dtype)
                     rows = len(block)
@@ -108,10 +109,11 @@ def load_run(run_dir: str | Path) -> TrainedRun:
         arrays = runs.load_arrays(run_dir / "params.npz")
     except (OSError, ValueError, EOFError) as exc:
         raise RunDirError(f"{run_dir / 'params.npz'}: unreadable ({exc})") from None
-    model = build_model(config.model, len(preprocessing["feature_names"]), len(preprocessing["classes"]))
-    dtype = jnp.float64 if config.runtime.precision == "float64" else jnp.float32
-    with jax.enable_x64(config.runtime.precision == "float64"):
-        template = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), dtype))
+    chosen = precision.of(config)
+    model = build_model(config.model, len(preprocessing["feature_names"]), len(preprocessing["classes"]),
+                        chosen.compute_dtype)
+    with chosen.scope():
+        template = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), chosen.param_dtype))
         try:
             params = params_from_named(template, arrays, origin=str(run_dir / "params.npz"))
         except ValueError as exc:
@@ -184,7 +186,7 @@ def write_predictions(run: TrainedRun, data: Path, out: TextIO, with_probabiliti
     """
     batches = run.batches(data, target, False, batch_rows)  # a wrong file fails here, before any output
     log_probs = run.log_probabilities()
-    digits = "%.17g" if run.config.runtime.precision == "float64" else "%.9g"
+    digits = f"%.{run.precision.significant_digits}g"
     labels = np.array([_csv_field(str(c)) for c in run.classes])
     position = "row" if Path(data).suffix.lower() == ".npz" else "line"
     header = [position, "prediction"] + ([f"p_{c}" for c in run.classes] if with_probabilities else [])
