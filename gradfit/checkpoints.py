@@ -21,7 +21,7 @@ import numpy as np
 from gradfit import runs
 from gradfit.errors import RunDirError
 
-FORMAT = 1
+FORMAT = 2  # 2: gradfit 0.2 (train state without the epoch order; probe and data digest)
 _META = "meta"
 _NAME = re.compile(r"step-(\d{8,})\.npz")
 

@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import math
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Optional
 
@@ -54,6 +55,19 @@ class Dataset:
     @property
     def n_classes(self) -> int:
         return len(self.classes)
+
+    def digest(self) -> str:
+        """CRC-32 of every split's features and labels, to tell that a resumed run sees the rows it started with.
+
+        A check against accidental change, not tampering, at 2 GB/s (0.2 s for 1,000,000 x 100 float32).
+        """
+        crc = 0
+        for split in (self.train, self.val, self.test):
+            for array in (split.x, split.y):
+                array = np.ascontiguousarray(array)
+                crc = zlib.crc32(f"{array.dtype.str}{array.shape}".encode(), crc)
+                crc = zlib.crc32(array.data, crc)
+        return f"{crc:08x}"
 
     def preprocessing(self) -> dict:
         """JSON-ready record of the feature names, label mapping and standardization."""

@@ -1,10 +1,13 @@
-"""The host side of training: log points, early stopping, checkpoints, stopping rules, the summary.
+"""The host side of training: log points, evaluations, early stopping, checkpoints, stopping rules, the summary.
 
-The loop dispatches one compiled chunk of steps (see ``gradfit.train``), reads its metrics back, logs them,
-updates early stopping, writes a checkpoint when one is due, and decides whether to go on. Everything it
-carries from one log point to the next is in the train state, ``LoopState`` and ``EarlyStopping``, and all three
-go into every checkpoint: that is what makes a resumed run bit-identical to an uninterrupted one (see
-``gradfit.resume``).
+The loop dispatches the compiled chunk from one log point or evaluation to the next (see ``gradfit.train``).
+At a plain log point it dispatches the next chunk *before* reading the finished one's metrics, so writing the
+log line overlaps the device's work and a log point costs about one dispatch. It waits for the device where a
+decision needs the numbers: at evaluations (``train.tol`` on minibatches, early stopping), checkpoints, the
+last step, a signal, and at every log point of a full-batch run (whose ``train.tol`` reads the exact gradient
+norm the state carries). Everything the loop carries from one point to the next is in the train state,
+``LoopState`` and ``EarlyStopping``, and all three go into every checkpoint: that is what makes a resumed run
+bit-identical to an uninterrupted one (see ``gradfit.resume``).
 """
 
 from __future__ import annotations
@@ -27,17 +30,19 @@ import pydantic
 from pydantic import ConfigDict, Field
 
 import gradfit
-from gradfit import checkpoints, runs
+from gradfit import checkpoints, precision, runs
 from gradfit.config import GradfitConfig, to_yaml
-from gradfit.data import split_arrays
 from gradfit.device import describe_device
 from gradfit.errors import Interrupted, TrainingFailed
 from gradfit.models import count_params, named_leaves
-from gradfit.train import Plan, Prepared, TrainState, compile_chunk, evaluate, prepare
+from gradfit.train import Plan, Prepared, Programs, TrainState, compile_programs, eval_parts, prepare
 
 
 class Callbacks:
     """Progress hooks; the engine prints nothing itself. Override what you need."""
+
+    def on_stage(self, message: str) -> None:
+        """Before the first step: 'loading data', 'compiling', ..."""
 
     def on_start(self, info: dict) -> None: ...
 
@@ -48,7 +53,7 @@ class Callbacks:
 
 @dataclasses.dataclass
 class EarlyStopping:
-    """Early-stopping state, updated at each log point with that point's validation metrics."""
+    """Early-stopping state, updated at each evaluation with its validation metrics."""
 
     __pydantic_config__ = ConfigDict(extra="forbid")  # checked like this when read back from a checkpoint
 
@@ -57,7 +62,7 @@ class EarlyStopping:
     min_delta: Annotated[float, Field(ge=0, strict=True)]
     best: Annotated[Optional[float], Field(strict=True)] = None
     best_step: Annotated[Optional[int], Field(ge=0, strict=True)] = None
-    bad_checks: Annotated[int, Field(ge=0, strict=True)] = 0  # log points in a row without improvement
+    bad_checks: Annotated[int, Field(ge=0, strict=True)] = 0  # evaluations in a row without improvement
     best_record: dict = dataclasses.field(default_factory=dict)
 
     @classmethod
@@ -72,7 +77,7 @@ class EarlyStopping:
         return stopper
 
     def update(self, record: dict) -> bool:
-        """Record one log point; True when it is the new best."""
+        """Record one evaluation; True when it is the new best."""
         value = record[self.monitor]
         gain = value - self.best if self.best is not None and value is not None else None
         if self.monitor == "val_loss" and gain is not None:
@@ -96,7 +101,9 @@ class LoopState:
 
     step: Annotated[int, Field(ge=0, strict=True)] = 0
     elapsed_s: Annotated[float, Field(ge=0, strict=True)] = 0.0  # wall time of the run's earlier sessions
-    train_time_s: Annotated[float, Field(ge=0, strict=True)] = 0.0  # inside compiled chunks, compiling excluded
+    train_time_s: Annotated[float, Field(ge=0, strict=True)] = 0.0  # training steps and log points
+    eval_time_s: Annotated[float, Field(ge=0, strict=True)] = 0.0  # evaluations
+    evaluations: Annotated[int, Field(ge=0, strict=True)] = 0
     last: dict = dataclasses.field(default_factory=dict)  # the last log record
     resumes: list = dataclasses.field(default_factory=list)
 
@@ -109,34 +116,46 @@ def fit(config: GradfitConfig, out_dir: str | Path = "runs", callbacks: Optional
         TrainingFailed: the loss or parameters became non-finite (summary.json says why).
         Interrupted: SIGINT or SIGTERM; a checkpoint was written first.
     """
-    with jax.enable_x64(config.runtime.precision == "float64"):
+    with precision.of(config).scope():
         started = time.perf_counter()
+        callbacks = stage(callbacks, "loading data")
         run = prepare(config)  # everything that can reject the input happens before the run directory exists
-        compiled, compile_time = compile_chunk(run)
+        callbacks = stage(callbacks, "compiling")
+        programs = compile_programs(run)
         run_dir = runs.create_run_dir(out_dir, config.name)
         with runs.locked(run_dir):
-            session = Session(run, compiled, run_dir, started, compile_time, callbacks, run.state, LoopState(),
-                               EarlyStopping.from_config(config))
+            session = Session(run, programs, run_dir, started, callbacks, run.state, LoopState(),
+                              EarlyStopping.from_config(config))
             runs.write_atomic(run_dir / "config.yaml", to_yaml(config, config_header(session.device_name)))
             runs.write_json(run_dir / "preprocessing.json", run.dataset.preprocessing())
             return session.train()
 
 
+def stage(callbacks: Optional[Callbacks], message: str) -> Optional[Callbacks]:
+    """Tell the callbacks what is being prepared; a failing display is dropped (returns None), not fatal."""
+    hook = getattr(callbacks, "on_stage", None)  # callbacks need not subclass Callbacks: missing hooks are no-ops
+    if hook is not None:
+        try:
+            hook(message)
+        except (Exception, SystemExit):
+            return None
+    return callbacks
+
+
 @dataclasses.dataclass(frozen=True)
 class StopRule:
-    status: str  # completed | interrupted
+    status: str  # completed | interrupted | failed
     reason: str
 
 
 @dataclasses.dataclass
 class Session:
-    """One process's part of a run: the compiled program, the evolving state, where to write, and the clock."""
+    """One process's part of a run: the compiled programs, the evolving state, where to write, and the clocks."""
 
     run: Prepared
-    compiled: Any
+    programs: Programs
     run_dir: Path
     started: float
-    compile_time: float
     callbacks: Optional[Callbacks]
     state: TrainState
     loop: LoopState
@@ -144,25 +163,28 @@ class Session:
     best: Any = None  # the best parameters under early stopping (a copy: the state is donated to each chunk)
     path: Optional[Path] = None  # the newest checkpoint
     callback_error: Optional[str] = None
-    last_finite: Optional[float] = None  # the objective before the chunk that diverged
+    last_finite: Optional[str] = None  # "objective 0.31" before the chunk that diverged
+    mark: float = 0.0  # training time is counted from here to the next log point
+    _digest: Optional[str] = None
 
     def __post_init__(self):
         self.device_name = describe_device(self.run.device)
 
     def train(self) -> dict:
         """Run chunks until a stop rule fires, then write the outputs; raise unless training completed."""
-        plan, loop = self.run.plan, self.loop
+        plan, loop, programs = self.run.plan, self.loop, self.programs
         self.notify("on_start", {
             "run_dir": str(self.run_dir), "device": self.device_name, "total_steps": plan.total_steps,
-            "start_step": loop.step, "steps_per_epoch": plan.steps_per_epoch,
-            "num_params": count_params(self.state.params), "compile_time_s": self.compile_time,
-            "dataset": self.run.dataset.name, "model": self.run.config.model.kind,
+            "start_step": loop.step, "steps_per_epoch": plan.steps_per_epoch, "log_every": plan.log_every,
+            "eval_every": plan.eval_every, "num_params": count_params(self.state.params),
+            "trace_time_s": programs.trace_time_s, "compile_time_s": programs.compile_time_s,
+            "compile_cache": programs.cache, "dataset": self.run.dataset.name, "model": self.run.config.model.kind,
         })
         # from here on SIGINT/SIGTERM only set a flag: the chunk in flight and the outputs are always completed
         with _StopRequests() as stop:
             try:
-                status, reason = self.run_chunks(stop)
-                summary = self.finish(status, reason)
+                rule = self.run_chunks(stop)
+                summary = self.finish(rule.status, rule.reason)
             except BaseException as exc:  # never leave a run directory that looks healthy after a crash
                 with contextlib.suppress(Exception):
                     self.finish("failed", f"crashed: {one_line(exc)}")
@@ -173,44 +195,104 @@ class Session:
         self.raise_unless_completed(summary)
         return summary
 
-    def run_chunks(self, stop: "_StopRequests") -> tuple[str, str]:
-        """Dispatch chunks, log, update early stopping, checkpoint when due; (status, stop reason) at the end."""
-        plan, loop = self.run.plan, self.loop
+    def run_chunks(self, stop: "_StopRequests") -> StopRule:
+        """Dispatch chunks, log, evaluate, update early stopping, checkpoint when due; the rule that stopped."""
+        plan, loop, config = self.run.plan, self.loop, self.run.config
+        self.mark = time.perf_counter()
+        if loop.step == 0 and plan.full_batch:  # the starting point: the state holds its objective already
+            rule = self.log_point(self.dispatch(0), 0, 0, evaluate=False)
+            rule = rule or stop_rule(config, plan, loop, self.stopper, None)
+            if rule is not None:
+                return rule
+        pending = None  # a chunk whose log point is written while the next chunk runs
         while True:
-            # the first chunk of a new run takes 0 steps: it logs the starting point
-            n = min(plan.log_every, plan.total_steps - loop.step) if loop.last else 0
-            self.last_finite = loop.last.get("objective")
-            tick = time.perf_counter()
-            self.state, metrics = self.compiled(self.state, self.run.data, jnp.int32(n))
-            metrics = jax.device_get(metrics)
-            loop.train_time_s += time.perf_counter() - tick
-            loop.step += n
-            loop.last = _log_record(metrics, loop.step, plan, self.elapsed())
-            runs.append_jsonl(self.run_dir / "metrics.jsonl", loop.last)
-            self.notify("on_log", loop.last)
-            if not metrics["finite"]:
-                return "failed", f"diverged: non-finite loss or parameters at step {loop.step}"
-            if self.stopper is not None and self.stopper.update(loop.last):
-                self.best = jax.tree_util.tree_map(jnp.copy, self.state.params)
-            rule = stop_rule(self.run.config, plan, loop, self.stopper, stop.signal_name)
-            if rule is not None or _checkpoint_due(loop.step, n, self.run.config.train.checkpoint_every):
+            start = loop.step
+            end = plan.next_point(start)
+            metrics = self.dispatch(end - start)
+            loop.step = end
+            if pending is not None:
+                rule, pending = self.log_point(*pending), None
+                if rule is not None:  # diverged: the chunk just dispatched ran on broken parameters
+                    loop.step = loop.last["step"]
+                    return rule
+            evaluate = plan.evaluates_at(end)
+            due = _checkpoint_due(end, end - start, config.train.checkpoint_every)
+            if not (plan.full_batch or evaluate or due or end >= plan.total_steps or stop.signal_name):
+                pending = (metrics, end, end - start)
+                continue
+            rule = self.log_point(metrics, end, end - start, evaluate)
+            rule = rule or stop_rule(config, plan, loop, self.stopper, stop.signal_name)
+            if rule is not None and rule.status == "failed":
+                return rule
+            if rule is not None or due:
                 self.checkpoint(finished=rule.reason if rule is not None and rule.status == "completed" else None)
             if rule is not None:
-                return rule.status, rule.reason
+                return rule
+
+    def dispatch(self, steps: int) -> dict:
+        """Start ``steps`` optimizer steps on the device; returns their metrics (arrays, not yet waited for)."""
+        self.state, metrics = self.programs.chunk(self.state, self.run.data, jnp.int32(steps))
+        return metrics
+
+    def log_point(self, metrics: dict, step: int, steps: int, evaluate: bool = False) -> Optional[StopRule]:
+        """Read a chunk's metrics, evaluate if due, write the record; a failed StopRule if it diverged."""
+        metrics = jax.device_get(metrics)
+        now = time.perf_counter()
+        self.loop.train_time_s += now - self.mark
+        self.mark = now
+        finite = bool(metrics["finite"])
+        evaluation = self.evaluation(self.state.params, step) if evaluate and finite else None
+        record = _log_record(self.run, step, steps, metrics, evaluation, self.elapsed())
+        self.loop.last = record
+        runs.append_jsonl(self.run_dir / "metrics.jsonl", record)
+        self.notify("on_log", record)
+        if not finite:
+            return StopRule("failed", f"diverged: non-finite loss or parameters at step {step}")
+        self.last_finite = _objective_text(record)
+        if evaluation is not None and self.stopper is not None and self.stopper.update(record):
+            self.best = jax.tree_util.tree_map(jnp.copy, self.state.params)
+        return None
+
+    def evaluation(self, params, step: int, **parts: bool) -> dict:
+        """The evaluation due at ``step`` (or the ``parts`` named), read back; its time is not training time."""
+        plan = self.run.plan
+        if not parts:
+            last = step >= plan.total_steps
+            parts = {"train": not plan.full_batch, "gradient": plan.eval_gradient or last, "val": True}
+            self.loop.evaluations += 1
+        tick = time.perf_counter()
+        result = jax.device_get(self.programs.evaluate(params, self.run.data, eval_parts(**parts)))
+        spent = time.perf_counter() - tick
+        self.loop.eval_time_s += spent
+        self.mark += spent
+        return _evaluation_fields(result, parts, self.run.dataset)
 
     def notify(self, hook: str, payload: dict) -> None:
         """Call a progress hook; one that fails (a closed pipe under the progress display) is dropped, not fatal."""
-        if self.callbacks is None:
+        call = getattr(self.callbacks, hook, None)
+        if call is None:
             return
         try:
-            getattr(self.callbacks, hook)(payload)
+            call(payload)
         except (Exception, SystemExit) as exc:  # Rich exits on a broken pipe
             self.callbacks, self.callback_error = None, one_line(exc)
 
     def elapsed(self) -> float:
         return self.loop.elapsed_s + time.perf_counter() - self.started
 
+    @property
+    def data_digest(self) -> str:
+        if self._digest is None:
+            self._digest = self.run.dataset.digest()
+        return self._digest
+
+    def probe(self, params) -> float:
+        """The objective over the first training rows, which a resume must reproduce bit for bit."""
+        result = jax.device_get(self.programs.evaluate(params, self.run.data, eval_parts(probe=True)))
+        return float(result["probe"])
+
     def checkpoint(self, finished: Optional[str]) -> None:
+        tick = time.perf_counter()
         arrays = _named("state", jax.device_get(self.state))
         if self.best is not None:
             arrays.update(_named("best", jax.device_get(self.best)))
@@ -221,27 +303,30 @@ class Session:
             "loop": {**dataclasses.asdict(self.loop), "elapsed_s": self.elapsed()},
             "early_stopping": None if self.stopper is None else dataclasses.asdict(self.stopper),
             "finished": finished,
+            "probe": self.probe(self.state.params),
+            "data_digest": self.data_digest,
             "device": self.device_name,
             "versions": _versions(),
         }
         self.path = checkpoints.save(self.run_dir, self.loop.step, arrays, meta,
                                      self.run.config.train.keep_checkpoints)
+        self.mark += time.perf_counter() - tick
 
     def finish(self, status: str, reason: str) -> dict:
         """Save the parameters that count (the best under early stopping) and write summary.json."""
         run, config, loop, stopper = self.run, self.run.config, self.loop, self.stopper
         use_best = self.best is not None
         saved = status != "failed" or use_best  # diverged parameters are never saved as a result
-        params = jax.device_get(self.best if use_best else self.state.params)
-        record = stopper.best_record if use_best else loop.last
+        params = self.best if use_best else self.state.params
         params_file = self.run_dir / "params.npz"
+        final: dict = {}
         if saved:
-            runs.save_arrays(params_file, named_leaves(params))
+            runs.save_arrays(params_file, named_leaves(jax.device_get(params)))
+            final = self.final_metrics(params, stopper.best_record if use_best else loop.last)
         elif params_file.exists():  # from an earlier session: it must not pass for this one's result
             params_file.replace(unused_name(self.run_dir, "params.previous", ".npz"))
-        dtype = jax.tree_util.tree_leaves(params)[0].dtype
-        test_loss, test_acc = evaluate(run.model, params, *split_arrays(run.dataset.test, run.dataset.n_classes,
-                                                                        dtype))
+        programs = self.programs
+        steps_per_s = loop.step / loop.train_time_s if loop.train_time_s > 0 and loop.step else None
         summary = {
             "run_dir": str(self.run_dir),
             "status": status,
@@ -255,19 +340,20 @@ class Session:
             "rows": {"train": len(run.dataset.train), "val": len(run.dataset.val), "test": len(run.dataset.test)},
             "steps": loop.step,
             "epochs": loop.step / run.plan.steps_per_epoch,
-            "params_step": record.get("step") if saved else None,
+            "params_step": final.get("step"),
+            "log_every": run.plan.log_every,
+            "eval_every": run.plan.eval_every,
+            "evaluations": loop.evaluations,
             "wall_time_s": self.elapsed(),
-            "compile_time_s": self.compile_time,
-            "steps_per_s": loop.step / loop.train_time_s if loop.train_time_s > 0 and loop.step else None,
-            "objective": record.get("objective"),
-            "grad_norm": record.get("grad_norm"),
-            "final": {
-                "train_loss": record.get("train_loss"),
-                "val_loss": record.get("val_loss"),
-                "val_accuracy": record.get("val_accuracy"),
-                "test_loss": test_loss,
-                "test_accuracy": test_acc,
-            },
+            "trace_time_s": programs.trace_time_s,
+            "compile_time_s": programs.compile_time_s,
+            "compile_cache": programs.cache,
+            "train_time_s": loop.train_time_s,
+            "eval_time_s": loop.eval_time_s,
+            "steps_per_s": steps_per_s,
+            "objective": final.get("objective"),
+            "grad_norm": final.get("grad_norm"),
+            "final": {key: final.get(key) for key in FINAL_KEYS},
             "early_stopping": None if stopper is None else {
                 k: v for k, v in dataclasses.asdict(stopper).items() if k != "best_record"},
             "checkpoint": None if self.path is None else str(self.path),
@@ -278,6 +364,20 @@ class Session:
             summary["progress_display_error"] = self.callback_error
         runs.write_json(self.run_dir / "summary.json", summary)
         return runs.to_jsonable(summary)  # exactly what summary.json holds
+
+    def final_metrics(self, params, record: dict) -> dict:
+        """Every metric of the saved parameters: what their log record has, the rest evaluated now."""
+        has = {
+            "train": record.get("objective") is not None,
+            "gradient": record.get("grad_norm") is not None,
+            "val": record.get("val_loss") is not None or not len(self.run.dataset.val),
+        }
+        missing = {part: not present for part, present in has.items()}
+        missing["train"] |= missing["gradient"]  # the gradient comes with the training-split pass
+        missing["test"] = len(self.run.dataset.test) > 0
+        evaluated = self.evaluation(params, record["step"], **missing) if any(missing.values()) else {}
+        # what was logged stays as logged (the pass with the gradient can round the objective differently)
+        return {**evaluated, **{k: v for k, v in record.items() if v is not None}}
 
     def raise_unless_completed(self, summary: dict) -> None:
         resume_command = f"gradfit train --resume {shlex.quote(str(self.run_dir))}"
@@ -291,15 +391,17 @@ class Session:
             if self.path is not None:
                 key = "model.l2" if lbfgs else "optimizer.learning_rate"
                 step = checkpoints.step_of(self.path)
-                where = (f"The newest checkpoint, {self.path} (step {step}, objective "
-                         f"{_logged_objective(self.run_dir, step)}; step 0: {_logged_objective(self.run_dir, 0)}), "
-                         f"is intact; continue from it with: {resume_command} --set {key}=... --force, or start "
-                         "again if its objective is already far above the start")
+                first = _logged_objective(self.run_dir, None)
+                where = (f"The newest checkpoint, {self.path} (step {step}, {_logged_objective(self.run_dir, step)}; "
+                         f"first logged: {first}), is intact; continue from it with: {resume_command} "
+                         f"--set {key}=... --force, or start again if its objective is already far above the start")
             else:
                 where = f"No checkpoint was written before it; run directory: {self.run_dir}"
-            finite = "none" if self.last_finite is None else f"{self.last_finite:.6g}"
-            raise TrainingFailed(f"training diverged at step {self.loop.step} (last finite objective: {finite}); "
-                                 f"{hint}. {where}", summary)
+            raise TrainingFailed(f"training diverged at step {self.loop.step} (last finite "
+                                 f"{self.last_finite or 'objective: none'}); {hint}. {where}", summary)
+
+
+FINAL_KEYS = ("train_loss", "val_loss", "val_accuracy", "test_loss", "test_accuracy")
 
 
 def _checkpoint_due(step: int, steps_just_run: int, every: Optional[int]) -> bool:
@@ -307,13 +409,22 @@ def _checkpoint_due(step: int, steps_just_run: int, every: Optional[int]) -> boo
     return bool(every) and step // every > (step - steps_just_run) // every
 
 
-def _logged_objective(run_dir: Path, step: int) -> str:
-    """The objective metrics.jsonl holds for ``step``, formatted; '?' when it is not there."""
+def _objective_text(record: dict) -> Optional[str]:
+    """'objective 0.31' (whole split) or 'batch_objective 0.33' (running mean), whichever the record has."""
+    for key in ("objective", "batch_objective"):
+        value = record.get(key)
+        if isinstance(value, float) and np.isfinite(value):
+            return f"{key}: {value:.6g}"
+    return None
+
+
+def _logged_objective(run_dir: Path, step: Optional[int]) -> str:
+    """The objective metrics.jsonl holds for ``step`` (None: the first record), as text; '?' when not there."""
     with contextlib.suppress(OSError, ValueError):
         for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
             record = json.loads(line)
-            if record.get("step") == step and isinstance(record.get("objective"), float):
-                return f"{record['objective']:.4g}"
+            if step is None or record.get("step") == step:
+                return _objective_text(record) or "?"
     return "?"
 
 
@@ -327,16 +438,16 @@ def one_line(exc: BaseException) -> str:
 
 
 def stop_rule(config: GradfitConfig, plan: Plan, loop: LoopState, stopper: Optional[EarlyStopping],
-               signal_name: Optional[str]) -> Optional[StopRule]:
+              signal_name: Optional[str]) -> Optional[StopRule]:
     """Why the run stops at this log point, or None. Finishing rules win over signals."""
-    tol = config.train.tol
+    tol, grad_norm = config.train.tol, loop.last.get("grad_norm")
     if loop.step >= plan.total_steps:
         return StopRule("completed", "completed all steps")
-    if tol is not None and loop.last["grad_norm"] < tol:
-        return StopRule("completed", f"converged: grad_norm {loop.last['grad_norm']:.3g} < tol {tol:g}")
+    if tol is not None and grad_norm is not None and grad_norm < tol:
+        return StopRule("completed", f"converged: grad_norm {grad_norm:.3g} < tol {tol:g}")
     if stopper is not None and stopper.exhausted:
         return StopRule("completed", f"early stopping: {stopper.monitor} did not improve by more than "
-                                     f"{stopper.min_delta:g} in {stopper.patience} log points; best "
+                                     f"{stopper.min_delta:g} in {stopper.patience} evaluations; best "
                                      f"{stopper.best:.6g} at step {stopper.best_step}")
     if signal_name:
         return StopRule("interrupted", f"{signal_name} at step {loop.step}")
@@ -379,13 +490,39 @@ def unused_name(run_dir: Path, stem: str, suffix: str = ".yaml") -> Path:
     return candidate
 
 
-def _log_record(metrics: dict, step: int, plan: Plan, elapsed: float) -> dict:
-    record = {"step": step, "epoch": step / plan.steps_per_epoch}
-    for key in ("train_loss", "objective", "val_loss", "val_accuracy", "grad_norm", "learning_rate"):
-        value = metrics.get(key)
-        record[key] = None if value is None else float(value)
-    record["elapsed_s"] = elapsed
+RECORD_KEYS = ("step", "epoch", "batch_objective", "batch_grad_norm", "objective", "train_loss", "grad_norm",
+               "val_loss", "val_accuracy", "learning_rate", "elapsed_s")
+
+
+def _log_record(run: Prepared, step: int, steps: int, metrics: dict, evaluation: Optional[dict],
+                elapsed: float) -> dict:
+    """One line of metrics.jsonl. ``batch_*``: means over the steps since the previous record (None at step 0);
+    ``objective``, ``train_loss``, ``grad_norm`` (whole training split) and ``val_*``: where computed, else None."""
+    record = dict.fromkeys(RECORD_KEYS)
+    record.update(step=step, epoch=step / run.plan.steps_per_epoch, elapsed_s=elapsed,
+                  learning_rate=float(metrics["learning_rate"]))
+    if steps:
+        record.update(batch_objective=float(metrics["batch_objective"]),
+                      batch_grad_norm=float(metrics["batch_grad_norm"]))
+    for key in ("objective", "train_loss", "grad_norm"):  # a full-batch chunk has them
+        if key in metrics:
+            record[key] = float(metrics[key])
+    record.update({k: v for k, v in (evaluation or {}).items() if v is not None and k in record})
     return record
+
+
+def _evaluation_fields(result: dict, parts: dict, dataset) -> dict:
+    """Record fields from an evaluation's raw output: the parts computed; accuracies as exact fractions."""
+    fields: dict = {}
+    if parts.get("train"):
+        fields.update(objective=float(result["objective"]), train_loss=float(result["train_loss"]))
+        if parts.get("gradient"):
+            fields["grad_norm"] = float(result["grad_norm"])
+    for split, rows in (("val", len(dataset.val)), ("test", len(dataset.test))):
+        if parts.get(split) and rows:
+            fields[f"{split}_loss"] = float(result[f"{split}_loss"])
+            fields[f"{split}_accuracy"] = int(result[f"{split}_correct"]) / rows
+    return fields
 
 
 def _versions() -> dict:

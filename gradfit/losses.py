@@ -16,27 +16,28 @@ import numpy as np
 from gradfit.models import weight_mask
 
 
-def binary_logistic_loss(logits, y):
-    """Mean log(1 + exp(-y * logit)); logits: (n,), y: (n,) in {-1, +1}."""
-    return jnp.mean(jnp.logaddexp(0.0, -y * logits))
+def row_losses(logits, y):
+    """The task's loss per row, chosen by the logits' shape.
 
-
-def softmax_cross_entropy(logits, labels):
-    """Mean -log softmax(logits)[label]; logits: (n, K), labels: (n,) int in [0, K)."""
+    logits (n,): binary, y in {-1, +1}: log(1 + exp(-y * logit)). logits (n, K): y int class ids in [0, K):
+    -log softmax(logits)[y].
+    """
+    if logits.ndim == 1:
+        return jnp.logaddexp(0.0, -y * logits)
     log_probs = jax.nn.log_softmax(logits)
-    return -jnp.mean(jnp.take_along_axis(log_probs, labels[:, None].astype(jnp.int32), axis=1))
+    return -jnp.take_along_axis(log_probs, y[:, None].astype(jnp.int32), axis=1)[:, 0]
+
+
+def row_correct(logits, y):
+    """Per row, whether the prediction is right (bool); a zero binary logit counts as +1."""
+    if logits.ndim == 1:
+        return jnp.where(logits >= 0, 1.0, -1.0) == y
+    return jnp.argmax(logits, axis=1) == y
 
 
 def data_loss(logits, y):
-    """The task's loss, chosen by the logits' shape: (n,) binary logistic, (n, K) softmax cross-entropy."""
-    return binary_logistic_loss(logits, y) if logits.ndim == 1 else softmax_cross_entropy(logits, y)
-
-
-def accuracy(logits, y):
-    """Fraction of rows classified right (a zero binary logit counts as +1)."""
-    if logits.ndim == 1:
-        return jnp.mean(jnp.where(logits >= 0, 1.0, -1.0) == y)
-    return jnp.mean(jnp.argmax(logits, axis=1) == y)
+    """Mean of ``row_losses``: binary logistic loss for (n,) logits, softmax cross-entropy for (n, K)."""
+    return jnp.mean(row_losses(logits, y))
 
 
 def l2_penalty(params, l2: float):

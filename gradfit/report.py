@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.status import Status
 from rich.table import Table
 
 from gradfit.config import ResolvedConfig, describe_keys, unused_keys
@@ -34,27 +35,46 @@ def fmt(value: Any, digits: int = 4) -> str:
 
 
 class TrainProgress:
-    """Training callbacks: a live progress bar on a terminal, plain log lines otherwise (at most 2 per second)."""
+    """Training callbacks: a live progress bar on a terminal, plain log lines otherwise (at most 2 per second).
+
+    Names are the keys of metrics.jsonl and summary.json, so the screen and the files say the same thing.
+    """
 
     def __init__(self, console: Console, live: Optional[bool] = None):
         self.console = console
         self.live = console.is_terminal if live is None else live
         self.progress: Optional[Progress] = None
+        self.status: Optional[Status] = None
         self.task = None
         self.total = 0
         self.start_step = 0
         self.last_print = 0.0
         self.started = 0.0
-        self.unprinted: Optional[dict] = None
+        self.unprinted: Optional[tuple] = None
+        self.shown: dict = {}  # the newest value of each metric, kept between evaluations
+
+    def on_stage(self, message: str) -> None:
+        """A spinner on a terminal from the first second ('starting JAX', 'loading data', 'compiling')."""
+        if not self.live:
+            return
+        if self.status is None:
+            self.status = self.console.status(f"{escape(message)}...")
+            self.status.start()
+        else:
+            self.status.update(f"{escape(message)}...")
 
     def on_start(self, info: dict) -> None:
+        self._stop_status()
         self.total = info["total_steps"]
         self.start_step = info.get("start_step", 0)
         self.started = time.perf_counter()
+        cache = {"hit": ", from the compile cache", "partial": ", partly from the compile cache"}.get(
+            info["compile_cache"], "")
         self.console.print(
             f"[bold]{escape(info['model'])}[/] on [bold]{escape(info['dataset'])}[/]: {info['num_params']:,} "
-            f"parameters, {self.total:,} steps on {escape(info['device'])} "
-            f"(compiled in {info['compile_time_s']:.2f} s)", soft_wrap=True, highlight=False
+            f"parameters, {self.total:,} steps on {escape(info['device'])} (traced in {info['trace_time_s']:.2f} s, "
+            f"compiled in {info['compile_time_s']:.2f} s{cache}); log every {info['log_every']:,} steps, "
+            f"evaluate every {info['eval_every']:,}", soft_wrap=True, highlight=False
         )
         resumed = f" (resumed at step {self.start_step:,})" if self.start_step else ""
         self.console.print(f"run directory: {escape(info['run_dir'])}{resumed}", soft_wrap=True)
@@ -63,69 +83,83 @@ class TrainProgress:
                 TextColumn("[bold blue]train"),
                 BarColumn(),
                 MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]}"),
-                TextColumn("val acc {task.fields[val_acc]}"),
+                TextColumn("batch_objective {task.fields[batch_objective]}"),
+                TextColumn("val_accuracy {task.fields[val_accuracy]}"),
                 TextColumn("{task.fields[rate]} steps/s"),
                 TimeRemainingColumn(),
                 console=self.console,
             )
             self.progress.start()
-            self.task = self.progress.add_task("train", total=self.total, completed=self.start_step, loss="-",
-                                               val_acc="-", rate="-")
+            self.task = self.progress.add_task("train", total=self.total, completed=self.start_step,
+                                               batch_objective="-", val_accuracy="-", rate="-")
 
     def on_log(self, record: dict) -> None:
         elapsed = time.perf_counter() - self.started
         done = record["step"] - self.start_step
         rate = fmt(done / elapsed, 3) if elapsed > 0 and done else "-"
+        self.shown.update({k: v for k, v in record.items() if v is not None})
         if self.progress is not None:
-            self.progress.update(self.task, completed=record["step"], loss=fmt(record["objective"]),
-                                 val_acc=fmt(record["val_accuracy"], 3), rate=rate)
+            self.progress.update(self.task, completed=record["step"],
+                                 batch_objective=fmt(self.shown.get("batch_objective", self.shown.get("objective"))),
+                                 val_accuracy=fmt(self.shown.get("val_accuracy"), 4), rate=rate)
             return
         now = time.perf_counter()
         self.unprinted = (record, rate)
-        if record["step"] in (0, self.total) or now - self.last_print >= 0.5:
+        evaluated = record["val_loss"] is not None or record["objective"] is not None
+        if record["step"] in (0, self.total) or evaluated or now - self.last_print >= 0.5:
             self.last_print = now
             self._print_line(record, rate)
 
     def _print_line(self, record: dict, rate: str) -> None:
         self.unprinted = None
-        self.console.print(
-            f"step {record['step']}/{self.total}  epoch {record['epoch']:.2f}  "
-            f"objective {fmt(record['objective'])}  val_loss {fmt(record['val_loss'])}  "
-            f"val_acc {fmt(record['val_accuracy'], 3)}  grad_norm {fmt(record['grad_norm'], 3)}  "
-            f"lr {fmt(record['learning_rate'], 3)}  {rate} steps/s",
-            highlight=False, soft_wrap=True,
-        )
+        parts = [f"step {record['step']}/{self.total}", f"epoch {record['epoch']:.2f}"]
+        for key, digits in (("batch_objective", 4), ("batch_grad_norm", 3), ("objective", 4), ("grad_norm", 3),
+                            ("val_loss", 4), ("val_accuracy", 4), ("learning_rate", 3)):
+            if record.get(key) is not None:
+                parts.append(f"{key} {fmt(record[key], digits)}")
+        parts.append(f"{rate} steps/s")
+        self.console.print("  ".join(parts), highlight=False, soft_wrap=True)
 
     def on_end(self, summary: dict) -> None:
         if self.unprinted is not None and self.progress is None:
             self._print_line(*self.unprinted)
         self.close()
 
+    def _stop_status(self) -> None:
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
+
     def close(self) -> None:
+        self._stop_status()
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
 
 
 def summary_table(summary: dict) -> Table:
+    """summary.json as a table, its rows named by its keys."""
     final = summary["final"]
     table = Table(title="Training summary", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
+    steps_per_s = summary["steps_per_s"]
     rows = [
         ("status", summary["status"]),
-        ("stop reason", summary["stop_reason"]),
+        ("stop_reason", summary["stop_reason"]),
         ("steps / epochs", f"{summary['steps']:,} / {summary['epochs']:.4g}"),
         ("objective", fmt(summary["objective"], 6)),
-        ("grad norm", fmt(summary["grad_norm"], 3)),
-        ("train loss", fmt(final["train_loss"])),
-        ("val loss / accuracy", f"{fmt(final['val_loss'])} / {fmt(final['val_accuracy'])}"),
-        ("test loss / accuracy", f"{fmt(final['test_loss'])} / {fmt(final['test_accuracy'])}"),
+        ("grad_norm", fmt(summary["grad_norm"], 3)),
+        ("train_loss", fmt(final["train_loss"])),
+        ("val_loss / val_accuracy", f"{fmt(final['val_loss'])} / {_accuracy(final['val_accuracy'])}"),
+        ("test_loss / test_accuracy", f"{fmt(final['test_loss'])} / {_accuracy(final['test_accuracy'])}"),
         ("params.npz", _saved_params(summary)),
-        ("compile time", f"{summary['compile_time_s']:.2f} s"),
-        ("speed", f"{fmt(summary['steps_per_s'], 4)} steps/s (time inside the compiled program)"),
-        ("wall time", f"{summary['wall_time_s']:.2f} s"),
+        ("trace / compile time", f"{summary['trace_time_s']:.2f} s / {summary['compile_time_s']:.2f} s "
+                                 f"(compile cache: {summary['compile_cache']})"),
+        ("train / eval time", f"{summary['train_time_s']:.2f} s / {summary['eval_time_s']:.2f} s "
+                              f"({summary['evaluations']} evaluations, every {summary['eval_every']:,} steps)"),
+        ("steps_per_s", f"{fmt(steps_per_s, 4)} (training steps and log points; evaluations excluded)"),
+        ("wall_time", f"{summary['wall_time_s']:.2f} s"),
         ("device", summary["device"]),
         ("run directory", summary["run_dir"]),
         ("last checkpoint", summary["checkpoint"] or "-"),
@@ -133,6 +167,10 @@ def summary_table(summary: dict) -> Table:
     for key, value in rows:
         table.add_row(key, escape(str(value)))
     return table
+
+
+def _accuracy(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.10g}"
 
 
 def _saved_params(summary: dict) -> str:
@@ -218,6 +256,15 @@ def _rate(value: float) -> str:
     return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
 
 
+UNSTABLE_NOTE = ("? marks a figure whose timing samples varied by more than 20% (--json has each spread): not "
+                 "a number to rely on; rerun on a quieter machine")
+
+
+def _flag(text: str, row: dict, *keys: str) -> str:
+    """``text``, marked with a yellow ? when a timing it comes from was unstable."""
+    return f"{text}[yellow]?[/]" if set(keys) & set(row.get("unstable", [])) else text
+
+
 def bench_tables(result: dict) -> list[Table]:
     """Environment, training throughput, gradient cost, method scaling and peers as Rich tables."""
     tables = []
@@ -226,37 +273,44 @@ def bench_tables(result: dict) -> list[Table]:
         env.add_row(key, escape(str(value)))
     tables.append(env)
 
-    training = Table(title="Training throughput (median of repeats after warm-up)", title_justify="left")
-    for name in ("config", "params", "batch", "compile s", "python loop steps/s", "fused steps/s", "fused examples/s",
-                 "fused / loop", "GFLOP/s", "of peak"):
+    training = Table(title="Training throughput (steps/s; medians of samples after warm-up)", title_justify="left",
+                     caption=UNSTABLE_NOTE)
+    for name in ("config", "params", "batch", "compile s", "python loop", "fused chunk", "gradfit loop",
+                 "evaluation share", "fused examples/s", "fused / python", "GFLOP/s", "of peak"):
         training.add_column(name, justify="left" if name == "config" else "right")
     for row in result["training"]:
         peak = row.get("fraction_of_peak")
-        training.add_row(f"{row['config']} ({row['optimizer']})", f"{row['num_params']:,}", str(row["batch_size"]),
-                         f"{row['compile_time_s']:.2f}", _rate(row["python_loop"]["steps_per_s"]),
-                         _rate(row["fused"]["steps_per_s"]), _rate(row["fused"]["examples_per_s"]),
-                         f"{row['fused_speedup']:.2f}x", f"{row['gflops_per_s']:.3g}",
-                         ", ".join(f"{k} {v:.1%}" for k, v in peak.items()) if peak else "-")
+        loop = row["loop"]
+        training.add_row(
+            f"{row['config']} ({row['optimizer']})", f"{row['num_params']:,}", str(row["batch_size"]),
+            f"{row['compile_time_s']:.2f}", _flag(_rate(row["python_loop"]["steps_per_s"]), row, "python_loop_s_per_step"),
+            _flag(_rate(row["fused"]["steps_per_s"]), row, "fused_s_per_step"),
+            _flag(_rate(loop["steps_per_s"]), row, "loop_s_per_step"), f"{loop['eval_share']:.1%}",
+            _rate(row["fused"]["examples_per_s"]),
+            _flag(f"{row['fused_speedup']:.2f}x", row, "fused_s_per_step", "python_loop_s_per_step"),
+            f"{row['gflops_per_s']:.3g}", ", ".join(f"{k} {v:.1%}" for k, v in peak.items()) if peak else "-")
     tables.append(training)
 
     cost = Table(title="Cost of a gradient: one value_and_grad vs one loss evaluation", title_justify="left")
     for name in ("config", "rows", "params", "loss", "value_and_grad", "ratio"):
         cost.add_column(name, justify="left" if name == "config" else "right")
     for row in result["gradient_cost"]:
-        cost.add_row(row["config"], f"{row['rows']:,}", f"{row['num_params']:,}", _seconds(row["loss_s"]),
-                     _seconds(row["value_and_grad_s"]), f"{row['ratio']:.2f}x")
+        cost.add_row(row["config"], f"{row['rows']:,}", f"{row['num_params']:,}",
+                     _flag(_seconds(row["loss_s"]), row, "loss_s"),
+                     _flag(_seconds(row["value_and_grad_s"]), row, "value_and_grad_s"),
+                     _flag(f"{row['ratio']:.2f}x", row, "loss_s", "value_and_grad_s"))
     tables.append(cost)
 
+    methods = ("reverse", "forward", "finite_difference", "manual_numpy")
     for family, data in result["methods"].items():
         table = Table(title=f"Full gradient of the {family} model, as a multiple of one loss evaluation",
                       title_justify="left")
         for name in ("size", "params", "loss", "reverse AD", "forward AD", "finite diff.", "NumPy by hand"):
             table.add_column(name, justify="right")
         for row in data["rows"]:
-            r = row["ratios"]
-            table.add_row(str(row["size"]), f"{row['num_params']:,}", _seconds(row["loss_s"]),
-                          f"{r['reverse']:.3g}x", f"{r['forward']:.3g}x", f"{r['finite_difference']:.3g}x",
-                          f"{r['manual_numpy']:.3g}x")
+            ratios = [_flag(f"{row['ratios'][m]:.3g}x", row, "loss_s", f"{m}_s") for m in methods]
+            table.add_row(str(row["size"]), f"{row['num_params']:,}", _flag(_seconds(row["loss_s"]), row, "loss_s"),
+                          *ratios)
         e = data["growth_exponent"]
         if e["reverse"] is not None:
             table.caption = (f"growth exponent vs parameters: reverse {e['reverse']:.2f}, forward {e['forward']:.2f}, "
@@ -266,23 +320,22 @@ def bench_tables(result: dict) -> list[Table]:
 
     if "peers" in result:
         peers = Table(title="Against the alternatives (time ratio gradfit / peer: below 1, gradfit is faster)",
-                      title_justify="left")
+                      title_justify="left", caption=UNSTABLE_NOTE)
         for name in ("peer", "gradfit", "peer time", "ratio", "notes"):
             peers.add_column(name, justify="left" if name in ("peer", "notes") else "right")
         for key, row in result["peers"].items():
             if not row.get("available", True):
                 peers.add_row(escape(row["peer"]), "-", "-", "-", escape(row["reason"]))
                 continue
-            gradfit_s = row.get("gradfit_s_per_step", row.get("gradfit_s"))
-            peer_s = row.get("peer_s_per_step", row.get("peer_s"))
-            per = " /step" if "gradfit_s_per_step" in row else ""
+            per_step = "gradfit_s_per_step" in row
+            mine, theirs = ("gradfit_s_per_step", "peer_s_per_step") if per_step else ("gradfit_s", "peer_s")
+            per = " /step" if per_step else ""
             notes = row.get("note", "")
-            if "relative_gap" in row:
-                notes = f"objectives agree to {row['relative_gap']:.1e}; " + notes
             if "config" in row:
                 notes = f"{row['config']}, batch {row['batch_size']}" + (f"; {notes}" if notes else "")
-            peers.add_row(escape(row["peer"]), _seconds(gradfit_s) + per, _seconds(peer_s) + per,
-                          f"{row['time_ratio']:.2f}", escape(notes))
+            peers.add_row(escape(row["peer"]), _flag(_seconds(row[mine]) + per, row, mine),
+                          _flag(_seconds(row[theirs]) + per, row, theirs),
+                          _flag(f"{row['time_ratio']:.2f}", row, mine, theirs), escape(notes))
         tables.append(peers)
     return tables
 

@@ -1,8 +1,8 @@
 """Resuming a run from its newest checkpoint: read and check it, restore the state, prove the replay exact, go on.
 
 A resumed run continues bit-identically to one that was never stopped: the checkpoint holds everything the loop
-carries (``gradfit.loop``), and before any step a zero-step chunk must reproduce the metrics logged at the
-checkpoint, bit for bit.
+carries (``gradfit.loop``), and before any step the restored run must see the same data (their digest) and
+reproduce, bit for bit, the probe objective computed when the checkpoint was written.
 """
 
 from __future__ import annotations
@@ -14,16 +14,15 @@ from pathlib import Path
 from typing import Optional
 
 import jax
-import jax.numpy as jnp
 import pydantic
 
-from gradfit import checkpoints, runs
+from gradfit import checkpoints, precision, runs
 from gradfit.config import GradfitConfig, to_yaml
 from gradfit.errors import ConfigError, RunDirError
 from gradfit.loop import (Callbacks, EarlyStopping, LoopState, Session, config_header, one_line, stop_rule,
                           unused_name)
 from gradfit.models import named_leaves, params_from_named
-from gradfit.train import Prepared, compile_chunk, prepare
+from gradfit.train import Prepared, compile_programs, prepare
 
 
 def resume(run_dir: str | Path, config: GradfitConfig, force: bool = False,
@@ -41,7 +40,7 @@ def resume(run_dir: str | Path, config: GradfitConfig, force: bool = False,
         ConfigError: the config differs from the checkpoint's (and not ``force``).
         RunDirError: not a run directory, no checkpoint, a damaged checkpoint, or nothing left to train.
     """
-    with jax.enable_x64(config.runtime.precision == "float64"):
+    with precision.of(config).scope():
         started = time.perf_counter()
         run_dir = runs.check_run_dir(Path(run_dir))
         with runs.locked(run_dir):
@@ -55,10 +54,10 @@ def resume(run_dir: str | Path, config: GradfitConfig, force: bool = False,
                 raise RunDirError(f"{run_dir}: this run already finished ({saved.finished}). {_EXTEND_HINT}")
 
             run = prepare(config)
-            compiled, compile_time = compile_chunk(run)
-            session = Session(run, compiled, run_dir, started, compile_time, callbacks, *saved.restore(run, config),
+            programs = compile_programs(run)
+            session = Session(run, programs, run_dir, started, callbacks, *saved.restore(run, config),
                               path=saved.path)
-            reproduced = _replay(session, saved.loop.last, force)
+            reproduced = _replay(session, saved, force)
             if saved.finished and not saved.changes:  # its summary or params.npz was lost: write them again
                 return session.finish("completed", saved.finished)
             blocking = stop_rule(config, run.plan, session.loop, session.stopper, None)
@@ -101,6 +100,8 @@ class _SavedRun:
     loop: LoopState
     stopper: Optional[EarlyStopping]
     finished: Optional[str]  # the stop reason when the run had finished training
+    probe: float  # the probe objective at the checkpoint's parameters
+    data_digest: str
 
     @classmethod
     def read(cls, run_dir: Path, config: GradfitConfig) -> "_SavedRun":
@@ -119,12 +120,15 @@ class _SavedRun:
                 raise TypeError("'finished' is not a string")
             if not (loop.step == meta["step"] == checkpoints.step_of(path) == int(arrays["state/step"])):
                 raise ValueError("its step numbers disagree")
-            if not all(isinstance(loop.last.get(key), float) for key in ("objective", "grad_norm")):
+            if loop.last.get("step") != loop.step:
                 raise ValueError("the last log record is incomplete")
+            probe, data_digest = meta["probe"], meta["data_digest"]
+            if not isinstance(probe, float) or not isinstance(data_digest, str):
+                raise TypeError("its probe or data digest is missing")
         except (KeyError, TypeError, AttributeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
             raise RunDirError(f"{path}: the checkpoint's metadata is inconsistent ({one_line(exc)}); "
                               f"{checkpoints.previous_hint(path)}") from None
-        return cls(path, arrays, changes, loop, stopper, finished)
+        return cls(path, arrays, changes, loop, stopper, finished, probe, data_digest)
 
     def restore(self, run: Prepared, config: GradfitConfig) -> tuple:
         """(train state, loop state, early stopping, best params) on the run's device."""
@@ -136,21 +140,25 @@ class _SavedRun:
         return state, dataclasses.replace(self.loop), stopper, best
 
 
-def _replay(session: Session, logged: dict, force: bool) -> bool:
-    """Recompute the checkpoint's metrics with a zero-step chunk; True when they equal the logged ones.
+def _replay(session: Session, saved: _SavedRun, force: bool) -> bool:
+    """True when the restored run sees the checkpoint's data and reproduces its probe objective bit for bit.
 
-    Equal bits prove that the data, device and libraries are those of the original run, so the rest of it
-    will be reproduced exactly.
+    Equal data and equal bits from the restored parameters prove that the device and libraries compute as the
+    original run's did, so the rest of it will be reproduced exactly.
     """
-    session.state, metrics = session.compiled(session.state, session.run.data, jnp.int32(0))
-    now = {key: float(metrics[key]) for key in ("objective", "grad_norm")}
-    reproduced = now == {key: logged[key] for key in now}
-    if not reproduced and not force:
-        raise RunDirError(
-            f"{session.path}: the restored state does not reproduce the metrics logged at step {session.loop.step} "
-            f"(objective {now['objective']!r} now, {logged['objective']!r} then): the data, device or library "
-            "versions differ from the original run's. Add --force to resume anyway")
-    return reproduced
+    if session.data_digest != saved.data_digest:
+        problem = (f"the data differ from the original run's (digest {session.data_digest} now, "
+                   f"{saved.data_digest} then): the data file was edited or replaced")
+    else:
+        now = session.probe(session.state.params)
+        if now == saved.probe:
+            return True
+        problem = (f"the restored state does not reproduce the probe objective of step {session.loop.step} "
+                   f"({now!r} now, {saved.probe!r} then): the device or library versions differ from the "
+                   "original run's")
+    if not force:
+        raise RunDirError(f"{saved.path}: {problem}. Add --force to resume anyway")
+    return False
 
 
 def _restore(template, arrays: dict, prefix: str, path: Path):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Annotated, Any, ClassVar, Literal, Optional, get_args
+from typing import Annotated, Any, ClassVar, Literal, Optional, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -179,9 +179,9 @@ class OptimizerConfig(_Section):
 
 class EarlyStoppingConfig(_Section):
     monitor: Optional[Literal["val_loss", "val_accuracy"]] = Field(
-        None, description="validation metric watched at each log point (null: early stopping off)"
+        None, description="validation metric watched at each evaluation (null: early stopping off)"
     )
-    patience: int = Field(10, ge=1, description="log points in a row without improvement before the run stops")
+    patience: int = Field(10, ge=1, description="evaluations in a row without improvement before the run stops")
     min_delta: float = Field(0.0, ge=0, description="smallest change of the monitored metric that counts as improvement")
 
     APPLIES_TO = {"patience": {"val_loss", "val_accuracy"}, "min_delta": {"val_loss", "val_accuracy"}}
@@ -194,9 +194,17 @@ class TrainConfig(_Section):
     batch_size: Optional[int] = Field(
         None, ge=1, description="minibatch size (null: full batch); the last partial batch of an epoch is dropped"
     )
-    log_every: int = Field(10, ge=1, description="steps fused per device dispatch; metrics are logged after each")
+    log_every: int = Field(
+        10, ge=1, description="steps between log points, which record running means of the minibatch objective and "
+        "gradient norm (almost free: the steps computed them)"
+    )
+    eval_every: Union[int, str] = Field(
+        "auto", description="steps between evaluations of the whole training and validation splits (also at the "
+        "end); auto keeps them at or below 5% of the training work"
+    )
     tol: Optional[float] = Field(
-        None, gt=0, description="stop when the full-batch gradient norm falls below this (checked when logging)"
+        None, gt=0, description="stop when the gradient norm over the whole training split falls below this "
+        "(full batch: checked at every log point; minibatches: at evaluations)"
     )
     checkpoint_every: Optional[int] = Field(
         1000, ge=1, description="checkpoint at the first log point past every this many steps (null: only at the "
@@ -206,6 +214,13 @@ class TrainConfig(_Section):
     early_stopping: EarlyStoppingConfig = Field(
         default_factory=EarlyStoppingConfig, description="stop when a validation metric stops improving"
     )
+
+    @field_validator("eval_every", mode="plain")
+    @classmethod
+    def _auto_or_steps(cls, value: Any):
+        if value == "auto" or (type(value) is int and value >= 1):
+            return value
+        raise ValueError("expected 'auto' or a whole number of steps >= 1")
 
     @model_validator(mode="before")
     @classmethod
@@ -225,7 +240,10 @@ class TrainConfig(_Section):
 
 class RuntimeConfig(_Section):
     device: Literal["auto", "cpu", "gpu"] = Field("auto", description="auto picks the GPU when JAX sees one")
-    precision: Literal["float32", "float64"] = Field("float32", description="floating-point type of data and params")
+    precision: Literal["float32", "float64", "bfloat16"] = Field(
+        "float32", description="float32 or float64 for data and params; bfloat16: float32 params with bfloat16 "
+        "matrix-product inputs (mixed precision, for accelerators)"
+    )
 
 
 class GradfitConfig(_Section):

@@ -1,48 +1,73 @@
-"""The compiled training program (the host-side loop around it is ``gradfit.loop``).
+"""The compiled programs of a run (the host-side loop around them is ``gradfit.loop``).
 
-One jitted program runs ``log_every`` optimizer steps (a ``fori_loop`` over ``train_step``) and then computes
-the metrics of a log point, so the host only sees the device once per log point. The state is donated, the data
-stays on the device as a jit argument, and minibatches are drawn on the device from a permutation keyed by
-(seed, epoch).
+- ``chunk(state, data, num_steps)`` runs ``num_steps`` optimizer steps in one ``fori_loop`` and returns the
+  running means of what the steps computed anyway (the minibatch objective and gradient norm): a log point
+  costs one dispatch and a few scalars.
+- ``evaluate(params, data, parts)`` computes the full-split metrics (objective and gradient norm over the whole
+  training split, validation and test loss and accuracy) in fixed-size row blocks, so memory stays flat in the
+  number of rows. It runs on its own schedule (``Plan.eval_every``); ``parts`` are traced flags, so one
+  compiled program serves every combination.
+
+The state is donated, the data stay on the device as jit arguments, and minibatches are gathered on the device
+by a keyed permutation of (seed, epoch) (``gradfit.shuffle``). A full-batch step already has the objective and
+gradient over the whole training split: the state carries them, so they are logged at every log point for free.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 import time
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
+from gradfit import precision, shuffle
 from gradfit.config import GradfitConfig
 from gradfit.data import Dataset, load_dataset, split_arrays
 from gradfit.device import select_device
 from gradfit.errors import ConfigError
-from gradfit.losses import accuracy, data_loss, l2_penalty, make_objective
+from gradfit.losses import l2_penalty, make_objective, row_correct, row_losses
 from gradfit.models import Model, build_model
 from gradfit.optim import make_optimizer
+
+EVAL_SHARE = 0.05  # the automatic evaluation schedule keeps evaluation at or below this share of training work
+BLOCK_ELEMENTS = 1 << 22  # rows x widest layer of one evaluation block: 16 MB of float32 activations
+PROBE_ROWS = 1024  # rows of the checkpoint probe that a resume must reproduce bit for bit
 
 
 class TrainState(NamedTuple):
     params: Any
     opt_state: Any
     step: jax.Array  # int32 (): optimizer steps taken so far
-    order: jax.Array  # int32 (n_train,): row order of the current epoch; (0,) when training full-batch
+    current: Any = None  # full batch only: (objective, gradient) at ``params``, which the next step uses
 
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """How many steps, in what batches; derived from the config and the training-split size."""
+    """How many steps, in what batches, and when the host looks: derived from the config and the split sizes.
+
+    Log points are the multiples of ``log_every``, evaluations the multiples of ``eval_every``; both also happen
+    at the last step. Chunks run from one of those points to the next.
+    """
 
     total_steps: int
     steps_per_epoch: int
     batch_size: Optional[int]  # None: full batch
     log_every: int
+    eval_every: int
+    eval_gradient: bool  # evaluations compute the full-split gradient norm (train.tol needs it)
+
+    @property
+    def full_batch(self) -> bool:
+        return self.batch_size is None
 
     @classmethod
-    def from_config(cls, config: GradfitConfig, n_train: int) -> "Plan":
+    def from_config(cls, config: GradfitConfig, n_train: int, n_val: int) -> "Plan":
         train = config.train
         if train.batch_size is not None and train.batch_size > n_train:
             raise ConfigError(
@@ -52,86 +77,207 @@ class Plan:
         batch = train.batch_size if train.batch_size not in (None, n_train) else None
         per_epoch = n_train // batch if batch else 1
         total = train.steps if train.steps is not None else train.epochs * per_epoch
-        return cls(total, per_epoch, batch, train.log_every)
+        gradient = train.tol is not None and batch is not None  # full batch: the state has the gradient
+        every = train.eval_every
+        if every == "auto":
+            every = auto_eval_every(n_train, n_val, batch, gradient, train.log_every, total)
+        return cls(total, per_epoch, batch, train.log_every, every, gradient)
+
+    def next_point(self, step: int) -> int:
+        """The first log point or evaluation after ``step``."""
+        following = min((step // every + 1) * every for every in (self.log_every, self.eval_every))
+        return min(following, self.total_steps)
+
+    def evaluates_at(self, step: int) -> bool:
+        return step > 0 and (step % self.eval_every == 0 or step >= self.total_steps)
+
+
+def auto_eval_every(n_train: int, n_val: int, batch: Optional[int], gradient: bool, log_every: int,
+                    total_steps: int) -> int:
+    """Steps between evaluations such that they cost at most ``EVAL_SHARE`` of the training steps' work.
+
+    Work is counted in row passes: a forward pass over one row is 1, forward and backward 3. A training step
+    costs 3 x its rows; an evaluation costs the validation rows, plus the training rows (3 x when it computes
+    the gradient) unless the run is full batch, whose state already holds them. Rounded up to whole log points.
+    """
+    step_cost = 3 * (batch or n_train)
+    eval_cost = n_val + (0 if batch is None else n_train * (3 if gradient else 1))
+    if eval_cost == 0:
+        return max(total_steps, 1)  # nothing but the end
+    steps = math.ceil(eval_cost / (EVAL_SHARE * step_cost))
+    return -(-steps // log_every) * log_every
 
 
 def make_train_step(objective: Callable, optimizer, plan: Plan, n_train: int, lbfgs: bool) -> Callable:
-    """train_step(state, data) -> (state, loss): one gradient step on one (mini)batch."""
+    """train_step(state, data) -> (state, (objective, gradient norm)) of one step, on the params it started from."""
 
-    def select_batch(state: TrainState, data: dict):
-        if plan.batch_size is None:
-            return state.order, data["x"], data["y"]
-        epoch, position = jnp.divmod(state.step, plan.steps_per_epoch)
-        # a fresh permutation at each epoch start, keyed by (seed, epoch): resumable and reproducible
-        order = jax.lax.cond(
-            position == 0,
-            lambda: jax.random.permutation(jax.random.fold_in(data["shuffle_key"], epoch), n_train).astype(jnp.int32),
-            lambda: state.order,
-        )
-        rows = jax.lax.dynamic_slice(order, (position * plan.batch_size,), (plan.batch_size,))
-        return order, data["x"][rows], data["y"][rows]
-
-    def train_step(state: TrainState, data: dict):
-        order, x, y = select_batch(state, data)
+    def full_batch_step(state: TrainState, data: dict):
+        value, grads = state.current
 
         def loss_fn(params):
-            return objective(params, x, y)
+            return objective(params, data["x"], data["y"])
 
-        if lbfgs:  # reuse the value and gradient the line search already computed at these params
-            loss, grads = optax.value_and_grad_from_state(loss_fn)(state.params, state=state.opt_state)
-        else:
-            loss, grads = jax.value_and_grad(loss_fn)(state.params)
-        updates, opt_state = optimizer.update(
-            grads, state.opt_state, state.params, value=loss, grad=grads, value_fn=loss_fn
-        )
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params, value=value, grad=grads,
+                                              value_fn=loss_fn)
         params = optax.apply_updates(state.params, updates)
-        return TrainState(params, opt_state, state.step + 1, order), loss
+        if lbfgs:  # its line search already evaluated the accepted point
+            current = (optax.tree_utils.tree_get(opt_state, "value"), optax.tree_utils.tree_get(opt_state, "grad"))
+        else:
+            current = jax.value_and_grad(loss_fn)(params)
+        return TrainState(params, opt_state, state.step + 1, current), (value, optax.tree.norm(grads))
 
-    return train_step
+    def minibatch_step(state: TrainState, data: dict):
+        epoch, position = jnp.divmod(state.step, plan.steps_per_epoch)
+        # every row once per epoch, in an order keyed by (seed, epoch): resumable and reproducible
+        rows = shuffle.permuted(jax.random.fold_in(data["shuffle_key"], epoch), n_train,
+                                position * plan.batch_size + jnp.arange(plan.batch_size))
+        x, y = data["x"][rows], data["y"][rows]
+        value, grads = jax.value_and_grad(objective)(state.params, x, y)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return TrainState(params, opt_state, state.step + 1), (value, optax.tree.norm(grads))
+
+    return full_batch_step if plan.full_batch else minibatch_step
 
 
-def make_chunk(train_step: Callable, objective: Callable, model: Model, l2: float, schedule: Optional[Callable],
-               has_val: bool):
-    """chunk(state, data, num_steps) -> (state, metrics): num_steps steps, then the log point's metrics.
+def make_chunk(train_step: Callable, plan: Plan, l2: float, schedule: Optional[Callable]) -> Callable:
+    """chunk(state, data, num_steps) -> (state, metrics) after ``num_steps`` steps.
 
-    ``num_steps`` is a traced scalar, so the last, shorter chunk of a run reuses the same compiled program.
+    ``num_steps`` is a traced scalar, so every chunk of a run, the shorter last one included, reuses one program.
+    ``batch_objective`` and ``batch_grad_norm`` are the means over the chunk's steps of what each step computed
+    on its minibatch; a full-batch chunk also returns the objective and gradient norm at its final params.
     """
 
     def chunk(state: TrainState, data: dict, num_steps):
-        state, _ = jax.lax.fori_loop(
-            0, num_steps, lambda _, carry: train_step(carry[0], data), (state, jnp.zeros((), data["x"].dtype))
-        )
-        params = state.params
-        value, grads = jax.value_and_grad(objective)(params, data["x"], data["y"])
-        finite = jnp.isfinite(value) & jnp.all(
-            jnp.array([jnp.all(jnp.isfinite(p)) for p in jax.tree_util.tree_leaves(params)])
-        )
+        def body(_, carry):
+            state, objective_sum, norm_sum = carry
+            state, (value, norm) = train_step(state, data)
+            return state, objective_sum + value, norm_sum + norm
+
+        zero = jnp.zeros((), jax.tree_util.tree_leaves(state.params)[0].dtype)
+        state, objective_sum, norm_sum = jax.lax.fori_loop(0, num_steps, body, (state, zero, zero))
+        count = jnp.maximum(num_steps, 1).astype(zero.dtype)
+        finite = jnp.isfinite(objective_sum) & _all_finite(state.params)
         if schedule is not None:
             lr = schedule(jnp.maximum(state.step - 1, 0))
         else:  # lbfgs: the step size its line search accepted last
             lr = optax.tree_utils.tree_get(state.opt_state, "learning_rate")
-        metrics = {
-            "objective": value,
-            "train_loss": value - l2_penalty(params, l2),
-            "grad_norm": optax.tree.norm(grads),
-            "learning_rate": lr,
-            "finite": finite,
-        }
-        if has_val:
-            logits = model.apply(params, data["x_val"])
-            metrics["val_loss"] = data_loss(logits, data["y_val"])
-            metrics["val_accuracy"] = accuracy(logits, data["y_val"])
+        metrics = {"batch_objective": objective_sum / count, "batch_grad_norm": norm_sum / count,
+                   "learning_rate": lr, "finite": finite}
+        if plan.full_batch:
+            value, grads = state.current
+            metrics.update(objective=value, train_loss=value - l2_penalty(state.params, l2),
+                           grad_norm=optax.tree.norm(grads), finite=finite & jnp.isfinite(value))
         return state, metrics
 
     return chunk
 
 
-def evaluate(model: Model, params, x, y) -> tuple[Optional[float], Optional[float]]:
-    """(loss, accuracy) of params on one split, on the device that holds params; (None, None) if it is empty."""
-    if len(y) == 0:
-        return None, None
-    logits = jax.jit(model.apply)(params, x)
-    return float(data_loss(logits, y)), float(accuracy(logits, y))
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.array([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(tree)]))
+
+
+EVAL_PARTS = ("train", "gradient", "val", "test", "probe")
+
+
+def eval_parts(**chosen: bool) -> dict:
+    """The ``parts`` argument of ``evaluate``: a flag per part, False unless chosen."""
+    unknown = set(chosen) - set(EVAL_PARTS)
+    if unknown:
+        raise ValueError(f"unknown evaluation parts {sorted(unknown)}; choose from {EVAL_PARTS}")
+    return {part: np.bool_(chosen.get(part, False)) for part in EVAL_PARTS}
+
+
+def make_evaluate(model: Model, l2: float, block_rows: int) -> Callable:
+    """evaluate(params, data, parts) -> metrics over whole splits, in blocks of ``block_rows`` rows.
+
+    Parts: ``train`` (objective and data loss over the training split), ``gradient`` (with ``train``: the norm
+    of the full-split gradient), ``val`` and ``test`` (loss and the count of correct rows: accuracies are exact
+    fractions on the host), ``probe`` (the objective over the first ``PROBE_ROWS`` training rows, which a
+    resume recomputes). Parts not asked for come back as NaN (counts as -1).
+    """
+
+    def forward(params, x, y):
+        def sums(xb, yb, weight):
+            logits = model.apply(params, xb)
+            return (jnp.sum(jnp.where(weight, row_losses(logits, yb), 0)),
+                    jnp.sum(weight & row_correct(logits, yb), dtype=jnp.int32))
+
+        loss_sum, correct = _blocked_sum(sums, x, y, block_rows)
+        return loss_sum / x.shape[0], correct
+
+    def train_metrics(params, x, y, gradient: bool):
+        def block_loss(params, xb, yb, weight):
+            return jnp.sum(jnp.where(weight, row_losses(model.apply(params, xb), yb), 0))
+
+        dtype = jax.tree_util.tree_leaves(params)[0].dtype
+        penalty, penalty_grad = jax.value_and_grad(lambda p: jnp.asarray(l2_penalty(p, l2), dtype))(params)
+        n = x.shape[0]
+        if gradient:
+            loss_sum, grad_sum = _blocked_sum(lambda xb, yb, w: jax.value_and_grad(block_loss)(params, xb, yb, w),
+                                              x, y, block_rows)
+            grads = jax.tree_util.tree_map(lambda g, pg: g / n + pg, grad_sum, penalty_grad)
+            norm = optax.tree.norm(grads)
+        else:
+            loss_sum = _blocked_sum(lambda xb, yb, w: block_loss(params, xb, yb, w), x, y, block_rows)
+            norm = jnp.full((), jnp.nan, loss_sum.dtype)
+        loss = loss_sum / n
+        return {"objective": loss + penalty, "train_loss": loss, "grad_norm": norm}
+
+    def evaluate(params, data: dict, parts: dict) -> dict:
+        dtype = jax.tree_util.tree_leaves(params)[0].dtype
+        nan, none = jnp.full((), jnp.nan, dtype), jnp.full((), -1, jnp.int32)
+        x, y = data["x"], data["y"]
+        skipped = {"objective": nan, "train_loss": nan, "grad_norm": nan}
+        out = jax.lax.cond(
+            parts["train"],
+            lambda: jax.lax.cond(parts["gradient"], lambda: train_metrics(params, x, y, True),
+                                 lambda: train_metrics(params, x, y, False)),
+            lambda: skipped)
+        for split in ("val", "test"):
+            if data[f"y_{split}"].shape[0] == 0:  # static: an empty split has nothing to evaluate
+                out[f"{split}_loss"], out[f"{split}_correct"] = nan, none
+                continue
+            loss, correct = jax.lax.cond(parts[split],
+                                         lambda s=split: forward(params, data[f"x_{s}"], data[f"y_{s}"]),
+                                         lambda: (nan, none))
+            out[f"{split}_loss"], out[f"{split}_correct"] = loss, correct
+        rows = min(PROBE_ROWS, x.shape[0])
+        out["probe"] = jax.lax.cond(
+            parts["probe"],
+            lambda: jnp.mean(row_losses(model.apply(params, x[:rows]), y[:rows])) + l2_penalty(params, l2),
+            lambda: nan)
+        return out
+
+    return evaluate
+
+
+def _blocked_sum(fn: Callable, x, y, block: int):
+    """The sum over fixed-size row blocks of ``fn(x_block, y_block, weight)``, a pytree of sums.
+
+    The last block is shifted back to end at the last row rather than padded (no copy of the data); ``weight``
+    is False for its rows that the previous block already counted.
+    """
+    n = x.shape[0]
+    if n <= block:
+        return fn(x, y, jnp.ones((n,), bool))
+    count = -(-n // block)
+
+    def body(i, total):
+        start = jnp.minimum(i * block, n - block)
+        xb = jax.lax.dynamic_slice_in_dim(x, start, block)
+        yb = jax.lax.dynamic_slice_in_dim(y, start, block)
+        weight = start + jnp.arange(block) >= i * block
+        return jax.tree_util.tree_map(jnp.add, total, fn(xb, yb, weight))
+
+    shapes = jax.eval_shape(fn, x[:block], y[:block], jnp.ones((block,), bool))
+    zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    return jax.lax.fori_loop(0, count, body, zeros)
+
+
+def block_rows(n_features: int, hidden: tuple = ()) -> int:
+    """Rows per evaluation block: ``BLOCK_ELEMENTS`` over the widest layer (at least 256 rows)."""
+    return max(256, BLOCK_ELEMENTS // max(n_features, *hidden, 1))
 
 
 @dataclasses.dataclass
@@ -139,62 +285,112 @@ class Prepared:
     """Everything a run needs, built and checked before anything is written to disk."""
 
     config: GradfitConfig
+    precision: precision.Precision
     dataset: Dataset
     model: Model
     plan: Plan
     device: Any
-    state: TrainState
-    data: dict  # device arrays: x, y, x_val, y_val, shuffle_key
-    chunk: Callable  # the uncompiled chunk function (for tests and benchmarks)
-    train_step: Callable  # one step, (state, data) -> (state, loss), uncompiled (for benchmarks)
+    state: TrainState  # the initial state (or a template to restore a checkpoint into)
+    data: dict  # device arrays: x, y, x_val, y_val, x_test, y_test, shuffle_key
+    chunk: Callable  # uncompiled: (state, data, num_steps) -> (state, metrics)
+    evaluate: Callable  # uncompiled: (params, data, parts) -> metrics
+    train_step: Callable  # one step, (state, data) -> (state, (objective, grad norm)), uncompiled (for benchmarks)
     objective: Callable  # (params, x, y) -> regularized loss
 
 
 def prepare(config: GradfitConfig) -> Prepared:
-    """Load and check the data, pick the device, size the plan and build the initial state (no compilation).
+    """Load and check the data, pick the device, size the plan and build the initial state.
 
-    Arrays are made with x64 enabled for float64 configs; trace and run ``chunk`` under the same setting.
+    Arrays are made under the run's precision (x64 for float64 configs); trace and run the programs under the
+    same setting (``Prepared.precision.scope()``).
     """
-    with jax.enable_x64(config.runtime.precision == "float64"):
+    with precision.of(config).scope():
         return _prepare(config)
 
 
 def _prepare(config: GradfitConfig) -> Prepared:
+    chosen = precision.of(config)
     dataset = load_dataset(config)
     device = select_device(config.runtime.device)
-    plan = Plan.from_config(config, len(dataset.train))
+    plan = Plan.from_config(config, len(dataset.train), len(dataset.val))
     if config.train.early_stopping.monitor and len(dataset.val) == 0:
         raise ConfigError(f"train.early_stopping: the validation split of {dataset.name} is empty "
                           f"(data.val_fraction={config.data.val_fraction:g}); raise data.val_fraction")
     optimizer, schedule = make_optimizer(config.optimizer, plan.total_steps)
-    dtype = jnp.float64 if config.runtime.precision == "float64" else jnp.float32
-    model = build_model(config.model, dataset.n_features, dataset.n_classes)
-
-    init_key, shuffle_key = jax.random.split(jax.random.PRNGKey(config.seed))
-    data = jax.device_put(_device_arrays(dataset, dtype, shuffle_key), device)
-    with jax.default_device(device):
-        params = model.init(init_key, dtype)
-        order = jnp.zeros((len(dataset.train) if plan.batch_size else 0,), jnp.int32)
-        state = TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32), order)
-        # optimizer states may alias the params (lbfgs does); donation needs every buffer distinct
-        state = jax.tree_util.tree_map(lambda a: jnp.array(a, copy=True), state)
-    # committed like the outputs of the compiled step, so feeding those back never recompiles
-    state = jax.device_put(state, device)
-
+    model = build_model(config.model, dataset.n_features, dataset.n_classes, chosen.compute_dtype)
     objective = make_objective(model.apply, config.model.l2)
     train_step = make_train_step(objective, optimizer, plan, len(dataset.train), config.optimizer.name == "lbfgs")
-    chunk = make_chunk(train_step, objective, model, config.model.l2, schedule, has_val=len(dataset.val) > 0)
-    return Prepared(config, dataset, model, plan, device, state, data, chunk, train_step, objective)
+    chunk = make_chunk(train_step, plan, config.model.l2, schedule)
+    hidden = tuple(config.model.hidden) if config.model.kind == "mlp" else ()
+    evaluate = make_evaluate(model, config.model.l2, block_rows(dataset.n_features, hidden))
+
+    data = jax.device_put(_device_arrays(dataset, chosen), device)
+
+    def initial_state(seed, data):
+        init_key, shuffle_key = jax.random.split(jax.random.PRNGKey(seed))
+        params = model.init(init_key, chosen.param_dtype)
+        current = jax.value_and_grad(objective)(params, data["x"], data["y"]) if plan.full_batch else None
+        return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32), current), shuffle_key
+
+    # one compiled program rather than a dozen eager ops, each compiled on its own. Its outputs are distinct
+    # buffers (the lbfgs state starts as copies of the params), as donation needs, and committed to the device
+    # like the chunk's outputs, so feeding those back never recompiles
+    seed = jax.device_put(np.uint32(config.seed), device)
+    state, data["shuffle_key"] = jax.jit(initial_state)(seed, data)
+    return Prepared(config, chosen, dataset, model, plan, device, state, data, chunk, evaluate, train_step,
+                    objective)
 
 
-def compile_chunk(run: Prepared) -> tuple[Callable, float]:
-    """(compiled chunk with the state donated, seconds spent compiling). Call it under the run's x64 setting."""
+def _device_arrays(dataset: Dataset, chosen: precision.Precision) -> dict:
+    arrays = {}
+    for name, split in (("", dataset.train), ("_val", dataset.val), ("_test", dataset.test)):
+        x, y = split_arrays(split, dataset.n_classes, chosen.param_dtype)
+        arrays["x" + name], arrays["y" + name] = x.astype(chosen.compute_dtype, copy=False), y
+    return arrays
+
+
+@dataclasses.dataclass(frozen=True)
+class Programs:
+    """A run's compiled programs, and what compiling them cost."""
+
+    chunk: Callable  # (state, data, num_steps) -> (state, metrics); the state is donated
+    evaluate: Callable  # (params, data, parts) -> metrics
+    trace_time_s: float  # tracing and lowering to StableHLO (Python; no cache can skip it)
+    compile_time_s: float  # XLA compilation, or loading from the persistent cache
+    cache: str  # "hit", "miss", "partial" (some programs) or "off": JAX's persistent compilation cache
+
+
+def compile_programs(run: Prepared) -> Programs:
+    """Trace, lower and compile the chunk and the evaluation (call under ``run.precision.scope()``)."""
     tick = time.perf_counter()
-    compiled = jax.jit(run.chunk, donate_argnums=0).lower(run.state, run.data, jnp.int32(0)).compile()
-    return compiled, time.perf_counter() - tick
+    lowered = [
+        jax.jit(run.chunk, donate_argnums=0).trace(run.state, run.data, jnp.int32(0)).lower(),
+        jax.jit(run.evaluate).trace(run.state.params, run.data, eval_parts()).lower(),
+    ]
+    traced = time.perf_counter()
+    with _cache_events() as events:
+        chunk, evaluate = [program.compile() for program in lowered]
+    return Programs(chunk, evaluate, traced - tick, time.perf_counter() - traced, _cache_outcome(events))
 
 
-def _device_arrays(dataset: Dataset, dtype, shuffle_key) -> dict:
-    x, y = split_arrays(dataset.train, dataset.n_classes, dtype)
-    x_val, y_val = split_arrays(dataset.val, dataset.n_classes, dtype)
-    return {"x": x, "y": y, "x_val": x_val, "y_val": y_val, "shuffle_key": shuffle_key}
+@contextlib.contextmanager
+def _cache_events():
+    """Collect JAX's persistent-cache events (requests, hits) while the block runs."""
+    events: list[str] = []
+
+    def listen(event: str, **kwargs) -> None:
+        if event.startswith("/jax/compilation_cache/"):
+            events.append(event.rsplit("/", 1)[-1])
+
+    jax.monitoring.register_event_listener(listen)
+    try:
+        yield events
+    finally:
+        jax.monitoring.unregister_event_listener(listen)
+
+
+def _cache_outcome(events: list[str]) -> str:
+    requests, hits = events.count("compile_requests_use_cache"), events.count("cache_hits")
+    if requests == 0:
+        return "off"
+    return "hit" if hits == requests else "miss" if hits == 0 else "partial"

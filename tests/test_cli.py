@@ -55,7 +55,7 @@ def test_train_prints_progress_summary_and_writes_the_run(tmp_path):
     result = invoke("train", str(CONFIGS / "logreg.yaml"), "--out-dir", str(tmp_path), "--set", "train.steps=10")
     assert result.exit_code == 0, result.output
     assert "step 0/10" in result.output  # plain log lines: CliRunner is not a terminal
-    assert "Training summary" in result.output and "test loss / accuracy" in result.output
+    assert "Training summary" in result.output and "test_loss / test_accuracy" in result.output
     (run_dir,) = tmp_path.iterdir()
     assert {p.name for p in run_dir.iterdir()} >= {"config.yaml", "metrics.jsonl", "params.npz", "summary.json",
                                                    "preprocessing.json"}

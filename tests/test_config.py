@@ -138,7 +138,7 @@ def test_unknown_key_without_a_close_match_lists_the_allowed_keys(tmp_path):
     line = problem_line(config_error(path), "train.zzzzzz")
     assert "line 2" in line
     assert "did you mean" not in line
-    assert ("allowed keys here: batch_size, checkpoint_every, early_stopping, epochs, keep_checkpoints, "
+    assert ("allowed keys here: batch_size, checkpoint_every, early_stopping, epochs, eval_every, keep_checkpoints, "
             "log_every, steps, tol") in line
 
 

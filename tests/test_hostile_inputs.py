@@ -509,7 +509,7 @@ RESUME_CASES = {
     "checkpoint-meta-config-is-a-string": ResumeCase(
         crafted(_set(None, "config", "adam")), (NEWEST, "metadata is inconsistent")),
     "checkpoint-of-a-newer-format": ResumeCase(
-        crafted(_set(None, "format", 99)), (NEWEST, "checkpoint format 99", "reads format 1")),
+        crafted(_set(None, "format", 99)), (NEWEST, "checkpoint format 99", "reads format 2")),
     # values behind a valid digest are still checked: a wrong type or step never reaches the loop
     "checkpoint-meta-loop-step-is-a-string": ResumeCase(
         crafted(_set("loop", "step", "8")), (NEWEST, "metadata is inconsistent", "step")),
