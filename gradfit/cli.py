@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 a failed training or check, 2 bad usage or input, 130 i
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import json
@@ -85,6 +86,17 @@ def _check_writable(path: Optional[Path], option: str = "--json") -> None:
         raise GradfitError(f"{option} {path}: cannot write there ({exc.strerror or exc})") from None
 
 
+def _use_compile_cache(wanted: bool = True, quiet: bool = False) -> None:
+    """Switch JAX's persistent compilation cache on, unless the user turned it off (see gradfit.compile_cache)."""
+    from gradfit import compile_cache
+
+    folder = compile_cache.directory()
+    if wanted and folder is not None:
+        problem = compile_cache.enable(folder)
+        if problem and not quiet:
+            stderr.print(f"[yellow]note:[/] {escape(problem)}", highlight=False, soft_wrap=True)
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"gradfit {gradfit.__version__}")
@@ -126,6 +138,10 @@ def train(
     precision: Optional[Precision] = typer.Option(None, help="Shortcut for --set runtime.precision=..."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output, only errors."),
     json_out: bool = typer.Option(False, "--json", help="Print summary.json to stdout (progress goes to stderr)."),
+    no_compile_cache: bool = typer.Option(
+        False, "--no-compile-cache", help="Compile from scratch instead of loading compiled programs from JAX's "
+                                          "persistent cache (folder: $GRADFIT_COMPILE_CACHE, default "
+                                          "~/.cache/gradfit/jax; GRADFIT_COMPILE_CACHE=off also turns it off)."),
 ) -> None:
     """Train the model a config describes and write a new run directory, or resume a stopped run.
 
@@ -161,9 +177,12 @@ def train(
         from gradfit import report
 
         console = stderr if json_out else report.stdout_console()
+        progress = None if quiet else report.TrainProgress(console)
+        if progress is not None:
+            progress.on_stage("starting JAX")  # from the first second, not after the imports and the compiling
+        _use_compile_cache(not no_compile_cache, quiet)
         from gradfit import loop, resume as resuming
 
-        progress = None if quiet else report.TrainProgress(console)
         try:
             if resume is None:
                 summary = loop.fit(resolved.config, out_dir or Path("runs"), callbacks=progress)
@@ -477,4 +496,16 @@ def config_validate(
 
 
 def main() -> None:
-    app(prog_name="gradfit")
+    """The console script. Once the command is done, output is flushed, exit handlers run and the process ends
+    at once: tearing down jaxlib's runtime and a thousand modules at interpreter exit took 0.3 s of a 2 s warm
+    ``gradfit train`` (every file is written and closed before this point)."""
+    try:
+        app(prog_name="gradfit")
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    atexit._run_exitfuncs()
+    os._exit(code)

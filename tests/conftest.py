@@ -19,6 +19,19 @@ def make_config(*overrides: str, path: str | Path | None = None) -> GradfitConfi
     return resolve_config(path, list(overrides)).config
 
 
+@pytest.fixture(scope="session", autouse=True)
+def compile_cache(tmp_path_factory):
+    """CLI commands in the tests share one fresh persistent compile cache, never the user's."""
+    folder = tmp_path_factory.mktemp("jax-cache")
+    previous = os.environ.get("GRADFIT_COMPILE_CACHE")
+    os.environ["GRADFIT_COMPILE_CACHE"] = str(folder)
+    yield folder
+    if previous is None:
+        del os.environ["GRADFIT_COMPILE_CACHE"]
+    else:
+        os.environ["GRADFIT_COMPILE_CACHE"] = previous
+
+
 @pytest.fixture
 def out_dir(tmp_path) -> Path:
     return tmp_path / "runs"
