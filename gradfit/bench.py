@@ -1,7 +1,10 @@
 """Benchmark engine: measured speed of training and of differentiation, against simple alternatives.
 
-Every number is a median over repeats after a warm-up call, timed around ``block_until_ready``; compile time is
-measured apart. Functions return JSON-ready dicts and print nothing; the CLI renders them.
+Every time is a median of samples after a warm-up call, each waited for with ``block_until_ready``; samples are
+taken until the newest ones agree within ``SPREAD_LIMIT`` (or a budget is spent), and each row records the
+spread of what it reports (``spread``) and which figures stayed unstable (``unstable``): those are flagged when
+shown, never printed as fact. Compile time is measured apart. Functions return JSON-ready dicts and print
+nothing; the CLI renders them.
 """
 
 from __future__ import annotations
@@ -10,7 +13,10 @@ import dataclasses
 import os
 import statistics
 import time
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
+
+import tempfile
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -18,21 +24,25 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
+from gradfit import precision, shuffle
 from gradfit.config import GradfitConfig, resolve_config
 from gradfit.data import make_synthetic
 from gradfit.device import describe_device, select_device
+from gradfit.loop import EarlyStopping, LoopState, Session
 from gradfit.losses import logistic_manual_grad, make_objective, mlp_manual_grad
 from gradfit.models import count_params, logistic, mlp
-from gradfit.train import prepare
+from gradfit.optim import make_optimizer
+from gradfit.train import compile_programs, prepare
 
 # Dense fp32 peak (TFLOP/s) of GPUs we know: the CUDA-core rate, and the TF32 tensor-core rate (dense) that
 # float32 matmuls use under JAX's default GPU matmul precision.
-GPU_PEAKS_TFLOPS = {  # checked in this order: the first name found in the device kind wins
-    "H200": {"float32": 67.0, "tf32": 494.7},
-    "H100 PCIE": {"float32": 51.0, "tf32": 378.0},
-    "H100": {"float32": 67.0, "tf32": 494.7},  # SXM
-    "A100": {"float32": 19.5, "tf32": 156.0},
+GPU_PEAKS_TFLOPS = {  # checked in this order: the first name found in the device kind wins; dense rates
+    "H200": {"float32": 67.0, "tf32": 494.7, "bfloat16": 989.4},
+    "H100 PCIE": {"float32": 51.0, "tf32": 378.0, "bfloat16": 756.0},
+    "H100": {"float32": 67.0, "tf32": 494.7, "bfloat16": 989.4},  # SXM
+    "A100": {"float32": 19.5, "tf32": 156.0, "bfloat16": 312.0},
 }
+SPREAD_LIMIT = 0.20  # samples whose (max - min) / median exceeds this are not a figure to report as fact
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,8 +72,39 @@ DEFAULT_SUITE = {
 DESCENT_RATE = 0.01  # learning rate of the plain gradient-descent steps compared with NumPy
 
 
-def median_time(fn: Callable, *args, repeats: int = 5, min_sample_s: float = 0.002) -> float:
-    """Median wall time of one ``fn(*args)`` call (each waited for on the device) after a warm-up call.
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """Seconds per call: the median of the newest samples, and their spread, (max - min) / median."""
+
+    seconds: float
+    spread: float
+    samples: int  # taken in all, the discarded earlier ones included
+
+    @property
+    def stable(self) -> bool:
+        return self.spread <= SPREAD_LIMIT
+
+
+def collect(sample: Callable[[], float], repeats: int, budget_s: float = 5.0) -> Timing:
+    """Call ``sample`` (one measured duration) until its newest ``repeats`` results agree within ``SPREAD_LIMIT``,
+    at most 4 x ``repeats`` times or ``budget_s`` seconds; the Timing of those newest results."""
+    repeats = max(repeats, 3)
+    started = time.perf_counter()
+    samples = [sample() for _ in range(repeats)]
+    while (_spread(samples[-repeats:]) > SPREAD_LIMIT and len(samples) < 4 * repeats
+           and time.perf_counter() - started < budget_s):
+        samples.append(sample())
+    window = samples[-repeats:]
+    return Timing(statistics.median(window), _spread(window), len(samples))
+
+
+def _spread(samples: list) -> float:
+    middle = statistics.median(samples)
+    return (max(samples) - min(samples)) / middle if middle > 0 else float("inf")
+
+
+def measure(fn: Callable, *args, repeats: int = 5, min_sample_s: float = 0.002) -> Timing:
+    """Time of one ``fn(*args)`` call (waited for on the device), after a warm-up call.
 
     Calls shorter than ``min_sample_s`` are repeated within each sample and averaged, so microsecond timings
     are not dominated by the timer and the scheduler.
@@ -73,13 +114,25 @@ def median_time(fn: Callable, *args, repeats: int = 5, min_sample_s: float = 0.0
     jax.block_until_ready(fn(*args))
     once = time.perf_counter() - tick
     inner = min(1000, max(1, int(min_sample_s / max(once, 1e-9))))
-    samples = []
-    for _ in range(repeats):
+
+    def sample() -> float:
         tick = time.perf_counter()
         for _ in range(inner):
             jax.block_until_ready(fn(*args))
-        samples.append((time.perf_counter() - tick) / inner)
-    return statistics.median(samples)
+        return (time.perf_counter() - tick) / inner
+
+    return collect(sample, repeats)
+
+
+def record(row: dict, key: str, timing: Timing, scale: float = 1.0) -> float:
+    """Put a timing in a result row: its median (times ``scale``) under ``key``, its spread under
+    ``row["spread"][key]``, and ``key`` in ``row["unstable"]`` when the samples disagreed. Returns the value."""
+    row[key] = timing.seconds * scale
+    row.setdefault("spread", {})[key] = timing.spread
+    unstable = row.setdefault("unstable", [])
+    if not timing.stable and key not in unstable:
+        unstable.append(key)
+    return row[key]
 
 
 def environment(device, precisions) -> dict:
@@ -108,30 +161,65 @@ def _batch_size(run) -> int:
     return run.plan.batch_size or len(run.dataset.train)
 
 
-def fused_seconds_per_step(run, steps: int, repeats: int) -> tuple[float, float]:
-    """(seconds per step inside the compiled fused loop, compile seconds) for a prepared run.
+def fused_step_time(run, steps: int, repeats: int) -> tuple[Timing, float]:
+    """(time per step inside the compiled chunk, compile seconds) for a prepared run.
 
-    The fused program ends with one log point's metrics; that is timed alone (0 steps) and subtracted, with
-    enough steps that the steps take at least 10x as long, so the difference is not noise.
+    The number of steps per call grows until a call takes at least 20 ms, so the dispatch of one call is a
+    small part of what is divided by the step count.
     """
-    with jax.enable_x64(run.config.runtime.precision == "float64"):
+    with run.precision.scope():
         tick = time.perf_counter()
         fused = jax.jit(run.chunk).lower(run.state, run.data, jnp.int32(steps)).compile()
         compile_s = time.perf_counter() - tick
-        metrics_only = median_time(lambda: fused(run.state, run.data, jnp.int32(0)), repeats=repeats)
-        total = median_time(lambda: fused(run.state, run.data, jnp.int32(steps)), repeats=repeats)
-        while total < 11 * metrics_only and steps < 100_000:  # grow geometrically: a noisy estimate can't blow up
-            steps *= 4
-            total = median_time(lambda: fused(run.state, run.data, jnp.int32(steps)), repeats=repeats)
-    return max(total - metrics_only, 1e-12) / steps, compile_s
+        while True:
+            timing = measure(lambda: fused(run.state, run.data, jnp.int32(steps)), repeats=repeats)
+            if timing.seconds >= 0.02 or steps >= 100_000:
+                break
+            steps *= 4  # geometric growth: a noisy estimate cannot blow the count up
+    return Timing(timing.seconds / steps, timing.spread, timing.samples), compile_s
+
+
+def loop_step_time(config: GradfitConfig, repeats: int) -> tuple[Timing, dict]:
+    """Time per step of gradfit's whole training loop with the config's own settings, and what one run did.
+
+    This is what a user of ``gradfit train`` waits for once compiled: the steps, the log points (the metrics
+    file included), the evaluations, the checkpoints and any stopping rule; each sample is a whole run from the
+    initial state in a temporary run directory.
+    """
+    run = prepare(config)
+    with run.precision.scope():
+        programs = compile_programs(run)
+        done: dict = {}
+
+        def sample() -> float:
+            state = jax.tree_util.tree_map(jnp.copy, run.state)  # the loop donates its state
+            jax.block_until_ready(state)
+            with tempfile.TemporaryDirectory() as folder:
+                session = Session(run, programs, Path(folder), time.perf_counter(), None, state, LoopState(),
+                                  EarlyStopping.from_config(config))
+                tick = time.perf_counter()
+                rule = session.run_chunks(_NoSignals())
+                jax.block_until_ready(session.state)
+                spent = time.perf_counter() - tick
+            done.update(steps=session.loop.step, evaluations=session.loop.evaluations, stop_reason=rule.reason,
+                        eval_share=session.loop.eval_time_s / spent, log_every=run.plan.log_every,
+                        eval_every=run.plan.eval_every)
+            return spent / max(session.loop.step, 1)
+
+        return collect(sample, repeats), done
+
+
+class _NoSignals:
+    signal_name = None
 
 
 def training_throughput(config: GradfitConfig, options: BenchOptions) -> dict:
-    """Compile time, then steps/s and examples/s of a Python loop over the jitted step and of the fused loop."""
+    """Compile time; steps/s of a Python loop over the jitted step, of the fused chunk, and of gradfit's whole
+    training loop with the config's own log points and evaluations."""
     run = prepare(config)
     n = options.steps
-    fused_s, compile_s = fused_seconds_per_step(run, n, options.repeats)
-    with jax.enable_x64(config.runtime.precision == "float64"):
+    fused, compile_s = fused_step_time(run, n, options.repeats)
+    with run.precision.scope():
         step = jax.jit(run.train_step)
 
         def python_loop():
@@ -143,25 +231,28 @@ def training_throughput(config: GradfitConfig, options: BenchOptions) -> dict:
         tick = time.perf_counter()
         step.lower(run.state, run.data).compile()
         step_compile_s = time.perf_counter() - tick
-        loop_s = median_time(python_loop, repeats=options.repeats)
+        python = measure(python_loop, repeats=options.repeats)
+    whole, done = loop_step_time(config, options.repeats)
     batch = _batch_size(run)
     flops_per_step = batch * step_flops_per_example(run.state.params)
-    fused_rate = 1 / fused_s
-    loop_rate = n / loop_s
     result = {
         "config": config.name, "model": config.model.kind, "optimizer": config.optimizer.name,
         "precision": config.runtime.precision,
         "num_params": count_params(run.state.params), "batch_size": batch, "steps": n,
         "compile_time_s": compile_s, "step_compile_time_s": step_compile_s,
-        "python_loop": {"steps_per_s": loop_rate, "examples_per_s": loop_rate * batch},
-        "fused": {"steps_per_s": fused_rate, "examples_per_s": fused_rate * batch},
-        "fused_speedup": fused_rate / loop_rate,
-        "flops_per_step": flops_per_step,
-        "gflops_per_s": flops_per_step * fused_rate / 1e9,
     }
+    for key, timing, steps in (("python_loop", python, n), ("fused", fused, 1), ("loop", whole, 1)):
+        rate = 1 / record(result, f"{key}_s_per_step", timing, 1 / steps)
+        result[key] = {"steps_per_s": rate, "examples_per_s": rate * batch}
+    result["loop"].update(done)
+    result["fused_speedup"] = result["fused"]["steps_per_s"] / result["python_loop"]["steps_per_s"]
+    result["flops_per_step"] = flops_per_step
+    result["gflops_per_s"] = flops_per_step * result["fused"]["steps_per_s"] / 1e9
     peak = gpu_peak(run.device.device_kind) if run.device.platform == "gpu" else None
-    if peak and config.runtime.precision == "float32":  # the table holds 32-bit peaks only
-        result["fraction_of_peak"] = {k: result["gflops_per_s"] / (v * 1e3) for k, v in peak.items()}
+    if peak:  # bfloat16 against the bfloat16 rate; 32-bit against the FP32 and TF32 rates
+        rates = {"bfloat16": peak["bfloat16"]} if run.precision.mixed else \
+            {k: v for k, v in peak.items() if k != "bfloat16"} if not run.precision.x64 else {}
+        result["fraction_of_peak"] = {k: result["gflops_per_s"] / (v * 1e3) for k, v in rates.items()}
     return result
 
 
@@ -178,12 +269,13 @@ def step_flops_per_example(params) -> int:
 def gradient_cost(config: GradfitConfig, options: BenchOptions) -> dict:
     """Time of one loss evaluation vs one value_and_grad on the full training split."""
     run = prepare(config)
-    with jax.enable_x64(config.runtime.precision == "float64"):
+    row = {"config": config.name}
+    with run.precision.scope():
         params, x, y = run.state.params, run.data["x"], run.data["y"]
-        loss_s = median_time(jax.jit(run.objective), params, x, y, repeats=options.repeats * 4)
-        grad_s = median_time(jax.jit(jax.value_and_grad(run.objective)), params, x, y, repeats=options.repeats * 4)
-    return {"config": config.name, "rows": int(x.shape[0]), "num_params": count_params(params),
-            "loss_s": loss_s, "value_and_grad_s": grad_s, "ratio": grad_s / loss_s}
+        loss_s = record(row, "loss_s", measure(jax.jit(run.objective), params, x, y, repeats=options.repeats * 2))
+        grad_s = record(row, "value_and_grad_s", measure(jax.jit(jax.value_and_grad(run.objective)), params, x, y,
+                                                         repeats=options.repeats * 2))
+    return {**row, "rows": int(x.shape[0]), "num_params": count_params(params), "ratio": grad_s / loss_s}
 
 
 def _gradient_methods(objective: Callable, params, x, y, manual: Callable, repeats: int) -> dict:
@@ -208,15 +300,14 @@ def _gradient_methods(objective: Callable, params, x, y, manual: Callable, repea
 
     numpy_params = jax.tree_util.tree_map(np.asarray, params)
     x_np, y_np = np.asarray(x), np.asarray(y)
-    cheap = max(10, 5 * repeats)  # the loss is the denominator of every ratio: time it (and its peers) well
-    return {
-        "num_params": int(size),
-        "loss_s": median_time(jax.jit(flat_loss), theta, x, y, repeats=cheap),
-        "reverse_s": median_time(jax.jit(jax.grad(flat_loss)), theta, x, y, repeats=cheap),
-        "forward_s": median_time(jax.jit(forward), theta, x, y, repeats=repeats),
-        "finite_difference_s": median_time(jax.jit(central_differences), theta, x, y, repeats=repeats),
-        "manual_numpy_s": median_time(lambda: manual(numpy_params, x_np, y_np), repeats=cheap),
-    }
+    cheap = 2 * repeats  # the loss is the denominator of every ratio: time it (and its peers) well
+    row = {"num_params": int(size)}
+    record(row, "loss_s", measure(jax.jit(flat_loss), theta, x, y, repeats=cheap))
+    record(row, "reverse_s", measure(jax.jit(jax.grad(flat_loss)), theta, x, y, repeats=cheap))
+    record(row, "forward_s", measure(jax.jit(forward), theta, x, y, repeats=repeats))
+    record(row, "finite_difference_s", measure(jax.jit(central_differences), theta, x, y, repeats=repeats))
+    record(row, "manual_numpy_s", measure(lambda: manual(numpy_params, x_np, y_np), repeats=cheap))
+    return row
 
 
 def method_scaling(options: BenchOptions, device) -> dict:
@@ -264,14 +355,18 @@ def _with_ratios(rows: list) -> dict:
     return {"rows": rows, "growth_exponent": exponents}
 
 
-def peers(configs: dict, options: BenchOptions) -> dict:
-    """gradfit against a NumPy step (always), scikit-learn's lbfgs and a PyTorch eager step (when installed)."""
+def peers(configs: dict, options: BenchOptions, training: list) -> dict:
+    """gradfit against the minimal hand-written JAX loop and a NumPy step (always), PyTorch eager and
+    scikit-learn's lbfgs (when installed). ``training`` holds each config's loop timing (``training_throughput``)."""
     out = {}
+    loops = {row["config"]: row for row in training}
     # torch first: after scikit-learn has started its OpenMP threads, torch's own pool fights them for the
     # cores (seen here: 40 s of contention on 2 cores), which would measure the clash, not torch
     network = next((c for c in configs.values() if c.model.kind == "mlp"), None)
     if network is not None:
-        out["torch_eager_mlp"] = _torch_peer(network, options)
+        out["torch_eager_mlp"] = _torch_peer(network, options, loops.get(network.name))
+    for name, config in configs.items():
+        out[f"minimal_jax_loop_{name}"] = _minimal_loop_peer(config, options, loops.get(config.name))
     for name, config in configs.items():
         out[f"numpy_step_{name}"] = _numpy_step_peer(config, options)
     logreg = next((c for c in configs.values() if c.model.kind == "logistic"), None)
@@ -289,14 +384,78 @@ def _first_batch(run, dtype):
     return np.asarray(run.dataset.train.x[:batch], dtype), np.asarray(run.dataset.train.y[:batch])
 
 
+def _against_loop(row: dict, loop_row: Optional[dict], peer_key: str) -> dict:
+    """Fill a peer row's gradfit side with gradfit's whole training loop (default log points and evaluations)."""
+    row["gradfit_s_per_step"] = loop_row["loop_s_per_step"]
+    row.setdefault("spread", {})["gradfit_s_per_step"] = loop_row["spread"]["loop_s_per_step"]
+    if "loop_s_per_step" in loop_row.get("unstable", []):
+        row.setdefault("unstable", []).append("gradfit_s_per_step")
+    row["time_ratio"] = row["gradfit_s_per_step"] / row[peer_key]
+    return row
+
+
+def minimal_loop(run, steps: int) -> Callable[[], Any]:
+    """The same training steps as ``run`` in a bare ``jit`` + ``lax.scan``: same model, loss, optimizer, batch,
+    shuffle and data on the device, and nothing else: no log points, evaluations, files or stopping rules.
+
+    Returns a function that runs ``steps`` steps from the initial parameters (and returns the last loss).
+    """
+    config, plan = run.config, run.plan
+    optimizer, _ = make_optimizer(config.optimizer, plan.total_steps)
+    objective, n = run.objective, len(run.dataset.train)
+    lbfgs = config.optimizer.name == "lbfgs"
+
+    def step(carry, index):
+        params, opt_state = carry
+        if plan.full_batch:
+            x, y = run.data["x"], run.data["y"]
+        else:
+            epoch, position = jnp.divmod(index, plan.steps_per_epoch)
+            rows = shuffle.permuted(jax.random.fold_in(run.data["shuffle_key"], epoch), n,
+                                    position * plan.batch_size + jnp.arange(plan.batch_size))
+            x, y = run.data["x"][rows], run.data["y"][rows]
+        loss_fn = lambda p: objective(p, x, y)  # noqa: E731
+        if lbfgs:
+            loss, grads = optax.value_and_grad_from_state(loss_fn)(params, state=opt_state)
+        else:
+            loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params, value=loss, grad=grads, value_fn=loss_fn)
+        return (optax.apply_updates(params, updates), opt_state), loss
+
+    @jax.jit
+    def train(params):
+        (params, _), losses = jax.lax.scan(step, (params, optimizer.init(params)), jnp.arange(steps))
+        return losses[-1]
+
+    params = run.state.params
+    return lambda: train(params)
+
+
+def _minimal_loop_peer(config: GradfitConfig, options: BenchOptions, loop_row: Optional[dict]) -> dict:
+    """gradfit's whole loop with its default settings against the minimal loop's same steps: the framework's
+    overhead (log points, evaluations, files) as a time ratio."""
+    name = "minimal JAX loop (jit + lax.scan)"
+    run = prepare(config)
+    steps = loop_row["loop"]["steps"] if loop_row else run.plan.total_steps
+    with run.precision.scope():
+        timing = measure(minimal_loop(run, steps), repeats=options.repeats)
+    row = {"peer": name, "available": True, "config": config.name, "batch_size": _batch_size(run), "steps": steps,
+           "note": "framework overhead: the same steps in a bare jit + lax.scan (same model, optimizer, batch, "
+                   "shuffle, data on the device), without log points or evaluations"}
+    record(row, "peer_s_per_step", timing, 1 / steps)
+    return _against_loop(row, loop_row, "peer_s_per_step")
+
+
 def _numpy_step_peer(config: GradfitConfig, options: BenchOptions) -> dict:
     """Time per plain gradient-descent step: NumPy with the hand-derived gradient vs gradfit's fused sgd step,
     same batch size and precision."""
     sgd = config.model_copy(update={"optimizer": config.optimizer.model_validate(
         {"name": "sgd", "learning_rate": DESCENT_RATE})})
     run = prepare(sgd)
-    gradfit_s, _ = fused_seconds_per_step(run, options.steps, options.repeats)
-    dtype = np.float64 if config.runtime.precision == "float64" else np.float32
+    row = {"peer": "NumPy, hand-derived gradient", "config": config.name, "batch_size": _batch_size(run),
+           "precision": config.runtime.precision}
+    gradfit_s = record(row, "gradfit_s_per_step", fused_step_time(run, options.steps, options.repeats)[0])
+    dtype = precision.of(config).param_dtype
     params = jax.tree_util.tree_map(lambda p: np.asarray(p, dtype), run.state.params)
     x, y = _first_batch(run, dtype)
     l2 = config.model.l2
@@ -308,10 +467,8 @@ def _numpy_step_peer(config: GradfitConfig, options: BenchOptions) -> dict:
     def numpy_step():
         return jax.tree_util.tree_map(lambda p, g: p - DESCENT_RATE * g, params, grad(params))
 
-    numpy_s = median_time(numpy_step, repeats=options.repeats * 4)
-    return {"peer": "NumPy, hand-derived gradient", "config": config.name, "batch_size": _batch_size(run),
-            "precision": config.runtime.precision,
-            "gradfit_s_per_step": gradfit_s, "peer_s_per_step": numpy_s, "time_ratio": gradfit_s / numpy_s}
+    numpy_s = record(row, "peer_s_per_step", measure(numpy_step, repeats=options.repeats * 2))
+    return {**row, "time_ratio": gradfit_s / numpy_s}
 
 
 def _sklearn_peer(config: GradfitConfig, options: BenchOptions) -> dict:
@@ -363,13 +520,14 @@ def _sklearn_peer(config: GradfitConfig, options: BenchOptions) -> dict:
         iterations = next((n for n in range(1, 1001) if sklearn_objective(sklearn_fit(n)) <= goal), None)
         if steps is None or iterations is None:
             return _unavailable(name, "one of the two did not reach the common objective; nothing to compare")
-        gradfit_s = median_time(lambda: fused(run.state, run.data, jnp.int32(steps)), repeats=options.repeats)
-    sklearn_s = median_time(lambda: sklearn_fit(iterations), repeats=options.repeats)
-    return {"peer": name, "available": True, "l2": lam, "objective": target,
-            "gradfit_steps": steps, "peer_iterations": iterations,
-            "gradfit_s": gradfit_s, "peer_s": sklearn_s, "time_ratio": gradfit_s / sklearn_s,
-            "note": f"time to objective {target:.10g} (1e-9 relative): gradfit {steps} L-BFGS steps, "
-                    f"scikit-learn {iterations} iterations; float64; gradfit compile time excluded"}
+        row = {"peer": name, "available": True, "l2": lam, "objective": target,
+               "gradfit_steps": steps, "peer_iterations": iterations,
+               "note": f"time to objective {target:.10g} (1e-9 relative): gradfit {steps} L-BFGS steps, "
+                       f"scikit-learn {iterations} iterations; float64; gradfit compile time excluded"}
+        gradfit_s = record(row, "gradfit_s", measure(lambda: fused(run.state, run.data, jnp.int32(steps)),
+                                                     repeats=options.repeats))
+    sklearn_s = record(row, "peer_s", measure(lambda: sklearn_fit(iterations), repeats=options.repeats))
+    return {**row, "time_ratio": gradfit_s / sklearn_s}
 
 
 TORCH_OPTIMIZERS = {  # gradfit optimizer -> (torch class name, keyword arguments from the config)
@@ -383,8 +541,9 @@ TORCH_OPTIMIZERS = {  # gradfit optimizer -> (torch class name, keyword argument
 }
 
 
-def _torch_peer(config: GradfitConfig, options: BenchOptions) -> dict:
-    """A PyTorch eager training step of the same MLP, loss, optimizer and batch size, vs gradfit's fused step."""
+def _torch_peer(config: GradfitConfig, options: BenchOptions, loop_row: Optional[dict] = None) -> dict:
+    """A PyTorch eager training step of the same MLP, loss, optimizer and batch size, against gradfit's whole
+    training loop with its default log points and evaluations (``loop_row``; else its fused step)."""
     name = "PyTorch eager MLP step"
     try:
         import torch
@@ -393,8 +552,8 @@ def _torch_peer(config: GradfitConfig, options: BenchOptions) -> dict:
     if config.optimizer.name not in TORCH_OPTIMIZERS:
         return _unavailable(name, f"no like-for-like PyTorch step for optimizer '{config.optimizer.name}'")
     run = prepare(config)
-    gradfit_s, _ = fused_seconds_per_step(run, options.steps, options.repeats)
-    dtype = torch.float64 if config.runtime.precision == "float64" else torch.float32
+    chosen = precision.of(config)
+    dtype = torch.float64 if chosen.x64 else torch.float32
     # the same kind of device as gradfit's run, when this torch build can use it
     where = "cuda" if run.device.platform == "gpu" and torch.cuda.is_available() else "cpu"
     binary = run.dataset.n_classes == 2
@@ -419,17 +578,23 @@ def _torch_peer(config: GradfitConfig, options: BenchOptions) -> dict:
 
     def torch_step():
         optimizer.zero_grad()
-        loss_fn(net(x)).backward()
+        # bfloat16 runs: matrix products in bfloat16 under autocast, float32 parameters, as gradfit does
+        with torch.autocast(where, torch.bfloat16, enabled=chosen.mixed):
+            loss = loss_fn(net(x))
+        loss.backward()
         optimizer.step()
         if where == "cuda":  # like block_until_ready on the JAX side
             torch.cuda.synchronize()
 
-    torch_s = median_time(torch_step, repeats=options.repeats * 4)
-    return {"peer": name, "available": True, "torch": torch.__version__, "device": where,
-            "batch_size": _batch_size(run), "optimizer": config.optimizer.name,
-            "note": f"torch {torch.__version__} on {where} ({torch.get_num_threads()} CPU threads), "
-                    f"{config.optimizer.name}, batch {_batch_size(run)}",
-            "gradfit_s_per_step": gradfit_s, "peer_s_per_step": torch_s, "time_ratio": gradfit_s / torch_s}
+    row = {"peer": name, "available": True, "torch": torch.__version__, "device": where,
+           "batch_size": _batch_size(run), "optimizer": config.optimizer.name,
+           "note": f"torch {torch.__version__} on {where} ({torch.get_num_threads()} CPU threads), "
+                   f"{config.optimizer.name}, batch {_batch_size(run)}"}
+    torch_s = record(row, "peer_s_per_step", measure(torch_step, repeats=options.repeats * 2))
+    if loop_row is not None:
+        return _against_loop(row, loop_row, "peer_s_per_step")
+    gradfit_s = record(row, "gradfit_s_per_step", fused_step_time(run, options.steps, options.repeats)[0])
+    return {**row, "time_ratio": gradfit_s / torch_s}
 
 
 def run_bench(configs: Optional[dict] = None, options: BenchOptions = FULL, device: str = "auto",
@@ -450,6 +615,6 @@ def run_bench(configs: Optional[dict] = None, options: BenchOptions = FULL, devi
     result["methods"] = method_scaling(options, chosen)
     if options.peers:
         progress("peers")
-        result["peers"] = peers(configs, options)
+        result["peers"] = peers(configs, options, result["training"])
     return result
 
