@@ -169,10 +169,10 @@ def fused_step_time(run, steps: int, repeats: int) -> tuple[Timing, float]:
     """
     with run.precision.scope():
         tick = time.perf_counter()
-        fused = jax.jit(run.chunk).lower(run.state, run.data, jnp.int32(steps)).compile()
+        fused = jax.jit(run.chunk).lower(run.state, run.train_data, jnp.int32(steps)).compile()
         compile_s = time.perf_counter() - tick
         while True:
-            timing = measure(lambda: fused(run.state, run.data, jnp.int32(steps)), repeats=repeats)
+            timing = measure(lambda: fused(run.state, run.train_data, jnp.int32(steps)), repeats=repeats)
             if timing.seconds >= 0.02 or steps >= 100_000:
                 break
             steps *= 4  # geometric growth: a noisy estimate cannot blow the count up
@@ -225,11 +225,11 @@ def training_throughput(config: GradfitConfig, options: BenchOptions) -> dict:
         def python_loop():
             state, loss = run.state, None
             for _ in range(n):
-                state, loss = step(state, run.data)
+                state, loss = step(state, run.train_data)
             return loss
 
         tick = time.perf_counter()
-        step.lower(run.state, run.data).compile()
+        step.lower(run.state, run.train_data).compile()
         step_compile_s = time.perf_counter() - tick
         python = measure(python_loop, repeats=options.repeats)
     whole, done = loop_step_time(config, options.repeats)
@@ -396,7 +396,8 @@ def _against_loop(row: dict, loop_row: Optional[dict], peer_key: str) -> dict:
 
 def minimal_loop(run, steps: int) -> Callable[[], Any]:
     """The same training steps as ``run`` in a bare ``jit`` + ``lax.scan``: same model, loss, optimizer, batch,
-    shuffle and data on the device, and nothing else: no log points, evaluations, files or stopping rules.
+    shuffle and data on the device (as jit arguments), and nothing else: no log points, evaluations, files or
+    stopping rules.
 
     Returns a function that runs ``steps`` steps from the initial parameters (and returns the last loss).
     """
@@ -405,30 +406,31 @@ def minimal_loop(run, steps: int) -> Callable[[], Any]:
     objective, n = run.objective, len(run.dataset.train)
     lbfgs = config.optimizer.name == "lbfgs"
 
-    def step(carry, index):
-        params, opt_state = carry
-        if plan.full_batch:
-            x, y = run.data["x"], run.data["y"]
-        else:
-            epoch, position = jnp.divmod(index, plan.steps_per_epoch)
-            rows = shuffle.permuted(jax.random.fold_in(run.data["shuffle_key"], epoch), n,
-                                    position * plan.batch_size + jnp.arange(plan.batch_size))
-            x, y = run.data["x"][rows], run.data["y"][rows]
-        loss_fn = lambda p: objective(p, x, y)  # noqa: E731
-        if lbfgs:
-            loss, grads = optax.value_and_grad_from_state(loss_fn)(params, state=opt_state)
-        else:
-            loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params, value=loss, grad=grads, value_fn=loss_fn)
-        return (optax.apply_updates(params, updates), opt_state), loss
-
     @jax.jit
-    def train(params):
+    def train(params, x, y, key):
+        def step(carry, index):
+            params, opt_state = carry
+            if plan.full_batch:
+                xb, yb = x, y
+            else:
+                epoch, position = jnp.divmod(index, plan.steps_per_epoch)
+                rows = shuffle.permuted(jax.random.fold_in(key, epoch), n,
+                                        position * plan.batch_size + jnp.arange(plan.batch_size))
+                xb, yb = x[rows], y[rows]
+            loss_fn = lambda p: objective(p, xb, yb)  # noqa: E731
+            if lbfgs:
+                loss, grads = optax.value_and_grad_from_state(loss_fn)(params, state=opt_state)
+            else:
+                loss, grads = jax.value_and_grad(loss_fn)(params)
+            updates, opt_state = optimizer.update(grads, opt_state, params, value=loss, grad=grads,
+                                                  value_fn=loss_fn)
+            return (optax.apply_updates(params, updates), opt_state), loss
+
         (params, _), losses = jax.lax.scan(step, (params, optimizer.init(params)), jnp.arange(steps))
         return losses[-1]
 
-    params = run.state.params
-    return lambda: train(params)
+    args = (run.state.params, run.data["x"], run.data["y"], run.data["shuffle_key"])
+    return lambda: train(*args)
 
 
 def _minimal_loop_peer(config: GradfitConfig, options: BenchOptions, loop_row: Optional[dict]) -> dict:
@@ -509,10 +511,10 @@ def _sklearn_peer(config: GradfitConfig, options: BenchOptions) -> dict:
 
     run = prepare(config)
     with jax.enable_x64(True):
-        fused = jax.jit(run.chunk).lower(run.state, run.data, jnp.int32(0)).compile()
+        fused = jax.jit(run.chunk).lower(run.state, run.train_data, jnp.int32(0)).compile()
 
         def gradfit_objective(steps: int) -> float:
-            return float(fused(run.state, run.data, jnp.int32(steps))[1]["objective"])
+            return float(fused(run.state, run.train_data, jnp.int32(steps))[1]["end"][0])
 
         target = min(sklearn_objective(sklearn_fit(10_000, 1e-14)), gradfit_objective(200))
         goal = target * (1 + 1e-9)
@@ -524,7 +526,7 @@ def _sklearn_peer(config: GradfitConfig, options: BenchOptions) -> dict:
                "gradfit_steps": steps, "peer_iterations": iterations,
                "note": f"time to objective {target:.10g} (1e-9 relative): gradfit {steps} L-BFGS steps, "
                        f"scikit-learn {iterations} iterations; float64; gradfit compile time excluded"}
-        gradfit_s = record(row, "gradfit_s", measure(lambda: fused(run.state, run.data, jnp.int32(steps)),
+        gradfit_s = record(row, "gradfit_s", measure(lambda: fused(run.state, run.train_data, jnp.int32(steps)),
                                                      repeats=options.repeats))
     sklearn_s = record(row, "peer_s", measure(lambda: sklearn_fit(iterations), repeats=options.repeats))
     return {**row, "time_ratio": gradfit_s / sklearn_s}

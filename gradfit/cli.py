@@ -46,6 +46,12 @@ class Device(str, Enum):
 class Precision(str, Enum):
     float32 = "float32"
     float64 = "float64"
+    bfloat16 = "bfloat16"
+
+
+class CheckPrecision(str, Enum):
+    float32 = "float32"
+    float64 = "float64"
 
 
 @contextlib.contextmanager
@@ -207,7 +213,8 @@ def compare_grads(
         None, help="YAML config; omit for the built-in default (logistic regression on breast_cancer)."),
     set_: Optional[List[str]] = typer.Option(None, "--set", "-s", help=SET_HELP, metavar="KEY=VALUE"),
     at: Optional[Path] = typer.Option(None, "--at", help="Check at the parameters of this run directory."),
-    precision: Precision = typer.Option(Precision.float64, help="float64 proves; float32 shows what float32 can."),
+    precision: CheckPrecision = typer.Option(CheckPrecision.float64,
+                                             help="float64 proves; float32 shows what float32 can."),
     sweep: bool = typer.Option(False, "--sweep", help="Also tabulate the error against h from 1e-1 to 1e-10."),
     step: Optional[float] = typer.Option(None, "--step", min=1e-15, max=1.0,
                                          help="Finite-difference step factor instead of eps^(1/3)."),
@@ -241,6 +248,7 @@ def compare_grads(
                 raise RunDirError(f"{at}: not a gradfit run directory (no config.yaml); pass the config as well")
         resolved = resolve_config(config, set_ or [])
         _check_writable(json_file)
+        _use_compile_cache()
         from gradfit import gradcheck, report
         from gradfit.runs import write_json
 
@@ -347,6 +355,7 @@ def eval_(
     """
     with user_errors():
         _check_writable(json_file)
+        _use_compile_cache()
         from gradfit import metrics, report, trained
         from gradfit.runs import write_json
 
@@ -387,6 +396,7 @@ def predict(
         if out is not None and out.exists() and not force:
             raise GradfitError(f"--out {out}: already exists; pass --force to overwrite it")
         _check_writable(out, "--out")
+        _use_compile_cache()
         run = trained.load_run(run_dir)
         label_column = target or run.config.data.target
         if out is None:
@@ -416,6 +426,7 @@ def inference(
     """
     with user_errors():
         _check_writable(json_file)
+        _use_compile_cache()
         from gradfit import report, trained
         from gradfit.inference import run_inference
         from gradfit.runs import write_json

@@ -35,7 +35,10 @@ from gradfit.config import GradfitConfig, to_yaml
 from gradfit.device import describe_device
 from gradfit.errors import Interrupted, TrainingFailed
 from gradfit.models import count_params, named_leaves
-from gradfit.train import Plan, Prepared, Programs, TrainState, compile_programs, eval_parts, prepare
+from gradfit.train import (MAX_WINDOWS, WINDOW_ROWS, Plan, Prepared, Programs, TrainState, compile_programs,
+                           eval_parts, prepare)
+
+CHUNK_SECONDS = 0.1  # chunks grow to about this long: a dispatch costs ~0.2 ms, and Ctrl-C waits for one chunk
 
 
 class Callbacks:
@@ -165,6 +168,8 @@ class Session:
     callback_error: Optional[str] = None
     last_finite: Optional[str] = None  # "objective 0.31" before the chunk that diverged
     mark: float = 0.0  # training time is counted from here to the next log point
+    dispatched: float = 0.0  # when the chunk in flight was dispatched
+    windows: int = 1  # log windows the next chunk may cover
     _digest: Optional[str] = None
 
     def __post_init__(self):
@@ -200,65 +205,92 @@ class Session:
         plan, loop, config = self.run.plan, self.loop, self.run.config
         self.mark = time.perf_counter()
         if loop.step == 0 and plan.full_batch:  # the starting point: the state holds its objective already
-            rule = self.log_point(self.dispatch(0), 0, 0, evaluate=False)
-            rule = rule or stop_rule(config, plan, loop, self.stopper, None)
+            metrics = self.read(self.dispatch(0))
+            record = _log_record(self.run, 0, 0, metrics, {"end": metrics["end"]}, self.elapsed())
+            rule = self.log([record], stop) or stop_rule(config, plan, loop, self.stopper, None)
             if rule is not None:
                 return rule
-        pending = None  # a chunk whose log point is written while the next chunk runs
         while True:
             start = loop.step
-            end = plan.next_point(start)
-            metrics = self.dispatch(end - start)
-            loop.step = end
-            if pending is not None:
-                rule, pending = self.log_point(*pending), None
-                if rule is not None:  # diverged: the chunk just dispatched ran on broken parameters
-                    loop.step = loop.last["step"]
-                    return rule
-            evaluate = plan.evaluates_at(end)
-            due = _checkpoint_due(end, end - start, config.train.checkpoint_every)
-            if not (plan.full_batch or evaluate or due or end >= plan.total_steps or stop.signal_name):
-                pending = (metrics, end, end - start)
-                continue
-            rule = self.log_point(metrics, end, end - start, evaluate)
-            rule = rule or stop_rule(config, plan, loop, self.stopper, stop.signal_name)
-            if rule is not None and rule.status == "failed":
-                return rule
-            if rule is not None or due:
+            end = self.chunk_end(start)
+            metrics = self.read(self.dispatch(end - start))
+            loop.step = int(metrics["step"])  # before ``end`` when a full-batch run converged within the chunk
+            records = _window_records(self.run, start, loop.step, metrics, self.elapsed())
+            if not metrics["finite"]:
+                return self.log(records, stop, diverged=True)
+            rule = self.log(records, stop)
+            if rule is not None or _checkpoint_due(loop.step, loop.step - start, config.train.checkpoint_every):
                 self.checkpoint(finished=rule.reason if rule is not None and rule.status == "completed" else None)
             if rule is not None:
                 return rule
 
+    def chunk_end(self, start: int) -> int:
+        """Where the chunk from ``start`` ends: at the next evaluation, checkpoint or the last step, and after at
+        most ``self.windows`` log windows (grown until a chunk takes about ``CHUNK_SECONDS``)."""
+        plan, every = self.run.plan, self.run.config.train.checkpoint_every
+        end = min((start // plan.eval_every + 1) * plan.eval_every, plan.total_steps,
+                  (start // plan.log_every + self.windows) * plan.log_every)
+        if every:
+            end = min(end, plan.point_at_or_after((start // every + 1) * every))
+        return end
+
     def dispatch(self, steps: int) -> dict:
         """Start ``steps`` optimizer steps on the device; returns their metrics (arrays, not yet waited for)."""
-        self.state, metrics = self.programs.chunk(self.state, self.run.data, jnp.int32(steps))
+        self.dispatched = time.perf_counter()
+        self.state, metrics = self.programs.chunk(self.state, self.run.train_data, jnp.int32(steps))
         return metrics
 
-    def log_point(self, metrics: dict, step: int, steps: int, evaluate: bool = False) -> Optional[StopRule]:
-        """Read a chunk's metrics, evaluate if due, write the record; a failed StopRule if it diverged."""
+    def read(self, metrics: dict) -> dict:
+        """Wait for a chunk's metrics; its time counts as training time and sizes the next chunk."""
         metrics = jax.device_get(metrics)
         now = time.perf_counter()
+        spent, windows = now - self.dispatched, max(1, self.windows)
+        self.windows = max(1, min(MAX_WINDOWS, int(CHUNK_SECONDS / max(spent / windows, 1e-6))))
         self.loop.train_time_s += now - self.mark
         self.mark = now
-        finite = bool(metrics["finite"])
-        evaluation = self.evaluation(self.state.params, step) if evaluate and finite else None
-        record = _log_record(self.run, step, steps, metrics, evaluation, self.elapsed())
-        self.loop.last = record
-        runs.append_jsonl(self.run_dir / "metrics.jsonl", record)
-        self.notify("on_log", record)
-        if not finite:
-            return StopRule("failed", f"diverged: non-finite loss or parameters at step {step}")
-        self.last_finite = _objective_text(record)
-        if evaluation is not None and self.stopper is not None and self.stopper.update(record):
-            self.best = jax.tree_util.tree_map(jnp.copy, self.state.params)
-        return None
+        return metrics
 
-    def evaluation(self, params, step: int, **parts: bool) -> dict:
+    def log(self, records: list[dict], stop: "_StopRequests", diverged: bool = False) -> Optional[StopRule]:
+        """Evaluate where due, write the chunk's records, update early stopping; the rule that stops the run here.
+
+        A diverged chunk's records are written up to the first non-finite one, and the run fails there.
+        """
+        plan, loop = self.run.plan, self.loop
+        if diverged:
+            first_bad = next((i for i, r in enumerate(records) if not _finite_record(r)), len(records) - 1)
+            records = records[:first_bad + 1]
+            loop.step = records[-1]["step"]
+        last = records[-1] if records else loop.last
+        evaluated = False
+        if not diverged and records and plan.evaluates_at(last["step"]):
+            self.attach_evaluation(last)
+            evaluated = True
+        if records:
+            loop.last = last
+        rule = StopRule("failed", f"diverged: non-finite loss or parameters at step {loop.step}") if diverged \
+            else stop_rule(self.run.config, plan, loop, self.stopper, None)
+        if rule is not None and rule.status == "completed" and not evaluated and records:
+            self.attach_evaluation(last, final=True)  # every run that completes ends with an evaluation
+        runs.append_jsonl(self.run_dir / "metrics.jsonl", records)
+        for record in records:
+            self.notify("on_log", record)
+            if _finite_record(record):
+                self.last_finite = _objective_text(record) or self.last_finite
+        # a signal, even one that arrived while the records were shown, stops the run at this chunk's end
+        return rule or stop_rule(self.run.config, plan, loop, self.stopper, stop.signal_name)
+
+    def attach_evaluation(self, record: dict, final: bool = False) -> None:
+        """Evaluate the current parameters into ``record`` (its step's), and let early stopping see them."""
+        final = final or record["step"] >= self.run.plan.total_steps
+        record.update(self.evaluation(self.state.params, record["step"], final=final))
+        if self.stopper is not None and self.stopper.update(record):
+            self.best = jax.tree_util.tree_map(jnp.copy, self.state.params)
+
+    def evaluation(self, params, step: int, final: bool = False, **parts: bool) -> dict:
         """The evaluation due at ``step`` (or the ``parts`` named), read back; its time is not training time."""
         plan = self.run.plan
         if not parts:
-            last = step >= plan.total_steps
-            parts = {"train": not plan.full_batch, "gradient": plan.eval_gradient or last, "val": True}
+            parts = {"train": not plan.full_batch, "gradient": plan.eval_gradient or final, "val": True}
             self.loop.evaluations += 1
         tick = time.perf_counter()
         result = jax.device_get(self.programs.evaluate(params, self.run.data, eval_parts(**parts)))
@@ -494,21 +526,34 @@ RECORD_KEYS = ("step", "epoch", "batch_objective", "batch_grad_norm", "objective
                "val_loss", "val_accuracy", "learning_rate", "elapsed_s")
 
 
-def _log_record(run: Prepared, step: int, steps: int, metrics: dict, evaluation: Optional[dict],
-                elapsed: float) -> dict:
+def _window_records(run: Prepared, start: int, end: int, metrics: dict, elapsed: float) -> list[dict]:
+    """One record per log window of a chunk that ran from ``start`` to ``end``."""
+    every, records = run.plan.log_every, []
+    first = start // every
+    for w, window_start in enumerate(range(first * every, end, every)):
+        lo, hi = max(window_start, start), min(window_start + every, end)
+        columns = {name: metrics["windows"][row, w] for row, name in enumerate(WINDOW_ROWS)}
+        records.append(_log_record(run, hi, hi - lo, metrics, columns, elapsed))
+    return records
+
+
+def _log_record(run: Prepared, step: int, steps: int, metrics: dict, window: dict, elapsed: float) -> dict:
     """One line of metrics.jsonl. ``batch_*``: means over the steps since the previous record (None at step 0);
     ``objective``, ``train_loss``, ``grad_norm`` (whole training split) and ``val_*``: where computed, else None."""
     record = dict.fromkeys(RECORD_KEYS)
-    record.update(step=step, epoch=step / run.plan.steps_per_epoch, elapsed_s=elapsed,
-                  learning_rate=float(metrics["learning_rate"]))
+    record.update(step=step, epoch=step / run.plan.steps_per_epoch, elapsed_s=elapsed)
     if steps:
-        record.update(batch_objective=float(metrics["batch_objective"]),
-                      batch_grad_norm=float(metrics["batch_grad_norm"]))
-    for key in ("objective", "train_loss", "grad_norm"):  # a full-batch chunk has them
-        if key in metrics:
-            record[key] = float(metrics[key])
-    record.update({k: v for k, v in (evaluation or {}).items() if v is not None and k in record})
+        record.update(batch_objective=float(window["objective_sum"]) / steps,
+                      batch_grad_norm=float(window["grad_norm_sum"]) / steps,
+                      learning_rate=float(window["learning_rate"]))
+    if run.plan.full_batch:  # the state carries them: at every log point for free
+        values = window["end"] if "end" in window else [window[k] for k in ("objective", "train_loss", "grad_norm")]
+        record.update(zip(("objective", "train_loss", "grad_norm"), map(float, values)))
     return record
+
+
+def _finite_record(record: dict) -> bool:
+    return all(np.isfinite(v) for k, v in record.items() if isinstance(v, float))
 
 
 def _evaluation_fields(result: dict, parts: dict, dataset) -> dict:

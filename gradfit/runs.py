@@ -19,7 +19,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -146,14 +146,14 @@ def write_json(path: Path, obj: Any) -> None:
     write_atomic(path, json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n")
 
 
-def append_jsonl(path: Path, record: Mapping) -> None:
-    """Append one line, flushed so a crashing process loses nothing.
+def append_jsonl(path: Path, records: Sequence[Mapping]) -> None:
+    """Append one line per record, flushed so a crashing process loses nothing.
 
     Not fsynced: that made runs logging every step 12% slower, and what an OS crash could lose is logged
     again when the run resumes from its (fsynced) checkpoint.
     """
     with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(to_jsonable(record), allow_nan=False) + "\n")
+        f.write("".join(json.dumps(to_jsonable(record), allow_nan=False) + "\n" for record in records))
 
 
 def truncate_metrics(path: Path, step: int) -> int:

@@ -83,10 +83,10 @@ class Plan:
             every = auto_eval_every(n_train, n_val, batch, gradient, train.log_every, total)
         return cls(total, per_epoch, batch, train.log_every, every, gradient)
 
-    def next_point(self, step: int) -> int:
-        """The first log point or evaluation after ``step``."""
-        following = min((step // every + 1) * every for every in (self.log_every, self.eval_every))
-        return min(following, self.total_steps)
+    def point_at_or_after(self, step: int) -> int:
+        """The first log point or evaluation at or after ``step``."""
+        return min(-(-step // self.log_every) * self.log_every, -(-step // self.eval_every) * self.eval_every,
+                   self.total_steps)
 
     def evaluates_at(self, step: int) -> bool:
         return step > 0 and (step % self.eval_every == 0 or step >= self.total_steps)
@@ -140,34 +140,55 @@ def make_train_step(objective: Callable, optimizer, plan: Plan, n_train: int, lb
     return full_batch_step if plan.full_batch else minibatch_step
 
 
-def make_chunk(train_step: Callable, plan: Plan, l2: float, schedule: Optional[Callable]) -> Callable:
-    """chunk(state, data, num_steps) -> (state, metrics) after ``num_steps`` steps.
+MAX_WINDOWS = 128  # log points one chunk can report
+WINDOW_ROWS = ("objective_sum", "grad_norm_sum", "learning_rate", "objective", "train_loss", "grad_norm")
 
-    ``num_steps`` is a traced scalar, so every chunk of a run, the shorter last one included, reuses one program.
-    ``batch_objective`` and ``batch_grad_norm`` are the means over the chunk's steps of what each step computed
-    on its minibatch; a full-batch chunk also returns the objective and gradient norm at its final params.
+
+def make_chunk(train_step: Callable, plan: Plan, l2: float, schedule: Optional[Callable],
+               tol: Optional[float] = None) -> Callable:
+    """chunk(state, data, num_steps) -> (state, metrics): ``num_steps`` steps, with the metrics of every log point.
+
+    The steps fall into log windows that end at the multiples of ``log_every`` and at the chunk's end; a chunk
+    covers at most ``MAX_WINDOWS`` of them, so one dispatch can serve many log points. ``metrics["windows"]``
+    holds one column per window and one row per ``WINDOW_ROWS`` entry: the sums over the window's steps of the
+    minibatch objective and gradient norm, the learning rate of its last step and, for full batch, the
+    objective, data loss and gradient norm at its end. ``num_steps`` is traced: one program serves every chunk.
+    A full-batch chunk with ``tol`` stops after the first step that ends with a gradient norm below it
+    (``metrics["step"]`` says where the chunk stopped).
     """
 
     def chunk(state: TrainState, data: dict, num_steps):
-        def body(_, carry):
-            state, objective_sum, norm_sum = carry
-            state, (value, norm) = train_step(state, data)
-            return state, objective_sum + value, norm_sum + norm
+        dtype = jax.tree_util.tree_leaves(state.params)[0].dtype
+        first_window, end = state.step // plan.log_every, state.step + num_steps
 
-        zero = jnp.zeros((), jax.tree_util.tree_leaves(state.params)[0].dtype)
-        state, objective_sum, norm_sum = jax.lax.fori_loop(0, num_steps, body, (state, zero, zero))
-        count = jnp.maximum(num_steps, 1).astype(zero.dtype)
-        finite = jnp.isfinite(objective_sum) & _all_finite(state.params)
-        if schedule is not None:
-            lr = schedule(jnp.maximum(state.step - 1, 0))
-        else:  # lbfgs: the step size its line search accepted last
-            lr = optax.tree_utils.tree_get(state.opt_state, "learning_rate")
-        metrics = {"batch_objective": objective_sum / count, "batch_grad_norm": norm_sum / count,
-                   "learning_rate": lr, "finite": finite}
-        if plan.full_batch:
-            value, grads = state.current
-            metrics.update(objective=value, train_loss=value - l2_penalty(state.params, l2),
-                           grad_norm=optax.tree.norm(grads), finite=finite & jnp.isfinite(value))
+        def going(carry):
+            state, _ = carry
+            go = state.step < end
+            if plan.full_batch and tol is not None:
+                go &= optax.tree.norm(state.current[1]) >= tol
+            return go
+
+        def step(carry):
+            state, windows = carry
+            w = state.step // plan.log_every - first_window
+            lr = None if schedule is None else schedule(state.step)
+            state, (value, norm) = train_step(state, data)
+            if lr is None:  # lbfgs: the step size its line search accepted
+                lr = optax.tree_utils.tree_get(state.opt_state, "learning_rate")
+            windows = windows.at[0, w].add(value).at[1, w].add(norm).at[2, w].set(lr)
+            if plan.full_batch:
+                current, grads = state.current
+                windows = windows.at[3:, w].set(jnp.stack(
+                    [current, current - l2_penalty(state.params, l2), optax.tree.norm(grads)]).astype(dtype))
+            return state, windows
+
+        windows = jnp.zeros((len(WINDOW_ROWS), MAX_WINDOWS), dtype)
+        state, windows = jax.lax.while_loop(going, step, (state, windows))
+        metrics = {"windows": windows, "step": state.step,
+                   "finite": jnp.all(jnp.isfinite(windows)) & _all_finite(state.params)}
+        if plan.full_batch:  # the state's own values: what a chunk of 0 steps reports
+            current, grads = state.current
+            metrics["end"] = jnp.stack([current, current - l2_penalty(state.params, l2), optax.tree.norm(grads)])
         return state, metrics
 
     return chunk
@@ -292,6 +313,11 @@ class Prepared:
     device: Any
     state: TrainState  # the initial state (or a template to restore a checkpoint into)
     data: dict  # device arrays: x, y, x_val, y_val, x_test, y_test, shuffle_key
+
+    @property
+    def train_data(self) -> dict:
+        """What the chunk reads: each array passed to a program costs its dispatch a few microseconds."""
+        return {key: self.data[key] for key in ("x", "y", "shuffle_key")}
     chunk: Callable  # uncompiled: (state, data, num_steps) -> (state, metrics)
     evaluate: Callable  # uncompiled: (params, data, parts) -> metrics
     train_step: Callable  # one step, (state, data) -> (state, (objective, grad norm)), uncompiled (for benchmarks)
@@ -320,7 +346,7 @@ def _prepare(config: GradfitConfig) -> Prepared:
     model = build_model(config.model, dataset.n_features, dataset.n_classes, chosen.compute_dtype)
     objective = make_objective(model.apply, config.model.l2)
     train_step = make_train_step(objective, optimizer, plan, len(dataset.train), config.optimizer.name == "lbfgs")
-    chunk = make_chunk(train_step, plan, config.model.l2, schedule)
+    chunk = make_chunk(train_step, plan, config.model.l2, schedule, config.train.tol)
     hidden = tuple(config.model.hidden) if config.model.kind == "mlp" else ()
     evaluate = make_evaluate(model, config.model.l2, block_rows(dataset.n_features, hidden))
 
@@ -353,7 +379,7 @@ def _device_arrays(dataset: Dataset, chosen: precision.Precision) -> dict:
 class Programs:
     """A run's compiled programs, and what compiling them cost."""
 
-    chunk: Callable  # (state, data, num_steps) -> (state, metrics); the state is donated
+    chunk: Callable  # (state, train_data, num_steps) -> (state, metrics); the state is donated
     evaluate: Callable  # (params, data, parts) -> metrics
     trace_time_s: float  # tracing and lowering to StableHLO (Python; no cache can skip it)
     compile_time_s: float  # XLA compilation, or loading from the persistent cache
@@ -364,7 +390,7 @@ def compile_programs(run: Prepared) -> Programs:
     """Trace, lower and compile the chunk and the evaluation (call under ``run.precision.scope()``)."""
     tick = time.perf_counter()
     lowered = [
-        jax.jit(run.chunk, donate_argnums=0).trace(run.state, run.data, jnp.int32(0)).lower(),
+        jax.jit(run.chunk, donate_argnums=0).trace(run.state, run.train_data, jnp.int32(0)).lower(),
         jax.jit(run.evaluate).trace(run.state.params, run.data, eval_parts()).lower(),
     ]
     traced = time.perf_counter()

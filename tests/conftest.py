@@ -50,8 +50,21 @@ requires_gpu = pytest.mark.skipif(not has_gpu(), reason="needs a GPU")
 requires_no_gpu = pytest.mark.skipif(has_gpu(), reason="this machine has a GPU")
 
 
+@pytest.fixture
+def one_window_chunks(monkeypatch):
+    """Chunks of one log window each, so that a run stops exactly at the log point a signal arrives at.
+
+    By default a chunk grows to ~0.1 s of steps and Ctrl-C stops the run at the end of the chunk in flight.
+    """
+    from gradfit import loop
+
+    monkeypatch.setattr(loop, "CHUNK_SECONDS", 0.0)
+
+
 class InterruptAt:
-    """Training callbacks that send this process a real SIGINT at one log point: the same path as Ctrl-C."""
+    """Training callbacks that send this process a real SIGINT at one log point: the same path as Ctrl-C.
+
+    Use with ``one_window_chunks`` for the run to stop at exactly that step."""
 
     def __init__(self, step: int):
         self.step = step

@@ -29,7 +29,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import InterruptAt, has_gpu, make_config
-from gradfit import checkpoints, runs
+from gradfit import checkpoints, loop, runs
 from gradfit.cli import app
 from gradfit.errors import Interrupted
 from gradfit.loop import fit
@@ -322,7 +322,8 @@ def trained_runs(tmp_path_factory) -> dict[str, Path]:
     """{"interrupted": a resumable run stopped at step 8, "finished": the same run trained to the end}."""
     config = make_config(*TINY_RUN)
     out_dir = tmp_path_factory.mktemp("interrupted")
-    with pytest.raises(Interrupted):
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(Interrupted):
+        patch.setattr(loop, "CHUNK_SECONDS", 0.0)  # one log window per chunk: stop exactly at step 8
         fit(config, out_dir, InterruptAt(8))
     (interrupted,) = out_dir.iterdir()
     finished = Path(fit(config, tmp_path_factory.mktemp("finished"))["run_dir"])
