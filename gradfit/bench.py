@@ -399,7 +399,8 @@ def minimal_loop(run, steps: int) -> Callable[[], Any]:
     shuffle and data on the device (as jit arguments), and nothing else: no log points, evaluations, files or
     stopping rules.
 
-    Returns a function that runs ``steps`` steps from the initial parameters (and returns the last loss).
+    Returns a function that runs ``steps`` steps from the initial parameters (and returns the last loss); it is
+    compiled already.
     """
     config, plan = run.config, run.plan
     optimizer, _ = make_optimizer(config.optimizer, plan.total_steps)
@@ -430,7 +431,8 @@ def minimal_loop(run, steps: int) -> Callable[[], Any]:
         return losses[-1]
 
     args = (run.state.params, run.data["x"], run.data["y"], run.data["shuffle_key"])
-    return lambda: train(*args)
+    compiled = train.lower(*args).compile()
+    return lambda: compiled(*args)
 
 
 def _minimal_loop_peer(config: GradfitConfig, options: BenchOptions, loop_row: Optional[dict]) -> dict:

@@ -46,8 +46,10 @@ def test_every_time_and_ratio_is_finite_and_positive(result):
     for row in result["training"]:
         for key in ("compile_time_s", "fused_speedup", "gflops_per_s"):
             assert positive_finite(row[key]), key
-        for loop in ("python_loop", "fused"):
+        for loop in ("python_loop", "fused", "loop"):
             assert positive_finite(row[loop]["steps_per_s"]) and positive_finite(row[loop]["examples_per_s"])
+        assert set(row["spread"]) == {"python_loop_s_per_step", "fused_s_per_step", "loop_s_per_step"}
+        assert 0 <= row["loop"]["eval_share"] < 1 and row["loop"]["steps"] >= 1
         assert row["fused"]["examples_per_s"] == pytest.approx(row["fused"]["steps_per_s"] * row["batch_size"])
     for row in result["gradient_cost"]:
         assert positive_finite(row["ratio"]) and row["ratio"] == pytest.approx(row["value_and_grad_s"] / row["loss_s"])
@@ -57,6 +59,38 @@ def test_every_time_and_ratio_is_finite_and_positive(result):
     for name, peer in result["peers"].items():
         if peer.get("available", True):
             assert positive_finite(peer["time_ratio"]), name
+
+
+def test_minimal_loop_peer_measures_the_framework_overhead(result):
+    for name in ("logreg", "mlp"):
+        peer = result["peers"][f"minimal_jax_loop_{name}"]
+        loop = next(row for row in result["training"] if row["config"] == name)
+        assert peer["steps"] == loop["loop"]["steps"]  # the same steps as gradfit's whole run
+        assert peer["gradfit_s_per_step"] == loop["loop_s_per_step"]
+        assert peer["time_ratio"] == pytest.approx(peer["gradfit_s_per_step"] / peer["peer_s_per_step"])
+
+
+def test_samples_are_taken_until_they_agree_and_flagged_when_they_never_do():
+    steady = iter([1.0] * 100)
+    timing = bench.collect(lambda: next(steady), repeats=3)
+    assert (timing.seconds, timing.spread, timing.samples, timing.stable) == (1.0, 0.0, 3, True)
+    noisy = iter([1.0, 2.0] * 100)
+    timing = bench.collect(lambda: next(noisy), repeats=3)
+    assert timing.samples == 12 and not timing.stable and (timing.seconds, timing.spread) == (2.0, 0.5)
+    settling = iter([5.0, 1.0, 9.0, 1.0, 1.05, 1.02, 1.0])  # noisy at first, then steady
+    timing = bench.collect(lambda: next(settling), repeats=3)
+    assert timing.stable and timing.seconds == pytest.approx(1.02) and timing.samples == 6
+    row: dict = {}
+    bench.record(row, "x_s", bench.Timing(2.0, 0.5, 12), scale=0.5)
+    assert row == {"x_s": 1.0, "spread": {"x_s": 0.5}, "unstable": ["x_s"]}
+
+
+def test_unstable_figures_are_marked_not_printed_as_fact():
+    from gradfit.report import _flag
+
+    row = {"unstable": ["peer_s"]}
+    assert _flag("0.45", row, "gradfit_s", "peer_s").endswith("[yellow]?[/]")
+    assert _flag("0.45", row, "gradfit_s") == "0.45"
 
 
 def test_sklearn_peer_reaches_the_same_objective(result):

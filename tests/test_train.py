@@ -120,6 +120,25 @@ def test_minibatches_follow_a_fresh_permutation_per_epoch():
     assert seen[0:3] != seen[3:6]
 
 
+@pytest.mark.parametrize("overrides", [TINY_MLP + ("train.eval_every=6", "train.checkpoint_every=10"),
+                                       ("optimizer.name=lbfgs", "train.steps=40", "train.log_every=3",
+                                        "train.tol=1e-4")], ids=["minibatch", "full-batch-tol"])
+def test_grouping_log_windows_into_chunks_changes_no_number(overrides, out_dir, monkeypatch):
+    from gradfit import loop
+
+    config = make_config(*overrides)
+    monkeypatch.setattr(loop, "CHUNK_SECONDS", 0.0)  # one log window per dispatch
+    single = fit(config, out_dir=out_dir)
+    monkeypatch.setattr(loop, "CHUNK_SECONDS", 1e9)  # as many windows per dispatch as allowed
+    grouped = fit(config, out_dir=out_dir)
+    strip = lambda records: [{k: v for k, v in r.items() if k != "elapsed_s"} for r in records]  # noqa: E731
+    assert strip(read_metrics(single["run_dir"])) == strip(read_metrics(grouped["run_dir"]))
+    a, b = load_arrays(f"{single['run_dir']}/params.npz"), load_arrays(f"{grouped['run_dir']}/params.npz")
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+    assert single["steps"] == grouped["steps"] and single["objective"] == grouped["objective"]
+
+
 OPTIMIZERS = [
     ("sgd", "optimizer.learning_rate=0.5"),
     ("momentum", "optimizer.learning_rate=0.1"),
@@ -271,3 +290,76 @@ def test_objective_helper_matches_model_loss():
     objective = make_objective(run.model.apply, 0.0)
     value = objective(run.state.params, run.data["x"], run.data["y"])
     assert float(value) == pytest.approx(np.log(2), rel=1e-6)  # zero weights: log(1 + e^0)
+
+
+# ------------------------------------------------------------------------------------ schedule and numbers
+
+
+@pytest.mark.parametrize("n_train, n_val, batch, tol, log_every, expected", [
+    (1000, 250, 50, False, 10, 170),  # ceil(20 * (1000 + 250) / 150) = 167 -> whole log points
+    (1000, 250, 50, True, 10, 440),  # with the gradient: ceil(20 * (3000 + 250) / 150) = 434 -> 440
+    (341, 114, None, False, 5, 5),  # full batch: ceil(20 * 114 / 1023) = 3 -> one log point
+    (341, 0, None, False, 5, 100),  # nothing to evaluate but the end
+])
+def test_auto_evaluation_schedule_keeps_evaluations_at_5_percent(n_train, n_val, batch, tol, log_every, expected):
+    from gradfit.train import auto_eval_every
+
+    every = auto_eval_every(n_train, n_val, batch, tol, log_every, total_steps=100)
+    assert every == expected and every % log_every == 0
+    if n_val or batch:  # the work of one evaluation is at most 5% of the steps' between two
+        eval_cost = n_val + (0 if batch is None else n_train * (3 if tol else 1))
+        assert eval_cost <= 0.05 * every * 3 * (batch or n_train) < eval_cost + 0.05 * log_every * 3 * (batch or n_train)
+
+
+def test_evaluations_follow_the_schedule_and_end_the_run(out_dir):
+    summary = fit(make_config(*TINY_MLP, "train.epochs=null", "train.steps=22", "train.eval_every=8"),
+                  out_dir=out_dir)
+    records = read_metrics(summary["run_dir"])
+    assert [r["step"] for r in records] == [4, 8, 12, 16, 20, 22]  # log points, evaluations, the end
+    evaluated = [r["step"] for r in records if r["val_loss"] is not None]
+    assert evaluated == [8, 16, 22] and summary["evaluations"] == 3
+    assert records[0]["batch_objective"] is not None and records[0]["objective"] is None  # a plain log point
+    end = records[-1]
+    assert end["grad_norm"] is not None  # the last evaluation has the full-split gradient norm
+    assert [r["grad_norm"] for r in records if r["step"] in (8, 16)] == [None, None]  # no tol: not computed
+    assert summary["objective"] == end["objective"] and summary["grad_norm"] == end["grad_norm"]
+
+
+def test_accuracies_are_exact_fractions(out_dir):
+    summary = fit(make_config("train.steps=12"), out_dir=out_dir)  # float32
+    rows = summary["rows"]
+    for split in ("val", "test"):
+        correct = summary["final"][f"{split}_accuracy"] * rows[split]
+        assert correct == round(correct)  # no float32 rounding: 110/114 is 0.9649122807..., not 0.9649122953
+        assert summary["final"][f"{split}_accuracy"] == round(correct) / rows[split]
+
+
+def test_summary_times_training_and_evaluation_apart(out_dir):
+    summary = fit(make_config(*TINY_MLP), out_dir=out_dir)
+    for key in ("trace_time_s", "compile_time_s", "train_time_s", "eval_time_s"):
+        assert summary[key] > 0, key
+    assert summary["steps_per_s"] == pytest.approx(summary["steps"] / summary["train_time_s"])
+    assert summary["train_time_s"] + summary["eval_time_s"] < summary["wall_time_s"]
+    assert summary["compile_cache"] in ("hit", "miss", "partial", "off")
+    assert summary["log_every"] == 4 and summary["eval_every"] >= 4
+
+
+def test_full_batch_tol_stops_at_the_first_step_below_it(out_dir):
+    summary = fit(make_config("optimizer.name=lbfgs", "train.steps=200", "train.log_every=7", "train.tol=1e-3"),
+                  out_dir=out_dir)
+    records = read_metrics(summary["run_dir"])
+    assert summary["stop_reason"].startswith("converged") and records[-1]["step"] == summary["steps"]
+    assert records[-1]["grad_norm"] < 1e-3
+    previous = fit(make_config("optimizer.name=lbfgs", f"train.steps={summary['steps'] - 1}", "train.log_every=1"),
+                   out_dir=out_dir)
+    assert previous["grad_norm"] >= 1e-3  # one step earlier it was not yet below tol
+    assert records[-1]["val_loss"] is not None  # the run ends with an evaluation
+
+
+def test_bfloat16_trains_with_float32_parameters(out_dir):
+    summary = fit(make_config(*TINY_MLP, "runtime.precision=bfloat16"), out_dir=out_dir)
+    params = load_arrays(f"{summary['run_dir']}/params.npz")
+    assert {a.dtype for a in params.values()} == {np.dtype(np.float32)}
+    records = read_metrics(summary["run_dir"])
+    assert records[-1]["batch_objective"] < 0.5 * records[0]["batch_objective"]
+    assert summary["final"]["val_accuracy"] > 0.8
