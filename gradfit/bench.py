@@ -16,6 +16,7 @@ import time
 from typing import Any, Callable, Optional
 
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import jax
@@ -58,7 +59,7 @@ class BenchOptions:
 
 
 FULL = BenchOptions()
-QUICK = BenchOptions(steps=50, repeats=3, logreg_dims=(8, 64, 512), mlp_widths=(8, 32), rows=500)
+QUICK = BenchOptions(steps=50, repeats=3, logreg_dims=(16, 512), mlp_widths=(8, 32), rows=500)
 
 DEFAULT_SUITE = {
     # the settings of the shipped configs/logreg.yaml and configs/mlp.yaml, so the suite needs no files
@@ -164,31 +165,33 @@ def _batch_size(run) -> int:
 def fused_step_time(run, steps: int, repeats: int) -> tuple[Timing, float]:
     """(time per step inside the compiled chunk, compile seconds) for a prepared run.
 
-    The number of steps per call grows until a call takes at least 20 ms, so the dispatch of one call is a
-    small part of what is divided by the step count.
+    Every call starts from the initial state (the state is not donated); the number of steps per call grows
+    until a call takes at least 20 ms, so the dispatch of one call is a small part of what is divided by the
+    steps it ran (a full-batch run with train.tol may stop before ``steps``).
     """
     with run.precision.scope():
         tick = time.perf_counter()
         fused = jax.jit(run.chunk).lower(run.state, run.train_data, jnp.int32(steps)).compile()
         compile_s = time.perf_counter() - tick
         while True:
-            timing = measure(lambda: fused(run.state, run.train_data, jnp.int32(steps)), repeats=repeats)
-            if timing.seconds >= 0.02 or steps >= 100_000:
+            call = lambda: fused(run.state, run.train_data, jnp.int32(steps))  # noqa: E731
+            timing = measure(call, repeats=repeats)
+            ran = int(call()[1]["step"]) - int(run.state.step)
+            if timing.seconds >= 0.02 or steps >= 100_000 or ran < steps:
                 break
             steps *= 4  # geometric growth: a noisy estimate cannot blow the count up
-    return Timing(timing.seconds / steps, timing.spread, timing.samples), compile_s
+    return Timing(timing.seconds / max(ran, 1), timing.spread, timing.samples), compile_s
 
 
-def loop_step_time(config: GradfitConfig, repeats: int) -> tuple[Timing, dict]:
-    """Time per step of gradfit's whole training loop with the config's own settings, and what one run did.
+def loop_step_time(run, programs, repeats: int) -> tuple[Timing, dict]:
+    """Time per step of gradfit's whole training loop with the run's own settings, and what one run did.
 
     This is what a user of ``gradfit train`` waits for once compiled: the steps, the log points (the metrics
-    file included), the evaluations, the checkpoints and any stopping rule; each sample is a whole run from the
-    initial state in a temporary run directory.
+    file included), the evaluations and any stopping rule, timed as ``train_time_s + eval_time_s`` of
+    summary.json (checkpoint writes are I/O, not training); each sample is a whole run from the initial state in
+    a temporary run directory.
     """
-    run = prepare(config)
     with run.precision.scope():
-        programs = compile_programs(run)
         done: dict = {}
 
         def sample() -> float:
@@ -196,11 +199,10 @@ def loop_step_time(config: GradfitConfig, repeats: int) -> tuple[Timing, dict]:
             jax.block_until_ready(state)
             with tempfile.TemporaryDirectory() as folder:
                 session = Session(run, programs, Path(folder), time.perf_counter(), None, state, LoopState(),
-                                  EarlyStopping.from_config(config))
-                tick = time.perf_counter()
+                                  EarlyStopping.from_config(run.config))
                 rule = session.run_chunks(_NoSignals())
                 jax.block_until_ready(session.state)
-                spent = time.perf_counter() - tick
+            spent = session.loop.train_time_s + session.loop.eval_time_s  # as in summary.json: no file writes
             done.update(steps=session.loop.step, evaluations=session.loop.evaluations, stop_reason=rule.reason,
                         eval_share=session.loop.eval_time_s / spent, log_every=run.plan.log_every,
                         eval_every=run.plan.eval_every)
@@ -213,14 +215,17 @@ class _NoSignals:
     signal_name = None
 
 
-def training_throughput(config: GradfitConfig, options: BenchOptions) -> dict:
+def training_throughput(run, options: BenchOptions) -> dict:
     """Compile time; steps/s of a Python loop over the jitted step, of the fused chunk, and of gradfit's whole
     training loop with the config's own log points and evaluations."""
-    run = prepare(config)
+    config = run.config
     n = options.steps
-    fused, compile_s = fused_step_time(run, n, options.repeats)
+    fused, fused_compile_s = fused_step_time(run, n, options.repeats)
     with run.precision.scope():
-        step = jax.jit(run.train_step)
+        programs = compile_programs(run)
+        tick = time.perf_counter()
+        step = jax.jit(run.train_step).lower(run.state, run.train_data).compile()
+        step_compile_s = time.perf_counter() - tick
 
         def python_loop():
             state, loss = run.state, None
@@ -228,18 +233,16 @@ def training_throughput(config: GradfitConfig, options: BenchOptions) -> dict:
                 state, loss = step(state, run.train_data)
             return loss
 
-        tick = time.perf_counter()
-        step.lower(run.state, run.train_data).compile()
-        step_compile_s = time.perf_counter() - tick
         python = measure(python_loop, repeats=options.repeats)
-    whole, done = loop_step_time(config, options.repeats)
+    whole, done = loop_step_time(run, programs, options.repeats)
     batch = _batch_size(run)
     flops_per_step = batch * step_flops_per_example(run.state.params)
     result = {
         "config": config.name, "model": config.model.kind, "optimizer": config.optimizer.name,
         "precision": config.runtime.precision,
         "num_params": count_params(run.state.params), "batch_size": batch, "steps": n,
-        "compile_time_s": compile_s, "step_compile_time_s": step_compile_s,
+        "compile_time_s": programs.trace_time_s + programs.compile_time_s,  # the chunk and the evaluation
+        "fused_compile_time_s": fused_compile_s, "step_compile_time_s": step_compile_s,
     }
     for key, timing, steps in (("python_loop", python, n), ("fused", fused, 1), ("loop", whole, 1)):
         rate = 1 / record(result, f"{key}_s_per_step", timing, 1 / steps)
@@ -266,10 +269,9 @@ def step_flops_per_example(params) -> int:
     return 4 * sum(weights) + 2 * sum(weights[1:])
 
 
-def gradient_cost(config: GradfitConfig, options: BenchOptions) -> dict:
+def gradient_cost(run, options: BenchOptions) -> dict:
     """Time of one loss evaluation vs one value_and_grad on the full training split."""
-    run = prepare(config)
-    row = {"config": config.name}
+    row = {"config": run.config.name}
     with run.precision.scope():
         params, x, y = run.state.params, run.data["x"], run.data["y"]
         loss_s = record(row, "loss_s", measure(jax.jit(run.objective), params, x, y, repeats=options.repeats * 2))
@@ -301,13 +303,21 @@ def _gradient_methods(objective: Callable, params, x, y, manual: Callable, repea
     numpy_params = jax.tree_util.tree_map(np.asarray, params)
     x_np, y_np = np.asarray(x), np.asarray(y)
     cheap = 2 * repeats  # the loss is the denominator of every ratio: time it (and its peers) well
+    programs = compile_side_by_side([jax.jit(flat_loss), jax.jit(jax.grad(flat_loss)), jax.jit(forward),
+                                     jax.jit(central_differences)], theta, x, y)
     row = {"num_params": int(size)}
-    record(row, "loss_s", measure(jax.jit(flat_loss), theta, x, y, repeats=cheap))
-    record(row, "reverse_s", measure(jax.jit(jax.grad(flat_loss)), theta, x, y, repeats=cheap))
-    record(row, "forward_s", measure(jax.jit(forward), theta, x, y, repeats=repeats))
-    record(row, "finite_difference_s", measure(jax.jit(central_differences), theta, x, y, repeats=repeats))
+    for key, program, count in zip(("loss_s", "reverse_s", "forward_s", "finite_difference_s"), programs,
+                                   (cheap, cheap, repeats, repeats)):
+        record(row, key, measure(program, theta, x, y, repeats=count))
     record(row, "manual_numpy_s", measure(lambda: manual(numpy_params, x_np, y_np), repeats=cheap))
     return row
+
+
+def compile_side_by_side(jitted: list, *args) -> list:
+    """Compile jitted functions for ``args`` two at a time (XLA compiles without the GIL)."""
+    lowered = [fn.lower(*args) for fn in jitted]
+    with ThreadPoolExecutor(2) as pool:
+        return list(pool.map(lambda program: program.compile(), lowered))
 
 
 def method_scaling(options: BenchOptions, device) -> dict:
@@ -355,23 +365,24 @@ def _with_ratios(rows: list) -> dict:
     return {"rows": rows, "growth_exponent": exponents}
 
 
-def peers(configs: dict, options: BenchOptions, training: list) -> dict:
+def peers(runs: dict, options: BenchOptions, training: list) -> dict:
     """gradfit against the minimal hand-written JAX loop and a NumPy step (always), PyTorch eager and
-    scikit-learn's lbfgs (when installed). ``training`` holds each config's loop timing (``training_throughput``)."""
+    scikit-learn's lbfgs (when installed). ``runs`` maps names to prepared runs; ``training`` holds each one's
+    loop timing (``training_throughput``)."""
     out = {}
     loops = {row["config"]: row for row in training}
     # torch first: after scikit-learn has started its OpenMP threads, torch's own pool fights them for the
     # cores (seen here: 40 s of contention on 2 cores), which would measure the clash, not torch
-    network = next((c for c in configs.values() if c.model.kind == "mlp"), None)
+    network = next((r for r in runs.values() if r.config.model.kind == "mlp"), None)
     if network is not None:
-        out["torch_eager_mlp"] = _torch_peer(network, options, loops.get(network.name))
-    for name, config in configs.items():
-        out[f"minimal_jax_loop_{name}"] = _minimal_loop_peer(config, options, loops.get(config.name))
-    for name, config in configs.items():
-        out[f"numpy_step_{name}"] = _numpy_step_peer(config, options)
-    logreg = next((c for c in configs.values() if c.model.kind == "logistic"), None)
+        out["torch_eager_mlp"] = _torch_peer(network, options, loops.get(network.config.name))
+    for name, run in runs.items():
+        out[f"minimal_jax_loop_{name}"] = _minimal_loop_peer(run, options, loops.get(run.config.name))
+    for name, run in runs.items():
+        out[f"numpy_step_{name}"] = _numpy_step_peer(run.config, options)
+    logreg = next((r for r in runs.values() if r.config.model.kind == "logistic"), None)
     if logreg is not None:
-        out["sklearn_lbfgs"] = _sklearn_peer(logreg, options)
+        out["sklearn_lbfgs"] = _sklearn_peer(logreg.config, options)
     return out
 
 
@@ -435,11 +446,11 @@ def minimal_loop(run, steps: int) -> Callable[[], Any]:
     return lambda: compiled(*args)
 
 
-def _minimal_loop_peer(config: GradfitConfig, options: BenchOptions, loop_row: Optional[dict]) -> dict:
+def _minimal_loop_peer(run, options: BenchOptions, loop_row: Optional[dict]) -> dict:
     """gradfit's whole loop with its default settings against the minimal loop's same steps: the framework's
     overhead (log points, evaluations, files) as a time ratio."""
     name = "minimal JAX loop (jit + lax.scan)"
-    run = prepare(config)
+    config = run.config
     steps = loop_row["loop"]["steps"] if loop_row else run.plan.total_steps
     with run.precision.scope():
         timing = measure(minimal_loop(run, steps), repeats=options.repeats)
@@ -545,17 +556,17 @@ TORCH_OPTIMIZERS = {  # gradfit optimizer -> (torch class name, keyword argument
 }
 
 
-def _torch_peer(config: GradfitConfig, options: BenchOptions, loop_row: Optional[dict] = None) -> dict:
+def _torch_peer(run, options: BenchOptions, loop_row: Optional[dict] = None) -> dict:
     """A PyTorch eager training step of the same MLP, loss, optimizer and batch size, against gradfit's whole
     training loop with its default log points and evaluations (``loop_row``; else its fused step)."""
     name = "PyTorch eager MLP step"
+    config = run.config
     try:
         import torch
     except ImportError:
         return _unavailable(name, "torch is not installed (optional: pip install torch)")
     if config.optimizer.name not in TORCH_OPTIMIZERS:
         return _unavailable(name, f"no like-for-like PyTorch step for optimizer '{config.optimizer.name}'")
-    run = prepare(config)
     chosen = precision.of(config)
     dtype = torch.float64 if chosen.x64 else torch.float32
     # the same kind of device as gradfit's run, when this torch build can use it
@@ -611,14 +622,15 @@ def run_bench(configs: Optional[dict] = None, options: BenchOptions = FULL, devi
                for name, c in configs.items()}
     result = {"environment": environment(chosen, [c.runtime.precision for c in configs.values()]),
               "options": dataclasses.asdict(options)}
+    runs = {name: prepare(config) for name, config in configs.items()}
     progress("training throughput")
-    result["training"] = [training_throughput(c, options) for c in configs.values()]
+    result["training"] = [training_throughput(run, options) for run in runs.values()]
     progress("gradient cost")
-    result["gradient_cost"] = [gradient_cost(c, options) for c in configs.values()]
+    result["gradient_cost"] = [gradient_cost(run, options) for run in runs.values()]
     progress("differentiation methods")
     result["methods"] = method_scaling(options, chosen)
     if options.peers:
         progress("peers")
-        result["peers"] = peers(configs, options, result["training"])
+        result["peers"] = peers(runs, options, result["training"])
     return result
 

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from conftest import make_config, requires_no_gpu
 from gradfit import bench
 from gradfit.cli import app
+from gradfit.train import prepare
 
 TINY = bench.BenchOptions(steps=5, repeats=1, logreg_dims=(4, 16), mlp_widths=(4,), rows=64, peers=True)
 TINY_SUITE = {
@@ -111,7 +112,7 @@ def test_missing_optional_peer_is_reported_not_fatal(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_torch)
-    peer = bench._torch_peer(TINY_SUITE["mlp"], TINY)
+    peer = bench._torch_peer(prepare(TINY_SUITE["mlp"]), TINY)
     assert peer == {"peer": "PyTorch eager MLP step", "available": False,
                     "reason": "torch is not installed (optional: pip install torch)"}
 
