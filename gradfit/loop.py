@@ -207,7 +207,7 @@ class Session:
         if loop.step == 0 and plan.full_batch:  # the starting point: the state holds its objective already
             metrics = self.read(self.dispatch(0))
             record = _log_record(self.run, 0, 0, metrics, {"end": metrics["end"]}, self.elapsed())
-            rule = self.log([record], stop) or stop_rule(config, plan, loop, self.stopper, None)
+            rule = self.log([record], stop)
             if rule is not None:
                 return rule
         while True:
@@ -282,12 +282,13 @@ class Session:
     def attach_evaluation(self, record: dict, final: bool = False) -> None:
         """Evaluate the current parameters into ``record`` (its step's), and let early stopping see them."""
         final = final or record["step"] >= self.run.plan.total_steps
-        record.update(self.evaluation(self.state.params, record["step"], final=final))
+        record.update(self.evaluation(self.state.params, final=final))
         if self.stopper is not None and self.stopper.update(record):
             self.best = jax.tree_util.tree_map(jnp.copy, self.state.params)
 
-    def evaluation(self, params, step: int, final: bool = False, **parts: bool) -> dict:
-        """The evaluation due at ``step`` (or the ``parts`` named), read back; its time is not training time."""
+    def evaluation(self, params, final: bool = False, **parts: bool) -> dict:
+        """The scheduled evaluation of ``params`` (the run's last with ``final``), or the ``parts`` named; read
+        back, and its time is not training time."""
         plan = self.run.plan
         if not parts:
             parts = {"train": not plan.full_batch, "gradient": plan.eval_gradient or final, "val": True}
@@ -407,7 +408,7 @@ class Session:
         missing = {part: not present for part, present in has.items()}
         missing["train"] |= missing["gradient"]  # the gradient comes with the training-split pass
         missing["test"] = len(self.run.dataset.test) > 0
-        evaluated = self.evaluation(params, record["step"], **missing) if any(missing.values()) else {}
+        evaluated = self.evaluation(params, **missing) if any(missing.values()) else {}
         # what was logged stays as logged (the pass with the gradient can round the objective differently)
         return {**evaluated, **{k: v for k, v in record.items() if v is not None}}
 
