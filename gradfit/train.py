@@ -428,6 +428,6 @@ def _cache_events():
 
 def _cache_outcome(events: list[str]) -> str:
     requests, hits = events.count("compile_requests_use_cache"), events.count("cache_hits")
-    if requests == 0:
+    if requests == 0 or not jax.config.jax_compilation_cache_dir:  # JAX asks even when no folder is set
         return "off"
     return "hit" if hits == requests else "miss" if hits == 0 else "partial"
