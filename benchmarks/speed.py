@@ -1,6 +1,6 @@
 """gradfit's speed targets, measured side by side in one run on this machine (issue 10).
 
-    python benchmarks/speed.py             # about 10 minutes on 2 CPU cores
+    python benchmarks/speed.py             # about 3 minutes on 2 CPU cores
     python benchmarks/speed.py --quick     # fewer rounds, for a smoke test
     python benchmarks/speed.py --json results.json
 

@@ -187,9 +187,10 @@ def loop_step_time(run, programs, repeats: int) -> tuple[Timing, dict]:
     """Time per step of gradfit's whole training loop with the run's own settings, and what one run did.
 
     This is what a user of ``gradfit train`` waits for once compiled: the steps, the log points (the metrics
-    file included), the evaluations and any stopping rule, timed as ``train_time_s + eval_time_s`` of
-    summary.json (checkpoint writes are I/O, not training); each sample is a whole run from the initial state in
-    a temporary run directory.
+    file included), the scheduled evaluations and any stopping rule, timed as ``train_time_s + eval_time_s``
+    (checkpoint writes are I/O, not training; the test metrics of the saved parameters, which summary.json's
+    ``eval_time_s`` also covers, are left out); each sample is a whole run from the initial state in a
+    temporary run directory.
     """
     with run.precision.scope():
         done: dict = {}
@@ -215,9 +216,9 @@ class _NoSignals:
     signal_name = None
 
 
-def training_throughput(run, options: BenchOptions) -> dict:
+def training_throughput(run, options: BenchOptions, name: Optional[str] = None) -> dict:
     """Compile time; steps/s of a Python loop over the jitted step, of the fused chunk, and of gradfit's whole
-    training loop with the config's own log points and evaluations."""
+    training loop with the config's own log points and evaluations. ``name``: the row's name (the config's)."""
     config = run.config
     n = options.steps
     fused, fused_compile_s = fused_step_time(run, n, options.repeats)
@@ -238,7 +239,7 @@ def training_throughput(run, options: BenchOptions) -> dict:
     batch = _batch_size(run)
     flops_per_step = batch * step_flops_per_example(run.state.params)
     result = {
-        "config": config.name, "model": config.model.kind, "optimizer": config.optimizer.name,
+        "config": name or config.name, "model": config.model.kind, "optimizer": config.optimizer.name,
         "precision": config.runtime.precision,
         "num_params": count_params(run.state.params), "batch_size": batch, "steps": n,
         "compile_time_s": programs.trace_time_s + programs.compile_time_s,  # the chunk and the evaluation
@@ -269,9 +270,9 @@ def step_flops_per_example(params) -> int:
     return 4 * sum(weights) + 2 * sum(weights[1:])
 
 
-def gradient_cost(run, options: BenchOptions) -> dict:
+def gradient_cost(run, options: BenchOptions, name: Optional[str] = None) -> dict:
     """Time of one loss evaluation vs one value_and_grad on the full training split."""
-    row = {"config": run.config.name}
+    row = {"config": name or run.config.name}
     with run.precision.scope():
         params, x, y = run.state.params, run.data["x"], run.data["y"]
         loss_s = record(row, "loss_s", measure(jax.jit(run.objective), params, x, y, repeats=options.repeats * 2))
@@ -370,14 +371,14 @@ def peers(runs: dict, options: BenchOptions, training: list) -> dict:
     scikit-learn's lbfgs (when installed). ``runs`` maps names to prepared runs; ``training`` holds each one's
     loop timing (``training_throughput``)."""
     out = {}
-    loops = {row["config"]: row for row in training}
+    loops = {row["config"]: row for row in training}  # rows are named by the keys of ``runs``
     # torch first: after scikit-learn has started its OpenMP threads, torch's own pool fights them for the
     # cores (seen here: 40 s of contention on 2 cores), which would measure the clash, not torch
-    network = next((r for r in runs.values() if r.config.model.kind == "mlp"), None)
+    network = next((name for name, r in runs.items() if r.config.model.kind == "mlp"), None)
     if network is not None:
-        out["torch_eager_mlp"] = _torch_peer(network, options, loops.get(network.config.name))
+        out["torch_eager_mlp"] = _torch_peer(runs[network], options, loops.get(network))
     for name, run in runs.items():
-        out[f"minimal_jax_loop_{name}"] = _minimal_loop_peer(run, options, loops.get(run.config.name))
+        out[f"minimal_jax_loop_{name}"] = _minimal_loop_peer(run, options, loops[name])
     for name, run in runs.items():
         out[f"numpy_step_{name}"] = _numpy_step_peer(run.config, options)
     logreg = next((r for r in runs.values() if r.config.model.kind == "logistic"), None)
@@ -446,12 +447,12 @@ def minimal_loop(run, steps: int) -> Callable[[], Any]:
     return lambda: compiled(*args)
 
 
-def _minimal_loop_peer(run, options: BenchOptions, loop_row: Optional[dict]) -> dict:
-    """gradfit's whole loop with its default settings against the minimal loop's same steps: the framework's
-    overhead (log points, evaluations, files) as a time ratio."""
+def _minimal_loop_peer(run, options: BenchOptions, loop_row: dict) -> dict:
+    """gradfit's whole loop with its default settings (``loop_row``, from ``training_throughput``) against the
+    minimal loop's same steps: the framework's overhead (log points, evaluations, files) as a time ratio."""
     name = "minimal JAX loop (jit + lax.scan)"
     config = run.config
-    steps = loop_row["loop"]["steps"] if loop_row else run.plan.total_steps
+    steps = loop_row["loop"]["steps"]
     with run.precision.scope():
         timing = measure(minimal_loop(run, steps), repeats=options.repeats)
     row = {"peer": name, "available": True, "config": config.name, "batch_size": _batch_size(run), "steps": steps,
@@ -624,9 +625,9 @@ def run_bench(configs: Optional[dict] = None, options: BenchOptions = FULL, devi
               "options": dataclasses.asdict(options)}
     runs = {name: prepare(config) for name, config in configs.items()}
     progress("training throughput")
-    result["training"] = [training_throughput(run, options) for run in runs.values()]
+    result["training"] = [training_throughput(run, options, name) for name, run in runs.items()]
     progress("gradient cost")
-    result["gradient_cost"] = [gradient_cost(run, options) for run in runs.values()]
+    result["gradient_cost"] = [gradient_cost(run, options, name) for name, run in runs.items()]
     progress("differentiation methods")
     result["methods"] = method_scaling(options, chosen)
     if options.peers:

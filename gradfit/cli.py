@@ -184,12 +184,12 @@ def train(
 
         console = stderr if json_out else report.stdout_console()
         progress = None if quiet else report.TrainProgress(console)
-        if progress is not None:
-            progress.on_stage("starting JAX")  # from the first second, not after the imports and the compiling
-        _use_compile_cache(not no_compile_cache, quiet)
-        from gradfit import loop, resume as resuming
-
         try:
+            if progress is not None:
+                progress.on_stage("starting JAX")  # from the first second, not after the imports and compiling
+            _use_compile_cache(not no_compile_cache, quiet)
+            from gradfit import loop, resume as resuming
+
             if resume is None:
                 summary = loop.fit(resolved.config, out_dir or Path("runs"), callbacks=progress)
             else:

@@ -25,7 +25,12 @@ def directory(environ: Mapping[str, str] = os.environ) -> Optional[Path]:
     chosen = environ.get(ENV)
     if chosen is not None:
         return None if chosen.strip().lower() in OFF else Path(chosen).expanduser()
-    base = environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    base = environ.get("XDG_CACHE_HOME")
+    if not base:
+        try:
+            base = Path.home() / ".cache"
+        except RuntimeError:  # no HOME and no home directory for this user: nowhere to keep a cache
+            return None
     return Path(base) / "gradfit" / "jax"
 
 

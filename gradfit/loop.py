@@ -1,13 +1,12 @@
 """The host side of training: log points, evaluations, early stopping, checkpoints, stopping rules, the summary.
 
-The loop dispatches the compiled chunk from one log point or evaluation to the next (see ``gradfit.train``).
-At a plain log point it dispatches the next chunk *before* reading the finished one's metrics, so writing the
-log line overlaps the device's work and a log point costs about one dispatch. It waits for the device where a
-decision needs the numbers: at evaluations (``train.tol`` on minibatches, early stopping), checkpoints, the
-last step, a signal, and at every log point of a full-batch run (whose ``train.tol`` reads the exact gradient
-norm the state carries). Everything the loop carries from one point to the next is in the train state,
-``LoopState`` and ``EarlyStopping``, and all three go into every checkpoint: that is what makes a resumed run
-bit-identical to an uninterrupted one (see ``gradfit.resume``).
+The loop dispatches the compiled chunk (see ``gradfit.train``), which reports every log point it covers, and waits
+for it: a chunk runs up to the next evaluation, checkpoint or the last step, and covers as many log windows as fit
+in about ``CHUNK_SECONDS``, so a log point costs no dispatch of its own. Then the loop writes the chunk's records,
+evaluates when due, updates early stopping, checkpoints when due and decides whether to go on. Everything it
+carries from one chunk to the next is in the train state, ``LoopState`` and ``EarlyStopping``, and all three go
+into every checkpoint: that is what makes a resumed run bit-identical to an uninterrupted one (see
+``gradfit.resume``).
 """
 
 from __future__ import annotations
@@ -204,18 +203,18 @@ class Session:
         """Dispatch chunks, log, evaluate, update early stopping, checkpoint when due; the rule that stopped."""
         plan, loop, config = self.run.plan, self.loop, self.run.config
         self.mark = time.perf_counter()
-        if loop.step == 0 and plan.full_batch:  # the starting point: the state holds its objective already
-            metrics = self.read(self.dispatch(0))
-            record = _log_record(self.run, 0, 0, metrics, {"end": metrics["end"]}, self.elapsed())
-            rule = self.log([record], stop)
-            if rule is not None:
-                return rule
         while True:
             start = loop.step
-            end = self.chunk_end(start)
-            metrics = self.read(self.dispatch(end - start))
-            loop.step = int(metrics["step"])  # before ``end`` when a full-batch run converged within the chunk
-            records = _window_records(self.run, start, loop.step, metrics, self.elapsed())
+            # a new full-batch run first logs its starting point: a chunk of no step reports the state's values
+            end = start if start == 0 and plan.full_batch and not loop.last else self.chunk_end(start)
+            metrics = self.read(self.dispatch(end - start), start, end)
+            loop.step = int(metrics["step"])  # before ``end`` when a full-batch run converges within the chunk
+            if end > start:
+                records = _window_records(self.run, start, loop.step, metrics, self.elapsed())
+            else:
+                records = [_log_record(self.run, start, 0, dict(zip(END_ROWS, metrics["end"])), self.elapsed())]
+            if not records:  # a chunk stops early only below tol, which its last record shows: never here
+                raise RuntimeError(f"a chunk from step {start} took no step")
             if not metrics["finite"]:
                 return self.log(records, stop, diverged=True)
             rule = self.log(records, stop)
@@ -240,12 +239,14 @@ class Session:
         self.state, metrics = self.programs.chunk(self.state, self.run.train_data, jnp.int32(steps))
         return metrics
 
-    def read(self, metrics: dict) -> dict:
+    def read(self, metrics: dict, start: int, end: int) -> dict:
         """Wait for a chunk's metrics; its time counts as training time and sizes the next chunk."""
         metrics = jax.device_get(metrics)
         now = time.perf_counter()
-        spent, windows = now - self.dispatched, max(1, self.windows)
-        self.windows = max(1, min(MAX_WINDOWS, int(CHUNK_SECONDS / max(spent / windows, 1e-6))))
+        if end > start:  # per window it was asked to cover
+            windows = (end - 1) // self.run.plan.log_every - start // self.run.plan.log_every + 1
+            per_window = (now - self.dispatched) / windows
+            self.windows = max(1, min(MAX_WINDOWS, int(CHUNK_SECONDS / max(per_window, 1e-6))))
         self.loop.train_time_s += now - self.mark
         self.mark = now
         return metrics
@@ -260,16 +261,14 @@ class Session:
             first_bad = next((i for i, r in enumerate(records) if not _finite_record(r)), len(records) - 1)
             records = records[:first_bad + 1]
             loop.step = records[-1]["step"]
-        last = records[-1] if records else loop.last
+        last = loop.last = records[-1]
         evaluated = False
-        if not diverged and records and plan.evaluates_at(last["step"]):
+        if not diverged and plan.evaluates_at(last["step"]):
             self.attach_evaluation(last)
             evaluated = True
-        if records:
-            loop.last = last
         rule = StopRule("failed", f"diverged: non-finite loss or parameters at step {loop.step}") if diverged \
             else stop_rule(self.run.config, plan, loop, self.stopper, None)
-        if rule is not None and rule.status == "completed" and not evaluated and records:
+        if rule is not None and rule.status == "completed" and not evaluated:
             self.attach_evaluation(last, final=True)  # every run that completes ends with an evaluation
         runs.append_jsonl(self.run_dir / "metrics.jsonl", records)
         for record in records:
@@ -523,6 +522,7 @@ def unused_name(run_dir: Path, stem: str, suffix: str = ".yaml") -> Path:
     return candidate
 
 
+END_ROWS = ("objective", "train_loss", "grad_norm")  # what a full-batch chunk reports of its end state
 RECORD_KEYS = ("step", "epoch", "batch_objective", "batch_grad_norm", "objective", "train_loss", "grad_norm",
                "val_loss", "val_accuracy", "learning_rate", "elapsed_s")
 
@@ -530,26 +530,24 @@ RECORD_KEYS = ("step", "epoch", "batch_objective", "batch_grad_norm", "objective
 def _window_records(run: Prepared, start: int, end: int, metrics: dict, elapsed: float) -> list[dict]:
     """One record per log window of a chunk that ran from ``start`` to ``end``."""
     every, records = run.plan.log_every, []
-    first = start // every
-    for w, window_start in enumerate(range(first * every, end, every)):
+    for w, window_start in enumerate(range(start // every * every, end, every)):
         lo, hi = max(window_start, start), min(window_start + every, end)
-        columns = {name: metrics["windows"][row, w] for row, name in enumerate(WINDOW_ROWS)}
-        records.append(_log_record(run, hi, hi - lo, metrics, columns, elapsed))
+        columns = {name: float(metrics["windows"][row, w]) for row, name in enumerate(WINDOW_ROWS)}
+        records.append(_log_record(run, hi, hi - lo, columns, elapsed))
     return records
 
 
-def _log_record(run: Prepared, step: int, steps: int, metrics: dict, window: dict, elapsed: float) -> dict:
-    """One line of metrics.jsonl. ``batch_*``: means over the steps since the previous record (None at step 0);
-    ``objective``, ``train_loss``, ``grad_norm`` (whole training split) and ``val_*``: where computed, else None."""
+def _log_record(run: Prepared, step: int, steps: int, window: dict, elapsed: float) -> dict:
+    """One line of metrics.jsonl. ``batch_*``: means over the ``steps`` since the previous record (None at step
+    0); ``objective``, ``train_loss``, ``grad_norm`` (whole training split) and ``val_*``: where computed, else
+    None. ``elapsed_s``: the wall time when the chunk that computed it ended (its records share it)."""
     record = dict.fromkeys(RECORD_KEYS)
     record.update(step=step, epoch=step / run.plan.steps_per_epoch, elapsed_s=elapsed)
     if steps:
-        record.update(batch_objective=float(window["objective_sum"]) / steps,
-                      batch_grad_norm=float(window["grad_norm_sum"]) / steps,
-                      learning_rate=float(window["learning_rate"]))
+        record.update(batch_objective=window["objective_sum"] / steps, batch_grad_norm=window["grad_norm_sum"] / steps,
+                      learning_rate=window["learning_rate"])
     if run.plan.full_batch:  # the state carries them: at every log point for free
-        values = window["end"] if "end" in window else [window[k] for k in ("objective", "train_loss", "grad_norm")]
-        record.update(zip(("objective", "train_loss", "grad_norm"), map(float, values)))
+        record.update({key: float(window[key]) for key in ("objective", "train_loss", "grad_norm")})
     return record
 
 

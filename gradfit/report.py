@@ -47,6 +47,7 @@ class TrainProgress:
         self.status: Optional[Status] = None
         self.task = None
         self.total = 0
+        self.eval_every = 1
         self.start_step = 0
         self.last_print = 0.0
         self.started = 0.0
@@ -66,6 +67,7 @@ class TrainProgress:
     def on_start(self, info: dict) -> None:
         self._stop_status()
         self.total = info["total_steps"]
+        self.eval_every = info["eval_every"]
         self.start_step = info.get("start_step", 0)
         self.started = time.perf_counter()
         cache = {"hit": ", from the compile cache", "partial": ", partly from the compile cache"}.get(
@@ -105,7 +107,7 @@ class TrainProgress:
             return
         now = time.perf_counter()
         self.unprinted = (record, rate)
-        evaluated = record["val_loss"] is not None or record["objective"] is not None
+        evaluated = record["step"] % self.eval_every == 0  # evaluations are always shown
         if record["step"] in (0, self.total) or evaluated or now - self.last_print >= 0.5:
             self.last_print = now
             self._print_line(record, rate)

@@ -19,7 +19,7 @@ import pydantic
 from gradfit import checkpoints, precision, runs
 from gradfit.config import GradfitConfig, to_yaml
 from gradfit.errors import ConfigError, RunDirError
-from gradfit.loop import (Callbacks, EarlyStopping, LoopState, Session, config_header, one_line, stop_rule,
+from gradfit.loop import (Callbacks, EarlyStopping, LoopState, Session, config_header, one_line, stage, stop_rule,
                           unused_name)
 from gradfit.models import named_leaves, params_from_named
 from gradfit.train import Prepared, compile_programs, prepare
@@ -53,7 +53,9 @@ def resume(run_dir: str | Path, config: GradfitConfig, force: bool = False,
             if saved.finished and not saved.changes and _outputs_complete(run_dir, saved.loop.step):
                 raise RunDirError(f"{run_dir}: this run already finished ({saved.finished}). {_EXTEND_HINT}")
 
+            callbacks = stage(callbacks, "loading data")
             run = prepare(config)
+            callbacks = stage(callbacks, "compiling")
             programs = compile_programs(run)
             session = Session(run, programs, run_dir, started, callbacks, *saved.restore(run, config),
                               path=saved.path)

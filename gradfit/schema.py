@@ -204,7 +204,7 @@ class TrainConfig(_Section):
     )
     tol: Optional[float] = Field(
         None, gt=0, description="stop when the gradient norm over the whole training split falls below this "
-        "(full batch: checked at every log point; minibatches: at evaluations)"
+        "(full batch: checked after every step; minibatches: at evaluations)"
     )
     checkpoint_every: Optional[int] = Field(
         1000, ge=1, description="checkpoint at the first log point past every this many steps (null: only at the "

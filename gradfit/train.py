@@ -1,8 +1,8 @@
 """The compiled programs of a run (the host-side loop around them is ``gradfit.loop``).
 
-- ``chunk(state, data, num_steps)`` runs ``num_steps`` optimizer steps in one ``fori_loop`` and returns the
-  running means of what the steps computed anyway (the minibatch objective and gradient norm): a log point
-  costs one dispatch and a few scalars.
+- ``chunk(state, data, num_steps)`` runs ``num_steps`` optimizer steps in nested ``while_loop``s, one per log
+  window, and returns a column of numbers per window: the sums of what the steps computed anyway (the minibatch
+  objective and gradient norm), so many log points cost one dispatch and no extra device work.
 - ``evaluate(params, data, parts)`` computes the full-split metrics (objective and gradient norm over the whole
   training split, validation and test loss and accuracy) in fixed-size row blocks, so memory stays flat in the
   number of rows. It runs on its own schedule (``Plan.eval_every``); ``parts`` are traced flags, so one
@@ -45,15 +45,15 @@ class TrainState(NamedTuple):
     params: Any
     opt_state: Any
     step: jax.Array  # int32 (): optimizer steps taken so far
-    current: Any = None  # full batch only: (objective, gradient) at ``params``, which the next step uses
+    current: Any = None  # full batch: (objective, gradient, its norm) at ``params``; the next step uses them
 
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """How many steps, in what batches, and when the host looks: derived from the config and the split sizes.
 
-    Log points are the multiples of ``log_every``, evaluations the multiples of ``eval_every``; both also happen
-    at the last step. Chunks run from one of those points to the next.
+    Log points are the multiples of ``log_every`` and the evaluations, which are the multiples of ``eval_every``
+    and the last step.
     """
 
     total_steps: int
@@ -109,11 +109,17 @@ def auto_eval_every(n_train: int, n_val: int, batch: Optional[int], gradient: bo
     return -(-steps // log_every) * log_every
 
 
+def with_norm(value_and_grad: tuple) -> tuple:
+    """(objective, gradient) -> (objective, gradient, gradient norm): computed once, read by every consumer."""
+    value, grads = value_and_grad
+    return value, grads, optax.tree.norm(grads)
+
+
 def make_train_step(objective: Callable, optimizer, plan: Plan, n_train: int, lbfgs: bool) -> Callable:
     """train_step(state, data) -> (state, (objective, gradient norm)) of one step, on the params it started from."""
 
     def full_batch_step(state: TrainState, data: dict):
-        value, grads = state.current
+        value, grads, norm = state.current
 
         def loss_fn(params):
             return objective(params, data["x"], data["y"])
@@ -125,7 +131,7 @@ def make_train_step(objective: Callable, optimizer, plan: Plan, n_train: int, lb
             current = (optax.tree_utils.tree_get(opt_state, "value"), optax.tree_utils.tree_get(opt_state, "grad"))
         else:
             current = jax.value_and_grad(loss_fn)(params)
-        return TrainState(params, opt_state, state.step + 1, current), (value, optax.tree.norm(grads))
+        return TrainState(params, opt_state, state.step + 1, with_norm(current)), (value, norm)
 
     def minibatch_step(state: TrainState, data: dict):
         epoch, position = jnp.divmod(state.step, plan.steps_per_epoch)
@@ -166,7 +172,7 @@ def make_chunk(train_step: Callable, plan: Plan, l2: float, schedule: Optional[C
         def going(state: TrainState, until):
             go = state.step < until
             if plan.full_batch and tol is not None:
-                go &= optax.tree.norm(state.current[1]) >= tol
+                go &= state.current[2] >= tol  # the very norm its log record shows
             return go
 
         def step(carry):  # running sums in the carry: a step adds two scalars to what it computes anyway
@@ -185,8 +191,8 @@ def make_chunk(train_step: Callable, plan: Plan, l2: float, schedule: Optional[C
                 lr = optax.tree_utils.tree_get(state.opt_state, "learning_rate")
             column = [objective_sum, norm_sum, lr]
             if plan.full_batch:
-                current, grads = state.current
-                column += [current, current - l2_penalty(state.params, l2), optax.tree.norm(grads)]
+                current, _, norm = state.current
+                column += [current, current - l2_penalty(state.params, l2), norm]
             column = jnp.stack([jnp.asarray(c, dtype) for c in column])
             return state, windows.at[:len(column), w].set(column), w + 1
 
@@ -194,9 +200,10 @@ def make_chunk(train_step: Callable, plan: Plan, l2: float, schedule: Optional[C
         state, windows, _ = jax.lax.while_loop(lambda c: going(c[0], end), window, (state, windows, 0))
         metrics = {"windows": windows, "step": state.step,
                    "finite": jnp.all(jnp.isfinite(windows)) & _all_finite(state.params)}
-        if plan.full_batch:  # the state's own values: what a chunk of 0 steps reports
-            current, grads = state.current
-            metrics["end"] = jnp.stack([current, current - l2_penalty(state.params, l2), optax.tree.norm(grads)])
+        if plan.full_batch:  # the values at the chunk's end: all a chunk that takes no step has to report
+            current, _, norm = state.current
+            metrics["end"] = jnp.stack([current, current - l2_penalty(state.params, l2), norm])
+            metrics["finite"] &= jnp.isfinite(metrics["end"]).all()
         return state, metrics
 
     return chunk
@@ -321,15 +328,15 @@ class Prepared:
     device: Any
     state: TrainState  # the initial state (or a template to restore a checkpoint into)
     data: dict  # device arrays: x, y, x_val, y_val, x_test, y_test, shuffle_key
+    chunk: Callable  # uncompiled: (state, train_data, num_steps) -> (state, metrics)
+    evaluate: Callable  # uncompiled: (params, data, parts) -> metrics
+    train_step: Callable  # one step, (state, data) -> (state, (objective, grad norm)), uncompiled (for benchmarks)
+    objective: Callable  # (params, x, y) -> regularized loss
 
     @property
     def train_data(self) -> dict:
         """What the chunk reads: each array passed to a program costs its dispatch a few microseconds."""
         return {key: self.data[key] for key in ("x", "y", "shuffle_key")}
-    chunk: Callable  # uncompiled: (state, data, num_steps) -> (state, metrics)
-    evaluate: Callable  # uncompiled: (params, data, parts) -> metrics
-    train_step: Callable  # one step, (state, data) -> (state, (objective, grad norm)), uncompiled (for benchmarks)
-    objective: Callable  # (params, x, y) -> regularized loss
 
 
 def prepare(config: GradfitConfig) -> Prepared:
@@ -363,7 +370,7 @@ def _prepare(config: GradfitConfig) -> Prepared:
     def initial_state(seed, data):
         init_key, shuffle_key = jax.random.split(jax.random.PRNGKey(seed))
         params = model.init(init_key, chosen.param_dtype)
-        current = jax.value_and_grad(objective)(params, data["x"], data["y"]) if plan.full_batch else None
+        current = with_norm(jax.value_and_grad(objective)(params, data["x"], data["y"])) if plan.full_batch else None
         return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32), current), shuffle_key
 
     # one compiled program rather than a dozen eager ops, each compiled on its own; it runs once, so it is

@@ -363,3 +363,12 @@ def test_bfloat16_trains_with_float32_parameters(out_dir):
     records = read_metrics(summary["run_dir"])
     assert records[-1]["batch_objective"] < 0.5 * records[0]["batch_objective"]
     assert summary["final"]["val_accuracy"] > 0.8
+
+
+def test_a_full_batch_run_already_below_tol_stops_at_step_0_with_its_outputs(out_dir):
+    summary = fit(make_config("optimizer.name=lbfgs", "train.steps=50", "train.tol=10"), out_dir=out_dir)
+    assert summary["status"] == "completed" and summary["steps"] == 0
+    assert summary["stop_reason"].startswith("converged") and summary["checkpoint"].endswith("step-00000000.npz")
+    (record,) = read_metrics(summary["run_dir"])
+    assert record["step"] == 0 and record["val_loss"] is not None  # the run still ends with an evaluation
+    assert summary["final"]["test_accuracy"] is not None
