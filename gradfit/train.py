@@ -183,8 +183,17 @@ def make_chunk(train_step: Callable, plan: Plan, l2: float, schedule: Optional[C
         def window(carry):  # the steps of one log window, then its column of numbers
             state, windows, w = carry
             until = jnp.minimum((first_window + w + 1) * plan.log_every, end)
-            state, objective_sum, norm_sum = jax.lax.while_loop(
-                lambda c: going(c[0], until), step, (state, zero, zero))
+
+            def partial_window(state):
+                return jax.lax.while_loop(lambda c: going(c[0], until), step, (state, zero, zero))
+
+            if plan.full_batch:  # steps are whole passes over the data; tol may stop the window early
+                state, objective_sum, norm_sum = partial_window(state)
+            else:  # a whole window runs a loop of known length, which XLA runs without a condition per step
+                state, objective_sum, norm_sum = jax.lax.cond(
+                    until - state.step == plan.log_every,
+                    lambda state: jax.lax.fori_loop(0, plan.log_every, lambda _, c: step(c), (state, zero, zero)),
+                    partial_window, state)
             if schedule is not None:
                 lr = schedule(jnp.maximum(state.step - 1, 0))
             else:  # lbfgs: the step size its line search accepted last
