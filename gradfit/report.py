@@ -51,7 +51,7 @@ class TrainProgress:
         self.start_step = 0
         self.last_print = 0.0
         self.started = 0.0
-        self.unprinted: Optional[tuple] = None
+        self.unprinted: Optional[dict] = None
         self.shown: dict = {}  # the newest value of each metric, kept between evaluations
 
     def on_stage(self, message: str) -> None:
@@ -96,24 +96,31 @@ class TrainProgress:
                                                batch_objective="-", val_accuracy="-", rate="-")
 
     def on_log(self, record: dict) -> None:
-        elapsed = time.perf_counter() - self.started
-        done = record["step"] - self.start_step
-        rate = fmt(done / elapsed, 3) if elapsed > 0 and done else "-"
+        # a chunk delivers up to a hundred records at once: only what is shown costs anything
         self.shown.update({k: v for k, v in record.items() if v is not None})
+        now = time.perf_counter()
+        evaluated = record["step"] % self.eval_every == 0  # evaluations are always shown
+        due = record["step"] in (0, self.total) or evaluated or now - self.last_print >= (
+            0.1 if self.progress is not None else 0.5)
+        self.unprinted = record
+        if not due:
+            return
+        self.last_print = now
         if self.progress is not None:
             self.progress.update(self.task, completed=record["step"],
                                  batch_objective=fmt(self.shown.get("batch_objective", self.shown.get("objective"))),
-                                 val_accuracy=fmt(self.shown.get("val_accuracy"), 4), rate=rate)
+                                 val_accuracy=fmt(self.shown.get("val_accuracy"), 4), rate=self._rate(record))
             return
-        now = time.perf_counter()
-        self.unprinted = (record, rate)
-        evaluated = record["step"] % self.eval_every == 0  # evaluations are always shown
-        if record["step"] in (0, self.total) or evaluated or now - self.last_print >= 0.5:
-            self.last_print = now
-            self._print_line(record, rate)
+        self._print_line(record)
 
-    def _print_line(self, record: dict, rate: str) -> None:
+    def _rate(self, record: dict) -> str:
+        elapsed = time.perf_counter() - self.started
+        done = record["step"] - self.start_step
+        return fmt(done / elapsed, 3) if elapsed > 0 and done else "-"
+
+    def _print_line(self, record: dict) -> None:
         self.unprinted = None
+        rate = self._rate(record)
         parts = [f"step {record['step']}/{self.total}", f"epoch {record['epoch']:.2f}"]
         for key, digits in (("batch_objective", 4), ("batch_grad_norm", 3), ("objective", 4), ("grad_norm", 3),
                             ("val_loss", 4), ("val_accuracy", 4), ("learning_rate", 3)):
@@ -123,8 +130,11 @@ class TrainProgress:
         self.console.print("  ".join(parts), highlight=False, soft_wrap=True)
 
     def on_end(self, summary: dict) -> None:
-        if self.unprinted is not None and self.progress is None:
-            self._print_line(*self.unprinted)
+        if self.unprinted is not None:  # the newest record, where the display last skipped it
+            if self.progress is None:
+                self._print_line(self.unprinted)
+            else:
+                self.progress.update(self.task, completed=self.unprinted["step"])
         self.close()
 
     def _stop_status(self) -> None:
