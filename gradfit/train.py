@@ -242,6 +242,8 @@ def make_evaluate(model: Model, l2: float, block_rows: int) -> Callable:
     resume recomputes). Parts not asked for come back as NaN (counts as -1).
     """
 
+    objective = make_objective(model.apply, l2)
+
     def forward(params, x, y):
         def sums(xb, yb, weight):
             logits = model.apply(params, xb)
@@ -288,10 +290,8 @@ def make_evaluate(model: Model, l2: float, block_rows: int) -> Callable:
                                          lambda: (nan, none))
             out[f"{split}_loss"], out[f"{split}_correct"] = loss, correct
         rows = min(PROBE_ROWS, x.shape[0])
-        out["probe"] = jax.lax.cond(
-            parts["probe"],
-            lambda: jnp.mean(row_losses(model.apply(params, x[:rows]), y[:rows])) + l2_penalty(params, l2),
-            lambda: nan)
+        out["probe"] = jax.lax.cond(parts["probe"], lambda: objective(params, x[:rows], y[:rows]).astype(dtype),
+                                    lambda: nan)
         return out
 
     return evaluate
