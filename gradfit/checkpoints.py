@@ -12,13 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import zipfile
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from gradfit import runs
+from gradfit import files, runs
 from gradfit.errors import RunDirError
 
 FORMAT = 2  # 2: gradfit 0.2 (train state without the epoch order; probe and data digest)
@@ -85,11 +84,10 @@ def load(path: Path) -> tuple[dict[str, np.ndarray], dict]:
     """
     hint = previous_hint(path)
     try:
-        arrays = runs.load_arrays(path)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        # numpy's own text for pickled data suggests loading it unsafely: never the advice for a checkpoint
-        reason = "it holds pickled objects, which gradfit never loads" if "pickle" in str(exc) else str(exc)
-        raise RunDirError(f"{path}: checkpoint is unreadable (truncated or corrupted: {reason}); {hint}") from None
+        arrays = files.load_npz(path, "checkpoint", RunDirError)
+    except RunDirError as exc:
+        reason = str(exc).removeprefix(f"{path}: ")
+        raise RunDirError(f"{path}: unreadable, truncated or corrupted ({reason}); {hint}") from None
     if _META not in arrays:
         raise RunDirError(f"{path}: not a gradfit checkpoint (it has no metadata); {hint}")
     try:

@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import io
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
+from gradfit import files
 from gradfit.errors import RunDirError
+from gradfit.files import write_atomic  # noqa: F401  (a run's files are written this way)
 
 
 def create_run_dir(parent: str | Path, name: str, now: Optional[_dt.datetime] = None) -> Path:
@@ -47,23 +46,6 @@ def create_run_dir(parent: str | Path, name: str, now: Optional[_dt.datetime] = 
         except OSError as exc:
             raise RunDirError(f"cannot create run directory {candidate}: {exc.strerror}") from None
     raise RunDirError(f"too many runs named {name}-{stamp} in {parent}")
-
-
-@contextlib.contextmanager
-def write_atomic_stream(path: Path, binary: bool = False):
-    """A file handle whose contents replace ``path`` only if the block completes (fsync, rename, fsync folder)."""
-    path = Path(path)
-    fd, tmp = _temporary(path)
-    try:
-        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8", newline="")) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _sync_directory(path.parent)
 
 
 def check_run_dir(path: Path) -> Path:
@@ -96,35 +78,6 @@ def locked(run_dir: Path):
             raise RunDirError(f"{run_dir}: another gradfit process is writing this run; wait for it to "
                               "finish or stop it") from None
         yield
-
-
-def _temporary(path: Path) -> tuple[int, str]:
-    """A temporary file next to ``path``, with the permissions a plain open() would give (mkstemp makes 0600)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)
-    return fd, tmp
-
-
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write to a temporary file in the same directory, fsync, then rename over ``path``."""
-    with write_atomic_stream(path, binary=True) as handle:
-        handle.write(data.encode() if isinstance(data, str) else data)
-
-
-def _sync_directory(folder: Path) -> None:
-    """fsync a folder so a rename in it survives a power loss (a no-op where folders cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def to_jsonable(value: Any) -> Any:
@@ -193,11 +146,9 @@ def truncate_metrics(path: Path, step: int) -> int:
 
 def save_arrays(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     """Atomically write named arrays as .npz (object arrays are refused: nothing needs unpickling)."""
-    buffer = io.BytesIO()
-    np.savez(buffer, **{k: np.asarray(v) for k, v in arrays.items()})
-    write_atomic(path, buffer.getvalue())
+    files.save_npz(path, arrays)
 
 
-def load_arrays(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as archive:
-        return {k: archive[k] for k in archive.files}
+def load_arrays(path: Path, expected: Optional[Mapping[str, Sequence[int]]] = None) -> dict[str, np.ndarray]:
+    """The arrays of a run's .npz file, checked before allocation (see ``files.load_npz``)."""
+    return files.load_npz(path, "array file", RunDirError, expected)

@@ -1,0 +1,58 @@
+"""Stopping at once on SIGINT, SIGTERM or SIGHUP, from the first instant of a command, leaving nothing behind.
+
+The console script calls ``install()`` before it imports anything heavy. From then on such a signal removes what
+``removed_on_abort`` holds (a temporary file being written, a run directory that has not started training), prints
+one line and ends the process with exit code 130. It does not raise: a KeyboardInterrupt raised inside an import,
+inside a thread join or inside a C++ callback of jaxlib gives a traceback, an abort, or is swallowed. The training
+loop replaces these handlers with its own while it trains (it finishes the chunk in flight and checkpoints).
+
+The set of paths is process-wide state by necessity: a signal handler has no other way to find them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import sys
+from pathlib import Path
+from typing import Iterator
+
+SIGNALS = tuple(s for s in (getattr(signal, name, None) for name in ("SIGINT", "SIGTERM", "SIGHUP")) if s)
+EXIT_CODE = 130
+
+_pending: list[Path] = []  # removed, newest first, when a signal ends the process
+
+
+@contextlib.contextmanager
+def removed_on_abort(path: Path) -> Iterator[Path]:
+    """Within the block, a signal that ends the process removes ``path`` (a file or a whole folder) first."""
+    _pending.append(Path(path))
+    try:
+        yield Path(path)
+    finally:
+        with contextlib.suppress(ValueError):
+            _pending.remove(Path(path))
+
+
+def install() -> None:
+    """Make SIGINT/SIGTERM/SIGHUP end the process cleanly with exit code 130 (main thread only)."""
+    for sig in SIGNALS:
+        signal.signal(sig, _abort)
+
+
+def _abort(signum, frame) -> None:
+    for path in reversed(list(_pending)):
+        with contextlib.suppress(OSError):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+    removed = "; nothing was left behind" if _pending else ""
+    message = f"interrupted: {signal.Signals(signum).name}{removed}\n"
+    with contextlib.suppress(Exception):
+        if sys.stderr is not None and sys.stderr.isatty():
+            message = "\r\x1b[2K\x1b[?25h" + message  # clear a progress line, show the cursor again
+        os.write(2, message.encode())
+    os._exit(EXIT_CODE)

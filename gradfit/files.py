@@ -1,0 +1,314 @@
+"""How gradfit touches the file system: it reads only regular files, with a size bound, and writes only regular
+files, atomically, never over something that exists unless told to (``force``).
+
+A path someone hands over may be a FIFO (reading it hangs), a link to ``/dev/zero`` (reading it never ends), a
+device node (replacing it breaks the system) or an .npz whose header declares 10^12 elements in a few bytes
+(allocating it fails). Every such case is refused here with one line naming the path and what it is, before
+anything is read or written. ``-`` is standard output wherever a command writes a file. No jax.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import stat
+import tempfile
+import zipfile
+import zlib
+from pathlib import Path
+from typing import IO, Iterator, Mapping, Optional, Sequence
+
+import numpy as np
+
+from gradfit.abort import removed_on_abort
+from gradfit.errors import GradfitError
+
+STDOUT = "-"
+MAX_JSON_BYTES = 256 << 20  # summary.json, preprocessing.json (a million features' mean and std is ~40 MB)
+MAX_TEXT_BYTES = 16 << 20  # a config file
+MAX_LINE_CHARS = 16 << 20  # one line of a CSV: a million numeric columns; a longer one is not a table
+MAX_DEFLATE_RATIO = 1100  # DEFLATE cannot expand more than 1032:1; a larger claim is a zip bomb or a lie
+
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def kind(mode: int) -> str:
+    """'a directory', 'a FIFO (named pipe)', ... for a stat mode that is not a regular file's."""
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def _missing(path: Path, what: str) -> str:
+    if path.is_symlink():
+        return f"{path}: {what} not found (it is a link to {os.readlink(path)}, which does not exist)"
+    return f"{path}: {what} not found"
+
+
+# ---------------------------------------------------------------------------------------------------- reading
+
+
+def open_regular(path: Path, what: str = "file", error: type[GradfitError] = GradfitError,
+                 max_bytes: Optional[int] = None) -> IO[bytes]:
+    """Open ``path`` for binary reading if it is a regular file (after links) of at most ``max_bytes``.
+
+    Opened non-blocking and checked on the open descriptor, so a FIFO never hangs the open and a file swapped
+    for something else between a check and the open is still refused.
+
+    Raises:
+        ``error``: the path is missing, unreadable, not a regular file, or too large.
+    """
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise error(_missing(path, what)) from None
+    except OSError as exc:
+        raise error(f"{path}: cannot read {what} ({exc.strerror})") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise error(f"{path}: {what} is {kind(info.st_mode)}, not a regular file")
+        if max_bytes is not None and info.st_size > max_bytes:
+            raise error(f"{path}: {what} is {info.st_size / 2**20:,.0f} MiB, more than the {max_bytes / 2**20:,.0f} "
+                        f"MiB gradfit reads for one; is it the right file?")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_text(path: Path, what: str = "file", error: type[GradfitError] = GradfitError,
+              max_bytes: int = MAX_TEXT_BYTES) -> str:
+    """The UTF-8 text of a regular file of at most ``max_bytes`` (see ``open_regular``)."""
+    with open_regular(path, what, error, max_bytes) as handle:
+        data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:  # it grew after the check
+        raise error(f"{path}: {what} is larger than the {max_bytes / 2**20:,.0f} MiB gradfit reads for one")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: {what} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+def bounded_lines(handle: IO[str], path: Path, error: type[GradfitError] = GradfitError,
+                  first_line: int = 1, max_chars: int = MAX_LINE_CHARS) -> Iterator[str]:
+    """The lines of a text file, refusing one longer than ``max_chars`` before it is read whole."""
+    number = first_line
+    while True:
+        line = handle.readline(max_chars + 1)
+        if not line:
+            return
+        if len(line) > max_chars:
+            raise error(f"{path}:{number}: line longer than {max_chars:,} characters; is this a CSV file "
+                        "(one row per line)?")
+        yield line
+        number += 1
+
+
+# ---------------------------------------------------------------------------------------------------- .npz
+
+
+class NpyMember:
+    """One array of an open .npz archive, its header checked; ``read()`` reads it (``member`` is at its data)."""
+
+    def __init__(self, archive: zipfile.ZipFile, name: str, path: Path, error: type[GradfitError]):
+        self.name, self.path, self.error = name, path, error
+        info = archive.getinfo(f"{name}.npy")
+        self.member = archive.open(info)
+        try:
+            version = np.lib.format.read_magic(self.member)
+            if version == (1, 0):
+                self.shape, self.fortran_order, self.dtype = np.lib.format.read_array_header_1_0(self.member)
+            elif version == (2, 0):
+                self.shape, self.fortran_order, self.dtype = np.lib.format.read_array_header_2_0(self.member)
+            else:
+                raise ValueError(f"unsupported .npy format version {version}")
+        except (ValueError, EOFError, SyntaxError) as exc:
+            self.member.close()
+            raise error(f"{path}: array {name} is not a NumPy array ({exc})") from None
+        if self.dtype.hasobject:
+            self.member.close()
+            raise error(f"{path}: array {name} holds Python objects; gradfit never unpickles objects. Save "
+                        "numbers or strings (np.asarray(values, dtype=str))")
+        self.nbytes = math.prod(self.shape) * self.dtype.itemsize
+        stored = info.file_size - self.member.tell()
+        if self.nbytes != stored:
+            self.member.close()
+            raise error(f"{path}: array {name} declares shape {self.shape} of {self.dtype} ({_size(self.nbytes)}) "
+                        f"but the archive holds {_size(max(stored, 0))} for it; the file is damaged")
+        if info.compress_type != zipfile.ZIP_STORED and info.file_size > MAX_DEFLATE_RATIO * max(info.compress_size, 1):
+            self.member.close()
+            raise error(f"{path}: array {name} claims {_size(info.file_size)} compressed into "
+                        f"{_size(info.compress_size)}, more than compression allows; the file is damaged")
+
+    def read(self) -> np.ndarray:
+        data = bytearray(self.nbytes)
+        view = memoryview(data)
+        filled = 0
+        while filled < self.nbytes:
+            chunk = self.member.read(min(self.nbytes - filled, 1 << 24))
+            if not chunk:
+                raise self.error(f"{self.path}: array {self.name} is truncated; the file is damaged")
+            view[filled:filled + len(chunk)] = chunk
+            filled += len(chunk)
+        array = np.frombuffer(data, self.dtype)
+        return array.reshape(self.shape[::-1]).T if self.fortran_order else array.reshape(self.shape)
+
+    def close(self) -> None:
+        self.member.close()
+
+
+@contextlib.contextmanager
+def open_npz(path: Path, what: str = ".npz file", error: type[GradfitError] = GradfitError
+             ) -> Iterator[tuple[zipfile.ZipFile, list[str]]]:
+    """(archive, names of its arrays) of a regular .npz file; damaged archives become ``error``."""
+    path = Path(path)
+    with open_regular(path, what, error) as handle:
+        if not zipfile.is_zipfile(handle):
+            raise error(f"{path}: {what} is not a .npz archive (np.savez writes a zip archive of .npy arrays)")
+        try:
+            with zipfile.ZipFile(handle) as archive:
+                names = [n[:-4] for n in archive.namelist() if n.endswith(".npy")]
+                yield archive, names
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
+            raise error(f"{path}: {what} is damaged ({type(exc).__name__}: {exc})") from None
+        except OSError as exc:
+            if isinstance(exc, (FileNotFoundError, PermissionError)):
+                raise
+            raise error(f"{path}: {what} is damaged ({exc})") from None
+
+
+def load_npz(path: Path, what: str = ".npz file", error: type[GradfitError] = GradfitError,
+             expected: Optional[Mapping[str, Sequence[int]]] = None) -> dict[str, np.ndarray]:
+    """Every array of an .npz, each header checked against the archive's size (and against ``expected`` shapes,
+    where given) before anything is allocated. Object arrays are refused: nothing is ever unpickled."""
+    arrays = {}
+    with open_npz(path, what, error) as (archive, names):
+        for name in names:
+            member = NpyMember(archive, name, Path(path), error)
+            try:
+                want = None if expected is None else expected.get(name)
+                if want is not None and tuple(member.shape) != tuple(want):
+                    raise error(f"{path}: array {name} has shape {member.shape}, expected {tuple(want)}")
+                arrays[name] = member.read()
+            finally:
+                member.close()
+    return arrays
+
+
+def save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """Atomically write named arrays as an uncompressed .npz (object arrays are refused by NumPy)."""
+    with write_atomic_stream(path, binary=True) as handle:
+        np.savez(handle, **{k: np.asarray(v) for k, v in arrays.items()})
+
+
+def _size(nbytes: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if nbytes < 1024 or unit == "PiB":
+            return f"{nbytes:,.0f} {unit}" if unit == "bytes" else f"{nbytes:,.1f} {unit}"
+        nbytes /= 1024
+    raise AssertionError
+
+
+# ---------------------------------------------------------------------------------------------------- writing
+
+
+def check_output(path: Path, option: str, force: bool, protected: Sequence[Path] = ()) -> Path:
+    """The regular file a command may write for ``option`` (a link is followed to the file it names).
+
+    Refused with exit code 2: a target that exists and is not a regular file (a device, a FIFO, a folder), an
+    existing file without ``force``, a file among ``protected`` (the command's inputs and the run's own files,
+    even with ``force``), and a folder where a file cannot be created.
+    """
+    path = Path(path)
+    target = Path(os.path.realpath(path))
+    try:
+        info = os.stat(target)
+    except FileNotFoundError:
+        info = None
+    except OSError as exc:
+        raise GradfitError(f"{option} {path}: cannot write there ({exc.strerror})") from None
+    if info is not None and not stat.S_ISREG(info.st_mode):
+        raise GradfitError(f"{option} {path}: {kind(info.st_mode)}, not a regular file; gradfit writes only "
+                           f"regular files (use {option} - for standard output)")
+    for other in protected:
+        if os.path.realpath(other) == str(target) or (info is not None and _same_file(other, info)):
+            raise GradfitError(f"{option} {path}: that is {other}, which this command reads; choose another file")
+    if info is not None and not force:
+        raise GradfitError(f"{option} {path}: already exists; pass --force to replace it, or choose another name")
+    try:
+        with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", suffix=".check"):
+            pass
+    except OSError as exc:
+        raise GradfitError(f"{option} {path}: cannot write there ({exc.strerror or exc})") from None
+    return target
+
+
+def _same_file(other: Path, info: os.stat_result) -> bool:
+    try:
+        mine = os.stat(other)
+    except OSError:
+        return False
+    return (mine.st_dev, mine.st_ino) == (info.st_dev, info.st_ino)
+
+
+@contextlib.contextmanager
+def write_atomic_stream(path: Path, binary: bool = False):
+    """A file handle whose contents replace ``path`` only if the block completes (fsync, rename, fsync folder).
+
+    The temporary file is removed on any failure and on a signal that ends the process; a full disk names
+    ``path`` in its error.
+    """
+    path = Path(path)
+    fd, tmp = _temporary(path)
+    try:
+        with removed_on_abort(Path(tmp)):
+            with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8", newline="")) as handle:
+                yield handle
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if exc.filename is None:  # a write to a descriptor names no file: name the one being written
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
+        raise
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _sync_directory(path.parent)
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write to a temporary file in the same directory, fsync, then rename over ``path``."""
+    with write_atomic_stream(path, binary=True) as handle:
+        handle.write(data.encode() if isinstance(data, str) else data)
+
+
+def _temporary(path: Path) -> tuple[int, str]:
+    """A temporary file next to ``path``, with the permissions a plain open() would give (mkstemp makes 0600)."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
+    return fd, tmp
+
+
+def _sync_directory(folder: Path) -> None:
+    """fsync a folder so a rename in it survives a power loss (a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
