@@ -1,3 +1,3 @@
-from gradfit.cli import main
+from gradfit.entry import main
 
 main()

@@ -77,19 +77,43 @@ def user_errors():
         raise typer.Exit(1) from None
 
 
-def _check_writable(path: Optional[Path], option: str = "--json") -> None:
-    """Fail before the work, not after it, when an output file cannot be written."""
-    if path is None:
-        return
-    import tempfile
+JSON_HELP = "Print the result as JSON, alone on stdout (tables and progress go to stderr)."
+JSON_OUT_HELP = "Also write the result as JSON to this file ([bold]-[/]: stdout); an existing file needs --force."
+FORCE_HELP = "Replace --json-out (or --out) if the file exists."
 
-    try:
-        if path.is_dir():
-            raise OSError("it is a folder")
-        with tempfile.NamedTemporaryFile(dir=path.parent or "."):
-            pass
-    except OSError as exc:
-        raise GradfitError(f"{option} {path}: cannot write there ({exc.strerror or exc})") from None
+
+@dataclasses.dataclass
+class JsonOutput:
+    """Where a command's JSON result goes: stdout (``--json``, or ``--json-out -``), a file (``--json-out``), both
+    or neither. Checked before the work starts, so a bad target never wastes a run."""
+
+    to_stdout: bool
+    path: Optional[Path]
+
+    @classmethod
+    def checked(cls, flag: bool, path: Optional[Path], force: bool, protected=()) -> "JsonOutput":
+        from gradfit.files import STDOUT, check_output
+
+        if path is not None and str(path) == STDOUT:
+            return cls(True, None)
+        return cls(flag, None if path is None else check_output(path, "--json-out", force, protected))
+
+    def console(self) -> Console:
+        """Where tables go: stderr when stdout carries the JSON."""
+        from gradfit.report import stdout_console
+
+        return stderr if self.to_stdout else stdout_console()
+
+    def emit(self, result) -> None:
+        from gradfit.runs import to_jsonable
+
+        text = json.dumps(to_jsonable(result), indent=2, allow_nan=False) + "\n"
+        if self.path is not None:
+            from gradfit.files import write_atomic
+
+            write_atomic(self.path, text)
+        if self.to_stdout:
+            typer.echo(text, nl=False)
 
 
 def _use_compile_cache(wanted: bool = True, quiet: bool = False) -> None:
@@ -139,11 +163,14 @@ def train(
     resume: Optional[Path] = typer.Option(None, "--resume", metavar="RUN_DIR",
                                           help="Continue this run in place from its newest checkpoint."),
     force: bool = typer.Option(False, "--force", help="With --resume: continue even though the config differs "
-                                                      "(the changes are recorded in summary.json)."),
+                                                      "(the changes are recorded in summary.json). Also replaces "
+                                                      "an existing --json-out file."),
     device: Optional[Device] = typer.Option(None, help="Shortcut for --set runtime.device=..."),
     precision: Optional[Precision] = typer.Option(None, help="Shortcut for --set runtime.precision=..."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output, only errors."),
-    json_out: bool = typer.Option(False, "--json", help="Print summary.json to stdout (progress goes to stderr)."),
+    json_flag: bool = typer.Option(False, "--json", help="Print summary.json alone on stdout (progress goes to "
+                                                         "stderr)."),
+    json_file: Optional[Path] = typer.Option(None, "--json-out", metavar="FILE", help=JSON_OUT_HELP),
     no_compile_cache: bool = typer.Option(
         False, "--no-compile-cache", help="Compile from scratch instead of loading compiled programs from JAX's "
                                           "persistent cache (folder: $GRADFIT_COMPILE_CACHE, default "
@@ -171,8 +198,8 @@ def train(
         if resume is None:
             if config is None:
                 raise GradfitError("missing CONFIG: gradfit train CONFIG, or gradfit train --resume RUN_DIR")
-            if force:
-                raise GradfitError("--force only applies with --resume")
+            if force and json_file is None:
+                raise GradfitError("--force applies with --resume or --json-out")
         else:
             if out_dir is not None:
                 raise GradfitError("--out-dir does not apply with --resume: the run continues in its own folder")
@@ -181,8 +208,11 @@ def train(
             config = config or check_run_dir(resume) / "config.yaml"
         resolved = resolve_config(config, overrides)
         from gradfit import report
+        from gradfit.runs import own_files
 
-        console = stderr if json_out else report.stdout_console()
+        protected = [config, *_data_files(resolved.config), *([] if resume is None else own_files(resume))]
+        output = JsonOutput.checked(json_flag, json_file, force, protected)
+        console = output.console()
         progress = None if quiet else report.TrainProgress(console)
         try:
             if progress is not None:
@@ -195,16 +225,20 @@ def train(
             else:
                 summary = resuming.resume(resume, resolved.config, force=force, callbacks=progress)
         except TrainingFailed as exc:
-            if json_out and exc.summary is not None:
-                typer.echo(json.dumps(exc.summary, indent=2))
+            if exc.summary is not None:
+                output.emit(exc.summary)
             raise
         finally:
             if progress is not None:
                 progress.close()
         if not quiet:
             console.print(report.summary_table(summary))
-        if json_out:
-            typer.echo(json.dumps(summary, indent=2))
+        output.emit(summary)
+
+
+def _data_files(config) -> list[Path]:
+    """The data file a config reads, if any: never a place to write output."""
+    return [Path(config.data.path)] if config.data.source == "file" and config.data.path else []
 
 
 @app.command("compare-grads")
@@ -223,7 +257,9 @@ def compare_grads(
     coordinates: int = typer.Option(16, min=0, help="Sampled coordinates per group (directional mode)."),
     max_rows: int = typer.Option(10_000, "--rows", min=1, help="Use at most this many training rows."),
     seed: int = typer.Option(0, min=0, help="Seed for the directions and the coordinate sample."),
-    json_file: Optional[Path] = typer.Option(None, "--json", help="Also write the result as JSON to this file."),
+    json_flag: bool = typer.Option(False, "--json", help=JSON_HELP),
+    json_file: Optional[Path] = typer.Option(None, "--json-out", metavar="FILE", help=JSON_OUT_HELP),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Check the gradient: reverse-mode AD against forward mode, finite differences and the hand-derived gradient.
 
@@ -232,25 +268,26 @@ def compare_grads(
     [bold]Examples[/]
 
       gradfit compare-grads
-      gradfit compare-grads configs/mlp.yaml --json out.json
+      gradfit compare-grads configs/mlp.yaml --json-out check.json
       gradfit compare-grads configs/mlp.yaml --at runs/mlp-20261126-101500
       gradfit compare-grads configs/logreg.yaml --sweep
     """
     from gradfit.config import resolve_config
 
     with user_errors():
-        from gradfit.report import stdout_console
-
-        console = stdout_console()
         if config is None and at is not None:
             config = at / "config.yaml"
             if not config.is_file():
                 raise RunDirError(f"{at}: not a gradfit run directory (no config.yaml); pass the config as well")
         resolved = resolve_config(config, set_ or [])
-        _check_writable(json_file)
+        from gradfit.runs import own_files
+
+        protected = [*([] if config is None else [config]), *_data_files(resolved.config),
+                     *([] if at is None else own_files(at))]
+        output = JsonOutput.checked(json_flag, json_file, force, protected)
+        console = output.console()
         _use_compile_cache()
         from gradfit import gradcheck, report
-        from gradfit.runs import write_json
 
         options = gradcheck.CheckOptions(precision=precision.value, step=step, full=True if full else None,
                                          directions=directions, coordinates=coordinates, seed=seed)
@@ -266,8 +303,7 @@ def compare_grads(
             console.print(report.sweep_table(result.sweep, result.sweep_shape))
         style = {"pass": "bold green", "fail": "bold red", "inconclusive": "bold yellow"}[result.verdict]
         console.print(f"verdict: [{style}]{result.verdict.upper()}[/]")
-        if json_file is not None:
-            write_json(json_file, result.to_json())
+        output.emit(result.to_json())
         if result.verdict == "fail":
             raise typer.Exit(1)
 
@@ -279,7 +315,9 @@ def bench(
     device: Device = typer.Option(Device.auto, help="auto, cpu, or gpu (an error when JAX sees none)."),
     quick: bool = typer.Option(False, "--quick", help="Small sizes and fewer repeats: well under a minute on 2 cores."),
     no_peers: bool = typer.Option(False, "--no-peers", help="Skip the NumPy / scikit-learn / PyTorch comparisons."),
-    json_file: Optional[Path] = typer.Option(None, "--json", help="Also write every number as JSON to this file."),
+    json_flag: bool = typer.Option(False, "--json", help=JSON_HELP),
+    json_file: Optional[Path] = typer.Option(None, "--json-out", metavar="FILE", help=JSON_OUT_HELP),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Measure speed: compile time, steps/s, the cost of a gradient, AD modes vs finite differences, and peers.
 
@@ -289,33 +327,33 @@ def bench(
 
       gradfit bench --quick
       gradfit bench --device gpu
-      gradfit bench configs/mlp.yaml --device cpu --json bench.json
+      gradfit bench configs/mlp.yaml --device cpu --json-out bench.json
+      gradfit bench --quick --json | jq .gradient_cost
     """
     from gradfit.config import resolve_config
 
     with user_errors():
-        _check_writable(json_file)
         chosen = None
         if configs:
             chosen = {}
             for path in configs:
                 config = resolve_config(path).config
                 chosen[config.name if config.name not in chosen else str(path)] = config
+        protected = [*(configs or []), *(f for c in (chosen or {}).values() for f in _data_files(c))]
+        output = JsonOutput.checked(json_flag, json_file, force, protected)
         from dataclasses import replace
 
         from gradfit import bench as engine
-        from gradfit.report import bench_tables, stdout_console
-        from gradfit.runs import write_json
+        from gradfit.report import bench_tables
 
-        console = stdout_console()
+        console = output.console()
         options = replace(engine.QUICK if quick else engine.FULL, peers=not no_peers)
         with console.status("benchmarking") as status:
             result = engine.run_bench(chosen, options, device.value,
                                       progress=lambda section: status.update(f"benchmarking: {section}"))
         for table in bench_tables(result):
             console.print(table)
-        if json_file is not None:
-            write_json(json_file, result)
+        output.emit(result)
 
 
 class Split(str, Enum):
@@ -341,7 +379,9 @@ def eval_(
     split: Split = typer.Option(Split.test, help="Which split of the run's data, without --data."),
     target: Optional[str] = typer.Option(None, help="Label column of a --data CSV [default: the run's data.target]."),
     batch_rows: int = typer.Option(65_536, "--batch-rows", min=1, help=BATCH_HELP),
-    json_file: Optional[Path] = typer.Option(None, "--json", help="Also write the metrics as JSON to this file."),
+    json_flag: bool = typer.Option(False, "--json", help=JSON_HELP),
+    json_file: Optional[Path] = typer.Option(None, "--json-out", metavar="FILE", help=JSON_OUT_HELP),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Evaluate a trained model: log loss, accuracy, precision/recall/F1 per class and macro, ROC AUC, confusion matrix.
 
@@ -350,23 +390,24 @@ def eval_(
     [bold]Examples[/]
 
       gradfit eval runs/logreg-20261126-101500
-      gradfit eval runs/logreg-20261126-101500 --data new.csv --json metrics.json
+      gradfit eval runs/logreg-20261126-101500 --data new.csv --json-out metrics.json
+      gradfit eval runs/mlp-20261126-101500 --json | jq .accuracy
       gradfit eval runs/mlp-20261126-101500 --split val
     """
     with user_errors():
-        _check_writable(json_file)
+        from gradfit.runs import own_files
+
+        output = JsonOutput.checked(json_flag, json_file, force, [*own_files(run_dir), *([data] if data else [])])
         _use_compile_cache()
         from gradfit import metrics, report, trained
-        from gradfit.runs import write_json
 
         run = trained.load_run(run_dir)
         y, log_probs, source = trained.evaluate(run, data, split.value, target or run.config.data.target, batch_rows)
         result = metrics.classification_metrics(y, log_probs, run.classes)
-        console = report.stdout_console()
+        console = output.console()
         for table in report.eval_tables(result, source):
             console.print(table)
-        if json_file is not None:
-            write_json(json_file, {"run_dir": str(run_dir), "data": source, **result})
+        output.emit({"run_dir": str(run_dir), "data": source, **result})
 
 
 @app.command()
@@ -374,9 +415,10 @@ def predict(
     run_dir: Path = typer.Argument(..., help=RUN_DIR_HELP),
     data: Path = typer.Argument(..., help="CSV (with a header) or .npz (array X) of features; a label column, if "
                                           "present, is ignored."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the predictions CSV here [default: stdout]."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the predictions CSV here ([bold]-[/]: stdout, "
+                                                                 "the default)."),
     proba: bool = typer.Option(False, "--proba", help="Add one probability column per class, p_<label>."),
-    force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
     target: Optional[str] = typer.Option(None, help="Name of a label column to ignore [default: the run's data.target]."),
     batch_rows: int = typer.Option(65_536, "--batch-rows", min=1, help=BATCH_HELP),
 ) -> None:
@@ -391,11 +433,11 @@ def predict(
     """
     with user_errors():
         from gradfit import trained
-        from gradfit.runs import write_atomic_stream
+        from gradfit.files import STDOUT, check_output, write_atomic_stream
+        from gradfit.runs import own_files
 
-        if out is not None and out.exists() and not force:
-            raise GradfitError(f"--out {out}: already exists; pass --force to overwrite it")
-        _check_writable(out, "--out")
+        if out is not None:
+            out = None if str(out) == STDOUT else check_output(out, "--out", force, [*own_files(run_dir), data])
         _use_compile_cache()
         run = trained.load_run(run_dir)
         label_column = target or run.config.data.target
@@ -413,7 +455,9 @@ def inference(
     scale: Scale = typer.Option(Scale.original, help="Coefficients per unit of the raw features (original), or per "
                                                      "standard deviation (standardized)."),
     level: float = typer.Option(0.95, min=0.5, max=0.9999, help="Confidence level of the intervals."),
-    json_file: Optional[Path] = typer.Option(None, "--json", help="Also write the table as JSON to this file."),
+    json_flag: bool = typer.Option(False, "--json", help=JSON_HELP),
+    json_file: Optional[Path] = typer.Option(None, "--json-out", metavar="FILE", help=JSON_OUT_HELP),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Coefficient table of a logistic regression: estimates, standard errors, z, p-values, confidence intervals.
 
@@ -422,18 +466,19 @@ def inference(
     [bold]Examples[/]
 
       gradfit inference runs/logreg-20261126-101500
-      gradfit inference runs/logreg-20261126-101500 --scale standardized --json coefficients.json
+      gradfit inference runs/logreg-20261126-101500 --scale standardized --json-out coefficients.json
     """
     with user_errors():
-        _check_writable(json_file)
+        from gradfit.runs import own_files
+
+        output = JsonOutput.checked(json_flag, json_file, force, own_files(run_dir))
         _use_compile_cache()
         from gradfit import report, trained
         from gradfit.inference import run_inference
-        from gradfit.runs import write_json
 
         run = trained.load_run(run_dir)
         result = run_inference(run, scale.value, level)
-        console = report.stdout_console()
+        console = output.console()
         negative, positive = run.classes
         for table in report.inference_tables(result, positive, negative):
             console.print(table)
@@ -441,10 +486,8 @@ def inference(
             console.print(f"[bold red]problem:[/] {escape(problem)}", soft_wrap=True, highlight=False)
         for note in result.notes:
             console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True, highlight=False)
-        if json_file is not None:
-            write_json(json_file, {"run_dir": str(run_dir), "positive_class": positive,
-                                   "negative_class": negative, "converged": result.converged,
-                                   **dataclasses.asdict(result)})
+        output.emit({"run_dir": str(run_dir), "positive_class": positive, "negative_class": negative,
+                     "converged": result.converged, **dataclasses.asdict(result)})
         if result.problems:
             raise typer.Exit(1)
 
@@ -504,6 +547,29 @@ def config_validate(
             console.print(f"[green]ok[/] {escape(str(path))}", highlight=False)
     if failed:
         raise typer.Exit(2)
+
+
+_FILE_JSON_COMMANDS = {"eval", "inference", "compare-grads", "bench"}
+
+
+def legacy_spellings(args: list[str]) -> list[str]:
+    """``--json FILE.json`` (gradfit 0.1's eval, inference, compare-grads and bench) becomes ``--json-out``.
+
+    ``--json`` is now a flag (JSON on stdout); a following argument that names a .json file can only be the old
+    spelling, so it keeps working, with a note.
+    """
+    if not args or args[0] not in _FILE_JSON_COMMANDS:
+        return args
+    out = list(args)
+    for i, arg in enumerate(out):
+        if arg == "--":
+            break
+        old = arg == "--json" and i + 1 < len(out) and out[i + 1].lower().endswith(".json")
+        if old or arg.startswith("--json="):
+            out[i] = "--json-out" if old else "--json-out=" + arg.removeprefix("--json=")
+            stderr.print("[yellow]note:[/] --json FILE is now spelled --json-out FILE (--json alone prints the "
+                         "JSON on stdout)", highlight=False)
+    return out
 
 
 def main() -> None:

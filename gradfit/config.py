@@ -18,6 +18,7 @@ import yaml
 from pydantic import ValidationError
 
 from gradfit.errors import ConfigError
+from gradfit.files import read_text
 from gradfit.schema import (  # re-exported: the whole config API in one place
     DataConfig,
     GradfitConfig,
@@ -63,11 +64,14 @@ class ResolvedConfig:
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """safe_load semantics, plus duplicate keys are an error instead of silently keeping the last."""
+    """safe_load semantics (merge keys ``<<`` included), plus duplicate keys are an error instead of silently
+    keeping the last."""
 
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`: merged keys may be overridden
+                continue
             key = self.construct_object(key_node, deep=deep)
             try:
                 hash(key)
@@ -171,12 +175,7 @@ def resolve_config(path: Optional[str | Path] = None, overrides: Sequence[str] =
     if path is not None:
         path = Path(path)
         origin = str(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: cannot read config file: {exc}") from None
+        text = read_text(path, "config file", ConfigError)
         data, lines = _parse_yaml(text, origin)
         if data is None:
             data = {}

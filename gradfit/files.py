@@ -17,12 +17,13 @@ import tempfile
 import zipfile
 import zlib
 from pathlib import Path
-from typing import IO, Iterator, Mapping, Optional, Sequence
-
-import numpy as np
+from typing import IO, TYPE_CHECKING, Iterator, Mapping, Optional, Sequence
 
 from gradfit.abort import removed_on_abort
 from gradfit.errors import GradfitError
+
+if TYPE_CHECKING:  # numpy is imported where arrays are read: reading a config must not pay for it
+    import numpy as np
 
 STDOUT = "-"
 MAX_JSON_BYTES = 256 << 20  # summary.json, preprocessing.json (a million features' mean and std is ~40 MB)
@@ -115,6 +116,8 @@ class NpyMember:
     """One array of an open .npz archive, its header checked; ``read()`` reads it (``member`` is at its data)."""
 
     def __init__(self, archive: zipfile.ZipFile, name: str, path: Path, error: type[GradfitError]):
+        import numpy as np
+
         self.name, self.path, self.error = name, path, error
         info = archive.getinfo(f"{name}.npy")
         self.member = archive.open(info)
@@ -145,6 +148,8 @@ class NpyMember:
                         f"{_size(info.compress_size)}, more than compression allows; the file is damaged")
 
     def read(self) -> np.ndarray:
+        import numpy as np
+
         data = bytearray(self.nbytes)
         view = memoryview(data)
         filled = 0
@@ -201,6 +206,8 @@ def load_npz(path: Path, what: str = ".npz file", error: type[GradfitError] = Gr
 
 def save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     """Atomically write named arrays as an uncompressed .npz (object arrays are refused by NumPy)."""
+    import numpy as np
+
     with write_atomic_stream(path, binary=True) as handle:
         np.savez(handle, **{k: np.asarray(v) for k, v in arrays.items()})
 
@@ -253,6 +260,25 @@ def _same_file(other: Path, info: os.stat_result) -> bool:
     except OSError:
         return False
     return (mine.st_dev, mine.st_ino) == (info.st_dev, info.st_ino)
+
+
+def open_append(path: Path, error: type[GradfitError] = GradfitError) -> IO[str]:
+    """``path`` opened for appending text, created if missing; refused unless it is a regular file (a FIFO in a
+    run directory someone handed over must not hang the command, a device must not be written)."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as exc:
+        if exc.errno is not None and exc.strerror and exc.filename is None:
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
+        raise
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise error(f"{path}: {kind(info.st_mode)}, not a regular file; gradfit writes only regular files")
+    if hasattr(os, "set_blocking"):
+        os.set_blocking(fd, True)
+    return os.fdopen(fd, "a", encoding="utf-8")
 
 
 @contextlib.contextmanager

@@ -16,6 +16,7 @@ group plus a sample of coordinates ("directional"), and a failing direction is b
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Callable, Optional
 
 import jax
@@ -532,11 +533,11 @@ def _problem_from_config(config, at_run, precision, max_rows) -> ConfigProblem:
     key = jax.random.PRNGKey(config.seed)  # the same initial parameters `gradfit train` starts from
     params = model.init(key, dtype)
     if at_run is not None:
-        path = f"{at_run}/params.npz"
+        path = Path(at_run, "params.npz")
+        if not (path.exists() or path.is_symlink()):
+            raise RunDirError(f"{at_run}: no params.npz here; is it a finished gradfit run directory?")
         try:
-            params = params_from_named(params, load_arrays(path), path)
-        except FileNotFoundError:
-            raise RunDirError(f"{at_run}: no params.npz here; is it a finished gradfit run directory?") from None
+            params = params_from_named(params, load_arrays(path), str(path))
         except ValueError as exc:
             raise RunDirError(f"{exc}; pass the config the run was trained with") from None
         where = f"parameters of {at_run}"

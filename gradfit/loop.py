@@ -29,10 +29,10 @@ import pydantic
 from pydantic import ConfigDict, Field
 
 import gradfit
-from gradfit import checkpoints, precision, runs
+from gradfit import checkpoints, files, precision, runs
 from gradfit.config import GradfitConfig, to_yaml
 from gradfit.device import describe_device
-from gradfit.errors import Interrupted, TrainingFailed
+from gradfit.errors import GradfitError, Interrupted, TrainingFailed
 from gradfit.models import count_params, named_leaves
 from gradfit.train import (MAX_WINDOWS, WINDOW_ROWS, Plan, Prepared, Programs, TrainState, compile_programs,
                            eval_parts, prepare)
@@ -126,10 +126,11 @@ def fit(config: GradfitConfig, out_dir: str | Path = "runs", callbacks: Optional
         programs = compile_programs(run)
         run_dir = runs.create_run_dir(out_dir, config.name)
         with runs.locked(run_dir):
-            session = Session(run, programs, run_dir, started, callbacks, run.state, LoopState(),
-                              EarlyStopping.from_config(config))
-            runs.write_atomic(run_dir / "config.yaml", to_yaml(config, config_header(session.device_name)))
-            runs.write_json(run_dir / "preprocessing.json", run.dataset.preprocessing())
+            with runs.fresh(run_dir):
+                session = Session(run, programs, run_dir, started, callbacks, run.state, LoopState(),
+                                  EarlyStopping.from_config(config))
+                runs.write_atomic(run_dir / "config.yaml", to_yaml(config, config_header(session.device_name)))
+                runs.write_json(run_dir / "preprocessing.json", run.dataset.preprocessing())
             return session.train()
 
 
@@ -177,15 +178,15 @@ class Session:
     def train(self) -> dict:
         """Run chunks until a stop rule fires, then write the outputs; raise unless training completed."""
         plan, loop, programs = self.run.plan, self.loop, self.programs
-        self.notify("on_start", {
-            "run_dir": str(self.run_dir), "device": self.device_name, "total_steps": plan.total_steps,
-            "start_step": loop.step, "steps_per_epoch": plan.steps_per_epoch, "log_every": plan.log_every,
-            "eval_every": plan.eval_every, "num_params": count_params(self.state.params),
-            "trace_time_s": programs.trace_time_s, "compile_time_s": programs.compile_time_s,
-            "compile_cache": programs.cache, "dataset": self.run.dataset.name, "model": self.run.config.model.kind,
-        })
         # from here on SIGINT/SIGTERM only set a flag: the chunk in flight and the outputs are always completed
         with _StopRequests() as stop:
+            self.notify("on_start", {
+                "run_dir": str(self.run_dir), "device": self.device_name, "total_steps": plan.total_steps,
+                "start_step": loop.step, "steps_per_epoch": plan.steps_per_epoch, "log_every": plan.log_every,
+                "eval_every": plan.eval_every, "num_params": count_params(self.state.params),
+                "trace_time_s": programs.trace_time_s, "compile_time_s": programs.compile_time_s,
+                "compile_cache": programs.cache, "dataset": self.run.dataset.name, "model": self.run.config.model.kind,
+            })
             try:
                 rule = self.run_chunks(stop)
                 summary = self.finish(rule.status, rule.reason)
@@ -452,8 +453,8 @@ def _objective_text(record: dict) -> Optional[str]:
 
 def _logged_objective(run_dir: Path, step: Optional[int]) -> str:
     """The objective metrics.jsonl holds for ``step`` (None: the first record), as text; '?' when not there."""
-    with contextlib.suppress(OSError, ValueError):
-        for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
+    with contextlib.suppress(OSError, ValueError, GradfitError):
+        for line in files.read_text(run_dir / "metrics.jsonl", "metrics", max_bytes=runs.MAX_METRICS_BYTES).splitlines():
             record = json.loads(line)
             if step is None or record.get("step") == step:
                 return _objective_text(record) or "?"

@@ -16,7 +16,7 @@ from typing import Optional
 import jax
 import pydantic
 
-from gradfit import checkpoints, precision, runs
+from gradfit import checkpoints, files, precision, runs
 from gradfit.config import GradfitConfig, to_yaml
 from gradfit.errors import ConfigError, RunDirError
 from gradfit.loop import (Callbacks, EarlyStopping, LoopState, Session, config_header, one_line, stage, stop_rule,
@@ -86,9 +86,9 @@ _EXTEND_HINT = ("To train it further, resume with --force and a larger train.ste
 def _outputs_complete(run_dir: Path, step: int) -> bool:
     """True when summary.json reports the run completed at ``step`` and its params.npz exists."""
     try:
-        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+        summary = json.loads(files.read_text(run_dir / "summary.json", "summary", RunDirError, files.MAX_JSON_BYTES))
         return summary["status"] == "completed" and summary["steps"] == step and (run_dir / "params.npz").is_file()
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RunDirError):
         return False
 
 

@@ -15,12 +15,14 @@ import contextlib
 import datetime as _dt
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
 from gradfit import files
+from gradfit.abort import removed_on_abort
 from gradfit.errors import RunDirError
 from gradfit.files import write_atomic  # noqa: F401  (a run's files are written this way)
 
@@ -61,6 +63,30 @@ def check_run_dir(path: Path) -> Path:
 
 
 @contextlib.contextmanager
+def fresh(run_dir: Path):
+    """Within the block ``run_dir`` is a run that has not started: a failure (a full disk while config.yaml is
+    written) or a signal that ends the process removes the whole folder, so nothing half-made is left."""
+    with removed_on_abort(Path(run_dir)):
+        try:
+            yield Path(run_dir)
+        except BaseException:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+
+
+MAX_METRICS_BYTES = 4 << 30  # metrics.jsonl: 10 million log points
+
+RUN_FILES = ("config.yaml", "preprocessing.json", "metrics.jsonl", "metrics.discarded.jsonl", "params.npz",
+             "summary.json")
+
+
+def own_files(run_dir: Path) -> list[Path]:
+    """The files gradfit keeps in a run directory (existing or not): never a place for a command's output."""
+    run_dir = Path(run_dir)
+    return [run_dir / name for name in RUN_FILES] + sorted((run_dir / "checkpoints").glob("*.npz"))
+
+
+@contextlib.contextmanager
 def locked(run_dir: Path):
     """Hold an exclusive lock on the run directory, so two processes never write the same run.
 
@@ -71,7 +97,7 @@ def locked(run_dir: Path):
     except ImportError:  # Windows: no advisory locks; rely on the user
         yield
         return
-    with open(Path(run_dir) / ".lock", "a") as handle:
+    with files.open_append(Path(run_dir) / ".lock", RunDirError) as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -105,7 +131,7 @@ def append_jsonl(path: Path, records: Sequence[Mapping]) -> None:
     Not fsynced: that made runs logging every step 12% slower, and what an OS crash could lose is logged
     again when the run resumes from its (fsynced) checkpoint.
     """
-    with open(path, "a", encoding="utf-8") as f:
+    with files.open_append(path, RunDirError) as f:
         f.write("".join(json.dumps(_flat_jsonable(record), allow_nan=False) + "\n" for record in records))
 
 
@@ -123,7 +149,7 @@ def truncate_metrics(path: Path, step: int) -> int:
     duplicates without losing what was there. A torn last line (a crash mid-write) is moved too.
     Returns the number of records moved.
     """
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    lines = files.read_text(path, "metrics file", RunDirError, MAX_METRICS_BYTES).splitlines()
     kept, moved = [], []
     for number, line in enumerate(lines, 1):
         try:
@@ -139,7 +165,7 @@ def truncate_metrics(path: Path, step: int) -> int:
         (kept if record_step <= step else moved).append(line)
     if moved:  # rewrite first: a failure in between must not let a retry discard the same lines twice
         write_atomic(path, "".join(line + "\n" for line in kept))
-        with open(Path(path).with_name("metrics.discarded.jsonl"), "a", encoding="utf-8") as f:
+        with files.open_append(Path(path).with_name("metrics.discarded.jsonl"), RunDirError) as f:
             f.write("".join(line + "\n" for line in moved))
     return len(moved)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, TextIO
 
@@ -16,12 +17,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradfit import precision, runs
+from gradfit import files, precision, runs
 from gradfit.batches import Batch, read_batches
 from gradfit.config import GradfitConfig, resolve_config
 from gradfit.data import Dataset, class_ids, load_dataset
 from gradfit.errors import DataError, RunDirError
-from gradfit.models import Model, build_model, params_from_named
+from gradfit.models import Model, build_model, named_leaves, params_from_named
 
 BLOCK_ROWS = 1024  # rows per call of the compiled forward pass
 
@@ -102,20 +103,19 @@ def load_run(run_dir: str | Path) -> TrainedRun:
     summary = _read_json(run_dir / "summary.json", required=False)
     preprocessing = _read_json(run_dir / "preprocessing.json", required=True)
     _check_preprocessing(run_dir, preprocessing)
-    if not (run_dir / "params.npz").is_file():
+    params_file = run_dir / "params.npz"
+    if not (params_file.exists() or params_file.is_symlink()):
         status = f" (status {summary.get('status')}: {summary.get('stop_reason')})" if isinstance(summary, dict) else ""
         raise RunDirError(f"{run_dir}: has no params.npz{status}; only runs that saved parameters can be used")
-    try:
-        arrays = runs.load_arrays(run_dir / "params.npz")
-    except (OSError, ValueError, EOFError) as exc:
-        raise RunDirError(f"{run_dir / 'params.npz'}: unreadable ({exc})") from None
     chosen = precision.of(config)
     model = build_model(config.model, len(preprocessing["feature_names"]), len(preprocessing["classes"]),
                         chosen.compute_dtype)
     with chosen.scope():
         template = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), chosen.param_dtype))
+        shapes = {name: leaf.shape for name, leaf in named_leaves(template).items()}
+        arrays = runs.load_arrays(params_file, expected=shapes)
         try:
-            params = params_from_named(template, arrays, origin=str(run_dir / "params.npz"))
+            params = params_from_named(template, arrays, origin=str(params_file))
         except ValueError as exc:
             raise RunDirError(str(exc)) from None
     return TrainedRun(run_dir, config, preprocessing, params, model, summary)
@@ -135,28 +135,47 @@ def reload_dataset(run: TrainedRun) -> Dataset:
 
 
 def _read_json(path: Path, required: bool) -> Optional[Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    if not (path.exists() or path.is_symlink()):
         if required:
-            raise RunDirError(f"{path.parent}: not a complete gradfit run (no {path.name})") from None
+            raise RunDirError(f"{path.parent}: not a complete gradfit run (no {path.name})")
         return None
-    except (OSError, ValueError) as exc:
-        raise RunDirError(f"{path}: unreadable ({exc})") from None
+    text = files.read_text(path, path.name, RunDirError, files.MAX_JSON_BYTES)
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise RunDirError(f"{path}: not valid JSON ({type(exc).__name__}: {str(exc)[:200]})") from None
 
 
 def _check_preprocessing(run_dir: Path, record: Any) -> None:
-    try:
+    """The record must be what gradfit train writes: a hand-edited one is refused here, not mid-command."""
+    problem = None
+    if not isinstance(record, dict) or not {"feature_names", "classes", "standardize"} <= set(record):
+        problem = "it must hold feature_names, classes and standardize"
+    else:
         names, classes, scaling = record["feature_names"], record["classes"], record["standardize"]
-        ok = isinstance(names, list) and all(isinstance(n, str) for n in names) and isinstance(classes, list) \
-            and len(classes) >= 2 and (scaling is None or all(
-                len(scaling[k]) == len(names) and all(isinstance(v, (int, float)) for v in scaling[k])
-                for k in ("mean", "std")))
-    except (KeyError, TypeError):
-        ok = False
-    if not ok:
-        raise RunDirError(f"{run_dir / 'preprocessing.json'}: malformed (it must hold feature_names, classes and "
-                          "standardize as gradfit train wrote them)")
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names) \
+                or len(set(names)) != len(names):
+            problem = "feature_names must be a list of distinct column names"
+        elif not isinstance(classes, list) or len(classes) < 2 or \
+                not all(isinstance(c, (str, int, float)) for c in classes) or len(set(classes)) != len(classes):
+            problem = "classes must be a list of at least two distinct labels, each a string or a number"
+        elif scaling is not None and not _valid_scaling(scaling, len(names)):
+            problem = (f"standardize must be null or hold mean and std, {len(names)} finite numbers each "
+                       "(std positive)")
+    if problem:
+        raise RunDirError(f"{run_dir / 'preprocessing.json'}: malformed ({problem}, as gradfit train wrote it); "
+                          "was it edited by hand?")
+
+
+def _valid_scaling(scaling: Any, width: int) -> bool:
+    if not isinstance(scaling, dict):
+        return False
+    for key in ("mean", "std"):
+        values = scaling.get(key)
+        if not isinstance(values, list) or len(values) != width or not all(
+                type(v) in (int, float) and math.isfinite(v) for v in values):
+            return False
+    return all(v > 0 for v in scaling["std"])
 
 
 def evaluate(run: TrainedRun, data: Optional[Path], split: str, target: Optional[str],

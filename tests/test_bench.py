@@ -138,7 +138,7 @@ def test_cli_quick_json(monkeypatch, tmp_path):
     monkeypatch.setattr(bench, "QUICK", TINY)
     monkeypatch.setattr(bench, "DEFAULT_SUITE", {"logreg": ["name=logreg", "train.steps=5"]})
     out = tmp_path / "bench.json"
-    result = CliRunner().invoke(app, ["bench", "--quick", "--device", "cpu", "--no-peers", "--json", str(out)],
+    result = CliRunner().invoke(app, ["bench", "--quick", "--device", "cpu", "--no-peers", "--json-out", str(out)],
                                 env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "Training throughput" in result.output and "Cost of a gradient" in result.output

@@ -288,7 +288,7 @@ def test_npz_input_gives_the_csv_predictions(yes_no, tmp_path):
     # eval reads the labels of an .npz like those of the CSV
     metrics = []
     for data in (yes_no["data"], tmp_path / "labelled.npz"):
-        result = invoke("eval", yes_no["run_dir"], "--data", data, "--json", tmp_path / "m.json")
+        result = invoke("eval", yes_no["run_dir"], "--data", data, "--json-out", tmp_path / "m.json", "--force")
         assert result.exit_code == 0, result.output
         metrics.append({k: v for k, v in json.loads((tmp_path / "m.json").read_text()).items() if k != "data"})
     assert metrics[0] == metrics[1]
@@ -311,7 +311,7 @@ def test_npz_with_fortran_ordered_x_is_accepted_as_in_training(tmp_path):
 @pytest.mark.parametrize("name", ["yes_no", "digits"])
 def test_eval_on_the_test_split_matches_the_training_summary(name, request, tmp_path):
     run = request.getfixturevalue(name)
-    result = invoke("eval", run["run_dir"], "--json", tmp_path / "m.json")
+    result = invoke("eval", run["run_dir"], "--json-out", tmp_path / "m.json")
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "m.json").read_text(encoding="utf-8"))
     final = run["summary"]["final"]
@@ -320,7 +320,7 @@ def test_eval_on_the_test_split_matches_the_training_summary(name, request, tmp_
     assert metrics["log_loss"] == pytest.approx(final["test_loss"], abs=1e-6)
     assert metrics["data"].startswith("the test split of")
     assert "Evaluation on the test split" in result.output and "Confusion matrix" in result.output
-    val = invoke("eval", run["run_dir"], "--split", "val", "--json", tmp_path / "v.json")
+    val = invoke("eval", run["run_dir"], "--split", "val", "--json-out", tmp_path / "v.json")
     assert val.exit_code == 0, val.output
     v = json.loads((tmp_path / "v.json").read_text(encoding="utf-8"))
     assert v["accuracy"] == pytest.approx(final["val_accuracy"], abs=1e-6)
@@ -328,7 +328,7 @@ def test_eval_on_the_test_split_matches_the_training_summary(name, request, tmp_
 
 
 def test_eval_on_a_labelled_file_matches_the_in_memory_model(yes_no, tmp_path):
-    result = invoke("eval", yes_no["run_dir"], "--data", yes_no["data"], "--json", tmp_path / "m.json")
+    result = invoke("eval", yes_no["run_dir"], "--data", yes_no["data"], "--json-out", tmp_path / "m.json")
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "m.json").read_text(encoding="utf-8"))
     probabilities, classes = in_memory(yes_no["run_dir"], yes_no["x"])
@@ -341,7 +341,7 @@ def test_eval_on_a_labelled_file_matches_the_in_memory_model(yes_no, tmp_path):
     # a label column under another name, with --target
     renamed = tmp_path / "renamed.csv"
     renamed.write_text(yes_no["data"].read_text().replace(",target\n", ",label\n", 1))
-    again = invoke("eval", yes_no["run_dir"], "--data", renamed, "--target", "label", "--json", tmp_path / "r.json")
+    again = invoke("eval", yes_no["run_dir"], "--data", renamed, "--target", "label", "--json-out", tmp_path / "r.json")
     assert again.exit_code == 0, again.output
     assert json.loads((tmp_path / "r.json").read_text())["accuracy"] == metrics["accuracy"]
     missing = invoke("eval", yes_no["run_dir"], "--data", renamed)
@@ -349,7 +349,7 @@ def test_eval_on_a_labelled_file_matches_the_in_memory_model(yes_no, tmp_path):
 
 
 def test_eval_on_integer_labels(threes_and_sevens, tmp_path):
-    result = invoke("eval", threes_and_sevens["run_dir"], "--data", threes_and_sevens["data"], "--json",
+    result = invoke("eval", threes_and_sevens["run_dir"], "--data", threes_and_sevens["data"], "--json-out",
                     tmp_path / "m.json")
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "m.json").read_text(encoding="utf-8"))

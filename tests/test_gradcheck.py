@@ -172,7 +172,7 @@ def invoke(*args):
 
 def test_cli_default_passes_and_writes_json(tmp_path):
     out = tmp_path / "out.json"
-    result = invoke("--json", str(out))
+    result = invoke("--json-out", str(out))
     assert result.exit_code == 0, result.output
     assert "verdict: PASS" in result.output and "finite differences" in result.output
     data = json.loads(out.read_text())
@@ -183,7 +183,7 @@ def test_cli_default_passes_and_writes_json(tmp_path):
 
 
 def test_cli_mlp_config_directional_with_sweep(tmp_path):
-    result = invoke(str(CONFIGS / "mlp.yaml"), "--sweep", "--json", str(tmp_path / "o.json"))
+    result = invoke(str(CONFIGS / "mlp.yaml"), "--sweep", "--json-out", str(tmp_path / "o.json"))
     assert result.exit_code == 0, result.output
     assert "directional check" in result.output and "V shape" in result.output
     assert json.loads((tmp_path / "o.json").read_text())["sweep"]["shape"] == "V"
@@ -199,7 +199,7 @@ def test_cli_exit_1_on_a_wrong_gradient(monkeypatch, tmp_path):
                                        problem.description, problem.args)
 
     monkeypatch.setattr(gradcheck, "problem_from_config", buggy)
-    result = invoke("--json", str(tmp_path / "o.json"))
+    result = invoke("--json-out", str(tmp_path / "o.json"))
     assert result.exit_code == 1
     assert "verdict: FAIL" in result.output
     assert json.loads((tmp_path / "o.json").read_text())["verdict"] == "fail"

@@ -115,7 +115,7 @@ CASES = {
     "config-file-missing": Case(
         None, ("missing.yaml", "not found"), config_arg="missing.yaml"),
     "config-not-utf8": Case(
-        b"seed: \xff\xfe\n", ("config.yaml", "cannot read config file")),
+        b"seed: \xff\xfe\n", ("config.yaml", "config file is not UTF-8 text")),
     # ------------------------------------------------------------------------------------------ keys
     "unknown-top-level-key": Case(
         "optimiser: {name: sgd}\n" + TINY,

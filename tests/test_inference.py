@@ -107,7 +107,7 @@ def mle_run(known_data):
 
 
 def run_inference(run_dir: Path, json_path: Path, *options: str, exit_code: int = 0) -> tuple[dict, str]:
-    result = invoke("inference", run_dir, "--json", json_path, *options)
+    result = invoke("inference", run_dir, "--json-out", json_path, *options)
     assert result.exit_code == exit_code, result.output
     return json.loads(json_path.read_text(encoding="utf-8")), result.output
 

@@ -1,0 +1,22 @@
+"""The ``gradfit`` console script: signal handling first, then the command line.
+
+A Ctrl-C in the first instant (while typer, rich or jax are importing) must end the process like one at any
+other time: exit code 130, one line, nothing left behind. So the handlers are installed before anything else is
+imported (see gradfit.abort).
+"""
+
+import sys
+
+
+def main() -> None:
+    from gradfit import abort
+
+    abort.install()
+    from gradfit import cli
+
+    sys.argv[1:] = cli.legacy_spellings(sys.argv[1:])
+    cli.main()
+
+
+if __name__ == "__main__":
+    main()
