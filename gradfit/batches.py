@@ -4,7 +4,12 @@ A batch is ``(x, labels, line_numbers)``: x (b, d) float64 with the columns in t
 name, so a file may order them differently), the raw labels (b,) or None, and each row's line number in a CSV
 (row index in an .npz). Files are never loaded whole: a CSV is parsed ``batch_rows`` lines at a time by NumPy's C
 parser, an .npz array is read from its zip member in slices (a column-major one, whose rows are not contiguous,
-whole). The header is checked when ``read_batches`` is called, so a wrong file fails before any output. No jax.
+whole). The header is checked when ``read_batches`` is called, so a wrong file fails before any output.
+
+Files are opened through ``gradfit.files``, as training opens them: only regular files (a FIFO or a device is
+refused, never read), CSV lines of at most ``files.MAX_LINE_CHARS`` characters, .npz headers checked against
+the archive before anything is allocated. Cells are checked as training checks them (``data.check_features``:
+finite, at most 1e150 in magnitude). No jax.
 """
 
 from __future__ import annotations
@@ -12,15 +17,15 @@ from __future__ import annotations
 import collections
 import csv
 import difflib
+import io
 import itertools
-import zipfile
-import zlib
 from pathlib import Path
 from typing import Iterator, NamedTuple, NoReturn, Optional, Sequence
 
 import numpy as np
 
-from gradfit.data import preview
+from gradfit import files
+from gradfit.data import check_features, check_label_dtype, csv_error, npy_member, preview, read_feature_names
 from gradfit.errors import DataError
 
 BATCH_ROWS = 1 << 16
@@ -28,7 +33,7 @@ BATCH_ROWS = 1 << 16
 
 class Batch(NamedTuple):
     x: np.ndarray  # (b, d) float64, training column order
-    labels: Optional[np.ndarray]  # (b,) raw labels, or None
+    labels: Optional[np.ndarray]  # (b,) raw labels (stripped text for a CSV), or None
     line_numbers: np.ndarray  # (b,) CSV line numbers, or .npz row indices
 
 
@@ -42,58 +47,76 @@ def read_batches(path: Path, feature_names: Sequence[str], target: Optional[str]
         need_labels: read the labels, and raise if the file has none.
 
     Raises:
-        DataError: missing or unreadable file, mismatched columns, a malformed or non-finite cell (with its line
-            and column).
+        DataError: a missing file or one that is not a regular file, mismatched columns, a malformed, overlong,
+            non-finite or out-of-range cell (with its line and column).
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: data file not found")
     names = list(feature_names)
-    if path.suffix.lower() == ".npz":
+    if is_npz(path):
         for _ in _npz_body(path, names, need_labels, batch_rows, check_only=True):
             pass
         return _npz_body(path, names, need_labels, batch_rows)
     with _open_text(path) as f:
-        _csv_columns(f, path, names, target, need_labels)
+        _csv_columns(_lines(f, path), path, names, target, need_labels)
     return _csv_body(path, names, target, need_labels, batch_rows)
 
 
-def _open_text(path: Path):
-    try:
-        return open(path, newline="", encoding="utf-8-sig")
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
+def is_npz(path: Path) -> bool:
+    """Whether ``read_batches`` reads ``path`` as an .npz (its positions are rows) rather than a CSV (lines)."""
+    return Path(path).suffix.lower() == ".npz"
+
+
+def batch_position(path: Path, position: int) -> str:
+    """Where a batch row is, for a message: "new.csv:7" (its line) or "new.npz: X row 5"."""
+    return f"{path}: X row {position}" if is_npz(path) else f"{path}:{position}"
+
+
+def _open_text(path: Path) -> io.TextIOWrapper:
+    return io.TextIOWrapper(files.open_regular(path, "data file", DataError), encoding="utf-8-sig", newline="")
+
+
+def _lines(f, path: Path) -> Iterator[str]:
+    return files.bounded_lines(f, path, DataError, max_chars=files.MAX_LINE_CHARS)
+
+
+def _not_utf8(path: Path, exc: UnicodeDecodeError) -> DataError:
+    return DataError(f"{path}: not a UTF-8 text file ({exc.reason}); save it as UTF-8 CSV")
 
 
 def _csv_body(path: Path, names: list[str], target: Optional[str], need_labels: bool,
               batch_rows: int) -> Iterator[Batch]:
     with _open_text(path) as f:
-        header, feature_cols, label_col = _csv_columns(f, path, names, target, need_labels)
+        lines = _lines(f, path)
+        header, feature_cols, label_col = _csv_columns(lines, path, names, target, need_labels)
         line = 2  # of the first line of the next batch
         while True:
             try:
-                lines = list(itertools.islice(f, batch_rows))
+                chunk = list(itertools.islice(lines, batch_rows))
             except UnicodeDecodeError as exc:
-                raise DataError(f"{path}: not a UTF-8 text file ({exc.reason}); save it as UTF-8 CSV") from None
-            if not lines:
+                raise _not_utf8(path, exc) from None
+            if not chunk:
                 return
-            numbers = [line + i for i, text in enumerate(lines) if text.strip()]  # blank lines are skipped
-            rows = [text for text in lines if text.strip()]
+            numbers = [line + i for i, text in enumerate(chunk) if text.strip()]  # blank lines are skipped
+            rows = [text for text in chunk if text.strip()]
             if rows:
                 _check_field_counts(path, rows, numbers, len(header))
                 yield _parse_rows(path, header, rows, np.array(numbers), feature_cols, label_col)
-            line += len(lines)
+            line += len(chunk)
 
 
-def _csv_columns(f, path: Path, names: list[str], target: Optional[str], need_labels: bool):
+def _csv_columns(lines: Iterator[str], path: Path, names: list[str], target: Optional[str], need_labels: bool):
     """Read and check the header line: (header, feature column indices in training order, label column or None).
 
     The label column is None unless ``need_labels``: predict ignores labels, even empty ones.
     """
     try:
-        header = [h.strip() for h in next(csv.reader([f.readline()]), [])]
+        first = next(lines, "")
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not a UTF-8 text file ({exc.reason}); save it as UTF-8 CSV") from None
+        raise _not_utf8(path, exc) from None
+    try:
+        header = [h.strip() for h in next(csv.reader([first]), [])]
+    except csv.Error as exc:
+        raise csv_error(path, 1, exc, "header") from None
     if not any(header):
         raise DataError(f"{path}: file is empty; expected a header row naming the columns")
     if need_labels and target not in header:
@@ -120,10 +143,26 @@ def _match_columns(path: Path, present: list[str], names: list[str]) -> dict[str
     return {h: i for i, h in enumerate(present)}
 
 
+def _split(path: Path, text: str, number: int) -> list[str]:
+    """One line's fields by the csv module; its errors (a field over its limit...) name the line."""
+    try:
+        return next(csv.reader([text]))
+    except csv.Error as exc:
+        raise csv_error(path, number, exc) from None
+
+
 def _check_field_counts(path: Path, rows: list[str], numbers: list[int], n_fields: int) -> None:
-    """NumPy ignores extra or missing fields outside the columns it reads: a ragged row must not pass."""
+    """NumPy ignores extra or missing fields outside the columns it reads: a ragged row must not pass.
+
+    A line with a quote, or longer than the csv module's field limit, is split by the csv module, so a field
+    over that limit is refused as training refuses it.
+    """
+    limit = csv.field_size_limit()
     for text, number in zip(rows, numbers):
-        count = len(next(csv.reader([text]))) if '"' in text else text.count(",") + 1
+        if '"' in text or len(text) > limit:
+            count = len(_split(path, text, number))
+        else:
+            count = text.count(",") + 1
         if count != n_fields:
             raise DataError(f"{path}:{number}: {count} fields but the header has {n_fields} columns")
 
@@ -135,14 +174,13 @@ def _parse_rows(path: Path, header: list[str], rows: list[str], numbers: np.ndar
         x = np.loadtxt(rows, usecols=feature_cols, dtype=np.float64, **options)
     except ValueError:
         _raise_bad_cell(path, header, rows, numbers, feature_cols)
-    bad = np.argwhere(~np.isfinite(x))
-    if len(bad):
-        r, c = bad[0]
-        raise DataError(f"{path}:{numbers[r]}: column '{header[feature_cols[c]]}' is {x[r, c]}; remove or impute "
-                        "missing and infinite values first")
+    check_features(x, [header[c] for c in feature_cols], lambda row: batch_position(path, numbers[row]))
     labels = None
     if label_col is not None:
-        labels = np.char.strip(np.loadtxt(rows, usecols=[label_col], dtype=str, **options)[:, 0])
+        # Python str objects: a 'U' array would take rows x the longest label x 4 bytes
+        raw = np.loadtxt(rows, usecols=[label_col], dtype=object, **options)[:, 0]
+        labels = np.empty(len(raw), dtype=object)
+        labels[:] = [label.strip() for label in raw]
         empty = np.flatnonzero(labels == "")
         if len(empty):
             raise DataError(f"{path}:{numbers[empty[0]]}: missing label in column '{header[label_col]}'")
@@ -152,36 +190,30 @@ def _parse_rows(path: Path, header: list[str], rows: list[str], numbers: np.ndar
 def _raise_bad_cell(path: Path, header: list[str], rows: list[str], numbers: np.ndarray,
                     feature_cols: list[int]) -> NoReturn:
     for text, number in zip(rows, numbers):
-        row = next(csv.reader([text]))
+        row = _split(path, text, number)
         for c in feature_cols:
             try:
                 float(row[c])
             except ValueError:
-                raise DataError(f"{path}:{number}: column '{header[c]}' has non-numeric value {row[c]!r}; "
+                raise DataError(f"{path}:{number}: column '{header[c]}' has non-numeric value {row[c][:100]!r}; "
                                 "features must be numbers") from None
     raise DataError(f"{path}: lines {numbers[0]}-{numbers[-1]}: cannot parse as CSV numbers")
 
 
 def _npz_body(path: Path, names: list[str], need_labels: bool, batch_rows: int,
               check_only: bool = False) -> Iterator[Batch]:
-    try:
-        with zipfile.ZipFile(path) as archive:
-            yield from _npz_batches(archive, path, names, need_labels, batch_rows, check_only)
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
-        raise DataError(f"{path}: not a valid .npz file, or a damaged one ({exc}); save it with "
-                        "np.savez(path, X=..., y=...)") from None
+    with files.open_npz(path, "data file", DataError) as (archive, members):
+        yield from _npz_batches(archive, members, path, names, need_labels, batch_rows, check_only)
 
 
-def _npz_batches(archive: zipfile.ZipFile, path: Path, names: list[str], need_labels: bool, batch_rows: int,
+def _npz_batches(archive, members: list[str], path: Path, names: list[str], need_labels: bool, batch_rows: int,
                  check_only: bool) -> Iterator[Batch]:
-    members = {name.removesuffix(".npy") for name in archive.namelist()}
     if "X" not in members or (need_labels and "y" not in members):
         wanted = "X and y" if need_labels else "X"
         raise DataError(f"{path}: needs array(s) {wanted}; found {sorted(members) or 'none'}")
-    labels = _small_array(archive, "y", path) if need_labels else None
-    stored = [str(n) for n in _small_array(archive, "feature_names", path)] if "feature_names" in members else None
-    with archive.open("X.npy") as member:
-        shape, fortran_order, dtype = _npy_header(member, path)
+    stored = read_feature_names(archive, path) if "feature_names" in members else None
+    with npy_member(archive, "X", path) as member:
+        shape, dtype = member.shape, member.dtype
         if len(shape) != 2 or dtype.kind not in "biuf":
             raise DataError(f"{path}: X must be a 2-D numeric array, got shape {shape} dtype {dtype}")
         order = list(range(shape[1]))
@@ -190,26 +222,29 @@ def _npz_batches(archive: zipfile.ZipFile, path: Path, names: list[str], need_la
             order = [position[n] for n in names]
         elif shape[1] != len(names):
             raise DataError(f"{path}: X has {shape[1]} columns but the run was trained on {len(names)} features")
-        if labels is not None and labels.shape != (shape[0],):
-            raise DataError(f"{path}: y has shape {labels.shape}; X has {shape[0]} rows")
+        labels = _npz_labels(archive, path, shape[0], check_only) if need_labels else None
         if check_only:
             return
-        whole = None
-        if fortran_order:  # column-major (X[:, cols], df.to_numpy()): rows are not contiguous, read it whole
-            whole = np.frombuffer(_read_exactly(member, shape[0] * shape[1] * dtype.itemsize, path), dtype)
-            whole = whole.reshape(shape, order="F")
+        whole = member.read() if member.fortran_order else None  # column-major: rows are not contiguous
         for start in range(0, shape[0], batch_rows):
             count = min(batch_rows, shape[0] - start)
             if whole is not None:
                 x = whole[start:start + count]
             else:
-                raw = _read_exactly(member, count * shape[1] * dtype.itemsize, path)
+                raw = _read_exactly(member.member, count * shape[1] * dtype.itemsize, path)
                 x = np.frombuffer(raw, dtype).reshape(count, shape[1])
             x = x[:, order].astype(np.float64)
-            bad = np.argwhere(~np.isfinite(x))
-            if len(bad):
-                raise DataError(f"{path}: X row {start + bad[0][0]}, column '{names[bad[0][1]]}' is not finite")
+            check_features(x, names, lambda row, start=start: batch_position(path, start + row))
             yield Batch(x, None if labels is None else labels[start:start + count], np.arange(start, start + count))
+
+
+def _npz_labels(archive, path: Path, rows: int, check_only: bool) -> Optional[np.ndarray]:
+    """The y array (checked: one label per row of X, a dtype labels can have); None when only checking."""
+    with npy_member(archive, "y", path) as member:
+        if tuple(member.shape) != (rows,):
+            raise DataError(f"{path}: y has shape {member.shape}; X has {rows} rows")
+        check_label_dtype(member.dtype, f"{path}: y")
+        return None if check_only else member.read()
 
 
 def _read_exactly(member, size: int, path: Path) -> bytes:
@@ -217,23 +252,3 @@ def _read_exactly(member, size: int, path: Path) -> bytes:
     if len(data) != size:
         raise DataError(f"{path}: X is truncated (its header promises more rows than the file holds)")
     return data
-
-
-def _npy_header(member, path: Path) -> tuple[tuple, bool, np.dtype]:
-    try:
-        version = np.lib.format.read_magic(member)
-        reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran_order, dtype = reader(member)
-    except ValueError as exc:
-        raise DataError(f"{path}: X is not a NumPy array file ({exc})") from None
-    if dtype.hasobject:
-        raise DataError(f"{path}: X is an object array; gradfit never unpickles objects")
-    return shape, fortran_order, dtype
-
-
-def _small_array(archive: zipfile.ZipFile, name: str, path: Path) -> np.ndarray:
-    try:
-        with archive.open(f"{name}.npy") as member:
-            return np.lib.format.read_array(member, allow_pickle=False)
-    except ValueError as exc:
-        raise DataError(f"{path}: cannot read array {name} ({exc}); gradfit never unpickles objects") from None

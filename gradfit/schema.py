@@ -11,9 +11,43 @@ import dataclasses
 import re
 from typing import Annotated, Any, ClassVar, Literal, Optional, Union, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 KeyPath = tuple  # ("optimizer", "learning_rate"); list indexes are ints
+
+# Upper bounds of counts and sizes: past them a run would fail (or wrap around) on the device, after the run
+# directory exists, rather than at validation. JAX's integers are int32: the compiled loop's step counter, row
+# indexes of minibatches and evaluation blocks, correct-prediction counts.
+INT32_MAX = 2**31 - 1
+MAX_SIZE = INT32_MAX  # rows, features, classes, hidden units, batch rows
+MAX_STEPS = 2**30  # steps, epochs and every schedule in steps: the last log window (< log_every more) still fits int32
+MAX_KEPT_CHECKPOINTS = 1000
+MAX_LBFGS_MEMORY = 1000
+_SIZE_WHY = "2**31 - 1: rows and sizes are int32 on the device"
+_STEPS_WHY = "2**30: the compiled training loop counts steps in int32"
+
+
+def _at_most(limit: int, why: str) -> BeforeValidator:
+    """A bound checked before pydantic's own ``le``, so that the message gives the limit with its reason."""
+
+    def check(value: Any) -> Any:
+        number = value
+        if type(value) is str:  # YAML 1.1 reads `1e10` as text, not as a number
+            try:
+                number = float(value)
+            except ValueError:
+                return value
+        if type(number) in (int, float) and number > limit:
+            raise ValueError(f"at most {limit:,} ({why})")
+        if type(value) is str and number.is_integer():
+            return int(number)  # `steps: 1e4` is 10,000 steps, as `1.0e+4` already is
+        return value
+
+    return BeforeValidator(check)
+
+
+Size = Annotated[int, _at_most(MAX_SIZE, _SIZE_WHY), Field(le=MAX_SIZE)]
+Steps = Annotated[int, _at_most(MAX_STEPS, _STEPS_WHY), Field(le=MAX_STEPS)]
 
 
 class KeyProblem(ValueError):
@@ -46,9 +80,9 @@ class _Section(BaseModel):
 
 
 class SyntheticConfig(_Section):
-    n_samples: int = Field(10_000, ge=2, description="number of rows generated")
-    n_features: int = Field(20, ge=1, description="number of features")
-    n_classes: int = Field(2, ge=2, description="number of classes")
+    n_samples: Size = Field(10_000, ge=2, description="number of rows generated")
+    n_features: Size = Field(20, ge=1, description="number of features")
+    n_classes: Size = Field(2, ge=2, description="number of classes")
     separation: float = Field(
         2.0, ge=0, description="scale of the true weights: larger means easier to classify"
     )
@@ -101,7 +135,9 @@ class ModelConfig(_Section):
     kind: Literal["logistic", "mlp"] = Field(
         "logistic", description="'logistic' (binary, labels mapped to -1/+1) or 'mlp' (binary or multiclass)"
     )
-    hidden: list[Annotated[int, Field(ge=1)]] = Field([64, 64], min_length=1, description="hidden layer sizes, input to output")
+    hidden: list[Annotated[Size, Field(ge=1)]] = Field(
+        [64, 64], min_length=1, description="hidden layer sizes, input to output"
+    )
     activation: Literal["relu", "tanh", "gelu", "sigmoid", "silu"] = Field(
         "relu", description="hidden-layer activation"
     )
@@ -125,7 +161,7 @@ class ScheduleConfig(_Section):
     name: Literal["constant", "cosine", "exponential", "warmup_cosine"] = Field(
         "constant", description="learning-rate schedule over the whole run"
     )
-    warmup_steps: int = Field(0, ge=0, description="linear warm-up steps from 0 to learning_rate")
+    warmup_steps: Steps = Field(0, ge=0, description="linear warm-up steps from 0 to learning_rate")
     final_fraction: float = Field(
         0.01, ge=0, le=1, description="learning rate at the last step, as a fraction of learning_rate"
     )
@@ -158,7 +194,9 @@ class OptimizerConfig(_Section):
     eps: float = Field(1e-8, gt=0, description="denominator constant of adaptive methods")
     decay: float = Field(0.9, gt=0, lt=1, description="RMSProp squared-gradient decay")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW decoupled weight decay")
-    memory_size: int = Field(10, ge=1, description="L-BFGS history length")
+    memory_size: Annotated[int, _at_most(MAX_LBFGS_MEMORY, "the history holds 2 x memory_size copies of the "
+                                                           "parameters; 3 to 20 is usual")] = Field(
+        10, ge=1, le=MAX_LBFGS_MEMORY, description="L-BFGS history length")
     clip_norm: Optional[float] = Field(None, gt=0, description="clip gradients to this global norm (null: off)")
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig, description="learning-rate schedule")
 
@@ -189,12 +227,12 @@ class EarlyStoppingConfig(_Section):
 
 
 class TrainConfig(_Section):
-    epochs: Optional[int] = Field(None, ge=1, description="passes over the training split (100 if steps is unset)")
-    steps: Optional[int] = Field(None, ge=1, description="optimizer steps; use instead of epochs")
-    batch_size: Optional[int] = Field(
+    epochs: Optional[Steps] = Field(None, ge=1, description="passes over the training split (100 if steps is unset)")
+    steps: Optional[Steps] = Field(None, ge=1, description="optimizer steps; use instead of epochs")
+    batch_size: Optional[Size] = Field(
         None, ge=1, description="minibatch size (null: full batch); the last partial batch of an epoch is dropped"
     )
-    log_every: int = Field(
+    log_every: Steps = Field(
         10, ge=1, description="steps between log points, which record running means of the minibatch objective and "
         "gradient norm (almost free: the steps computed them)"
     )
@@ -206,11 +244,12 @@ class TrainConfig(_Section):
         None, gt=0, description="stop when the gradient norm over the whole training split falls below this "
         "(full batch: checked after every step; minibatches: at evaluations)"
     )
-    checkpoint_every: Optional[int] = Field(
+    checkpoint_every: Optional[Steps] = Field(
         1000, ge=1, description="checkpoint at the first log point past every this many steps (null: only at the "
         "end and on interruption)"
     )
-    keep_checkpoints: int = Field(3, ge=1, description="how many of the newest checkpoints to keep")
+    keep_checkpoints: Annotated[int, _at_most(MAX_KEPT_CHECKPOINTS, "each is a full copy of the training state")] \
+        = Field(3, ge=1, le=MAX_KEPT_CHECKPOINTS, description="how many of the newest checkpoints to keep")
     early_stopping: EarlyStoppingConfig = Field(
         default_factory=EarlyStoppingConfig, description="stop when a validation metric stops improving"
     )
@@ -218,8 +257,10 @@ class TrainConfig(_Section):
     @field_validator("eval_every", mode="plain")
     @classmethod
     def _auto_or_steps(cls, value: Any):
-        if value == "auto" or (type(value) is int and value >= 1):
+        if value == "auto" or (type(value) is int and 1 <= value <= MAX_STEPS):
             return value
+        if type(value) is int and value > MAX_STEPS:
+            raise ValueError(f"at most {MAX_STEPS:,} ({_STEPS_WHY})")
         raise ValueError("expected 'auto' or a whole number of steps >= 1")
 
     @model_validator(mode="before")

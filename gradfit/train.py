@@ -27,10 +27,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gradfit import precision, shuffle
+from gradfit import precision, resources, shuffle
 from gradfit.config import GradfitConfig
 from gradfit.data import Dataset, load_dataset, split_arrays
-from gradfit.device import select_device
+from gradfit.device import describe_device, select_device
 from gradfit.errors import ConfigError
 from gradfit.losses import l2_penalty, make_objective, row_correct, row_losses
 from gradfit.models import Model, build_model
@@ -360,9 +360,11 @@ def prepare(config: GradfitConfig) -> Prepared:
 
 def _prepare(config: GradfitConfig) -> Prepared:
     chosen = precision.of(config)
+    resources.check_synthetic(config, resources.host_available_bytes())  # before the generator allocates it
     dataset = load_dataset(config)
     device = select_device(config.runtime.device)
     plan = Plan.from_config(config, len(dataset.train), len(dataset.val))
+    resources.check_total_steps(config.train, plan.total_steps, plan.steps_per_epoch)
     if config.train.early_stopping.monitor and len(dataset.val) == 0:
         raise ConfigError(f"train.early_stopping: the validation split of {dataset.name} is empty "
                           f"(data.val_fraction={config.data.val_fraction:g}); raise data.val_fraction")
@@ -372,7 +374,13 @@ def _prepare(config: GradfitConfig) -> Prepared:
     train_step = make_train_step(objective, optimizer, plan, len(dataset.train), config.optimizer.name == "lbfgs")
     chunk = make_chunk(train_step, plan, config.model.l2, schedule, config.train.tol)
     hidden = tuple(config.model.hidden) if config.model.kind == "mlp" else ()
-    evaluate = make_evaluate(model, config.model.l2, block_rows(dataset.n_features, hidden))
+    eval_rows = block_rows(dataset.n_features, hidden)
+    evaluate = make_evaluate(model, config.model.l2, eval_rows)
+    # refuse what cannot fit before the data go to the device and the parameters are made
+    needed = resources.estimate_run(config, dataset.n_features, dataset.n_classes,
+                                    (len(dataset.train), len(dataset.val), len(dataset.test)), plan.batch_size,
+                                    eval_rows)
+    resources.check_run(config, needed, resources.device_available_bytes(device), describe_device(device))
 
     data = jax.device_put(_device_arrays(dataset, chosen), device)
 

@@ -18,9 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradfit import files, precision, runs
-from gradfit.batches import Batch, read_batches
+from gradfit.batches import Batch, batch_position, is_npz, read_batches
 from gradfit.config import GradfitConfig, resolve_config
-from gradfit.data import Dataset, class_ids, load_dataset
+from gradfit.data import Dataset, class_ids, first_overflow, load_dataset
 from gradfit.errors import DataError, RunDirError
 from gradfit.models import Model, build_model, named_leaves, params_from_named
 
@@ -49,17 +49,23 @@ class TrainedRun:
         return precision.of(self.config)
 
     def standardize(self, x: np.ndarray) -> np.ndarray:
-        """Raw features (n, d) -> what the model saw in training, with the run's saved mean and std."""
+        """Raw features (n, d) -> what the model saw in training, with the run's saved mean and std (float64).
+
+        Not checked here: ``batches`` checks that every value is finite in the run's dtype.
+        """
         scaling = self.preprocessing["standardize"]
         if scaling is None:
             return np.asarray(x, np.float64)
-        return (np.asarray(x, np.float64) - np.asarray(scaling["mean"])) / np.asarray(scaling["std"])
+        with np.errstate(over="ignore"):  # a huge value over a tiny std: inf, reported by the caller's check
+            return (np.asarray(x, np.float64) - np.asarray(scaling["mean"])) / np.asarray(scaling["std"])
 
-    def log_probabilities(self) -> Callable[[np.ndarray], np.ndarray]:
-        """A function: standardized x (n, d) -> log class probabilities (n, K) float64.
+    def log_probabilities(self) -> Callable[..., np.ndarray]:
+        """A function: standardized x (n, d) [, locate] -> log class probabilities (n, K) float64.
 
         Rows go through one compiled program in fixed blocks of ``BLOCK_ROWS`` (the last one padded): XLA may
         round differently at other shapes, and a row's probabilities must not depend on how a file is batched.
+        Log-probabilities are never returned non-finite: such a row raises a DataError naming ``locate(i)``
+        (i: the row's index in x; default "row i"), so no nan probability is ever written.
         """
         params, chosen = self.params, self.precision
         dtype = chosen.param_dtype
@@ -71,24 +77,55 @@ class TrainedRun:
                 logits = jnp.stack([jnp.zeros_like(logits), logits], axis=1)
             return jax.nn.log_softmax(logits)
 
-        def log_probs(x: np.ndarray) -> np.ndarray:
+        def log_probs(x: np.ndarray, locate: Optional[Callable[[int], str]] = None) -> np.ndarray:
             out = []
             with chosen.scope():
                 for start in range(0, len(x), BLOCK_ROWS):
-                    block = np.asarray(x[start:start + BLOCK_ROWS], dtype)
+                    with np.errstate(over="ignore"):  # beyond the dtype's range: caught below as non-finite
+                        block = np.asarray(x[start:start + BLOCK_ROWS], dtype)
                     rows = len(block)
                     if rows < BLOCK_ROWS:  # pad the last block to the compiled shape
                         block = np.concatenate([block, np.zeros((BLOCK_ROWS - rows, x.shape[1]), dtype)])
                     out.append(np.asarray(log_softmax(params, block), np.float64)[:rows])
-            return np.concatenate(out) if out else np.zeros((0, len(self.classes)))
+            result = np.concatenate(out) if out else np.zeros((0, len(self.classes)))
+            bad = np.flatnonzero(~np.isfinite(result).all(axis=1))
+            if len(bad):
+                where = locate(int(bad[0])) if locate is not None else f"row {bad[0]}"
+                raise DataError(f"{where}: the model's probabilities for this row are not finite in {dtype.name} "
+                                f"({len(bad)} such row(s) in this batch); are its features far outside the range "
+                                "of the training data, or sentinels for missing values? Remove or impute them")
+            return result
 
         return log_probs
 
     def batches(self, path: Path, target: Optional[str], need_labels: bool, rows: int) -> Iterator[Batch]:
-        """Standardized batches of a data file (its columns checked now); labels as class indices if ``need_labels``."""
+        """Standardized batches of a data file (its columns checked now); labels as class indices if ``need_labels``.
+
+        Raw cells are checked by the reader (finite, at most 1e150 in magnitude, as in training); here every
+        standardized value must also be finite in the run's compute dtype (float32's range is 3.4e38): otherwise
+        a DataError names the line (.npz: row) and column.
+        """
         raw = read_batches(path, self.feature_names, target, need_labels, rows)
-        return (Batch(self.standardize(b.x), class_ids(b.labels, self.classes, str(path)) if need_labels else None,
-                      b.line_numbers) for b in raw)
+        dtype = self.precision.compute_dtype
+        scaled = self.preprocessing["standardize"] is not None
+        names = self.feature_names
+
+        def standardized() -> Iterator[Batch]:
+            for batch in raw:
+                x = self.standardize(batch.x)
+                found = first_overflow(x, dtype)
+                if found is not None:
+                    row, col = found
+                    where = batch_position(path, batch.line_numbers[row])
+                    value = f"is {float(batch.x[row, col])!r}"
+                    if scaled:
+                        value += f", which the run's standardization makes {float(x[row, col])!r}"
+                    raise DataError(f"{where}: column '{names[col]}' {value}, beyond {dtype.name}'s range, in which "
+                                    "the run computes; is it a sentinel for a missing value? Remove or impute it")
+                labels = class_ids(batch.labels, self.classes, str(path)) if need_labels else None
+                yield Batch(x, labels, batch.line_numbers)
+
+        return standardized()
 
 
 def load_run(run_dir: str | Path) -> TrainedRun:
@@ -183,7 +220,8 @@ def evaluate(run: TrainedRun, data: Optional[Path], split: str, target: Optional
     """(true class indices, log-probabilities, what was evaluated) on a labelled file or one of the run's splits."""
     log_probs = run.log_probabilities()
     if data is not None:
-        parts = [(batch.labels, log_probs(batch.x)) for batch in run.batches(data, target, True, batch_rows)]
+        parts = [(batch.labels, log_probs(batch.x, lambda i, b=batch: batch_position(data, b.line_numbers[i])))
+                 for batch in run.batches(data, target, True, batch_rows)]
         if not parts:
             raise DataError(f"{data}: the header has no data rows below it")
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), str(data)
@@ -192,7 +230,9 @@ def evaluate(run: TrainedRun, data: Optional[Path], split: str, target: Optional
         raise DataError(f"{run.run_dir}: the run has no {split} rows (data.{split}_fraction was 0); pick another "
                         "--split or pass --data FILE")
     y = (rows.y > 0).astype(np.int32) if len(run.classes) == 2 else rows.y.astype(np.int32)
-    probs = [log_probs(rows.x[i:i + batch_rows]) for i in range(0, len(rows), batch_rows)]
+    source = run.preprocessing["dataset"]
+    probs = [log_probs(rows.x[i:i + batch_rows], lambda r, i=i: f"{source}: row {i + r} of the {split} split")
+             for i in range(0, len(rows), batch_rows)]
     return y, np.concatenate(probs), f"the {split} split of {run.preprocessing['dataset']}"
 
 
@@ -207,12 +247,12 @@ def write_predictions(run: TrainedRun, data: Path, out: TextIO, with_probabiliti
     log_probs = run.log_probabilities()
     digits = f"%.{run.precision.significant_digits}g"
     labels = np.array([_csv_field(str(c)) for c in run.classes])
-    position = "row" if Path(data).suffix.lower() == ".npz" else "line"
+    position = "row" if is_npz(data) else "line"
     header = [position, "prediction"] + ([f"p_{c}" for c in run.classes] if with_probabilities else [])
     out.write(",".join(_csv_field(h) for h in header) + "\n")
     count = 0
     for batch in batches:
-        lp = log_probs(batch.x)
+        lp = log_probs(batch.x, lambda i, b=batch: batch_position(data, b.line_numbers[i]))  # never nan
         columns = [batch.line_numbers.astype(str), labels[lp.argmax(axis=1)]]
         if with_probabilities:
             columns += list(np.char.mod(digits, np.exp(lp)).T)

@@ -415,7 +415,7 @@ def test_non_utf8_file(tmp_path):
 
 def test_a_directory_is_not_a_config(tmp_path):
     message = config_error(tmp_path)
-    assert message.startswith(f"{tmp_path}: cannot read config file")
+    assert message.startswith(f"{tmp_path}: config file is a directory, not a regular file")
 
 
 # --------------------------------------------------------------------------------------------- --set overrides

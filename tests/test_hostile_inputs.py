@@ -237,7 +237,7 @@ CASES = {
         file_config("data.npz"), ("data.npz", "never unpickles"),
         files={"data.npz": npz(X=np.array([[{"a": 1}, 2]] * 20, dtype=object), y=np.arange(20) % 2)}),
     "npz-not-a-zip": Case(
-        file_config("data.npz"), ("data.npz", "not a zip archive"),
+        file_config("data.npz"), ("data.npz", "not a .npz archive"),
         files={"data.npz": "X,y\n1,0\n"}),
     "npz-X-is-1d": Case(
         file_config("data.npz"), ("data.npz", "X must be a 2-D numeric array"),
