@@ -71,8 +71,8 @@ def open_regular(path: Path, what: str = "file", error: type[GradfitError] = Gra
         if not stat.S_ISREG(info.st_mode):
             raise error(f"{path}: {what} is {kind(info.st_mode)}, not a regular file")
         if max_bytes is not None and info.st_size > max_bytes:
-            raise error(f"{path}: {what} is {info.st_size / 2**20:,.0f} MiB, more than the {max_bytes / 2**20:,.0f} "
-                        f"MiB gradfit reads for one; is it the right file?")
+            raise error(f"{path}: {what} is {format_bytes(info.st_size)}, more than the {format_bytes(max_bytes)} "
+                        "gradfit reads for one; is it the right file?")
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
@@ -87,7 +87,7 @@ def read_text(path: Path, what: str = "file", error: type[GradfitError] = Gradfi
     with open_regular(path, what, error, max_bytes) as handle:
         data = handle.read(max_bytes + 1)
     if len(data) > max_bytes:  # it grew after the check
-        raise error(f"{path}: {what} is larger than the {max_bytes / 2**20:,.0f} MiB gradfit reads for one")
+        raise error(f"{path}: {what} is larger than the {format_bytes(max_bytes)} gradfit reads for one")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -140,12 +140,12 @@ class NpyMember:
         stored = info.file_size - self.member.tell()
         if self.nbytes != stored:
             self.member.close()
-            raise error(f"{path}: array {name} declares shape {self.shape} of {self.dtype} ({_size(self.nbytes)}) "
-                        f"but the archive holds {_size(max(stored, 0))} for it; the file is damaged")
+            raise error(f"{path}: array {name} declares shape {self.shape} of {self.dtype} ({format_bytes(self.nbytes)}) "
+                        f"but the archive holds {format_bytes(max(stored, 0))} for it; the file is damaged")
         if info.compress_type != zipfile.ZIP_STORED and info.file_size > MAX_DEFLATE_RATIO * max(info.compress_size, 1):
             self.member.close()
-            raise error(f"{path}: array {name} claims {_size(info.file_size)} compressed into "
-                        f"{_size(info.compress_size)}, more than compression allows; the file is damaged")
+            raise error(f"{path}: array {name} claims {format_bytes(info.file_size)} compressed into "
+                        f"{format_bytes(info.compress_size)}, more than compression allows; the file is damaged")
 
     def read(self) -> np.ndarray:
         import numpy as np
@@ -212,12 +212,16 @@ def save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
         np.savez(handle, **{k: np.asarray(v) for k, v in arrays.items()})
 
 
-def _size(nbytes: float) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if nbytes < 1024 or unit == "PiB":
-            return f"{nbytes:,.0f} {unit}" if unit == "bytes" else f"{nbytes:,.1f} {unit}"
-        nbytes /= 1024
-    raise AssertionError
+def format_bytes(count: int) -> str:
+    """``1,234 bytes``, ``3.5 GiB``, ``12,345.0 PiB``: binary units, one decimal."""
+    if count < 1024:
+        return f"{count:,} bytes"
+    value, unit = float(count), "bytes"
+    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
+        value /= 1024
+        if value < 1024:
+            break
+    return f"{value:,.1f} {unit}"
 
 
 # ---------------------------------------------------------------------------------------------------- writing

@@ -21,6 +21,7 @@ from typing import Any, Optional
 
 from gradfit import precision
 from gradfit.errors import ConfigError
+from gradfit.files import format_bytes
 from gradfit.schema import MAX_SIZE, MAX_STEPS, GradfitConfig, OptimizerConfig, SyntheticConfig, TrainConfig
 
 #: parameter-sized arrays in each optimizer's state (optax's, with gradfit's settings)
@@ -372,15 +373,3 @@ def _stat(path: Path, key: str, default: Optional[int] = 0) -> Optional[int]:
     except (OSError, ValueError):
         pass
     return default
-
-
-def format_bytes(count: int) -> str:
-    """``1,234 bytes``, ``3.5 GiB``, ``12,345.0 PiB``: binary units, one decimal."""
-    if count < 1024:
-        return f"{count:,} bytes"
-    value, unit = float(count), "bytes"
-    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
-        value /= 1024
-        if value < 1024:
-            break
-    return f"{value:,.1f} {unit}"

@@ -17,7 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import CONFIGS, make_config
-from gradfit import data, models, resources, train
+from gradfit import data, files, models, resources, train
 from gradfit.cli import app
 from gradfit.errors import ConfigError
 from gradfit.optim import make_optimizer
@@ -230,10 +230,10 @@ def test_unknown_memory_refuses_nothing():
 
 
 def test_format_bytes():
-    assert resources.format_bytes(1000) == "1,000 bytes"
-    assert resources.format_bytes(3 * GiB // 2) == "1.5 GiB"
-    assert resources.format_bytes(5 * 2**40) == "5.0 TiB"
-    assert resources.format_bytes(10**30).endswith(" PiB")
+    assert files.format_bytes(1000) == "1,000 bytes"
+    assert files.format_bytes(3 * GiB // 2) == "1.5 GiB"
+    assert files.format_bytes(5 * 2**40) == "5.0 TiB"
+    assert files.format_bytes(10**30).endswith(" PiB")
 
 
 # ------------------------------------------------------------------------------------- gradfit train
