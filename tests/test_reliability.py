@@ -195,7 +195,7 @@ def test_dash_means_stdout(run, new_rows):
 # -------------------------------------------------------------------------------------- 2. JSON convention
 
 
-@pytest.mark.parametrize("args", [("eval", "RUN"), ("inference", "RUN"), ("compare-grads", "--rows", "50")])
+@pytest.mark.parametrize("args", [("eval", "RUN"), ("inference", "RUN")])  # one helper serves every command
 def test_json_flag_prints_json_alone_on_stdout(run, args):
     result = invoke(*[run if a == "RUN" else a for a in args], "--json")
     assert result.exit_code in (0, 1), result.output  # inference reports the 2-step fit unconverged: exit 1
@@ -204,9 +204,9 @@ def test_json_flag_prints_json_alone_on_stdout(run, args):
 
 
 def test_train_json_and_json_out_hold_the_summary(tmp_path):
-    out = tmp_path / "summary-copy.json"
-    result = invoke("train", CONFIGS / "logreg.yaml", "-o", tmp_path / "runs", "--set", "train.steps=2", "--json",
-                    "--json-out", out)
+    out, config = tmp_path / "summary-copy.json", tmp_path / "c.yaml"
+    config.write_text("train: {steps: 2}\n")
+    result = invoke("train", config, "-o", tmp_path / "runs", "--json", "--json-out", out)
     assert result.exit_code == 0, result.output
     printed, written = json.loads(result.stdout), json.loads(out.read_text())
     assert printed == written and printed["status"] == "completed"
