@@ -270,12 +270,11 @@ def open_append(path: Path, error: type[GradfitError] = GradfitError) -> IO[str]
     """``path`` opened for appending text, created if missing; refused unless it is a regular file (a FIFO in a
     run directory someone handed over must not hang the command, a device must not be written)."""
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(path, flags, 0o666)
-    except OSError as exc:
-        if exc.errno is not None and exc.strerror and exc.filename is None:
-            raise OSError(exc.errno, exc.strerror, str(path)) from None
-        raise
+    with contextlib.suppress(OSError):  # a FIFO without a reader would fail the open below with a vaguer error
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise error(f"{path}: {kind(info.st_mode)}, not a regular file; gradfit writes only regular files")
+    fd = os.open(path, flags, 0o666)
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
         os.close(fd)
