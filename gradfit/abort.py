@@ -17,23 +17,45 @@ import shutil
 import signal
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 SIGNALS = tuple(s for s in (getattr(signal, name, None) for name in ("SIGINT", "SIGTERM", "SIGHUP")) if s)
 EXIT_CODE = 130
 
 _pending: list[Path] = []  # removed, newest first, when a signal ends the process
+_state = {"holding": 0, "held": []}  # see _held_back
+_exit = os._exit  # how the process ends (a test replaces it)
 
 
 @contextlib.contextmanager
-def removed_on_abort(path: Path) -> Iterator[Path]:
-    """Within the block, a signal that ends the process removes ``path`` (a file or a whole folder) first."""
-    _pending.append(Path(path))
+def removed_on_abort(make: Callable[[], Path]) -> Iterator[Path]:
+    """``make()`` creates a file or folder and returns its path; within the block, a signal that ends the process
+    removes it (a whole folder) first. A signal that arrives while ``make`` runs is held back until the path is
+    registered, so none can land between the creation and the registration and leave the path behind."""
+    with _held_back():
+        path = Path(make())
+        _pending.append(path)
     try:
-        yield Path(path)
+        yield path
     finally:
         with contextlib.suppress(ValueError):
-            _pending.remove(Path(path))
+            _pending.remove(path)
+
+
+@contextlib.contextmanager
+def _held_back() -> Iterator[None]:
+    """Within the block a signal is recorded, not acted on; the first one recorded is acted on when it ends.
+
+    Done in the Python-level handler, not with ``pthread_sigmask``: a process-directed signal blocked in the main
+    thread is delivered through one of jaxlib's threads instead, and its handler still runs in the main thread.
+    """
+    _state["holding"] += 1
+    try:
+        yield
+    finally:
+        _state["holding"] -= 1
+        if not _state["holding"] and _state["held"]:
+            _abort(_state["held"][0], None)
 
 
 def install() -> None:
@@ -43,6 +65,10 @@ def install() -> None:
 
 
 def _abort(signum, frame) -> None:
+    if _state["holding"]:
+        _state["held"].append(signum)
+        return
+    _state["held"].clear()
     for path in reversed(list(_pending)):
         with contextlib.suppress(OSError):
             if path.is_dir() and not path.is_symlink():
@@ -55,4 +81,4 @@ def _abort(signum, frame) -> None:
         if sys.stderr is not None and sys.stderr.isatty():
             message = "\r\x1b[2K\x1b[?25h" + message  # clear a progress line, show the cursor again
         os.write(2, message.encode())
-    os._exit(EXIT_CODE)
+    _exit(EXIT_CODE)

@@ -216,12 +216,12 @@ def _npz_batches(archive, members: list[str], path: Path, names: list[str], need
         shape, dtype = member.shape, member.dtype
         if len(shape) != 2 or dtype.kind not in "biuf":
             raise DataError(f"{path}: X must be a 2-D numeric array, got shape {shape} dtype {dtype}")
+        if stored is None and shape[1] != len(names):  # before anything sized by the header is made
+            raise DataError(f"{path}: X has {shape[1]} columns but the run was trained on {len(names)} features")
         order = list(range(shape[1]))
         if stored is not None:
             position = _match_columns(path, stored, names)
             order = [position[n] for n in names]
-        elif shape[1] != len(names):
-            raise DataError(f"{path}: X has {shape[1]} columns but the run was trained on {len(names)} features")
         labels = _npz_labels(archive, path, shape[0], check_only) if need_labels else None
         if check_only:
             return

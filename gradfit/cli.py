@@ -564,11 +564,12 @@ def legacy_spellings(args: list[str]) -> list[str]:
     for i, arg in enumerate(out):
         if arg == "--":
             break
-        old = arg == "--json" and i + 1 < len(out) and out[i + 1].lower().endswith(".json")
+        # an existing .json file after --json may be a config (compare-grads, bench) or one to keep: not rewritten
+        old = arg == "--json" and i + 1 < len(out) and out[i + 1].lower().endswith(".json") and \
+            not os.path.lexists(out[i + 1])
         if old or arg.startswith("--json="):
             out[i] = "--json-out" if old else "--json-out=" + arg.removeprefix("--json=")
-            stderr.print("[yellow]note:[/] --json FILE is now spelled --json-out FILE (--json alone prints the "
-                         "JSON on stdout)", highlight=False)
+            stderr.print("[yellow]note:[/] --json FILE is now --json-out FILE", highlight=False, soft_wrap=True)
     return out
 
 

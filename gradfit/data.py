@@ -19,6 +19,7 @@ import dataclasses
 import difflib
 import io
 import math
+import re
 import zlib
 from array import array as c_array  # compact growable int arrays: a line number per row
 from decimal import Decimal, InvalidOperation
@@ -37,6 +38,9 @@ EXACT_INTEGERS = 2 ** 53  # integers up to this magnitude are exact in float64
 CHUNK_ROWS = 1 << 16  # rows per chunk when scanning features, so no full-size temporary is made
 _REFUSED_LABELS = {"c": "complex numbers", "M": "dates (datetime64)", "m": "time spans (timedelta64)",
                    "V": "structured records", "O": "Python objects"}
+
+_PLAIN_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", re.ASCII)
+_NOT_FINITE = {"nan", "inf", "infinity"}
 
 Locate = Callable[[int], str]  # row index -> where it is, for a message: "data.csv:7" or "data.npz: X row 5"
 
@@ -586,7 +590,13 @@ def _decoded(values: np.ndarray, origin: str) -> list[str]:
 
 
 def _exact_numbers(text: np.ndarray, origin: str) -> Optional[np.ndarray]:
-    """Text labels as float64 (int64 when all integral) if each is a number float64 holds exactly, else None."""
+    """Text labels as float64 (int64 when all integral) if each is a number float64 holds exactly, else None.
+
+    Only plain ASCII decimal numbers count: Python's float() also reads "1_000", "١" and "１", which must stay
+    labels of their own rather than merge with "1000" and "1".
+    """
+    if not all(_PLAIN_NUMBER.fullmatch(t) or t.lower().lstrip("+-") in _NOT_FINITE for t in text):
+        return None
     try:
         numbers = text.astype(np.float64)
     except (ValueError, TypeError, OverflowError):

@@ -132,6 +132,10 @@ class NpyMember:
         except (ValueError, EOFError, SyntaxError) as exc:
             self.member.close()
             raise error(f"{path}: array {name} is not a NumPy array ({exc})") from None
+        if any(not isinstance(n, int) or n < 0 for n in self.shape) or self.dtype.itemsize == 0:
+            self.member.close()
+            raise error(f"{path}: array {name} has shape {self.shape} of {self.dtype}, which is not an array of "
+                        "numbers or text; the file is damaged")
         if self.dtype.hasobject:
             self.member.close()
             raise error(f"{path}: array {name} holds Python objects; gradfit never unpickles objects. Save "
@@ -142,6 +146,12 @@ class NpyMember:
             self.member.close()
             raise error(f"{path}: array {name} declares shape {self.shape} of {self.dtype} ({format_bytes(self.nbytes)}) "
                         f"but the archive holds {format_bytes(max(stored, 0))} for it; the file is damaged")
+        on_disk = os.fstat(archive.fp.fileno()).st_size if hasattr(archive.fp, "fileno") else info.compress_size
+        stored_whole = info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size
+        if info.compress_size > on_disk or stored_whole:
+            self.member.close()
+            raise error(f"{path}: array {name} claims {format_bytes(info.compress_size)} in an archive of "
+                        f"{format_bytes(on_disk)}; the file is damaged")
         if info.compress_type != zipfile.ZIP_STORED and info.file_size > MAX_DEFLATE_RATIO * max(info.compress_size, 1):
             self.member.close()
             raise error(f"{path}: array {name} claims {format_bytes(info.file_size)} compressed into "
@@ -245,6 +255,11 @@ def check_output(path: Path, option: str, force: bool, protected: Sequence[Path]
     if info is not None and not stat.S_ISREG(info.st_mode):
         raise GradfitError(f"{option} {path}: {kind(info.st_mode)}, not a regular file; gradfit writes only "
                            f"regular files (use {option} - for standard output)")
+    stream = _stream_link(path)
+    if stream is not None:
+        leads = "is" if stream == os.path.abspath(path) else "leads to"
+        raise GradfitError(f"{option} {path}: {leads} {stream}, a device or standard stream, not a regular file; "
+                           f"use {option} - for standard output")
     for other in protected:
         if os.path.realpath(other) == str(target) or (info is not None and _same_file(other, info)):
             raise GradfitError(f"{option} {path}: that is {other}, which this command reads; choose another file")
@@ -256,6 +271,21 @@ def check_output(path: Path, option: str, force: bool, protected: Sequence[Path]
     except OSError as exc:
         raise GradfitError(f"{option} {path}: cannot write there ({exc.strerror or exc})") from None
     return target
+
+
+def _stream_link(path: Path) -> Optional[str]:
+    """Where a chain of links from ``path`` enters /dev or /proc (``/dev/stdout`` -> ``/proc/self/fd/1``), or None.
+
+    Following such a link would atomically replace whatever file the shell redirected a stream to.
+    """
+    current = Path(os.path.abspath(path))
+    for _ in range(40):  # the kernel's own limit on links followed
+        if current.parts[1:2] == ("proc",) or (current.parts[1:2] == ("dev",) and current.parts[2:3] != ("shm",)):
+            return str(current)
+        if not current.is_symlink():
+            return None
+        current = Path(os.path.abspath(current.parent / os.readlink(current)))
+    return None
 
 
 def _same_file(other: Path, info: os.stat_result) -> bool:
@@ -292,21 +322,22 @@ def write_atomic_stream(path: Path, binary: bool = False):
     ``path`` in its error.
     """
     path = Path(path)
-    fd, tmp = _temporary(path)
+    opened: list = []
     try:
-        with removed_on_abort(Path(tmp)):
+        with removed_on_abort(lambda: _temporary(path, opened)) as tmp:
+            fd = opened[0]
             with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8", newline="")) as handle:
                 yield handle
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, path)
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
+        _discard(opened)
         if exc.filename is None:  # a write to a descriptor names no file: name the one being written
             raise OSError(exc.errno, exc.strerror, str(path)) from None
         raise
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        _discard(opened)
         raise
     _sync_directory(path.parent)
 
@@ -317,16 +348,23 @@ def write_atomic(path: Path, data: bytes | str) -> None:
         handle.write(data.encode() if isinstance(data, str) else data)
 
 
-def _temporary(path: Path) -> tuple[int, str]:
-    """A temporary file next to ``path``, with the permissions a plain open() would give (mkstemp makes 0600)."""
+def _temporary(path: Path, opened: list) -> Path:
+    """A temporary file next to ``path``, with the permissions a plain open() would give (mkstemp makes 0600);
+    its descriptor and path are appended to ``opened``."""
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
         raise OSError(exc.errno, exc.strerror, str(path)) from None
+    opened += [fd, Path(tmp)]
     umask = os.umask(0)
     os.umask(umask)
     os.fchmod(fd, 0o666 & ~umask)
-    return fd, tmp
+    return Path(tmp)
+
+
+def _discard(opened: list) -> None:
+    if opened:
+        opened[1].unlink(missing_ok=True)
 
 
 def _sync_directory(folder: Path) -> None:

@@ -525,8 +525,15 @@ def _problem_from_config(config, at_run, precision, max_rows) -> ConfigProblem:
     from gradfit.models import build_model, params_from_named
     from gradfit.runs import load_arrays
 
+    from gradfit import resources
+
     dtype = Precision(precision).param_dtype
+    resources.check_synthetic(config, resources.host_available_bytes())  # as train does: refuse before allocating
     dataset = load_dataset(config)
+    device = jax.devices()[0]
+    needed = resources.estimate_run(config, dataset.n_features, dataset.n_classes,
+                                    (min(len(dataset.train), max_rows), 0, 0), None, 1)
+    resources.check_run(config, needed, resources.device_available_bytes(device), str(device))
     model = build_model(config.model, dataset.n_features, dataset.n_classes)
     x, y = split_arrays(dataset.train, dataset.n_classes, dtype)
     x, y = x[:max_rows], y[:max_rows]

@@ -124,9 +124,9 @@ def fit(config: GradfitConfig, out_dir: str | Path = "runs", callbacks: Optional
         run = prepare(config)  # everything that can reject the input happens before the run directory exists
         callbacks = stage(callbacks, "compiling")
         programs = compile_programs(run)
-        run_dir = runs.create_run_dir(out_dir, config.name)
-        with runs.locked(run_dir):
-            with runs.fresh(run_dir):
+        with contextlib.ExitStack() as held:  # the lock, held from the folder's creation to the end of training
+            with runs.fresh(out_dir, config.name) as run_dir:  # removed if anything fails before training
+                held.enter_context(runs.locked(run_dir))
                 session = Session(run, programs, run_dir, started, callbacks, run.state, LoopState(),
                                   EarlyStopping.from_config(config))
                 runs.write_atomic(run_dir / "config.yaml", to_yaml(config, config_header(session.device_name)))
@@ -191,10 +191,13 @@ class Session:
                 rule = self.run_chunks(stop)
                 summary = self.finish(rule.status, rule.reason)
             except BaseException as exc:  # never leave a run directory that looks healthy after a crash
+                recorded = False
                 with contextlib.suppress(Exception):
                     self.finish("failed", f"crashed: {one_line(exc)}")
+                    recorded = True
                 if isinstance(exc, OSError):
-                    raise TrainingFailed(f"{self.run_dir}: {exc}; the run's summary.json says failed") from None
+                    said = "the run's summary.json says failed" if recorded else "summary.json could not be written either"
+                    raise TrainingFailed(f"{self.run_dir}: {exc}; {said}") from None
                 raise
         self.notify("on_end", summary)
         self.raise_unless_completed(summary)

@@ -157,11 +157,13 @@ def synthetic_host_bytes(synthetic: SyntheticConfig) -> int:
     """Host memory that loading the synthetic data needs at least (``gradfit.data.load_dataset``).
 
     Twice the float32 features (n x d): the generated ones and the splits' copy of them, which exist together
-    (standardization makes a third copy: not counted); the float32 logits (n x K), the int64 labels, the
-    float64 true weights (d x K) and a name per feature.
+    (standardization makes a third copy: not counted); the float32 logits (n x K) and the label noise, drawn
+    as float64 (n x K) before it is cast; the int64 labels, the float64 true weights (d x K) and a name per
+    feature.
     """
     n, d, k = synthetic.n_samples, synthetic.n_features, synthetic.n_classes
-    return 2 * n * d * 4 + n * k * 4 + n * 8 + d * k * 8 + d * NAME_BYTES
+    noise = n * k * 8 if synthetic.noise > 0 else 0
+    return 2 * n * d * 4 + n * k * 4 + noise + n * 8 + d * k * 8 + d * NAME_BYTES
 
 
 # -------------------------------------------------------------------------------------------- the checks
@@ -181,11 +183,13 @@ def check_synthetic(config: GradfitConfig, available: Optional[int]) -> None:
     need = synthetic_host_bytes(synthetic)
     if need <= available:
         return
-    n, d = synthetic.n_samples, synthetic.n_features
+    n, d, k = synthetic.n_samples, synthetic.n_features, synthetic.n_classes
+    lower = f"data.synthetic.n_samples ({n:,}) or data.synthetic.n_features ({d:,})"
+    if k > 2 * d:  # the per-class arrays (logits, label noise, true weights) are what is large
+        lower = f"data.synthetic.n_classes ({k:,})"
     raise ConfigError(
-        f"data.synthetic: {n:,} rows x {d:,} features need at least {format_bytes(need)} of host memory to "
-        f"load, but {format_bytes(available)} is available; lower data.synthetic.n_samples ({n:,}) or "
-        f"data.synthetic.n_features ({d:,})"
+        f"data.synthetic: {n:,} rows x {d:,} features x {k:,} classes need at least {format_bytes(need)} of host "
+        f"memory to load, but {format_bytes(available)} is available; lower {lower}"
     )
 
 

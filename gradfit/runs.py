@@ -15,7 +15,9 @@ import contextlib
 import datetime as _dt
 import json
 import math
+import os
 import shutil
+import stat
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -55,6 +57,12 @@ def check_run_dir(path: Path) -> Path:
     path = Path(path)
     if not path.is_dir():
         raise RunDirError(f"{path}: no such run directory" if not path.exists() else f"{path}: not a directory")
+    for name in ("config.yaml", "metrics.jsonl"):
+        with contextlib.suppress(OSError):
+            mode = os.stat(path / name).st_mode
+            if not stat.S_ISREG(mode):
+                raise RunDirError(f"{path / name}: {files.kind(mode)}, not a regular file; is {path} a gradfit run "
+                                  "directory someone altered?")
     missing = [name for name in ("config.yaml", "metrics.jsonl") if not (path / name).is_file()]
     if missing:
         raise RunDirError(f"{path}: not a gradfit run directory (it has no {' and no '.join(missing)}); "
@@ -63,12 +71,13 @@ def check_run_dir(path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def fresh(run_dir: Path):
-    """Within the block ``run_dir`` is a run that has not started: a failure (a full disk while config.yaml is
-    written) or a signal that ends the process removes the whole folder, so nothing half-made is left."""
-    with removed_on_abort(Path(run_dir)):
+def fresh(parent: str | Path, name: str):
+    """A new run directory (``create_run_dir``) that, within the block, has not started: a failure (a full disk
+    while config.yaml is written) or a signal that ends the process removes the whole folder, so nothing
+    half-made is left. No signal can land between its creation and that promise."""
+    with removed_on_abort(lambda: create_run_dir(parent, name)) as run_dir:
         try:
-            yield Path(run_dir)
+            yield run_dir
         except BaseException:
             shutil.rmtree(run_dir, ignore_errors=True)
             raise
@@ -77,7 +86,7 @@ def fresh(run_dir: Path):
 MAX_METRICS_BYTES = 4 << 30  # metrics.jsonl: 10 million log points
 
 RUN_FILES = ("config.yaml", "preprocessing.json", "metrics.jsonl", "metrics.discarded.jsonl", "params.npz",
-             "summary.json")
+             "summary.json", ".lock")
 
 
 def own_files(run_dir: Path) -> list[Path]:
@@ -156,7 +165,7 @@ def truncate_metrics(path: Path, step: int) -> int:
             record_step = json.loads(line)["step"]
             if not isinstance(record_step, int):
                 raise TypeError
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             if number < len(lines):
                 raise RunDirError(f"{path}, line {number}: not a gradfit metrics record; the run directory was "
                                   "edited by hand") from None

@@ -73,9 +73,13 @@ class _Section(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _no_booleans_as_numbers(cls, value: Any, info):
-        # pydantic would read `epochs: yes` as 1; a boolean where a number belongs is a mistake
-        if isinstance(value, bool) and cls.model_fields[info.field_name].annotation is not bool:
-            raise ValueError("expected a number, not a boolean")
+        # pydantic would read `epochs: yes` as 1; a boolean where a number or a word belongs is a mistake
+        annotation = cls.model_fields[info.field_name].annotation
+        if isinstance(value, bool) and annotation is not bool:
+            choices = _choices(annotation)
+            wanted = f"one of {', '.join(map(repr, choices))}" if choices else "a number"
+            raise ValueError(f"expected {wanted}, not a boolean (YAML reads yes/no/on/off as true/false; quote the "
+                             "word if you meant it)")
         return value
 
 

@@ -140,6 +140,9 @@ def load_run(run_dir: str | Path) -> TrainedRun:
     summary = _read_json(run_dir / "summary.json", required=False)
     preprocessing = _read_json(run_dir / "preprocessing.json", required=True)
     _check_preprocessing(run_dir, preprocessing)
+    if config.model.kind == "logistic" and len(preprocessing["classes"]) != 2:
+        raise RunDirError(f"{run_dir / 'preprocessing.json'}: malformed ({len(preprocessing['classes'])} classes for "
+                          "a binary logistic model; was it edited by hand?)")
     params_file = run_dir / "params.npz"
     if not (params_file.exists() or params_file.is_symlink()):
         status = f" (status {summary.get('status')}: {summary.get('stop_reason')})" if isinstance(summary, dict) else ""

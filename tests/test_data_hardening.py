@@ -406,3 +406,10 @@ def test_non_finite_log_probabilities_are_never_returned(run):
     assert np.isfinite(log_probs(np.zeros((3, 2)))).all()
     with pytest.raises(DataError, match=r"^new\.csv:9: the model's probabilities for this row are not finite"):
         log_probs(np.array([[0.0, 0.0], [np.nan, 0.0]]), lambda i: f"new.csv:{[8, 9][i]}")
+
+
+def test_labels_python_reads_as_numbers_but_are_not_plain_numbers_stay_text():
+    # float() reads "1_000", Arabic-Indic and full-width digits: merged with "1000" and "1" they would lose a class
+    for labels, classes in ((["1_000", "1000"], ["1000", "1_000"]), (["\u0661", "1"], ["1", "\u0661"]),
+                            (["\uff11", "1"], ["1", "\uff11"]), (["1", "1.0", "2"], [1, 2])):
+        assert encode_labels(np.array(labels), "t")[1] == classes

@@ -146,6 +146,15 @@ def test_a_device_is_never_replaced_even_with_force(run, new_rows, tmp_path, com
     assert stat.S_ISCHR(os.stat(device).st_mode)
 
 
+@pytest.mark.parametrize("target", ["/dev/stdout", "/proc/self/fd/1", "LINK"])
+def test_a_standard_stream_is_never_followed_to_the_file_behind_it(run, tmp_path, target):
+    # with stdout redirected to a file, following /dev/stdout would atomically replace that file
+    link = tmp_path / "out.json"
+    link.symlink_to("/dev/stdout")
+    refused(invoke("eval", run, "--json-out", link if target == "LINK" else target, "--force"),
+            "a device or standard stream", "--json-out -")
+
+
 def test_a_folder_or_fifo_is_refused(run, tmp_path):
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
@@ -162,7 +171,7 @@ def test_an_existing_file_needs_force(run, tmp_path):
     assert existing.read_text() == "keep me\n"
 
 
-@pytest.mark.parametrize("name", ["summary.json", "config.yaml", "params.npz", "metrics.jsonl"])
+@pytest.mark.parametrize("name", ["summary.json", "config.yaml", "params.npz", "metrics.jsonl", ".lock"])
 def test_the_runs_own_files_are_never_an_output(copy, name):
     before = snapshot(copy)
     refused(invoke("inference", copy, "--json-out", copy / name, "--force"), "which this command reads")
@@ -213,8 +222,11 @@ def test_train_json_and_json_out_hold_the_summary(tmp_path):
     assert written == json.loads(Path(printed["run_dir"], "summary.json").read_text())
 
 
-def test_the_old_spelling_still_writes_a_file():
+def test_the_old_spelling_still_writes_a_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     assert legacy_spellings(["eval", "RUN", "--json", "m.json"]) == ["eval", "RUN", "--json-out", "m.json"]
+    Path("config.json").write_text("{}")  # an existing .json may be compare-grads' config: never rewritten
+    assert legacy_spellings(["compare-grads", "--json", "config.json"]) == ["compare-grads", "--json", "config.json"]
     assert legacy_spellings(["bench", "--json=b.json"]) == ["bench", "--json-out=b.json"]
     assert legacy_spellings(["eval", "RUN", "--json"]) == ["eval", "RUN", "--json"]
     assert legacy_spellings(["train", "c.yaml", "--json", "x.json"]) == ["train", "c.yaml", "--json", "x.json"]
@@ -244,6 +256,37 @@ def test_params_whose_header_lies_are_refused_before_allocating(copy, new_rows, 
     bomb_npz(copy / "params.npz", "w")
     args = [command, copy] + ([new_rows] if command == "predict" else [])
     refused(invoke(*args), "params.npz", "array w", "7.3 TiB", "8 bytes")
+
+
+def lying_member(path: Path, name: str, claimed: int) -> None:
+    """An .npz whose zip directory agrees with the .npy header on ``claimed`` float64 values it does not hold."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": (claimed,)})
+    body = header.getvalue() + b"\0" * 8
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr(f"{name}.npy", body)
+    data = bytearray(buffer.getvalue())
+    size = len(header.getvalue()) + 8 * claimed  # rewrite both sizes, local header and central directory
+    for signature, offset in ((b"PK\x03\x04", 18), (b"PK\x01\x02", 20)):
+        at = data.index(signature)
+        data[at + offset:at + offset + 8] = size.to_bytes(4, "little") * 2
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("make", ["lying-zip-sizes", "negative-shape"])
+def test_an_archive_that_lies_consistently_is_refused(copy, make):
+    path = copy / "params.npz"
+    if make == "lying-zip-sizes":
+        lying_member(path, "w", 10**8)
+    else:
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": (-2, -2)})
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("w.npy", header.getvalue())
+    with pytest.raises(files.GradfitError, match="the file is damaged"):
+        files.load_npz(path)
+    refused(invoke("compare-grads", "--at", copy), "params.npz", "damaged")
 
 
 def test_params_that_are_not_an_npz_never_suggest_unpickling(copy):
@@ -277,6 +320,13 @@ def test_a_hand_edited_preprocessing_record_is_refused(copy, new_rows, edit, fra
     path.write_text(json.dumps(edit(json.loads(path.read_text()))))
     refused(invoke("eval", copy, "--data", new_rows), "preprocessing.json", "malformed", fragment)
     refused(invoke("predict", copy, new_rows), "preprocessing.json", fragment)
+
+
+def test_three_classes_for_a_binary_model_are_refused(copy, new_rows):
+    path = copy / "preprocessing.json"
+    record = json.loads(path.read_text())
+    path.write_text(json.dumps({**record, "classes": [*record["classes"], "third"]}))
+    refused(invoke("predict", copy, new_rows), "preprocessing.json", "3 classes for a binary logistic model")
 
 
 def test_read_limits(tmp_path):
@@ -337,6 +387,33 @@ def test_yaml_merge_keys_are_supported(tmp_path):
     result = invoke("config", "show", config, "--yaml")
     assert result.exit_code == 0, result.output
     assert "steps: 2" in result.stdout and "log_every: 1" in result.stdout
+
+
+def test_no_signal_lands_between_making_a_path_and_registering_it(tmp_path, monkeypatch):
+    from gradfit import abort
+
+    exits = []
+    monkeypatch.setattr(abort, "_exit", exits.append)
+    previous = signal.signal(signal.SIGINT, abort._abort)
+
+    def make() -> Path:
+        os.kill(os.getpid(), signal.SIGINT)  # arrives "during" the creation: held back until it is registered
+        (tmp_path / "made").mkdir()
+        return tmp_path / "made"
+
+    try:
+        with abort.removed_on_abort(make):
+            assert exits == [130]  # acted on as the block began: the folder was already registered
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert not (tmp_path / "made").exists()
+
+
+def test_a_boolean_where_a_word_belongs_names_the_choices(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("runtime: {device: on}\n")
+    result = invoke("config", "validate", config)
+    assert result.exit_code == 2 and "one of 'auto', 'cpu', 'gpu', not a boolean" in result.stderr
 
 
 def test_a_full_disk_names_the_file_and_leaves_no_run_directory(tmp_path, monkeypatch):
