@@ -550,6 +550,7 @@ def config_validate(
 
 
 _FILE_JSON_COMMANDS = {"eval", "inference", "compare-grads", "bench"}
+_CONFIG_COMMANDS = {"compare-grads", "bench"}  # their arguments are configs, which may be .json files
 
 
 def legacy_spellings(args: list[str]) -> list[str]:
@@ -564,9 +565,9 @@ def legacy_spellings(args: list[str]) -> list[str]:
     for i, arg in enumerate(out):
         if arg == "--":
             break
-        # an existing .json file after --json may be a config (compare-grads, bench) or one to keep: not rewritten
+        # for compare-grads and bench an existing .json file after --json may be a config: not rewritten
         old = arg == "--json" and i + 1 < len(out) and out[i + 1].lower().endswith(".json") and \
-            not os.path.lexists(out[i + 1])
+            not (args[0] in _CONFIG_COMMANDS and os.path.lexists(out[i + 1]))
         if old or arg.startswith("--json="):
             out[i] = "--json-out" if old else "--json-out=" + arg.removeprefix("--json=")
             stderr.print("[yellow]note:[/] --json FILE is now --json-out FILE", highlight=False, soft_wrap=True)

@@ -227,6 +227,7 @@ def test_the_old_spelling_still_writes_a_file(tmp_path, monkeypatch):
     assert legacy_spellings(["eval", "RUN", "--json", "m.json"]) == ["eval", "RUN", "--json-out", "m.json"]
     Path("config.json").write_text("{}")  # an existing .json may be compare-grads' config: never rewritten
     assert legacy_spellings(["compare-grads", "--json", "config.json"]) == ["compare-grads", "--json", "config.json"]
+    assert legacy_spellings(["eval", "RUN", "--json", "config.json"]) == ["eval", "RUN", "--json-out", "config.json"]
     assert legacy_spellings(["bench", "--json=b.json"]) == ["bench", "--json-out=b.json"]
     assert legacy_spellings(["eval", "RUN", "--json"]) == ["eval", "RUN", "--json"]
     assert legacy_spellings(["train", "c.yaml", "--json", "x.json"]) == ["train", "c.yaml", "--json", "x.json"]
