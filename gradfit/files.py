@@ -188,6 +188,7 @@ def open_npz(path: Path, what: str = ".npz file", error: type[GradfitError] = Gr
             with zipfile.ZipFile(handle) as archive:
                 names = [n[:-4] for n in archive.namelist() if n.endswith(".npy")]
                 yield archive, names
+        # NotImplementedError: zipfile's answer to a compression method it lacks; RuntimeError: an encrypted member
         except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
             raise error(f"{path}: {what} is damaged ({type(exc).__name__}: {exc})") from None
         except OSError as exc:
@@ -322,7 +323,7 @@ def write_atomic_stream(path: Path, binary: bool = False):
     ``path`` in its error.
     """
     path = Path(path)
-    opened: list = []
+    opened: list = []  # [descriptor, temporary path], filled as the temporary file is made and registered
     try:
         with removed_on_abort(lambda: _temporary(path, opened)) as tmp:
             fd = opened[0]
@@ -331,13 +332,11 @@ def write_atomic_stream(path: Path, binary: bool = False):
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, path)
-    except OSError as exc:
-        _discard(opened)
-        if exc.filename is None:  # a write to a descriptor names no file: name the one being written
+    except BaseException as exc:
+        if opened:
+            opened[1].unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:  # a write to a descriptor names no file
             raise OSError(exc.errno, exc.strerror, str(path)) from None
-        raise
-    except BaseException:
-        _discard(opened)
         raise
     _sync_directory(path.parent)
 
@@ -360,11 +359,6 @@ def _temporary(path: Path, opened: list) -> Path:
     os.umask(umask)
     os.fchmod(fd, 0o666 & ~umask)
     return Path(tmp)
-
-
-def _discard(opened: list) -> None:
-    if opened:
-        opened[1].unlink(missing_ok=True)
 
 
 def _sync_directory(folder: Path) -> None:
