@@ -9,6 +9,7 @@ nothing; the CLI renders them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import statistics
@@ -615,12 +616,14 @@ def _torch_peer(run, options: BenchOptions, loop_row: Optional[dict] = None) -> 
 
 def run_bench(configs: Optional[dict] = None, options: BenchOptions = FULL, device: str = "auto",
               progress: Callable[[str], None] = lambda message: None) -> dict:
-    """The whole benchmark; ``configs`` maps a name to a GradfitConfig (default: the logreg and mlp suite)."""
+    """The whole benchmark; ``configs`` maps a name to a GradfitConfig (default: the logreg and mlp suite).
+
+    Every section but the scaling table runs on one device, as its peers do.
+    """
     if configs is None:
         configs = {name: resolve_config(None, overrides).config for name, overrides in DEFAULT_SUITE.items()}
     chosen = select_device(device)
-    configs = {name: c.model_copy(update={"runtime": c.runtime.model_copy(update={"device": chosen.platform})})
-               for name, c in configs.items()}
+    configs = {name: _on(c, chosen.platform, 1) for name, c in configs.items()}
     result = {"environment": environment(chosen, [c.runtime.precision for c in configs.values()]),
               "options": dataclasses.asdict(options)}
     runs = {name: prepare(config) for name, config in configs.items()}
@@ -633,5 +636,58 @@ def run_bench(configs: Optional[dict] = None, options: BenchOptions = FULL, devi
     if options.peers:
         progress("peers")
         result["peers"] = peers(runs, options, result["training"])
+    progress("scaling over devices")
+    minibatch = [name for name, run in runs.items() if not run.plan.full_batch] or list(runs)
+    result["scaling"] = scaling(configs[minibatch[-1]], options, minibatch[-1])
     return result
+
+
+def _on(config: GradfitConfig, platform: str, devices) -> GradfitConfig:
+    runtime = config.runtime.model_copy(update={"device": platform, "devices": devices})
+    return config.model_copy(update={"runtime": runtime})
+
+
+FORCED_CPU_DEVICES = 4  # what ``split_cpu`` makes of a CPU for the scaling table
+
+
+def split_cpu(devices: int = FORCED_CPU_DEVICES) -> None:
+    """Before JAX starts: present the CPU as ``devices`` devices (unless XLA_FLAGS already says how many), so
+    the scaling table has 1, 2 and 4 to compare. They share the CPU's cores; one-device work is unaffected."""
+    if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+        with contextlib.suppress(RuntimeError):  # JAX already started (a test, a notebook): use what it has
+            jax.config.update("jax_num_cpu_devices", devices)
+
+
+def scaling(config: GradfitConfig, options: BenchOptions, name: str) -> dict:
+    """Steps/s of the config's fused training on 1, 2, 4, ... devices of its platform (as many as there are).
+
+    The global batch stays the config's and is split across the devices (strong scaling); ``efficiency`` is
+    the speed-up over one device divided by the device count. Forced CPU devices share the same cores, so on a
+    CPU the table measures what sharding costs, not a speed-up.
+    """
+    platform = config.runtime.device
+    available = len(jax.local_devices(backend=platform))
+    counts = [n for n in (1, 2, 4, 8, 16, 32, 64) if n <= available]
+    rows, batch = [], None
+    for n in counts:
+        if config.train.batch_size is not None and config.train.batch_size % n:
+            break  # each device must take an equal share of every minibatch
+        run = prepare(_on(config, platform, n))
+        batch = _batch_size(run)
+        timing, compile_s = fused_step_time(run, options.steps, options.repeats)
+        row = {"devices": n, "compile_time_s": compile_s}
+        rate = 1 / record(row, "s_per_step", timing)
+        examples = rate * batch
+        row.update(steps_per_s=rate, examples_per_s=examples, examples_per_s_per_device=examples / n)
+        rows.append(row)
+    for row in rows:
+        row["speedup"] = row["steps_per_s"] / rows[0]["steps_per_s"]
+        row["efficiency"] = row["speedup"] / row["devices"]
+    forced = platform == "cpu" and available > 1
+    note = (f"{available} forced CPU devices sharing {os.cpu_count()} cores of one machine: this measures the "
+            "overhead of sharding, not a speed-up" if forced else
+            "one device only: nothing to scale over" if available == 1 else
+            f"{available} {platform} devices")
+    return {"config": name, "platform": platform, "batch_size": batch, "available_devices": available, "forced_cpu_devices": forced, "note": note,
+            "rows": rows}
 

@@ -175,6 +175,29 @@ def train(
         False, "--no-compile-cache", help="Compile from scratch instead of loading compiled programs from JAX's "
                                           "persistent cache (folder: $GRADFIT_COMPILE_CACHE, default "
                                           "~/.cache/gradfit/jax; GRADFIT_COMPILE_CACHE=off also turns it off)."),
+    devices: Optional[str] = typer.Option(
+        None, "--devices", metavar="auto|N|ID,ID", rich_help_panel="Scaling out",
+        help="Shortcut for --set runtime.devices=...: every device of the platform (auto), the first N, or these "
+             "device ids. The minibatch is split across them."),
+    distributed: bool = typer.Option(
+        False, "--distributed", rich_help_panel="Scaling out",
+        help="Join a group of processes (jax.distributed), one per host or GPU set, forming one mesh; only process "
+             "0 writes. Start the same command in every process."),
+    coordinator: Optional[str] = typer.Option(
+        None, "--coordinator", metavar="HOST:PORT", rich_help_panel="Scaling out",
+        help="Process 0's address (default: $JAX_COORDINATOR_ADDRESS, or SLURM/Open MPI detection)."),
+    num_processes: Optional[int] = typer.Option(
+        None, "--num-processes", min=1, rich_help_panel="Scaling out",
+        help="Processes in the group (default: $JAX_NUM_PROCESSES, or detected)."),
+    process_id: Optional[int] = typer.Option(
+        None, "--process-id", min=0, rich_help_panel="Scaling out",
+        help="This process's number, 0 to N-1 (default: $JAX_PROCESS_ID, or detected)."),
+    init_timeout: int = typer.Option(
+        300, "--init-timeout", min=1, metavar="SECONDS", rich_help_panel="Scaling out",
+        help="Give up (exit 2) when the group has not formed within this time."),
+    heartbeat_timeout: int = typer.Option(
+        60, "--heartbeat-timeout", min=2, metavar="SECONDS", rich_help_panel="Scaling out",
+        help="A process silent for this long counts as lost, and the others stop (exit 1)."),
 ) -> None:
     """Train the model a config describes and write a new run directory, or resume a stopped run.
 
@@ -186,10 +209,14 @@ def train(
       gradfit train configs/mlp.yaml --set optimizer.learning_rate=3e-3 --set train.epochs=20
       gradfit train configs/logreg.yaml --device cpu --precision float64 --json
       gradfit train --resume runs/mlp-20261126-101500
+      gradfit train configs/mlp.yaml --devices 4
+      gradfit train configs/mlp.yaml --distributed --coordinator 10.0.0.1:1234 --num-processes 2 --process-id 0
     """
     from gradfit.config import resolve_config
 
     overrides = list(set_ or [])
+    if devices is not None:
+        overrides.append(f"runtime.devices={_devices_value(devices)}")
     if device is not None:
         overrides.append(f"runtime.device={device.value}")
     if precision is not None:
@@ -206,6 +233,11 @@ def train(
             from gradfit.runs import check_run_dir
 
             config = config or check_run_dir(resume) / "config.yaml"
+        if not distributed:
+            given = [flag for flag, value in (("--coordinator", coordinator), ("--num-processes", num_processes),
+                                              ("--process-id", process_id)) if value is not None]
+            if given:
+                raise GradfitError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} with --distributed")
         resolved = resolve_config(config, overrides)
         from gradfit import report
         from gradfit.runs import own_files
@@ -218,12 +250,19 @@ def train(
             if progress is not None:
                 progress.on_stage("starting JAX")  # from the first second, not after the imports and compiling
             _use_compile_cache(not no_compile_cache, quiet)
+            if distributed:
+                from gradfit import scale, supervise
+
+                if progress is not None:
+                    progress.on_stage("joining the other processes")
+                scale.start_processes(coordinator, num_processes, process_id, init_timeout, heartbeat_timeout)
+            callbacks = supervise.Telling(progress) if distributed else progress
             from gradfit import loop, resume as resuming
 
             if resume is None:
-                summary = loop.fit(resolved.config, out_dir or Path("runs"), callbacks=progress)
+                summary = loop.fit(resolved.config, out_dir or Path("runs"), callbacks=callbacks)
             else:
-                summary = resuming.resume(resume, resolved.config, force=force, callbacks=progress)
+                summary = resuming.resume(resume, resolved.config, force=force, callbacks=callbacks)
         except TrainingFailed as exc:
             if exc.summary is not None:
                 output.emit(exc.summary)
@@ -234,6 +273,11 @@ def train(
         if not quiet:
             console.print(report.summary_table(summary))
         output.emit(summary)
+
+
+def _devices_value(text: str) -> str:
+    """--devices 0,2 -> [0,2] for --set; auto and N pass as they are."""
+    return f"[{text}]" if "," in text else text
 
 
 def _data_files(config) -> list[Path]:
@@ -345,6 +389,8 @@ def bench(
 
         from gradfit import bench as engine
         from gradfit.report import bench_tables
+
+        engine.split_cpu()  # before JAX starts: the scaling table compares 1, 2 and 4 devices
 
         console = output.console()
         options = replace(engine.QUICK if quick else engine.FULL, peers=not no_peers)

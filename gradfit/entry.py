@@ -5,6 +5,7 @@ other time: exit code 130, one line, nothing left behind. So the handlers are in
 imported (see gradfit.abort).
 """
 
+import os
 import sys
 
 
@@ -12,6 +13,12 @@ def main() -> None:
     from gradfit import abort
 
     abort.install()
+    from gradfit import supervise
+
+    if supervise.wanted(sys.argv[1:]):  # a distributed run trains in a child process that this one watches
+        sys.exit(supervise.run(sys.argv[1:]))
+    if supervise.WORKER in os.environ:
+        supervise.native_output_to_stderr()
     from gradfit import cli
 
     sys.argv[1:] = cli.legacy_spellings(sys.argv[1:])

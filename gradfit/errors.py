@@ -19,6 +19,10 @@ class DeviceError(GradfitError):
     """The requested device is not available to JAX."""
 
 
+class DistributedError(GradfitError):
+    """``--distributed`` could not form the group of processes."""
+
+
 class RunDirError(GradfitError):
     """A run directory cannot be created or is not a gradfit run."""
 

@@ -31,7 +31,6 @@ from pydantic import ConfigDict, Field
 import gradfit
 from gradfit import checkpoints, files, precision, runs
 from gradfit.config import GradfitConfig, to_yaml
-from gradfit.device import describe_device
 from gradfit.errors import GradfitError, Interrupted, TrainingFailed
 from gradfit.models import count_params, named_leaves
 from gradfit.train import (MAX_WINDOWS, WINDOW_ROWS, Plan, Prepared, Programs, TrainState, compile_programs,
@@ -124,12 +123,15 @@ def fit(config: GradfitConfig, out_dir: str | Path = "runs", callbacks: Optional
         run = prepare(config)  # everything that can reject the input happens before the run directory exists
         callbacks = stage(callbacks, "compiling")
         programs = compile_programs(run)
+        if not run.topology.writes:  # another process of a distributed run: it computes, process 0 writes
+            return Session(run, programs, None, started, callbacks, run.state, LoopState(),
+                           EarlyStopping.from_config(config)).train()
         with contextlib.ExitStack() as held:  # the lock, held from the folder's creation to the end of training
             with runs.fresh(out_dir, config.name) as run_dir:  # removed if anything fails before training
                 held.enter_context(runs.locked(run_dir))
                 session = Session(run, programs, run_dir, started, callbacks, run.state, LoopState(),
                                   EarlyStopping.from_config(config))
-                runs.write_atomic(run_dir / "config.yaml", to_yaml(config, config_header(session.device_name)))
+                runs.write_atomic(run_dir / "config.yaml", to_yaml(config, config_header(run.topology)))
                 runs.write_json(run_dir / "preprocessing.json", run.dataset.preprocessing())
             return session.train()
 
@@ -153,11 +155,15 @@ class StopRule:
 
 @dataclasses.dataclass
 class Session:
-    """One process's part of a run: the compiled programs, the evolving state, where to write, and the clocks."""
+    """One process's part of a run: the compiled programs, the evolving state, where to write, and the clocks.
+
+    Every process of a distributed run has a session and runs the same programs in the same order; only process
+    0's has a ``run_dir`` and writes.
+    """
 
     run: Prepared
     programs: Programs
-    run_dir: Path
+    run_dir: Optional[Path]  # None: another process writes the run directory
     started: float
     callbacks: Optional[Callbacks]
     state: TrainState
@@ -173,7 +179,16 @@ class Session:
     _digest: Optional[str] = None
 
     def __post_init__(self):
-        self.device_name = describe_device(self.run.device)
+        self.device_name = self.run.topology.name
+
+    @property
+    def where(self) -> str:
+        """The run directory, or who writes it."""
+        if self.run_dir is not None:
+            return str(self.run_dir)
+        topology = self.run.topology
+        return (f"written by process 0 (this is process {topology.process_index} of "
+                f"{topology.process_count})")
 
     def train(self) -> dict:
         """Run chunks until a stop rule fires, then write the outputs; raise unless training completed."""
@@ -181,11 +196,12 @@ class Session:
         # from here on SIGINT/SIGTERM only set a flag: the chunk in flight and the outputs are always completed
         with _StopRequests() as stop:
             self.notify("on_start", {
-                "run_dir": str(self.run_dir), "device": self.device_name, "total_steps": plan.total_steps,
+                "run_dir": self.where, "device": self.device_name, "total_steps": plan.total_steps,
                 "start_step": loop.step, "steps_per_epoch": plan.steps_per_epoch, "log_every": plan.log_every,
                 "eval_every": plan.eval_every, "num_params": count_params(self.state.params),
                 "trace_time_s": programs.trace_time_s, "compile_time_s": programs.compile_time_s,
                 "compile_cache": programs.cache, "dataset": self.run.dataset.name, "model": self.run.config.model.kind,
+                "process": self.run.topology.process_index, "processes": self.run.topology.process_count,
             })
             try:
                 rule = self.run_chunks(stop)
@@ -193,11 +209,12 @@ class Session:
             except BaseException as exc:  # never leave a run directory that looks healthy after a crash
                 recorded = False
                 with contextlib.suppress(Exception):
-                    self.finish("failed", f"crashed: {one_line(exc)}")
+                    # alone: the other processes are not in step with this one for a final evaluation
+                    self.finish("failed", f"crashed: {one_line(exc)}", alone=True)
                     recorded = True
                 if isinstance(exc, OSError):
                     said = "the run's summary.json says failed" if recorded else "summary.json could not be written either"
-                    raise TrainingFailed(f"{self.run_dir}: {exc}; {said}") from None
+                    raise TrainingFailed(f"{self.where}: {exc}; {said}") from None
                 raise
         self.notify("on_end", summary)
         self.raise_unless_completed(summary)
@@ -240,7 +257,7 @@ class Session:
     def dispatch(self, steps: int) -> dict:
         """Start ``steps`` optimizer steps on the device; returns their metrics (arrays, not yet waited for)."""
         self.dispatched = time.perf_counter()
-        self.state, metrics = self.programs.chunk(self.state, self.run.train_data, jnp.int32(steps))
+        self.state, metrics = self.programs.chunk(self.state, self.run.train_data, np.int32(steps))
         return metrics
 
     def read(self, metrics: dict, start: int, end: int) -> dict:
@@ -274,13 +291,19 @@ class Session:
             else stop_rule(self.run.config, plan, loop, self.stopper, None)
         if rule is not None and rule.status == "completed" and not evaluated:
             self.attach_evaluation(last, final=True)  # every run that completes ends with an evaluation
-        runs.append_jsonl(self.run_dir / "metrics.jsonl", records)
+        if self.run_dir is not None:
+            runs.append_jsonl(self.run_dir / "metrics.jsonl", records)
         for record in records:
             self.notify("on_log", record)
             if _finite_record(record):
                 self.last_finite = _objective_text(record) or self.last_finite
-        # a signal, even one that arrived while the records were shown, stops the run at this chunk's end
-        return rule or stop_rule(self.run.config, plan, loop, self.stopper, stop.signal_name)
+        if diverged:
+            return rule
+        # a signal, even one that arrived while the records were shown, stops the run at this chunk's end; a
+        # signal to any process of a distributed run stops them all at the same step
+        stopping, self.windows = self.run.topology.agree(stop.signal_name is not None, self.windows)
+        signal_name = stop.signal_name or ("a signal to another process" if stopping else None)
+        return rule or stop_rule(self.run.config, plan, loop, self.stopper, signal_name)
 
     def attach_evaluation(self, record: dict, final: bool = False) -> None:
         """Evaluate the current parameters into ``record`` (its step's), and let early stopping see them."""
@@ -344,33 +367,41 @@ class Session:
             "device": self.device_name,
             "versions": _versions(),
         }
-        self.path = checkpoints.save(self.run_dir, self.loop.step, arrays, meta,
-                                     self.run.config.train.keep_checkpoints)
+        if self.run_dir is not None:
+            self.path = checkpoints.save(self.run_dir, self.loop.step, arrays, meta,
+                                         self.run.config.train.keep_checkpoints)
         self.mark += time.perf_counter() - tick
 
-    def finish(self, status: str, reason: str) -> dict:
-        """Save the parameters that count (the best under early stopping) and write summary.json."""
+    def finish(self, status: str, reason: str, alone: bool = False) -> dict:
+        """Save the parameters that count (the best under early stopping) and write summary.json.
+
+        ``alone``: after a crash of this process, when the others of a distributed run cannot join in a final
+        evaluation; the summary then has only the metrics already logged.
+        """
         run, config, loop, stopper = self.run, self.run.config, self.loop, self.stopper
         use_best = self.best is not None
         saved = status != "failed" or use_best  # diverged parameters are never saved as a result
         params = self.best if use_best else self.state.params
-        params_file = self.run_dir / "params.npz"
+        writes = self.run_dir is not None
         final: dict = {}
         if saved:
-            runs.save_arrays(params_file, named_leaves(jax.device_get(params)))
-            final = self.final_metrics(params, stopper.best_record if use_best else loop.last)
-        elif params_file.exists():  # from an earlier session: it must not pass for this one's result
-            params_file.replace(unused_name(self.run_dir, "params.previous", ".npz"))
+            if writes:
+                runs.save_arrays(self.run_dir / "params.npz", named_leaves(jax.device_get(params)))
+            record = stopper.best_record if use_best else loop.last
+            final = record if alone and run.topology.process_count > 1 else self.final_metrics(params, record)
+        elif writes and (self.run_dir / "params.npz").exists():  # an earlier session's: not this one's result
+            (self.run_dir / "params.npz").replace(unused_name(self.run_dir, "params.previous", ".npz"))
         programs = self.programs
         steps_per_s = loop.step / loop.train_time_s if loop.train_time_s > 0 and loop.step else None
         summary = {
-            "run_dir": str(self.run_dir),
+            "run_dir": self.where,
             "status": status,
             "stop_reason": reason,
             "model": config.model.kind,
             "optimizer": config.optimizer.name,
             "dataset": run.dataset.name,
             "device": self.device_name,
+            **run.topology.describe(),
             "precision": config.runtime.precision,
             "num_params": count_params(params),
             "rows": {"train": len(run.dataset.train), "val": len(run.dataset.val), "test": len(run.dataset.test)},
@@ -398,7 +429,8 @@ class Session:
         }
         if self.callback_error:
             summary["progress_display_error"] = self.callback_error
-        runs.write_json(self.run_dir / "summary.json", summary)
+        if writes:
+            runs.write_json(self.run_dir / "summary.json", summary)
         return runs.to_jsonable(summary)  # exactly what summary.json holds
 
     def final_metrics(self, params, record: dict) -> dict:
@@ -416,7 +448,7 @@ class Session:
         return {**evaluated, **{k: v for k, v in record.items() if v is not None}}
 
     def raise_unless_completed(self, summary: dict) -> None:
-        resume_command = f"gradfit train --resume {shlex.quote(str(self.run_dir))}"
+        resume_command = f"gradfit train --resume {shlex.quote(self.where)}"
         if summary["status"] == "interrupted":
             raise Interrupted(f"{summary['stop_reason']}; checkpoint written to {self.path}. "
                               f"Resume with: {resume_command}", summary)
@@ -424,7 +456,9 @@ class Session:
             lbfgs = self.run.config.optimizer.name == "lbfgs"
             hint = "check model.l2 and data.standardize" if lbfgs else \
                 "lower optimizer.learning_rate or set optimizer.clip_norm"
-            if self.path is not None:
+            if self.run_dir is None:
+                where = "Process 0 reports where to resume from"
+            elif self.path is not None:
                 key = "model.l2" if lbfgs else "optimizer.learning_rate"
                 step = checkpoints.step_of(self.path)
                 first = _logged_objective(self.run_dir, None)
@@ -580,8 +614,10 @@ def _versions() -> dict:
             "optax": optax.__version__}
 
 
-def config_header(device_name: str) -> str:
-    v = _versions()
+def config_header(topology) -> str:
+    v, layout = _versions(), topology.describe()
     return (f"# Resolved gradfit config: every key, defaults included. Re-run with: gradfit train <this file>\n"
             f"# gradfit {v['gradfit']}, jax {v['jax']}, jaxlib {v['jaxlib']}, optax {v['optax']}; "
-            f"device {device_name}\n")
+            f"device {topology.name}\n"
+            f"# mesh {layout['mesh']} over {len(layout['devices'])} device(s) in {layout['processes']} "
+            f"process(es): {', '.join(layout['devices'])}\n")

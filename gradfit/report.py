@@ -278,7 +278,8 @@ def _flag(text: str, row: dict, *keys: str) -> str:
 
 
 def bench_tables(result: dict) -> list[Table]:
-    """Environment, training throughput, gradient cost, method scaling and peers as Rich tables."""
+    """Environment, training throughput, gradient cost, method scaling, peers and scaling over devices as Rich
+    tables."""
     tables = []
     env = Table(title="Environment", show_header=False, title_justify="left")
     for key, value in result["environment"].items():
@@ -349,6 +350,8 @@ def bench_tables(result: dict) -> list[Table]:
                           _flag(_seconds(row[theirs]) + per, row, theirs),
                           _flag(f"{row['time_ratio']:.2f}", row, mine, theirs), escape(notes))
         tables.append(peers)
+    if "scaling" in result:
+        tables.append(_scaling_table(result["scaling"]))
     return tables
 
 
@@ -427,3 +430,16 @@ def _p_value(p: Optional[float]) -> str:
     if p is None:
         return "-"
     return "<1e-16" if p < 1e-16 else f"{p:.3g}"
+
+
+def _scaling_table(scaling: dict) -> Table:
+    table = Table(title=f"Scaling over devices: {escape(scaling['config'])}, global batch {scaling['batch_size']} "
+                        "split across the devices (fused chunk)", title_justify="left",
+                  caption=escape(scaling["note"]))
+    for name in ("devices", "steps/s", "examples/s", "per device", "speed-up", "efficiency", "compile s"):
+        table.add_column(name, justify="right")
+    for row in scaling["rows"]:
+        table.add_row(str(row["devices"]), _flag(_rate(row["steps_per_s"]), row, "s_per_step"),
+                      _rate(row["examples_per_s"]), _rate(row["examples_per_s_per_device"]),
+                      f"{row['speedup']:.2f}x", f"{row['efficiency']:.0%}", f"{row['compile_time_s']:.2f}")
+    return table

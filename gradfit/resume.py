@@ -7,6 +7,7 @@ reproduce, bit for bit, the probe objective computed when the checkpoint was wri
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -16,7 +17,7 @@ from typing import Optional
 import jax
 import pydantic
 
-from gradfit import checkpoints, files, precision, runs
+from gradfit import checkpoints, files, precision, runs, scale
 from gradfit.config import GradfitConfig, to_yaml
 from gradfit.errors import ConfigError, RunDirError
 from gradfit.loop import (Callbacks, EarlyStopping, LoopState, Session, config_header, one_line, stage, stop_rule,
@@ -42,8 +43,9 @@ def resume(run_dir: str | Path, config: GradfitConfig, force: bool = False,
     """
     with precision.of(config).scope():
         started = time.perf_counter()
-        run_dir = runs.check_run_dir(Path(run_dir))
-        with runs.locked(run_dir):
+        run_dir = runs.check_run_dir(Path(run_dir))  # every process reads the checkpoint: a shared folder
+        writes = scale.writes()
+        with runs.locked(run_dir) if writes else contextlib.nullcontext():
             saved = _SavedRun.read(run_dir, config)
             if saved.changes and not force:
                 listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in saved.changes.items())
@@ -57,8 +59,8 @@ def resume(run_dir: str | Path, config: GradfitConfig, force: bool = False,
             run = prepare(config)
             callbacks = stage(callbacks, "compiling")
             programs = compile_programs(run)
-            session = Session(run, programs, run_dir, started, callbacks, *saved.restore(run, config),
-                              path=saved.path)
+            session = Session(run, programs, run_dir if writes else None, started, callbacks,
+                              *saved.restore(run, config), path=saved.path if writes else None)
             reproduced = _replay(session, saved, force)
             if saved.finished and not saved.changes:  # its summary or params.npz was lost: write them again
                 return session.finish("completed", saved.finished)
@@ -69,13 +71,17 @@ def resume(run_dir: str | Path, config: GradfitConfig, force: bool = False,
 
             session.loop.resumes.append({"from_step": saved.loop.step, "checkpoint": saved.path.name,
                                          "forced_changes": saved.changes, "reproduced_checkpoint_metrics": reproduced})
-            runs.truncate_metrics(run_dir / "metrics.jsonl", saved.loop.step)
+            if writes:
+                runs.truncate_metrics(run_dir / "metrics.jsonl", saved.loop.step)
             if saved.changes:
                 # keep the config the run started with; then make the newest checkpoint and config.yaml agree
                 old = run_dir / "config.yaml"
-                runs.write_atomic(unused_name(run_dir, f"config.before-step-{saved.loop.step}"), old.read_bytes())
-                session.checkpoint(finished=None)
-                runs.write_atomic(old, to_yaml(config, config_header(session.device_name)))
+                if writes:
+                    runs.write_atomic(unused_name(run_dir, f"config.before-step-{saved.loop.step}"),
+                                      old.read_bytes())
+                session.checkpoint(finished=None)  # every process: it evaluates the probe
+                if writes:
+                    runs.write_atomic(old, to_yaml(config, config_header(run.topology)))
             return session.train()
 
 
@@ -135,10 +141,10 @@ class _SavedRun:
     def restore(self, run: Prepared, config: GradfitConfig) -> tuple:
         """(train state, loop state, early stopping, best params) on the run's device."""
         stopper = EarlyStopping.from_config(config, self.stopper)
-        state = jax.device_put(_restore(run.state, self.arrays, "state", self.path), run.device)
+        state = run.topology.put(_restore(run.state, self.arrays, "state", self.path))
         best = None
         if stopper is not None and stopper.best is not None:
-            best = jax.device_put(_restore(run.state.params, self.arrays, "best", self.path), run.device)
+            best = run.topology.put(_restore(run.state.params, self.arrays, "best", self.path))
         return state, dataclasses.replace(self.loop), stopper, best
 
 

@@ -283,12 +283,31 @@ class TrainConfig(_Section):
         return self
 
 
+MAX_DEVICES = 65536
+
+
 class RuntimeConfig(_Section):
     device: Literal["auto", "cpu", "gpu"] = Field("auto", description="auto picks the GPU when JAX sees one")
+    devices: Union[str, int, tuple[int, ...]] = Field(
+        "auto", description="devices of that platform to train on: auto (every local one), N (the first N) or a "
+        "list of device ids; the minibatch is split across them (data parallel, parameters replicated)"
+    )
     precision: Literal["float32", "float64", "bfloat16"] = Field(
         "float32", description="float32 or float64 for data and params; bfloat16: float32 params with bfloat16 "
         "matrix-product inputs (mixed precision, for accelerators)"
     )
+
+
+    @field_validator("devices", mode="plain")
+    @classmethod
+    def _auto_count_or_ids(cls, value: Any):
+        if value == "auto" or (type(value) is int and 1 <= value <= MAX_DEVICES):
+            return value
+        if isinstance(value, (list, tuple)) and value and all(type(i) is int and 0 <= i < 2**31 for i in value):
+            if len(set(value)) < len(value):
+                raise ValueError(f"device ids repeat in {list(value)}; list each device once")
+            return tuple(value)
+        raise ValueError("expected 'auto', a device count >= 1 or a non-empty list of device ids like [0, 1]")
 
 
 class GradfitConfig(_Section):

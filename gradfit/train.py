@@ -27,10 +27,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gradfit import precision, resources, shuffle
+from gradfit import precision, resources, scale, shuffle
 from gradfit.config import GradfitConfig
 from gradfit.data import Dataset, load_dataset, split_arrays
-from gradfit.device import describe_device, select_device
+from gradfit.device import describe_device
 from gradfit.errors import ConfigError
 from gradfit.losses import l2_penalty, make_objective, row_correct, row_losses
 from gradfit.models import Model, build_model
@@ -115,14 +115,18 @@ def with_norm(value_and_grad: tuple) -> tuple:
     return value, grads, optax.tree.norm(grads)
 
 
-def make_train_step(objective: Callable, optimizer, plan: Plan, n_train: int, lbfgs: bool) -> Callable:
-    """train_step(state, data) -> (state, (objective, gradient norm)) of one step, on the params it started from."""
+def make_train_step(objective: Callable, optimizer, plan: Plan, n_train: int, lbfgs: bool,
+                    shard_rows: Callable = lambda rows: rows) -> Callable:
+    """train_step(state, data) -> (state, (objective, gradient norm)) of one step, on the params it started from.
+
+    ``shard_rows`` splits the rows a step works on across the devices (``Topology.shard_rows``).
+    """
 
     def full_batch_step(state: TrainState, data: dict):
         value, grads, norm = state.current
 
         def loss_fn(params):
-            return objective(params, data["x"], data["y"])
+            return objective(params, shard_rows(data["x"]), shard_rows(data["y"]))
 
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params, value=value, grad=grads,
                                               value_fn=loss_fn)
@@ -136,9 +140,10 @@ def make_train_step(objective: Callable, optimizer, plan: Plan, n_train: int, lb
     def minibatch_step(state: TrainState, data: dict):
         epoch, position = jnp.divmod(state.step, plan.steps_per_epoch)
         # every row once per epoch, in an order keyed by (seed, epoch): resumable and reproducible
-        rows = shuffle.permuted(jax.random.fold_in(data["shuffle_key"], epoch), n_train,
-                                position * plan.batch_size + jnp.arange(plan.batch_size))
-        x, y = data["x"][rows], data["y"][rows]
+        # each device computes only its share of the positions, then gathers its rows of the replicated data
+        positions = shard_rows(position * plan.batch_size + jnp.arange(plan.batch_size))
+        rows = shuffle.permuted(jax.random.fold_in(data["shuffle_key"], epoch), n_train, positions)
+        x, y = shard_rows(data["x"][rows]), shard_rows(data["y"][rows])
         value, grads = jax.value_and_grad(objective)(state.params, x, y)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -233,13 +238,14 @@ def eval_parts(**chosen: bool) -> dict:
     return {part: np.bool_(chosen.get(part, False)) for part in EVAL_PARTS}
 
 
-def make_evaluate(model: Model, l2: float, block_rows: int) -> Callable:
+def make_evaluate(model: Model, l2: float, block_rows: int, shard_rows: Callable = lambda rows: rows) -> Callable:
     """evaluate(params, data, parts) -> metrics over whole splits, in blocks of ``block_rows`` rows.
 
     Parts: ``train`` (objective and data loss over the training split), ``gradient`` (with ``train``: the norm
     of the full-split gradient), ``val`` and ``test`` (loss and the count of correct rows: accuracies are exact
     fractions on the host), ``probe`` (the objective over the first ``PROBE_ROWS`` training rows, which a
-    resume recomputes). Parts not asked for come back as NaN (counts as -1).
+    resume recomputes). Parts not asked for come back as NaN (counts as -1). Each block's rows are split
+    across the devices by ``shard_rows``.
     """
 
     objective = make_objective(model.apply, l2)
@@ -250,7 +256,7 @@ def make_evaluate(model: Model, l2: float, block_rows: int) -> Callable:
             return (jnp.sum(jnp.where(weight, row_losses(logits, yb), 0)),
                     jnp.sum(weight & row_correct(logits, yb), dtype=jnp.int32))
 
-        loss_sum, correct = _blocked_sum(sums, x, y, block_rows)
+        loss_sum, correct = _blocked_sum(sums, x, y, block_rows, shard_rows)
         return loss_sum / x.shape[0], correct
 
     def train_metrics(params, x, y, gradient: bool):
@@ -262,11 +268,11 @@ def make_evaluate(model: Model, l2: float, block_rows: int) -> Callable:
         n = x.shape[0]
         if gradient:
             loss_sum, grad_sum = _blocked_sum(lambda xb, yb, w: jax.value_and_grad(block_loss)(params, xb, yb, w),
-                                              x, y, block_rows)
+                                              x, y, block_rows, shard_rows)
             grads = jax.tree_util.tree_map(lambda g, pg: g / n + pg, grad_sum, penalty_grad)
             norm = optax.tree.norm(grads)
         else:
-            loss_sum = _blocked_sum(lambda xb, yb, w: block_loss(params, xb, yb, w), x, y, block_rows)
+            loss_sum = _blocked_sum(lambda xb, yb, w: block_loss(params, xb, yb, w), x, y, block_rows, shard_rows)
             norm = jnp.full((), jnp.nan, loss_sum.dtype)
         loss = loss_sum / n
         return {"objective": loss + penalty, "train_loss": loss, "grad_norm": norm}
@@ -290,22 +296,23 @@ def make_evaluate(model: Model, l2: float, block_rows: int) -> Callable:
                                          lambda: (nan, none))
             out[f"{split}_loss"], out[f"{split}_correct"] = loss, correct
         rows = min(PROBE_ROWS, x.shape[0])
-        out["probe"] = jax.lax.cond(parts["probe"], lambda: objective(params, x[:rows], y[:rows]).astype(dtype),
-                                    lambda: nan)
+        out["probe"] = jax.lax.cond(
+            parts["probe"], lambda: objective(params, shard_rows(x[:rows]), shard_rows(y[:rows])).astype(dtype),
+            lambda: nan)
         return out
 
     return evaluate
 
 
-def _blocked_sum(fn: Callable, x, y, block: int):
+def _blocked_sum(fn: Callable, x, y, block: int, shard_rows: Callable):
     """The sum over fixed-size row blocks of ``fn(x_block, y_block, weight)``, a pytree of sums.
 
     The last block is shifted back to end at the last row rather than padded (no copy of the data); ``weight``
-    is False for its rows that the previous block already counted.
+    is False for its rows that the previous block already counted. ``shard_rows`` splits each block's rows.
     """
     n = x.shape[0]
     if n <= block:
-        return fn(x, y, jnp.ones((n,), bool))
+        return fn(shard_rows(x), shard_rows(y), shard_rows(jnp.ones((n,), bool)))
     count = -(-n // block)
 
     def body(i, total):
@@ -313,7 +320,7 @@ def _blocked_sum(fn: Callable, x, y, block: int):
         xb = jax.lax.dynamic_slice_in_dim(x, start, block)
         yb = jax.lax.dynamic_slice_in_dim(y, start, block)
         weight = start + jnp.arange(block) >= i * block
-        return jax.tree_util.tree_map(jnp.add, total, fn(xb, yb, weight))
+        return jax.tree_util.tree_map(jnp.add, total, fn(shard_rows(xb), shard_rows(yb), shard_rows(weight)))
 
     shapes = jax.eval_shape(fn, x[:block], y[:block], jnp.ones((block,), bool))
     zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
@@ -334,13 +341,18 @@ class Prepared:
     dataset: Dataset
     model: Model
     plan: Plan
-    device: Any
+    topology: scale.Topology  # the devices' mesh; parameters, optimizer state and data are replicated on it
     state: TrainState  # the initial state (or a template to restore a checkpoint into)
     data: dict  # device arrays: x, y, x_val, y_val, x_test, y_test, shuffle_key
     chunk: Callable  # uncompiled: (state, train_data, num_steps) -> (state, metrics)
     evaluate: Callable  # uncompiled: (params, data, parts) -> metrics
     train_step: Callable  # one step, (state, data) -> (state, (objective, grad norm)), uncompiled (for benchmarks)
     objective: Callable  # (params, x, y) -> regularized loss
+
+    @property
+    def device(self):
+        """The mesh's first device: what a single-device consumer (a benchmark peer, the memory check) uses."""
+        return self.topology.devices[0]
 
     @property
     def train_data(self) -> dict:
@@ -362,8 +374,9 @@ def _prepare(config: GradfitConfig) -> Prepared:
     chosen = precision.of(config)
     resources.check_synthetic(config, resources.host_available_bytes())  # before the generator allocates it
     dataset = load_dataset(config)
-    device = select_device(config.runtime.device)
+    topology = scale.select(config.runtime.device, config.runtime.devices)
     plan = Plan.from_config(config, len(dataset.train), len(dataset.val))
+    topology.check_batch(plan.batch_size)
     resources.check_total_steps(config.train, plan.total_steps, plan.steps_per_epoch)
     if config.train.early_stopping.monitor and len(dataset.val) == 0:
         raise ConfigError(f"train.early_stopping: the validation split of {dataset.name} is empty "
@@ -371,33 +384,39 @@ def _prepare(config: GradfitConfig) -> Prepared:
     optimizer, schedule = make_optimizer(config.optimizer, plan.total_steps)
     model = build_model(config.model, dataset.n_features, dataset.n_classes, chosen.compute_dtype)
     objective = make_objective(model.apply, config.model.l2)
-    train_step = make_train_step(objective, optimizer, plan, len(dataset.train), config.optimizer.name == "lbfgs")
+    train_step = make_train_step(objective, optimizer, plan, len(dataset.train), config.optimizer.name == "lbfgs",
+                                 topology.shard_rows)
     chunk = make_chunk(train_step, plan, config.model.l2, schedule, config.train.tol)
     hidden = tuple(config.model.hidden) if config.model.kind == "mlp" else ()
     eval_rows = block_rows(dataset.n_features, hidden)
-    evaluate = make_evaluate(model, config.model.l2, eval_rows)
+    evaluate = make_evaluate(model, config.model.l2, eval_rows, topology.shard_rows)
     # refuse what cannot fit before the data go to the device and the parameters are made
     needed = resources.estimate_run(config, dataset.n_features, dataset.n_classes,
                                     (len(dataset.train), len(dataset.val), len(dataset.test)), plan.batch_size,
                                     eval_rows)
+    device = topology.devices[0]  # every device holds a full copy: the first one speaks for all
     resources.check_run(config, needed, resources.device_available_bytes(device), describe_device(device))
 
-    data = jax.device_put(_device_arrays(dataset, chosen), device)
+    data = topology.put(_device_arrays(dataset, chosen))
 
     def initial_state(seed, data):
         init_key, shuffle_key = jax.random.split(jax.random.PRNGKey(seed))
         params = model.init(init_key, chosen.param_dtype)
-        current = with_norm(jax.value_and_grad(objective)(params, data["x"], data["y"])) if plan.full_batch else None
+        current = None
+        if plan.full_batch:
+            x, y = topology.shard_rows(data["x"]), topology.shard_rows(data["y"])
+            current = with_norm(jax.value_and_grad(objective)(params, x, y))
         return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32), current), shuffle_key
 
     # one compiled program rather than a dozen eager ops, each compiled on its own; it runs once, so it is
     # compiled without XLA's optimizations (0.5 s instead of 1.3 s for configs/mlp.yaml on 2 CPU cores). Its
     # outputs are distinct buffers (the lbfgs state starts as copies of the params), as donation needs, and
     # committed to the device like the chunk's outputs, so feeding those back never recompiles
-    seed = jax.device_put(np.uint32(config.seed), device)
-    init = jax.jit(initial_state).lower(seed, data).compile(compiler_options={"xla_backend_optimization_level": 0})
+    seed = topology.put(np.uint32(config.seed))
+    init = jax.jit(initial_state, out_shardings=topology.replicated).lower(seed, data).compile(
+        compiler_options={"xla_backend_optimization_level": 0})
     state, data["shuffle_key"] = init(seed, data)
-    return Prepared(config, chosen, dataset, model, plan, device, state, data, chunk, evaluate, train_step,
+    return Prepared(config, chosen, dataset, model, plan, topology, state, data, chunk, evaluate, train_step,
                     objective)
 
 
@@ -423,9 +442,12 @@ class Programs:
 def compile_programs(run: Prepared) -> Programs:
     """Trace, lower and compile the chunk and the evaluation (call under ``run.precision.scope()``)."""
     tick = time.perf_counter()
+    # pinned to the mesh, replicated: outputs fed back as inputs never recompile, and host scalars (the step
+    # count, the evaluation flags) are placed the same way on every process
+    placed = dict(in_shardings=run.topology.replicated, out_shardings=run.topology.replicated)
     lowered = [
-        jax.jit(run.chunk, donate_argnums=0).trace(run.state, run.train_data, jnp.int32(0)).lower(),
-        jax.jit(run.evaluate).trace(run.state.params, run.data, eval_parts()).lower(),
+        jax.jit(run.chunk, donate_argnums=0, **placed).trace(run.state, run.train_data, np.int32(0)).lower(),
+        jax.jit(run.evaluate, **placed).trace(run.state.params, run.data, eval_parts()).lower(),
     ]
     traced = time.perf_counter()
     with _cache_events() as events, ThreadPoolExecutor(len(lowered)) as pool:
