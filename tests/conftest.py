@@ -10,6 +10,9 @@ import pytest
 
 from gradfit.config import GradfitConfig, resolve_config
 
+# the suite runs in two pytest-xdist workers: on a GPU, neither may take 75% of its memory up front (JAX's default)
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"
 

@@ -212,7 +212,7 @@ def test_cli_at_a_trained_run(tmp_path):
                   out_dir=tmp_path)
     result = invoke("--at", summary["run_dir"])  # the config comes from the run directory
     assert result.exit_code == 0, result.output
-    assert f"parameters of {summary['run_dir']}" in result.output
+    assert f"parametersof{summary['run_dir']}" in "".join(result.output.split())  # however the lines wrap
 
 
 @pytest.mark.parametrize("args,message", [
