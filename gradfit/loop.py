@@ -352,22 +352,23 @@ class Session:
 
     def checkpoint(self, finished: Optional[str]) -> None:
         tick = time.perf_counter()
-        arrays = _named("state", jax.device_get(self.state))
-        if self.best is not None:
-            arrays.update(_named("best", jax.device_get(self.best)))
-        config = self.run.config.model_dump(mode="json")
-        meta = {
-            "config": config,
-            "config_hash": checkpoints.config_hash(config),
-            "loop": {**dataclasses.asdict(self.loop), "elapsed_s": self.elapsed()},
-            "early_stopping": None if self.stopper is None else dataclasses.asdict(self.stopper),
-            "finished": finished,
-            "probe": self.probe(self.state.params),
-            "data_digest": self.data_digest,
-            "device": self.device_name,
-            "versions": _versions(),
-        }
+        probe = self.probe(self.state.params)  # every process: the evaluation is one program over the mesh
         if self.run_dir is not None:
+            arrays = _named("state", jax.device_get(self.state))
+            if self.best is not None:
+                arrays.update(_named("best", jax.device_get(self.best)))
+            config = self.run.config.model_dump(mode="json")
+            meta = {
+                "config": config,
+                "config_hash": checkpoints.config_hash(config),
+                "loop": {**dataclasses.asdict(self.loop), "elapsed_s": self.elapsed()},
+                "early_stopping": None if self.stopper is None else dataclasses.asdict(self.stopper),
+                "finished": finished,
+                "probe": probe,
+                "data_digest": self.data_digest,
+                "device": self.device_name,
+                "versions": _versions(),
+            }
             self.path = checkpoints.save(self.run_dir, self.loop.step, arrays, meta,
                                          self.run.config.train.keep_checkpoints)
         self.mark += time.perf_counter() - tick

@@ -11,6 +11,9 @@
 The state is donated, the data stay on the device as jit arguments, and minibatches are gathered on the device
 by a keyed permutation of (seed, epoch) (``gradfit.shuffle``). A full-batch step already has the objective and
 gradient over the whole training split: the state carries them, so they are logged at every log point for free.
+
+On a mesh of several devices (``gradfit.scale``) the state and the data are replicated, and every program splits
+the rows it works on (a minibatch, a full batch, an evaluation block) across the devices: data parallelism.
 """
 
 from __future__ import annotations

@@ -31,6 +31,9 @@ from gradfit import checkpoints, runs, scale
 from gradfit.cli import app
 from gradfit.errors import DeviceError
 
+# one xdist worker runs this module, so the module-scoped runs below are trained once
+pytestmark = pytest.mark.xdist_group("scale")
+
 SHORT = ("train.steps=50", "train.epochs=null")
 MLP_SHORT = SHORT + ("optimizer.schedule.warmup_steps=5",)
 # a run long enough to be killed after its first checkpoint, short enough to resume quickly
