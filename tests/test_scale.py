@@ -318,5 +318,6 @@ def test_an_unreachable_coordinator_is_one_line_and_exit_2():
                                     "--init-timeout", "1"), capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "could not join the processes at 127.0.0.1:" in lines[0] and "within 1 s" in lines[0], lines
+    assert len(lines) == 1, lines
+    assert "could not join the processes at 127.0.0.1:" in lines[0] and "within 1 s" in lines[0], lines
     assert time.monotonic() - started < 60
