@@ -688,6 +688,6 @@ def scaling(config: GradfitConfig, options: BenchOptions, name: str) -> dict:
             "overhead of sharding, not a speed-up" if forced else
             "one device only: nothing to scale over" if available == 1 else
             f"{available} {platform} devices")
-    return {"config": name, "platform": platform, "batch_size": batch, "available_devices": available, "forced_cpu_devices": forced, "note": note,
-            "rows": rows}
+    return {"config": name, "platform": platform, "batch_size": batch, "available_devices": available,
+            "forced_cpu_devices": forced, "note": note, "rows": rows}
 

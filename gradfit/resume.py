@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from typing import Optional
 
-import jax
 import pydantic
 
 from gradfit import checkpoints, files, precision, runs, scale
