@@ -178,7 +178,7 @@ def train(
     devices: Optional[str] = typer.Option(
         None, "--devices", metavar="auto|N|ID,ID", rich_help_panel="Scaling out",
         help="Shortcut for --set runtime.devices=...: every device of the platform (auto), the first N, or these "
-             "device ids. The minibatch is split across them."),
+             "device ids (one id: 3,). The minibatch is split across them."),
     distributed: bool = typer.Option(
         False, "--distributed", rich_help_panel="Scaling out",
         help="Join a group of processes (jax.distributed), one per host or GPU set, forming one mesh; only process "

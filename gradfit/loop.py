@@ -451,6 +451,9 @@ class Session:
     def raise_unless_completed(self, summary: dict) -> None:
         resume_command = f"gradfit train --resume {shlex.quote(self.where)}"
         if summary["status"] == "interrupted":
+            if self.run_dir is None:
+                raise Interrupted(f"{summary['stop_reason']}; process 0 wrote the checkpoint and prints the "
+                                  "command that resumes the run", summary)
             raise Interrupted(f"{summary['stop_reason']}; checkpoint written to {self.path}. "
                               f"Resume with: {resume_command}", summary)
         if summary["status"] == "failed":

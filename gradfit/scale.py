@@ -88,7 +88,7 @@ class Topology:
             return stop, windows
         from jax.experimental import multihost_utils
 
-        votes = np.asarray(multihost_utils.process_allgather(np.array([int(stop), windows], np.int64)))
+        votes = np.asarray(multihost_utils.process_allgather(np.array([int(stop), windows], np.int32)))
         return bool(votes[:, 0].any()), int(votes[:, 1].min())
 
     def describe(self) -> dict:
