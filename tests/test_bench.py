@@ -34,13 +34,20 @@ def positive_finite(value) -> bool:
 
 def test_json_has_every_section_and_is_serializable(result):
     data = json.loads(json.dumps(result))
-    assert set(data) >= {"environment", "training", "gradient_cost", "methods", "peers"}
+    assert set(data) >= {"environment", "training", "gradient_cost", "methods", "peers", "scaling"}
     env = data["environment"]
     assert env["platform"] == "cpu" and env["cpu_cores"] >= 1
     for key in ("jax", "jaxlib", "optax", "dtype", "matmul_precision", "device_kind"):
         assert env[key]
     assert [row["config"] for row in data["training"]] == ["logreg", "mlp"]
     assert set(data["methods"]) == {"logistic", "mlp"}
+
+
+def test_the_scaling_table_of_one_device_says_there_is_nothing_to_scale_over(result):
+    scaling = result["scaling"]  # this test process sees one CPU device (forced devices: tests/test_scale.py)
+    assert scaling["config"] == "mlp" and scaling["available_devices"] == 1 and not scaling["forced_cpu_devices"]
+    assert [row["devices"] for row in scaling["rows"]] == [1] and scaling["rows"][0]["speedup"] == 1.0
+    assert "one device only" in scaling["note"]
 
 
 def test_every_time_and_ratio_is_finite_and_positive(result):

@@ -173,6 +173,28 @@ def test_a_killed_four_device_run_resumes_bit_for_bit(trained, tmp_path):
         np.testing.assert_array_equal(state[key], state_ref[key], err_msg=key, strict=True)
 
 
+def test_the_bench_scaling_table_measures_1_2_and_4_forced_devices_and_says_they_are_forced():
+    script = (
+        "import json\n"
+        "from gradfit import bench\n"
+        "from gradfit.config import resolve_config\n"
+        "config = resolve_config(None, bench.DEFAULT_SUITE['mlp'] + ['model.hidden=[8]']).config\n"
+        "options = bench.BenchOptions(steps=20, repeats=3)\n"
+        "print(json.dumps(bench.scaling(bench._on(config, 'cpu', 'auto'), options, 'mlp')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], env=forced_devices(4), capture_output=True, text=True,
+                            timeout=180)
+    assert result.returncode == 0, result.stderr[-2000:]
+    scaling = json.loads(result.stdout.splitlines()[-1])
+    assert [row["devices"] for row in scaling["rows"]] == [1, 2, 4] and scaling["batch_size"] == 64
+    assert scaling["forced_cpu_devices"]
+    assert "forced CPU devices" in scaling["note"] and "not a speed-up" in scaling["note"]
+    for row in scaling["rows"]:
+        assert row["steps_per_s"] > 0 and row["examples_per_s"] == pytest.approx(row["steps_per_s"] * 64)
+        assert row["examples_per_s_per_device"] == pytest.approx(row["examples_per_s"] / row["devices"])
+        assert row["efficiency"] == pytest.approx(row["speedup"] / row["devices"])
+
+
 # ------------------------------------------------------------------------------------------------- processes
 
 
