@@ -632,5 +632,8 @@ def main() -> None:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
-    atexit._run_exitfuncs()
+    from gradfit import supervise
+
+    if code == 0 or supervise.WORKER not in os.environ:  # a failed process of a group must not wait at JAX's
+        atexit._run_exitfuncs()  # shutdown barrier for the others, which may be gone
     os._exit(code)

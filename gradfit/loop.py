@@ -207,11 +207,20 @@ class Session:
                 rule = self.run_chunks(stop)
                 summary = self.finish(rule.status, rule.reason)
             except BaseException as exc:  # never leave a run directory that looks healthy after a crash
+                # in a group of processes a collective that fails means another process died or stopped
+                lost = self.run.topology.process_count > 1 and isinstance(exc, jax.errors.JaxRuntimeError)
+                reason = f"lost contact with another process ({_first_line(exc)})" if lost else \
+                    f"crashed: {one_line(exc)}"
                 recorded = False
                 with contextlib.suppress(Exception):
                     # alone: the other processes are not in step with this one for a final evaluation
-                    self.finish("failed", f"crashed: {one_line(exc)}", alone=True)
+                    self.finish("failed", reason, alone=True)
                     recorded = True
+                if lost:
+                    where = (f"{self.run_dir}/summary.json says failed. Resume from the newest checkpoint with: "
+                             f"{self.resume_command}") if self.run_dir is not None and recorded else \
+                        "process 0 reports how to resume"
+                    raise TrainingFailed(f"{reason}: a process of the group died or was stopped; {where}") from None
                 if isinstance(exc, OSError):
                     said = "the run's summary.json says failed" if recorded else "summary.json could not be written either"
                     raise TrainingFailed(f"{self.where}: {exc}; {said}") from None
@@ -395,7 +404,7 @@ class Session:
         programs = self.programs
         steps_per_s = loop.step / loop.train_time_s if loop.train_time_s > 0 and loop.step else None
         summary = {
-            "run_dir": self.where,
+            "run_dir": None if self.run_dir is None else str(self.run_dir),  # None: process 0 writes it
             "status": status,
             "stop_reason": reason,
             "model": config.model.kind,
@@ -448,8 +457,16 @@ class Session:
         # what was logged stays as logged (the pass with the gradient can round the objective differently)
         return {**evaluated, **{k: v for k, v in record.items() if v is not None}}
 
+    @property
+    def resume_command(self) -> str:
+        command = f"gradfit train --resume {shlex.quote(self.where)}"
+        if self.run.topology.process_count > 1:
+            command += (" --distributed, in every process, with the coordinator and number of processes it "
+                        "started with")
+        return command
+
     def raise_unless_completed(self, summary: dict) -> None:
-        resume_command = f"gradfit train --resume {shlex.quote(self.where)}"
+        resume_command = self.resume_command
         if summary["status"] == "interrupted":
             if self.run_dir is None:
                 raise Interrupted(f"{summary['stop_reason']}; process 0 wrote the checkpoint and prints the "
@@ -500,6 +517,11 @@ def _logged_objective(run_dir: Path, step: Optional[int]) -> str:
             if step is None or record.get("step") == step:
                 return _objective_text(record) or "?"
     return "?"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def one_line(exc: BaseException) -> str:

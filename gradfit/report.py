@@ -173,7 +173,7 @@ def summary_table(summary: dict) -> Table:
         ("steps_per_s", f"{fmt(steps_per_s, 4)} (training steps and log points; evaluations excluded)"),
         ("wall_time", f"{summary['wall_time_s']:.2f} s"),
         ("device", summary["device"]),
-        ("run directory", summary["run_dir"]),
+        ("run directory", summary["run_dir"] or "written by process 0"),
         ("last checkpoint", summary["checkpoint"] or "-"),
     ]
     for key, value in rows:

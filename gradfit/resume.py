@@ -109,6 +109,7 @@ class _SavedRun:
     finished: Optional[str]  # the stop reason when the run had finished training
     probe: float  # the probe objective at the checkpoint's parameters
     data_digest: str
+    device: str  # where it was computed: "cpu:0 (cpu)", "4 x gpu (NVIDIA H200), 2 processes"
 
     @classmethod
     def read(cls, run_dir: Path, config: GradfitConfig) -> "_SavedRun":
@@ -135,7 +136,7 @@ class _SavedRun:
         except (KeyError, TypeError, AttributeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
             raise RunDirError(f"{path}: the checkpoint's metadata is inconsistent ({one_line(exc)}); "
                               f"{checkpoints.previous_hint(path)}") from None
-        return cls(path, arrays, changes, loop, stopper, finished, probe, data_digest)
+        return cls(path, arrays, changes, loop, stopper, finished, probe, data_digest, str(meta.get("device")))
 
     def restore(self, run: Prepared, config: GradfitConfig) -> tuple:
         """(train state, loop state, early stopping, best params) on the run's device."""
@@ -161,8 +162,13 @@ def _replay(session: Session, saved: _SavedRun, force: bool) -> bool:
         if now == saved.probe:
             return True
         problem = (f"the restored state does not reproduce the probe objective of step {session.loop.step} "
-                   f"({now!r} now, {saved.probe!r} then): the device or library versions differ from the "
-                   "original run's")
+                   f"({now!r} now, {saved.probe!r} then): ")
+        if saved.device != session.device_name:
+            problem += (f"the checkpoint was computed on {saved.device} and this session runs on "
+                        f"{session.device_name}; other devices or processes sum in another order. Resume with the "
+                        "same devices (runtime.devices, --devices) and processes")
+        else:
+            problem += "the device or library versions differ from the original run's"
     if not force:
         raise RunDirError(f"{saved.path}: {problem}. Add --force to resume anyway")
     return False

@@ -15,8 +15,9 @@ Every process runs every program; only process 0 writes files.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import jax
 import numpy as np
@@ -91,6 +92,24 @@ class Topology:
         votes = np.asarray(multihost_utils.process_allgather(np.array([int(stop), windows], np.int32)))
         return bool(votes[:, 0].any()), int(votes[:, 1].min())
 
+    def check_same_everywhere(self, what: Callable[[], str]) -> None:
+        """Every process must run the same programs on the same data, or the collectives pair up wrongly and
+        wait forever: compare a fingerprint of ``what()`` (the config and the data) before anything else is
+        computed."""
+        if self.process_count == 1:
+            return
+        from jax.experimental import multihost_utils
+
+        mine = np.frombuffer(hashlib.sha256(what().encode()).digest()[:16], np.int32)
+        everyone = np.asarray(multihost_utils.process_allgather(mine))
+        different = [p for p in range(self.process_count) if not np.array_equal(everyone[p], everyone[0])]
+        if different:
+            raise DistributedError(
+                f"process{'es' if len(different) > 1 else ''} {', '.join(map(str, different))} of "
+                f"{self.process_count} {'were' if len(different) > 1 else 'was'} given another config or other "
+                "data than process 0 (their fingerprints differ); start every process with the same config file, "
+                "--set overrides and data file")
+
     def describe(self) -> dict:
         """What summary.json, config.yaml and the run header record."""
         return {"devices": [describe_device(d) for d in self.devices], "processes": self.process_count,
@@ -164,8 +183,8 @@ def start_processes(coordinator: Optional[str], num_processes: Optional[int], pr
     ``heartbeat_timeout_s`` makes JAX end every other process of the group.
     """
     coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
-    num_processes = num_processes if num_processes is not None else _env_int("JAX_NUM_PROCESSES")
-    process_id = process_id if process_id is not None else _env_int("JAX_PROCESS_ID")
+    num_processes = num_processes if num_processes is not None else _env_int("JAX_NUM_PROCESSES", 1)
+    process_id = process_id if process_id is not None else _env_int("JAX_PROCESS_ID", 0)
     given = {"--coordinator": coordinator, "--num-processes": num_processes, "--process-id": process_id}
     missing = [flag for flag, value in given.items() if value is None]
     if missing and not any(name in os.environ for name in _CLUSTER_VARIABLES):
@@ -181,21 +200,28 @@ def start_processes(coordinator: Optional[str], num_processes: Optional[int], pr
         jax.distributed.initialize(coordinator, num_processes, process_id, initialization_timeout=init_timeout_s,
                                    heartbeat_timeout_seconds=heartbeat_timeout_s)
         jax.devices()  # the processes exchange their devices here: a missing one fails now, not mid-setup
-    except Exception as exc:  # XlaRuntimeError (a timeout, a refused bind), ValueError (detection failed)
+    except ValueError as exc:  # JAX's cluster detection found no value for what was not given
+        found = ", ".join(name for name in _CLUSTER_VARIABLES if name in os.environ)
+        raise DistributedError(f"--distributed: JAX's cluster detection ({found} set) failed ({exc}); pass "
+                               f"{', '.join(missing)}") from None
+    except Exception as exc:  # XlaRuntimeError (a timeout, a refused bind)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DistributedError(f"could not join the {num_processes or '?'} processes at {coordinator or '?'} "
                                f"within {init_timeout_s} s ({first}); check that process 0 runs and that "
                                "the address and port are reachable from here") from None
 
 
-def _env_int(name: str) -> Optional[int]:
+def _env_int(name: str, least: int) -> Optional[int]:
     value = os.environ.get(name)
     if value is None:
         return None
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
-        raise DistributedError(f"{name}={value!r}: expected a whole number") from None
+        number = None
+    if number is None or number < least:
+        raise DistributedError(f"{name}={value!r}: expected a whole number >= {least}")
+    return number
 
 
 def _host_port(address: str) -> bool:

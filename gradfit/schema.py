@@ -288,7 +288,7 @@ MAX_DEVICES = 65536
 
 class RuntimeConfig(_Section):
     device: Literal["auto", "cpu", "gpu"] = Field("auto", description="auto picks the GPU when JAX sees one")
-    devices: Union[str, int, tuple[int, ...]] = Field(
+    devices: Union[str, int, list[int]] = Field(
         "auto", description="devices of that platform to train on: auto (every local one), N (the first N) or a "
         "list of device ids; the minibatch is split across them (data parallel, parameters replicated)"
     )
@@ -306,7 +306,7 @@ class RuntimeConfig(_Section):
         if isinstance(value, (list, tuple)) and value and all(type(i) is int and 0 <= i < 2**31 for i in value):
             if len(set(value)) < len(value):
                 raise ValueError(f"device ids repeat in {list(value)}; list each device once")
-            return tuple(value)
+            return list(value)
         raise ValueError("expected 'auto', a device count >= 1 or a non-empty list of device ids like [0, 1]")
 
 

@@ -38,13 +38,17 @@ def run(argv: list[str]) -> int:
         told = Path(folder) / "run.json"
         child = subprocess.Popen([sys.executable, "-m", "gradfit", *argv], stderr=subprocess.PIPE,
                                  env={**os.environ, WORKER: str(told)}, preexec_fn=_die_with_parent)
+        signals: list[int] = []
+
+        def forward(signum, frame):  # a second signal stops the child at once, even inside a collective
+            signals.append(signum)
+            child.send_signal(signal.SIGKILL if len(signals) > 1 else signum)
+
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, lambda signum, frame: child.send_signal(signum))
+            signal.signal(sig, forward)
         held = _pass_through(child.stderr)
         code = child.wait()
-        if code >= 0:  # the child ended itself: its own message and exit code stand
-            sys.stderr.buffer.write(b"".join(held))
-            sys.stderr.flush()
+        if code >= 0:  # the child ended itself: its own message and exit code stand (JAX's report adds nothing)
             return code
         run = {**json.loads(told.read_text()), "started": told.stat().st_mtime} if told.exists() else {}
     if any(b"/RegisterTask" in line for line in held):  # JAX gave up reaching the coordinator
@@ -54,7 +58,9 @@ def run(argv: list[str]) -> int:
         return 2
     lost = _lost_processes(held)
     who = f"process {', '.join(lost)}" if lost else "another process of the group"
-    if lost or any(b"heartbeat" in line for line in held):
+    if len(signals) > 1 and code == -signal.SIGKILL:
+        reason = f"stopped at once by a second {signal.Signals(signals[-1]).name}"
+    elif lost or any(b"heartbeat" in line for line in held):
         reason = f"lost {who}: it stopped sending heartbeats to the JAX coordinator, and JAX ended this process"
     else:
         reason = f"the training process was ended by {signal.Signals(-code).name}"
@@ -62,11 +68,12 @@ def run(argv: list[str]) -> int:
     run_dir = run.get("run_dir")
     if run_dir and run.get("process") == 0:
         message += f"; {run_dir}/summary.json says failed"
-        _mark_failed(Path(run_dir), reason, run["started"])
-    if run_dir:
-        command = shlex.join(["gradfit", "train", "--resume", run_dir, *_distributed_flags(argv)])
-        message += (f". Resume from the newest checkpoint with every process, the same number of them: {command} "
-                    "(on each, with its --process-id)")
+        if _mark_failed(Path(run_dir), reason, run["started"]):
+            command = shlex.join(["gradfit", "train", "--resume", run_dir, *_distributed_flags(argv)])
+            message += (f". Resume from the newest checkpoint with every process, the same number of them: "
+                        f"{command} (on each, with its --process-id)")
+        else:
+            message += ". No checkpoint was written before it: start the run again"
     print(message, file=sys.stderr)
     return 1
 
@@ -87,13 +94,21 @@ def _die_with_parent() -> None:
         pass
 
 
+_OWN = (b"error:", b"interrupted:", b"note:")  # how gradfit's own messages begin
+
+
 def _pass_through(stream) -> list[bytes]:
     """Copy the child's stderr to ours line by line, without native notes (gloo's, JAX's info and warnings);
-    JAX's error reports are held back and returned."""
+    JAX's error reports (from an E or F line up to gradfit's own next message) are held back and returned."""
     held: list[bytes] = []
+    in_report = False
     for line in iter(stream.readline, b""):
-        if (_JAX_LOG.match(line) and line[:1] in (b"E", b"F")) or held:
-            held.append(line)  # an error report runs over several lines, up to the stack trace
+        if _JAX_LOG.match(line) and line[:1] in (b"E", b"F"):
+            in_report = True  # a report runs over several lines, up to the stack trace
+        elif line.startswith(_OWN):
+            in_report = False
+        if in_report:
+            held.append(line)
         elif not (_JAX_LOG.match(line) or line.startswith(_NATIVE) or b"connected peer ranks" in line):
             sys.stderr.buffer.write(line)
             sys.stderr.flush()
@@ -139,18 +154,20 @@ def _distributed_flags(argv: list[str]) -> list[str]:
     return kept
 
 
-def _mark_failed(run_dir: Path, reason: str, started: float) -> None:
-    """summary.json says failed, unless this session got as far as writing its own summary."""
+def _mark_failed(run_dir: Path, reason: str, started: float) -> bool:
+    """summary.json says failed, unless this session got as far as writing its own summary; True when there is a
+    checkpoint to resume from."""
     from gradfit import checkpoints, runs
 
+    newest = checkpoints.latest(run_dir)
     summary_file = run_dir / "summary.json"
     if summary_file.exists() and summary_file.stat().st_mtime >= started:
-        return
-    newest = checkpoints.latest(run_dir)
+        return newest is not None
     summary: dict[str, Any] = {"run_dir": str(run_dir), "status": "failed", "stop_reason": reason,
                                "steps": None if newest is None else checkpoints.step_of(newest),
                                "checkpoint": None if newest is None else str(newest)}
     runs.write_json(summary_file, summary)
+    return newest is not None
 
 
 def tell(info: dict) -> None:

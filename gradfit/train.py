@@ -378,6 +378,7 @@ def _prepare(config: GradfitConfig) -> Prepared:
     resources.check_synthetic(config, resources.host_available_bytes())  # before the generator allocates it
     dataset = load_dataset(config)
     topology = scale.select(config.runtime.device, config.runtime.devices)
+    topology.check_same_everywhere(lambda: config.model_dump_json() + dataset.digest())
     plan = Plan.from_config(config, len(dataset.train), len(dataset.val))
     topology.check_batch(plan.batch_size)
     resources.check_total_steps(config.train, plan.total_steps, plan.steps_per_epoch)

@@ -227,7 +227,7 @@ def test_two_processes_of_two_devices_match_one_process_of_four(trained, tmp_pat
     (run_dir,) = out.iterdir()  # exactly one run directory, written by process 0
     summary = json.loads(stdout0)  # stdout holds the JSON alone: gloo's notes are kept off it
     assert summary["run_dir"] == str(run_dir) and summary["processes"] == 2 and summary["mesh"] == {"data": 4}
-    assert json.loads(stdout1)["run_dir"] == "written by process 0 (this is process 1 of 2)"
+    assert json.loads(stdout1)["run_dir"] is None  # process 0 writes it
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
     assert "Gloo" not in stderr0 + stderr1
     assert_close_metrics(reference, run_dir, rtol=1e-6)
@@ -243,6 +243,22 @@ def wait_for_checkpoint(out: Path, group: list[subprocess.Popen], after: int = -
         assert all(p.poll() is None for p in group), [p.communicate() for p in group]
         assert time.monotonic() < deadline, "no checkpoint appeared"
         time.sleep(0.01)
+
+
+def test_processes_given_different_configs_refuse_to_start(tmp_path):
+    config = tmp_path / "mlp.yaml"
+    config.write_text((CONFIGS / "mlp.yaml").read_text())
+    out = tmp_path / "group"
+    flags = ["--distributed", "--coordinator", f"127.0.0.1:{free_port()}", "--num-processes", "2"]
+    group = [subprocess.Popen(gradfit("train", str(config), "-q", "-o", str(out), "--set", f"train.steps={steps}",
+                                      "--set", "train.epochs=null", *flags, "--process-id", str(i)),
+                              env=forced_devices(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i, steps in enumerate((50, 80))]  # process 1 asked for more steps
+    results = finish(group, timeout=120)
+    for code, _, stderr in results:
+        assert code == 2, stderr
+        assert "process 1 of 2 was given another config or other data than process 0" in stderr, stderr
+    assert not out.exists(), "nothing was written"
 
 
 def test_a_signal_or_a_lost_process_stops_the_whole_group_which_then_resumes(tmp_path):
@@ -272,11 +288,13 @@ def test_a_signal_or_a_lost_process_stops_the_whole_group_which_then_resumes(tmp
     (code0, _, stderr0), (code1, _, _) = finish(group, timeout=90)
     assert time.monotonic() - killed < 90
     assert code0 == 1 and code1 == -signal.SIGKILL
+    # either gloo's next all-reduce fails first (connection reset) or JAX's heartbeat check ends the process
     lines = stderr0.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: lost process 1:"), stderr0
-    assert f"--resume {run_dir} --distributed" in lines[0]
+    assert len(lines) == 1, stderr0
+    assert lines[0].startswith(("error: lost process 1:", "error: lost contact with another process")), lines[0]
+    assert f"--resume {run_dir}" in lines[0] and "--distributed" in lines[0]
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["status"] == "failed" and "lost process 1" in summary["stop_reason"]
+    assert summary["status"] == "failed" and summary["stop_reason"].startswith("lost ")
 
     # and it resumes from its newest checkpoint, the metrics continuing without a gap or a repeat
     (code0, _, stderr0), (code1, _, stderr1) = finish(start_group(["train", "--resume", str(run_dir), "-q"]))
