@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -84,3 +88,39 @@ class InterruptAt:
             os.kill(os.getpid(), signal.SIGINT)
 
     def on_end(self, summary: dict) -> None: ...
+
+
+# ---------------------------------------------------------------------------- several devices and processes
+
+
+def forced_devices(n: int) -> dict:
+    """The environment of a subprocess whose CPU JAX splits into ``n`` devices (set before JAX starts)."""
+    return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
+
+
+def gradfit_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "gradfit", *args]
+
+
+def logged_metrics(run_dir) -> list[dict]:
+    """metrics.jsonl without wall-clock times, which differ between any two runs."""
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k != "elapsed_s"} for line in lines]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_group(args: list[str], n: int = 2, heartbeat: int = 60) -> list[subprocess.Popen]:
+    """``gradfit train ARGS --distributed`` in ``n`` processes of 2 devices each on this machine."""
+    flags = ["--distributed", "--coordinator", f"127.0.0.1:{free_port()}", "--num-processes", str(n),
+             "--init-timeout", "60", "--heartbeat-timeout", str(heartbeat)]
+    return [subprocess.Popen(gradfit_argv(*args, *flags, "--process-id", str(i)), env=forced_devices(2),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(n)]
+
+
+def finish(processes: list[subprocess.Popen], timeout: float = 180) -> list[tuple[int, str, str]]:
+    return [(p.wait(timeout=timeout), *p.communicate()) for p in processes]

@@ -1,4 +1,5 @@
-"""Scaling out: every device of a machine (a data-parallel mesh), several processes (jax.distributed), failures.
+"""Scaling out: every device of a machine (a data-parallel mesh), and two processes against one of the same mesh
+(signals, a lost process and bad settings of a group: tests/test_distributed.py).
 
 One CPU is split into forced devices (``XLA_FLAGS=--xla_force_host_platform_device_count=N``), which must be set
 before JAX starts: those runs happen in subprocesses. Forced devices share the machine's cores, so these tests
@@ -14,9 +15,7 @@ resumed, is bit-identical.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,41 +25,23 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import CONFIGS, make_config
+from conftest import CONFIGS, finish, forced_devices, gradfit_argv, logged_metrics, make_config, start_group
 from gradfit import checkpoints, runs, scale
 from gradfit.cli import app
 from gradfit.errors import DeviceError
 
-# one xdist worker runs this module, so the module-scoped runs below are trained once
-pytestmark = pytest.mark.xdist_group("scale")
-
 SHORT = ("train.steps=50", "train.epochs=null")
 MLP_SHORT = SHORT + ("optimizer.schedule.warmup_steps=5",)
-# runs long enough to be stopped after their first checkpoint, short enough to resume quickly: one process
-# of 4 CPU devices takes ~700 steps/s here, a group of 2 processes reducing over gloo ~60
+# a run long enough to be killed after its first checkpoint (one process of 4 CPU devices takes ~700 steps/s
+# here), short enough to resume quickly
 KILLABLE = ("train.epochs=null", "train.steps=400", "train.checkpoint_every=50", "train.log_every=10",
             "optimizer.schedule.warmup_steps=5")
-GROUP_RUN = ("train.epochs=null", "train.steps=200", "train.checkpoint_every=40", "train.log_every=10",
-             "optimizer.schedule.warmup_steps=5")
 RUNS = {  # name -> (config file, overrides), trained on 1 and on 4 devices in one process
     f"{model}-{precision}-d{devices}": (f"{model}.yaml", (*(MLP_SHORT if model == "mlp" else SHORT),
                                                         f"runtime.precision={precision}", f"runtime.devices={devices}"))
     for model in ("logreg", "mlp") for precision in ("float32", "float64") for devices in (1, 4)
 }
 RUNS["killable-d4"] = ("mlp.yaml", (*KILLABLE, "runtime.devices=4"))
-
-
-def forced_devices(n: int) -> dict:
-    return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
-
-
-def gradfit(*args: str) -> list[str]:
-    return [sys.executable, "-m", "gradfit", *args]
-
-
-def metrics(run_dir: Path) -> list[dict]:
-    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k != "elapsed_s"} for line in lines]
 
 
 OBJECTIVES = ("batch_objective", "objective")  # what the optimizer minimizes
@@ -72,7 +53,7 @@ def assert_close_metrics(a: Path, b: Path, rtol: float, loss_rtol: float | None 
     """Objectives within ``rtol``, data losses within ``loss_rtol`` (default ``rtol``); gradient norms within
     ``rtol`` of the largest one logged (near the optimum the norm is a small difference of large terms, so its
     relative error grows as it shrinks); accuracies equal."""
-    left, right = metrics(a), metrics(b)
+    left, right = logged_metrics(a), logged_metrics(b)
     assert [r["step"] for r in left] == [r["step"] for r in right]
     scale = max(r[k] for r in left for k in NORMS if r.get(k) is not None)
     compared = 0
@@ -150,7 +131,7 @@ def test_a_killed_four_device_run_resumes_bit_for_bit(trained, tmp_path):
     config = tmp_path / "killable.yaml"
     config.write_text((reference / "config.yaml").read_text())
     out = tmp_path / "killed"
-    process = subprocess.Popen(gradfit("train", str(config), "-q", "-o", str(out)), env=forced_devices(4),
+    process = subprocess.Popen(gradfit_argv("train", str(config), "-q", "-o", str(out)), env=forced_devices(4),
                                stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not list(out.glob("*/checkpoints/step-*.npz")):
@@ -161,10 +142,10 @@ def test_a_killed_four_device_run_resumes_bit_for_bit(trained, tmp_path):
     assert process.wait(timeout=30) == -signal.SIGKILL
     (run_dir,) = out.iterdir()
     assert not (run_dir / "summary.json").exists(), "the run finished before it was killed"
-    resumed = subprocess.run(gradfit("train", "--resume", str(run_dir), "-q"), env=forced_devices(4),
+    resumed = subprocess.run(gradfit_argv("train", "--resume", str(run_dir), "-q"), env=forced_devices(4),
                              capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr
-    assert metrics(run_dir) == metrics(reference)
+    assert logged_metrics(run_dir) == logged_metrics(reference)
     left, right = runs.load_arrays(run_dir / "params.npz"), runs.load_arrays(reference / "params.npz")
     for key in left:
         np.testing.assert_array_equal(left[key], right[key], err_msg=key, strict=True)
@@ -198,24 +179,6 @@ def test_the_bench_scaling_table_measures_1_2_and_4_forced_devices_and_says_they
 # ------------------------------------------------------------------------------------------------- processes
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_group(args: list[str], n: int = 2, heartbeat: int = 60) -> list[subprocess.Popen]:
-    """``gradfit train ARGS --distributed`` in ``n`` processes of 2 devices each on this machine."""
-    flags = ["--distributed", "--coordinator", f"127.0.0.1:{free_port()}", "--num-processes", str(n),
-             "--init-timeout", "60", "--heartbeat-timeout", str(heartbeat)]
-    return [subprocess.Popen(gradfit(*args, *flags, "--process-id", str(i)), env=forced_devices(2),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(n)]
-
-
-def finish(processes: list[subprocess.Popen], timeout: float = 180) -> list[tuple[int, str, str]]:
-    return [(p.wait(timeout=timeout), *p.communicate()) for p in processes]
-
-
 def test_two_processes_of_two_devices_match_one_process_of_four(trained, tmp_path):
     reference = trained["mlp-float32-d4"]
     config = tmp_path / "mlp.yaml"
@@ -231,80 +194,6 @@ def test_two_processes_of_two_devices_match_one_process_of_four(trained, tmp_pat
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
     assert "Gloo" not in stderr0 + stderr1
     assert_close_metrics(reference, run_dir, rtol=1e-6)
-
-
-def wait_for_checkpoint(out: Path, group: list[subprocess.Popen], after: int = -1) -> int:
-    """The step of the first checkpoint past step ``after`` under ``out``, once it is written."""
-    deadline = time.monotonic() + 120
-    while True:
-        steps = [checkpoints.step_of(p) for p in out.glob("*/checkpoints/step-*.npz")]
-        if any(step > after for step in steps):
-            return max(steps)
-        assert all(p.poll() is None for p in group), [p.communicate() for p in group]
-        assert time.monotonic() < deadline, "no checkpoint appeared"
-        time.sleep(0.01)
-
-
-def test_processes_given_different_configs_refuse_to_start(tmp_path):
-    config = tmp_path / "mlp.yaml"
-    config.write_text((CONFIGS / "mlp.yaml").read_text())
-    out = tmp_path / "group"
-    flags = ["--distributed", "--coordinator", f"127.0.0.1:{free_port()}", "--num-processes", "2"]
-    group = [subprocess.Popen(gradfit("train", str(config), "-q", "-o", str(out), "--set", f"train.steps={steps}",
-                                      "--set", "train.epochs=null", *flags, "--process-id", str(i)),
-                              env=forced_devices(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i, steps in enumerate((50, 80))]  # process 1 asked for more steps
-    results = finish(group, timeout=120)
-    for code, _, stderr in results:
-        assert code == 2, stderr
-        assert "process 1 of 2 was given another config or other data than process 0" in stderr, stderr
-    assert not out.exists(), "nothing was written"
-
-
-def test_a_signal_or_a_lost_process_stops_the_whole_group_which_then_resumes(tmp_path):
-    config = tmp_path / "mlp.yaml"
-    config.write_text((CONFIGS / "mlp.yaml").read_text())
-    out = tmp_path / "group"
-    args = ["train", str(config), "-q", "-o", str(out), *sum((["--set", s] for s in GROUP_RUN), [])]
-
-    # SIGTERM to one process: every process stops at the same step, with a checkpoint, exit 130
-    group = start_group(args, heartbeat=4)
-    wait_for_checkpoint(out, group)
-    group[1].send_signal(signal.SIGTERM)
-    (code0, _, stderr0), (code1, _, stderr1) = finish(group, timeout=90)
-    assert code0 == 130 and code1 == 130, stderr0 + stderr1
-    assert "a signal to another process" in stderr0 and "SIGTERM" in stderr1
-    (run_dir,) = out.iterdir()
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["status"] == "interrupted" and "a signal to another process" in summary["stop_reason"]
-    stopped_at = summary["steps"]
-    assert checkpoints.step_of(checkpoints.latest(run_dir)) == stopped_at
-
-    # one process killed mid-run: the other stops within the heartbeat timeout and marks the run failed
-    group = start_group(["train", "--resume", str(run_dir), "-q"], heartbeat=4)
-    wait_for_checkpoint(out, group, after=stopped_at)
-    killed = time.monotonic()
-    group[1].kill()  # its training child goes with it
-    (code0, _, stderr0), (code1, _, _) = finish(group, timeout=90)
-    assert time.monotonic() - killed < 90
-    assert code0 == 1 and code1 == -signal.SIGKILL
-    # either gloo's next all-reduce fails first (connection reset) or JAX's heartbeat check ends the process
-    lines = stderr0.strip().splitlines()
-    assert len(lines) == 1, stderr0
-    assert lines[0].startswith(("error: lost process 1:", "error: lost contact with another process")), lines[0]
-    assert f"--resume {run_dir}" in lines[0] and "--distributed" in lines[0]
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["status"] == "failed" and summary["stop_reason"].startswith("lost ")
-
-    # and it resumes from its newest checkpoint, the metrics continuing without a gap or a repeat
-    (code0, _, stderr0), (code1, _, stderr1) = finish(start_group(["train", "--resume", str(run_dir), "-q"]))
-    assert code0 == 0 and code1 == 0, stderr0 + stderr1
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["status"] == "completed" and summary["steps"] == 200
-    assert [r["from_step"] for r in summary["resumes"]][0] == stopped_at
-    assert all(r["reproduced_checkpoint_metrics"] for r in summary["resumes"])
-    steps = [r["step"] for r in metrics(run_dir)]
-    assert steps == list(range(10, 201, 10)), "no duplicated or missing records"
 
 
 # ----------------------------------------------------------------------------------------------- bad input
@@ -328,7 +217,7 @@ def test_bad_devices_setting_names_the_key(value, message):
 
 
 def test_a_batch_that_does_not_divide_names_the_nearest_sizes():
-    result = subprocess.run(gradfit("train", str(CONFIGS / "mlp.yaml"), "--devices", "4", "--set",
+    result = subprocess.run(gradfit_argv("train", str(CONFIGS / "mlp.yaml"), "--devices", "4", "--set",
                                     "train.batch_size=30"), env=forced_devices(4), capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 2
@@ -336,28 +225,3 @@ def test_a_batch_that_does_not_divide_names_the_nearest_sizes():
     assert "nearest valid sizes: 28 or 32" in result.stderr and "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--distributed", "--coordinator", "127.0.0.1:9", "--num-processes", "2"], "--distributed needs --process-id"),
-    (["--distributed", "--coordinator", "nohost", "--num-processes", "2", "--process-id", "0"], "expected HOST:PORT"),
-    (["--distributed", "--coordinator", "127.0.0.1:9", "--num-processes", "2", "--process-id", "2"],
-     "--process-id 2 is outside 0..1"),
-    (["--process-id", "1"], "--process-id applies with --distributed"),
-])
-def test_distributed_settings_are_checked_before_joining(args, message, monkeypatch):
-    for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_JOB_ID",
-                 "OMPI_COMM_WORLD_SIZE"):
-        monkeypatch.delenv(name, raising=False)
-    result = CliRunner().invoke(app, ["train", str(CONFIGS / "logreg.yaml"), *args])
-    assert result.exit_code == 2 and message in result.output, result.output
-
-
-def test_an_unreachable_coordinator_is_one_line_and_exit_2():
-    started = time.monotonic()
-    result = subprocess.run(gradfit("train", str(CONFIGS / "logreg.yaml"), "-q", "--distributed", "--coordinator",
-                                    f"127.0.0.1:{free_port()}", "--num-processes", "2", "--process-id", "1",
-                                    "--init-timeout", "1"), capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, lines
-    assert "could not join the processes at 127.0.0.1:" in lines[0] and "within 1 s" in lines[0], lines
-    assert time.monotonic() - started < 60
