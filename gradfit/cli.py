@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 
 import gradfit
+from gradfit import supervise
 from gradfit.errors import GradfitError, RunDirError, TrainingFailed
 
 app = typer.Typer(
@@ -193,10 +194,10 @@ def train(
         None, "--process-id", min=0, rich_help_panel="Scaling out",
         help="This process's number, 0 to N-1 (default: $JAX_PROCESS_ID, or detected)."),
     init_timeout: int = typer.Option(
-        300, "--init-timeout", min=1, metavar="SECONDS", rich_help_panel="Scaling out",
+        supervise.INIT_TIMEOUT_S, "--init-timeout", min=1, metavar="SECONDS", rich_help_panel="Scaling out",
         help="Give up (exit 2) when the group has not formed within this time."),
     heartbeat_timeout: int = typer.Option(
-        60, "--heartbeat-timeout", min=2, metavar="SECONDS", rich_help_panel="Scaling out",
+        supervise.HEARTBEAT_TIMEOUT_S, "--heartbeat-timeout", min=2, metavar="SECONDS", rich_help_panel="Scaling out",
         help="A process silent for this long counts as lost, and the others stop (exit 1)."),
 ) -> None:
     """Train the model a config describes and write a new run directory, or resume a stopped run.
@@ -251,7 +252,7 @@ def train(
                 progress.on_stage("starting JAX")  # from the first second, not after the imports and compiling
             _use_compile_cache(not no_compile_cache, quiet)
             if distributed:
-                from gradfit import scale, supervise
+                from gradfit import scale
 
                 if progress is not None:
                     progress.on_stage("joining the other processes")
@@ -632,8 +633,6 @@ def main() -> None:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
-    from gradfit import supervise
-
     if code == 0 or supervise.WORKER not in os.environ:  # a failed process of a group must not wait at JAX's
         atexit._run_exitfuncs()  # shutdown barrier for the others, which may be gone
     os._exit(code)

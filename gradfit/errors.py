@@ -1,6 +1,12 @@
 """Exceptions for mistakes a user can fix. The CLI turns them into a message and an exit code."""
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type when it has none): native errors run over many."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class GradfitError(Exception):
     """A problem with the user's input or environment; exit code 2 unless a subclass says otherwise."""
 

@@ -31,7 +31,7 @@ from pydantic import ConfigDict, Field
 import gradfit
 from gradfit import checkpoints, files, precision, runs
 from gradfit.config import GradfitConfig, to_yaml
-from gradfit.errors import GradfitError, Interrupted, TrainingFailed
+from gradfit.errors import GradfitError, Interrupted, TrainingFailed, first_line
 from gradfit.models import count_params, named_leaves
 from gradfit.train import (MAX_WINDOWS, WINDOW_ROWS, Plan, Prepared, Programs, TrainState, compile_programs,
                            eval_parts, prepare)
@@ -209,7 +209,7 @@ class Session:
             except BaseException as exc:  # never leave a run directory that looks healthy after a crash
                 # in a group of processes a collective that fails means another process died or stopped
                 lost = self.run.topology.process_count > 1 and isinstance(exc, jax.errors.JaxRuntimeError)
-                reason = f"lost contact with another process ({_first_line(exc)})" if lost else \
+                reason = f"lost contact with another process ({first_line(exc)})" if lost else \
                     f"crashed: {one_line(exc)}"
                 recorded = False
                 with contextlib.suppress(Exception):
@@ -517,11 +517,6 @@ def _logged_objective(run_dir: Path, step: Optional[int]) -> str:
             if step is None or record.get("step") == step:
                 return _objective_text(record) or "?"
     return "?"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def one_line(exc: BaseException) -> str:

@@ -24,7 +24,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gradfit.device import describe_device, select_device
-from gradfit.errors import ConfigError, DeviceError, DistributedError
+from gradfit.errors import ConfigError, DeviceError, DistributedError, first_line
 
 AXIS = "data"
 
@@ -168,14 +168,11 @@ def _count(devices: list, platform: str) -> str:
     return f"{len(devices)} {platform} device{'s' if len(devices) != 1 else ''}"
 
 
-DEFAULT_INIT_TIMEOUT_S = 300
-DEFAULT_HEARTBEAT_TIMEOUT_S = 60
 _CLUSTER_VARIABLES = ("SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE")  # what JAX's cluster detection reads
 
 
 def start_processes(coordinator: Optional[str], num_processes: Optional[int], process_id: Optional[int],
-                    init_timeout_s: int = DEFAULT_INIT_TIMEOUT_S,
-                    heartbeat_timeout_s: int = DEFAULT_HEARTBEAT_TIMEOUT_S) -> None:
+                    init_timeout_s: int, heartbeat_timeout_s: int) -> None:
     """Join the group of processes with ``jax.distributed.initialize`` (before any other use of JAX).
 
     Arguments left None come from ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``,
@@ -205,9 +202,8 @@ def start_processes(coordinator: Optional[str], num_processes: Optional[int], pr
         raise DistributedError(f"--distributed: JAX's cluster detection ({found} set) failed ({exc}); pass "
                                f"{', '.join(missing)}") from None
     except Exception as exc:  # XlaRuntimeError (a timeout, a refused bind)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DistributedError(f"could not join the {num_processes or '?'} processes at {coordinator or '?'} "
-                               f"within {init_timeout_s} s ({first}); check that process 0 runs and that "
+                               f"within {init_timeout_s} s ({first_line(exc)}); check that process 0 runs and that "
                                "the address and port are reachable from here") from None
 
 

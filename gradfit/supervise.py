@@ -22,6 +22,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
+INIT_TIMEOUT_S = 300  # the defaults of --init-timeout and --heartbeat-timeout
+HEARTBEAT_TIMEOUT_S = 60
 WORKER = "GRADFIT_DISTRIBUTED_WORKER"  # set in the child: the file where it says which run it writes
 _JAX_LOG = re.compile(rb"^[EFWI]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ [\w.]+:\d+\]")  # absl's prefix
 _NATIVE = (b"*** ", b"    @ ", b"[Gloo] ")  # a native stack trace; gloo's connection notes
@@ -53,7 +55,7 @@ def run(argv: list[str]) -> int:
         run = {**json.loads(told.read_text()), "started": told.stat().st_mtime} if told.exists() else {}
     if any(b"/RegisterTask" in line for line in held):  # JAX gave up reaching the coordinator
         print(f"error: could not join the processes at {_flag(argv, '--coordinator', 'JAX_COORDINATOR_ADDRESS')} "
-              f"within {_flag(argv, '--init-timeout', None) or 300} s; check that process 0 runs and that the "
+              f"within {_flag(argv, '--init-timeout', None) or INIT_TIMEOUT_S} s; check that process 0 runs and that the "
               "address and port are reachable from here", file=sys.stderr)
         return 2
     lost = _lost_processes(held)
@@ -136,21 +138,11 @@ def _flag(argv: list[str], name: str, variable: Optional[str]) -> Optional[str]:
 
 def _distributed_flags(argv: list[str]) -> list[str]:
     """The --distributed flags of the command line, without --process-id (it differs per process)."""
-    kept, skip = [], False
-    for i, arg in enumerate(argv):
-        if skip:
-            skip = False
-            continue
-        name = arg.split("=", 1)[0]
-        if name in ("--coordinator", "--num-processes", "--init-timeout", "--heartbeat-timeout"):
-            kept.append(arg)
-            if "=" not in arg and i + 1 < len(argv):
-                kept.append(argv[i + 1])
-                skip = True
-        elif name == "--process-id":
-            skip = "=" not in arg
-        elif arg == "--distributed":
-            kept.append(arg)
+    kept = ["--distributed"]
+    for name in ("--coordinator", "--num-processes", "--init-timeout", "--heartbeat-timeout"):
+        value = _flag(argv, name, None)
+        if value is not None:
+            kept += [name, value]
     return kept
 
 
