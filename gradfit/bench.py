@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import statistics
 import time
 from typing import Any, Callable, Optional
 
@@ -34,6 +33,7 @@ from gradfit.loop import EarlyStopping, LoopState, Session
 from gradfit.losses import logistic_manual_grad, make_objective, mlp_manual_grad
 from gradfit.models import count_params, logistic, mlp
 from gradfit.optim import make_optimizer
+from gradfit.timing import Timing, collect, measure, record
 from gradfit.train import compile_programs, prepare
 
 # Dense fp32 peak (TFLOP/s) of GPUs we know: the CUDA-core rate, and the TF32 tensor-core rate (dense) that
@@ -44,7 +44,6 @@ GPU_PEAKS_TFLOPS = {  # checked in this order: the first name found in the devic
     "H100": {"float32": 67.0, "tf32": 494.7, "bfloat16": 989.4},  # SXM
     "A100": {"float32": 19.5, "tf32": 156.0, "bfloat16": 312.0},
 }
-SPREAD_LIMIT = 0.20  # samples whose (max - min) / median exceeds this are not a figure to report as fact
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,69 +71,6 @@ DEFAULT_SUITE = {
             "train.epochs=40", "train.batch_size=64", "train.log_every=16"],
 }
 DESCENT_RATE = 0.01  # learning rate of the plain gradient-descent steps compared with NumPy
-
-
-@dataclasses.dataclass(frozen=True)
-class Timing:
-    """Seconds per call: the median of the newest samples, and their spread, (max - min) / median."""
-
-    seconds: float
-    spread: float
-    samples: int  # taken in all, the discarded earlier ones included
-
-    @property
-    def stable(self) -> bool:
-        return self.spread <= SPREAD_LIMIT
-
-
-def collect(sample: Callable[[], float], repeats: int, budget_s: float = 5.0) -> Timing:
-    """Call ``sample`` (one measured duration) until its newest ``repeats`` results agree within ``SPREAD_LIMIT``,
-    at most 4 x ``repeats`` times or ``budget_s`` seconds; the Timing of those newest results."""
-    repeats = max(repeats, 3)
-    started = time.perf_counter()
-    samples = [sample() for _ in range(repeats)]
-    while (_spread(samples[-repeats:]) > SPREAD_LIMIT and len(samples) < 4 * repeats
-           and time.perf_counter() - started < budget_s):
-        samples.append(sample())
-    window = samples[-repeats:]
-    return Timing(statistics.median(window), _spread(window), len(samples))
-
-
-def _spread(samples: list) -> float:
-    middle = statistics.median(samples)
-    return (max(samples) - min(samples)) / middle if middle > 0 else float("inf")
-
-
-def measure(fn: Callable, *args, repeats: int = 5, min_sample_s: float = 0.002) -> Timing:
-    """Time of one ``fn(*args)`` call (waited for on the device), after a warm-up call.
-
-    Calls shorter than ``min_sample_s`` are repeated within each sample and averaged, so microsecond timings
-    are not dominated by the timer and the scheduler.
-    """
-    jax.block_until_ready(fn(*args))  # warm-up (and compilation, for a jitted fn)
-    tick = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    once = time.perf_counter() - tick
-    inner = min(1000, max(1, int(min_sample_s / max(once, 1e-9))))
-
-    def sample() -> float:
-        tick = time.perf_counter()
-        for _ in range(inner):
-            jax.block_until_ready(fn(*args))
-        return (time.perf_counter() - tick) / inner
-
-    return collect(sample, repeats)
-
-
-def record(row: dict, key: str, timing: Timing, scale: float = 1.0) -> float:
-    """Put a timing in a result row: its median (times ``scale``) under ``key``, its spread under
-    ``row["spread"][key]``, and ``key`` in ``row["unstable"]`` when the samples disagreed. Returns the value."""
-    row[key] = timing.seconds * scale
-    row.setdefault("spread", {})[key] = timing.spread
-    unstable = row.setdefault("unstable", [])
-    if not timing.stable and key not in unstable:
-        unstable.append(key)
-    return row[key]
 
 
 def environment(device, precisions) -> dict:

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import make_config, requires_no_gpu
-from gradfit import bench
+from gradfit import bench, timing
 from gradfit.cli import app
 from gradfit.train import prepare
 
@@ -80,16 +80,16 @@ def test_minimal_loop_peer_measures_the_framework_overhead(result):
 
 def test_samples_are_taken_until_they_agree_and_flagged_when_they_never_do():
     steady = iter([1.0] * 100)
-    timing = bench.collect(lambda: next(steady), repeats=3)
-    assert (timing.seconds, timing.spread, timing.samples, timing.stable) == (1.0, 0.0, 3, True)
+    result = timing.collect(lambda: next(steady), repeats=3)
+    assert (result.seconds, result.spread, result.samples, result.stable) == (1.0, 0.0, 3, True)
     noisy = iter([1.0, 2.0] * 100)
-    timing = bench.collect(lambda: next(noisy), repeats=3)
-    assert timing.samples == 12 and not timing.stable and (timing.seconds, timing.spread) == (2.0, 0.5)
+    result = timing.collect(lambda: next(noisy), repeats=3)
+    assert result.samples == 12 and not result.stable and (result.seconds, result.spread) == (2.0, 0.5)
     settling = iter([5.0, 1.0, 9.0, 1.0, 1.05, 1.02, 1.0])  # noisy at first, then steady
-    timing = bench.collect(lambda: next(settling), repeats=3)
-    assert timing.stable and timing.seconds == pytest.approx(1.02) and timing.samples == 6
+    result = timing.collect(lambda: next(settling), repeats=3)
+    assert result.stable and result.seconds == pytest.approx(1.02) and result.samples == 6
     row: dict = {}
-    bench.record(row, "x_s", bench.Timing(2.0, 0.5, 12), scale=0.5)
+    timing.record(row, "x_s", timing.Timing(2.0, 0.5, 12), scale=0.5)
     assert row == {"x_s": 1.0, "spread": {"x_s": 0.5}, "unstable": ["x_s"]}
 
 
