@@ -25,12 +25,12 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
-from gradfit import precision, shuffle
-from gradfit.config import GradfitConfig, resolve_config
+from gradfit import helmholtz, precision, shuffle
+from gradfit.config import EXAMPLES, GradfitConfig, resolve_config
 from gradfit.data import make_synthetic
 from gradfit.device import describe_device, select_device
 from gradfit.loop import EarlyStopping, LoopState, Session
-from gradfit.losses import logistic_manual_grad, make_objective, mlp_manual_grad
+from gradfit.losses import hand_derived_gradient, logistic_manual_grad, make_objective, mlp_manual_grad
 from gradfit.models import count_params, logistic, mlp
 from gradfit.optim import make_optimizer
 from gradfit.timing import Timing, collect, measure, record
@@ -55,21 +55,16 @@ class BenchOptions:
     logreg_dims: tuple = (8, 32, 128, 512, 2048)
     mlp_widths: tuple = (8, 16, 32, 64)
     rows: int = 1000  # rows of the synthetic data in the method-scaling section
+    helmholtz_sizes: tuple = helmholtz.FULL["sizes"]  # variables n of the Helmholtz free-energy study
+    symbolic_max_n: int = helmholtz.FULL["symbolic_max_n"]  # SymPy's expressions swell: up to this n
     peers: bool = True
 
 
 FULL = BenchOptions()
-QUICK = BenchOptions(steps=50, repeats=3, logreg_dims=(16, 512), mlp_widths=(8, 32), rows=500)
+QUICK = BenchOptions(steps=50, repeats=3, logreg_dims=(16, 512), mlp_widths=(8, 32), rows=500,
+                     helmholtz_sizes=helmholtz.QUICK["sizes"], symbolic_max_n=helmholtz.QUICK["symbolic_max_n"])
+STUDIES = ("helmholtz",)  # what ``gradfit bench --study`` can run alone
 
-DEFAULT_SUITE = {
-    # the settings of the shipped configs/logreg.yaml and configs/mlp.yaml, so the suite needs no files
-    "logreg": ["name=logreg", "data.source=breast_cancer", "model.kind=logistic", "model.l2=0.001",
-               "optimizer.name=lbfgs", "train.steps=100", "train.log_every=5", "train.tol=1e-6"],
-    "mlp": ["name=mlp", "data.source=digits", "model.kind=mlp", "model.hidden=[128, 64]", "model.l2=0.0001",
-            "optimizer.name=adam", "optimizer.learning_rate=0.003",
-            "optimizer.schedule={name: warmup_cosine, warmup_steps: 50, final_fraction: 0.01}",
-            "train.epochs=40", "train.batch_size=64", "train.log_every=16"],
-}
 DESCENT_RATE = 0.01  # learning rate of the plain gradient-descent steps compared with NumPy
 
 
@@ -411,11 +406,8 @@ def _numpy_step_peer(config: GradfitConfig, options: BenchOptions) -> dict:
     dtype = precision.of(config).param_dtype
     params = jax.tree_util.tree_map(lambda p: np.asarray(p, dtype), run.state.params)
     x, y = _first_batch(run, dtype)
-    l2 = config.model.l2
-    if config.model.kind == "logistic":
-        grad = lambda p: logistic_manual_grad(p, x, y, l2, dtype)  # noqa: E731
-    else:
-        grad = lambda p: mlp_manual_grad(p, x, y, config.model.activation, l2, dtype)  # noqa: E731
+    hand_derived = hand_derived_gradient(config.model)
+    grad = lambda p: hand_derived(p, x, y, dtype=dtype)  # noqa: E731
 
     def numpy_step():
         return jax.tree_util.tree_map(lambda p, g: p - DESCENT_RATE * g, params, grad(params))
@@ -557,7 +549,7 @@ def run_bench(configs: Optional[dict] = None, options: BenchOptions = FULL, devi
     Every section but the scaling table runs on one device, as its peers do.
     """
     if configs is None:
-        configs = {name: resolve_config(None, overrides).config for name, overrides in DEFAULT_SUITE.items()}
+        configs = {name: resolve_config(None, overrides).config for name, overrides in EXAMPLES.items()}
     chosen = select_device(device)
     configs = {name: _on(c, chosen.platform, 1) for name, c in configs.items()}
     result = {"environment": environment(chosen, [c.runtime.precision for c in configs.values()]),
@@ -568,7 +560,7 @@ def run_bench(configs: Optional[dict] = None, options: BenchOptions = FULL, devi
     progress("gradient cost")
     result["gradient_cost"] = [gradient_cost(run, options, name) for name, run in runs.items()]
     progress("differentiation methods")
-    result["methods"] = method_scaling(options, chosen)
+    result["methods"] = {**method_scaling(options, chosen), "helmholtz": helmholtz_study(options, chosen, progress)}
     if options.peers:
         progress("peers")
         result["peers"] = peers(runs, options, result["training"])
@@ -576,6 +568,22 @@ def run_bench(configs: Optional[dict] = None, options: BenchOptions = FULL, devi
     minibatch = [name for name, run in runs.items() if not run.plan.full_batch] or list(runs)
     result["scaling"] = scaling(configs[minibatch[-1]], options, minibatch[-1])
     return result
+
+
+def helmholtz_study(options: BenchOptions, device, progress: Callable[[str], None] = lambda message: None) -> dict:
+    """The Helmholtz free-energy timing study of Baydin et al. 2018 (``gradfit.helmholtz.study``) on ``device``."""
+    with jax.default_device(device):
+        return helmholtz.study(sizes=options.helmholtz_sizes, repeats=options.repeats,
+                               symbolic_max_n=options.symbolic_max_n,
+                               progress=lambda message: progress(f"Helmholtz study: {message}"))
+
+
+def run_study(name: str, options: BenchOptions = FULL, device: str = "auto",
+              progress: Callable[[str], None] = lambda message: None) -> dict:
+    """One study of ``STUDIES`` alone, shaped as ``run_bench``'s result with only that section."""
+    chosen = select_device(device)
+    return {"environment": environment(chosen, ["float64"]), "options": dataclasses.asdict(options),
+            "methods": {name: helmholtz_study(options, chosen, progress)}}
 
 
 def _on(config: GradfitConfig, platform: str, devices) -> GradfitConfig:

@@ -22,7 +22,7 @@ from rich.markup import escape
 
 import gradfit
 from gradfit import supervise
-from gradfit.errors import GradfitError, RunDirError, TrainingFailed
+from gradfit.errors import ConfigError, GradfitError, RunDirError, TrainingFailed
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -289,11 +289,11 @@ def _data_files(config) -> list[Path]:
 @app.command("compare-grads")
 def compare_grads(
     config: Optional[Path] = typer.Argument(
-        None, help="YAML config; omit for the built-in default (logistic regression on breast_cancer)."),
+        None, help="YAML config; omit for the shipped configs/logreg.yaml (breast cancer, l2 = 0.001)."),
     set_: Optional[List[str]] = typer.Option(None, "--set", "-s", help=SET_HELP, metavar="KEY=VALUE"),
     at: Optional[Path] = typer.Option(None, "--at", help="Check at the parameters of this run directory."),
     precision: CheckPrecision = typer.Option(CheckPrecision.float64,
-                                             help="float64 proves; float32 shows what float32 can."),
+                                             help="Precision of the gradient checked (finite differences are float64 either way)."),
     sweep: bool = typer.Option(False, "--sweep", help="Also tabulate the error against h from 1e-1 to 1e-10."),
     step: Optional[float] = typer.Option(None, "--step", min=1e-15, max=1.0,
                                          help="Finite-difference step factor instead of eps^(1/3)."),
@@ -308,7 +308,7 @@ def compare_grads(
 ) -> None:
     """Check the gradient: reverse-mode AD against forward mode, finite differences and the hand-derived gradient.
 
-    The loss is the config's training objective (with its L2 term). Models up to 5,000 parameters are checked entry by entry; larger ones along random directions and sampled coordinates per parameter group, and a failing direction is narrowed down to its worst entry. Exit code 0 when the gradient passes (or is inconclusive within float32 noise), 1 when it does not, 2 for bad input.
+    The loss is the config's training objective (with its L2 term) at the parameters training starts from. Models up to 5,000 parameters are checked entry by entry; larger ones along random directions and sampled coordinates per parameter group, and a failing direction is narrowed down to its worst entry. Finite differences are taken in float64 with a noise estimate measured from the loss itself; a recheck at a smaller step overturns a failure only when the disagreement shrinks as truncation error does. Exit code 0 when the gradient passes (or is inconclusive: the differences could not resolve an entry), 1 when it fails, 2 for bad input.
 
     [bold]Examples[/]
 
@@ -317,14 +317,15 @@ def compare_grads(
       gradfit compare-grads configs/mlp.yaml --at runs/mlp-20261126-101500
       gradfit compare-grads configs/logreg.yaml --sweep
     """
-    from gradfit.config import resolve_config
+    from gradfit.config import EXAMPLES, resolve_config
 
     with user_errors():
         if config is None and at is not None:
             config = at / "config.yaml"
             if not config.is_file():
                 raise RunDirError(f"{at}: not a gradfit run directory (no config.yaml); pass the config as well")
-        resolved = resolve_config(config, set_ or [])
+        resolved = resolve_config(config, [*([] if config else EXAMPLES["logreg"]), *(set_ or [])])
+        source = str(config) if config else "configs/logreg.yaml (built in: breast cancer, l2 = 0.001)"
         from gradfit.runs import own_files
 
         protected = [*([] if config is None else [config]), *_data_files(resolved.config),
@@ -332,16 +333,16 @@ def compare_grads(
         output = JsonOutput.checked(json_flag, json_file, force, protected)
         console = output.console()
         _use_compile_cache()
-        from gradfit import gradcheck, report
+        from gradfit import gradcheck, problem, report
 
         options = gradcheck.CheckOptions(precision=precision.value, step=step, full=True if full else None,
                                          directions=directions, coordinates=coordinates, seed=seed)
-        problem = gradcheck.problem_from_config(resolved.config, None if at is None else str(at), precision.value,
-                                                max_rows)
-        result = gradcheck.check_gradient(problem.loss_fn, problem.params, problem.manual_grad, options,
-                                          args=problem.args, sweep=sweep)
-        console.print(f"{escape(problem.description)}\n{result.num_params:,} parameters, {result.precision}, "
-                      f"{result.mode} check, finite-difference step {result.step_rule}", highlight=False)
+        checked = problem.from_config(resolved.config, None if at is None else str(at), max_rows)
+        result = gradcheck.check_gradient(checked.loss_fn, checked.params, checked.manual_grad, options,
+                                          args=checked.args, sweep=sweep)
+        console.print(f"problem: {escape(source)}\n{escape(checked.description)}\n{result.num_params:,} parameters, "
+                      f"reverse AD in {result.precision}, {result.mode} check, finite-difference step "
+                      f"{result.step_rule}", highlight=False)
         for table in report.gradcheck_tables(result):
             console.print(table)
         if result.sweep is not None:
@@ -353,6 +354,81 @@ def compare_grads(
             raise typer.Exit(1)
 
 
+class Study(str, Enum):
+    helmholtz = "helmholtz"
+
+
+class TraceMode(str, Enum):
+    forward = "forward"
+    reverse = "reverse"
+    both = "both"
+
+
+@app.command()
+def trace(
+    config: Optional[Path] = typer.Argument(
+        None, help="YAML config; omit for the shipped configs/logreg.yaml (breast cancer, l2 = 0.001)."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", "-s", help=SET_HELP, metavar="KEY=VALUE"),
+    rows: int = typer.Option(1, "--rows", min=1, help="Training rows the loss is traced on."),
+    param: Optional[str] = typer.Option(None, "--param", metavar="NAME[INDEX]",
+                                        help="theta_j, e.g. w[3] or layers/0/w[2,5]; default: the first weight."),
+    mode: TraceMode = typer.Option(TraceMode.both, help="Tangents (forward), adjoints (reverse), or both."),
+    at: Optional[Path] = typer.Option(None, "--at", help="Trace at the parameters of this run directory."),
+    precision: CheckPrecision = typer.Option(CheckPrecision.float64, help="Precision of the trace's arithmetic."),
+    graph: Optional[Path] = typer.Option(None, "--graph", metavar="FILE.dot",
+                                         help="Also write the computational graph as Graphviz DOT (and SVG)."),
+    json_flag: bool = typer.Option(False, "--json", help=JSON_HELP),
+    json_file: Optional[Path] = typer.Option(None, "--json-out", metavar="FILE", help=JSON_OUT_HELP),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+) -> None:
+    """Show the evaluation trace of the loss: every intermediate v_k with its value, forward tangent and adjoint.
+
+    The training objective's jaxpr, evaluated operation by operation on a few rows at the parameters training starts from (or a run's): the primal value of each v_k, its tangent dv_k/dtheta_j (forward mode, one JVP per operation) and its adjoint dL/dv_k (reverse mode, one VJP per operation), as in Baydin et al. 2018, tables 2 and 3. The last table sets dL/dtheta_j from forward mode, reverse mode and the hand-derived gradient side by side.
+
+    [bold]Examples[/]
+
+      gradfit trace
+      gradfit trace --param w[3] --mode reverse
+      gradfit trace configs/mlp.yaml --rows 2 --param layers/1/w[0,0] --graph mlp.dot
+      gradfit trace --at runs/logreg-20261130-101500 --json
+    """
+    from gradfit.config import EXAMPLES, resolve_config
+
+    with user_errors():
+        if config is None and at is not None:
+            config = at / "config.yaml"
+            if not config.is_file():
+                raise RunDirError(f"{at}: not a gradfit run directory (no config.yaml); pass the config as well")
+        resolved = resolve_config(config, [*([] if config else EXAMPLES["logreg"]), *(set_ or [])])
+        from gradfit.runs import own_files
+
+        protected = [*([] if config is None else [config]), *_data_files(resolved.config),
+                     *([] if at is None else own_files(at))]
+        output = JsonOutput.checked(json_flag, json_file, force, protected)
+        if graph is not None:
+            from gradfit.files import check_output
+
+            check_output(graph, "--graph", force, protected)
+        console = output.console()
+        from gradfit import problem, report
+        from gradfit import trace as engine
+        from gradfit.precision import Precision
+
+        point = problem.from_config(resolved.config, None if at is None else str(at), rows, start=True)
+        chosen = Precision(precision.value)
+        with chosen.scope():
+            params, args = point.cast(chosen.param_dtype)
+            result = engine.evaluation_trace(point.loss_fn, params, args, param, mode.value, point.manual_grad)
+        source = str(config) if config else "configs/logreg.yaml (built in)"
+        console.print(f"problem: {escape(source)}\n{escape(point.description)}, in {precision.value}",
+                      highlight=False)
+        for table in report.trace_tables(result):
+            console.print(table)
+        if graph is not None:
+            console.print(escape(engine.write_graph(result, graph, force)), highlight=False)
+        output.emit(result.to_json())
+
+
 @app.command()
 def bench(
     configs: Optional[List[Path]] = typer.Argument(
@@ -360,6 +436,9 @@ def bench(
     device: Device = typer.Option(Device.auto, help="auto, cpu, or gpu (an error when JAX sees none)."),
     quick: bool = typer.Option(False, "--quick", help="Small sizes and fewer repeats: well under a minute on 2 cores."),
     no_peers: bool = typer.Option(False, "--no-peers", help="Skip the NumPy / scikit-learn / PyTorch comparisons."),
+    study: Optional[Study] = typer.Option(
+        None, "--study", help="Run one study alone: helmholtz, the gradient of a free energy by every method "
+                              "(reverse, forward, finite differences, by hand, SymPy) as n grows."),
     json_flag: bool = typer.Option(False, "--json", help=JSON_HELP),
     json_file: Optional[Path] = typer.Option(None, "--json-out", metavar="FILE", help=JSON_OUT_HELP),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
@@ -374,10 +453,13 @@ def bench(
       gradfit bench --device gpu
       gradfit bench configs/mlp.yaml --device cpu --json-out bench.json
       gradfit bench --quick --json | jq .gradient_cost
+      gradfit bench --study helmholtz
     """
     from gradfit.config import resolve_config
 
     with user_errors():
+        if study is not None and configs:
+            raise ConfigError(f"--study {study.value} runs one study on its own functions; drop the configs")
         chosen = None
         if configs:
             chosen = {}
@@ -396,8 +478,13 @@ def bench(
         console = output.console()
         options = replace(engine.QUICK if quick else engine.FULL, peers=not no_peers)
         with console.status("benchmarking") as status:
-            result = engine.run_bench(chosen, options, device.value,
-                                      progress=lambda section: status.update(f"benchmarking: {section}"))
+            def progress(section: str) -> None:
+                status.update(f"benchmarking: {section}")
+
+            if study is not None:
+                result = engine.run_study(study.value, options, device.value, progress)
+            else:
+                result = engine.run_bench(chosen, options, device.value, progress)
         for table in bench_tables(result):
             console.print(table)
         output.emit(result)

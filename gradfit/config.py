@@ -45,6 +45,18 @@ __all__ = [
 ]
 
 
+# The shipped configs/logreg.yaml and configs/mlp.yaml as overrides of the defaults, so that the commands that
+# need a problem without a file (bench's suite, compare-grads, trace) use the same ones (a test keeps them equal).
+EXAMPLES = {
+    "logreg": ["name=logreg", "data.source=breast_cancer", "model.kind=logistic", "model.l2=0.001",
+               "optimizer.name=lbfgs", "train.steps=100", "train.log_every=5", "train.tol=1e-6"],
+    "mlp": ["name=mlp", "data.source=digits", "model.kind=mlp", "model.hidden=[128, 64]", "model.l2=0.0001",
+            "optimizer.name=adam", "optimizer.learning_rate=0.003",
+            "optimizer.schedule={name: warmup_cosine, warmup_steps: 50, final_fraction: 0.01}",
+            "train.epochs=40", "train.batch_size=64", "train.log_every=16"],
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class ResolvedConfig:
     """A validated config plus where each key came from (for ``gradfit config show``)."""

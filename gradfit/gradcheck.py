@@ -1,13 +1,25 @@
 """Gradient checking: reverse-mode AD against forward mode, finite differences and a hand-derived gradient.
 
-Works on any scalar ``loss_fn(params)`` and params pytree; returns result objects and prints nothing.
+Works on any scalar ``loss_fn(params, *args)`` and params pytree; returns result objects and prints nothing.
 
-Finite differences are central, ``D(h) = (f(t + h v) - f(t - h v)) / 2h`` with ``h = eps^(1/3) * max(1, |t|)``.
-Each is paired with ``D(h/2)``: for a smooth function the error of ``D(h)`` is 4/3 of ``|D(h) - D(h/2)|``
-(Richardson), and that difference also carries the round-off, so it is an honest per-entry noise estimate.
-An entry passes when ``|D(h) - reverse| <= 3 * noise``; it is INCONCLUSIVE up to 10 * noise (the finite
-differences cannot resolve it) and FAIL beyond. Where the one-sided differences disagree and their gap does not
-shrink with h (a kink, e.g. a ReLU pre-activation near 0), the entry is KINK, and passes if reverse AD lies between.
+Finite differences are always taken in float64, of the same function at the same point and data. In float32
+they resolve about three digits: too few to see a 1% error in one entry among thousands. So a float32 check
+compares them with reverse mode run in float64 (the derivative rules are the same code in both precisions),
+and compares the float32 gradient with the float64 one within float32 rounding (what only float32 gets wrong).
+
+The central difference ``D(h) = (f(t + h v) - f(t - h v)) / 2h``, ``h = eps^(1/3) * max(1, |t|)``, is paired
+with ``D(h/2)``, and its noise is estimated from the data, never from a worst-case bound: the Richardson
+difference ``|D(h) - D(h/2)|`` (truncation, and the round-off of these very evaluations), plus a floor
+``2 eps_f / h``, where ``eps_f``, the noise of f itself, is the scatter of 17 evaluations along lines through
+the point about a cubic fit (Moré and Wild 2011), measured per parameter group. An entry passes when
+``|D(h) - reverse| <= 3 * noise`` and the noise is below 1% of the value; it fails beyond 10 * noise and is
+INCONCLUSIVE between. Where the one-sided differences disagree and their gap does not shrink with h (a kink,
+e.g. a ReLU pre-activation near 0), the entry is KINK, and passes if reverse AD lies between them.
+
+Entries that do not pass are rechecked at h/16, then h/256. A recheck may overturn a verdict only where the
+smaller step can see the doubt the first step left (its noise is a tenth of it) and the disagreement shrank as
+truncation error does (about h^2): an error in the gradient does not shrink with h, and the round-off of a tiny
+step must not hide it. A KINK whose disagreement persists at a smaller step and fails there is a FAIL.
 
 Small models are checked coordinate by coordinate ("full"); larger ones along random directions per parameter
 group plus a sample of coordinates ("directional"), and a failing direction is bisected down to its worst entry.
@@ -16,7 +28,6 @@ group plus a sample of coordinates ("directional"), and a failing direction is b
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Callable, Optional
 
 import jax
@@ -29,14 +40,19 @@ from gradfit.models import named_leaves
 from gradfit.precision import Precision
 
 __all__ = ["CheckOptions", "Report", "GroupResult", "MethodResult", "SweepRow", "check_gradient",
-           "ConfigProblem", "problem_from_config", "PASS", "FAIL", "KINK", "INCONCLUSIVE", "NOT_AVAILABLE"]
+           "PASS", "FAIL", "KINK", "INCONCLUSIVE", "NOT_AVAILABLE"]
 
 PASS, FAIL, KINK, INCONCLUSIVE, NOT_AVAILABLE = "PASS", "FAIL", "KINK", "INCONCLUSIVE", "N/A"
 SEVERITY = (FAIL, INCONCLUSIVE, KINK, PASS, NOT_AVAILABLE)  # most severe first
-METHODS = ("forward", "finite_difference", "manual")
+METHODS = ("forward", "finite_difference", "manual", "float64")  # float64: only in checks of another precision
 PASS_NOISE, FAIL_NOISE = 3.0, 10.0  # multiples of the finite-difference noise estimate
 RESOLUTION = 1e-2  # a PASS needs finite differences good to 1% of the value (else INCONCLUSIVE)
 EXACT_TOLERANCE = 1e3  # exact methods (forward, manual) may differ from reverse by this many eps (relative)
+RECHECK_SHRINK = (16, 256)  # the smaller steps of a recheck, as divisors of h
+TRUNCATION_SLACK = 4.0  # a recheck's disagreement may shrink this much less than h^2 predicts
+STEP_LADDER = (1, 4, 16, 64)  # the steps a direction may take, as multiples of the base step
+NOISE_POINTS, NOISE_LINES = 17, 2  # evaluations per line, and lines per group, that measure the noise of f
+FLOAT64 = Precision("float64")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +81,9 @@ class MethodResult:
     worst_direction: Optional[int] = None  # which random direction was worst (directional mode)
     worst_value: Optional[float] = None
     worst_reference: Optional[float] = None
-    checked: int = 0
+    worst_step: Optional[float] = None  # finite differences: the step that decided the worst entry
+    checked: int = 0  # entries (coordinates) compared
+    directions: int = 0  # random directions compared (directional mode)
     kinks: int = 0
     inconclusive: int = 0
     failures: int = 0
@@ -79,6 +97,7 @@ class GroupResult:
     shape: tuple
     verdict: str
     methods: dict  # method name -> MethodResult
+    f_noise: Optional[float] = None  # eps_f: the measured noise of the loss near the point, along this group
 
 
 @dataclasses.dataclass
@@ -98,13 +117,18 @@ class Report:
     sweep: Optional[list] = None
     sweep_shape: Optional[str] = None  # "V" | "flat"
 
+    @property
+    def methods(self) -> tuple:
+        """The methods compared with reverse AD, in the order shown."""
+        return METHODS if self.precision != "float64" else METHODS[:-1]
+
     def to_json(self) -> dict:
         out = {
             "verdict": self.verdict, "precision": self.precision, "num_params": self.num_params, "mode": self.mode,
             "step_rule": self.step_rule,
             "groups": [
-                {"name": g.name, "size": g.size, "verdict": g.verdict.lower(),
-                 "errors": {m: (g.methods[m].error if m in g.methods else None) for m in METHODS},
+                {"name": g.name, "size": g.size, "verdict": g.verdict.lower(), "f_noise": g.f_noise,
+                 "errors": {m: (g.methods[m].error if m in g.methods else None) for m in self.methods},
                  "methods": {m: dataclasses.asdict(r) for m, r in g.methods.items()}}
                 for g in self.groups
             ],
@@ -122,94 +146,153 @@ class _Group:
     shape: tuple
 
 
-class _Problem:
-    """The flattened loss ``loss(theta, *args)`` and batched evaluators around one point ``theta``.
+class _Evaluators:
+    """Batched evaluations of the flattened ``loss(theta, *args)`` around one point, in one precision.
 
     ``theta`` and ``args`` (the data) are jit arguments, not constants baked into the compiled programs.
     """
 
-    def __init__(self, loss_fn: Callable, params, options: CheckOptions, args: tuple = ()):
-        dtype = Precision(options.precision).param_dtype
-        params = jax.tree_util.tree_map(lambda p: jnp.asarray(p, dtype), params)
-        self.theta, self.unravel = ravel_pytree(params)
-        self.theta64 = np.asarray(self.theta, np.float64)
-        self.args = args
-        self.eps = float(jnp.finfo(dtype).eps)
-        self.batch = options.batch
-        self.step_base = options.step if options.step is not None else self.eps ** (1 / 3)
-        self.full = options.full if options.full is not None else self.theta.size <= options.threshold
-        self.groups, offset = [], 0
-        for name, leaf in named_leaves(params).items():
-            self.groups.append(_Group(name, offset, int(leaf.size), tuple(leaf.shape)))
-            offset += int(leaf.size)
-
-        def loss(theta, *args):
-            return loss_fn(self.unravel(theta), *args)
-
-        self.f0 = float(jax.jit(loss)(self.theta, *args))
-        if not np.isfinite(self.f0):
-            raise GradfitError(f"the loss is {self.f0} at the point being checked; a gradient check needs a finite loss")
-        self.reverse = np.asarray(jax.jit(jax.grad(loss))(self.theta, *args), np.float64)
+    def __init__(self, loss: Callable, theta, args: tuple, precision: Precision, batch: int):
+        self.theta, self.args, self.precision, self.batch = theta, args, precision, batch
         fixed = (None,) * (1 + len(args))  # theta and the data are shared by every row of a batch
-        self._along = jax.jit(jax.vmap(lambda v, d, theta, *a: loss(theta + d * v, *a), in_axes=(0, 0, *fixed)))
-        self._at = jax.jit(jax.vmap(lambda i, d, theta, *a: loss(theta.at[i].add(d), *a), in_axes=(0, 0, *fixed)))
-        self._jvp_along = jax.jit(jax.vmap(
+        self.along = jax.jit(jax.vmap(lambda v, d, theta, *a: loss(theta + d * v, *a), in_axes=(0, 0, *fixed)))
+        self.at = jax.jit(jax.vmap(lambda i, d, theta, *a: loss(theta.at[i].add(d), *a), in_axes=(0, 0, *fixed)))
+        self.jvp_along = jax.jit(jax.vmap(
             lambda v, theta, *a: jax.jvp(lambda t: loss(t, *a), (theta,), (v,))[1], in_axes=(0, *fixed)))
-        self._jvp_at = jax.jit(jax.vmap(
+        self.jvp_at = jax.jit(jax.vmap(
             lambda i, theta, *a: jax.jvp(lambda t: loss(t, *a), (theta,), (jnp.zeros_like(theta).at[i].set(1),))[1],
             in_axes=(0, *fixed)))
 
-    def _batched(self, fn, *columns) -> np.ndarray:
+    def batched(self, fn, *columns) -> np.ndarray:
         """Apply a vmapped fn in fixed-size batches (padded), so it compiles once whatever the count."""
         n, out = len(columns[0]), []
         batch = min(self.batch, 1 << max(0, (n - 1).bit_length()))  # a power of two: few distinct compilations
-        for start in range(0, n, batch):
-            block = [c[start:start + batch] for c in columns]
-            pad = batch - len(block[0])
-            block = [np.concatenate([b, np.repeat(b[-1:], pad, axis=0)]) if pad else b for b in block]
-            out.append(np.asarray(fn(*block, self.theta, *self.args), np.float64)[: batch - pad])
+        dtype = self.theta.dtype
+        columns = [c.astype(np.int32 if c.dtype.kind in "iu" else dtype) for c in columns]
+        with self.precision.scope():
+            for start in range(0, n, batch):
+                block = [c[start:start + batch] for c in columns]
+                pad = batch - len(block[0])
+                block = [np.concatenate([b, np.repeat(b[-1:], pad, axis=0)]) if pad else b for b in block]
+                out.append(np.asarray(fn(*block, self.theta, *self.args), np.float64)[: batch - pad])
         return np.concatenate(out) if out else np.zeros(0)
 
+
+def _flat_loss(loss_fn: Callable, params, args: tuple, precision: Precision):
+    """(loss(theta, *args), theta, args, unravel) with params and floating data cast to the precision."""
+    dtype = precision.param_dtype
+    params = jax.tree_util.tree_map(lambda p: jnp.asarray(p, dtype), params)
+    args = tuple(jnp.asarray(a, dtype) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else jnp.asarray(a)
+                 for a in args)
+    theta, unravel = ravel_pytree(params)
+    return (lambda t, *a: loss_fn(unravel(t), *a)), theta, args, unravel
+
+
+class _Problem:
+    """The loss around one point: the gradient being checked (reverse AD in the checked precision), and the
+    float64 evaluations that finite differences take."""
+
+    def __init__(self, loss_fn: Callable, params, options: CheckOptions, args: tuple = ()):
+        self.checked = Precision(options.precision)
+        with self.checked.scope():
+            loss, theta, checked_args, self.unravel = _flat_loss(loss_fn, params, args, self.checked)
+            self.theta = theta
+            self.f0_checked = _finite_loss(jax.jit(loss)(theta, *checked_args))
+            self.reverse = np.asarray(jax.jit(jax.grad(loss))(theta, *checked_args), np.float64)
+            self.exact = _Evaluators(loss, theta, checked_args, self.checked, options.batch)
+        self.eps = float(jnp.finfo(self.checked.param_dtype).eps)
+        self.theta64 = np.asarray(theta, np.float64)
+        if self.checked.x64:
+            self.fd, self.f0, self.reverse64 = self.exact, self.f0_checked, self.reverse
+        else:  # the same point and data, exactly, in float64
+            with FLOAT64.scope():
+                params64 = jax.tree_util.tree_map(lambda p: np.asarray(p, np.float64), self.unravel(theta))
+                loss64, theta64, args64, _ = _flat_loss(loss_fn, params64, args, FLOAT64)
+                self.f0 = _finite_loss(jax.jit(loss64)(theta64, *args64))
+                self.reverse64 = np.asarray(jax.jit(jax.grad(loss64))(theta64, *args64), np.float64)
+                self.fd = _Evaluators(loss64, theta64, args64, FLOAT64, options.batch)
+        self.eps64 = float(np.finfo(np.float64).eps)
+        self.step_base = options.step if options.step is not None else self.eps64 ** (1 / 3)
+        self.full = options.full if options.full is not None else self.theta.size <= options.threshold
+        self.groups, offset = [], 0
+        for name, leaf in named_leaves(self.unravel(theta)).items():
+            self.groups.append(_Group(name, offset, int(leaf.size), tuple(leaf.shape)))
+            offset += int(leaf.size)
+
     def losses_at(self, index: np.ndarray, delta: np.ndarray) -> np.ndarray:
-        return self._batched(self._at, index.astype(np.int32), delta.astype(self.theta.dtype))
+        """float64 losses at theta + delta e_index."""
+        return self.fd.batched(self.fd.at, index, delta)
 
     def losses_along(self, vectors: np.ndarray, delta: np.ndarray) -> np.ndarray:
-        return self._batched(self._along, vectors.astype(self.theta.dtype), delta.astype(self.theta.dtype))
+        """float64 losses at theta + delta v."""
+        return self.fd.batched(self.fd.along, vectors, delta)
 
     def forward_at(self, index: np.ndarray) -> np.ndarray:
-        return self._batched(self._jvp_at, index.astype(np.int32))
+        return self.exact.batched(self.exact.jvp_at, index)
 
     def forward_along(self, vectors: np.ndarray) -> np.ndarray:
-        return self._batched(self._jvp_along, vectors.astype(self.theta.dtype))
+        return self.exact.batched(self.exact.jvp_along, vectors)
+
+    def group_step(self, group: _Group) -> float:
+        """The finite-difference step of a direction supported on the group."""
+        support = np.abs(self.theta64[group.offset:group.offset + group.size])
+        return self.step_base * max(1.0, float(support.max(initial=0.0)))
+
+
+def _finite_loss(value) -> float:
+    value = float(value)
+    if not np.isfinite(value):
+        raise GradfitError(f"the loss is {value} at the point being checked; a gradient check needs a finite loss")
+    return value
+
+
+def _noise_level(problem: _Problem, group: _Group, rng) -> float:
+    """eps_f: the noise of the float64 loss near theta, moving the group's entries.
+
+    f is evaluated at ``NOISE_POINTS`` equally spaced points across [-h, h] on ``NOISE_LINES`` random lines
+    (h the default step, eps^(1/3) scaled); at that scale f is a cubic to far below its rounding, so the scatter about a least-squares cubic is the
+    noise (Moré and Wild, "Estimating computational noise", 2011). At least half an eps of |f|: the last
+    rounding of the loss is always there.
+    """
+    h = problem.group_step(group) * problem.eps64 ** (1 / 3) / problem.step_base  # eps^(1/3) whatever --step
+    u = np.linspace(-1.0, 1.0, NOISE_POINTS)
+    vectors = _random_directions(problem, group, NOISE_LINES, rng)
+    values = problem.losses_along(np.repeat(vectors, NOISE_POINTS, axis=0), np.tile(u * h, NOISE_LINES))
+    values = values.reshape(NOISE_LINES, NOISE_POINTS).T - problem.f0
+    basis = np.vander(u, 4)
+    residual = values - basis @ np.linalg.lstsq(basis, values, rcond=None)[0]
+    scatter = np.sqrt(np.sum(residual ** 2, axis=0) / (NOISE_POINTS - 4))
+    return max(float(scatter.max()), 0.5 * problem.eps64 * abs(problem.f0))
 
 
 @dataclasses.dataclass
 class _Differences:
     """Finite differences of one batch of entries (coordinates or directions)."""
 
+    step: np.ndarray  # h
     central: np.ndarray  # D(h)
-    noise: np.ndarray  # |D(h) - D(h/2)| + a round-off floor
+    noise: np.ndarray  # |D(h) - D(h/2)| + floor
+    floor: np.ndarray  # 2 eps_f / h: the noise of D(h/2) that f's own noise alone causes
     forward_side: np.ndarray  # (f(t + h v) - f(t)) / h
     backward_side: np.ndarray  # (f(t) - f(t - h v)) / h
     smooth: np.ndarray  # bool: the one-sided gap halves with h, as it does where the function is smooth
 
 
-def _differences(problem: _Problem, evaluate: Callable, steps: np.ndarray) -> _Differences:
+def _differences(problem: _Problem, evaluate: Callable, steps: np.ndarray, f_noise: float) -> _Differences:
     """evaluate(deltas) -> losses for deltas stacked as +h, -h, +h/2, -h/2 over the entries."""
     k = len(steps)
     values = evaluate(np.concatenate([steps, -steps, steps / 2, -steps / 2]))
     plus, minus, plus2, minus2 = values[:k], values[k:2 * k], values[2 * k:3 * k], values[3 * k:]
     f0 = problem.f0
     central, central2 = (plus - minus) / (2 * steps), (plus2 - minus2) / steps
-    # rounding of the loss values themselves: a few eps of their size, divided by the step
-    roundoff = 4 * problem.eps * np.maximum(abs(f0), np.maximum(np.abs(plus), np.abs(minus))) / steps
+    floor = 2 * f_noise / steps
     # Where f is smooth the gap between the one-sided differences is ~ f'' h: it halves with h, and it dwarfs
     # the O(h^2) change of the central difference. A kink within h of theta breaks one or the other.
     gap, gap2 = np.abs(plus - 2 * f0 + minus) / steps, np.abs(plus2 - 2 * f0 + minus2) / (steps / 2)
-    smooth = ((np.abs(gap2 - gap / 2) <= 0.25 * gap + roundoff)
-              & (2 * np.abs(central - central2) <= 0.25 * gap + roundoff))
-    return _Differences(central, np.abs(central - central2) + roundoff, (plus - f0) / steps, (f0 - minus) / steps,
-                        smooth)
+    smooth = ((np.abs(gap2 - gap / 2) <= 0.25 * gap + floor)
+              & (2 * np.abs(central - central2) <= 0.25 * gap + floor))
+    return _Differences(steps.astype(np.float64), central, np.abs(central - central2) + floor, floor, (plus - f0) / steps,
+                        (f0 - minus) / steps, smooth)
 
 
 def _fd_verdicts(diff: _Differences, reference: np.ndarray) -> np.ndarray:
@@ -226,20 +309,38 @@ def _fd_verdicts(diff: _Differences, reference: np.ndarray) -> np.ndarray:
                     np.where(kink, KINK, np.where(agree | (error <= FAIL_NOISE * diff.noise), INCONCLUSIVE, FAIL)))
 
 
-def _fd_check(problem: "_Problem", evaluate: Callable, steps: np.ndarray, reference: np.ndarray):
-    """Differences at ``steps``; entries that do not pass are retried at steps/16 and steps/256, since
-    truncation error and kinks within h shrink with the step while an error in the gradient does not."""
-    diff = _differences(problem, evaluate, steps)
+def _fd_check(problem: _Problem, evaluate: Callable, steps: np.ndarray, reference: np.ndarray, f_noise: float):
+    """Differences at ``steps``; entries that do not pass are rechecked at smaller steps (``RECHECK_SHRINK``).
+
+    Truncation error and a kink within h shrink with the step; an error in the gradient does not. So a
+    recheck overturns a verdict only where (1) it could see the doubt the first step left, the larger of its
+    disagreement and its noise, at ``FAIL_NOISE`` times its own noise, and (2) the disagreement shrank from the
+    previous step's at least as truncation error does (~h^2, within ``TRUNCATION_SLACK``), down to the
+    recheck's noise floor.
+    """
+    diff = _differences(problem, evaluate, steps, f_noise)
     verdicts = _fd_verdicts(diff, reference)
-    for shrink in (16, 256):
+    last_error = np.abs(diff.central - reference)
+    doubt = np.maximum(last_error, diff.noise)
+    last_shrink = 1
+    for shrink in RECHECK_SHRINK:
         retry = np.flatnonzero(verdicts != PASS)
         if len(retry) == 0:
             break
-        smaller = _differences(problem, lambda d, r=retry: evaluate(d, r), steps[retry] / shrink)
-        better = _fd_verdicts(smaller, reference[retry]) == PASS
+        smaller = _differences(problem, lambda d, r=retry: evaluate(d, r), steps[retry] / shrink, f_noise)
+        error = np.abs(smaller.central - reference[retry])
+        could_see = FAIL_NOISE * smaller.noise < doubt[retry]
+        predicted = TRUNCATION_SLACK * last_error[retry] * (last_shrink / shrink) ** 2  # from the previous step
+        shrank = error <= predicted + PASS_NOISE * smaller.floor
+        last_error[retry], last_shrink = error, shrink
+        again = _fd_verdicts(smaller, reference[retry])
+        better = (again == PASS) & could_see & shrank
+        # a kink's disagreement vanishes once the step is below its distance; one that persists and fails is not
+        worse = (verdicts[retry] == KINK) & (again == FAIL) & ~shrank
+        changed = better | worse
         for field in dataclasses.fields(diff):
-            getattr(diff, field.name)[retry[better]] = getattr(smaller, field.name)[better]
-        verdicts[retry[better]] = PASS
+            getattr(diff, field.name)[retry[changed]] = getattr(smaller, field.name)[changed]
+        verdicts[retry[changed]] = again[changed]
     return diff, verdicts
 
 
@@ -250,14 +351,17 @@ def _combine(verdicts) -> str:
 
 
 def _method_result(method, values, reference, verdicts, labels, ratio, flat) -> MethodResult:
-    """Summarize per-entry values/verdicts; the worst entry is the one with the largest error ratio."""
+    """Summarize per-entry values/verdicts; the worst entry has the largest error ratio among the entries of
+    the most severe verdict (the one the group's verdict comes from)."""
     norm = np.linalg.norm(reference)
     error = float(np.linalg.norm(values - reference) / norm) if norm > 0 else float(np.linalg.norm(values))
-    worst = int(np.argmax(ratio))
+    severity = np.array([SEVERITY.index(v) for v in verdicts])
+    worst = int(np.argmax(np.where(severity == severity.min(), ratio, -np.inf)))
+    count = {"checked": len(values)} if flat is not None else {"directions": len(values)}
     return MethodResult(
         method, _combine(verdicts), error, labels[worst], None if flat is None else int(flat[worst]),
-        None if flat is not None else worst, float(values[worst]), float(reference[worst]),
-        checked=len(values), kinks=int(np.sum(verdicts == KINK)), inconclusive=int(np.sum(verdicts == INCONCLUSIVE)),
+        None if flat is not None else worst, float(values[worst]), float(reference[worst]), **count,
+        kinks=int(np.sum(verdicts == KINK)), inconclusive=int(np.sum(verdicts == INCONCLUSIVE)),
         failures=int(np.sum(verdicts == FAIL)),
     )
 
@@ -275,34 +379,45 @@ def check_gradient(loss_fn: Callable, params, manual_grad: Optional[Callable] = 
     """Check ``jax.grad(loss_fn)`` at ``params`` against forward mode, finite differences and ``manual_grad``.
 
     Args:
-        loss_fn: ``loss_fn(params, *args) -> scalar``.
+        loss_fn: ``loss_fn(params, *args) -> scalar``; traced in the checked precision and in float64.
         params: the point to check at (any pytree of arrays); cast to the checked precision.
         manual_grad: optional ``params -> gradient`` pytree of the same structure, e.g. hand-derived in NumPy.
         options: precision, finite-difference step, full vs directional mode.
         args: arrays passed to ``loss_fn`` after params (the data), as jit arguments rather than constants.
-        sweep: also tabulate the finite-difference error against the step (``Report.sweep``).
+        sweep: also tabulate the finite-difference error against the step (``Report.sweep``), in the checked
+            precision: what its finite differences can resolve.
 
     Returns:
         A Report; its ``verdict`` is "fail" if any group fails, "inconclusive" if any entry could not be decided.
     """
-    with Precision(options.precision).scope():
-        problem = _Problem(loss_fn, params, options, args)
-        manual = None if manual_grad is None else _flat_manual_gradient(problem, manual_grad)
-        forward_ok = _forward_mode_available(problem)
-        rng = np.random.default_rng(options.seed)
-        check_group = _check_group_full if problem.full else _check_group_directional
-        groups = [check_group(problem, group, manual, forward_ok, options, rng) for group in problem.groups]
-        verdicts = {g.verdict for g in groups}
-        overall = "fail" if FAIL in verdicts else "inconclusive" if INCONCLUSIVE in verdicts else "pass"
-        rule = f"h = {'eps^(1/3)' if options.step is None else f'{options.step:g}'} * max(1, |theta|)"
-        report = Report(overall, options.precision, int(problem.theta.size),
-                        "full" if problem.full else "directional", rule, groups)
-        if sweep:
-            report.sweep, report.sweep_shape = _sweep(problem, options, groups)
+    problem = _Problem(loss_fn, params, options, args)
+    manual = None if manual_grad is None else _flat_manual_gradient(problem, manual_grad)
+    forward_ok = _forward_mode_available(problem)
+    rng = np.random.default_rng(options.seed)
+    check_group = _check_group_full if problem.full else _check_group_directional
+    groups = []
+    for group in problem.groups:
+        f_noise = _noise_level(problem, group, rng)
+        result = check_group(problem, group, manual, forward_ok, options, rng, f_noise)
+        if not problem.checked.x64:
+            result.methods["float64"] = _against_float64(problem, group)
+            result.methods["finite_difference"].note = "; ".join(
+                n for n in (result.methods["finite_difference"].note, "in float64, against reverse AD in float64")
+                if n)
+            result.verdict = _combine(m.verdict for m in result.methods.values())
+        result.f_noise = f_noise
+        groups.append(result)
+    verdicts = {g.verdict for g in groups}
+    overall = "fail" if FAIL in verdicts else "inconclusive" if INCONCLUSIVE in verdicts else "pass"
+    rule = f"h = {'eps^(1/3)' if options.step is None else f'{options.step:g}'} * max(1, |theta|), float64"
+    report = Report(overall, options.precision, int(problem.theta.size),
+                    "full" if problem.full else "directional", rule, groups)
+    if sweep:
+        report.sweep, report.sweep_shape = _sweep(problem, options, groups)
     return report
 
 
-def _flat_manual_gradient(problem: "_Problem", manual_grad: Callable) -> np.ndarray:
+def _flat_manual_gradient(problem: _Problem, manual_grad: Callable) -> np.ndarray:
     point = problem.unravel(problem.theta)
     grad = manual_grad(jax.tree_util.tree_map(np.asarray, point))
     leaves, point_leaves = jax.tree_util.tree_leaves(grad), jax.tree_util.tree_leaves(point)
@@ -320,17 +435,28 @@ def _forward_mode_available(problem: _Problem) -> bool:
         return False
 
 
+def _against_float64(problem: _Problem, group: _Group) -> MethodResult:
+    """Reverse AD in float64 against the checked precision's, on every entry, within that precision's rounding."""
+    index = np.arange(group.offset, group.offset + group.size)
+    reference = problem.reverse[index]
+    verdicts, ratio = _exact_verdicts(problem.reverse64[index], reference, problem.eps, problem.f0_checked)
+    return _method_result("float64", problem.reverse64[index], reference, verdicts,
+                          [_index_label(group, i) for i in range(group.size)], ratio, np.arange(group.size))
+
+
 def _coordinate_steps(problem: _Problem, index: np.ndarray) -> np.ndarray:
-    theta = problem.theta64
-    return problem.step_base * np.maximum(1.0, np.abs(theta[index]))
+    """h = step_base * max(1, |theta_i|), adjusted to the step float64 actually takes from theta_i."""
+    theta = problem.theta64[index]
+    steps = problem.step_base * np.maximum(1.0, np.abs(theta))
+    return (theta + steps) - theta
 
 
 def _index_label(group: _Group, flat: int) -> str:
     return str([int(i) for i in np.unravel_index(flat, group.shape)]) if group.shape else "[]"
 
 
-def _check_group_full(problem, group, manual, forward_ok, options, rng) -> GroupResult:
-    return _check_coordinates(problem, group, manual, forward_ok, np.arange(group.size))
+def _check_group_full(problem, group, manual, forward_ok, options, rng, f_noise) -> GroupResult:
+    return _check_coordinates(problem, group, manual, forward_ok, np.arange(group.size), f_noise)
 
 
 def _random_directions(problem: _Problem, group: _Group, count: int, rng) -> np.ndarray:
@@ -340,21 +466,24 @@ def _random_directions(problem: _Problem, group: _Group, count: int, rng) -> np.
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
-def _check_group_directional(problem, group, manual, forward_ok, options, rng) -> GroupResult:
+def _check_group_directional(problem, group, manual, forward_ok, options, rng, f_noise) -> GroupResult:
+    if group.size <= options.coordinates:  # a small group: every entry costs no more than the sample would
+        return _check_group_full(problem, group, manual, forward_ok, options, rng, f_noise)
     vectors = _random_directions(problem, group, options.directions, rng)
-    sample = rng.choice(group.size, size=min(options.coordinates, group.size), replace=False)
-    result = _check_directions(problem, group, manual, forward_ok, vectors)
+    sample = rng.choice(group.size, size=options.coordinates, replace=False)
+    result = _check_directions(problem, group, manual, forward_ok, vectors, f_noise)
     fd = result.methods["finite_difference"]
     if fd.verdict == FAIL:  # narrow the failing direction down to its worst coordinate
         k = fd.worst_direction
-        flat, spread = _bisect(problem, group, vectors[k])
+        flat, spread = _bisect(problem, group, vectors[k], f_noise, fd.worst_step)
         fd.note = f"direction {k} narrowed to entry {_index_label(group, flat)}" + (
             " (both halves fail: the error is spread over many entries)" if spread else "")
         sample = np.union1d(sample, [flat])
     if len(sample):  # on a tie the merged result names a coordinate rather than a direction
-        result = _merge(_check_coordinates(problem, group, manual, forward_ok, sample), result)
+        result = _merge(_check_coordinates(problem, group, manual, forward_ok, sample, f_noise), result)
     if manual is not None:  # the hand-derived gradient is at hand for every coordinate: compare them all
-        everything = _check_coordinates(problem, group, manual, False, np.arange(group.size), methods=("manual",))
+        everything = _check_coordinates(problem, group, manual, False, np.arange(group.size), f_noise,
+                                        methods=("manual",))
         result.methods["manual"] = everything.methods["manual"]
         result.verdict = _combine(m.verdict for m in result.methods.values())
     return result
@@ -368,13 +497,14 @@ def _merge(a: GroupResult, b: GroupResult) -> GroupResult:
         worse = x if SEVERITY.index(x.verdict) <= SEVERITY.index(y.verdict) else y
         errors = [e for e in (x.error, y.error) if e is not None]
         methods[name] = dataclasses.replace(
-            worse, error=max(errors) if errors else None, checked=x.checked + y.checked, kinks=x.kinks + y.kinks,
+            worse, error=max(errors) if errors else None, checked=x.checked + y.checked,
+            directions=x.directions + y.directions, kinks=x.kinks + y.kinks,
             inconclusive=x.inconclusive + y.inconclusive, failures=x.failures + y.failures,
             note="; ".join(n for n in (x.note, y.note) if n))
     return GroupResult(a.name, a.size, a.shape, _combine(m.verdict for m in methods.values()), methods)
 
 
-def _check_coordinates(problem, group, manual, forward_ok, flat: np.ndarray,
+def _check_coordinates(problem, group, manual, forward_ok, flat: np.ndarray, f_noise: float,
                        methods=("finite_difference", "forward", "manual")) -> GroupResult:
     """Check the group's entries ``flat`` (indices within the group) with each of ``methods``."""
     index = group.offset + flat
@@ -383,37 +513,59 @@ def _check_coordinates(problem, group, manual, forward_ok, flat: np.ndarray,
         return problem.losses_at(np.tile(index[rows], 4), deltas)
 
     return _summarize(
-        problem, group, methods, [_index_label(group, i) for i in flat], flat, problem.reverse[index],
-        evaluate, _coordinate_steps(problem, index),
+        problem, group, methods, [_index_label(group, i) for i in flat], flat, index, evaluate,
+        _coordinate_steps(problem, index), f_noise,
         forward=lambda: problem.forward_at(index) if forward_ok else None,
         manual_values=None if manual is None else manual[index],
     )
 
 
-def _check_directions(problem, group, manual, forward_ok, vectors: np.ndarray) -> GroupResult:
+def _check_directions(problem, group, manual, forward_ok, vectors: np.ndarray, f_noise: float) -> GroupResult:
     """Check directional derivatives along the rows of ``vectors`` (supported on the group)."""
-    support = np.abs(problem.theta64[group.offset:group.offset + group.size])
-    steps = np.full(len(vectors), problem.step_base * max(1.0, float(support.max(initial=0.0))))
 
     def evaluate(deltas, rows=slice(None)):
         return problem.losses_along(np.tile(vectors[rows], (4, 1)), deltas)
 
+    steps = _best_steps(problem, evaluate, problem.group_step(group), len(vectors), f_noise)
+
     return _summarize(
         problem, group, ("finite_difference", "forward", "manual"), [f"direction {k}" for k in range(len(vectors))],
-        None, vectors @ problem.reverse, evaluate, steps,
+        None, vectors, evaluate, steps, f_noise,
         forward=lambda: problem.forward_along(vectors) if forward_ok else None,
         manual_values=None if manual is None else vectors @ manual,
     )
 
 
-def _summarize(problem, group, methods, labels, flat, reference, evaluate, steps, forward, manual_values):
-    """Run the requested methods on one set of entries and summarize each against reverse AD."""
+def _best_steps(problem: _Problem, evaluate: Callable, base: float, count: int, f_noise: float) -> np.ndarray:
+    """Per entry, the step of ``STEP_LADDER`` x ``base`` whose differences have the smallest noise estimate.
+
+    eps^(1/3) balances truncation and round-off for a function whose third derivative is about 1; along a
+    direction spread over thousands of entries it is usually far smaller, and round-off dominates. The noise
+    estimate (the Richardson difference plus the floor) measures both, so the data choose the step. A few
+    directions can afford the extra evaluations; coordinates keep the base step.
+    """
+    noise = np.stack([_differences(problem, evaluate, np.full(count, base * k), f_noise).noise
+                      for k in STEP_LADDER])
+    return base * np.asarray(STEP_LADDER)[np.argmin(noise, axis=0)]
+
+
+def _summarize(problem, group, methods, labels, flat, where, evaluate, steps, f_noise, forward, manual_values):
+    """Run the requested methods on one set of entries and summarize each against reverse AD.
+
+    ``where`` is the entries' flat indices (coordinates) or the rows of unit vectors (directions).
+    """
+    def project(gradient):
+        return gradient[where] if flat is not None else where @ gradient
+
     results = {}
-    if "finite_difference" in methods:
-        diff, verdicts = _fd_check(problem, evaluate, steps, reference)
+    if "finite_difference" in methods:  # in float64, against reverse AD in float64
+        reference = project(problem.reverse64)
+        diff, verdicts = _fd_check(problem, evaluate, steps, reference, f_noise)
         ratio = np.abs(diff.central - reference) / np.maximum(diff.noise, 1e-300)
-        results["finite_difference"] = _method_result("finite_difference", diff.central, reference, verdicts,
-                                                      labels, ratio, flat)
+        fd = _method_result("finite_difference", diff.central, reference, verdicts, labels, ratio, flat)
+        fd.worst_step = float(diff.step[labels.index(fd.worst)])
+        results["finite_difference"] = fd
+    reference = project(problem.reverse)
     exact = {"forward": forward() if "forward" in methods else None, "manual": manual_values}
     for name in ("forward", "manual"):
         if name not in methods:
@@ -423,12 +575,13 @@ def _summarize(problem, group, methods, labels, flat, reference, evaluate, steps
             note = "no forward-mode rule (custom_vjp)" if name == "forward" else "no hand-derived gradient"
             results[name] = MethodResult(name, NOT_AVAILABLE, note=note)
             continue
-        verdicts, ratio = _exact_verdicts(values, reference, problem.eps, problem.f0)
+        verdicts, ratio = _exact_verdicts(values, reference, problem.eps, problem.f0_checked)
         results[name] = _method_result(name, values, reference, verdicts, labels, ratio, flat)
     return GroupResult(group.name, group.size, group.shape, _combine(m.verdict for m in results.values()), results)
 
 
-def _bisect(problem: _Problem, group: _Group, direction: np.ndarray) -> tuple[int, bool]:
+def _bisect(problem: _Problem, group: _Group, direction: np.ndarray, f_noise: float,
+            step: float) -> tuple[int, bool]:
     """Halve a failing direction's support, following the half whose finite differences disagree most.
 
     Returns (flat index within the group, whether both halves of the first split failed).
@@ -441,10 +594,10 @@ def _bisect(problem: _Problem, group: _Group, direction: np.ndarray) -> tuple[in
         vectors = np.zeros((2, direction.size))
         for row, half in enumerate(halves):
             vectors[row, half] = direction[half]
-        reference = vectors @ problem.reverse
-        steps = np.full(2, problem.step_base * max(1.0, float(np.abs(problem.theta64)[support].max())))
+        reference = vectors @ problem.reverse64
+        steps = np.full(2, step)
         repeat = np.tile(vectors, (4, 1))
-        diff = _differences(problem, lambda d: problem.losses_along(repeat, d), steps)
+        diff = _differences(problem, lambda d: problem.losses_along(repeat, d), steps, f_noise)
         ratio = np.abs(diff.central - reference) / np.maximum(diff.noise, 1e-300)
         if spread is None:
             spread = bool(np.all(ratio > FAIL_NOISE))
@@ -456,7 +609,7 @@ SWEEP_STEPS = tuple(10.0 ** -k for k in range(1, 11))
 
 
 def _sweep(problem: _Problem, options: CheckOptions, groups: list, steps=SWEEP_STEPS) -> tuple[list, str]:
-    """Norm-relative error of central differences against reverse AD for each step, over coordinates.
+    """Norm-relative error of central differences in the checked precision against its reverse AD, per step.
 
     All coordinates in full mode; otherwise a seeded sample per group plus the worst entry each group's check
     found, so that a localized error is in the sweep.
@@ -482,7 +635,7 @@ def _sweep(problem: _Problem, options: CheckOptions, groups: list, steps=SWEEP_S
     rows = []
     for h in steps:
         deltas = h * scale
-        values = problem.losses_at(np.tile(index, 2), np.concatenate([deltas, -deltas]))
+        values = problem.exact.batched(problem.exact.at, np.tile(index, 2), np.concatenate([deltas, -deltas]))
         central = (values[: len(index)] - values[len(index):]) / (2 * deltas)
         rows.append(SweepRow(float(h), float(np.linalg.norm(central - reference) / (norm if norm > 0 else 1.0))))
     errors = np.array([r.error for r in rows])
@@ -491,75 +644,3 @@ def _sweep(problem: _Problem, options: CheckOptions, groups: list, steps=SWEEP_S
     falls = best == 0 or errors[0] >= 10 * errors[best]  # truncation error falls on the large-step side
     shape = "V" if floor_width < 3 and falls and errors[best] < RESOLUTION else "flat"
     return rows, shape
-
-
-
-
-@dataclasses.dataclass
-class ConfigProblem:
-    """What compare-grads checks for a config: the training loss at a point, and its hand-derived gradient."""
-
-    loss_fn: Callable  # (params, x, y) -> training objective
-    params: object
-    manual_grad: Callable
-    description: str
-    args: tuple  # (x, y): the training rows, as device arrays
-
-
-def problem_from_config(config, at_run: Optional[str] = None, precision: str = "float64",
-                        max_rows: int = 10_000) -> ConfigProblem:
-    """The config's regularized training objective on (up to ``max_rows`` of) its training split.
-
-    The point is the run's saved parameters (``at_run``), else the model's initial parameters; logistic
-    regression starts at zero, where central differences are exact by symmetry, so it is checked at a seeded
-    random point instead.
-    """
-    with Precision(precision).scope():
-        return _problem_from_config(config, at_run, precision, max_rows)
-
-
-def _problem_from_config(config, at_run, precision, max_rows) -> ConfigProblem:
-    from gradfit.data import load_dataset, split_arrays
-    from gradfit.errors import RunDirError
-    from gradfit.losses import logistic_manual_grad, make_objective, mlp_manual_grad
-    from gradfit.models import build_model, params_from_named
-    from gradfit.runs import load_arrays
-
-    from gradfit import resources
-
-    dtype = Precision(precision).param_dtype
-    resources.check_synthetic(config, resources.host_available_bytes())  # as train does: refuse before allocating
-    dataset = load_dataset(config)
-    device = jax.devices()[0]
-    needed = resources.estimate_run(config, dataset.n_features, dataset.n_classes,
-                                    (min(len(dataset.train), max_rows), 0, 0), None, 1)
-    resources.check_run(config, needed, resources.device_available_bytes(device), str(device))
-    model = build_model(config.model, dataset.n_features, dataset.n_classes)
-    x, y = split_arrays(dataset.train, dataset.n_classes, dtype)
-    x, y = x[:max_rows], y[:max_rows]
-    key = jax.random.PRNGKey(config.seed)  # the same initial parameters `gradfit train` starts from
-    params = model.init(key, dtype)
-    if at_run is not None:
-        path = Path(at_run, "params.npz")
-        if not (path.exists() or path.is_symlink()):
-            raise RunDirError(f"{at_run}: no params.npz here; is it a finished gradfit run directory?")
-        try:
-            params = params_from_named(params, load_arrays(path), str(path))
-        except ValueError as exc:
-            raise RunDirError(f"{exc}; pass the config the run was trained with") from None
-        where = f"parameters of {at_run}"
-    elif config.model.kind == "logistic":
-        w_key, b_key = jax.random.split(key)
-        params = {"w": jax.random.normal(w_key, params["w"].shape, dtype) / np.sqrt(dataset.n_features),
-                  "b": jax.random.normal(b_key, (), dtype)}
-        where = f"a random point (seed {config.seed})"
-    else:
-        where = f"the initial parameters (seed {config.seed})"
-    l2 = config.model.l2
-    if config.model.kind == "logistic":
-        manual = lambda p: logistic_manual_grad(p, x, y, l2)  # noqa: E731
-    else:
-        manual = lambda p: mlp_manual_grad(p, x, y, config.model.activation, l2)  # noqa: E731
-    description = (f"{config.model.kind} on {dataset.name}: training objective over {len(y):,} rows "
-                   f"(l2 = {l2:g}), at {where}")
-    return ConfigProblem(make_objective(model.apply, l2), params, manual, description, (jnp.asarray(x), jnp.asarray(y)))

@@ -1,4 +1,4 @@
-"""Losses, metrics, and the hand-derived ("manual") logistic-regression gradient.
+"""Losses, metrics, and the hand-derived ("manual") gradients of gradfit's models.
 
 The binary loss takes labels y in {-1, +1} and one logit per row:
     L(theta) = (1/N) sum_i log(1 + exp(-y_i * logit_i)) + (l2/2) * ||w||^2
@@ -7,6 +7,7 @@ computed as ``logaddexp(0, -y * logit)`` so that large margins neither overflow 
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
@@ -14,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradfit.models import weight_mask
+from gradfit.schema import ModelConfig
 
 
 def row_losses(logits, y):
@@ -126,3 +128,11 @@ def mlp_manual_grad(params: dict, x: np.ndarray, y: np.ndarray, activation: str,
         if i > 0:
             delta = (delta @ layers[i]["w"].T) * act_prime(pre_activations[i - 1])
     return {"layers": grads}
+
+
+def hand_derived_gradient(model: ModelConfig) -> Callable:
+    """The NumPy gradient written out by hand for a model config, with its L2 term:
+    ``gradient(params, x, y, dtype=np.float64) -> grads`` (the pytree of params)."""
+    if model.kind == "logistic":
+        return functools.partial(logistic_manual_grad, l2=model.l2)
+    return functools.partial(mlp_manual_grad, activation=model.activation, l2=model.l2)

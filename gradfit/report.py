@@ -17,6 +17,7 @@ from gradfit.config import ResolvedConfig, describe_keys, unused_keys
 
 if TYPE_CHECKING:
     from gradfit.inference import Inference
+    from gradfit.trace import Trace
 
 
 def stdout_console() -> Console:
@@ -218,7 +219,15 @@ def config_table(resolved: ResolvedConfig) -> tuple[Table, int]:
 
 
 VERDICT_STYLE = {"PASS": "green", "KINK": "cyan", "INCONCLUSIVE": "yellow", "FAIL": "bold red", "N/A": "dim"}
-METHOD_NAMES = {"forward": "forward AD", "finite_difference": "finite differences", "manual": "hand-derived"}
+METHOD_NAMES = {"forward": "forward AD", "finite_difference": "finite differences", "manual": "hand-derived",
+                "float64": "reverse AD in float64"}
+
+
+def _checked(result) -> str:
+    """What a method compared: entries (coordinates) and random directions, counted apart."""
+    parts = ([f"{result.checked:,} entries"] if result.checked else []) + (
+        [f"{result.directions} directions"] if result.directions else [])
+    return " + ".join(parts) or "-"
 
 
 def gradcheck_tables(report) -> list[Table]:
@@ -227,13 +236,15 @@ def gradcheck_tables(report) -> list[Table]:
     for group in report.groups:
         style = VERDICT_STYLE[group.verdict]
         shape = "scalar" if not group.shape else "x".join(map(str, group.shape))
-        table = Table(title=f"[bold]{escape(group.name)}[/] ({shape}, {group.size:,} entries): [{style}]{group.verdict}[/]",
+        noise = "" if group.f_noise is None else f"; loss noise {group.f_noise:.1e}"
+        table = Table(title=f"[bold]{escape(group.name)}[/] ({shape}, {group.size:,} "
+                            f"entr{'y' if group.size == 1 else 'ies'}{noise}): [{style}]{group.verdict}[/]",
                       title_justify="left")
         for name, justify in (("method vs reverse AD", "left"), ("rel. error", "right"), ("worst entry", "left"),
                               ("its value", "right"), ("reverse AD", "right"), ("checked", "right"),
                               ("verdict", "left"), ("notes", "left")):
             table.add_column(name, justify=justify)
-        for method in ("forward", "finite_difference", "manual"):
+        for method in report.methods:
             r = group.methods[method]
             notes = [r.note] if r.note else []
             if r.kinks:
@@ -243,8 +254,8 @@ def gradcheck_tables(report) -> list[Table]:
             if r.failures:
                 notes.append(f"{r.failures} failing")
             table.add_row(METHOD_NAMES[method], fmt(r.error, 2), escape(r.worst or "-"), fmt(r.worst_value, 7),
-                          fmt(r.worst_reference, 7), str(r.checked) if r.checked else "-",
-                          f"[{VERDICT_STYLE[r.verdict]}]{r.verdict}[/]", escape("; ".join(notes)))
+                          fmt(r.worst_reference, 7), _checked(r), f"[{VERDICT_STYLE[r.verdict]}]{r.verdict}[/]",
+                          escape("; ".join(notes)))
         tables.append(table)
     return tables
 
@@ -286,36 +297,40 @@ def bench_tables(result: dict) -> list[Table]:
         env.add_row(key, escape(str(value)))
     tables.append(env)
 
-    training = Table(title="Training throughput (steps/s; medians of samples after warm-up)", title_justify="left",
-                     caption=UNSTABLE_NOTE)
-    for name in ("config", "params", "batch", "compile s", "python loop", "fused chunk", "gradfit loop",
-                 "evaluation share", "fused examples/s", "fused / python", "GFLOP/s", "of peak"):
-        training.add_column(name, justify="left" if name == "config" else "right")
-    for row in result["training"]:
-        peak = row.get("fraction_of_peak")
-        loop = row["loop"]
-        training.add_row(
-            f"{row['config']} ({row['optimizer']})", f"{row['num_params']:,}", str(row["batch_size"]),
-            f"{row['compile_time_s']:.2f}", _flag(_rate(row["python_loop"]["steps_per_s"]), row, "python_loop_s_per_step"),
-            _flag(_rate(row["fused"]["steps_per_s"]), row, "fused_s_per_step"),
-            _flag(_rate(loop["steps_per_s"]), row, "loop_s_per_step"), f"{loop['eval_share']:.1%}",
-            _rate(row["fused"]["examples_per_s"]),
-            _flag(f"{row['fused_speedup']:.2f}x", row, "fused_s_per_step", "python_loop_s_per_step"),
-            f"{row['gflops_per_s']:.3g}", ", ".join(f"{k} {v:.1%}" for k, v in peak.items()) if peak else "-")
-    tables.append(training)
+    if "training" in result:  # absent when bench ran one study only (--study)
+        training = Table(title="Training throughput (steps/s; medians of samples after warm-up)", title_justify="left",
+                         caption=UNSTABLE_NOTE)
+        for name in ("config", "params", "batch", "compile s", "python loop", "fused chunk", "gradfit loop",
+                     "evaluation share", "fused examples/s", "fused / python", "GFLOP/s", "of peak"):
+            training.add_column(name, justify="left" if name == "config" else "right")
+        for row in result["training"]:
+            peak = row.get("fraction_of_peak")
+            loop = row["loop"]
+            training.add_row(
+                f"{row['config']} ({row['optimizer']})", f"{row['num_params']:,}", str(row["batch_size"]),
+                f"{row['compile_time_s']:.2f}", _flag(_rate(row["python_loop"]["steps_per_s"]), row, "python_loop_s_per_step"),
+                _flag(_rate(row["fused"]["steps_per_s"]), row, "fused_s_per_step"),
+                _flag(_rate(loop["steps_per_s"]), row, "loop_s_per_step"), f"{loop['eval_share']:.1%}",
+                _rate(row["fused"]["examples_per_s"]),
+                _flag(f"{row['fused_speedup']:.2f}x", row, "fused_s_per_step", "python_loop_s_per_step"),
+                f"{row['gflops_per_s']:.3g}", ", ".join(f"{k} {v:.1%}" for k, v in peak.items()) if peak else "-")
+        tables.append(training)
 
-    cost = Table(title="Cost of a gradient: one value_and_grad vs one loss evaluation", title_justify="left")
-    for name in ("config", "rows", "params", "loss", "value_and_grad", "ratio"):
-        cost.add_column(name, justify="left" if name == "config" else "right")
-    for row in result["gradient_cost"]:
-        cost.add_row(row["config"], f"{row['rows']:,}", f"{row['num_params']:,}",
-                     _flag(_seconds(row["loss_s"]), row, "loss_s"),
-                     _flag(_seconds(row["value_and_grad_s"]), row, "value_and_grad_s"),
-                     _flag(f"{row['ratio']:.2f}x", row, "loss_s", "value_and_grad_s"))
-    tables.append(cost)
+        cost = Table(title="Cost of a gradient: one value_and_grad vs one loss evaluation", title_justify="left")
+        for name in ("config", "rows", "params", "loss", "value_and_grad", "ratio"):
+            cost.add_column(name, justify="left" if name == "config" else "right")
+        for row in result["gradient_cost"]:
+            cost.add_row(row["config"], f"{row['rows']:,}", f"{row['num_params']:,}",
+                         _flag(_seconds(row["loss_s"]), row, "loss_s"),
+                         _flag(_seconds(row["value_and_grad_s"]), row, "value_and_grad_s"),
+                         _flag(f"{row['ratio']:.2f}x", row, "loss_s", "value_and_grad_s"))
+        tables.append(cost)
 
     methods = ("reverse", "forward", "finite_difference", "manual_numpy")
     for family, data in result["methods"].items():
+        if family == "helmholtz":
+            tables.append(helmholtz_table(data))
+            continue
         table = Table(title=f"Full gradient of the {family} model, as a multiple of one loss evaluation",
                       title_justify="left")
         for name in ("size", "params", "loss", "reverse AD", "forward AD", "finite diff.", "NumPy by hand"):
@@ -443,3 +458,157 @@ def _scaling_table(scaling: dict) -> Table:
                       _rate(row["examples_per_s"]), _rate(row["examples_per_s_per_device"]),
                       f"{row['speedup']:.2f}x", f"{row['efficiency']:.0%}", f"{row['compile_time_s']:.2f}")
     return table
+
+
+_HELMHOLTZ_METHODS = {  # key in the study -> (column heading, short name in the error column)
+    "reverse": ("reverse AD", "rev"), "forward": ("forward AD", "fwd"),
+    "finite_difference": ("finite diff.", "fd"), "manual": ("by hand", "hand"), "symbolic": ("symbolic", "sym"),
+}
+
+
+def helmholtz_table(study: dict) -> Table:
+    """The Helmholtz free energy study as a Rich table: per n, each method's full-gradient time as a multiple of
+    one evaluation of f, the errors against reverse mode, and the size of SymPy's gradient expression; a last row
+    of growth exponents, and a caption that says how to read them."""
+    table = Table(title="Helmholtz free energy (Baydin et al. 2018): full gradient as a multiple of one evaluation "
+                        "of f", title_justify="left", caption_justify="left")
+    compared = [m for m in _HELMHOLTZ_METHODS if m != "reverse"]
+    headings = ["n", "f", *(heading for heading, _ in _HELMHOLTZ_METHODS.values()),
+                "error " + "/".join(_HELMHOLTZ_METHODS[m][1] for m in compared),
+                "symbolic ops", "after CSE", "symbolic set-up"]
+    for heading in headings:
+        table.add_column(heading, justify="right", no_wrap=heading in ("symbolic", headings[7]))
+
+    def ratio(row: dict, method: str) -> str:
+        value = row["ratios"].get(method)
+        if value is None:
+            return "-"
+        text = _flag(f"{value:.3g}x", row, "loss_s", f"{method}_s")
+        if method == "symbolic" and row.get("symbolic_own_ratio") is not None:  # against f lambdified alike
+            text += " " + _flag(f"({row['symbolic_own_ratio']:.3g}x)", row, "symbolic_s", "symbolic_loss_s")
+        return text
+
+    def error(value: Optional[float]) -> str:
+        return "-" if value is None else "0" if value == 0 else f"{value:.0e}"
+
+    def count(value: Optional[int]) -> str:
+        return "-" if value is None else f"{value:,}"
+
+    for row in study["rows"]:
+        setup = row.get("symbolic_setup_s")
+        table.add_row(str(row["size"]), _flag(_seconds(row["loss_s"]), row, "loss_s"),
+                      *(ratio(row, m) for m in _HELMHOLTZ_METHODS),
+                      " / ".join(error(row["errors"].get(m)) for m in compared),
+                      count(row.get("symbolic_ops")), count(row.get("symbolic_ops_cse")),
+                      "-" if setup is None else _seconds(setup))
+    exponents, swell = study["growth_exponent"], study.get("expression_growth", {})
+    table.add_section()
+    table.add_row("growth", "", *(fmt(None) if exponents.get(m) is None else f"n^{exponents[m]:.2f}"
+                                  for m in _HELMHOLTZ_METHODS), "",
+                  *(fmt(None) if swell.get(k) is None else f"n^{swell[k]:.2f}" for k in ("ops", "ops_cse")), "")
+
+    skipped = next((row["symbolic_skipped"] for row in study["rows"] if row.get("symbolic_skipped")), None)
+    fit_from = study.get("growth_fit_from")
+    notes = [
+        "growth: the slope of log(ratio) against log(n) over " + (f"n >= {fit_from}" if fit_from else "the larger n")
+        + ", where per-call overhead no longer dominates (0: a constant multiple of f, the cheap gradient "
+        "principle; 1: one pass per variable); for the expression sizes, against log(n) over n >= 2",
+        "error: norm-relative, against reverse-mode AD",
+        "symbolic: SymPy's gradient lambdified to NumPy, against compiled f; in brackets, against f lambdified "
+        "the same way; set-up is the one-off differentiation and lambdify",
+        f"symbolic differentiation: {study['symbolic']}" + (f"; rows without it: {skipped}"
+                                                             if skipped and skipped != study["symbolic"] else ""),
+        UNSTABLE_NOTE,
+    ]
+    table.caption = escape("\n".join(notes[:-1])) + "\n" + notes[-1]
+    return table
+
+
+TRACE_DIGITS = 6  # enough to check a hand computation by eye; the JSON has full precision
+
+
+def _trace_value(shown: Any, digits: int = TRACE_DIGITS) -> str:
+    """A ``gradfit.trace.summary``: a number, a nested list of numbers, or {shape, dtype, norm, min, max}."""
+    if shown is None:
+        return "-"
+    if isinstance(shown, dict):
+        shape = "x".join(map(str, shown["shape"]))
+        return (f"{shape} {shown['dtype']}: norm {fmt(shown['norm'], digits)}, min {fmt(shown['min'], digits)}, "
+                f"max {fmt(shown['max'], digits)}")
+    if isinstance(shown, list):
+        return "[" + ", ".join(_trace_value(v, digits) for v in shown) + "]"
+    if isinstance(shown, float):
+        return fmt(shown + 0.0, digits)  # + 0.0: a tangent of -0 shows as 0
+    return fmt(shown)
+
+
+def trace_tables(trace: "Trace") -> list[Table]:
+    """The evaluation trace (Baydin et al. 2018, tables 2-3), then dL/dtheta_j by each mode and by hand.
+
+    One row per v_k: its operation, operands, primal value, forward tangent dv_k/dtheta_j and reverse adjoint
+    dL/dv_k (the tangent and adjoint columns only for the modes that were run).
+    """
+    from gradfit.trace import summary
+
+    theta = escape(trace.param)
+    table = Table(title=f"[bold]Evaluation trace[/] of the loss, theta_j = [bold]{theta}[/] "
+                        f"(inputs v{trace.rows[0].k}..v0, operations v1..v{trace.rows[-1].k})", title_justify="left")
+    table.add_column("v", justify="right", style="bold")
+    table.add_column("operation")
+    table.add_column("inputs")
+    table.add_column("value", justify="right")
+    if trace.forward:
+        table.add_column(f"tangent dv/d{theta}", justify="right")
+    if trace.reverse:
+        table.add_column("adjoint dL/dv", justify="right")
+    notes = []
+    for row in trace.rows:
+        if row.kind in ("parameter", "data"):
+            operation = f"{row.kind} [bold]{escape(row.name)}[/]"
+            if row.kind == "parameter" and row.name == trace.leaf:
+                operation += f" [dim](theta_j = {theta})[/]"
+        else:
+            operation = escape(row.op) + (f" [dim]in {escape(row.scope)}[/]" if row.scope else "")
+        if row.note:
+            notes.append(f"v{row.k}: {row.note}")
+            operation += f" [dim]({len(notes)})[/]"
+        cells = [row.label, operation, escape(", ".join(o.label for o in row.inputs)),
+                 escape(_trace_value(summary(row.value)))]
+        if trace.forward:
+            cells.append(escape(_trace_value(summary(row.tangent))))
+        if trace.reverse:
+            cells.append(escape(_trace_value(summary(row.adjoint))))
+        table.add_row(*cells, end_section=row.k == 0)  # a rule between the inputs and the operations
+    captions = []
+    if trace.forward:
+        captions.append(f"tangent: forward mode, one JVP per operation from a one-hot tangent on {theta}")
+    if trace.reverse:
+        captions.append(f"adjoint: reverse mode, one VJP per operation from dL/dv{trace.output} = 1, "
+                        "summed over every use")
+    table.caption_justify = "left"
+    table.caption = "; ".join(captions) + "".join(f"\n({i}) {escape(n)}" for i, n in enumerate(notes, 1))
+
+    d = trace.derivative
+    reference = "reverse mode" if d.reverse is not None else "forward mode"  # what the others are compared to
+    reference_value = d.reverse if d.reverse is not None else d.forward
+    compare = Table(title=f"[bold]dL/d{theta}[/] (loss {fmt(trace.loss, 10)})", title_justify="left")
+    for name, justify in (("method", "left"), ("dL/dtheta_j", "right"), (f"rel. difference to {reference}", "right"),
+                          ("from", "left")):
+        compare.add_column(name, justify=justify)
+    for name, value, source in (
+            ("forward mode", d.forward, f"the tangent of the loss, v{trace.output}"),
+            ("reverse mode", d.reverse, f"the adjoint of {theta}"),
+            ("hand-derived", d.manual, "the closed-form gradient")):
+        if value is None:
+            compare.add_row(name, "-", "-", "not computed" if name != "hand-derived" else "none for this model")
+            continue
+        compare.add_row(name, fmt(value, 12), "-" if name == reference else _relative(value, reference_value),
+                        escape(source))
+    return [table, compare]
+
+
+def _relative(value: float, reference: float | None) -> str:
+    """|value - reference| / max(|reference|, tiny), as '3.1e-17'; '-' without a reference."""
+    if reference is None:
+        return "-"
+    return f"{abs(value - reference) / max(abs(reference), 1e-300):.1e}"

@@ -386,7 +386,9 @@ def _prepare(config: GradfitConfig) -> Prepared:
         raise ConfigError(f"train.early_stopping: the validation split of {dataset.name} is empty "
                           f"(data.val_fraction={config.data.val_fraction:g}); raise data.val_fraction")
     optimizer, schedule = make_optimizer(config.optimizer, plan.total_steps)
-    model = build_model(config.model, dataset.n_features, dataset.n_classes, chosen.compute_dtype)
+    # products in the parameters' dtype unless mixed: the objective then serves a check in another precision
+    model = build_model(config.model, dataset.n_features, dataset.n_classes,
+                        chosen.compute_dtype if chosen.mixed else None)
     objective = make_objective(model.apply, config.model.l2)
     train_step = make_train_step(objective, optimizer, plan, len(dataset.train), config.optimizer.name == "lbfgs",
                                  topology.shard_rows)

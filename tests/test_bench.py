@@ -10,12 +10,13 @@ import jax
 import pytest
 from typer.testing import CliRunner
 
-from conftest import make_config, requires_no_gpu
+from conftest import CONFIGS, make_config, requires_no_gpu
 from gradfit import bench, timing
 from gradfit.cli import app
 from gradfit.train import prepare
 
-TINY = bench.BenchOptions(steps=5, repeats=1, logreg_dims=(4, 16), mlp_widths=(4,), rows=64, peers=True)
+TINY = bench.BenchOptions(steps=5, repeats=1, logreg_dims=(4, 16), mlp_widths=(4,), rows=64, peers=True,
+                         helmholtz_sizes=(1, 2), symbolic_max_n=1)
 TINY_SUITE = {
     "logreg": make_config("name=logreg", "train.steps=5"),
     "mlp": make_config("name=mlp", "data.source=digits", "model.kind=mlp", "model.hidden=[8]", "train.steps=5",
@@ -40,7 +41,7 @@ def test_json_has_every_section_and_is_serializable(result):
     for key in ("jax", "jaxlib", "optax", "dtype", "matmul_precision", "device_kind"):
         assert env[key]
     assert [row["config"] for row in data["training"]] == ["logreg", "mlp"]
-    assert set(data["methods"]) == {"logistic", "mlp"}
+    assert set(data["methods"]) == {"logistic", "mlp", "helmholtz"}
 
 
 def test_the_scaling_table_of_one_device_says_there_is_nothing_to_scale_over(result):
@@ -63,7 +64,7 @@ def test_every_time_and_ratio_is_finite_and_positive(result):
         assert positive_finite(row["ratio"]) and row["ratio"] == pytest.approx(row["value_and_grad_s"] / row["loss_s"])
     for family in result["methods"].values():
         for row in family["rows"]:
-            assert all(positive_finite(v) for v in row["ratios"].values())
+            assert all(positive_finite(v) for v in row["ratios"].values() if v is not None)  # None: not run
     for name, peer in result["peers"].items():
         if peer.get("available", True):
             assert positive_finite(peer["time_ratio"]), name
@@ -143,7 +144,7 @@ def test_gpu_peak_table():
 
 def test_cli_quick_json(monkeypatch, tmp_path):
     monkeypatch.setattr(bench, "QUICK", TINY)
-    monkeypatch.setattr(bench, "DEFAULT_SUITE", {"logreg": ["name=logreg", "train.steps=5"]})
+    monkeypatch.setattr(bench, "EXAMPLES", {"logreg": ["name=logreg", "train.steps=5"]})
     out = tmp_path / "bench.json"
     result = CliRunner().invoke(app, ["bench", "--quick", "--device", "cpu", "--no-peers", "--json-out", str(out)],
                                 env={"COLUMNS": "200"})
@@ -166,3 +167,24 @@ def test_cli_bad_config_exits_2(tmp_path):
     result = CliRunner().invoke(app, ["bench", str(bad), "--device", "cpu"], env={"COLUMNS": "200"})
     assert result.exit_code == 2
     assert "model.kind" in result.stderr and "expected one of logistic, mlp" in result.stderr
+
+
+def test_cli_study_helmholtz_runs_alone(monkeypatch, tmp_path):
+    import dataclasses
+
+    monkeypatch.setattr(bench, "QUICK", dataclasses.replace(TINY, helmholtz_sizes=(1, 2), symbolic_max_n=1))
+    out = tmp_path / "study.json"
+    result = CliRunner().invoke(app, ["bench", "--study", "helmholtz", "--quick", "--device", "cpu",
+                                      "--json-out", str(out)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "Helmholtz free energy" in result.output and "Training throughput" not in result.output
+    study = json.loads(out.read_text())["methods"]["helmholtz"]
+    assert [row["size"] for row in study["rows"]] == [1, 2]
+    assert study["rows"][0]["symbolic_s"] is not None and study["rows"][1]["symbolic_s"] is None
+    for row in study["rows"]:
+        assert max(v for k, v in row["errors"].items() if v is not None) < 1e-6
+
+
+def test_cli_study_with_configs_exits_2(tmp_path):
+    result = CliRunner().invoke(app, ["bench", "--study", "helmholtz", str(CONFIGS / "logreg.yaml")])
+    assert result.exit_code == 2 and "drop the configs" in result.stderr

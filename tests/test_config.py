@@ -18,6 +18,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from conftest import CONFIGS
 from gradfit.cli import app
 from gradfit.config import (
     GradfitConfig,
@@ -689,3 +690,11 @@ def test_cli_bad_set_in_a_real_process_has_no_traceback(tmp_path):
     assert "error: <defaults>: 1 problem" in result.stderr
     assert "--set: optimizer.learnin_rate: unknown key; did you mean 'learning_rate'?" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("name", ["logreg", "mlp"])
+def test_built_in_examples_equal_the_shipped_configs(name):
+    """compare-grads, trace and bench use EXAMPLES when given no file: they must be the shipped configs."""
+    from gradfit.config import EXAMPLES
+
+    assert resolve_config(None, EXAMPLES[name]).config == resolve_config(CONFIGS / f"{name}.yaml").config

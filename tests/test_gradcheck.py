@@ -11,16 +11,16 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import CONFIGS, make_config
-from gradfit import gradcheck
+from gradfit import problem
 from gradfit.cli import app
-from gradfit.gradcheck import FAIL, KINK, PASS, CheckOptions, check_gradient, problem_from_config
+from gradfit.gradcheck import FAIL, KINK, PASS, CheckOptions, check_gradient
 
 runner = CliRunner()
 MLP = ("model.kind=mlp", "data.source=digits")
 
 
-def config_problem(*overrides, precision="float64", **kwargs):
-    return problem_from_config(make_config(*overrides), precision=precision, **kwargs)
+def config_problem(*overrides, **kwargs):
+    return problem.from_config(make_config(*overrides), **kwargs)
 
 
 def check(problem, loss=None, manual=None, options=CheckOptions(), **kwargs):
@@ -120,7 +120,7 @@ def test_planted_bug_is_found_and_located_in_directional_mode():
 
 
 def test_one_percent_error_is_not_missed_in_float32():
-    problem = config_problem(precision="float32")
+    problem = config_problem()
     bug = planted_bug(1.01, (3,))
     report = check(problem, with_bug_in_w(problem, bug), options=CheckOptions(precision="float32"))
     assert report.verdict == "fail"
@@ -128,7 +128,7 @@ def test_one_percent_error_is_not_missed_in_float32():
 
 
 def test_float32_correct_gradient_is_not_a_failure():
-    problem = config_problem(*MLP, "model.hidden=[16]", precision="float32")
+    problem = config_problem(*MLP, "model.hidden=[16]")
     report = check(problem, manual=problem.manual_grad, options=CheckOptions(precision="float32"))
     assert report.verdict in ("pass", "inconclusive")
     assert all(g.verdict != FAIL for g in report.groups)
@@ -190,15 +190,15 @@ def test_cli_mlp_config_directional_with_sweep(tmp_path):
 
 
 def test_cli_exit_1_on_a_wrong_gradient(monkeypatch, tmp_path):
-    real = gradcheck.problem_from_config
+    real = problem.from_config
 
     def buggy(*args, **kwargs):
-        problem = real(*args, **kwargs)
+        point = real(*args, **kwargs)
         bug = planted_bug(1.001, (2,))
-        return gradcheck.ConfigProblem(with_bug_in_w(problem, bug), problem.params, problem.manual_grad,
-                                       problem.description, problem.args)
+        return problem.Problem(with_bug_in_w(point, bug), point.params, point.manual_grad, point.description,
+                               point.args)
 
-    monkeypatch.setattr(gradcheck, "problem_from_config", buggy)
+    monkeypatch.setattr(problem, "from_config", buggy)
     result = invoke("--json-out", str(tmp_path / "o.json"))
     assert result.exit_code == 1
     assert "verdict: FAIL" in result.output
@@ -285,3 +285,52 @@ def test_library_input_errors_are_clear():
         check_gradient(lambda p: jnp.sum(p["a"]) * jnp.nan, params)
     with pytest.raises(GradfitError, match="structure and shapes"):
         check_gradient(lambda p: jnp.sum(p["a"] ** 2), params, manual_grad=lambda p: {"b": 2 * p["a"]})
+
+
+def test_truncation_is_rechecked_away_and_a_constant_error_is_not():
+    """f(t) = t^3 / 6 + c t: D(h) = c + h^2 / 6, truncation only. From a step of 0.5 the exact reference passes
+    after the recheck; one off by 1% stays FAIL (its disagreement does not shrink with h)."""
+    def loss(p):
+        return jnp.sum(p["t"] ** 3 / 6 + 0.3 * p["t"])
+
+    params = {"t": jnp.zeros(3)}
+    exact = check_gradient(loss, params, options=CheckOptions(step=0.5))
+    assert exact.verdict == "pass"
+    bug = planted_bug(1.01, (1,))
+    wrong = check_gradient(lambda p: loss({"t": bug(p["t"])}), params, options=CheckOptions(step=0.5))
+    assert wrong.verdict == "fail" and wrong.groups[0].methods["finite_difference"].worst == "[1]"
+
+
+def test_compare_grads_starts_where_training_starts():
+    from gradfit.train import prepare
+
+    config = make_config(*MLP, "model.hidden=[8]", "seed=3")
+    point = problem.from_config(config)
+    started = prepare(config).state.params
+    for checked, trained in zip(jax.tree_util.tree_leaves(point.params), jax.tree_util.tree_leaves(started)):
+        np.testing.assert_array_equal(np.asarray(checked), np.asarray(trained))
+
+
+def test_checked_counts_entries_and_directions_apart():
+    point = config_problem(*MLP, "model.hidden=[128, 64]", max_rows=100)
+    report = check(point, options=CheckOptions(full=False, coordinates=16, directions=8))
+    groups = {g.name: g.methods["finite_difference"] for g in report.groups}
+    assert (groups["layers/2/b"].checked, groups["layers/2/b"].directions) == (10, 0)  # a small group: every entry
+    assert (groups["layers/1/w"].checked, groups["layers/1/w"].directions) == (16, 8)
+
+
+def test_float32_check_compares_the_float32_gradient_with_float64():
+    point = config_problem(*MLP, "model.hidden=[16]", max_rows=100)
+    report = check(point, manual=point.manual_grad, options=CheckOptions(precision="float32"))
+    assert report.methods == ("forward", "finite_difference", "manual", "float64")
+    for group in report.groups:
+        assert group.methods["float64"].verdict == PASS and 0 < group.methods["float64"].error < 1e-5
+        assert group.methods["finite_difference"].error < 1e-7  # float64 differences: far beyond float32's
+        assert group.f_noise > 0
+
+
+def test_cli_default_is_the_shipped_logistic_example():
+    result = invoke()
+    assert result.exit_code == 0, result.output
+    flat = " ".join(result.output.split())
+    assert "configs/logreg.yaml" in flat and "l2 = 0.001" in flat and "breast_cancer" in flat

@@ -159,7 +159,7 @@ def test_the_bench_scaling_table_measures_1_2_and_4_forced_devices_and_says_they
         "import json\n"
         "from gradfit import bench\n"
         "from gradfit.config import resolve_config\n"
-        "config = resolve_config(None, bench.DEFAULT_SUITE['mlp'] + ['model.hidden=[8]']).config\n"
+        "config = resolve_config(None, bench.EXAMPLES['mlp'] + ['model.hidden=[8]']).config\n"
         "options = bench.BenchOptions(steps=20, repeats=3)\n"
         "print(json.dumps(bench.scaling(bench._on(config, 'cpu', 'auto'), options, 'mlp')))\n"
     )
