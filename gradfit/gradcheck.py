@@ -39,7 +39,7 @@ from gradfit.errors import GradfitError
 from gradfit.models import named_leaves
 from gradfit.precision import Precision
 
-__all__ = ["CheckOptions", "Report", "GroupResult", "MethodResult", "SweepRow", "check_gradient",
+__all__ = ["CheckOptions", "Report", "GroupResult", "MethodResult", "SweepRow", "check_gradient", "planted_error",
            "PASS", "FAIL", "KINK", "INCONCLUSIVE", "NOT_AVAILABLE"]
 
 PASS, FAIL, KINK, INCONCLUSIVE, NOT_AVAILABLE = "PASS", "FAIL", "KINK", "INCONCLUSIVE", "N/A"
@@ -644,3 +644,27 @@ def _sweep(problem: _Problem, options: CheckOptions, groups: list, steps=SWEEP_S
     falls = best == 0 or errors[0] >= 10 * errors[best]  # truncation error falls on the large-step side
     shape = "V" if floor_width < 3 and falls and errors[best] < RESOLUTION else "flat"
     return rows, shape
+
+
+def planted_error(loss_fn: Callable, index: int, relative: float) -> Callable:
+    """``loss_fn`` with a known bug: the gradient's entry ``index`` (flat, in ravel order) scaled by 1 + ``relative``.
+
+    The loss values are untouched (a ``jax.custom_vjp``), as with a wrong derivative rule: what a checker must
+    find. Use it to measure what ``check_gradient`` can see on your own model. ``loss_fn(params, *args)``.
+    """
+    @jax.custom_vjp
+    def planted(params, *args):
+        return loss_fn(params, *args)
+
+    def backward(residual, cotangent):
+        grads, args = residual
+        flat, unravel = ravel_pytree(grads)
+        scaled = unravel(flat.at[index].multiply(1 + relative))
+        return (jax.tree_util.tree_map(lambda g: g * cotangent, scaled), *([None] * len(args)))
+
+    def forward_rule(params, *args):
+        value, grads = jax.value_and_grad(loss_fn)(params, *args)
+        return value, (grads, args)  # the data only for their count: no cotangent flows to them
+
+    planted.defvjp(forward_rule, backward)
+    return planted
