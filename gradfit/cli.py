@@ -146,6 +146,7 @@ def main_callback(
       gradfit train configs/mlp.yaml --set optimizer.learning_rate=3e-3 --set train.epochs=20
       gradfit config show configs/mlp.yaml
       gradfit compare-grads configs/mlp.yaml
+      gradfit trace --param w[3]
       gradfit bench --quick
       gradfit eval runs/logreg-20261126-101500 --data new.csv
       gradfit predict runs/mlp-20261126-101500 unlabeled.csv --out predictions.csv --proba

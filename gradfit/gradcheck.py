@@ -11,7 +11,8 @@ The central difference ``D(h) = (f(t + h v) - f(t - h v)) / 2h``, ``h = eps^(1/3
 with ``D(h/2)``, and its noise is estimated from the data, never from a worst-case bound: the Richardson
 difference ``|D(h) - D(h/2)|`` (truncation, and the round-off of these very evaluations), plus a floor
 ``2 eps_f / h``, where ``eps_f``, the noise of f itself, is the scatter of 17 evaluations along lines through
-the point about a cubic fit (Moré and Wild 2011), measured per parameter group. An entry passes when
+the point about a cubic fit (Moré and Wild 2011), measured per parameter group along two of its entries (for
+coordinates) or two random directions (for directions). An entry passes when
 ``|D(h) - reverse| <= 3 * noise`` and the noise is below 1% of the value; it fails beyond 10 * noise and is
 INCONCLUSIVE between. Where the one-sided differences disagree and their gap does not shrink with h (a kink,
 e.g. a ReLU pre-activation near 0), the entry is KINK, and passes if reverse AD lies between them.
@@ -246,23 +247,37 @@ def _finite_loss(value) -> float:
     return value
 
 
-def _noise_level(problem: _Problem, group: _Group, rng) -> float:
-    """eps_f: the noise of the float64 loss near theta, moving the group's entries.
+def _noise_level(problem: _Problem, group: _Group, lines: np.ndarray) -> float:
+    """eps_f: the noise of the float64 loss near theta, moving along ``lines`` (unit vectors on the group).
 
-    f is evaluated at ``NOISE_POINTS`` equally spaced points across [-h, h] on ``NOISE_LINES`` random lines
-    (h the default step, eps^(1/3) scaled); at that scale f is a cubic to far below its rounding, so the scatter about a least-squares cubic is the
-    noise (Moré and Wild, "Estimating computational noise", 2011). At least half an eps of |f|: the last
-    rounding of the loss is always there.
+    f is evaluated at ``NOISE_POINTS`` equally spaced points across [-h, h] on each line (h the default step,
+    eps^(1/3) scaled); at that scale f is a cubic to far below its rounding, so the scatter about a least-squares
+    cubic is the noise (More and Wild, "Estimating computational noise", 2011). At least half an eps of |f|: the
+    last rounding of the loss is always there.
     """
     h = problem.group_step(group) * problem.eps64 ** (1 / 3) / problem.step_base  # eps^(1/3) whatever --step
     u = np.linspace(-1.0, 1.0, NOISE_POINTS)
-    vectors = _random_directions(problem, group, NOISE_LINES, rng)
-    values = problem.losses_along(np.repeat(vectors, NOISE_POINTS, axis=0), np.tile(u * h, NOISE_LINES))
-    values = values.reshape(NOISE_LINES, NOISE_POINTS).T - problem.f0
+    values = problem.losses_along(np.repeat(lines, NOISE_POINTS, axis=0), np.tile(u * h, len(lines)))
+    values = values.reshape(len(lines), NOISE_POINTS).T - problem.f0
     basis = np.vander(u, 4)
     residual = values - basis @ np.linalg.lstsq(basis, values, rcond=None)[0]
     scatter = np.sqrt(np.sum(residual ** 2, axis=0) / (NOISE_POINTS - 4))
     return max(float(scatter.max()), 0.5 * problem.eps64 * abs(problem.f0))
+
+
+def _coordinate_lines(problem: _Problem, group: _Group, rng) -> np.ndarray:
+    """``NOISE_LINES`` coordinate vectors of the group, drawn among its entries of above-median gradient.
+
+    Coordinate checks move one entry: their noise is measured the same way. A random line through a ReLU network
+    crosses many kinks within [-h, h], which a cubic cannot fit and which would pass for noise; one entry rarely
+    does. Entries the loss hardly depends on would show less noise than the rest: they are left out.
+    """
+    size = np.abs(problem.reverse64[group.offset:group.offset + group.size])
+    candidates = np.flatnonzero(size >= np.median(size))
+    picks = rng.choice(candidates, size=min(NOISE_LINES, len(candidates)), replace=False)
+    lines = np.zeros((len(picks), problem.theta.size))
+    lines[np.arange(len(picks)), group.offset + picks] = 1.0
+    return lines
 
 
 @dataclasses.dataclass
@@ -397,7 +412,7 @@ def check_gradient(loss_fn: Callable, params, manual_grad: Optional[Callable] = 
     check_group = _check_group_full if problem.full else _check_group_directional
     groups = []
     for group in problem.groups:
-        f_noise = _noise_level(problem, group, rng)
+        f_noise = _noise_level(problem, group, _coordinate_lines(problem, group, rng))
         result = check_group(problem, group, manual, forward_ok, options, rng, f_noise)
         if not problem.checked.x64:
             result.methods["float64"] = _against_float64(problem, group)
@@ -471,11 +486,12 @@ def _check_group_directional(problem, group, manual, forward_ok, options, rng, f
         return _check_group_full(problem, group, manual, forward_ok, options, rng, f_noise)
     vectors = _random_directions(problem, group, options.directions, rng)
     sample = rng.choice(group.size, size=options.coordinates, replace=False)
-    result = _check_directions(problem, group, manual, forward_ok, vectors, f_noise)
+    direction_noise = _noise_level(problem, group, _random_directions(problem, group, NOISE_LINES, rng))
+    result = _check_directions(problem, group, manual, forward_ok, vectors, direction_noise)
     fd = result.methods["finite_difference"]
     if fd.verdict == FAIL:  # narrow the failing direction down to its worst coordinate
         k = fd.worst_direction
-        flat, spread = _bisect(problem, group, vectors[k], f_noise, fd.worst_step)
+        flat, spread = _bisect(problem, group, vectors[k], direction_noise, fd.worst_step)
         fd.note = f"direction {k} narrowed to entry {_index_label(group, flat)}" + (
             " (both halves fail: the error is spread over many entries)" if spread else "")
         sample = np.union1d(sample, [flat])

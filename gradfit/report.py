@@ -225,8 +225,8 @@ METHOD_NAMES = {"forward": "forward AD", "finite_difference": "finite difference
 
 def _checked(result) -> str:
     """What a method compared: entries (coordinates) and random directions, counted apart."""
-    parts = ([f"{result.checked:,} entries"] if result.checked else []) + (
-        [f"{result.directions} directions"] if result.directions else [])
+    parts = ([f"{result.checked:,} entr{'y' if result.checked == 1 else 'ies'}"] if result.checked else []) + (
+        [f"{result.directions} direction{'s' if result.directions != 1 else ''}"] if result.directions else [])
     return " + ".join(parts) or "-"
 
 
