@@ -11,8 +11,8 @@ The central difference ``D(h) = (f(t + h v) - f(t - h v)) / 2h``, ``h = eps^(1/3
 with ``D(h/2)``, and its noise is estimated from the data, never from a worst-case bound: the Richardson
 difference ``|D(h) - D(h/2)|`` (truncation, and the round-off of these very evaluations), plus a floor
 ``2 eps_f / h``, where ``eps_f``, the noise of f itself, is the scatter of 17 evaluations along lines through
-the point about a cubic fit (Moré and Wild 2011), measured per parameter group along two of its entries (for
-coordinates) or two random directions (for directions). An entry passes when
+the point about a cubic fit (Moré and Wild 2011), the median over five lines per parameter group: along its
+entries (for coordinates) or random directions (for directions). An entry passes when
 ``|D(h) - reverse| <= 3 * noise`` and the noise is below 1% of the value; it fails beyond 10 * noise and is
 INCONCLUSIVE between. Where the one-sided differences disagree and their gap does not shrink with h (a kink,
 e.g. a ReLU pre-activation near 0), the entry is KINK, and passes if reverse AD lies between them.
@@ -20,7 +20,7 @@ e.g. a ReLU pre-activation near 0), the entry is KINK, and passes if reverse AD 
 Entries that do not pass are rechecked at h/16, then h/256. A recheck may overturn a verdict only where the
 smaller step can see the doubt the first step left (its noise is a tenth of it) and the disagreement shrank as
 truncation error does (about h^2): an error in the gradient does not shrink with h, and the round-off of a tiny
-step must not hide it. A KINK whose disagreement persists at a smaller step and fails there is a FAIL.
+step must not hide it. A KINK or INCONCLUSIVE entry whose smaller step is smooth and fails there is a FAIL.
 
 Small models are checked coordinate by coordinate ("full"); larger ones along random directions per parameter
 group plus a sample of coordinates ("directional"), and a failing direction is bisected down to its worst entry.
@@ -52,7 +52,8 @@ EXACT_TOLERANCE = 1e3  # exact methods (forward, manual) may differ from reverse
 RECHECK_SHRINK = (16, 256)  # the smaller steps of a recheck, as divisors of h
 TRUNCATION_SLACK = 4.0  # a recheck's disagreement may shrink this much less than h^2 predicts
 STEP_LADDER = (1, 4, 16, 64)  # the steps a direction may take, as multiples of the base step
-NOISE_POINTS, NOISE_LINES = 17, 2  # evaluations per line, and lines per group, that measure the noise of f
+NOISE_POINTS, NOISE_LINES = 17, 5  # evaluations per line, and lines per group, that measure the noise of f
+NOISE_SPAN = 1 / 64  # the lines span +-(this x the default step): few kinks fall that close, and rounding is the same
 FLOAT64 = Precision("float64")
 
 
@@ -250,27 +251,28 @@ def _finite_loss(value) -> float:
 def _noise_level(problem: _Problem, group: _Group, lines: np.ndarray) -> float:
     """eps_f: the noise of the float64 loss near theta, moving along ``lines`` (unit vectors on the group).
 
-    f is evaluated at ``NOISE_POINTS`` equally spaced points across [-h, h] on each line (h the default step,
-    eps^(1/3) scaled); at that scale f is a cubic to far below its rounding, so the scatter about a least-squares
-    cubic is the noise (More and Wild, "Estimating computational noise", 2011). At least half an eps of |f|: the
-    last rounding of the loss is always there.
+    f is evaluated at ``NOISE_POINTS`` equally spaced points across [-h, h] on each line (h = ``NOISE_SPAN`` x
+    the default step, eps^(1/3) scaled): where f is smooth it is a cubic there to far below its rounding, so the
+    scatter about a least-squares cubic is the noise (More and Wild, "Estimating computational noise", 2011),
+    while the inputs still change in every bit that rounding sees. A line that crosses a kink (a ReLU
+    pre-activation) is no cubic and would pass its hinge for noise: the median over the lines leaves it out.
+    At least half an eps of |f|: the last rounding of the loss is always there.
     """
-    h = problem.group_step(group) * problem.eps64 ** (1 / 3) / problem.step_base  # eps^(1/3) whatever --step
+    h = NOISE_SPAN * problem.group_step(group) * problem.eps64 ** (1 / 3) / problem.step_base  # whatever --step
     u = np.linspace(-1.0, 1.0, NOISE_POINTS)
     values = problem.losses_along(np.repeat(lines, NOISE_POINTS, axis=0), np.tile(u * h, len(lines)))
     values = values.reshape(len(lines), NOISE_POINTS).T - problem.f0
     basis = np.vander(u, 4)
     residual = values - basis @ np.linalg.lstsq(basis, values, rcond=None)[0]
     scatter = np.sqrt(np.sum(residual ** 2, axis=0) / (NOISE_POINTS - 4))
-    return max(float(scatter.max()), 0.5 * problem.eps64 * abs(problem.f0))
+    return max(float(np.median(scatter)), 0.5 * problem.eps64 * abs(problem.f0))
 
 
 def _coordinate_lines(problem: _Problem, group: _Group, rng) -> np.ndarray:
     """``NOISE_LINES`` coordinate vectors of the group, drawn among its entries of above-median gradient.
 
-    Coordinate checks move one entry: their noise is measured the same way. A random line through a ReLU network
-    crosses many kinks within [-h, h], which a cubic cannot fit and which would pass for noise; one entry rarely
-    does. Entries the loss hardly depends on would show less noise than the rest: they are left out.
+    Coordinate checks move one entry: their noise is measured the same way (a random line through a ReLU network
+    crosses more kinks). Entries the loss hardly depends on would show less noise than the rest: left out.
     """
     size = np.abs(problem.reverse64[group.offset:group.offset + group.size])
     candidates = np.flatnonzero(size >= np.median(size))
@@ -304,15 +306,18 @@ def _differences(problem: _Problem, evaluate: Callable, steps: np.ndarray, f_noi
     # Where f is smooth the gap between the one-sided differences is ~ f'' h: it halves with h, and it dwarfs
     # the O(h^2) change of the central difference. A kink within h of theta breaks one or the other.
     gap, gap2 = np.abs(plus - 2 * f0 + minus) / steps, np.abs(plus2 - 2 * f0 + minus2) / (steps / 2)
+    # (where f'' ~ 0 the gap is noise and says nothing of the central difference: the first test alone decides)
     smooth = ((np.abs(gap2 - gap / 2) <= 0.25 * gap + floor)
-              & (2 * np.abs(central - central2) <= 0.25 * gap + floor))
+              & ((2 * np.abs(central - central2) <= 0.25 * gap + floor) | (gap <= 4 * floor)))
     return _Differences(steps.astype(np.float64), central, np.abs(central - central2) + floor, floor, (plus - f0) / steps,
                         (f0 - minus) / steps, smooth)
 
 
 def _fd_verdicts(diff: _Differences, reference: np.ndarray) -> np.ndarray:
-    """PASS only where the differences resolve the value to 1% (of the entry or of the group's typical size);
-    where they agree but cannot resolve it, INCONCLUSIVE."""
+    """PASS only where f is smooth within h and the differences resolve the value to 1% (of the entry or of the
+    group's typical size); where they agree but cannot resolve it, INCONCLUSIVE; where a step left f's domain
+    (NaN or inf), INCONCLUSIVE too. A kink inflates the Richardson difference, so it never passes at its step."""
+    finite = np.isfinite(diff.central) & np.isfinite(diff.noise)
     error = np.abs(diff.central - reference)
     scale = np.maximum(np.abs(reference), np.sqrt(np.mean(reference ** 2)))
     resolved = PASS_NOISE * diff.noise <= RESOLUTION * scale
@@ -320,8 +325,9 @@ def _fd_verdicts(diff: _Differences, reference: np.ndarray) -> np.ndarray:
     high = np.maximum(diff.forward_side, diff.backward_side) + PASS_NOISE * diff.noise
     kink = ~diff.smooth & (reference >= low) & (reference <= high)
     agree = error <= PASS_NOISE * diff.noise
-    return np.where(agree & resolved, PASS,
-                    np.where(kink, KINK, np.where(agree | (error <= FAIL_NOISE * diff.noise), INCONCLUSIVE, FAIL)))
+    verdicts = np.where(agree & resolved & diff.smooth, PASS,
+                        np.where(kink, KINK, np.where(agree | (error <= FAIL_NOISE * diff.noise), INCONCLUSIVE, FAIL)))
+    return np.where(finite, verdicts, INCONCLUSIVE)
 
 
 def _fd_check(problem: _Problem, evaluate: Callable, steps: np.ndarray, reference: np.ndarray, f_noise: float):
@@ -331,27 +337,28 @@ def _fd_check(problem: _Problem, evaluate: Callable, steps: np.ndarray, referenc
     recheck overturns a verdict only where (1) it could see the doubt the first step left, the larger of its
     disagreement and its noise, at ``FAIL_NOISE`` times its own noise, and (2) the disagreement shrank from the
     previous step's at least as truncation error does (~h^2, within ``TRUNCATION_SLACK``), down to the
-    recheck's noise floor.
+    recheck's noise floor. A KINK or INCONCLUSIVE entry whose smaller step is smooth and fails is a FAIL.
     """
     diff = _differences(problem, evaluate, steps, f_noise)
     verdicts = _fd_verdicts(diff, reference)
-    last_error = np.abs(diff.central - reference)
-    doubt = np.maximum(last_error, diff.noise)
+    last_error = np.nan_to_num(np.abs(diff.central - reference), nan=np.inf)  # a step out of f's domain
+    doubt = np.maximum(last_error, np.nan_to_num(diff.noise, nan=np.inf))
     last_shrink = 1
     for shrink in RECHECK_SHRINK:
         retry = np.flatnonzero(verdicts != PASS)
         if len(retry) == 0:
             break
         smaller = _differences(problem, lambda d, r=retry: evaluate(d, r), steps[retry] / shrink, f_noise)
-        error = np.abs(smaller.central - reference[retry])
+        error = np.nan_to_num(np.abs(smaller.central - reference[retry]), nan=np.inf)
         could_see = FAIL_NOISE * smaller.noise < doubt[retry]
         predicted = TRUNCATION_SLACK * last_error[retry] * (last_shrink / shrink) ** 2  # from the previous step
         shrank = error <= predicted + PASS_NOISE * smaller.floor
         last_error[retry], last_shrink = error, shrink
         again = _fd_verdicts(smaller, reference[retry])
         better = (again == PASS) & could_see & shrank
-        # a kink's disagreement vanishes once the step is below its distance; one that persists and fails is not
-        worse = (verdicts[retry] == KINK) & (again == FAIL) & ~shrank
+        # a kink's disagreement vanishes once the step is below its distance: where the smaller step is smooth
+        # and fails, the failure is the gradient's, whatever the kink made of the larger step
+        worse = np.isin(verdicts[retry], (KINK, INCONCLUSIVE)) & (again == FAIL) & smaller.smooth
         changed = better | worse
         for field in dataclasses.fields(diff):
             getattr(diff, field.name)[retry[changed]] = getattr(smaller, field.name)[changed]

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import CONFIGS, make_config
-from gradfit import problem
+from gradfit import gradcheck, problem
 from gradfit.cli import app
 from gradfit.gradcheck import FAIL, KINK, PASS, CheckOptions, check_gradient
 
@@ -334,3 +334,29 @@ def test_cli_default_is_the_shipped_logistic_example():
     assert result.exit_code == 0, result.output
     flat = " ".join(result.output.split())
     assert "configs/logreg.yaml" in flat and "l2 = 0.001" in flat and "breast_cancer" in flat
+
+
+@pytest.mark.parametrize("err", [0.0, 1e-4, 5e-2])
+def test_a_kink_near_the_point_does_not_hide_an_error(err):
+    """A ReLU kink 0.75 h from theta along entry 0 inflates the differences at h (KINK, or a noise large enough
+    to pass a 5% error); the recheck below the kink's distance is smooth and decides (a hostile review's case)."""
+    h = np.finfo(float).eps ** (1 / 3)
+    w0 = np.linspace(-0.3, 0.3, 10)
+    slope = np.r_[1e-3, np.linspace(1e-2, 2e-2, 9)] - w0  # entry 0's gradient is below the group's median
+    kink = w0[0] + 0.75 * h
+
+    def loss(p):
+        w = p["w"]
+        return 2.3 + jnp.sum(slope * w) + 0.5 * jnp.sum(w ** 2) + 3e-4 * jax.nn.relu(w[0] - kink)
+
+    report = check_gradient(gradcheck.planted_error(loss, 0, err) if err else loss, {"w": jnp.asarray(w0)})
+    fd = report.groups[0].methods["finite_difference"]
+    assert report.verdict == ("pass" if err == 0 else "fail")
+    if err:
+        assert fd.verdict == FAIL and fd.worst == "[0]"
+
+
+def test_a_step_out_of_the_domain_is_not_a_failure():
+    """sqrt near 0: the step at h leaves the domain (NaN); the smaller step is inside and agrees."""
+    report = check_gradient(lambda p: jnp.sum(jnp.sqrt(p["x"])), {"x": jnp.array([1e-6, 1.0])})
+    assert report.verdict != "fail"
