@@ -377,7 +377,8 @@ def trace(
     at: Optional[Path] = typer.Option(None, "--at", help="Trace at the parameters of this run directory."),
     precision: CheckPrecision = typer.Option(CheckPrecision.float64, help="Precision of the trace's arithmetic."),
     graph: Optional[Path] = typer.Option(None, "--graph", metavar="FILE.dot",
-                                         help="Also write the computational graph as Graphviz DOT (and SVG)."),
+                                         help="Also write the computational graph as Graphviz DOT (and SVG); "
+                                              "- prints only the DOT text."),
     json_flag: bool = typer.Option(False, "--json", help=JSON_HELP),
     json_file: Optional[Path] = typer.Option(None, "--json-out", metavar="FILE", help=JSON_OUT_HELP),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
@@ -392,6 +393,7 @@ def trace(
       gradfit trace --param w[3] --mode reverse
       gradfit trace configs/mlp.yaml --rows 2 --param layers/1/w[0,0] --graph mlp.dot
       gradfit trace --at runs/logreg-20261130-101500 --json
+      gradfit trace --graph - | dot -Tpng > graph.png
     """
     from gradfit.config import EXAMPLES, resolve_config
 
@@ -405,11 +407,16 @@ def trace(
 
         protected = [*([] if config is None else [config]), *_data_files(resolved.config),
                      *([] if at is None else own_files(at))]
-        output = JsonOutput.checked(json_flag, json_file, force, protected)
-        if graph is not None:
-            from gradfit.files import check_output
+        from gradfit.files import STDOUT, check_output
 
-            check_output(graph, "--graph", force, protected)
+        to_stdout = graph is not None and str(graph) == STDOUT  # the DOT text itself, for a pipe into `dot`
+        if to_stdout and json_flag:
+            raise ConfigError("--graph - and --json both write to standard output; send one to a file")
+        if graph is not None and json_file is not None and Path(graph).resolve() == Path(json_file).resolve():
+            raise ConfigError(f"--graph and --json-out both name {graph}; choose two files")
+        output = JsonOutput.checked(json_flag, json_file, force, [*protected, *([graph] if graph else [])])
+        if graph is not None and not to_stdout:
+            check_output(graph, "--graph", force, [*protected, *([json_file] if json_file else [])])
         console = output.console()
         from gradfit import problem, report
         from gradfit import trace as engine
@@ -420,6 +427,9 @@ def trace(
         with chosen.scope():
             params, args = point.cast(chosen.param_dtype)
             result = engine.evaluation_trace(point.loss_fn, params, args, param, mode.value, point.manual_grad)
+        if to_stdout:
+            typer.echo(engine.to_dot(result), nl=False)
+            return
         source = str(config) if config else "configs/logreg.yaml (built in)"
         console.print(f"problem: {escape(source)}\n{escape(point.description)}, in {precision.value}",
                       highlight=False)

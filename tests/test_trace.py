@@ -328,3 +328,17 @@ def test_cli_trace_bad_parameter_exits_2():
 
     result = CliRunner().invoke(app, ["trace", "--param", "v[0]"], env={"COLUMNS": "200"})
     assert result.exit_code == 2 and "the parameters are" in result.stderr and "Traceback" not in result.output
+
+
+def test_cli_graph_to_stdout_and_one_file_named_twice(tmp_path):
+    from typer.testing import CliRunner
+
+    from gradfit.cli import app
+
+    piped = CliRunner().invoke(app, ["trace", "--graph", "-"])
+    assert piped.exit_code == 0 and piped.stdout.startswith("digraph")  # nothing before the DOT text
+    same = tmp_path / "g.dot"
+    twice = CliRunner().invoke(app, ["trace", "--graph", str(same), "--json-out", str(same)])
+    assert twice.exit_code == 2 and "both name" in twice.stderr and not same.exists()
+    both = CliRunner().invoke(app, ["trace", "--graph", "-", "--json"])
+    assert both.exit_code == 2 and "standard output" in both.stderr
