@@ -309,7 +309,7 @@ def compare_grads(
 ) -> None:
     """Check the gradient: reverse-mode AD against forward mode, finite differences and the hand-derived gradient.
 
-    The loss is the config's training objective (with its L2 term) at the parameters training starts from. Models up to 5,000 parameters are checked entry by entry; larger ones along random directions and sampled coordinates per parameter group, and a failing direction is narrowed down to its worst entry. Finite differences are taken in float64 with a noise estimate measured from the loss itself; a recheck at a smaller step overturns a failure only when the disagreement shrinks as truncation error does. Exit code 0 when the gradient passes (or is inconclusive: the differences could not resolve an entry), 1 when it fails, 2 for bad input.
+    The loss is the config's training objective (with its L2 term) at the parameters training starts from (logistic regression, which starts at zero: a seeded random point). Models up to 5,000 parameters are checked entry by entry; larger ones along random directions and sampled coordinates per parameter group, and a failing direction is narrowed down to its worst entry. Finite differences are taken in float64 with a noise estimate measured from the loss itself; a recheck at a smaller step overturns a failure only when the disagreement shrinks as truncation error does. Exit code 0 when the gradient passes (or is inconclusive: the differences could not resolve an entry), 1 when it fails, 2 for bad input.
 
     [bold]Examples[/]
 
