@@ -287,6 +287,22 @@ def _data_files(config) -> list[Path]:
     return [Path(config.data.path)] if config.data.source == "file" and config.data.path else []
 
 
+def _problem_config(config: Optional[Path], at: Optional[Path], overrides: Optional[List[str]]):
+    """(config path or None, resolved config, files never to write) for compare-grads and trace: the config
+    given, else the run's (``--at``), else the shipped configs/logreg.yaml (``EXAMPLES``)."""
+    from gradfit.config import EXAMPLES, resolve_config
+    from gradfit.runs import own_files
+
+    if config is None and at is not None:
+        config = at / "config.yaml"
+        if not config.is_file():
+            raise RunDirError(f"{at}: not a gradfit run directory (no config.yaml); pass the config as well")
+    resolved = resolve_config(config, [*([] if config else EXAMPLES["logreg"]), *(overrides or [])])
+    protected = [*([] if config is None else [config]), *_data_files(resolved.config),
+                 *([] if at is None else own_files(at))]
+    return config, resolved, protected
+
+
 @app.command("compare-grads")
 def compare_grads(
     config: Optional[Path] = typer.Argument(
@@ -318,19 +334,9 @@ def compare_grads(
       gradfit compare-grads configs/mlp.yaml --at runs/mlp-20261126-101500
       gradfit compare-grads configs/logreg.yaml --sweep
     """
-    from gradfit.config import EXAMPLES, resolve_config
-
     with user_errors():
-        if config is None and at is not None:
-            config = at / "config.yaml"
-            if not config.is_file():
-                raise RunDirError(f"{at}: not a gradfit run directory (no config.yaml); pass the config as well")
-        resolved = resolve_config(config, [*([] if config else EXAMPLES["logreg"]), *(set_ or [])])
+        config, resolved, protected = _problem_config(config, at, set_)
         source = str(config) if config else "configs/logreg.yaml (built in: breast cancer, l2 = 0.001)"
-        from gradfit.runs import own_files
-
-        protected = [*([] if config is None else [config]), *_data_files(resolved.config),
-                     *([] if at is None else own_files(at))]
         output = JsonOutput.checked(json_flag, json_file, force, protected)
         console = output.console()
         _use_compile_cache()
@@ -395,18 +401,8 @@ def trace(
       gradfit trace --at runs/logreg-20261130-101500 --json
       gradfit trace --graph - | dot -Tpng > graph.png
     """
-    from gradfit.config import EXAMPLES, resolve_config
-
     with user_errors():
-        if config is None and at is not None:
-            config = at / "config.yaml"
-            if not config.is_file():
-                raise RunDirError(f"{at}: not a gradfit run directory (no config.yaml); pass the config as well")
-        resolved = resolve_config(config, [*([] if config else EXAMPLES["logreg"]), *(set_ or [])])
-        from gradfit.runs import own_files
-
-        protected = [*([] if config is None else [config]), *_data_files(resolved.config),
-                     *([] if at is None else own_files(at))]
+        config, resolved, protected = _problem_config(config, at, set_)
         from gradfit.files import STDOUT, check_output
 
         to_stdout = graph is not None and str(graph) == STDOUT  # the DOT text itself, for a pipe into `dot`
