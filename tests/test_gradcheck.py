@@ -107,7 +107,7 @@ def test_planted_bug_is_found_and_located_in_full_mode():
 
 
 def test_planted_bug_is_found_and_located_in_directional_mode():
-    problem = config_problem(*MLP, "model.hidden=[128, 64]")
+    problem = config_problem(*MLP, "model.hidden=[128, 64]", max_rows=300)
     loss = with_bug_in_layer(problem, 1, 1.001, (5, 9))
     report = check(problem, loss, problem.manual_grad)
     assert report.mode == "directional" and report.num_params > 5000
@@ -255,7 +255,7 @@ def test_a_large_step_is_rechecked_at_smaller_steps_before_failing():
 
 
 def test_hand_derived_errors_are_located_on_every_coordinate_in_directional_mode():
-    problem = config_problem(*MLP, "model.hidden=[128, 64]")
+    problem = config_problem(*MLP, "model.hidden=[128, 64]", max_rows=300)
 
     def wrong_manual(params):
         grads = problem.manual_grad(params)
@@ -270,7 +270,7 @@ def test_hand_derived_errors_are_located_on_every_coordinate_in_directional_mode
 
 
 def test_an_error_spread_over_a_group_is_said_to_be_spread():
-    problem = config_problem(*MLP, "model.hidden=[128, 64]")
+    problem = config_problem(*MLP, "model.hidden=[128, 64]", max_rows=300)
     bug = planted_bug(1.0001, (slice(None), slice(None)))  # every entry of layers/1/w 0.01% off
     report = check(problem, with_bug(problem, 1, bug))
     (failing,) = [g for g in report.groups if g.verdict == FAIL]
