@@ -69,7 +69,8 @@ def test_logistic_regression_in_float64_agrees_to_the_digits():
 
 @pytest.mark.parametrize("activation", ["relu", "tanh", "gelu"])
 def test_mlp_groups_all_pass(activation):
-    problem = config_problem(*MLP, "model.hidden=[16, 8]", f"model.activation={activation}", "model.l2=0.001")
+    problem = config_problem(*MLP, "model.hidden=[16, 8]", f"model.activation={activation}", "model.l2=0.001",
+                             max_rows=300)
     report = check(problem, manual=problem.manual_grad)
     assert report.verdict == "pass"
     assert [g.name for g in report.groups] == ["layers/0/b", "layers/0/w", "layers/1/b", "layers/1/w",
@@ -128,7 +129,7 @@ def test_one_percent_error_is_not_missed_in_float32():
 
 
 def test_float32_correct_gradient_is_not_a_failure():
-    problem = config_problem(*MLP, "model.hidden=[16]")
+    problem = config_problem(*MLP, "model.hidden=[16]", max_rows=300)
     report = check(problem, manual=problem.manual_grad, options=CheckOptions(precision="float32"))
     assert report.verdict in ("pass", "inconclusive")
     assert all(g.verdict != FAIL for g in report.groups)
@@ -183,7 +184,7 @@ def test_cli_default_passes_and_writes_json(tmp_path):
 
 
 def test_cli_mlp_config_directional_with_sweep(tmp_path):
-    result = invoke(str(CONFIGS / "mlp.yaml"), "--sweep", "--rows", "300", "--json-out", str(tmp_path / "o.json"))
+    result = invoke(str(CONFIGS / "mlp.yaml"), "--sweep", "--rows", "100", "--json-out", str(tmp_path / "o.json"))
     assert result.exit_code == 0, result.output
     assert "directional check" in result.output and "V shape" in result.output
     assert json.loads((tmp_path / "o.json").read_text())["sweep"]["shape"] == "V"
