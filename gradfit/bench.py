@@ -16,7 +16,6 @@ import time
 from typing import Any, Callable, Optional
 
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import jax
@@ -33,7 +32,7 @@ from gradfit.loop import EarlyStopping, LoopState, Session
 from gradfit.losses import hand_derived_gradient, logistic_manual_grad, make_objective, mlp_manual_grad
 from gradfit.models import count_params, logistic, mlp
 from gradfit.optim import make_optimizer
-from gradfit.timing import Timing, collect, measure, record
+from gradfit.timing import Timing, collect, compile_side_by_side, growth_exponent, measure, record
 from gradfit.train import compile_programs, prepare
 
 # Dense fp32 peak (TFLOP/s) of GPUs we know: the CUDA-core rate, and the TF32 tensor-core rate (dense) that
@@ -236,21 +235,14 @@ def _gradient_methods(objective: Callable, params, x, y, manual: Callable, repea
     numpy_params = jax.tree_util.tree_map(np.asarray, params)
     x_np, y_np = np.asarray(x), np.asarray(y)
     cheap = 2 * repeats  # the loss is the denominator of every ratio: time it (and its peers) well
-    programs = compile_side_by_side([jax.jit(flat_loss), jax.jit(jax.grad(flat_loss)), jax.jit(forward),
-                                     jax.jit(central_differences)], theta, x, y)
+    programs = compile_side_by_side([flat_loss, jax.grad(flat_loss), forward,
+                                     central_differences], theta, x, y)
     row = {"num_params": int(size)}
     for key, program, count in zip(("loss_s", "reverse_s", "forward_s", "finite_difference_s"), programs,
                                    (cheap, cheap, repeats, repeats)):
         record(row, key, measure(program, theta, x, y, repeats=count))
     record(row, "manual_numpy_s", measure(lambda: manual(numpy_params, x_np, y_np), repeats=cheap))
     return row
-
-
-def compile_side_by_side(jitted: list, *args) -> list:
-    """Compile jitted functions for ``args`` two at a time (XLA compiles without the GIL)."""
-    lowered = [fn.lower(*args) for fn in jitted]
-    with ThreadPoolExecutor(2) as pool:
-        return list(pool.map(lambda program: program.compile(), lowered))
 
 
 def method_scaling(options: BenchOptions, device) -> dict:
@@ -290,11 +282,7 @@ def _with_ratios(rows: list) -> dict:
     methods = ("reverse", "forward", "finite_difference", "manual_numpy")
     for row in rows:
         row["ratios"] = {m: row[f"{m}_s"] / row["loss_s"] for m in methods}
-    sizes = np.log([row["num_params"] for row in rows])
-    exponents = {}
-    for m in methods:
-        ratios = np.log([row["ratios"][m] for row in rows])
-        exponents[m] = float(np.polyfit(sizes, ratios, 1)[0]) if len(rows) > 1 else None
+    exponents = {m: growth_exponent([(row["num_params"], row["ratios"][m]) for row in rows]) for m in methods}
     return {"rows": rows, "growth_exponent": exponents}
 
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 import importlib
 import math
 import time
-from concurrent.futures import ThreadPoolExecutor
 from types import MappingProxyType
 from typing import Callable, NamedTuple, Optional
 
@@ -41,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradfit.precision import Precision
-from gradfit.timing import measure, record
+from gradfit.timing import compile_side_by_side, growth_exponent, measure, record
 
 RT = 1.0
 METHODS = ("reverse", "forward", "finite_difference", "manual", "symbolic")
@@ -237,21 +236,13 @@ def relative_error(value, reference) -> float:
     return float(np.linalg.norm(value - reference) / np.linalg.norm(reference))
 
 
-def _compile(functions: list, *args) -> list:
-    """Trace each function under ``jax.jit`` for ``args``, then compile them two at a time (XLA compiles
-    without the GIL), so no timing below includes a compilation."""
-    lowered = [jax.jit(fn).lower(*args) for fn in functions]
-    with ThreadPoolExecutor(2) as pool:
-        return list(pool.map(lambda program: program.compile(), lowered))
-
-
 def _jax_row(n: int, instance: Problem, repeats: int) -> tuple[dict, np.ndarray]:
     """Times and gradients of f and the four JAX methods at one size; (row, reverse-mode gradient)."""
     row: dict = {"size": n, "num_params": n}
     with _FLOAT64.scope():
         args = (jnp.asarray(instance.x), jnp.asarray(instance.b), jnp.asarray(instance.A),
                 jnp.asarray(instance.rt, jnp.float64))
-        programs = _compile([helmholtz, *JAX_METHODS.values()], *args)
+        programs = compile_side_by_side([helmholtz, *JAX_METHODS.values()], *args)
         loss, methods = programs[0], dict(zip(JAX_METHODS, programs[1:]))
         gradients = {name: np.asarray(program(*args)) for name, program in methods.items()}
         # f is the denominator of every ratio, and f, reverse and manual are the fastest calls: time them twice
@@ -281,18 +272,10 @@ def _symbolic_fields(row: dict, instance: Problem, reference: np.ndarray, repeat
                symbolic_own_ratio=row["symbolic_s"] / row["symbolic_loss_s"], symbolic_skipped=None)
 
 
-def _fit_slope(points: list) -> Optional[float]:
-    """Slope of log(y) against log(x) for (x, y) points; None for fewer than 2."""
-    if len(points) < 2:
-        return None
-    xs, ys = zip(*points)
-    return float(np.polyfit(np.log(xs), np.log(ys), 1)[0])
-
-
 def growth_exponents(rows: list, fit_from: int = FIT_FROM) -> dict:
     """For each method, the slope of log(time / f time) against log(n) over the rows with ``n >= fit_from``
     where the method was timed; None when fewer than 2 such rows."""
-    return {m: _fit_slope([(r["num_params"], r["ratios"][m]) for r in rows
+    return {m: growth_exponent([(r["num_params"], r["ratios"][m]) for r in rows
                            if r["num_params"] >= fit_from and r["ratios"].get(m) is not None]) for m in METHODS}
 
 
@@ -345,7 +328,7 @@ def study(sizes: tuple = FULL["sizes"], repeats: int = 5, symbolic_max_n: int = 
         "rows": rows,
         "growth_exponent": growth_exponents(rows, fit_from),
         "expression_growth": {
-            key: _fit_slope([(r["num_params"], r[f"symbolic_{key}"]) for r in rows
+            key: growth_exponent([(r["num_params"], r[f"symbolic_{key}"]) for r in rows
                              if r["num_params"] >= 2 and r[f"symbolic_{key}"] is not None])
             for key in ("ops", "ops_cse")},
         "growth_fit_from": fit_from,

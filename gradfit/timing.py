@@ -9,9 +9,11 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
-from typing import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Optional
 
 import jax
+import numpy as np
 
 SPREAD_LIMIT = 0.20  # samples whose (max - min) / median exceeds this are not a figure to report as fact
 
@@ -77,3 +79,19 @@ def record(row: dict, key: str, timing: Timing, scale: float = 1.0) -> float:
     if not timing.stable and key not in unstable:
         unstable.append(key)
     return row[key]
+
+
+def compile_side_by_side(functions: list, *args) -> list:
+    """Jit, trace and compile each function for ``args``, two at a time (XLA compiles without the GIL), so that
+    no timing includes a compilation."""
+    lowered = [jax.jit(fn).lower(*args) for fn in functions]
+    with ThreadPoolExecutor(2) as pool:
+        return list(pool.map(lambda program: program.compile(), lowered))
+
+
+def growth_exponent(points: list) -> Optional[float]:
+    """The slope of log(y) against log(x) over (x, y) points: how a cost grows; None for fewer than 2 points."""
+    if len(points) < 2:
+        return None
+    xs, ys = zip(*points)
+    return float(np.polyfit(np.log(xs), np.log(ys), 1)[0])
