@@ -75,7 +75,7 @@ class _Section(BaseModel):
     def _no_booleans_as_numbers(cls, value: Any, info):
         # pydantic would read `epochs: yes` as 1; a boolean where a number or a word belongs is a mistake
         annotation = cls.model_fields[info.field_name].annotation
-        if isinstance(value, bool) and annotation is not bool:
+        if isinstance(value, bool) and annotation is not bool and bool not in get_args(annotation):
             choices = _choices(annotation)
             wanted = f"one of {', '.join(map(repr, choices))}" if choices else "a number"
             raise ValueError(f"expected {wanted}, not a boolean (YAML reads yes/no/on/off as true/false; quote the "
@@ -111,9 +111,21 @@ class DataConfig(_Section):
     synthetic: SyntheticConfig = Field(
         default_factory=SyntheticConfig, description="generator settings (source: synthetic)"
     )
+    in_memory: Union[Literal["auto"], bool] = Field(
+        "auto", description="hold the data in memory (true), stream row blocks from disk (false: a folder made by "
+        "'gradfit data convert', or synthetic), or stream when the training split would fill over half the device "
+        "memory or a quarter of host RAM (auto)"
+    )
 
     APPLIES_TO = {"path": {"file"}, "target": {"file"}, "synthetic": {"synthetic"}}
     SELECTOR = "source"
+
+    @field_validator("in_memory", mode="plain")
+    @classmethod
+    def _auto_or_boolean(cls, value: Any):
+        if value == "auto" or isinstance(value, bool):
+            return value
+        raise ValueError("expected auto, true or false")
 
     @field_validator("path")
     @classmethod
@@ -256,6 +268,11 @@ class TrainConfig(_Section):
         = Field(3, ge=1, le=MAX_KEPT_CHECKPOINTS, description="how many of the newest checkpoints to keep")
     early_stopping: EarlyStoppingConfig = Field(
         default_factory=EarlyStoppingConfig, description="stop when a validation metric stops improving"
+    )
+    shuffle: Literal["auto", "full", "blocks"] = Field(
+        "auto", description="minibatch order each epoch: full (a permutation of all rows), blocks (a permutation of "
+        "4,096-row blocks, rows shuffled within windows of 16 blocks: reads a disk in long runs), or auto (full in "
+        "memory, blocks when streaming)"
     )
 
     @field_validator("eval_every", mode="plain")

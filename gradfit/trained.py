@@ -17,8 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradfit import files, precision, runs
-from gradfit.batches import Batch, batch_position, is_npz, read_batches
+from gradfit import files, precision, runs, tabular
 from gradfit.config import GradfitConfig, resolve_config
 from gradfit.data import Dataset, class_ids, first_overflow, load_dataset
 from gradfit.errors import DataError, RunDirError
@@ -98,34 +97,33 @@ class TrainedRun:
 
         return log_probs
 
-    def batches(self, path: Path, target: Optional[str], need_labels: bool, rows: int) -> Iterator[Batch]:
-        """Standardized batches of a data file (its columns checked now); labels as class indices if ``need_labels``.
+    def open_data(self, path: Path, target: Optional[str], need_labels: bool) -> tabular.Table:
+        """A data file (or converted folder) with this run's feature columns, its header checked now."""
+        return tabular.open_table(path, target, self.feature_names, need_labels, target_hint="pass --target")
+
+    def batches(self, table: tabular.Table, rows: int) -> Iterator[tabular.Block]:
+        """Standardized blocks of a table; labels as class indices when it has them.
 
         Raw cells are checked by the reader (finite, at most 1e150 in magnitude, as in training); here every
         standardized value must also be finite in the run's compute dtype (float32's range is 3.4e38): otherwise
-        a DataError names the line (.npz: row) and column.
+        a DataError names the line (or row) and column.
         """
-        raw = read_batches(path, self.feature_names, target, need_labels, rows)
         dtype = self.precision.compute_dtype
         scaled = self.preprocessing["standardize"] is not None
         names = self.feature_names
-
-        def standardized() -> Iterator[Batch]:
-            for batch in raw:
-                x = self.standardize(batch.x)
-                found = first_overflow(x, dtype)
-                if found is not None:
-                    row, col = found
-                    where = batch_position(path, batch.line_numbers[row])
-                    value = f"is {float(batch.x[row, col])!r}"
-                    if scaled:
-                        value += f", which the run's standardization makes {float(x[row, col])!r}"
-                    raise DataError(f"{where}: column '{names[col]}' {value}, beyond {dtype.name}'s range, in which "
-                                    "the run computes; is it a sentinel for a missing value? Remove or impute it")
-                labels = class_ids(batch.labels, self.classes, str(path)) if need_labels else None
-                yield Batch(x, labels, batch.line_numbers)
-
-        return standardized()
+        for block in table.blocks(rows):
+            x = self.standardize(block.x)
+            found = first_overflow(x, dtype)
+            if found is not None:
+                row, col = found
+                value = f"is {float(block.x[row, col])!r}"
+                if scaled:
+                    value += f", which the run's standardization makes {float(x[row, col])!r}"
+                raise DataError(f"{table.locate(block.positions[row])}: column '{names[col]}' {value}, beyond "
+                                f"{dtype.name}'s range, in which the run computes; is it a sentinel for a missing "
+                                "value? Remove or impute it")
+            labels = class_ids(block.labels, self.classes, str(table.path)) if table.has_labels else None
+            yield tabular.Block(x, labels, block.positions)
 
 
 def load_run(run_dir: str | Path) -> TrainedRun:
@@ -223,10 +221,11 @@ def evaluate(run: TrainedRun, data: Optional[Path], split: str, target: Optional
     """(true class indices, log-probabilities, what was evaluated) on a labelled file or one of the run's splits."""
     log_probs = run.log_probabilities()
     if data is not None:
-        parts = [(batch.labels, log_probs(batch.x, lambda i, b=batch: batch_position(data, b.line_numbers[i])))
-                 for batch in run.batches(data, target, True, batch_rows)]
+        table = run.open_data(data, target, True)
+        parts = [(block.labels, log_probs(block.x, lambda i, b=block: table.locate(b.positions[i])))
+                 for block in run.batches(table, batch_rows)]
         if not parts:
-            raise DataError(f"{data}: the header has no data rows below it")
+            raise table.no_rows()
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), str(data)
     rows = getattr(reload_dataset(run), split)
     if len(rows) == 0:
@@ -246,17 +245,17 @@ def write_predictions(run: TrainedRun, data: Path, out: TextIO, with_probabiliti
     Columns: ``line`` (the input line; ``row`` for .npz), ``prediction`` (an original label value) and, with
     probabilities, ``p_<label>`` per class (17 significant digits for float64 runs, 9 for float32 ones).
     """
-    batches = run.batches(data, target, False, batch_rows)  # a wrong file fails here, before any output
+    table = run.open_data(data, target, False)  # a wrong file fails here, before any output
     log_probs = run.log_probabilities()
     digits = f"%.{run.precision.significant_digits}g"
     labels = np.array([_csv_field(str(c)) for c in run.classes])
-    position = "row" if is_npz(data) else "line"
+    position = "line" if table.kind == "csv" else "row"
     header = [position, "prediction"] + ([f"p_{c}" for c in run.classes] if with_probabilities else [])
     out.write(",".join(_csv_field(h) for h in header) + "\n")
     count = 0
-    for batch in batches:
-        lp = log_probs(batch.x, lambda i, b=batch: batch_position(data, b.line_numbers[i]))  # never nan
-        columns = [batch.line_numbers.astype(str), labels[lp.argmax(axis=1)]]
+    for block in run.batches(table, batch_rows):
+        lp = log_probs(block.x, lambda i, b=block: table.locate(b.positions[i]))  # never nan
+        columns = [block.positions.astype(str), labels[lp.argmax(axis=1)]]
         if with_probabilities:
             columns += list(np.char.mod(digits, np.exp(lp)).T)
         out.write("".join(",".join(row) + "\n" for row in zip(*columns)))

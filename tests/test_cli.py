@@ -145,7 +145,7 @@ def _write(path, text):
         ("a,b,target\n1,2,x\n3,oops,y\n", ":3: column 'b' has non-numeric value 'oops'"),
         ("a,b,target\n1,2,x\n3,nan,y\n", ":3: column 'b' is nan"),
         ("a,b,target\n1,2,x\n3,4\n", ":3: 2 fields but the header has 3 columns"),
-        ("a,b,label\n1,2,x\n3,4,y\n", "no target column 'target'"),
+        ("a,b,label\n1,2,x\n3,4,y\n", "no label column 'target'"),
         ("a,b,target\n1,2,x\n3,4,x\n5,6,x\n", "single class ('x')"),
         ("a,target,a\n1,x,2\n3,y,4\n", "duplicate column name(s) in the header: 'a'"),
         ("a;b;target\n1;2;x\n", "seems to use another separator"),

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from gradfit.config import GradfitConfig, resolve_config
-from gradfit.data import builtin_path, load_dataset, make_synthetic, read_csv, read_npz, split_indices
+from gradfit.data import builtin_path, load_dataset, make_synthetic, split_indices
+from gradfit.tabular import open_table
 from gradfit.errors import DataError
 
 
@@ -385,12 +386,13 @@ def test_data_path_is_relative_to_the_config_file(tmp_path, monkeypatch):
 def test_hash_signs_are_data_not_comments(tmp_path):
     path = tmp_path / "hash.csv"
     path.write_text("target,a,b\n#pos,1,2\n#neg,3,4\nc#1,5,6\n#pos,7,8\n", encoding="utf-8")
-    x, labels, names = read_csv(path, "target")
-    assert x.tolist() == [[1, 2], [3, 4], [5, 6], [7, 8]] and list(labels) == ["#pos", "#neg", "c#1", "#pos"]
+    x, labels, _ = open_table(path, "target").read_all()
+    assert x.tolist() == [[1, 2], [3, 4], [5, 6], [7, 8]]
+    assert list(labels.values[labels.codes]) == ["#pos", "#neg", "c#1", "#pos"]
 
 
 def test_complex_features_in_npz_are_refused(tmp_path):
     path = tmp_path / "c.npz"
     np.savez(path, X=np.ones((4, 2), complex), y=np.array([0, 1, 0, 1]))
     with pytest.raises(DataError, match="X must be a 2-D numeric array"):
-        read_npz(path)
+        open_table(path)

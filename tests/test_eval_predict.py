@@ -411,7 +411,7 @@ def test_a_label_never_seen_in_training_exits_2_naming_it(yes_no, tmp_path):
 @pytest.mark.parametrize("cell, message", [
     ("abc", "column 'f2' has non-numeric value 'abc'"),
     ("nan", "column 'f2' is nan"),
-    ("", "column 'f2' has non-numeric value ''"),
+    ("", "column 'f2' is empty"),
     ("inf", "column 'f2' is inf"),
 ])
 def test_a_bad_cell_exits_2_naming_line_and_column(yes_no, tmp_path, cell, message):

@@ -209,7 +209,7 @@ CASES = {
         file_config(), ("data.csv:2",),
         files={"data.csv": "a,b,target\n" + "1" * 200_000 + ",2,0\n" + VALID_ROWS}),
     "csv-missing-target-column": Case(
-        file_config(), ("data.csv", "no target column 'target'", "did you mean 'targets'?"),
+        file_config(), ("data.csv", "no label column 'target'", "did you mean 'targets'?"),
         files={"data.csv": "a,b,targets\n" + VALID_ROWS}),
     "csv-semicolons": Case(
         file_config(), ("data.csv", "another separator"),
