@@ -280,6 +280,18 @@ def _synthetic_block(spec: SyntheticConfig, weights: np.ndarray, seed: int, bloc
     return x, logits.argmax(axis=1)
 
 
+def class_index(labels: Labels | np.ndarray, origin: str) -> tuple[np.ndarray, list]:
+    """(each row's index into ``classes``, classes): the classes as ``encode_labels`` orders them."""
+    if not isinstance(labels, Labels):
+        labels = distinct_labels(np.asarray(labels), origin)
+    values = _normalize_labels(labels.values, origin)
+    try:
+        classes, remap = np.unique(values, return_inverse=True)
+    except TypeError:  # an object array of mixed types: only a caller's mistake can make one
+        raise DataError(f"{origin}: the labels mix types; use one type (text or numbers) for every label") from None
+    return remap.reshape(-1)[labels.codes], [c.item() if isinstance(c, np.generic) else c for c in classes]
+
+
 def encode_labels(labels: Labels | np.ndarray, origin: str) -> tuple[np.ndarray, list]:
     """Map raw labels to the loss's encoding; returns (y, classes).
 
@@ -297,15 +309,7 @@ def encode_labels(labels: Labels | np.ndarray, origin: str) -> tuple[np.ndarray,
 
     Two classes become -1.0/+1.0, more become 0..K-1.
     """
-    if not isinstance(labels, Labels):
-        labels = distinct_labels(np.asarray(labels), origin)
-    values = _normalize_labels(labels.values, origin)
-    try:
-        classes, remap = np.unique(values, return_inverse=True)
-    except TypeError:  # an object array of mixed types: only a caller's mistake can make one
-        raise DataError(f"{origin}: the labels mix types; use one type (text or numbers) for every label") from None
-    y = remap.reshape(-1)[labels.codes]
-    classes = [c.item() if isinstance(c, np.generic) else c for c in classes]
+    y, classes = class_index(labels, origin)
     if len(classes) < 2:
         raise DataError(f"{origin}: the target has a single class ({preview(classes)}); need at least two")
     if len(classes) == 2:

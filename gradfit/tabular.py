@@ -30,7 +30,8 @@ import numpy as np
 from gradfit import files
 from gradfit.errors import DataError
 
-BLOCK_ROWS = 1 << 16
+BLOCK_ROWS = 1 << 16  # rows per block at most
+BLOCK_CELLS = 1 << 22  # cells per block at most: 32 MB of float64 (784 columns: 5,350 rows), so memory stays flat
 MAX_FEATURE = 1e150  # largest feature magnitude: its square (a variance) cannot overflow float64
 CONVERTED_FORMAT = "gradfit-table"  # meta.json's "format" in a converted folder
 CONVERTED_FILES = ("X.npy", "y.npy", "meta.json")
@@ -75,8 +76,12 @@ class Table:
     stored_codes: Optional[np.ndarray] = None  # (n,) int class index per row, into ``classes``
     classes: Optional[np.ndarray] = None
 
-    def blocks(self, rows: int = BLOCK_ROWS) -> Iterator[Block]:
-        return self._read(rows)
+    checked: bool = True  # refuse non-finite cells and those beyond MAX_FEATURE (describe counts them instead)
+    bytes_read: int = 0  # of a CSV, so far: what a progress bar shows
+
+    def blocks(self, rows: Optional[int] = None) -> Iterator[Block]:
+        """Blocks of at most ``rows`` rows (default: ``BLOCK_CELLS`` cells, at most ``BLOCK_ROWS`` rows)."""
+        return self._read(rows or max(1, min(BLOCK_ROWS, BLOCK_CELLS // max(len(self.names), 1))))
 
     def locate(self, position: int) -> str:
         """Where a block position is, for a message: "data.csv:7" or "data.npz: X row 5"."""
@@ -113,14 +118,15 @@ class Table:
 
 
 def open_table(path: Path, target: Optional[str] = "target", features: Optional[Sequence[str]] = None,
-               need_labels: bool = True, target_hint: str = "set data.target") -> Table:
+               need_labels: Optional[bool] = True, target_hint: str = "set data.target") -> Table:
     """Open a CSV, an .npz or a converted folder and check its header; nothing else is read yet.
 
     Args:
         target: the label column of a CSV (an .npz holds labels as ``y``).
         features: the feature columns wanted, in this order (a run's); the file must hold exactly these, in any
             order, besides the labels. None: every column but the target, in file order.
-        need_labels: read the labels, and refuse a file without them; otherwise a label column is ignored.
+        need_labels: read the labels, and refuse a file without them; False: a label column is ignored; None:
+            read the labels if the file has them.
         target_hint: how to name another label column, for the message when ``target`` is missing.
     """
     path = Path(path)
@@ -252,6 +258,8 @@ def _open_csv(path: Path, target: Optional[str], features: Optional[Sequence[str
     if len(header) == 1 and any(sep in header[0] for sep in ";\t|"):
         raise DataError(f"{path}: the header has a single column {header[0][:100]!r}; gradfit reads comma-separated "
                         "files, and this one seems to use another separator")
+    if need_labels is None:
+        need_labels = target in header
     if need_labels and target not in header:
         close = difflib.get_close_matches(target or "", header, n=1)
         hint = f"did you mean '{close[0]}'? ({target_hint})" if close else f"{target_hint} to the label column"
@@ -270,15 +278,16 @@ def _open_csv(path: Path, target: Optional[str], features: Optional[Sequence[str
     index = {h: i for i, h in enumerate(header)}
     columns = [index[n] for n in names]
     label = index[target] if need_labels else None
-    return Table(path, "csv", names, need_labels, None,
-                 lambda rows: _csv_blocks(path, header, columns, label, rows))
+    table = Table(path, "csv", names, need_labels, None, lambda rows: _csv_blocks(table, header, columns, label, rows))
+    return table
 
 
-def _csv_blocks(path: Path, header: list[str], columns: list[int], label: Optional[int], rows: int
+def _csv_blocks(table: Table, header: list[str], columns: list[int], label: Optional[int], rows: int
                 ) -> Iterator[Block]:
+    path = table.path
     with _open_text(path) as f:
         lines = _lines(f, path)
-        next(lines, None)  # the header, checked by _open_csv
+        table.bytes_read = len(next(lines, "").encode())  # the header, checked by _open_csv
         line = 2  # of the first line of the next block
         while True:
             try:
@@ -287,22 +296,24 @@ def _csv_blocks(path: Path, header: list[str], columns: list[int], label: Option
                 raise _not_utf8(path, exc) from None
             if not chunk:
                 return
+            table.bytes_read += sum(map(len, chunk))  # characters: bytes for the ASCII of numbers
             kept = [(line + i, text) for i, text in enumerate(chunk) if not text.isspace()]
             line += len(chunk)
             if kept:
                 numbers = np.fromiter((n for n, _ in kept), np.int64, len(kept))
-                yield _parse_block(path, header, [t for _, t in kept], numbers, columns, label)
+                yield _parse_block(path, header, [t for _, t in kept], numbers, columns, label, table.checked)
 
 
 def _parse_block(path: Path, header: list[str], texts: list[str], numbers: np.ndarray, columns: list[int],
-                 label: Optional[int]) -> Block:
+                 label: Optional[int], checked: bool) -> Block:
     _check_field_counts(path, texts, numbers, len(header))
     options = dict(delimiter=",", quotechar='"', comments=None, ndmin=2)
     try:
         x = np.loadtxt(texts, usecols=columns, dtype=np.float64, **options)
     except ValueError:
         _raise_bad_cell(path, header, texts, numbers, columns)
-    check_features(x, [header[c] for c in columns], lambda line: f"{path}:{line}", numbers)
+    if checked:
+        check_features(x, [header[c] for c in columns], lambda line: f"{path}:{line}", numbers)
     labels = None
     if label is not None:
         # Python str objects: a 'U' array would take rows x the longest label x 4 bytes
@@ -350,6 +361,8 @@ def _raise_bad_cell(path: Path, header: list[str], texts: list[str], numbers: np
 
 def _open_npz(path: Path, features: Optional[Sequence[str]], need_labels: bool) -> Table:
     with files.open_npz(path, "data file", DataError) as (archive, members):
+        if need_labels is None:
+            need_labels = "y" in members
         if "X" not in members or (need_labels and "y" not in members):
             missing = [k for k in ("X", "y") if k not in members and (k == "X" or need_labels)]
             raise DataError(f"{path}: missing array(s) {', '.join(missing)}; found {sorted(members) or 'none'}. "
@@ -378,8 +391,9 @@ def _open_npz(path: Path, features: Optional[Sequence[str]], need_labels: bool) 
         names, order = list(features), [position[n] for n in features]
         if order == list(range(shape[1])):
             order = None
-    return Table(path, "npz", names, need_labels, shape[0],
-                 lambda rows: _npz_blocks(path, names, order, need_labels, rows))
+    table = Table(path, "npz", names, need_labels, shape[0],
+                  lambda rows: _npz_blocks(path, names, order, need_labels, rows, table.checked))
+    return table
 
 
 @contextlib.contextmanager
@@ -413,8 +427,8 @@ def decoded(values: np.ndarray, origin: str) -> list[str]:
                         "decode them first (for example y.astype(str))") from None
 
 
-def _npz_blocks(path: Path, names: list[str], order: Optional[list[int]], need_labels: bool, rows: int
-                ) -> Iterator[Block]:
+def _npz_blocks(path: Path, names: list[str], order: Optional[list[int]], need_labels: bool, rows: int,
+                checked: bool) -> Iterator[Block]:
     with files.open_npz(path, "data file", DataError) as (archive, _):
         labels = None
         if need_labels:
@@ -432,26 +446,28 @@ def _npz_blocks(path: Path, names: list[str], order: Optional[list[int]], need_l
                     if len(raw) != count * shape[1] * dtype.itemsize:
                         raise DataError(f"{path}: X is truncated (its header promises more rows than the file holds)")
                     x = np.frombuffer(raw, dtype).reshape(count, shape[1])
-                yield _stored_block(path, x, order, names, None if labels is None else labels[start:start + count],
-                                    start, lambda row: f"{path}: X row {row}")
+                yield _stored_block(x, order, names, None if labels is None else labels[start:start + count],
+                                    start, lambda row: f"{path}: X row {row}", checked)
 
 
-def _stored_block(path: Path, x: np.ndarray, order: Optional[list[int]], names: list[str],
-                  labels: Optional[np.ndarray], start: int, locate: Locate) -> Block:
+def _stored_block(x: np.ndarray, order: Optional[list[int]], names: list[str], labels: Optional[np.ndarray],
+                  start: int, locate: Locate, checked: bool) -> Block:
     """A block of stored numbers: float32 kept, anything else float64, columns reordered, cells checked."""
     if order is not None:
         x = x[:, order]
     x = np.array(x, np.float32 if x.dtype == np.float32 else np.float64)  # a writable copy of its own
     positions = np.arange(start, start + len(x), dtype=np.int64)
-    check_features(x, names, locate, positions)
+    if checked:
+        check_features(x, names, locate, positions)
     return Block(x, labels, positions)
 
 
 # ---------------------------------------------------------------------------------------------------- converted
 
 
-def _open_converted(path: Path, features: Optional[Sequence[str]], need_labels: bool) -> Table:
+def _open_converted(path: Path, features: Optional[Sequence[str]], need_labels: Optional[bool]) -> Table:
     meta = read_meta(path)
+    need_labels = need_labels is not False
     x = open_npy(path / "X.npy")
     y = open_npy(path / "y.npy")
     if x.ndim != 2 or x.dtype not in (np.float32, np.float64) or x.shape != (meta["rows"], len(meta["feature_names"])):
@@ -475,10 +491,11 @@ def _open_converted(path: Path, features: Optional[Sequence[str]], need_labels: 
     def blocks(rows: int) -> Iterator[Block]:
         for start in range(0, len(x), rows):
             labels = classes[y[start:start + rows]] if need_labels else None
-            yield _stored_block(path, x[start:start + rows], order, names, labels, start,
-                                lambda row: f"{path}: row {row}")
+            yield _stored_block(x[start:start + rows], order, names, labels, start, lambda row: f"{path}: row {row}",
+                                table.checked)
 
-    return Table(path, "converted", names, need_labels, meta["rows"], blocks, meta, x, y, classes)
+    table = Table(path, "converted", names, need_labels, meta["rows"], blocks, meta, x, y, classes)
+    return table
 
 
 def class_values(classes: list) -> np.ndarray:
