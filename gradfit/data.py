@@ -17,7 +17,7 @@ import re
 import zlib
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Callable, Iterable, NamedTuple, Optional
+from typing import Callable, Iterable, Iterator, NamedTuple, Optional
 
 import numpy as np
 
@@ -44,6 +44,11 @@ class Split:
 
     def __len__(self) -> int:
         return len(self.y)
+
+    def blocks(self, rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(x, y) of consecutive rows, ``rows`` at a time (as ``StreamedSplit.blocks`` reads them from disk)."""
+        for start in range(0, len(self), rows):
+            yield self.x[start:start + rows], self.y[start:start + rows]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,8 +98,11 @@ class Dataset:
         }
 
 
-def load_dataset(config: GradfitConfig) -> Dataset:
+def load_dataset(config: GradfitConfig, shuffle: str = "full") -> Dataset:
     """Load, check, encode, split and standardize the dataset a config names.
+
+    ``shuffle`` is the run's resolved ``train.shuffle``: with "blocks" each split keeps its rows in file order
+    (the order a streamed run reads them in); with "full" they are in the split's seeded permutation.
 
     Raises:
         DataError: a missing or malformed file, bad labels, a feature cell that is not finite or beyond
@@ -114,15 +122,16 @@ def load_dataset(config: GradfitConfig) -> Dataset:
         train_idx, val_idx, test_idx = split_indices(len(y), data.val_fraction, data.test_fraction, config.seed)
     except DataError as exc:
         raise DataError(f"{origin}: {exc}") from None
+    if shuffle == "blocks":
+        train_idx, val_idx, test_idx = np.sort(train_idx), np.sort(val_idx), np.sort(test_idx)
     if len(np.unique(y[train_idx])) < 2:
         raise DataError(f"{origin}: the training split holds a single class; use more rows or another seed")
     raw, mean, std = x, None, None
     if data.standardize:
-        mean, std = fit_standardization(x[train_idx])
-        bad = np.flatnonzero(~(np.isfinite(mean) & np.isfinite(std)))
-        if len(bad):  # cannot happen for cells within MAX_FEATURE: a guard, so that null never reaches the JSON
-            raise DataError(f"{origin}: column '{names[bad[0]]}': its mean or standard deviation overflows float64; "
-                            "rescale it")
+        train_x = x[train_idx]
+        mean, std = fit_checked(lambda: (train_x[i:i + CHUNK_ROWS] for i in range(0, len(train_x), CHUNK_ROWS)),
+                                len(train_x), names, origin)
+        del train_x
         with np.errstate(over="ignore", invalid="ignore"):  # an overflow is found and reported just below
             x = (raw - mean.astype(raw.dtype)) / std.astype(raw.dtype)
     _check_model_range(x, raw, names, source.locate, precision.of(config), data.standardize)
@@ -452,6 +461,17 @@ def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) 
         raise DataError(f"the dataset has {n} rows, too few to train on after the validation and test splits")
     order = np.random.default_rng(seed).permutation(n)
     return order[n_val + n_test:], order[:n_val], order[n_val:n_val + n_test]
+
+
+def fit_checked(chunks: Callable[[], Iterable[np.ndarray]], n: int, names: list[str], origin: str
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """``standardization_of``, with a column whose mean or std is not finite in float64 reported by name."""
+    mean, std = standardization_of(chunks, n)
+    bad = np.flatnonzero(~(np.isfinite(mean) & np.isfinite(std)))
+    if len(bad):  # cannot happen for cells within MAX_FEATURE: a guard, so that null never reaches the JSON
+        raise DataError(f"{origin}: column '{names[bad[0]]}': its mean or standard deviation overflows float64; "
+                        "rescale it")
+    return mean, std
 
 
 def fit_standardization(x: np.ndarray, rows_per_chunk: int = CHUNK_ROWS) -> tuple[np.ndarray, np.ndarray]:

@@ -213,8 +213,10 @@ def run_inference(run, scale: str = "original", level: float = 0.95) -> Inferenc
                            "(model.kind: mlp): its weights have no coefficient interpretation. Use gradfit eval "
                            "for its metrics")
     train = reload_dataset(run).train
+    # the Hessian needs every training row: a streamed split is read whole here
+    x, y = (train.x, train.y) if hasattr(train, "x") else train.take(np.arange(len(train)), np.float64, np.float64)
     scaling = run.preprocessing["standardize"] or {}
-    return logistic_inference(train.x, train.y, np.asarray(run.params["w"]), float(run.params["b"]),
+    return logistic_inference(x, y, np.asarray(run.params["w"]), float(run.params["b"]),
                               run.config.model.l2, run.feature_names, scaling.get("mean"), scaling.get("std"),
                               scale, level)
 

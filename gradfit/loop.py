@@ -192,6 +192,13 @@ class Session:
 
     def train(self) -> dict:
         """Run chunks until a stop rule fires, then write the outputs; raise unless training completed."""
+        try:
+            return self._train()
+        finally:
+            if self.run.feed is not None:
+                self.run.feed.close()
+
+    def _train(self) -> dict:
         plan, loop, programs = self.run.plan, self.loop, self.programs
         # from here on SIGINT/SIGTERM only set a flag: the chunk in flight and the outputs are always completed
         with _StopRequests() as stop:
@@ -261,12 +268,15 @@ class Session:
                   (start // plan.log_every + self.windows) * plan.log_every)
         if every:
             end = min(end, plan.point_at_or_after((start // every + 1) * every))
+        if self.run.feed is not None:  # a chunk reads one group of streamed minibatches
+            end = min(end, self.run.feed.group_end(start))
         return end
 
     def dispatch(self, steps: int) -> dict:
         """Start ``steps`` optimizer steps on the device; returns their metrics (arrays, not yet waited for)."""
-        self.dispatched = time.perf_counter()
-        self.state, metrics = self.programs.chunk(self.state, self.run.train_data, np.int32(steps))
+        data = self.run.chunk_data(self.loop.step)
+        self.dispatched = time.perf_counter()  # after a streamed group was waited for: that is not device time
+        self.state, metrics = self.programs.chunk(self.state, data, np.int32(steps))
         return metrics
 
     def read(self, metrics: dict, start: int, end: int) -> dict:

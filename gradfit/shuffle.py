@@ -62,3 +62,39 @@ def permuted(key: jax.Array, n: int, positions: jax.Array) -> jax.Array:
 
     out = jax.lax.while_loop(lambda v: jnp.any(v >= n), walk, feistel(positions.astype(jnp.uint32)))
     return out.astype(jnp.int32)
+
+
+BLOCK_ROWS = 4096  # rows of a shuffle block (``train.shuffle: blocks``)
+WINDOW_BLOCKS = 16  # blocks whose rows are shuffled together
+
+
+def order(mode: str, key: jax.Array, n: int, positions: jax.Array) -> jax.Array:
+    """Rows at ``positions`` of an epoch's order of ``range(n)``: ``permuted`` (mode "full") or
+    ``block_permuted`` (mode "blocks")."""
+    return permuted(key, n, positions) if mode == "full" else block_permuted(key, n, positions)
+
+
+def block_permuted(key: jax.Array, n: int, positions: jax.Array, block: int = BLOCK_ROWS,
+                   window: int = WINDOW_BLOCKS) -> jax.Array:
+    """Rows at ``positions`` of a block shuffle of ``range(n)``: a keyed permutation of the whole blocks of
+    ``block`` consecutive rows (the last ``n % block`` rows stay at the end), then a keyed permutation of the
+    rows within each window of ``window * block`` consecutive places of that order.
+
+    Every row is visited once per epoch, but a minibatch draws from one window of 16 blocks (65,536 rows), not
+    from all rows: rows far apart in the file never share a minibatch within an epoch, and a sorted file keeps
+    some of its order across windows. A reader sees one window at a time, each block a run of the file.
+    """
+    span = window * block
+    blocks, windows = n // block, -(-n // span)
+    last = n - (windows - 1) * span  # rows of the last window
+    place = positions // span
+    offset = positions % span
+    window_key = jax.vmap(lambda w: jax.random.fold_in(jax.random.fold_in(key, 1), w))(place.reshape(-1))
+    inner = jax.vmap(lambda k, o: permuted(k, span, o))(window_key, offset.reshape(-1))
+    inner_last = jax.vmap(lambda k, o: permuted(k, last, jnp.minimum(o, last - 1)))(window_key, offset.reshape(-1))
+    inner = jnp.where(place.reshape(-1) == windows - 1, inner_last, inner).reshape(positions.shape)
+    slot = place * span + inner
+    whole = slot < blocks * block
+    moved = permuted(jax.random.fold_in(key, 0), max(blocks, 1), jnp.where(whole, slot // block, 0)) * block \
+        + slot % block
+    return jnp.where(whole, moved, slot).astype(jnp.int32)

@@ -30,9 +30,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gradfit import precision, resources, scale, shuffle
+from gradfit import precision, resources, scale, shuffle, stream
 from gradfit.config import GradfitConfig
-from gradfit.data import Dataset, load_dataset, split_arrays
+from gradfit.data import Dataset, split_arrays
+from gradfit.feed import Feeder
 from gradfit.device import describe_device
 from gradfit.errors import ConfigError
 from gradfit.losses import l2_penalty, make_objective, row_correct, row_losses
@@ -119,10 +120,13 @@ def with_norm(value_and_grad: tuple) -> tuple:
 
 
 def make_train_step(objective: Callable, optimizer, plan: Plan, n_train: int, lbfgs: bool,
-                    shard_rows: Callable = lambda rows: rows) -> Callable:
+                    shard_rows: Callable = lambda rows: rows, shuffle_mode: str = "full",
+                    streamed: bool = False) -> Callable:
     """train_step(state, data) -> (state, (objective, gradient norm)) of one step, on the params it started from.
 
-    ``shard_rows`` splits the rows a step works on across the devices (``Topology.shard_rows``).
+    ``shard_rows`` splits the rows a step works on across the devices (``Topology.shard_rows``). A minibatch
+    is gathered from the training split on the device, in the epoch order of ``shuffle_mode``; a ``streamed``
+    step instead takes its minibatch from the group ``gradfit.feed`` put there (the same rows).
     """
 
     def full_batch_step(state: TrainState, data: dict):
@@ -140,13 +144,19 @@ def make_train_step(objective: Callable, optimizer, plan: Plan, n_train: int, lb
             current = jax.value_and_grad(loss_fn)(params)
         return TrainState(params, opt_state, state.step + 1, with_norm(current)), (value, norm)
 
-    def minibatch_step(state: TrainState, data: dict):
-        epoch, position = jnp.divmod(state.step, plan.steps_per_epoch)
+    def minibatch(step, data: dict):
+        if streamed:
+            k = step - data["first_step"]
+            return shard_rows(data["x"][k]), shard_rows(data["y"][k])
+        epoch, position = jnp.divmod(step, plan.steps_per_epoch)
         # every row once per epoch, in an order keyed by (seed, epoch): resumable and reproducible
         # each device computes only its share of the positions, then gathers its rows of the replicated data
         positions = shard_rows(position * plan.batch_size + jnp.arange(plan.batch_size))
-        rows = shuffle.permuted(jax.random.fold_in(data["shuffle_key"], epoch), n_train, positions)
-        x, y = shard_rows(data["x"][rows]), shard_rows(data["y"][rows])
+        rows = shuffle.order(shuffle_mode, jax.random.fold_in(data["shuffle_key"], epoch), n_train, positions)
+        return shard_rows(data["x"][rows]), shard_rows(data["y"][rows])
+
+    def minibatch_step(state: TrainState, data: dict):
+        x, y = minibatch(state.step, data)
         value, grads = jax.value_and_grad(objective)(state.params, x, y)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -252,33 +262,19 @@ def make_evaluate(model: Model, l2: float, block_rows: int, shard_rows: Callable
     """
 
     objective = make_objective(model.apply, l2)
+    sums = BlockSums(model, l2)
 
     def forward(params, x, y):
-        def sums(xb, yb, weight):
-            logits = model.apply(params, xb)
-            return (jnp.sum(jnp.where(weight, row_losses(logits, yb), 0)),
-                    jnp.sum(weight & row_correct(logits, yb), dtype=jnp.int32))
-
-        loss_sum, correct = _blocked_sum(sums, x, y, block_rows, shard_rows)
+        loss_sum, correct = _blocked_sum(lambda xb, yb, w: sums.forward(params, xb, yb, w), x, y, block_rows,
+                                         shard_rows)
         return loss_sum / x.shape[0], correct
 
     def train_metrics(params, x, y, gradient: bool):
-        def block_loss(params, xb, yb, weight):
-            return jnp.sum(jnp.where(weight, row_losses(model.apply(params, xb), yb), 0))
-
-        dtype = jax.tree_util.tree_leaves(params)[0].dtype
-        penalty, penalty_grad = jax.value_and_grad(lambda p: jnp.asarray(l2_penalty(p, l2), dtype))(params)
-        n = x.shape[0]
         if gradient:
-            loss_sum, grad_sum = _blocked_sum(lambda xb, yb, w: jax.value_and_grad(block_loss)(params, xb, yb, w),
-                                              x, y, block_rows, shard_rows)
-            grads = jax.tree_util.tree_map(lambda g, pg: g / n + pg, grad_sum, penalty_grad)
-            norm = optax.tree.norm(grads)
+            total = _blocked_sum(lambda xb, yb, w: sums.loss_and_grad(params, xb, yb, w), x, y, block_rows, shard_rows)
         else:
-            loss_sum = _blocked_sum(lambda xb, yb, w: block_loss(params, xb, yb, w), x, y, block_rows, shard_rows)
-            norm = jnp.full((), jnp.nan, loss_sum.dtype)
-        loss = loss_sum / n
-        return {"objective": loss + penalty, "train_loss": loss, "grad_norm": norm}
+            total = _blocked_sum(lambda xb, yb, w: sums.loss(params, xb, yb, w), x, y, block_rows, shard_rows)
+        return sums.train_metrics(params, total, x.shape[0], gradient)
 
     def evaluate(params, data: dict, parts: dict) -> dict:
         dtype = jax.tree_util.tree_leaves(params)[0].dtype
@@ -302,6 +298,89 @@ def make_evaluate(model: Model, l2: float, block_rows: int, shard_rows: Callable
         out["probe"] = jax.lax.cond(
             parts["probe"], lambda: objective(params, shard_rows(x[:rows]), shard_rows(y[:rows])).astype(dtype),
             lambda: nan)
+        return out
+
+    return evaluate
+
+
+class BlockSums:
+    """The sums an evaluation adds up over row blocks (rows where ``weight`` is False are not counted), and the
+    metrics made of them: shared by the in-memory evaluation and the streamed one, so both compute alike."""
+
+    def __init__(self, model: Model, l2: float):
+        self.model, self.l2 = model, l2
+
+    def forward(self, params, xb, yb, weight):
+        """(loss sum, count of correct rows) of a validation or test block."""
+        logits = self.model.apply(params, xb)
+        return (jnp.sum(jnp.where(weight, row_losses(logits, yb), 0)),
+                jnp.sum(weight & row_correct(logits, yb), dtype=jnp.int32))
+
+    def loss(self, params, xb, yb, weight):
+        return jnp.sum(jnp.where(weight, row_losses(self.model.apply(params, xb), yb), 0))
+
+    def loss_and_grad(self, params, xb, yb, weight):
+        return jax.value_and_grad(self.loss)(params, xb, yb, weight)
+
+    def train_metrics(self, params, total, n: int, gradient: bool) -> dict:
+        """Objective, data loss and (with ``gradient``) gradient norm over ``n`` rows from their block sums."""
+        dtype = jax.tree_util.tree_leaves(params)[0].dtype
+        penalty, penalty_grad = jax.value_and_grad(lambda p: jnp.asarray(l2_penalty(p, self.l2), dtype))(params)
+        if gradient:
+            loss_sum, grad_sum = total
+            grads = jax.tree_util.tree_map(lambda g, pg: g / n + pg, grad_sum, penalty_grad)
+            norm = optax.tree.norm(grads)
+        else:
+            loss_sum = total
+            norm = jnp.full((), jnp.nan, loss_sum.dtype)
+        loss = loss_sum / n
+        return {"objective": loss + penalty, "train_loss": loss, "grad_norm": norm}
+
+
+def block_starts(n: int, block: int) -> list[tuple[int, int]]:
+    """(start, first counted row) of each evaluation block over ``n`` rows (``_blocked_sum``'s blocks)."""
+    if n <= block:
+        return [(0, 0)]
+    return [(min(i * block, n - block), i * block) for i in range(-(-n // block))]
+
+
+def make_streamed_evaluate(model: Model, l2: float, block: int, dataset, dtypes: tuple, put: Callable,
+                           shard_rows: Callable = lambda rows: rows) -> Callable:
+    """``evaluate(params, data, parts)`` for streamed data (``data`` is ignored): the same metrics, in the same
+    blocks (``block_starts``), each block read from disk and summed by its own compiled program."""
+    sums = BlockSums(model, l2)
+    objective = make_objective(model.apply, l2)
+    programs = {name: jax.jit(lambda p, x, y, w, f=getattr(sums, name): f(p, shard_rows(x), shard_rows(y),
+                                                                           shard_rows(w)))
+                for name in ("forward", "loss", "loss_and_grad")}
+    probe = jax.jit(lambda p, x, y: objective(p, shard_rows(x), shard_rows(y)))
+    probe_rows = dataset.train.take(np.arange(min(PROBE_ROWS, len(dataset.train))), *dtypes)
+
+    def split_sum(name: str, params, split):
+        total = None
+        for start, counted in block_starts(len(split), block):
+            rows = np.arange(start, min(start + block, len(split)))
+            x, y = split.take(rows, *dtypes)
+            part = programs[name](params, *put((x, y, rows >= counted)))
+            total = part if total is None else jax.tree_util.tree_map(jnp.add, total, part)
+        return total
+
+    def evaluate(params, data, parts: dict) -> dict:
+        dtype = jax.tree_util.tree_leaves(params)[0].dtype
+        nan, none = jnp.full((), jnp.nan, dtype), jnp.full((), -1, jnp.int32)
+        out = {"objective": nan, "train_loss": nan, "grad_norm": nan}
+        if parts["train"]:
+            gradient = bool(parts["gradient"])
+            total = split_sum("loss_and_grad" if gradient else "loss", params, dataset.train)
+            out = sums.train_metrics(params, total, len(dataset.train), gradient)
+        for name in ("val", "test"):
+            split = getattr(dataset, name)
+            if parts[name] and len(split):
+                loss_sum, correct = split_sum("forward", params, split)
+                out[f"{name}_loss"], out[f"{name}_correct"] = loss_sum / len(split), correct
+            else:
+                out[f"{name}_loss"], out[f"{name}_correct"] = nan, none
+        out["probe"] = probe(params, *put(probe_rows)).astype(dtype) if parts["probe"] else nan
         return out
 
     return evaluate
@@ -351,6 +430,7 @@ class Prepared:
     evaluate: Callable  # uncompiled: (params, data, parts) -> metrics
     train_step: Callable  # one step, (state, data) -> (state, (objective, grad norm)), uncompiled (for benchmarks)
     objective: Callable  # (params, x, y) -> regularized loss
+    feed: Optional[Feeder] = None  # streamed data: the groups of minibatches the chunks read
 
     @property
     def device(self):
@@ -359,8 +439,15 @@ class Prepared:
 
     @property
     def train_data(self) -> dict:
-        """What the chunk reads: each array passed to a program costs its dispatch a few microseconds."""
+        """What the chunk reads: each array passed to a program costs its dispatch a few microseconds (streamed:
+        zeros shaped like a group, to compile for)."""
+        if self.feed is not None:
+            return self.feed.template()
         return {key: self.data[key] for key in ("x", "y", "shuffle_key")}
+
+    def chunk_data(self, step: int) -> dict:
+        """What the chunk that starts at ``step`` reads."""
+        return self.train_data if self.feed is None else self.feed.group(step)
 
 
 def prepare(config: GradfitConfig) -> Prepared:
@@ -375,9 +462,13 @@ def prepare(config: GradfitConfig) -> Prepared:
 
 def _prepare(config: GradfitConfig) -> Prepared:
     chosen = precision.of(config)
-    resources.check_synthetic(config, resources.host_available_bytes())  # before the generator allocates it
-    dataset = load_dataset(config)
     topology = scale.select(config.runtime.device, config.runtime.devices)
+    device = topology.devices[0]  # every device holds a full copy: the first one speaks for all
+    dataset = stream.load(config, resources.device_available_bytes(device))
+    streamed = isinstance(dataset, stream.StreamedDataset)
+    if streamed and topology.process_count > 1:
+        raise ConfigError("data.in_memory: streamed data are read by one process; use data.in_memory: true for a "
+                          "group of processes (or one process with several devices)")
     topology.check_same_everywhere(lambda: config.model_dump_json() + dataset.digest())
     plan = Plan.from_config(config, len(dataset.train), len(dataset.val))
     topology.check_batch(plan.batch_size)
@@ -390,20 +481,31 @@ def _prepare(config: GradfitConfig) -> Prepared:
     model = build_model(config.model, dataset.n_features, dataset.n_classes,
                         chosen.compute_dtype if chosen.mixed else None)
     objective = make_objective(model.apply, config.model.l2)
+    mode = stream.shuffle_mode(config, streamed)
     train_step = make_train_step(objective, optimizer, plan, len(dataset.train), config.optimizer.name == "lbfgs",
-                                 topology.shard_rows)
+                                 topology.shard_rows, mode, streamed)
     chunk = make_chunk(train_step, plan, config.model.l2, schedule, config.train.tol)
     hidden = tuple(config.model.hidden) if config.model.kind == "mlp" else ()
     eval_rows = block_rows(dataset.n_features, hidden)
-    evaluate = make_evaluate(model, config.model.l2, eval_rows, topology.shard_rows)
+    dtypes = (chosen.param_dtype, chosen.compute_dtype)
+    feed = None
+    if streamed:
+        feed = Feeder(dataset.train, mode, plan.batch_size, plan.steps_per_epoch, plan.total_steps, dtypes,
+                      topology.put)
+        evaluate = make_streamed_evaluate(model, config.model.l2, eval_rows, dataset, dtypes, topology.put,
+                                          topology.shard_rows)
+    else:
+        evaluate = make_evaluate(model, config.model.l2, eval_rows, topology.shard_rows)
     # refuse what cannot fit before the data go to the device and the parameters are made
     needed = resources.estimate_run(config, dataset.n_features, dataset.n_classes,
                                     (len(dataset.train), len(dataset.val), len(dataset.test)), plan.batch_size,
                                     eval_rows)
-    device = topology.devices[0]  # every device holds a full copy: the first one speaks for all
+    if streamed:  # on the device: two groups of minibatches (the one in use and the next), not the data
+        needed = dataclasses.replace(needed, data=2 * feed.steps * plan.batch_size * dataset.n_features
+                                     * chosen.compute_dtype.itemsize)
     resources.check_run(config, needed, resources.device_available_bytes(device), describe_device(device))
 
-    data = topology.put(_device_arrays(dataset, chosen))
+    data = {} if streamed else topology.put(_device_arrays(dataset, chosen))
 
     def initial_state(seed, data):
         init_key, shuffle_key = jax.random.split(jax.random.PRNGKey(seed))
@@ -422,8 +524,10 @@ def _prepare(config: GradfitConfig) -> Prepared:
     init = jax.jit(initial_state, out_shardings=topology.replicated).lower(seed, data).compile(
         compiler_options={"xla_backend_optimization_level": 0})
     state, data["shuffle_key"] = init(seed, data)
+    if feed is not None:
+        feed.start(data["shuffle_key"])
     return Prepared(config, chosen, dataset, model, plan, topology, state, data, chunk, evaluate, train_step,
-                    objective)
+                    objective, feed)
 
 
 def _device_arrays(dataset: Dataset, chosen: precision.Precision) -> dict:
@@ -451,15 +555,15 @@ def compile_programs(run: Prepared) -> Programs:
     # pinned to the mesh, replicated: outputs fed back as inputs never recompile, and host scalars (the step
     # count, the evaluation flags) are placed the same way on every process
     placed = dict(in_shardings=run.topology.replicated, out_shardings=run.topology.replicated)
-    lowered = [
-        jax.jit(run.chunk, donate_argnums=0, **placed).trace(run.state, run.train_data, np.int32(0)).lower(),
-        jax.jit(run.evaluate, **placed).trace(run.state.params, run.data, eval_parts()).lower(),
-    ]
+    lowered = [jax.jit(run.chunk, donate_argnums=0, **placed).trace(run.state, run.train_data, np.int32(0)).lower()]
+    if run.feed is None:  # a streamed evaluation compiles its block programs when it first runs
+        lowered.append(jax.jit(run.evaluate, **placed).trace(run.state.params, run.data, eval_parts()).lower())
     traced = time.perf_counter()
     with _cache_events() as events, ThreadPoolExecutor(len(lowered)) as pool:
         # XLA compiles without the GIL: the two programs side by side take 0.3-0.9 s less on 2 CPU cores
-        chunk, evaluate = pool.map(lambda program: program.compile(), lowered)
-    return Programs(chunk, evaluate, traced - tick, time.perf_counter() - traced, _cache_outcome(events))
+        compiled = list(pool.map(lambda program: program.compile(), lowered))
+    evaluate = compiled[1] if run.feed is None else run.evaluate
+    return Programs(compiled[0], evaluate, traced - tick, time.perf_counter() - traced, _cache_outcome(events))
 
 
 @contextlib.contextmanager

@@ -17,9 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradfit import files, precision, runs, tabular
+from gradfit import files, precision, runs, stream, tabular
 from gradfit.config import GradfitConfig, resolve_config
-from gradfit.data import Dataset, class_ids, first_overflow, load_dataset
+from gradfit.data import Dataset, class_ids, first_overflow
 from gradfit.errors import DataError, RunDirError
 from gradfit.models import Model, build_model, named_leaves, params_from_named
 
@@ -159,9 +159,10 @@ def load_run(run_dir: str | Path) -> TrainedRun:
     return TrainedRun(run_dir, config, preprocessing, params, model, summary)
 
 
-def reload_dataset(run: TrainedRun) -> Dataset:
-    """The run's dataset and splits, re-created from its config and checked against what training saved."""
-    dataset = load_dataset(run.config)
+def reload_dataset(run: TrainedRun) -> Dataset | stream.StreamedDataset:
+    """The run's dataset and splits (streamed where training streamed them), re-created from its config and
+    checked against what training saved."""
+    dataset = stream.load(run.config)
     saved = run.preprocessing
     now = dataset.preprocessing()
     if now["feature_names"] != saved["feature_names"] or now["classes"] != saved["classes"] or \
@@ -231,11 +232,12 @@ def evaluate(run: TrainedRun, data: Optional[Path], split: str, target: Optional
     if len(rows) == 0:
         raise DataError(f"{run.run_dir}: the run has no {split} rows (data.{split}_fraction was 0); pick another "
                         "--split or pass --data FILE")
-    y = (rows.y > 0).astype(np.int32) if len(run.classes) == 2 else rows.y.astype(np.int32)
     source = run.preprocessing["dataset"]
-    probs = [log_probs(rows.x[i:i + batch_rows], lambda r, i=i: f"{source}: row {i + r} of the {split} split")
-             for i in range(0, len(rows), batch_rows)]
-    return y, np.concatenate(probs), f"the {split} split of {run.preprocessing['dataset']}"
+    ys, probs = [], []
+    for start, (x, y) in zip(range(0, len(rows), batch_rows), rows.blocks(batch_rows)):
+        ys.append((y > 0).astype(np.int32) if len(run.classes) == 2 else y.astype(np.int32))
+        probs.append(log_probs(x, lambda r, i=start: f"{source}: row {i + r} of the {split} split"))
+    return np.concatenate(ys), np.concatenate(probs), f"the {split} split of {run.preprocessing['dataset']}"
 
 
 def write_predictions(run: TrainedRun, data: Path, out: TextIO, with_probabilities: bool, target: Optional[str],
