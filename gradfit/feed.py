@@ -23,9 +23,12 @@ GROUP_BYTES = 32 << 20  # features per group; two groups live at once (the one i
 MAX_GROUP_STEPS = 256
 
 
-def group_steps(batch: int, n_features: int, itemsize: int) -> int:
-    """Steps per group: ``GROUP_BYTES`` of minibatch features, at least 1 and at most ``MAX_GROUP_STEPS``."""
-    return max(1, min(MAX_GROUP_STEPS, GROUP_BYTES // max(batch * n_features * itemsize, 1)))
+def group_steps(batch: int, n_features: int, itemsize: int, log_every: int) -> int:
+    """Steps per group: whole log windows (a chunk then ends only where the in-memory run's may, so the log
+    records are the same), as many as fit in ``GROUP_BYTES`` of features (at least one window) and at most
+    ``MAX_GROUP_STEPS`` steps (unless one window is longer)."""
+    windows = GROUP_BYTES // max(log_every * batch * n_features * itemsize, 1)
+    return log_every * max(1, min(windows, MAX_GROUP_STEPS // log_every))
 
 
 def rows_program(mode: str, n: int, batch: int, steps_per_epoch: int) -> Callable:
@@ -45,9 +48,9 @@ class Feeder:
     """Groups of minibatches for a streamed run, the next one prepared while the current one is used."""
 
     def __init__(self, split: StreamedSplit, mode: str, batch: int, steps_per_epoch: int, total_steps: int,
-                 dtypes: tuple, put: Callable[[dict], dict], steps: Optional[int] = None):
+                 log_every: int, dtypes: tuple, put: Callable[[dict], dict]):
         self.split, self.batch, self.total_steps, self.dtypes, self.put = split, batch, total_steps, dtypes, put
-        self.steps = steps or group_steps(batch, split.dataset.n_features, np.dtype(dtypes[1]).itemsize)
+        self.steps = group_steps(batch, split.dataset.n_features, np.dtype(dtypes[1]).itemsize, log_every)
         self._rows = rows_program(mode, len(split), batch, steps_per_epoch)
         self._cpu = jax.devices("cpu")[0]
         self._key = None

@@ -51,9 +51,10 @@ def load(config: GradfitConfig, device_bytes: Optional[int] = None) -> Union[Dat
 
 
 def decide(config: GradfitConfig, device_bytes: Optional[int] = None) -> bool:
-    """Whether the run streams its data. Only a converted folder or synthetic data can stream; auto streams
-    when the training split's features would take over half the device memory or a quarter of host RAM, and
-    refuses a CSV or .npz that large (it names the command that converts it)."""
+    """Whether the run streams its data. Only a converted folder or synthetic data can stream, and only on
+    minibatches; auto streams a minibatch run when the training split's features would take over half the
+    device memory or a quarter of host RAM, and refuses a CSV or .npz that large (naming the command that
+    converts it)."""
     data = config.data
     rows, width, path = _extent(config)
     share = 1 - data.val_fraction - data.test_fraction
@@ -62,7 +63,10 @@ def decide(config: GradfitConfig, device_bytes: Optional[int] = None) -> bool:
     large = (host is not None and need * HOST_SHARE > host) or (device_bytes is not None and need * DEVICE_SHARE >
                                                                   device_bytes)
     can_stream = data.source == "synthetic" or (path is not None and tabular.is_converted(path))
-    wanted = large if data.in_memory == "auto" else not data.in_memory
+    if data.in_memory == "auto":  # full batch reads every row at every step: it stays in memory, or is refused
+        wanted = large and config.train.batch_size is not None
+    else:
+        wanted = not data.in_memory
     if wanted and not can_stream:
         why = "data.in_memory is false" if data.in_memory is False else \
             f"its training split needs about {format_bytes(need)}, more than gradfit holds in memory"

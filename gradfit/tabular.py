@@ -306,10 +306,9 @@ def _csv_blocks(table: Table, header: list[str], columns: list[int], label: Opti
 
 def _parse_block(path: Path, header: list[str], texts: list[str], numbers: np.ndarray, columns: list[int],
                  label: Optional[int], checked: bool) -> Block:
-    _check_field_counts(path, texts, numbers, len(header))
-    options = dict(delimiter=",", quotechar='"', comments=None, ndmin=2)
+    fields = _fields(path, texts, numbers, len(header), label)
     try:
-        x = np.loadtxt(texts, usecols=columns, dtype=np.float64, **options)
+        x = np.loadtxt(texts, usecols=columns, dtype=np.float64, delimiter=",", quotechar='"', comments=None, ndmin=2)
     except ValueError:
         _raise_bad_cell(path, header, texts, numbers, columns)
     if checked:
@@ -317,27 +316,27 @@ def _parse_block(path: Path, header: list[str], texts: list[str], numbers: np.nd
     labels = None
     if label is not None:
         # Python str objects: a 'U' array would take rows x the longest label x 4 bytes
-        raw = np.loadtxt(texts, usecols=[label], dtype=object, **options)[:, 0]
-        labels = np.empty(len(raw), dtype=object)
-        labels[:] = [text.strip() for text in raw]
+        labels = np.empty(len(fields), dtype=object)
+        labels[:] = fields
         empty = np.flatnonzero(labels == "")
         if len(empty):
             raise DataError(f"{path}:{numbers[empty[0]]}: missing label in column '{header[label]}'")
     return Block(x, labels, numbers)
 
 
-def _check_field_counts(path: Path, texts: list[str], numbers: np.ndarray, n_fields: int) -> None:
-    """NumPy ignores fields outside the columns it reads: a ragged row must not pass. A line with a quote or
-    longer than the csv module's field limit is split by the csv module, which refuses an unclosed quote and
-    an over-long field."""
+def _fields(path: Path, texts: list[str], numbers: np.ndarray, n_fields: int, label: Optional[int]) -> list[str]:
+    """Check every line's field count (NumPy ignores fields outside the columns it reads: a ragged row must not
+    pass) and return its label field, stripped. A line with a quote or longer than the csv module's field
+    limit is split by the csv module, which refuses an unclosed quote and an over-long field."""
     limit = csv.field_size_limit()
+    labels = []
     for text, number in zip(texts, numbers):
-        if '"' in text or len(text) > limit:
-            count = len(_split(path, text, int(number)))
-        else:
-            count = text.count(",") + 1
-        if count != n_fields:
-            raise DataError(f"{path}:{number}: {count} fields but the header has {n_fields} columns")
+        fields = _split(path, text, int(number)) if '"' in text or len(text) > limit else text.split(",")
+        if len(fields) != n_fields:
+            raise DataError(f"{path}:{number}: {len(fields)} fields but the header has {n_fields} columns")
+        if label is not None:
+            labels.append(fields[label].strip())
+    return labels
 
 
 def _raise_bad_cell(path: Path, header: list[str], texts: list[str], numbers: np.ndarray,

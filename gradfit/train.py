@@ -490,8 +490,8 @@ def _prepare(config: GradfitConfig) -> Prepared:
     dtypes = (chosen.param_dtype, chosen.compute_dtype)
     feed = None
     if streamed:
-        feed = Feeder(dataset.train, mode, plan.batch_size, plan.steps_per_epoch, plan.total_steps, dtypes,
-                      topology.put)
+        feed = Feeder(dataset.train, mode, plan.batch_size, plan.steps_per_epoch, plan.total_steps, plan.log_every,
+                      dtypes, topology.put)
         evaluate = make_streamed_evaluate(model, config.model.l2, eval_rows, dataset, dtypes, topology.put,
                                           topology.shard_rows)
     else:
