@@ -91,7 +91,10 @@ def _check_out_dir(source: Path, out_dir: Path, force: bool) -> None:
         return
     if not out_dir.is_dir() or out_dir.is_symlink():
         raise GradfitError(f"{out_dir}: exists and is not a folder; choose another name")
-    converted = (out_dir / "meta.json").is_file() and set(os.listdir(out_dir)) <= set(tabular.CONVERTED_FILES)
+    try:
+        converted = set(os.listdir(out_dir)) <= set(tabular.CONVERTED_FILES) and bool(tabular.read_meta(out_dir))
+    except GradfitError:  # a meta.json of its own: not ours to replace
+        converted = False
     if not converted:
         raise GradfitError(f"{out_dir}: exists and is not a folder made by 'gradfit data convert'; gradfit never "
                            "replaces it: choose another name")

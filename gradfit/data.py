@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 import zlib
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -24,15 +23,13 @@ import numpy as np
 from gradfit import precision, tabular
 from gradfit.errors import DataError
 from gradfit.schema import DataConfig, GradfitConfig, SyntheticConfig
-from gradfit.tabular import Labels, Locate, check_label_dtype, decoded, distinct_labels, preview
+from gradfit.tabular import NOT_FINITE, PLAIN_NUMBER, Labels, Locate, check_label_dtype, decoded, distinct_labels, preview
 
 BUILTIN = {"breast_cancer": "breast_cancer.csv", "digits": "digits.csv"}
 EXACT_INTEGERS = 2 ** 53  # integers up to this magnitude are exact in float64
 CHUNK_ROWS = 1 << 16  # rows per chunk when scanning features, so no full-size temporary is made
 SYNTHETIC_BLOCK = 1 << 16  # synthetic rows are generated in blocks of this many, each from its own seed
 
-_PLAIN_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", re.ASCII)
-_NOT_FINITE = {"nan", "inf", "infinity"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -369,7 +366,7 @@ def _exact_numbers(text: np.ndarray, origin: str) -> Optional[np.ndarray]:
     Only plain ASCII decimal numbers count: Python's float() also reads "1_000", "١" and "１", which must stay
     labels of their own rather than merge with "1000" and "1".
     """
-    if not all(_PLAIN_NUMBER.fullmatch(t) or t.lower().lstrip("+-") in _NOT_FINITE for t in text):
+    if not all(PLAIN_NUMBER.fullmatch(t) or t.lower().lstrip("+-") in NOT_FINITE for t in text):
         return None
     try:
         numbers = text.astype(np.float64)

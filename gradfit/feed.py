@@ -96,9 +96,10 @@ class Feeder:
         steps = jax.device_put(np.arange(first, first + self.steps, dtype=np.int32), self._cpu)
         rows = np.asarray(self._rows(self._key, steps))[:count]
         x, y = self.split.take(rows.reshape(-1), *self.dtypes)
-        xs = np.zeros((self.steps, self.batch, x.shape[1]), x.dtype)
-        ys = np.zeros((self.steps, self.batch), y.dtype)
-        xs[:count], ys[:count] = x.reshape(count, self.batch, -1), y.reshape(count, self.batch)
+        xs, ys = x.reshape(count, self.batch, -1), y.reshape(count, self.batch)
+        if count < self.steps:  # the run's last group: padded to the compiled shape (those steps never run)
+            xs = np.concatenate([xs, np.zeros((self.steps - count, *xs.shape[1:]), xs.dtype)])
+            ys = np.concatenate([ys, np.zeros((self.steps - count, self.batch), ys.dtype)])
         return self.put({"x": xs, "y": ys, "first_step": np.int32(first)})
 
     def close(self) -> None:

@@ -170,27 +170,27 @@ class StreamedSplit:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def raw(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Raw features and class codes of the split's rows at ``positions`` (any order, repeats allowed)."""
-        wanted = self.rows[positions]
-        unique, back = np.unique(wanted, return_inverse=True)
-        x, codes = self.dataset.source.read(unique)
-        return x[back], codes[back]
-
     def take(self, positions: np.ndarray, param_dtype, compute_dtype) -> tuple[np.ndarray, np.ndarray]:
-        """(x, y) of the rows at ``positions`` as the loss wants them: standardized x in ``compute_dtype``;
-        y as +-1 in ``param_dtype`` (binary) or int32 class ids; the in-memory path's arithmetic and casts."""
-        raw, codes = self.raw(positions)
-        x = self.dataset.standardized(raw)
+        """(x, y) of the rows at ``positions`` (any order, repeats allowed) as the loss wants them: standardized
+        x in ``compute_dtype``; y as +-1 in ``param_dtype`` (binary) or int32 class ids. The in-memory path's
+        arithmetic and casts, so the same bits; the rows are read from the source in file order."""
+        wanted = self.rows[positions]
+        order = np.argsort(wanted, kind="stable")
+        sorted_x, sorted_codes = self.dataset.source.read(wanted[order])
+        raw = np.empty_like(sorted_x)
+        raw[order] = sorted_x
+        codes = np.empty_like(sorted_codes)
+        codes[order] = sorted_codes
+        del sorted_x
+        x = self.dataset.standardize_in_place(raw)  # raw is not needed after, unless a cell overflows
         with np.errstate(over="ignore"):
             x = np.asarray(x, param_dtype).astype(compute_dtype, copy=False)
-        found = None if np.isfinite(x).all() else tuple(np.argwhere(~np.isfinite(x))[0])
-        if found is not None:
-            row, col = found
-            raise DataError(f"{self.dataset.name}: row {self.rows[positions][row]}: column "
-                            f"'{self.dataset.feature_names[col]}' is {float(raw[row, col])!r}, beyond "
-                            f"{np.dtype(compute_dtype).name}'s range after preprocessing; remove or impute it, or set "
-                            "runtime.precision: float64")
+        if not np.isfinite(x).all():
+            row, col = np.argwhere(~np.isfinite(x))[0]
+            value = self.dataset.source.read(wanted[row:row + 1])[0][0, col]
+            raise DataError(f"{self.dataset.name}: row {wanted[row]}: column '{self.dataset.feature_names[col]}' is "
+                            f"{float(value)!r}, beyond {np.dtype(compute_dtype).name}'s range after preprocessing; "
+                            "remove or impute it, or set runtime.precision: float64")
         y = self.dataset.encoded[codes]
         return x, (np.asarray(y, param_dtype) if self.dataset.n_classes == 2 else np.asarray(y, np.int32))
 
@@ -233,11 +233,13 @@ class StreamedDataset:
     def n_classes(self) -> int:
         return len(self.classes)
 
-    def standardized(self, raw: np.ndarray) -> np.ndarray:
-        if self.mean is None:
-            return raw
-        with np.errstate(over="ignore", invalid="ignore"):  # beyond the dtype's range: reported by ``take``
-            return (raw - self.mean.astype(raw.dtype)) / self.std.astype(raw.dtype)
+    def standardize_in_place(self, raw: np.ndarray) -> np.ndarray:
+        """``(raw - mean) / std`` in raw's dtype, as ``load_dataset`` computes it, written over ``raw``."""
+        if self.mean is not None:
+            with np.errstate(over="ignore", invalid="ignore"):  # beyond the dtype's range: reported by ``take``
+                raw -= self.mean.astype(raw.dtype)
+                raw /= self.std.astype(raw.dtype)
+        return raw
 
     def digest(self) -> str:
         """CRC-32 of the source (the files' bytes, or the generator's settings) and of the splits."""

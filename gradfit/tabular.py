@@ -22,6 +22,7 @@ import difflib
 import io
 import itertools
 import json
+import re
 from pathlib import Path
 from typing import Callable, Iterator, NamedTuple, NoReturn, Optional, Sequence
 
@@ -33,6 +34,8 @@ from gradfit.errors import DataError
 BLOCK_ROWS = 1 << 16  # rows per block at most
 BLOCK_CELLS = 1 << 22  # cells per block at most: 32 MB of float64 (784 columns: 5,350 rows), so memory stays flat
 MAX_FEATURE = 1e150  # largest feature magnitude: its square (a variance) cannot overflow float64
+PLAIN_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", re.ASCII)  # what NumPy's parser reads
+NOT_FINITE = {"nan", "inf", "infinity"}
 CONVERTED_FORMAT = "gradfit-table"  # meta.json's "format" in a converted folder
 CONVERTED_FILES = ("X.npy", "y.npy", "meta.json")
 _REFUSED_LABELS = {"c": "complex numbers", "M": "dates (datetime64)", "m": "time spans (timedelta64)",
@@ -249,10 +252,14 @@ def _open_csv(path: Path, target: Optional[str], features: Optional[Sequence[str
               target_hint: str) -> Table:
     with _open_text(path) as f:
         try:
-            first = next(_lines(f, path), "")
+            lines = _lines(f, path)
+            first = next(lines, "")
+            later = first.isspace() and any(not line.isspace() for line in lines)
         except UnicodeDecodeError as exc:
             raise _not_utf8(path, exc) from None
     header = [h.strip() for h in _split(path, first, 1, "header")]
+    if later:
+        raise DataError(f"{path}:1: the first line is blank; the header row naming the columns must come first")
     if not any(header):
         raise DataError(f"{path}: file is empty; expected a header row naming the columns")
     if len(header) == 1 and any(sep in header[0] for sep in ";\t|"):
@@ -331,11 +338,20 @@ def _fields(path: Path, texts: list[str], numbers: np.ndarray, n_fields: int, la
     limit = csv.field_size_limit()
     labels = []
     for text, number in zip(texts, numbers):
-        fields = _split(path, text, int(number)) if '"' in text or len(text) > limit else text.split(",")
-        if len(fields) != n_fields:
-            raise DataError(f"{path}:{number}: {len(fields)} fields but the header has {n_fields} columns")
-        if label is not None:
-            labels.append(fields[label].strip())
+        if '"' in text or len(text) > limit:
+            fields = _split(path, text, int(number))
+            count, value = len(fields), fields[label] if label is not None and len(fields) == n_fields else ""
+        else:  # split only as far as the label (from the nearer end): a few fields, not all
+            count = text.count(",") + 1
+            if label is None or count != n_fields:
+                value = ""
+            elif 2 * label < n_fields:
+                value = text.split(",", label + 1)[label]
+            else:
+                value = text.rsplit(",", n_fields - label)[1]
+        if count != n_fields:
+            raise DataError(f"{path}:{number}: {count} fields but the header has {n_fields} columns")
+        labels.append(value.strip())
     return labels
 
 
@@ -345,7 +361,9 @@ def _raise_bad_cell(path: Path, header: list[str], texts: list[str], numbers: np
         row = _split(path, text, int(number))
         for c in columns:
             try:
-                float(row[c])
+                if not PLAIN_NUMBER.fullmatch(row[c].strip()) and row[c].strip().lower().lstrip("+-") not in \
+                        NOT_FINITE:  # float() also reads "1_000" and other digits, which NumPy refuses
+                    raise ValueError(row[c])
             except ValueError:
                 if not row[c].strip():
                     raise DataError(f"{path}:{number}: column '{header[c]}' is empty; remove or impute missing "

@@ -262,6 +262,8 @@ def write_predictions(run: TrainedRun, data: Path, out: TextIO, with_probabiliti
             columns += list(np.char.mod(digits, np.exp(lp)).T)
         out.write("".join(",".join(row) + "\n" for row in zip(*columns)))
         count += len(lp)
+    if count == 0:
+        raise table.no_rows()
     return count
 
 
