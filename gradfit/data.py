@@ -505,7 +505,8 @@ def _sum_of_squares(chunks: Iterable[np.ndarray], mean: np.ndarray, scale: Optio
     """sum over rows of ((x - mean) / scale)**2 (scale None: 1), per column, in float64."""
     squares = np.zeros(len(mean))
     for chunk in chunks:
-        centered = chunk.astype(np.float64) - mean
+        centered = chunk.astype(np.float64)
+        centered -= mean  # in place: one float64 copy of the chunk, not two
         if scale is not None:
             centered /= scale
         squares += np.einsum("ij,ij->j", centered, centered)

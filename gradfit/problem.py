@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from gradfit.config import GradfitConfig
@@ -51,7 +52,13 @@ def from_config(config: GradfitConfig, at_run: Optional[str] = None, max_rows: i
     run = prepare(config.model_copy(update={"runtime": single}))
     dtype = run.precision.param_dtype
     with run.precision.scope():
-        x, y = run.data["x"][:max_rows].astype(dtype), run.data["y"][:max_rows]
+        if run.feed is None:
+            x, y = run.data["x"][:max_rows].astype(dtype), run.data["y"][:max_rows]
+        else:  # streamed data: only the rows checked are read
+            rows = np.arange(min(max_rows, len(run.dataset.train)))
+            x, y = run.dataset.train.take(rows, dtype, run.precision.compute_dtype)
+            x, y = jnp.asarray(x).astype(dtype), jnp.asarray(y)
+            run.feed.close()
         params = run.state.params
         if at_run is not None:
             params, where = _saved_params(params, at_run), f"the parameters of {at_run}"

@@ -131,9 +131,11 @@ class SyntheticRows:
         self.spec, self.seed = config.data.synthetic, config.seed
         self.n_rows, self.names = self.spec.n_samples, [f"x{i}" for i in range(self.spec.n_features)]
         self.seen = np.zeros(self.spec.n_classes, bool)  # classes drawn so far
+        self.made: set[int] = set()  # blocks generated so far
         self._block = functools.lru_cache(maxsize=4)(self._make_block)
 
     def _make_block(self, block: int) -> tuple[np.ndarray, np.ndarray]:
+        self.made.add(block)
         start = block * SYNTHETIC_BLOCK
         x, y = synthetic_rows(self.spec, self.seed, start, min(start + SYNTHETIC_BLOCK, self.n_rows))
         self.seen[np.unique(y)] = True
@@ -187,8 +189,10 @@ class StreamedSplit:
             x = np.asarray(x, param_dtype).astype(compute_dtype, copy=False)
         if not np.isfinite(x).all():
             row, col = np.argwhere(~np.isfinite(x))[0]
-            value = self.dataset.source.read(wanted[row:row + 1])[0][0, col]
-            raise DataError(f"{self.dataset.name}: row {wanted[row]}: column '{self.dataset.feature_names[col]}' is "
+            raw_row = self.dataset.source.read(wanted[row:row + 1])[0]
+            tabular.check_features(raw_row, self.dataset.feature_names, self.dataset.locate, wanted[row:row + 1])
+            value = raw_row[0, col]
+            raise DataError(f"{self.dataset.locate(wanted[row])}: column '{self.dataset.feature_names[col]}' is "
                             f"{float(value)!r}, beyond {np.dtype(compute_dtype).name}'s range after preprocessing; "
                             "remove or impute it, or set runtime.precision: float64")
         y = self.dataset.encoded[codes]
@@ -233,6 +237,9 @@ class StreamedDataset:
     def n_classes(self) -> int:
         return len(self.classes)
 
+    def locate(self, row: int) -> str:
+        return f"{self.name}: row {row}"
+
     def standardize_in_place(self, raw: np.ndarray) -> np.ndarray:
         """``(raw - mean) / std`` in raw's dtype, as ``load_dataset`` computes it, written over ``raw``."""
         if self.mean is not None:
@@ -265,8 +272,10 @@ def load_streamed(config: GradfitConfig) -> StreamedDataset:
         splits = split_indices(n, data.val_fraction, data.test_fraction, config.seed)
     except DataError as exc:
         raise DataError(f"{origin}: {exc}") from None
+    splits = tuple(rows.astype(np.int32 if n < 2 ** 31 else np.int64) for rows in splits)  # 100M rows: 400 MB
     if shuffle_mode(config, True) == "blocks":
-        splits = tuple(np.sort(rows) for rows in splits)
+        for rows in splits:
+            rows.sort()
     train = splits[0]
     mean = std = None
     if data.standardize:
@@ -275,6 +284,7 @@ def load_streamed(config: GradfitConfig) -> StreamedDataset:
                 rows = train[start:start + CHUNK_ROWS]
                 order = np.argsort(rows, kind="stable")
                 x, _ = source.read(rows[order])
+                tabular.check_features(x, source.names, lambda row: f"{origin}: row {row}", rows[order])
                 yield x[np.argsort(order, kind="stable")]
 
         mean, std = fit_checked(chunks, len(train), source.names, origin)
@@ -285,8 +295,9 @@ def load_streamed(config: GradfitConfig) -> StreamedDataset:
 def _classes(config: GradfitConfig, source: Rows, origin: str, train: np.ndarray) -> tuple[list, np.ndarray]:
     """The classes (as ``encode_labels`` would list them) and, per stored class code, its encoding."""
     if isinstance(source, SyntheticRows):
-        for start in range(0, source.n_rows, SYNTHETIC_BLOCK):  # draws every block (cached: once)
-            source.read(np.array([start]))
+        for block in range(-(-source.n_rows // SYNTHETIC_BLOCK)):  # the blocks the statistics did not draw
+            if block not in source.made:
+                source.read(np.array([block * SYNTHETIC_BLOCK]))
         values = np.flatnonzero(source.seen)
     else:
         values = source.table.classes
