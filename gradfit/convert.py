@@ -105,7 +105,7 @@ def _check_out_dir(source: Path, out_dir: Path, force: bool) -> None:
 def _write_arrays(table: tabular.Table, folder: Path, dtype: Optional[str], progress: Optional[Progress],
                   total: int) -> tuple[int, list, str]:
     """Stream the blocks into X.npy and y.npy; returns (rows, classes, X's dtype)."""
-    index: dict = {}  # distinct raw label -> code in order of first appearance
+    index = tabular.LabelIndex()
     rows = 0
     x_dtype = None
     with open(folder / "X.npy", "wb") as x_file, open(folder / "y.npy", "wb") as y_file:
@@ -114,9 +114,7 @@ def _write_arrays(table: tabular.Table, folder: Path, dtype: Optional[str], prog
         for block in table.blocks():
             x_dtype = x_dtype or np.dtype(dtype or block.x.dtype)
             x_file.write(np.ascontiguousarray(block.x, x_dtype).data)
-            codes = np.fromiter((index.setdefault(v, len(index)) for v in block.labels.tolist()), np.int32,
-                                len(block.labels))
-            y_file.write(codes.data)
+            y_file.write(index.codes(block.labels).astype(np.int32).data)
             rows += len(block.x)
             if progress is not None:
                 progress(table.bytes_read if table.kind == "csv" else rows, total)
@@ -126,11 +124,8 @@ def _write_arrays(table: tabular.Table, folder: Path, dtype: Optional[str], prog
         x_file.write(npy_header(x_dtype, (rows, len(table.names))))
         y_file.seek(0)
         y_file.write(npy_header(np.dtype(np.int32), (rows,)))
-    values = np.empty(len(index), dtype=object)
-    values[:] = list(index)
-    if table.kind != "csv":
-        values = np.asarray(list(index))  # the stored dtype: numbers stay numbers
-    remap, classes = class_index(Labels(values, np.arange(len(index))), str(table.path))
+    values = index.values(text=table.kind == "csv")
+    remap, classes = class_index(Labels(values, np.arange(len(values))), str(table.path))
     y = np.load(folder / "y.npy", mmap_mode="r+")
     for start in range(0, rows, tabular.BLOCK_ROWS * 16):  # first-seen codes -> class order
         y[start:start + tabular.BLOCK_ROWS * 16] = remap[y[start:start + tabular.BLOCK_ROWS * 16]]
@@ -191,29 +186,25 @@ def describe(path: Path, target: str = "target", progress: Optional[Progress] = 
     table.checked = False  # count what training would refuse rather than stop at it
     total = os.path.getsize(path) if table.kind == "csv" else table.rows
     moments = _Moments(len(table.names))
-    counts: dict = {}
+    index, counts = tabular.LabelIndex(), np.zeros(0, np.int64)  # rows per distinct label: memory flat in rows
     rows = 0
     for block in table.blocks():
         moments.add(block.x)
         rows += len(block.x)
         if block.labels is not None and table.kind != "converted":
-            for value in block.labels.tolist():
-                counts[value] = counts.get(value, 0) + 1
+            found = np.bincount(index.codes(block.labels))
+            counts = np.pad(counts, (0, len(found) - len(counts))) + found
         if progress is not None:
             progress(table.bytes_read if table.kind == "csv" else rows, total)
     classes = None
     if table.kind == "converted":
         found = np.bincount(np.asarray(table.stored_codes), minlength=len(table.classes))
         classes = [{"label": c, "rows": int(n)} for c, n in zip(table.meta["classes"], found)]
-    elif table.has_labels and counts:
-        values = np.empty(len(counts), dtype=object) if table.kind == "csv" else None
-        if values is not None:
-            values[:] = list(counts)
-        else:
-            values = np.asarray(list(counts))
-        index, names = class_index(Labels(values, np.arange(len(counts))), str(path))
-        merged = np.bincount(index, weights=list(counts.values()), minlength=len(names))
-        classes = [{"label": c, "rows": int(n)} for c, n in zip(names, merged)]
+    elif table.has_labels and len(counts):
+        values = index.values(text=table.kind == "csv")
+        per_class, names = class_index(Labels(values, np.arange(len(values))), str(path))
+        found = np.bincount(per_class, weights=counts, minlength=len(names))
+        classes = [{"label": c, "rows": int(n)} for c, n in zip(names, found)]
     with np.errstate(invalid="ignore"):
         std = np.sqrt(moments.m2 / np.maximum(moments.count, 1))
     overflow = [name for name, s, m in zip(table.names, std, moments.mean) if not (np.isfinite(s) and np.isfinite(m))]

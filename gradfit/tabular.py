@@ -64,6 +64,26 @@ class Labels(NamedTuple):
     codes: np.ndarray  # (n,) int index into values
 
 
+class LabelIndex:
+    """Raw labels coded by first appearance: a label is stored once, however many rows hold it."""
+
+    def __init__(self):
+        self.index: dict = {}
+
+    def codes(self, labels: np.ndarray) -> np.ndarray:
+        """(b,) int64 codes of a block's labels, new labels getting the next codes."""
+        return np.fromiter((self.index.setdefault(v, len(self.index)) for v in labels.tolist()), np.int64,
+                           len(labels))
+
+    def values(self, text: bool) -> np.ndarray:
+        """The distinct labels in code order: an object array of str (``text``: a CSV's) or a typed array."""
+        if not text:
+            return np.asarray(list(self.index))
+        values = np.empty(len(self.index), dtype=object)
+        values[:] = list(self.index)
+        return values
+
+
 @dataclasses.dataclass
 class Table:
     """An opened table, its header checked: iterate ``blocks()`` (each call reads the file again)."""
@@ -99,13 +119,12 @@ class Table:
     def read_all(self) -> tuple[np.ndarray, Labels, np.ndarray]:
         """Every row: x (n, d), the labels (distinct values and a code per row), each row's position."""
         xs, labels, positions = [], [], []
-        index: dict = {}  # distinct CSV label -> code: a label is stored once, however many rows hold it
+        index = LabelIndex()
         for block in self.blocks():
             xs.append(block.x)
             positions.append(block.positions)
             if self.kind == "csv":
-                labels.append(np.fromiter((index.setdefault(v, len(index)) for v in block.labels), np.int64,
-                                          len(block.labels)))
+                labels.append(index.codes(block.labels))
             elif self.kind == "npz":
                 labels.append(block.labels)
         if not xs:
@@ -115,9 +134,7 @@ class Table:
             return x, Labels(self.classes, np.asarray(self.stored_codes)), positions
         if self.kind == "npz":
             return x, distinct_labels(np.concatenate(labels), str(self.path)), positions
-        values = np.empty(len(index), dtype=object)
-        values[:] = list(index)
-        return x, Labels(values, np.concatenate(labels)), positions
+        return x, Labels(index.values(text=True), np.concatenate(labels)), positions
 
 
 def open_table(path: Path, target: Optional[str] = "target", features: Optional[Sequence[str]] = None,
