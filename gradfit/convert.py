@@ -192,8 +192,8 @@ def describe(path: Path, target: str = "target", progress: Optional[Progress] = 
         moments.add(block.x)
         rows += len(block.x)
         if block.labels is not None and table.kind != "converted":
-            found = np.bincount(index.codes(block.labels))
-            counts = np.pad(counts, (0, len(found) - len(counts))) + found
+            codes = index.codes(block.labels)
+            counts = np.pad(counts, (0, len(index.index) - len(counts))) + np.bincount(codes, minlength=len(index.index))
         if progress is not None:
             progress(table.bytes_read if table.kind == "csv" else rows, total)
     classes = None
