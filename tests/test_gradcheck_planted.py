@@ -61,19 +61,19 @@ def test_a_planted_error_in_a_typical_entry_fails(planting_points, model, full, 
 
 
 @pytest.mark.parametrize("activation", ["relu", "tanh", "gelu"])
-def test_no_false_failure_over_five_seeds(activation):
-    """Correct gradients of MLPs at 5 initializations never FAIL in float64 (finite differences are float64 in a
+def test_no_false_failure_over_three_seeds(activation):
+    """Correct gradients of MLPs at 3 initializations never FAIL in float64 (finite differences are float64 in a
     float32 check too; its own rows are in test_gradcheck; the 120-check table is benchmarks/gradcheck_power.py).
     KINK and an INCONCLUSIVE entry at a ReLU pre-activation within 1e-8 of zero are honest answers; FAIL is not."""
     verdicts = []
-    for seed in range(5):
+    for seed in range(3):
         point = config_problem(*MLP, "model.hidden=[8]", f"model.activation={activation}", f"seed={seed}",
                                "model.l2=0.001", max_rows=60)
         report = check(point, manual=point.manual_grad)
         verdicts.append(report.verdict)
         assert report.verdict != "fail", (seed, [(g.name, {m: r.verdict for m, r in g.methods.items()})
                                                  for g in report.groups])
-    assert verdicts.count("pass") >= len(verdicts) - 2  # and almost always a plain PASS
+    assert verdicts.count("pass") >= len(verdicts) - 1  # and almost always a plain PASS
 
 
 def test_a_failure_is_not_overturned_by_round_off_at_a_tiny_step():

@@ -76,30 +76,34 @@ def test_convert_then_train_equals_train_on_the_csv(digits, tmp_path):
         json.loads((Path(on_folder["run_dir"]) / "preprocessing.json").read_text())["standardize"]
 
 
-def test_streamed_synthetic_equals_in_memory_and_any_rows_can_be_made_alone(tmp_path, monkeypatch):
+def test_streamed_synthetic_rows_equal_the_in_memory_ones(monkeypatch):
+    # the training equality itself is the converted-folder test above: here, the same rows, bits and casts
     monkeypatch.setattr(data, "SYNTHETIC_BLOCK", 1000)
     monkeypatch.setattr(stream, "SYNTHETIC_BLOCK", 1000)
-    synthetic = ("data.source=synthetic", "data.synthetic.n_samples=4500", "data.synthetic.n_features=64",
-                 "data.synthetic.n_classes=10")
-    spec = make_config(*synthetic).data.synthetic
+    config = make_config("data.source=synthetic", "data.synthetic.n_samples=4500", "data.synthetic.n_classes=3",
+                         "model.kind=mlp", "train.batch_size=64", "train.shuffle=blocks", "seed=3")
+    spec = config.data.synthetic
     whole_x, whole_y = data.make_synthetic(4500, spec.n_features, spec.n_classes, spec.separation, spec.noise, 3)
     part_x, part_y = data.synthetic_rows(spec, 3, 1990, 3010)  # across two block boundaries
     np.testing.assert_array_equal(part_x, whole_x[1990:3010], strict=True)
     np.testing.assert_array_equal(part_y, whole_y[1990:3010])
-    # the shapes of the digits runs above: their programs come from the compile cache
-    common = (*MLP[:-1], *synthetic, "train.steps=40", "train.epochs=null", "train.shuffle=blocks", "seed=3")
-    memory = fit(make_config(*common, "data.in_memory=true"), tmp_path / "memory")
-    streamed = fit(make_config(*common, "data.in_memory=false"), tmp_path / "streamed")
-    assert_same_params(memory, streamed)
+    memory, streamed = data.load_dataset(config, "blocks"), stream.load_streamed(config)
+    assert streamed.classes == memory.classes and streamed.digest() != memory.digest()
+    np.testing.assert_array_equal(streamed.mean, memory.mean, strict=True)
+    np.testing.assert_array_equal(streamed.std, memory.std, strict=True)
+    for name in ("train", "val", "test"):
+        split = getattr(memory, name)
+        x, y = getattr(streamed, name).take(np.arange(len(split)), np.float32, np.float32)
+        expected_x, expected_y = data.split_arrays(split, memory.n_classes, np.float32)
+        np.testing.assert_array_equal(x, expected_x, strict=True)
+        np.testing.assert_array_equal(y, expected_y, strict=True)
 
 
 def test_block_shuffle_visits_every_row_once_per_epoch_from_one_window_at_a_time():
-    n = 2 * shuffle.BLOCK_ROWS + 123  # whole blocks, and a tail that stays in the last window
+    n = 5 * 100 + 23  # five whole blocks of 100 rows, and a tail that stays in the last window
     order = jax.jit(shuffle.block_permuted, static_argnums=(1, 3, 4))
-    first, second = (np.asarray(order(jax.random.PRNGKey(k), n, jnp.arange(n), shuffle.BLOCK_ROWS,
-                                      shuffle.WINDOW_BLOCKS)) for k in (0, 1))
-    assert np.array_equal(np.sort(first), np.arange(n)) and not np.array_equal(first, second)
-    small = np.asarray(order(jax.random.PRNGKey(0), n, jnp.arange(n), 100, 3))
+    first, small = (np.asarray(order(jax.random.PRNGKey(k), n, jnp.arange(n), 100, 3)) for k in (1, 0))
+    assert np.array_equal(np.sort(first), np.arange(n)) and not np.array_equal(first, small)
     assert np.array_equal(np.sort(small), np.arange(n))
     for start in range(0, 5 * 100 - 300, 300):  # each window of 3 blocks holds 3 whole blocks of rows
         blocks = np.unique(small[start:start + 300] // 100)
