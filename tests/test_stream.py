@@ -55,13 +55,13 @@ def assert_same_params(left: dict, right: dict) -> None:
 def test_streamed_params_equal_in_memory_bit_for_bit(digits, tmp_path, monkeypatch, mode):
     # groups of 2 log windows (8 steps): chunks end at group ends that are not epoch ends (21 steps per epoch)
     monkeypatch.setattr(feed, "GROUP_BYTES", 8 * 50 * 64 * 4)
-    common = (*MLP, f"data.path={digits}", f"train.shuffle={mode}", "train.steps=70", "train.epochs=null")
+    common = (*MLP, f"data.path={digits}", f"train.shuffle={mode}", "train.steps=48", "train.epochs=null")
     memory = fit(make_config(*common, "data.in_memory=true"), tmp_path / "memory")
     streamed = fit(make_config(*common, "data.in_memory=false"), tmp_path / "streamed")
     assert_same_params(memory, streamed)
     trained = [[r["batch_objective"] for r in metrics(s["run_dir"]) if "batch_objective" in r]
                for s in (memory, streamed)]
-    assert trained[0] == trained[1] and len(trained[0]) >= 17
+    assert trained[0] == trained[1] and len(trained[0]) >= 12
     # evaluation reads the splits in other blocks: equal to rounding, not to the bit
     assert streamed["final"]["val_loss"] == pytest.approx(memory["final"]["val_loss"], rel=1e-5)
     assert streamed["final"]["test_accuracy"] == memory["final"]["test_accuracy"]
@@ -111,8 +111,8 @@ def test_block_shuffle_visits_every_row_once_per_epoch_from_one_window_at_a_time
 
 
 def test_sigkill_then_resume_of_a_streamed_run_is_bit_exact(digits, tmp_path):
-    overrides = (*MLP, f"data.path={digits}", "data.in_memory=false", "train.steps=250", "train.epochs=null",
-                 "train.log_every=1", "train.checkpoint_every=50", "train.keep_checkpoints=2")
+    overrides = (*MLP, f"data.path={digits}", "data.in_memory=false", "train.steps=200", "train.epochs=null",
+                 "train.log_every=1", "train.checkpoint_every=40", "train.keep_checkpoints=2")
     from gradfit.config import to_yaml
 
     config_file = tmp_path / "streamed.yaml"
@@ -120,7 +120,7 @@ def test_sigkill_then_resume_of_a_streamed_run_is_bit_exact(digits, tmp_path):
     process = subprocess.Popen([sys.executable, "-m", "gradfit", "train", str(config_file), "-q", "-o",
                                 str(tmp_path / "killed")], stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while not list((tmp_path / "killed").glob("*/checkpoints/step-00000100.npz")):
+    while not list((tmp_path / "killed").glob("*/checkpoints/step-00000040.npz")):
         assert process.poll() is None, process.stderr.read()
         assert time.monotonic() < deadline, "no checkpoint appeared"
         time.sleep(0.005)
@@ -129,7 +129,7 @@ def test_sigkill_then_resume_of_a_streamed_run_is_bit_exact(digits, tmp_path):
     (run_dir,) = (tmp_path / "killed").iterdir()
     assert not (run_dir / "summary.json").exists(), "the process finished before it was killed"
     killed_at = checkpoints.listing(run_dir)[-1][0]
-    assert 100 <= killed_at < 250
+    assert 40 <= killed_at < 200
     result = CliRunner().invoke(app, ["train", "--resume", str(run_dir), "-q"])
     assert result.exit_code == 0, result.output
     resumed = json.loads((run_dir / "summary.json").read_text())
