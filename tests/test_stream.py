@@ -8,10 +8,6 @@ be identical to the last bit on CPU.
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import jax
@@ -21,12 +17,12 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import make_config
-from gradfit import checkpoints, data, feed, runs, shuffle, stream
+from gradfit import data, feed, runs, shuffle, stream
 from gradfit.cli import app
 from gradfit.convert import convert
 from gradfit.errors import ConfigError, DataError
 from gradfit.loop import fit
-from test_resume import assert_identical_runs, metrics
+from test_resume import killed_then_resumed, metrics
 
 MLP = ("name=mlp", "model.kind=mlp", "model.hidden=[16]", "train.batch_size=50", "train.log_every=4",
        "optimizer={name: adam, learning_rate: 0.01}", "data.source=file")
@@ -111,31 +107,8 @@ def test_block_shuffle_visits_every_row_once_per_epoch_from_one_window_at_a_time
 
 
 def test_sigkill_then_resume_of_a_streamed_run_is_bit_exact(digits, tmp_path):
-    overrides = (*MLP, f"data.path={digits}", "data.in_memory=false", "train.steps=200", "train.epochs=null",
-                 "train.log_every=1", "train.checkpoint_every=40", "train.keep_checkpoints=2")
-    from gradfit.config import to_yaml
-
-    config_file = tmp_path / "streamed.yaml"
-    config_file.write_text(to_yaml(make_config(*overrides)), encoding="utf-8")
-    process = subprocess.Popen([sys.executable, "-m", "gradfit", "train", str(config_file), "-q", "-o",
-                                str(tmp_path / "killed")], stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not list((tmp_path / "killed").glob("*/checkpoints/step-00000040.npz")):
-        assert process.poll() is None, process.stderr.read()
-        assert time.monotonic() < deadline, "no checkpoint appeared"
-        time.sleep(0.005)
-    process.kill()
-    assert process.wait(timeout=30) == -signal.SIGKILL
-    (run_dir,) = (tmp_path / "killed").iterdir()
-    assert not (run_dir / "summary.json").exists(), "the process finished before it was killed"
-    killed_at = checkpoints.listing(run_dir)[-1][0]
-    assert 40 <= killed_at < 200
-    result = CliRunner().invoke(app, ["train", "--resume", str(run_dir), "-q"])
-    assert result.exit_code == 0, result.output
-    resumed = json.loads((run_dir / "summary.json").read_text())
-    reference = fit(make_config(*overrides), tmp_path / "reference")
-    assert resumed["resumes"][0]["from_step"] == killed_at
-    assert_identical_runs(resumed, reference)
+    killed_then_resumed((*MLP, f"data.path={digits}", "data.in_memory=false", "train.steps=200", "train.epochs=null",
+                         "train.log_every=1", "train.checkpoint_every=40", "train.keep_checkpoints=2"), tmp_path, 40)
 
 
 def test_what_cannot_stream_is_refused_with_the_way_out(digits, tmp_path):

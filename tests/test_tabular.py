@@ -32,6 +32,7 @@ from gradfit.convert import convert, describe
 from gradfit.data import encode_labels, load_dataset
 from gradfit.errors import DataError, GradfitError
 from gradfit.tabular import open_table
+from test_eval_predict import write_csv
 
 runner = CliRunner()
 WIDE = {"COLUMNS": "200"}  # keep Rich from wrapping messages mid-sentence
@@ -400,14 +401,6 @@ def test_training_on_the_all_at_once_variant_gives_the_same_parameters(run, tmp_
 
 
 # ------------------------------------------------------------------------------------------ converted folders
-
-
-def write_csv(path: Path, header: list[str], rows) -> Path:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
 
 
 def labelled_csv(path: Path, labels: list[str], seed: int = 0) -> Path:
