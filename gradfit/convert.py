@@ -28,7 +28,7 @@ from gradfit.errors import GradfitError
 from gradfit.tabular import CONVERTED_FORMAT, Labels
 
 HEADER_BYTES = 256  # a reserved .npy header: rewritten with the row count at the end, without moving the data
-Progress = Callable[[int, int], None]  # (done, total), in bytes of a CSV or rows of an array file
+Progress = Callable[[int, int], None]  # (done, total) bytes: of a CSV's text, or of an array file's features
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,11 +60,10 @@ def convert(source: Path, out_dir: Path, target: str = "target", dtype: Optional
     _check_out_dir(source, out_dir, force)
     tick = time.perf_counter()
     table = tabular.open_table(source, target)
-    total = os.path.getsize(source) if table.kind == "csv" else table.rows
     partial = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
     with removed_on_abort(lambda: (partial.mkdir(parents=True), partial)[1]):
         try:
-            rows, classes, x_dtype = _write_arrays(table, partial, dtype, progress, total)
+            rows, classes, x_dtype = _write_arrays(table, partial, dtype, progress)
             meta = {"format": CONVERTED_FORMAT, "version": 1, "rows": rows, "feature_names": table.names,
                     "classes": classes, "target": target if table.kind == "csv" else "y", "dtype": x_dtype,
                     "source": str(source)}
@@ -102,8 +101,8 @@ def _check_out_dir(source: Path, out_dir: Path, force: bool) -> None:
         raise GradfitError(f"{out_dir}: already exists; pass --force to replace it, or choose another name")
 
 
-def _write_arrays(table: tabular.Table, folder: Path, dtype: Optional[str], progress: Optional[Progress],
-                  total: int) -> tuple[int, list, str]:
+def _write_arrays(table: tabular.Table, folder: Path, dtype: Optional[str], progress: Optional[Progress]
+                  ) -> tuple[int, list, str]:
     """Stream the blocks into X.npy and y.npy; returns (rows, classes, X's dtype)."""
     index = tabular.LabelIndex()
     rows = 0
@@ -116,8 +115,7 @@ def _write_arrays(table: tabular.Table, folder: Path, dtype: Optional[str], prog
             x_file.write(np.ascontiguousarray(block.x, x_dtype).data)
             y_file.write(index.codes(block.labels).astype(np.int32).data)
             rows += len(block.x)
-            if progress is not None:
-                progress(table.bytes_read if table.kind == "csv" else rows, total)
+            _advance(progress, table, rows, block)
         if rows == 0:
             raise table.no_rows()
         x_file.seek(0)
@@ -132,6 +130,17 @@ def _write_arrays(table: tabular.Table, folder: Path, dtype: Optional[str], prog
     y.flush()
     del y
     return rows, classes, x_dtype.name
+
+
+def _advance(progress: Optional[Progress], table: tabular.Table, rows: int, block: tabular.Block) -> None:
+    """Tell ``progress`` how far a pass is, after ``rows`` rows (ending with ``block``)."""
+    if progress is None:
+        return
+    if table.kind == "csv":
+        progress(table.bytes_read, os.path.getsize(table.path))
+    else:
+        row_bytes = block.x.shape[1] * block.x.dtype.itemsize
+        progress(rows * row_bytes, table.rows * row_bytes)
 
 
 def npy_header(dtype: np.dtype, shape: tuple) -> bytes:
@@ -184,7 +193,6 @@ def describe(path: Path, target: str = "target", progress: Optional[Progress] = 
     path = Path(path)
     table = tabular.open_table(path, target, need_labels=None)
     table.checked = False  # count what training would refuse rather than stop at it
-    total = os.path.getsize(path) if table.kind == "csv" else table.rows
     moments = _Moments(len(table.names))
     index, counts = tabular.LabelIndex(), np.zeros(0, np.int64)  # rows per distinct label: memory flat in rows
     rows = 0
@@ -192,10 +200,9 @@ def describe(path: Path, target: str = "target", progress: Optional[Progress] = 
         moments.add(block.x)
         rows += len(block.x)
         if block.labels is not None and table.kind != "converted":
-            codes = index.codes(block.labels)
-            counts = np.pad(counts, (0, len(index.index) - len(counts))) + np.bincount(codes, minlength=len(index.index))
-        if progress is not None:
-            progress(table.bytes_read if table.kind == "csv" else rows, total)
+            codes, seen = index.codes(block.labels), len(index.index)
+            counts = np.pad(counts, (0, seen - len(counts))) + np.bincount(codes, minlength=seen)
+        _advance(progress, table, rows, block)
     classes = None
     if table.kind == "converted":
         found = np.bincount(np.asarray(table.stored_codes), minlength=len(table.classes))

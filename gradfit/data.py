@@ -23,7 +23,8 @@ import numpy as np
 from gradfit import precision, tabular
 from gradfit.errors import DataError
 from gradfit.schema import DataConfig, GradfitConfig, SyntheticConfig
-from gradfit.tabular import NOT_FINITE, PLAIN_NUMBER, Labels, Locate, check_label_dtype, decoded, distinct_labels, preview
+from gradfit.tabular import (NOT_FINITE, PLAIN_NUMBER, Labels, Locate, check_label_dtype, decoded, distinct_labels,
+                             preview)
 
 BUILTIN = {"breast_cancer": "breast_cancer.csv", "digits": "digits.csv"}
 EXACT_INTEGERS = 2 ** 53  # integers up to this magnitude are exact in float64

@@ -71,7 +71,7 @@ class Feeder:
         return self.put({"x": x, "y": np.zeros((self.steps, self.batch), y_dtype), "first_step": np.int32(0)})
 
     def start(self, shuffle_key) -> None:
-        """Set the run's shuffle key (a device array) and start reading the group of ``step`` 0."""
+        """Set the run's shuffle key (a device array); groups are read from the first ``group`` call on."""
         self._key = jax.device_put(np.asarray(shuffle_key), self._cpu)
 
     def group_end(self, step: int) -> int:

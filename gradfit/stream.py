@@ -25,7 +25,7 @@ from typing import Iterator, Optional, Union
 import numpy as np
 
 from gradfit import precision, resources, tabular
-from gradfit.data import (CHUNK_ROWS, SYNTHETIC_BLOCK, Dataset, encode_labels, fit_checked, load_dataset,
+from gradfit.data import (CHUNK_ROWS, SYNTHETIC_BLOCK, Dataset, builtin_path, encode_labels, fit_checked, load_dataset,
                           split_indices, synthetic_rows)
 from gradfit.errors import ConfigError, DataError
 from gradfit.files import format_bytes
@@ -79,13 +79,13 @@ def decide(config: GradfitConfig, device_bytes: Optional[int] = None) -> bool:
 
 
 def _extent(config: GradfitConfig) -> tuple[int, int, Optional[Path]]:
-    """(rows, features, file) of the configured data, known before reading them (rows: an upper estimate for
-    a CSV, from its size)."""
+    """(rows, features, file) of the configured data, known before reading them; for a CSV or .npz an estimate
+    of its cells as (cells, 1), one per 8 bytes of the file (a number as written takes 6-12)."""
     data = config.data
     if data.source == "synthetic":
         return data.synthetic.n_samples, data.synthetic.n_features, None
     if data.source != "file":
-        return 0, 0, None  # the built-in tables are small
+        return 0, 0, builtin_path(data.source)  # the built-in tables are small
     path = Path(data.path)
     if tabular.is_converted(path):
         meta = tabular.read_meta(path)
@@ -94,7 +94,7 @@ def _extent(config: GradfitConfig) -> tuple[int, int, Optional[Path]]:
         size = os.path.getsize(path)
     except OSError:
         return 0, 0, path  # the reader names the problem
-    return size // 8, 1, path  # a float64 cell takes at least 2 characters with its separator, 8 bytes parsed
+    return size // 8, 1, path
 
 
 # ---------------------------------------------------------------------------------------------------- sources
