@@ -237,12 +237,21 @@ def _gradient_methods(objective: Callable, params, x, y, manual: Callable, repea
     cheap = 2 * repeats  # the loss is the denominator of every ratio: time it (and its peers) well
     programs = compile_side_by_side([flat_loss, jax.grad(flat_loss), forward,
                                      central_differences], theta, x, y)
-    row = {"num_params": int(size)}
+    row = {"num_params": int(size), "reverse_flops_vs_loss": _flop_ratio(programs[1], programs[0])}
     for key, program, count in zip(("loss_s", "reverse_s", "forward_s", "finite_difference_s"), programs,
                                    (cheap, cheap, repeats, repeats)):
         record(row, key, measure(program, theta, x, y, repeats=count))
     record(row, "manual_numpy_s", measure(lambda: manual(numpy_params, x_np, y_np), repeats=cheap))
     return row
+
+
+def _flop_ratio(program, reference) -> Optional[float]:
+    """XLA's own flop count of ``program`` over ``reference``'s: the cost model behind the timings, free of noise.
+
+    Only for loop-free programs (XLA counts a while-loop body once), hence reverse mode against the loss."""
+    counts = [compiled.cost_analysis() for compiled in (program, reference)]
+    flops = [(c[0] if isinstance(c, list) else c or {}).get("flops") for c in counts]
+    return flops[0] / flops[1] if all(flops) else None
 
 
 def method_scaling(options: BenchOptions, device) -> dict:

@@ -279,6 +279,105 @@ def train(
         output.emit(summary)
 
 
+class Metric(str, Enum):
+    val_loss = "val_loss"
+    val_accuracy = "val_accuracy"
+
+
+@app.command()
+def sweep(
+    config: Optional[Path] = typer.Argument(
+        None, help="YAML config: the base of every member; its [bold]sweep:[/] section, if any, is the plan."),
+    grid: Optional[List[str]] = typer.Option(
+        None, "--grid", "-g", metavar="KEY=[V,...]", help="Try these values of a config key (repeatable: every "
+        "combination), e.g. [bold]--grid optimizer.learning_rate=[1e-3,3e-3,1e-2][/]."),
+    seeds: Optional[int] = typer.Option(None, "--seeds", min=1, help="Train each setting with N seeds (seed, seed+1, "
+                                                                     "...): mean +- std in the ranking."),
+    random: Optional[int] = typer.Option(None, "--random", min=1, metavar="N",
+                                         help="Draw N settings at random from --space (combined with --grid)."),
+    space: Optional[List[str]] = typer.Option(
+        None, "--space", metavar="KEY=DIST", help="A random-search range: [bold]KEY={log_uniform: [1e-4, 1e-1]}[/], "
+        "{uniform: [lo, hi]}, {int_uniform: [lo, hi]} or a list of choices (repeatable)."),
+    metric: Optional[Metric] = typer.Option(None, help="Rank settings by this (default val_loss, or the section's)."),
+    parallel: Optional[str] = typer.Option(
+        None, "--parallel", metavar="auto|K", help="Members trained side by side in one program (auto: as many as the "
+                                                   "device memory holds, estimated before allocating)."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", "-s", help=SET_HELP, metavar="KEY=VALUE"),
+    out_dir: Optional[Path] = typer.Option(None, "--out-dir", "-o",
+                                           help="Parent folder of the new sweep directory (default: runs)."),
+    resume: Optional[Path] = typer.Option(None, "--resume", metavar="SWEEP_DIR",
+                                          help="Finish this sweep's unfinished members (interrupted ones continue "
+                                               "from their checkpoints, bit for bit)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output, only errors and the ranking."),
+    json_flag: bool = typer.Option(False, "--json", help="Print sweep.json alone on stdout (tables go to stderr)."),
+    json_file: Optional[Path] = typer.Option(None, "--json-out", metavar="FILE", help=JSON_OUT_HELP),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+    no_compile_cache: bool = typer.Option(False, "--no-compile-cache",
+                                          help="Compile from scratch instead of using JAX's persistent cache."),
+) -> None:
+    """Train many settings of one config in one compiled program, and rank them.
+
+    Members that differ only in values (learning rate, l2, momentum, b1/b2, eps, weight decay, clip norm, the final fraction of a schedule, the seed) train side by side under jax.vmap in one program; members that differ in shapes or choices (hidden sizes, activation, optimizer, batch size, precision, ...) form groups, compiled once each. Every member is a normal run directory (eval, predict, inference and train --resume accept it) under [bold]runs/<name>-sweep-<timestamp>/members/[/], next to sweep.json (members, groups, ranking). A diverging member is marked and the others go on. Ctrl-C checkpoints every member in training (exit 130); --resume finishes the rest. Exit code 0 when a member completed, 1 when none did.
+
+    [bold]Examples[/]
+
+      gradfit sweep configs/mlp.yaml --grid optimizer.learning_rate=[1e-3,3e-3,1e-2] --grid model.l2=[0,1e-4] --seeds 4
+      gradfit sweep configs/mlp.yaml --random 16 --space "optimizer.learning_rate={log_uniform: [1e-4, 1e-1]}"
+      gradfit sweep configs/mlp-sweep.yaml --metric val_accuracy --json
+      gradfit sweep --resume runs/mlp-sweep-20261201-101500
+    """
+    from gradfit.config import resolve_config
+
+    with user_errors():
+        options = dict(grid=grid or [], seeds=seeds, random=random, space=space or [],
+                       metric=None if metric is None else metric.value,
+                       parallel=None if parallel is None else (int(parallel) if parallel.isdigit() else parallel))
+        if resume is not None:
+            given = [f"--{k}" for k, v in options.items() if v not in (None, [])] + \
+                (["CONFIG"] if config else []) + (["--set"] if set_ else []) + (["--out-dir"] if out_dir else [])
+            if given:
+                raise GradfitError(f"{', '.join(given)} do(es) not apply with --resume: the sweep continues as planned "
+                                   "(its sweep.yaml)")
+        elif config is None:
+            raise GradfitError("missing CONFIG: gradfit sweep CONFIG --grid KEY=[...], or gradfit sweep --resume "
+                               "SWEEP_DIR")
+        from gradfit import sweeps
+
+        plan = None
+        if resume is None:
+            resolved = resolve_config(config, list(set_ or []), sweep=True)
+            plan = sweeps.plan_sweep(resolved, **options)
+            protected = [config, *_data_files(resolved.config)]
+        else:
+            protected = [resume / "sweep.json", resume / "sweep.yaml"]
+        output = JsonOutput.checked(json_flag, json_file, force, protected)
+        console = output.console()
+        from gradfit import report
+
+        progress = None if quiet else report.SweepProgress(console)
+        state = None
+        try:
+            if progress is not None:
+                progress.on_stage("starting JAX")
+            _use_compile_cache(not no_compile_cache, quiet)
+            from gradfit import sweep as sweeping
+
+            if resume is None:
+                state = sweeping.start(resolved, plan, out_dir or Path("runs"), progress)
+            else:
+                state = sweeping.resume(resume, progress)
+        except TrainingFailed as exc:
+            if exc.summary is not None:
+                console.print(report.sweep_ranking(exc.summary))
+                output.emit(exc.summary)
+            raise
+        finally:
+            if progress is not None:
+                progress.close()
+        console.print(report.sweep_ranking(state))
+        output.emit(state)
+
+
 def _devices_value(text: str) -> str:
     """--devices 0,2 -> [0,2] for --set; auto and N pass as they are."""
     return f"[{text}]" if "," in text else text

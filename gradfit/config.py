@@ -7,6 +7,7 @@ The schema itself is in ``gradfit.schema`` (re-exported here). No jax import: ``
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import re
@@ -65,6 +66,12 @@ class ResolvedConfig:
     path: Optional[Path]
     file_lines: dict  # KeyPath -> line number in the file
     overridden: frozenset  # KeyPaths given with --set
+    tree: Any = None  # the merged input before validation (what a sweep member's values are applied to)
+    sweep: Any = None  # the file's raw `sweep:` section (resolve_config(..., sweep=True)), checked by gradfit.sweeps
+
+    @property
+    def origin(self) -> str:
+        return str(self.path) if self.path is not None else "<defaults>"
 
     def source_of(self, key: KeyPath) -> str:
         """'--set', 'file:line' or 'default' for a key path."""
@@ -171,12 +178,14 @@ def _apply_override(tree: dict, key: KeyPath, value: Any) -> None:
     node[key[-1]] = value
 
 
-def resolve_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()) -> ResolvedConfig:
+def resolve_config(path: Optional[str | Path] = None, overrides: Sequence[str] = (), sweep: bool = False) \
+        -> ResolvedConfig:
     """Load defaults < YAML file < ``--set`` overrides and validate the result.
 
     Args:
         path: YAML config file, or None for the built-in defaults.
         overrides: ``key.path=value`` strings, applied in order.
+        sweep: accept a ``sweep:`` section (``gradfit sweep``): it is set apart, unchecked, in ``.sweep``.
 
     Raises:
         ConfigError: listing every problem, each with its file and line or its --set.
@@ -196,6 +205,10 @@ def resolve_config(path: Optional[str | Path] = None, overrides: Sequence[str] =
                               f"got a {type(data).__name__}")
         tree = data
         _anchor_data_path(tree, path.parent)
+    section = tree.pop("sweep", None)
+    if "sweep" in lines and not sweep:
+        raise ConfigError(f"{origin}: line {lines[('sweep',)]}: sweep: this config describes a sweep; run "
+                          f"gradfit sweep {origin} (or remove the section to train its base config)")
     overridden = []
     for text in overrides:
         key, value = parse_override(text)
@@ -204,9 +217,17 @@ def resolve_config(path: Optional[str | Path] = None, overrides: Sequence[str] =
         if key[0] == "data":
             _anchor_data_path(tree, Path.cwd())
     _prefer_overridden_length(tree, overridden)
-    for section in GradfitConfig.model_fields:
-        if section in tree and tree[section] is None:  # `optimizer:` with every key commented out
-            tree[section] = {}
+    for name in GradfitConfig.model_fields:
+        if name in tree and tree[name] is None:  # `optimizer:` with every key commented out
+            tree[name] = {}
+    merged = copy.deepcopy(tree)
+    config = validate_tree(tree, origin, lines, dict.fromkeys(overridden, "--set"))
+    return ResolvedConfig(config, path, lines, frozenset(overridden), merged, section)
+
+
+def validate_tree(tree: dict, origin: str, lines: dict, given: dict) -> GradfitConfig:
+    """Validate a merged input tree, or raise one ConfigError listing every problem where it was written: the
+    file's line, or ``given[key]`` (``--set``, a sweep's line) for keys set elsewhere. ``tree`` is consumed."""
     problems = unused_key_problems(tree)
     config = None
     try:
@@ -214,12 +235,12 @@ def resolve_config(path: Optional[str | Path] = None, overrides: Sequence[str] =
     except ValidationError as exc:
         problems += [_explain(err) for err in exc.errors()]
     if problems:
-        located = sorted((_locate(loc, lines, overridden), ".".join(map(str, loc)) or "(top level)", message)
+        located = sorted((_locate(loc, lines, given), ".".join(map(str, loc)) or "(top level)", message)
                          for loc, message in problems)
         count = f"{len(located)} problem" + ("s" if len(located) > 1 else "")
         text = "\n".join(f"  {where}{what}: {message}" for (_, where), what, message in located)
         raise ConfigError(f"{origin}: {count}:\n{text}")
-    return ResolvedConfig(config, path, lines, frozenset(overridden))
+    return config
 
 
 def _prefer_overridden_length(tree: dict, overridden: list) -> None:
@@ -265,11 +286,11 @@ _SHORT = reprlib.Repr()  # a value in a message: bounded, however large or deep 
 _SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother = 2, 6, 6, 200, 200
 
 
-def _locate(loc: KeyPath, lines: dict, overridden: list) -> tuple[int, str]:
-    """(sort key, 'line N: ' or '--set: ') for a key path: an override wins over the file."""
-    for key in overridden:
+def _locate(loc: KeyPath, lines: dict, given: dict) -> tuple[int, str]:
+    """(sort key, 'line N: ' or '--set: ') for a key path: a key given elsewhere wins over the file."""
+    for key, where in given.items():
         if loc[: len(key)] == key or key[: len(loc)] == loc:
-            return (0, "--set: ")
+            return (0, f"{where}: ")
     for n in range(len(loc), 0, -1):
         if loc[:n] in lines:
             return (lines[loc[:n]], f"line {lines[loc[:n]]}: ")

@@ -22,7 +22,7 @@ import numpy as np
 
 from gradfit import precision, tabular
 from gradfit.errors import DataError
-from gradfit.schema import DataConfig, GradfitConfig, SyntheticConfig
+from gradfit.schema import DataConfig, GradfitConfig, SyntheticConfig, data_seed
 from gradfit.tabular import (NOT_FINITE, PLAIN_NUMBER, Labels, Locate, check_label_dtype, decoded, distinct_labels,
                              preview)
 
@@ -108,7 +108,7 @@ def load_dataset(config: GradfitConfig, shuffle: str = "full") -> Dataset:
             (``precision.of(config).compute_dtype``: float32's is 3.4e38), each naming the file, line and column.
     """
     data = config.data
-    source = read_source(data, config.seed)
+    source = read_source(data, data_seed(config))
     x, names, origin = source.x, source.names, source.origin
     y, classes = encode_labels(source.labels, origin)
     if config.model.kind == "logistic" and len(classes) > 2:
@@ -117,7 +117,7 @@ def load_dataset(config: GradfitConfig, shuffle: str = "full") -> Dataset:
             f"({preview(classes)}); use model.kind: mlp for multiclass"
         )
     try:
-        train_idx, val_idx, test_idx = split_indices(len(y), data.val_fraction, data.test_fraction, config.seed)
+        train_idx, val_idx, test_idx = split_indices(len(y), data.val_fraction, data.test_fraction, data_seed(config))
     except DataError as exc:
         raise DataError(f"{origin}: {exc}") from None
     if shuffle == "blocks":

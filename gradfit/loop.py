@@ -238,27 +238,36 @@ class Session:
 
     def run_chunks(self, stop: "_StopRequests") -> StopRule:
         """Dispatch chunks, log, evaluate, update early stopping, checkpoint when due; the rule that stopped."""
-        plan, loop, config = self.run.plan, self.loop, self.run.config
         self.mark = time.perf_counter()
         while True:
-            start = loop.step
-            # a new full-batch run first logs its starting point: a chunk of no step reports the state's values
-            end = start if start == 0 and plan.full_batch and not loop.last else self.chunk_end(start)
-            metrics = self.read(self.dispatch(end - start), start, end)
-            loop.step = int(metrics["step"])  # before ``end`` when a full-batch run converges within the chunk
-            if end > start:
-                records = _window_records(self.run, start, loop.step, metrics, self.elapsed())
-            else:
-                records = [_log_record(self.run, start, 0, dict(zip(END_ROWS, metrics["end"])), self.elapsed())]
-            if not records:  # a chunk stops early only below tol, which its last record shows: never here
-                raise RuntimeError(f"a chunk from step {start} took no step")
-            if not metrics["finite"]:
-                return self.log(records, stop, diverged=True)
-            rule = self.log(records, stop)
-            if rule is not None or _checkpoint_due(loop.step, loop.step - start, config.train.checkpoint_every):
-                self.checkpoint(finished=rule.reason if rule is not None and rule.status == "completed" else None)
+            start = self.loop.step
+            end = self.next_end()
+            rule = self.absorb(start, end, self.read(self.dispatch(end - start), start, end), stop)
             if rule is not None:
                 return rule
+
+    def next_end(self) -> int:
+        """Where the next chunk ends (a new full-batch run first logs its starting point: a chunk of no step)."""
+        start, plan = self.loop.step, self.run.plan
+        return start if start == 0 and plan.full_batch and not self.loop.last else self.chunk_end(start)
+
+    def absorb(self, start: int, end: int, metrics: dict, stop: "_StopRequests") -> Optional[StopRule]:
+        """Log the chunk that ran from ``start`` to ``end`` (its metrics read back), evaluate and checkpoint where
+        due; the rule that stops the run here, or None."""
+        loop = self.loop
+        loop.step = int(metrics["step"])  # before ``end`` when a full-batch run converges within the chunk
+        if end > start:
+            records = _window_records(self.run, start, loop.step, metrics, self.elapsed())
+        else:
+            records = [_log_record(self.run, start, 0, dict(zip(END_ROWS, metrics["end"])), self.elapsed())]
+        if not records:  # a chunk stops early only below tol, which its last record shows: never here
+            raise RuntimeError(f"a chunk from step {start} took no step")
+        if not metrics["finite"]:
+            return self.log(records, stop, diverged=True)
+        rule = self.log(records, stop)
+        if rule is not None or _checkpoint_due(loop.step, loop.step - start, self.run.config.train.checkpoint_every):
+            self.checkpoint(finished=rule.reason if rule is not None and rule.status == "completed" else None)
+        return rule
 
     def chunk_end(self, start: int) -> int:
         """Where the chunk from ``start`` ends: at the next evaluation, checkpoint or the last step, and after at

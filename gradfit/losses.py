@@ -44,7 +44,7 @@ def data_loss(logits, y):
 
 def l2_penalty(params, l2: float):
     """(l2/2) * sum of squared weights; biases are not penalized (as in scikit-learn)."""
-    if l2 == 0:
+    if isinstance(l2, (int, float)) and l2 == 0:  # a traced l2 (a sweep member's) always adds its term
         return 0.0
     mask = weight_mask(params)
     squares = jax.tree_util.tree_map(lambda p, m: jnp.sum(p * p) if m else 0.0, params, mask)

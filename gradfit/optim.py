@@ -14,6 +14,9 @@ from gradfit.schema import OptimizerConfig
 def make_schedule(config: OptimizerConfig, total_steps: int) -> Callable:
     """step -> learning rate over a run of ``total_steps`` steps."""
     lr, sched = config.learning_rate, config.schedule
+    if not isinstance(lr, (int, float)):  # a traced rate (a sweep's): optax's schedules test their peak in Python
+        unit = make_schedule(config.model_copy(update={"learning_rate": 1.0}), total_steps)
+        return lambda step: lr * unit(step)
     final = lr * sched.final_fraction
     if sched.name == "constant":
         return optax.constant_schedule(lr)
@@ -48,5 +51,5 @@ def make_optimizer(config: OptimizerConfig, total_steps: int) -> tuple[optax.Gra
         "rmsprop": lambda: optax.rmsprop(schedule, decay=c.decay, eps=c.eps),
         "adagrad": lambda: optax.adagrad(schedule, eps=c.eps),
     }[config.name]()
-    clip = [optax.clip_by_global_norm(config.clip_norm)] if config.clip_norm else []
+    clip = [optax.clip_by_global_norm(config.clip_norm)] if config.clip_norm is not None else []
     return optax.chain(*clip, base), schedule

@@ -194,6 +194,104 @@ def _saved_params(summary: dict) -> str:
     return f"parameters of step {summary['params_step']:,}{best}"
 
 
+class SweepProgress:
+    """Sweep callbacks: one bar for the block in training and a line per member as it finishes (plain lines
+    when not on a terminal)."""
+
+    def __init__(self, console: Console, live: Optional[bool] = None):
+        self.console = console
+        self.live = console.is_terminal if live is None else live
+        self.status: Optional[Status] = None
+        self.progress: Optional[Progress] = None
+        self.task = None
+
+    def on_stage(self, message: str) -> None:
+        if not self.live:
+            self.console.print(f"{message}...", highlight=False)
+            return
+        if self.status is None:
+            self.status = self.console.status(f"{escape(message)}...")
+            self.status.start()
+        else:
+            self.status.update(f"{escape(message)}...")
+
+    def on_block(self, info: dict) -> None:
+        self._stop()
+        members = info["members"]
+        padded = info["parallel"] - len(members)
+        self.console.print(f"group {info['group'] + 1}: members {_ranges(members)} side by side"
+                           + (f" (+{padded} padding)" if padded else "")
+                           + (f", from step {info['start_step']:,}" if info["start_step"] else ""), highlight=False)
+        if self.live:
+            self.progress = Progress(TextColumn("[bold blue]sweep"), BarColumn(), MofNCompleteColumn(),
+                                     TextColumn("{task.fields[active]} members training"), TimeRemainingColumn(),
+                                     console=self.console)
+            self.progress.start()
+            self.task = self.progress.add_task("sweep", total=info["total_steps"], completed=info["start_step"],
+                                               active=len(members))
+
+    def on_chunk(self, step: int, total_steps: int, active: int) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, completed=step, active=active)
+
+    def on_member(self, entry: dict) -> None:
+        final = entry.get("final") or {}
+        colour = {"completed": "green", "failed": "red"}.get(entry["status"], "yellow")
+        self.console.print(f"  member {entry['index']} ({escape(entry['label'] or 'base config')}): "
+                           f"[{colour}]{entry['status']}[/] at step {entry['steps']:,}, val_loss "
+                           f"{fmt(final.get('val_loss'))}, val_accuracy {fmt(final.get('val_accuracy'))}"
+                           + ("" if entry["status"] == "completed" else f" ({escape(entry['stop_reason'])})"),
+                           highlight=False, soft_wrap=True)
+
+    def _stop(self) -> None:
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+    def close(self) -> None:
+        self._stop()
+
+
+def _ranges(indexes: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2, 5'."""
+    parts, start = [], None
+    for i, n in enumerate(indexes):
+        start = n if start is None else start
+        if i + 1 == len(indexes) or indexes[i + 1] != n + 1:
+            parts.append(str(n) if start == n else f"{start}-{n}")
+            start = None
+    return ", ".join(parts)
+
+
+def sweep_ranking(state: dict) -> Table:
+    """sweep.json's ranking: one row per setting, mean +- std of the metric over its seeds, the best marked."""
+    metric = state["metric"]
+    table = Table(title=f"Sweep: settings ranked by {metric} ({'lower' if metric == 'val_loss' else 'higher'} is "
+                        "better), mean +- std over seeds", title_justify="left")
+    swept = [key for key in state["swept"] if key != "seed"]
+    table.add_column("rank", justify="right")
+    for key in swept:
+        table.add_column(key.rsplit(".", 1)[-1], justify="right")
+    table.add_column(metric, justify="right")
+    table.add_column("seeds", justify="right")
+    table.add_column("members", justify="left")
+    for row in state["ranking"]:
+        value = "-" if row["mean"] is None else fmt(row["mean"]) + (
+            "" if row["std"] is None else f" +- {fmt(row['std'], 2)}")
+        seeds = f"{row['completed']}/{len(row['members'])}" + (
+            f", [red]{row['failed']} diverged or failed[/]" if row["failed"] else "") + (
+            f", {row['pending']} unfinished" if row["pending"] else "")
+        mark = "[bold green]best[/] " if row["best"] else ""
+        table.add_row(f"{mark}{row['rank']}", *(fmt(row["values"].get(key)) for key in swept), value, seeds,
+                      _ranges(row["members"]))
+    table.caption = (f"{len(state['members'])} members in {len(state['groups'])} compiled group(s); sub-runs in "
+                     f"{state['sweep_dir']}/members; wall time {state.get('wall_time_s', 0):.1f} s")
+    return table
+
+
 def config_table(resolved: ResolvedConfig) -> tuple[Table, int]:
     """The resolved config, one row per key that the chosen model/optimizer uses; returns (table, hidden)."""
     config = resolved.config.model_dump(mode="json")
@@ -344,6 +442,9 @@ def bench_tables(result: dict) -> list[Table]:
             table.caption = (f"growth exponent vs parameters: reverse {e['reverse']:.2f}, forward {e['forward']:.2f}, "
                              f"finite differences {e['finite_difference']:.2f}, NumPy {e['manual_numpy']:.2f} "
                              "(0: constant multiple of a loss; 1: one pass per parameter)")
+            flops = [row.get("reverse_flops_vs_loss") for row in data["rows"]]
+            if all(flops):
+                table.caption += "; XLA flop count, reverse / loss: " + ", ".join(f"{f:.2f}" for f in flops)
         tables.append(table)
 
     if "peers" in result:

@@ -45,7 +45,7 @@ def resume(run_dir: str | Path, config: GradfitConfig, force: bool = False,
         run_dir = runs.check_run_dir(Path(run_dir))  # every process reads the checkpoint: a shared folder
         writes = scale.writes()
         with runs.locked(run_dir) if writes else contextlib.nullcontext():
-            saved = _SavedRun.read(run_dir, config)
+            saved = SavedRun.read(run_dir, config)
             if saved.changes and not force:
                 listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in saved.changes.items())
                 raise ConfigError(f"{run_dir}: the config differs from the one the run was trained with ({listed}); "
@@ -60,7 +60,7 @@ def resume(run_dir: str | Path, config: GradfitConfig, force: bool = False,
             programs = compile_programs(run)
             session = Session(run, programs, run_dir if writes else None, started, callbacks,
                               *saved.restore(run, config), path=saved.path if writes else None)
-            reproduced = _replay(session, saved, force)
+            reproduced = replay(session, saved, force)
             if saved.finished and not saved.changes:  # its summary or params.npz was lost: write them again
                 return session.finish("completed", saved.finished)
             blocking = stop_rule(config, run.plan, session.loop, session.stopper, None)
@@ -98,7 +98,7 @@ def _outputs_complete(run_dir: Path, step: int) -> bool:
 
 
 @dataclasses.dataclass(frozen=True)
-class _SavedRun:
+class SavedRun:
     """The newest checkpoint of a run, read and checked, and how the config to resume with differs from it."""
 
     path: Path
@@ -112,7 +112,7 @@ class _SavedRun:
     device: str  # where it was computed: "cpu:0 (cpu)", "4 x gpu (NVIDIA H200), 2 processes"
 
     @classmethod
-    def read(cls, run_dir: Path, config: GradfitConfig) -> "_SavedRun":
+    def read(cls, run_dir: Path, config: GradfitConfig) -> "SavedRun":
         path = checkpoints.latest(run_dir)
         if path is None:
             raise RunDirError(f"{run_dir}: no checkpoint to resume from (the run stopped before writing one); "
@@ -148,7 +148,7 @@ class _SavedRun:
         return state, dataclasses.replace(self.loop), stopper, best
 
 
-def _replay(session: Session, saved: _SavedRun, force: bool) -> bool:
+def replay(session: Session, saved: SavedRun, force: bool) -> bool:
     """True when the restored run sees the checkpoint's data and reproduces its probe objective bit for bit.
 
     Equal data and equal bits from the restored parameters prove that the device and libraries compute as the

@@ -108,6 +108,10 @@ class DataConfig(_Section):
     standardize: bool = Field(
         True, description="scale features to mean 0, std 1 using training-split statistics"
     )
+    seed: Optional[int] = Field(
+        None, ge=0, le=2**32 - 1, description="seed of the split and of synthetic rows (null: the top-level seed); "
+        "a sweep over seeds sets it, so that every member sees the same split"
+    )
     synthetic: SyntheticConfig = Field(
         default_factory=SyntheticConfig, description="generator settings (source: synthetic)"
     )
@@ -325,6 +329,11 @@ class RuntimeConfig(_Section):
                 raise ValueError(f"device ids repeat in {list(value)}; list each device once")
             return list(value)
         raise ValueError("expected 'auto', a device count >= 1 or a non-empty list of device ids like [0, 1]")
+
+
+def data_seed(config: "GradfitConfig") -> int:
+    """The seed of the split and of synthetic rows."""
+    return config.seed if config.data.seed is None else config.data.seed
 
 
 class GradfitConfig(_Section):

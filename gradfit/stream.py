@@ -29,7 +29,7 @@ from gradfit.data import (CHUNK_ROWS, SYNTHETIC_BLOCK, Dataset, builtin_path, en
                           split_indices, synthetic_rows)
 from gradfit.errors import ConfigError, DataError
 from gradfit.files import format_bytes
-from gradfit.schema import GradfitConfig
+from gradfit.schema import GradfitConfig, data_seed
 from gradfit.tabular import Labels, preview
 
 HOST_SHARE = 4  # auto streams when the training features would take over 1/4 of host memory...
@@ -128,7 +128,7 @@ class SyntheticRows:
     """Synthetic rows generated on demand, a generator block at a time (the last few are kept)."""
 
     def __init__(self, config: GradfitConfig):
-        self.spec, self.seed = config.data.synthetic, config.seed
+        self.spec, self.seed = config.data.synthetic, data_seed(config)
         self.n_rows, self.names = self.spec.n_samples, [f"x{i}" for i in range(self.spec.n_features)]
         self.seen = np.zeros(self.spec.n_classes, bool)  # classes drawn so far
         self.made: set[int] = set()  # blocks generated so far
@@ -269,7 +269,7 @@ def load_streamed(config: GradfitConfig) -> StreamedDataset:
         source, origin = ConvertedRows(table), str(table.path)
     n = source.n_rows
     try:
-        splits = split_indices(n, data.val_fraction, data.test_fraction, config.seed)
+        splits = split_indices(n, data.val_fraction, data.test_fraction, data_seed(config))
     except DataError as exc:
         raise DataError(f"{origin}: {exc}") from None
     splits = tuple(rows.astype(np.int32 if n < 2 ** 31 else np.int64) for rows in splits)  # 100M rows: 400 MB

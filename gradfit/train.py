@@ -476,15 +476,12 @@ def _prepare(config: GradfitConfig) -> Prepared:
     if config.train.early_stopping.monitor and len(dataset.val) == 0:
         raise ConfigError(f"train.early_stopping: the validation split of {dataset.name} is empty "
                           f"(data.val_fraction={config.data.val_fraction:g}); raise data.val_fraction")
-    optimizer, schedule = make_optimizer(config.optimizer, plan.total_steps)
+    make_optimizer(config.optimizer, plan.total_steps)  # refuses an impossible schedule before anything is made
     # products in the parameters' dtype unless mixed: the objective then serves a check in another precision
     model = build_model(config.model, dataset.n_features, dataset.n_classes,
                         chosen.compute_dtype if chosen.mixed else None)
-    objective = make_objective(model.apply, config.model.l2)
     mode = stream.shuffle_mode(config, streamed)
-    train_step = make_train_step(objective, optimizer, plan, len(dataset.train), config.optimizer.name == "lbfgs",
-                                 topology.shard_rows, mode, streamed)
-    chunk = make_chunk(train_step, plan, config.model.l2, schedule, config.train.tol)
+    functions = training_functions(config, model, plan, len(dataset.train), topology, mode, streamed)
     hidden = tuple(config.model.hidden) if config.model.kind == "mlp" else ()
     eval_rows = block_rows(dataset.n_features, hidden)
     dtypes = (chosen.param_dtype, chosen.compute_dtype)
@@ -507,27 +504,53 @@ def _prepare(config: GradfitConfig) -> Prepared:
 
     data = {} if streamed else topology.put(_device_arrays(dataset, chosen))
 
+    # one compiled program rather than a dozen eager ops, each compiled on its own; it runs once, so it is
+    # compiled without XLA's optimizations (0.5 s instead of 1.3 s for configs/mlp.yaml on 2 CPU cores). Its
+    # outputs are distinct buffers (the lbfgs state starts as copies of the params), as donation needs, and
+    # committed to the device like the chunk's outputs, so feeding those back never recompiles
+    seed = topology.put(np.uint32(config.seed))
+    init = jax.jit(functions.initial_state, out_shardings=topology.replicated).lower(seed, data).compile(
+        compiler_options={"xla_backend_optimization_level": 0})
+    state, data["shuffle_key"] = init(seed, data)
+    if feed is not None:
+        feed.start(data["shuffle_key"])
+    return Prepared(config, chosen, dataset, model, plan, topology, state, data, functions.chunk, evaluate,
+                    functions.train_step, functions.objective, feed)
+
+
+class Functions(NamedTuple):
+    """The uncompiled functions of one config's training (see ``training_functions``)."""
+
+    objective: Callable  # (params, x, y) -> regularized loss
+    train_step: Callable  # (state, data) -> (state, (objective, gradient norm))
+    chunk: Callable  # (state, data, num_steps) -> (state, metrics)
+    initial_state: Callable  # (seed, data) -> (state, shuffle key)
+
+
+def training_functions(config: GradfitConfig, model: Model, plan: Plan, n_train: int, topology: scale.Topology,
+                       mode: str = "full", streamed: bool = False) -> Functions:
+    """The objective, step, chunk and initial state of ``config``'s training.
+
+    The values of ``config`` (learning rate, l2, momentum, ...) may be traced arrays (``gradfit.sweep`` builds
+    these functions inside ``jax.vmap`` with one value per member); its shapes and choices may not.
+    """
+    optimizer, schedule = make_optimizer(config.optimizer, plan.total_steps)
+    objective = make_objective(model.apply, config.model.l2)
+    train_step = make_train_step(objective, optimizer, plan, n_train, config.optimizer.name == "lbfgs",
+                                 topology.shard_rows, mode, streamed)
+    chunk = make_chunk(train_step, plan, config.model.l2, schedule, config.train.tol)
+    param_dtype = precision.of(config).param_dtype
+
     def initial_state(seed, data):
         init_key, shuffle_key = jax.random.split(jax.random.PRNGKey(seed))
-        params = model.init(init_key, chosen.param_dtype)
+        params = model.init(init_key, param_dtype)
         current = None
         if plan.full_batch:
             x, y = topology.shard_rows(data["x"]), topology.shard_rows(data["y"])
             current = with_norm(jax.value_and_grad(objective)(params, x, y))
         return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32), current), shuffle_key
 
-    # one compiled program rather than a dozen eager ops, each compiled on its own; it runs once, so it is
-    # compiled without XLA's optimizations (0.5 s instead of 1.3 s for configs/mlp.yaml on 2 CPU cores). Its
-    # outputs are distinct buffers (the lbfgs state starts as copies of the params), as donation needs, and
-    # committed to the device like the chunk's outputs, so feeding those back never recompiles
-    seed = topology.put(np.uint32(config.seed))
-    init = jax.jit(initial_state, out_shardings=topology.replicated).lower(seed, data).compile(
-        compiler_options={"xla_backend_optimization_level": 0})
-    state, data["shuffle_key"] = init(seed, data)
-    if feed is not None:
-        feed.start(data["shuffle_key"])
-    return Prepared(config, chosen, dataset, model, plan, topology, state, data, chunk, evaluate, train_step,
-                    objective, feed)
+    return Functions(objective, train_step, chunk, initial_state)
 
 
 def _device_arrays(dataset: Dataset, chosen: precision.Precision) -> dict:
