@@ -206,7 +206,7 @@ def resolve_config(path: Optional[str | Path] = None, overrides: Sequence[str] =
         tree = data
         _anchor_data_path(tree, path.parent)
     section = tree.pop("sweep", None)
-    if "sweep" in lines and not sweep:
+    if ("sweep",) in lines and not sweep:
         raise ConfigError(f"{origin}: line {lines[('sweep',)]}: sweep: this config describes a sweep; run "
                           f"gradfit sweep {origin} (or remove the section to train its base config)")
     overridden = []

@@ -201,7 +201,7 @@ class Session:
     def _train(self) -> dict:
         plan, loop, programs = self.run.plan, self.loop, self.programs
         # from here on SIGINT/SIGTERM only set a flag: the chunk in flight and the outputs are always completed
-        with _StopRequests() as stop:
+        with StopRequests() as stop:
             self.notify("on_start", {
                 "run_dir": self.where, "device": self.device_name, "total_steps": plan.total_steps,
                 "start_step": loop.step, "steps_per_epoch": plan.steps_per_epoch, "log_every": plan.log_every,
@@ -236,7 +236,7 @@ class Session:
         self.raise_unless_completed(summary)
         return summary
 
-    def run_chunks(self, stop: "_StopRequests") -> StopRule:
+    def run_chunks(self, stop: "StopRequests") -> StopRule:
         """Dispatch chunks, log, evaluate, update early stopping, checkpoint when due; the rule that stopped."""
         self.mark = time.perf_counter()
         while True:
@@ -251,7 +251,7 @@ class Session:
         start, plan = self.loop.step, self.run.plan
         return start if start == 0 and plan.full_batch and not self.loop.last else self.chunk_end(start)
 
-    def absorb(self, start: int, end: int, metrics: dict, stop: "_StopRequests") -> Optional[StopRule]:
+    def absorb(self, start: int, end: int, metrics: dict, stop: "StopRequests") -> Optional[StopRule]:
         """Log the chunk that ran from ``start`` to ``end`` (its metrics read back), evaluate and checkpoint where
         due; the rule that stops the run here, or None."""
         loop = self.loop
@@ -300,7 +300,7 @@ class Session:
         self.mark = now
         return metrics
 
-    def log(self, records: list[dict], stop: "_StopRequests", diverged: bool = False) -> Optional[StopRule]:
+    def log(self, records: list[dict], stop: "StopRequests", diverged: bool = False) -> Optional[StopRule]:
         """Evaluate where due, write the chunk's records, update early stopping; the rule that stops the run here.
 
         A diverged chunk's records are written up to the first non-finite one, and the run fails there.
@@ -564,7 +564,7 @@ def stop_rule(config: GradfitConfig, plan: Plan, loop: LoopState, stopper: Optio
     return None
 
 
-class _StopRequests:
+class StopRequests:
     """Within the block, SIGINT, SIGTERM and SIGHUP (a closed ssh session) are recorded instead of raised (main
     thread only)."""
 

@@ -51,7 +51,7 @@ def resume(run_dir: str | Path, config: GradfitConfig, force: bool = False,
                 raise ConfigError(f"{run_dir}: the config differs from the one the run was trained with ({listed}); "
                                   "the run would not continue as it started. Add --force to resume anyway "
                                   "(the changes are recorded in summary.json)")
-            if saved.finished and not saved.changes and _outputs_complete(run_dir, saved.loop.step):
+            if saved.finished and not saved.changes and outputs_complete(run_dir, saved.loop.step):
                 raise RunDirError(f"{run_dir}: this run already finished ({saved.finished}). {_EXTEND_HINT}")
 
             callbacks = stage(callbacks, "loading data")
@@ -88,7 +88,7 @@ _EXTEND_HINT = ("To train it further, resume with --force and a larger train.ste
                 "train.early_stopping.patience or smaller train.tol if one of those stopped it)")
 
 
-def _outputs_complete(run_dir: Path, step: int) -> bool:
+def outputs_complete(run_dir: Path, step: int) -> bool:
     """True when summary.json reports the run completed at ``step`` and its params.npz exists."""
     try:
         summary = json.loads(files.read_text(run_dir / "summary.json", "summary", RunDirError, files.MAX_JSON_BYTES))

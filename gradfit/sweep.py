@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -33,10 +34,10 @@ import yaml
 from gradfit import checkpoints, files, precision, resources, runs, sweeps
 from gradfit.config import GradfitConfig, resolve_config, to_yaml
 from gradfit.errors import ConfigError, Interrupted, RunDirError, TrainingFailed
-from gradfit.loop import (CHUNK_SECONDS, EarlyStopping, LoopState, Session, StopRule, _StopRequests, config_header,
+from gradfit.loop import (CHUNK_SECONDS, EarlyStopping, LoopState, Session, StopRule, StopRequests, config_header,
                           one_line)
-from gradfit.resume import replay, SavedRun
-from gradfit.train import (MAX_WINDOWS, Prepared, Programs, _cache_events, _cache_outcome, block_rows, eval_parts,
+from gradfit.resume import SavedRun, outputs_complete, replay
+from gradfit.train import (MAX_WINDOWS, Prepared, Programs, block_rows, cache_events, cache_outcome, eval_parts,
                            make_evaluate, prepare, training_functions)
 
 MAX_PARALLEL = 1024  # members per block
@@ -119,12 +120,12 @@ class Group:
                    jax.jit(evaluate, **placed).trace({key: v[0] for key, v in hyper.items()}, run.state.params,
                                                      run.data, eval_parts()).lower()]
         traced = time.perf_counter()
-        with _cache_events() as events, ThreadPoolExecutor(2) as pool:  # XLA compiles without the GIL
+        with cache_events() as events, ThreadPoolExecutor(2) as pool:  # XLA compiles without the GIL
             self.init, self.chunk, self.evaluate = pool.map(
                 lambda program, options: program.compile(compiler_options=options), lowered, ONCE + [{}, {}])
         self.unstack = jax.jit(lambda tree: [jax.tree_util.tree_map(lambda a: a[i], tree) for i in range(k)])
         self.trace_time_s, self.compile_time_s = traced - tick, time.perf_counter() - traced
-        self.cache = _cache_outcome(events)
+        self.cache = cache_outcome(events)
 
     @property
     def shared_data(self) -> dict:
@@ -192,8 +193,6 @@ def read_state(sweep_dir: Path) -> dict:
         raise RunDirError(f"{sweep_dir}: not a gradfit sweep directory (no {STATE_FILE} or {PLAN_FILE}); pass a "
                           "folder made by gradfit sweep, e.g. runs/<name>-sweep-<timestamp>")
     try:
-        import json
-
         state = json.loads(files.read_text(path, "sweep state", RunDirError, files.MAX_JSON_BYTES))
         if not isinstance(state.get("members"), list) or not isinstance(state.get("groups"), list):
             raise ValueError("members or groups missing")
@@ -215,7 +214,7 @@ class _Driver:
         groups: dict = {}
         for member in self.plan.members:
             groups.setdefault(sweeps.program_key(member.config), []).append(member)
-        with runs.locked(self.sweep_dir), _StopRequests() as stop:
+        with runs.locked(self.sweep_dir), StopRequests() as stop:
             try:
                 for index, members in enumerate(groups.values()):
                     if all(self.entry(m)["status"] in DONE for m in members) or stop.signal_name:
@@ -259,7 +258,8 @@ class _Driver:
                         "parallel": parallel}
             self.state["groups"].append(recorded)
         recorded.update(trace_time_s=group.trace_time_s, compile_time_s=group.compile_time_s, cache=group.cache)
-        for block in self.blocks(group, [m for m in members if self.entry(m)["status"] not in DONE]):
+        unfinished = [m for m in members if self.entry(m)["status"] not in DONE and not self.finished_elsewhere(m)]
+        for block in self.blocks(group, unfinished):
             if stop.signal_name:
                 return
             self.train_block(group, block, stop)
@@ -378,8 +378,19 @@ class _Driver:
         self.entry(member).update(status="running", run_dir=str(run_dir))
         return session
 
+    def finished_elsewhere(self, member) -> bool:
+        """True for a member that ``gradfit train --resume`` finished after the sweep stopped: its summary counts."""
+        saved, run_dir = self.saved(member), self.member_dir(member)
+        if saved is None or not saved.finished or not outputs_complete(run_dir, saved.loop.step):
+            return False
+        self.record(member, json.loads(files.read_text(run_dir / "summary.json", "summary", RunDirError,
+                                                       files.MAX_JSON_BYTES)))
+        return True
+
     def conclude(self, member, session: Session, rule: StopRule, alone: bool = False) -> None:
-        summary = session.finish(rule.status, rule.reason, alone=alone)
+        self.record(member, session.finish(rule.status, rule.reason, alone=alone))
+
+    def record(self, member, summary: dict) -> None:
         entry = self.entry(member)
         entry.update(status=summary["status"], stop_reason=summary["stop_reason"], steps=summary["steps"],
                      final=summary["final"], objective=summary["objective"],

@@ -15,6 +15,7 @@ swept: each sub-run is a normal run, and members must see the same data to be co
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import difflib
@@ -57,6 +58,22 @@ class RandomSearch(_Strict):
     seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of the draws")
     space: dict[str, Any] = Field(min_length=1, description="key -> {log_uniform: [lo, hi]}, {uniform: [lo, hi]}, "
                                                             "{int_uniform: [lo, hi]} or a list of choices")
+
+
+    @field_validator("space")
+    @classmethod
+    def _numbers(cls, space: dict):
+        # YAML 1.1 reads `1e-4` as text, not as a number (the config's own keys are read alike)
+        return {key: {name: [_yaml_number(b) for b in bounds] if isinstance(bounds, list) else bounds
+                      for name, bounds in dist.items()} if isinstance(dist, dict) else dist
+                for key, dist in space.items()}
+
+
+def _yaml_number(value: Any) -> Any:
+    if type(value) is str:
+        with contextlib.suppress(ValueError):
+            return float(value)
+    return value
 
 
 class SweepSection(_Strict):

@@ -582,15 +582,15 @@ def compile_programs(run: Prepared) -> Programs:
     if run.feed is None:  # a streamed evaluation compiles its block programs when it first runs
         lowered.append(jax.jit(run.evaluate, **placed).trace(run.state.params, run.data, eval_parts()).lower())
     traced = time.perf_counter()
-    with _cache_events() as events, ThreadPoolExecutor(len(lowered)) as pool:
+    with cache_events() as events, ThreadPoolExecutor(len(lowered)) as pool:
         # XLA compiles without the GIL: the two programs side by side take 0.3-0.9 s less on 2 CPU cores
         compiled = list(pool.map(lambda program: program.compile(), lowered))
     evaluate = compiled[1] if run.feed is None else run.evaluate
-    return Programs(compiled[0], evaluate, traced - tick, time.perf_counter() - traced, _cache_outcome(events))
+    return Programs(compiled[0], evaluate, traced - tick, time.perf_counter() - traced, cache_outcome(events))
 
 
 @contextlib.contextmanager
-def _cache_events():
+def cache_events():
     """Collect JAX's persistent-cache events (requests, hits) while the block runs."""
     events: list[str] = []
 
@@ -605,7 +605,7 @@ def _cache_events():
         jax.monitoring.unregister_event_listener(listen)
 
 
-def _cache_outcome(events: list[str]) -> str:
+def cache_outcome(events: list[str]) -> str:
     requests, hits = events.count("compile_requests_use_cache"), events.count("cache_hits")
     if requests == 0 or not jax.config.jax_compilation_cache_dir:  # JAX asks even when no folder is set
         return "off"
