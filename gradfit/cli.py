@@ -323,7 +323,7 @@ def sweep(
 
       gradfit sweep configs/mlp.yaml --grid optimizer.learning_rate=[1e-3,3e-3,1e-2] --grid model.l2=[0,1e-4] --seeds 4
       gradfit sweep configs/mlp.yaml --random 16 --space "optimizer.learning_rate={log_uniform: [1e-4, 1e-1]}"
-      gradfit sweep configs/mlp-sweep.yaml --metric val_accuracy --json
+      gradfit sweep configs/sweeps/mlp-lr.yaml --metric val_accuracy --json
       gradfit sweep --resume runs/mlp-sweep-20261201-101500
     """
     from gradfit.config import resolve_config
@@ -768,12 +768,14 @@ def config_show(
 def config_validate(
     configs: List[Path] = typer.Argument(..., help="One or more YAML config files."),
 ) -> None:
-    """Check config files without training; exit 2 if any is invalid.
+    """Check config files without training; exit 2 if any is invalid. A config with a sweep: section is checked
+    whole: the section and every member's config.
 
     [bold]Example[/]
 
-      gradfit config validate configs/*.yaml
+      gradfit config validate configs/*.yaml configs/sweeps/*.yaml
     """
+    from gradfit import sweeps
     from gradfit.config import resolve_config
     from gradfit.errors import ConfigError
 
@@ -781,12 +783,14 @@ def config_validate(
     failed = 0
     for path in configs:
         try:
-            resolve_config(path)
+            resolved = resolve_config(path, sweep=True)
+            plan = None if resolved.sweep is None else sweeps.plan_sweep(resolved)
         except ConfigError as exc:
             failed += 1
             stderr.print(f"[bold red]invalid[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         else:
-            console.print(f"[green]ok[/] {escape(str(path))}", highlight=False)
+            what = "" if plan is None else f" (a sweep of {len(plan.members)} members, {plan.settings} settings)"
+            console.print(f"[green]ok[/] {escape(str(path))}{what}", highlight=False)
     if failed:
         raise typer.Exit(2)
 

@@ -27,17 +27,16 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import yaml
 
 from gradfit import checkpoints, files, precision, resources, runs, sweeps
 from gradfit.config import GradfitConfig, resolve_config, to_yaml
-from gradfit.errors import ConfigError, Interrupted, RunDirError, TrainingFailed
+from gradfit.errors import ConfigError, GradfitError, Interrupted, RunDirError, TrainingFailed
 from gradfit.loop import (CHUNK_SECONDS, EarlyStopping, LoopState, Session, StopRule, StopRequests, config_header,
                           one_line)
 from gradfit.resume import SavedRun, outputs_complete, replay
-from gradfit.train import (MAX_WINDOWS, Prepared, Programs, block_rows, cache_events, cache_outcome, eval_parts,
+from gradfit.train import (MAX_WINDOWS, Prepared, Programs, TrainState, block_rows, cache_events, cache_outcome, eval_parts,
                            make_evaluate, prepare, training_functions)
 
 MAX_PARALLEL = 1024  # members per block
@@ -83,7 +82,7 @@ class Group:
     init: Callable = None  # (hyper, seeds, data) -> (states, shuffle keys), vmapped
     chunk: Callable = None  # (hyper, states, data, num_steps) -> (states, metrics), vmapped; states donated
     evaluate: Callable = None  # (hyper of one member, params, data, parts) -> metrics
-    unstack: Callable = None  # states -> [each member's state]
+    unstack: Callable = None  # states -> [each member's state], on the device
     trace_time_s: float = 0.0
     compile_time_s: float = 0.0
     cache: str = "off"
@@ -109,12 +108,21 @@ class Group:
             l2 = functions(hyper)[1].model.l2
             return make_evaluate(run.model, l2, eval_rows, run.topology.shard_rows)(params, data, parts)
 
-        member_init = jax.vmap(lambda h, seed, data: functions(h)[0].initial_state(seed, data), (0, 0, None))
+        # the step count is one for the whole block (members step together), so the chunk's loops and their
+        # conditions stay scalar: a batched condition would make XLA run both sides of every lax.cond. Only a
+        # full-batch run with tol, whose members stop at their own steps, counts per member.
+        step = 0 if self.own_steps else None
+        states_axes = TrainState(0, 0, step, 0)
+        member_init = jax.vmap(lambda h, seed, data: functions(h)[0].initial_state(seed, data), (0, 0, None),
+                               (states_axes, 0))
+        metrics_axes = {"windows": 0, "step": step, "finite": 0, **({"end": 0} if run.plan.full_batch else {})}
         member_chunk = jax.vmap(lambda h, state, data, n: functions(h)[0].chunk(state, data, n),
-                                (0, 0, {"x": None, "y": None, "shuffle_key": 0}, None))
+                                (0, states_axes, {"x": None, "y": None, "shuffle_key": 0}, None),
+                                (states_axes, metrics_axes))
         hyper, seeds, shared = self.hyper(self.members[:1] * k), np.zeros(k, np.uint32), self.shared_data
-        states, keys = jax.eval_shape(member_init, hyper, seeds, shared)
-        lowered = [jax.jit(member_init, **placed).trace(hyper, seeds, shared).lower(),
+        init = jax.jit(member_init, **placed).trace(hyper, seeds, shared)
+        states, keys = init.out_info
+        lowered = [init.lower(),
                    jax.jit(member_chunk, donate_argnums=1, **placed).trace(
                        hyper, states, {**shared, "shuffle_key": keys}, np.int32(0)).lower(),
                    jax.jit(evaluate, **placed).trace({key: v[0] for key, v in hyper.items()}, run.state.params,
@@ -123,9 +131,28 @@ class Group:
         with cache_events() as events, ThreadPoolExecutor(2) as pool:  # XLA compiles without the GIL
             self.init, self.chunk, self.evaluate = pool.map(
                 lambda program, options: program.compile(compiler_options=options), lowered, ONCE + [{}, {}])
-        self.unstack = jax.jit(lambda tree: [jax.tree_util.tree_map(lambda a: a[i], tree) for i in range(k)])
+        take = jax.jit(self.member)  # one small program for every member: the index is traced
+        self.unstack = lambda states: [take(states, np.int32(i)) for i in range(k)]
         self.trace_time_s, self.compile_time_s = traced - tick, time.perf_counter() - traced
         self.cache = cache_outcome(events)
+
+    @property
+    def own_steps(self) -> bool:
+        """Members count their own steps (only a full-batch run with tol: each stops at its own step)."""
+        return self.run.plan.full_batch and self.run.config.train.tol is not None
+
+    def member(self, tree, i: int):
+        """Member ``i``'s slice of the block's states or chunk metrics (a shared step count is everyone's)."""
+        if isinstance(tree, TrainState):
+            cut = jax.tree_util.tree_map(lambda a: a[i], tree._replace(step=None))
+            return cut._replace(step=tree.step if not self.own_steps else tree.step[i])
+        return {key: value if key == "step" and not self.own_steps else value[i] for key, value in tree.items()}
+
+    def stack(self, states: list):
+        """The block's states from its members' (``member``'s inverse)."""
+        stacked = jax.tree_util.tree_map(lambda *leaves: np.stack(leaves), *[s._replace(step=None) for s in states])
+        steps = np.stack([s.step for s in states])
+        return stacked._replace(step=steps if self.own_steps else steps[0])
 
     @property
     def shared_data(self) -> dict:
@@ -164,7 +191,12 @@ def start(resolved, plan: sweeps.Sweep, out_dir: str | Path = "runs",
                  "members": [{"index": m.index, "setting": m.setting, "values": m.values, "folder": m.folder,
                               "status": "pending"} for m in plan.members]}
         runs.write_json(sweep_dir / STATE_FILE, state)
-    return _Driver(sweep_dir, plan, state, callbacks, started).run()
+    try:
+        return _Driver(sweep_dir, plan, state, callbacks, started).run()
+    except GradfitError as exc:  # bad data or settings found before any member started: leave nothing behind
+        if not isinstance(exc, TrainingFailed) and all(m["status"] == "pending" for m in state["members"]):
+            shutil.rmtree(sweep_dir, ignore_errors=True)
+        raise
 
 
 def resume(sweep_dir: str | Path, callbacks: Optional[SweepCallbacks] = None) -> dict:
@@ -221,8 +253,10 @@ class _Driver:
                         continue
                     with precision.of(members[0].config).scope():
                         self.train_group(index, members, stop)
-            finally:
-                self.settle()
+            except BaseException as exc:
+                self.settle(crash=one_line(exc))
+                raise
+            self.settle()
         self.raise_unless_completed(stop.signal_name)
         return self.state
 
@@ -314,8 +348,7 @@ class _Driver:
                     restored[i] = sessions[-1].state
             if restored:
                 slot_states = [restored.get(i, fresh[i]) for i in range(k)]
-                states = run.topology.put(jax.device_get(jax.tree_util.tree_map(lambda *a: jnp.stack(a),
-                                                                                *slot_states)))
+                states = run.topology.put(group.stack(jax.device_get(slot_states)))
             self.save_state()
             data = {**group.shared_data, "shuffle_key": keys}
             active = list(range(len(block)))
@@ -347,7 +380,7 @@ class _Driver:
             session = sessions[i]
             session.state, session.windows = members[i], windows
             session.loop.train_time_s += spent
-            rule = session.absorb(start, end, {key: value[i] for key, value in metrics.items()}, stop)
+            rule = session.absorb(start, end, group.member(metrics, i), stop)
             if rule is not None:
                 self.conclude(block[i], session, rule)
                 active.remove(i)
@@ -403,13 +436,14 @@ class _Driver:
         runs.write_json(self.sweep_dir / STATE_FILE, {k: v for k, v in self.state.items()
                                                       if k != "wall_time_s_before"})
 
-    def settle(self) -> None:
+    def settle(self, crash: Optional[str] = None) -> None:
         """Write sweep.json with the sweep's status: completed (every member finished, one at least completed),
-        failed (every member failed) or interrupted."""
+        failed (every member failed, or ``crash``: what stopped the sweep) or interrupted."""
         statuses = [m["status"] for m in self.state["members"]]
         done = all(s in DONE for s in statuses)
         self.state["status"] = "completed" if done and "completed" in statuses else \
-            "failed" if done else "interrupted"
+            "failed" if done or crash else "interrupted"
+        self.state["stop_reason"] = crash
         self.save_state()
 
     def raise_unless_completed(self, signal_name: Optional[str]) -> None:

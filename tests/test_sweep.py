@@ -242,6 +242,18 @@ def test_the_cli_refuses_bad_sweeps_with_exit_2_and_writes_nothing(tmp_path):
         result = runner.invoke(app, ["sweep", str(config), "-o", str(tmp_path / "runs"), *args],
                                env={"COLUMNS": "200"})
         assert result.exit_code == 2 and message in result.output, result.output
+    # found when the data are loaded, after the sweep folder was made: the folder goes again
+    result = runner.invoke(app, ["sweep", str(config), "-o", str(tmp_path / "runs"), "--set", "train.batch_size=5000"],
+                           env={"COLUMNS": "200"})
+    assert result.exit_code == 2 and "train.batch_size=5000 exceeds the 341 training rows" in result.output
     result = runner.invoke(app, ["sweep", "--resume", str(tmp_path), "--seeds", "2"], env={"COLUMNS": "200"})
     assert result.exit_code == 2 and "do(es) not apply with --resume" in result.output
-    assert not (tmp_path / "runs").exists()
+    assert not list((tmp_path / "runs").glob("*"))
+
+
+def test_the_shipped_sweep_is_configs_mlp_yaml_at_24_members_in_one_group():
+    resolved = resolve_config(CONFIGS / "sweeps" / "mlp-lr.yaml", sweep=True)
+    assert resolved.config == resolve_config(CONFIGS / "mlp.yaml").config
+    planned = sweeps.plan_sweep(resolved)
+    assert len(planned.members) == 24 and planned.settings == 6
+    assert len({sweeps.program_key(m.config) for m in planned.members}) == 1

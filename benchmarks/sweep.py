@@ -1,0 +1,105 @@
+"""`gradfit sweep` against one `gradfit train` process per member, measured on this machine.
+
+    python benchmarks/sweep.py                 # 24 members of configs/mlp.yaml, 2 rounds (about 10 minutes)
+    python benchmarks/sweep.py --rounds 1      # a quick look
+
+The sweep: configs/mlp.yaml (digits, 64-128-64-10 MLP, Adam with warm-up and cosine decay, 40 epochs of batch 64:
+640 steps) at 6 settings (learning rate 1e-3, 3e-3, 1e-2 x l2 0, 1e-4) x 4 seeds = 24 members.
+
+Each round, side by side on the same machine:
+1. ``gradfit sweep configs/mlp.yaml --grid ... --seeds 4`` in one process: wall time of the whole command.
+2. 24 ``gradfit train`` processes, one after the other, each on a member's own config.yaml from the sweep
+   directory (the very config the member was trained with): wall time of each, and their sum.
+
+Round 1 runs both with JAX's persistent compilation cache off (every process compiles); round 2 with the cache
+on and already filled by a first pass (what a user re-running sweeps gets: the sequential processes then skip
+compiling but still pay Python start-up, imports and data loading). The ranking of the 6 settings by mean
+val_loss over the seeds is computed from both and compared. Prints JSON (and ``--json-out FILE``); the README's
+numbers come from this script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+GRID = ["--grid", "optimizer.learning_rate=[1e-3, 3e-3, 1e-2]", "--grid", "model.l2=[0, 1e-4]", "--seeds", "4"]
+
+
+def gradfit(*args: str, env: dict) -> tuple[float, str]:
+    tick = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "gradfit", *args], capture_output=True, text=True, env=env,
+                          cwd=ROOT)
+    if done.returncode != 0:
+        raise SystemExit(f"gradfit {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return time.perf_counter() - tick, done.stdout
+
+
+def ranking(members: list[dict]) -> list[int]:
+    from gradfit.sweeps import rank
+
+    return [row["setting"] for row in rank(members, "val_loss")]
+
+
+def one_round(folder: Path, cache: bool) -> dict:
+    env = {**os.environ, "GRADFIT_COMPILE_CACHE": str(folder / "jax-cache") if cache else "off"}
+    if cache:  # fill the cache first: the timed pass below then loads every program
+        state = json.loads(gradfit("sweep", "configs/mlp.yaml", *GRID, "-o", str(folder / "warm"), "--json",
+                                   "-q", env=env)[1])
+        for member in state["members"]:
+            gradfit("train", str(Path(member["run_dir"]) / "config.yaml"), "-o", str(folder / "warm"), "-q",
+                    env=env)
+    sweep_s, out = gradfit("sweep", "configs/mlp.yaml", *GRID, "-o", str(folder / "sweep"), "--json", "-q", env=env)
+    state = json.loads(out)
+    alone, members = [], []
+    for member in state["members"]:
+        seconds, out = gradfit("train", str(Path(member["run_dir"]) / "config.yaml"), "-o", str(folder / "alone"),
+                               "--json", "-q", env=env)
+        summary = json.loads(out)
+        alone.append(seconds)
+        members.append({**member, "status": summary["status"], "final": summary["final"]})
+    sequential_s = sum(alone)
+    return {
+        "compile_cache": "on, filled" if cache else "off",
+        "sweep_wall_s": sweep_s,
+        "sweep_compile_s": [g["compile_time_s"] for g in state["groups"]],
+        "sequential_wall_s": sequential_s,
+        "train_process_s": {"min": min(alone), "median": statistics.median(alone), "max": max(alone)},
+        "speedup": sequential_s / sweep_s,
+        "ranking_sweep": ranking(state["members"]),
+        "ranking_sequential": ranking(members),
+        "same_ranking": ranking(state["members"]) == ranking(members),
+        "best_setting": state["ranking"][0]["values"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=2, help="1: cache off only; 2: also cache on and filled")
+    parser.add_argument("--json-out", type=Path)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        rounds = [one_round(Path(scratch) / str(r), cache=r == 1) for r in range(args.rounds)]
+    report = {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                    "load_average": os.getloadavg()},
+        "members": 24, "settings": 6, "seeds": 4, "config": "configs/mlp.yaml",
+        "rounds": rounds,
+    }
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.json_out:
+        args.json_out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
