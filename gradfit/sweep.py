@@ -166,7 +166,6 @@ class Group:
                         self.compile_time_s, self.cache)
 
 
-
 DONE = ("completed", "failed")  # a member with this status is not trained again
 
 

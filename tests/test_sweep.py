@@ -148,9 +148,10 @@ def test_a_stopped_sweep_resumes_bit_for_bit_and_its_members_are_normal_runs(swe
     assert result.exit_code == 2 and "nothing to resume" in result.output
 
 
-def test_the_cli_ranks_and_prints_sweep_json_and_float64_members_equal_their_runs_to_1e_12(tmp_path):
+def test_the_cli_ranks_and_prints_sweep_json_and_float64_members_that_stop_at_their_own_steps_equal_their_runs(
+        tmp_path):
     config = tmp_path / "sweep.yaml"
-    config.write_text("data: {source: breast_cancer}\noptimizer: {name: lbfgs}\ntrain: {steps: 10}\n"
+    config.write_text("data: {source: breast_cancer}\noptimizer: {name: lbfgs}\ntrain: {steps: 60, tol: 1e-6}\n"
                       "runtime: {precision: float64}\nsweep:\n  grid:\n    model.l2: [0.001, 0.1]\n"
                       "  metric: val_accuracy\n")
     result = CliRunner().invoke(app, ["sweep", str(config), "--json", "-o", str(tmp_path / "runs"), "--quiet"],
@@ -162,8 +163,11 @@ def test_the_cli_ranks_and_prints_sweep_json_and_float64_members_equal_their_run
     best = state["ranking"][0]
     assert best["best"] and best["mean"] == max(m["final"]["val_accuracy"] for m in state["members"])
     assert "Sweep: settings ranked by val_accuracy" in result.stderr
-    member = state["members"][1]
+    # with tol each member stops at its own step (the one with the larger penalty converges sooner)
+    assert state["members"][1]["steps"] < state["members"][0]["steps"] < 60
+    member = state["members"][0]
     alone = loop.fit(resolve_config(Path(member["run_dir"]) / "config.yaml").config, tmp_path)
+    assert alone["steps"] == member["steps"]
     assert close(params(member["run_dir"]), params(alone["run_dir"]), 1e-12)
 
 
