@@ -29,7 +29,7 @@ from typing import Any, Literal, Optional, Union
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from gradfit.config import ResolvedConfig, describe_keys, validate_tree
+from gradfit.config import ResolvedConfig, describe_keys, parse_override, validate_tree
 from gradfit.errors import ConfigError
 
 VALUE_KEYS = ("seed", "model.l2", "optimizer.learning_rate", "optimizer.momentum", "optimizer.b1", "optimizer.b2",
@@ -208,9 +208,14 @@ def plan_sweep(resolved: ResolvedConfig, grid: list[str] = (), seeds: Optional[i
 
 
 def _option(text: str, flag: str) -> tuple[str, Any]:
-    from gradfit.config import parse_override
-
-    key, value = parse_override(text)
+    try:
+        key, value = parse_override(text)
+    except ConfigError as exc:
+        example = "optimizer.learning_rate=[1e-3,3e-3]" if flag == "--grid" else \
+            "'optimizer.learning_rate={log_uniform: [1e-4, 1e-1]}'"
+        cause = str(exc).split(": ", 1)[-1]
+        raise ConfigError(f"{flag} {text!r}: expected KEY=VALUE, e.g. {flag} {example}"
+                          + (f" ({cause})" if "YAML" in cause else "")) from None
     return ".".join(key), value
 
 
@@ -219,7 +224,9 @@ def _message(error: dict) -> str:
     if error["type"] == "extra_forbidden":
         return f"unknown key; allowed: {', '.join(SweepSection.model_fields)} (and in random: trials, seed, space)"
     if error["type"] == "missing":
-        return "missing"
+        return {"trials": "missing: how many settings to draw (--random N)",
+                "space": "missing: the ranges to draw from (--space KEY={log_uniform: [lo, hi]})"}.get(
+            error["loc"][-1], "missing")
     got = error.get("input")
     return message + ("" if isinstance(got, dict) else f" (got {got!r})")
 
