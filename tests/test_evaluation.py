@@ -11,6 +11,8 @@ from gradfit.losses import make_objective
 from gradfit.models import mlp
 from gradfit.train import PROBE_ROWS, eval_parts, make_evaluate
 
+L2 = 0.01  # the L2 penalty of the blocked and direct computations
+
 
 @pytest.fixture(scope="module")
 def problem():
@@ -24,21 +26,36 @@ def problem():
         yield model, params, {k: jnp.asarray(v) for k, v in data.items()}
 
 
-@pytest.mark.parametrize("block", [4, 10, 53, 1000])  # blocks that do not divide the rows, exact, one block
-def test_blocked_metrics_equal_the_direct_computation(problem, block):
+@pytest.fixture(scope="module")
+def direct(problem):
+    """The metrics computed directly on the whole splits, for every block size below: one jitted program (op by
+    op, its ~100 small programs took longer to compile than the evaluation itself)."""
     model, params, data = problem
-    l2 = 0.01
-    with jax.enable_x64(True):
-        evaluate = jax.jit(make_evaluate(model, l2, block))
-        out = jax.device_get(evaluate(params, data, eval_parts(train=True, gradient=True, val=True, test=True)))
-        objective = make_objective(model.apply, l2)
+
+    @jax.jit
+    def compute(params, data):
+        objective = make_objective(model.apply, L2)
         value, grads = jax.value_and_grad(objective)(params, data["x"], data["y"])
-        norm = float(jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree_util.tree_leaves(grads))))
+        norm = jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree_util.tree_leaves(grads)))
         logits = model.apply(params, data["x_val"])
         log_probs = jax.nn.log_softmax(logits)
-        val_loss = -float(jnp.mean(log_probs[jnp.arange(19), data["y_val"]]))
-        correct = int(jnp.sum(jnp.argmax(logits, axis=1) == data["y_val"]))
-    assert out["objective"] == pytest.approx(float(value), rel=1e-12)
+        val_loss = -jnp.mean(log_probs[jnp.arange(19), data["y_val"]])
+        correct = jnp.sum(jnp.argmax(logits, axis=1) == data["y_val"])
+        return value, norm, val_loss, correct
+
+    with jax.enable_x64(True):
+        value, norm, val_loss, correct = jax.device_get(compute(params, data))
+    return float(value), float(norm), float(val_loss), int(correct)
+
+
+@pytest.mark.parametrize("block", [4, 10, 53, 1000])  # blocks that do not divide the rows, exact, one block
+def test_blocked_metrics_equal_the_direct_computation(problem, direct, block):
+    model, params, data = problem
+    value, norm, val_loss, correct = direct
+    with jax.enable_x64(True):
+        evaluate = jax.jit(make_evaluate(model, L2, block))
+        out = jax.device_get(evaluate(params, data, eval_parts(train=True, gradient=True, val=True, test=True)))
+    assert out["objective"] == pytest.approx(value, rel=1e-12)
     assert out["grad_norm"] == pytest.approx(norm, rel=1e-12)
     assert out["val_loss"] == pytest.approx(val_loss, rel=1e-12)
     assert int(out["val_correct"]) == correct

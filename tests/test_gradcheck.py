@@ -128,9 +128,15 @@ def test_one_percent_error_is_not_missed_in_float32():
     assert {g.name: g.methods["finite_difference"].worst for g in report.groups if g.verdict == FAIL} == {"w": "[3]"}
 
 
-def test_float32_correct_gradient_is_not_a_failure():
+@pytest.fixture(scope="module")
+def float32_mlp_report():
+    """A float32 check of a correct MLP gradient (with the hand-derived one): two tests below read it."""
     problem = config_problem(*MLP, "model.hidden=[16]", max_rows=300)
-    report = check(problem, manual=problem.manual_grad, options=CheckOptions(precision="float32"))
+    return check(problem, manual=problem.manual_grad, options=CheckOptions(precision="float32"))
+
+
+def test_float32_correct_gradient_is_not_a_failure(float32_mlp_report):
+    report = float32_mlp_report
     assert report.verdict in ("pass", "inconclusive")
     assert all(g.verdict != FAIL for g in report.groups)
 
@@ -313,16 +319,16 @@ def test_compare_grads_starts_where_training_starts():
 
 
 def test_checked_counts_entries_and_directions_apart():
-    point = config_problem(*MLP, "model.hidden=[128, 64]", max_rows=100)
+    # the rows of the tests above: their compiled programs are reused; the counts do not depend on the rows
+    point = config_problem(*MLP, "model.hidden=[128, 64]", max_rows=300)
     report = check(point, options=CheckOptions(full=False, coordinates=16, directions=8))
     groups = {g.name: g.methods["finite_difference"] for g in report.groups}
     assert (groups["layers/2/b"].checked, groups["layers/2/b"].directions) == (10, 0)  # a small group: every entry
     assert (groups["layers/1/w"].checked, groups["layers/1/w"].directions) == (16, 8)
 
 
-def test_float32_check_compares_the_float32_gradient_with_float64():
-    point = config_problem(*MLP, "model.hidden=[16]", max_rows=100)
-    report = check(point, manual=point.manual_grad, options=CheckOptions(precision="float32"))
+def test_float32_check_compares_the_float32_gradient_with_float64(float32_mlp_report):
+    report = float32_mlp_report
     assert report.methods == ("forward", "finite_difference", "manual", "float64")
     for group in report.groups:
         assert group.methods["float64"].verdict == PASS and 0 < group.methods["float64"].error < 1e-5

@@ -6,10 +6,10 @@ before JAX starts: those runs happen in subprocesses. Forced devices share the m
 prove equal results, never speed.
 
 Tolerances: a mesh of 4 devices sums the gradient in 4 partial sums and an all-reduce, 1 device in one sum; the
-rounding differs, so losses agree within 1e-5 relative in float32 and 1e-10 in float64 over 50 steps (measured:
-about 1e-7 and 1e-15). Two processes reduce over gloo (TCP), in another order than one process's all-reduce, so
-2 x 2 devices and 1 x 4 agree to float32 rounding (1e-6 relative), not bit for bit. The same mesh, stopped and
-resumed, is bit-identical.
+rounding differs, so losses agree within 1e-5 relative in float32 and 1e-10 in float64 over 50 steps (800 for the
+float64 MLP; measured: about 1e-7 and 1e-15). Two processes reduce over gloo (TCP), in another order than one
+process's all-reduce, so 2 x 2 devices and 1 x 4 agree to float32 rounding (1e-6 relative), not bit for bit. The
+same mesh, stopped and resumed, is bit-identical.
 """
 
 from __future__ import annotations
@@ -31,17 +31,18 @@ from gradfit.cli import app
 from gradfit.errors import DeviceError
 
 SHORT = ("train.steps=50", "train.epochs=null")
-MLP_SHORT = SHORT + ("optimizer.schedule.warmup_steps=5",)
-# a run long enough to be killed after its first checkpoint (one process of 4 CPU devices takes ~700 steps/s
-# here), short enough to resume quickly
-KILLABLE = ("train.epochs=null", "train.steps=400", "train.checkpoint_every=50", "train.log_every=10",
-            "optimizer.schedule.warmup_steps=5")
+MLP = ("model.hidden=[32]", "optimizer.schedule.warmup_steps=5")  # one small hidden layer: a quicker compile
+MLP_SHORT = SHORT + MLP
+# a run long enough to be killed after its first checkpoint (one process of 4 CPU devices takes ~1000 steps/s
+# here), short enough to resume quickly; in float64, its runs on 1 and 4 devices are also a pair of RUNS
+KILLABLE = ("train.epochs=null", "train.steps=800", "train.checkpoint_every=50", "train.log_every=10", *MLP)
 RUNS = {  # name -> (config file, overrides), trained on 1 and on 4 devices in one process
-    f"{model}-{precision}-d{devices}": (f"{model}.yaml", (*(MLP_SHORT if model == "mlp" else SHORT),
-                                                        f"runtime.precision={precision}", f"runtime.devices={devices}"))
+    f"{model}-{precision}-d{devices}": (f"{model}.yaml", (
+        *(SHORT if model == "logreg" else MLP_SHORT if precision == "float32" else KILLABLE),
+        f"runtime.precision={precision}", f"runtime.devices={devices}"))
     for model in ("logreg", "mlp") for precision in ("float32", "float64") for devices in (1, 4)
 }
-RUNS["killable-d4"] = ("mlp.yaml", (*KILLABLE, "runtime.devices=4"))
+KILLABLE_RUN = "mlp-float64-d4"
 
 
 OBJECTIVES = ("batch_objective", "objective")  # what the optimizer minimizes
@@ -69,22 +70,36 @@ def assert_close_metrics(a: Path, b: Path, rtol: float, loss_rtol: float | None 
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> dict[str, Path]:
-    """Every run of RUNS, trained in one process that sees 4 CPU devices; name -> run directory."""
+def forced(tmp_path_factory) -> dict:
+    """One process that sees 4 CPU devices: every run of RUNS ("runs": name -> run directory) and the bench's
+    scaling table of 1, 2 and 4 devices ("scaling"). It keeps its programs in the session's compile cache, so
+    the CLI runs below that repeat one of them (the killed run and its resume) load it instead of compiling."""
     out = tmp_path_factory.mktemp("mesh")
     script = (
         "import json, sys\n"
+        "from gradfit import bench, compile_cache\n"
         "from gradfit.config import resolve_config\n"
         "from gradfit.loop import fit\n"
+        "if compile_cache.directory():\n"
+        "    compile_cache.enable(compile_cache.directory())\n"
         "runs = json.loads(sys.argv[1])\n"
         "done = {name: fit(resolve_config(sys.argv[2] + '/' + path, [f'name={name}', *sets]).config, sys.argv[3])"
         "['run_dir'] for name, (path, sets) in runs.items()}\n"
-        "print(json.dumps(done))\n"
+        "config = resolve_config(None, bench.EXAMPLES['mlp'] + ['model.hidden=[8]']).config\n"
+        "options = bench.BenchOptions(steps=20, repeats=3)\n"
+        "scaling = bench.scaling(bench._on(config, 'cpu', 'auto'), options, 'mlp')\n"
+        "print(json.dumps({'runs': done, 'scaling': scaling}))\n"
     )
     result = subprocess.run([sys.executable, "-c", script, json.dumps(RUNS), str(CONFIGS), str(out)],
                             env=forced_devices(4), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    return {name: Path(path) for name, path in json.loads(result.stdout.splitlines()[-1]).items()}
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def trained(forced) -> dict[str, Path]:
+    """Every run of RUNS, trained in one process that sees 4 CPU devices; name -> run directory."""
+    return {name: Path(path) for name, path in forced["runs"].items()}
 
 
 @pytest.mark.parametrize("model", ["logreg", "mlp"])
@@ -127,7 +142,7 @@ def test_runs_trained_on_four_devices_work_with_every_command_on_one(trained, tm
 
 
 def test_a_killed_four_device_run_resumes_bit_for_bit(trained, tmp_path):
-    reference = trained["killable-d4"]
+    reference = trained[KILLABLE_RUN]
     config = tmp_path / "killable.yaml"
     config.write_text((reference / "config.yaml").read_text())
     out = tmp_path / "killed"
@@ -154,19 +169,8 @@ def test_a_killed_four_device_run_resumes_bit_for_bit(trained, tmp_path):
         np.testing.assert_array_equal(state[key], state_ref[key], err_msg=key, strict=True)
 
 
-def test_the_bench_scaling_table_measures_1_2_and_4_forced_devices_and_says_they_are_forced():
-    script = (
-        "import json\n"
-        "from gradfit import bench\n"
-        "from gradfit.config import resolve_config\n"
-        "config = resolve_config(None, bench.EXAMPLES['mlp'] + ['model.hidden=[8]']).config\n"
-        "options = bench.BenchOptions(steps=20, repeats=3)\n"
-        "print(json.dumps(bench.scaling(bench._on(config, 'cpu', 'auto'), options, 'mlp')))\n"
-    )
-    result = subprocess.run([sys.executable, "-c", script], env=forced_devices(4), capture_output=True, text=True,
-                            timeout=180)
-    assert result.returncode == 0, result.stderr[-2000:]
-    scaling = json.loads(result.stdout.splitlines()[-1])
+def test_the_bench_scaling_table_measures_1_2_and_4_forced_devices_and_says_they_are_forced(forced):
+    scaling = forced["scaling"]  # bench.scaling of bench.EXAMPLES["mlp"] with hidden [8], 20 steps, 3 repeats
     assert [row["devices"] for row in scaling["rows"]] == [1, 2, 4] and scaling["batch_size"] == 64
     assert scaling["forced_cpu_devices"]
     assert "forced CPU devices" in scaling["note"] and "not a speed-up" in scaling["note"]

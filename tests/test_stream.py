@@ -122,8 +122,9 @@ def test_what_cannot_stream_is_refused_with_the_way_out(digits, tmp_path):
 
 
 def test_eval_and_predict_read_a_streamed_runs_splits_and_folders(digits, tmp_path):
+    # log_every=1, as the SIGKILL test above: the same program, loaded from the compile cache
     summary = fit(make_config(*MLP, f"data.path={digits}", "data.in_memory=false", "train.steps=20",
-                              "train.epochs=null"), tmp_path / "runs")
+                              "train.epochs=null", "train.log_every=1"), tmp_path / "runs")
     runner = CliRunner()
     result = runner.invoke(app, ["eval", summary["run_dir"], "--split", "test", "--json"])
     assert result.exit_code == 0, result.output
