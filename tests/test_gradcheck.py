@@ -67,7 +67,7 @@ def test_logistic_regression_in_float64_agrees_to_the_digits():
         assert group.methods["finite_difference"].checked == group.size  # every coordinate
 
 
-@pytest.mark.parametrize("activation", ["relu", "tanh"])  # gelu: test_gradcheck_planted's no-false-failure seeds
+@pytest.mark.parametrize("activation", ["relu"])  # tanh, gelu: test_gradcheck_planted's no-false-failure seeds
 def test_mlp_groups_all_pass(activation):
     problem = config_problem(*MLP, "model.hidden=[16, 8]", f"model.activation={activation}", "model.l2=0.001",
                              max_rows=300)

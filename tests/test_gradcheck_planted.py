@@ -60,13 +60,14 @@ def test_a_planted_error_in_a_typical_entry_fails(planting_points, model, full, 
     assert fd.worst == str([int(i) for i in np.unravel_index(within, group.shape)]) if group.shape else "[]"
 
 
-@pytest.mark.parametrize("activation", ["relu", "tanh", "gelu"])
-def test_no_false_failure_over_three_seeds(activation):
-    """Correct gradients of MLPs at 3 initializations never FAIL in float64 (finite differences are float64 in a
-    float32 check too; its own rows are in test_gradcheck; the 120-check table is benchmarks/gradcheck_power.py).
-    KINK and an INCONCLUSIVE entry at a ReLU pre-activation within 1e-8 of zero are honest answers; FAIL is not."""
+@pytest.mark.parametrize("activation,seeds", [("relu", 3), ("tanh", 1), ("gelu", 1)])
+def test_no_false_failure_over_three_seeds(activation, seeds):
+    """Correct gradients of MLPs at 3 initializations (relu, the kinked one; 1 for tanh and gelu) never FAIL in
+    float64 (finite differences are float64 in a float32 check too; its own rows are in test_gradcheck; the
+    120-check table is benchmarks/gradcheck_power.py). KINK and an INCONCLUSIVE entry at a ReLU pre-activation
+    within 1e-8 of zero are honest answers; FAIL is not."""
     verdicts = []
-    for seed in range(3):
+    for seed in range(seeds):
         point = config_problem(*MLP, "model.hidden=[8]", f"model.activation={activation}", f"seed={seed}",
                                "model.l2=0.001", max_rows=60)
         report = check(point, manual=point.manual_grad)

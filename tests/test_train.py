@@ -151,8 +151,12 @@ OPTIMIZERS = [
 ]
 
 
-@pytest.mark.parametrize("kind", ["logistic", "mlp"])
-@pytest.mark.parametrize("name,lr", OPTIMIZERS, ids=[o[0] for o in OPTIMIZERS])
+# every optimizer on the logistic model; on the MLP the two that differ most (test_models checks every optimizer's
+# update rule on a quadratic)
+CASES = [("logistic", *o) for o in OPTIMIZERS] + [("mlp", *o) for o in OPTIMIZERS if o[0] in ("adam", "lbfgs")]
+
+
+@pytest.mark.parametrize("kind,name,lr", CASES, ids=[f"{c[1]}-{c[0]}" for c in CASES])
 def test_every_optimizer_lowers_the_objective(kind, name, lr, out_dir):
     overrides = [f"model.kind={kind}", f"optimizer.name={name}", "train.steps=30", "train.log_every=10"]
     if kind == "mlp":
