@@ -35,7 +35,26 @@ def fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
-class TrainProgress:
+class _Spinner:
+    """A status line with a spinner on a terminal, updated in place: what happens before the first step."""
+
+    status: Optional[Status] = None
+    console: Console
+
+    def _spin(self, message: str) -> None:
+        if self.status is None:
+            self.status = self.console.status(f"{escape(message)}...")
+            self.status.start()
+        else:
+            self.status.update(f"{escape(message)}...")
+
+    def _stop_status(self) -> None:
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
+
+
+class TrainProgress(_Spinner):
     """Training callbacks: a live progress bar on a terminal, plain log lines otherwise (at most 2 per second).
 
     Names are the keys of metrics.jsonl and summary.json, so the screen and the files say the same thing.
@@ -57,13 +76,8 @@ class TrainProgress:
 
     def on_stage(self, message: str) -> None:
         """A spinner on a terminal from the first second ('starting JAX', 'loading data', 'compiling')."""
-        if not self.live:
-            return
-        if self.status is None:
-            self.status = self.console.status(f"{escape(message)}...")
-            self.status.start()
-        else:
-            self.status.update(f"{escape(message)}...")
+        if self.live:
+            self._spin(message)
 
     def on_start(self, info: dict) -> None:
         self._stop_status()
@@ -138,11 +152,6 @@ class TrainProgress:
                 self.progress.update(self.task, completed=self.unprinted["step"])
         self.close()
 
-    def _stop_status(self) -> None:
-        if self.status is not None:
-            self.status.stop()
-            self.status = None
-
     def close(self) -> None:
         self._stop_status()
         if self.progress is not None:
@@ -194,7 +203,7 @@ def _saved_params(summary: dict) -> str:
     return f"parameters of step {summary['params_step']:,}{best}"
 
 
-class SweepProgress:
+class SweepProgress(_Spinner):
     """Sweep callbacks: one bar for the block in training and a line per member as it finishes (plain lines
     when not on a terminal)."""
 
@@ -206,14 +215,10 @@ class SweepProgress:
         self.task = None
 
     def on_stage(self, message: str) -> None:
-        if not self.live:
-            self.console.print(f"{message}...", highlight=False)
-            return
-        if self.status is None:
-            self.status = self.console.status(f"{escape(message)}...")
-            self.status.start()
+        if self.live:
+            self._spin(message)
         else:
-            self.status.update(f"{escape(message)}...")
+            self.console.print(f"{message}...", highlight=False)
 
     def on_block(self, info: dict) -> None:
         self._stop()
@@ -244,9 +249,7 @@ class SweepProgress:
                            highlight=False, soft_wrap=True)
 
     def _stop(self) -> None:
-        if self.status is not None:
-            self.status.stop()
-            self.status = None
+        self._stop_status()
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
