@@ -66,7 +66,7 @@ class ResolvedConfig:
     path: Optional[Path]
     file_lines: dict  # KeyPath -> line number in the file
     overridden: frozenset  # KeyPaths given with --set
-    tree: Any = None  # the merged input before validation (what a sweep member's values are applied to)
+    tree: Any = None  # with sweep=True: the merged input before validation (what members' values are applied to)
     sweep: Any = None  # the file's raw `sweep:` section (resolve_config(..., sweep=True)), checked by gradfit.sweeps
 
     @property
@@ -220,7 +220,7 @@ def resolve_config(path: Optional[str | Path] = None, overrides: Sequence[str] =
     for name in GradfitConfig.model_fields:
         if name in tree and tree[name] is None:  # `optimizer:` with every key commented out
             tree[name] = {}
-    merged = copy.deepcopy(tree)
+    merged = copy.deepcopy(tree) if sweep else None  # validation consumes the tree; a sweep's members need it
     config = validate_tree(tree, origin, lines, dict.fromkeys(overridden, "--set"))
     return ResolvedConfig(config, path, lines, frozenset(overridden), merged, section)
 

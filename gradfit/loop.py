@@ -292,10 +292,7 @@ class Session:
         """Wait for a chunk's metrics; its time counts as training time and sizes the next chunk."""
         metrics = jax.device_get(metrics)
         now = time.perf_counter()
-        if end > start:  # per window it was asked to cover
-            windows = (end - 1) // self.run.plan.log_every - start // self.run.plan.log_every + 1
-            per_window = (now - self.dispatched) / windows
-            self.windows = max(1, min(MAX_WINDOWS, int(CHUNK_SECONDS / max(per_window, 1e-6))))
+        self.windows = next_windows(now - self.dispatched, start, end, self.run.plan.log_every, self.windows)
         self.loop.train_time_s += now - self.mark
         self.mark = now
         return metrics
@@ -509,6 +506,15 @@ class Session:
                 where = f"No checkpoint was written before it; run directory: {self.run_dir}"
             raise TrainingFailed(f"training diverged at step {self.loop.step} (last finite "
                                  f"{self.last_finite or 'objective: none'}); {hint}. {where}", summary)
+
+
+def next_windows(spent: float, start: int, end: int, log_every: int, current: int) -> int:
+    """Log windows the next chunk may cover to take about ``CHUNK_SECONDS``, from the ``spent`` seconds of the chunk
+    from ``start`` to ``end`` (per window it was asked to cover); ``current`` after a chunk of no step."""
+    if end <= start:
+        return current
+    windows = (end - 1) // log_every - start // log_every + 1
+    return max(1, min(MAX_WINDOWS, int(CHUNK_SECONDS / max(spent / windows, 1e-6))))
 
 
 FINAL_KEYS = ("train_loss", "val_loss", "val_accuracy", "test_loss", "test_accuracy")

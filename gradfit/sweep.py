@@ -33,10 +33,10 @@ import yaml
 from gradfit import checkpoints, files, precision, resources, runs, sweeps
 from gradfit.config import GradfitConfig, resolve_config, to_yaml
 from gradfit.errors import ConfigError, GradfitError, Interrupted, RunDirError, TrainingFailed
-from gradfit.loop import (CHUNK_SECONDS, EarlyStopping, LoopState, Session, StopRule, StopRequests, config_header,
-                          one_line)
+from gradfit.loop import (EarlyStopping, LoopState, Session, StopRule, StopRequests, config_header,
+                          next_windows, one_line)
 from gradfit.resume import SavedRun, outputs_complete, replay
-from gradfit.train import (MAX_WINDOWS, Prepared, Programs, TrainState, block_rows, cache_events, cache_outcome, eval_parts,
+from gradfit.train import (Prepared, Programs, TrainState, block_rows, cache_events, cache_outcome, eval_parts,
                            make_evaluate, prepare, training_functions)
 
 MAX_PARALLEL = 1024  # members per block
@@ -374,7 +374,7 @@ class _Driver:
         members = group.unstack(states)
         metrics = jax.device_get(metrics)
         spent = time.perf_counter() - tick
-        windows = _next_windows(spent, start, end, group.run.plan.log_every)
+        windows = next_windows(spent, start, end, group.run.plan.log_every, lead.windows)
         for i in list(active):
             session = sessions[i]
             session.state, session.windows = members[i], windows
@@ -452,10 +452,3 @@ class _Driver:
         if self.state["status"] == "failed":
             raise TrainingFailed(f"no member of the sweep completed; see {self.sweep_dir / STATE_FILE}", self.state)
 
-
-def _next_windows(spent: float, start: int, end: int, log_every: int) -> int:
-    """Log windows the next chunk may cover to take about ``CHUNK_SECONDS`` (as ``Session.read`` sizes them)."""
-    if end <= start:
-        return 1
-    windows = (end - 1) // log_every - start // log_every + 1
-    return max(1, min(MAX_WINDOWS, int(CHUNK_SECONDS / max(spent / windows, 1e-6))))

@@ -476,7 +476,6 @@ def _prepare(config: GradfitConfig) -> Prepared:
     if config.train.early_stopping.monitor and len(dataset.val) == 0:
         raise ConfigError(f"train.early_stopping: the validation split of {dataset.name} is empty "
                           f"(data.val_fraction={config.data.val_fraction:g}); raise data.val_fraction")
-    make_optimizer(config.optimizer, plan.total_steps)  # refuses an impossible schedule before anything is made
     # products in the parameters' dtype unless mixed: the objective then serves a check in another precision
     model = build_model(config.model, dataset.n_features, dataset.n_classes,
                         chosen.compute_dtype if chosen.mixed else None)
