@@ -32,6 +32,7 @@ from gradfit.loop import EarlyStopping, LoopState, Session
 from gradfit.losses import hand_derived_gradient, logistic_manual_grad, make_objective, mlp_manual_grad
 from gradfit.models import count_params, logistic, mlp
 from gradfit.optim import make_optimizer
+from gradfit.runs import RunDir
 from gradfit.timing import Timing, collect, compile_side_by_side, growth_exponent, measure, record
 from gradfit.train import compile_programs, prepare
 
@@ -130,7 +131,7 @@ def loop_step_time(run, programs, repeats: int) -> tuple[Timing, dict]:
             state = jax.tree_util.tree_map(jnp.copy, run.state)  # the loop donates its state
             jax.block_until_ready(state)
             with tempfile.TemporaryDirectory() as folder:
-                session = Session(run, programs, Path(folder), time.perf_counter(), None, state, LoopState(),
+                session = Session(run, programs, RunDir(Path(folder)), time.perf_counter(), None, state, LoopState(),
                                   EarlyStopping.from_config(run.config))
                 rule = session.run_chunks(_NoSignals())
                 jax.block_until_ready(session.state)

@@ -34,11 +34,12 @@ class RunDirError(GradfitError):
 
 
 class TrainingFailed(GradfitError):
-    """Training ran but failed (for example it diverged); exit code 1. ``summary`` is what summary.json holds."""
+    """Training ran but failed (for example it diverged); exit code 1. ``summary``: the run's ``gradfit.runs.Summary``
+    (a sweep's: what sweep.json holds)."""
 
     exit_code = 1
 
-    def __init__(self, message: str, summary: dict | None = None):
+    def __init__(self, message: str, summary=None):
         super().__init__(message)
         self.summary = summary
 

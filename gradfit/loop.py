@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import shlex
 import signal
 import threading
@@ -24,12 +23,10 @@ from typing import Annotated, Any, Literal, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pydantic
 from pydantic import ConfigDict, Field
 
-import gradfit
-from gradfit import checkpoints, files, precision, runs
+from gradfit import checkpoints, precision, runs
 from gradfit.config import GradfitConfig, to_yaml
 from gradfit.errors import GradfitError, Interrupted, TrainingFailed, first_line
 from gradfit.models import count_params, named_leaves
@@ -49,7 +46,7 @@ class Callbacks:
 
     def on_log(self, record: dict) -> None: ...
 
-    def on_end(self, summary: dict) -> None: ...
+    def on_end(self, summary: runs.Summary) -> None: ...
 
 
 @dataclasses.dataclass
@@ -107,9 +104,18 @@ class LoopState:
     evaluations: Annotated[int, Field(ge=0, strict=True)] = 0
     last: dict = dataclasses.field(default_factory=dict)  # the last log record
     resumes: list = dataclasses.field(default_factory=list)
+    started: Optional[str] = None  # ISO time the run's first session started
+    best: dict = dataclasses.field(default_factory=dict)  # best val_loss / val_accuracy evaluated, and their steps
+
+    def note_best(self, record: dict) -> None:
+        """Keep the best validation metrics seen (lower loss, higher accuracy) for summary.json."""
+        for key, sign in (("val_loss", 1), ("val_accuracy", -1)):
+            value, best = record.get(key), self.best.get(key)
+            if value is not None and np.isfinite(value) and (best is None or sign * value < sign * best):
+                self.best[key], self.best[f"{key}_step"] = value, record["step"]
 
 
-def fit(config: GradfitConfig, out_dir: str | Path = "runs", callbacks: Optional[Callbacks] = None) -> dict:
+def fit(config: GradfitConfig, out_dir: str | Path = "runs", callbacks: Optional[Callbacks] = None) -> runs.Summary:
     """Train as the config says and write a new run directory; returns the summary (also in summary.json).
 
     Raises:
@@ -123,16 +129,16 @@ def fit(config: GradfitConfig, out_dir: str | Path = "runs", callbacks: Optional
         run = prepare(config)  # everything that can reject the input happens before the run directory exists
         callbacks = stage(callbacks, "compiling")
         programs = compile_programs(run)
+        loop = LoopState(started=timestamp())
         if not run.topology.writes:  # another process of a distributed run: it computes, process 0 writes
-            return Session(run, programs, None, started, callbacks, run.state, LoopState(),
+            return Session(run, programs, None, started, callbacks, run.state, loop,
                            EarlyStopping.from_config(config)).train()
         with contextlib.ExitStack() as held:  # the lock, held from the folder's creation to the end of training
-            with runs.fresh(out_dir, config.name) as run_dir:  # removed if anything fails before training
-                held.enter_context(runs.locked(run_dir))
-                session = Session(run, programs, run_dir, started, callbacks, run.state, LoopState(),
+            with runs.RunDir.fresh(out_dir, config.name) as run_dir:  # removed if anything fails before training
+                held.enter_context(run_dir.locked())
+                session = Session(run, programs, run_dir, started, callbacks, run.state, loop,
                                   EarlyStopping.from_config(config))
-                runs.write_atomic(run_dir / "config.yaml", to_yaml(config, config_header(run.topology)))
-                runs.write_json(run_dir / "preprocessing.json", run.dataset.preprocessing())
+                run_dir.begin(to_yaml(config, config_header(run.topology)), run.dataset.preprocessing())
             return session.train()
 
 
@@ -163,7 +169,7 @@ class Session:
 
     run: Prepared
     programs: Programs
-    run_dir: Optional[Path]  # None: another process writes the run directory
+    run_dir: Optional[runs.RunDir]  # None: another process writes the run directory
     started: float
     callbacks: Optional[Callbacks]
     state: TrainState
@@ -180,6 +186,7 @@ class Session:
 
     def __post_init__(self):
         self.device_name = self.run.topology.name
+        self.loggers = None if self.run_dir is None else self.run_dir.open_loggers(self.run.config.train.loggers)
 
     @property
     def where(self) -> str:
@@ -190,7 +197,7 @@ class Session:
         return (f"written by process 0 (this is process {topology.process_index} of "
                 f"{topology.process_count})")
 
-    def train(self) -> dict:
+    def train(self) -> runs.Summary:
         """Run chunks until a stop rule fires, then write the outputs; raise unless training completed."""
         try:
             return self._train()
@@ -198,7 +205,7 @@ class Session:
             if self.run.feed is not None:
                 self.run.feed.close()
 
-    def _train(self) -> dict:
+    def _train(self) -> runs.Summary:
         plan, loop, programs = self.run.plan, self.loop, self.programs
         # from here on SIGINT/SIGTERM only set a flag: the chunk in flight and the outputs are always completed
         with StopRequests() as stop:
@@ -317,8 +324,10 @@ class Session:
         if rule is not None and rule.status == "completed" and not evaluated:
             self.attach_evaluation(last, final=True)  # every run that completes ends with an evaluation
         if self.run_dir is not None:
-            runs.append_jsonl(self.run_dir / "metrics.jsonl", records)
+            self.run_dir.append_metrics(records)
+            self.loggers.append(records)
         for record in records:
+            loop.note_best(record)
             self.notify("on_log", record)
             if _finite_record(record):
                 self.last_finite = _objective_text(record) or self.last_finite
@@ -329,6 +338,11 @@ class Session:
         stopping, self.windows = self.run.topology.agree(stop.signal_name is not None, self.windows)
         signal_name = stop.signal_name or ("a signal to another process" if stopping else None)
         return rule or stop_rule(self.run.config, plan, loop, self.stopper, signal_name)
+
+    def restart_metrics(self, step: int) -> None:
+        """A resumed run logs the steps after its checkpoint at ``step`` again: set their records aside first."""
+        self.run_dir.truncate_metrics(step)
+        self.loggers.rebuild(self.run_dir.metrics())  # metrics.csv and event files: from what metrics.jsonl kept
 
     def attach_evaluation(self, record: dict, final: bool = False) -> None:
         """Evaluate the current parameters into ``record`` (its step's), and let early stopping see them."""
@@ -392,13 +406,13 @@ class Session:
                 "probe": probe,
                 "data_digest": self.data_digest,
                 "device": self.device_name,
-                "versions": _versions(),
+                "versions": runs.versions(),
             }
-            self.path = checkpoints.save(self.run_dir, self.loop.step, arrays, meta,
+            self.path = checkpoints.save(self.run_dir.path, self.loop.step, arrays, meta,
                                          self.run.config.train.keep_checkpoints)
         self.mark += time.perf_counter() - tick
 
-    def finish(self, status: str, reason: str, alone: bool = False) -> dict:
+    def finish(self, status: str, reason: str, alone: bool = False) -> runs.Summary:
         """Save the parameters that count (the best under early stopping) and write summary.json.
 
         ``alone``: after a crash of this process, when the others of a distributed run cannot join in a final
@@ -412,52 +426,55 @@ class Session:
         final: dict = {}
         if saved:
             if writes:
-                runs.save_arrays(self.run_dir / "params.npz", named_leaves(jax.device_get(params)))
+                self.run_dir.save_params(named_leaves(jax.device_get(params)))
             record = stopper.best_record if use_best else loop.last
             final = record if alone and run.topology.process_count > 1 else self.final_metrics(params, record)
-        elif writes and (self.run_dir / "params.npz").exists():  # an earlier session's: not this one's result
-            (self.run_dir / "params.npz").replace(unused_name(self.run_dir, "params.previous", ".npz"))
+        elif writes:  # an earlier session's parameters are not this one's result
+            self.run_dir.set_aside_params()
         programs = self.programs
         steps_per_s = loop.step / loop.train_time_s if loop.train_time_s > 0 and loop.step else None
-        summary = {
-            "run_dir": None if self.run_dir is None else str(self.run_dir),  # None: process 0 writes it
-            "status": status,
-            "stop_reason": reason,
-            "model": config.model.kind,
-            "optimizer": config.optimizer.name,
-            "dataset": run.dataset.name,
-            "device": self.device_name,
+        summary = runs.Summary(
+            run_dir=None if self.run_dir is None else str(self.run_dir),  # None: process 0 writes it
+            status=status,
+            stop_reason=reason,
+            name=config.name,
+            started=loop.started,
+            model=config.model.kind,
+            optimizer=config.optimizer.name,
+            dataset=run.dataset.name,
+            device=self.device_name,
             **run.topology.describe(),
-            "precision": config.runtime.precision,
-            "num_params": count_params(params),
-            "rows": {"train": len(run.dataset.train), "val": len(run.dataset.val), "test": len(run.dataset.test)},
-            "steps": loop.step,
-            "epochs": loop.step / run.plan.steps_per_epoch,
-            "params_step": final.get("step"),
-            "log_every": run.plan.log_every,
-            "eval_every": run.plan.eval_every,
-            "evaluations": loop.evaluations,
-            "wall_time_s": self.elapsed(),
-            "trace_time_s": programs.trace_time_s,
-            "compile_time_s": programs.compile_time_s,
-            "compile_cache": programs.cache,
-            "train_time_s": loop.train_time_s,
-            "eval_time_s": loop.eval_time_s,
-            "steps_per_s": steps_per_s,
-            "objective": final.get("objective"),
-            "grad_norm": final.get("grad_norm"),
-            "final": {key: final.get(key) for key in FINAL_KEYS},
-            "early_stopping": None if stopper is None else {
+            precision=config.runtime.precision,
+            num_params=count_params(params),
+            rows={"train": len(run.dataset.train), "val": len(run.dataset.val), "test": len(run.dataset.test)},
+            steps=loop.step,
+            epochs=loop.step / run.plan.steps_per_epoch,
+            params_step=final.get("step"),
+            log_every=run.plan.log_every,
+            eval_every=run.plan.eval_every,
+            evaluations=loop.evaluations,
+            wall_time_s=self.elapsed(),
+            trace_time_s=programs.trace_time_s,
+            compile_time_s=programs.compile_time_s,
+            compile_cache=programs.cache,
+            train_time_s=loop.train_time_s,
+            eval_time_s=loop.eval_time_s,
+            steps_per_s=steps_per_s,
+            objective=final.get("objective"),
+            grad_norm=final.get("grad_norm"),
+            final={key: final.get(key) for key in FINAL_KEYS},
+            best=dict(loop.best),
+            early_stopping=None if stopper is None else {
                 k: v for k, v in dataclasses.asdict(stopper).items() if k != "best_record"},
-            "checkpoint": None if self.path is None else str(self.path),
-            "resumes": loop.resumes,
-            "versions": _versions(),
-        }
-        if self.callback_error:
-            summary["progress_display_error"] = self.callback_error
+            checkpoint=None if self.path is None else str(self.path),
+            resumes=loop.resumes,
+            versions=runs.versions(),
+            progress_display_error=self.callback_error,
+        )
         if writes:
-            runs.write_json(self.run_dir / "summary.json", summary)
-        return runs.to_jsonable(summary)  # exactly what summary.json holds
+            self.run_dir.write_summary(summary)
+            self.loggers.close()
+        return summary
 
     def final_metrics(self, params, record: dict) -> dict:
         """Every metric of the saved parameters: what their log record has, the rest evaluated now."""
@@ -481,15 +498,15 @@ class Session:
                         "started with")
         return command
 
-    def raise_unless_completed(self, summary: dict) -> None:
+    def raise_unless_completed(self, summary: runs.Summary) -> None:
         resume_command = self.resume_command
-        if summary["status"] == "interrupted":
+        if summary.status == "interrupted":
             if self.run_dir is None:
-                raise Interrupted(f"{summary['stop_reason']}; process 0 wrote the checkpoint and prints the "
+                raise Interrupted(f"{summary.stop_reason}; process 0 wrote the checkpoint and prints the "
                                   "command that resumes the run", summary)
-            raise Interrupted(f"{summary['stop_reason']}; checkpoint written to {self.path}. "
+            raise Interrupted(f"{summary.stop_reason}; checkpoint written to {self.path}. "
                               f"Resume with: {resume_command}", summary)
-        if summary["status"] == "failed":
+        if summary.status == "failed":
             lbfgs = self.run.config.optimizer.name == "lbfgs"
             hint = "check model.l2 and data.standardize" if lbfgs else \
                 "lower optimizer.learning_rate or set optimizer.clip_norm"
@@ -534,11 +551,10 @@ def _objective_text(record: dict) -> Optional[str]:
     return None
 
 
-def _logged_objective(run_dir: Path, step: Optional[int]) -> str:
+def _logged_objective(run_dir: runs.RunDir, step: Optional[int]) -> str:
     """The objective metrics.jsonl holds for ``step`` (None: the first record), as text; '?' when not there."""
-    with contextlib.suppress(OSError, ValueError, GradfitError):
-        for line in files.read_text(run_dir / "metrics.jsonl", "metrics", max_bytes=runs.MAX_METRICS_BYTES).splitlines():
-            record = json.loads(line)
+    with contextlib.suppress(OSError, GradfitError):
+        for record in run_dir.metrics():
             if step is None or record.get("step") == step:
                 return _objective_text(record) or "?"
     return "?"
@@ -598,17 +614,7 @@ def _named(prefix: str, tree) -> dict[str, np.ndarray]:
     return {f"{prefix}/{name}": np.asarray(leaf) for name, leaf in named_leaves(tree).items()}
 
 
-def unused_name(run_dir: Path, stem: str, suffix: str = ".yaml") -> Path:
-    candidate, n = run_dir / f"{stem}{suffix}", 1
-    while candidate.exists():
-        n += 1
-        candidate = run_dir / f"{stem}-{n}{suffix}"
-    return candidate
-
-
 END_ROWS = ("objective", "train_loss", "grad_norm")  # what a full-batch chunk reports of its end state
-RECORD_KEYS = ("step", "epoch", "batch_objective", "batch_grad_norm", "objective", "train_loss", "grad_norm",
-               "val_loss", "val_accuracy", "learning_rate", "elapsed_s")
 
 
 def _window_records(run: Prepared, start: int, end: int, metrics: dict, elapsed: float) -> list[dict]:
@@ -625,7 +631,7 @@ def _log_record(run: Prepared, step: int, steps: int, window: dict, elapsed: flo
     """One line of metrics.jsonl. ``batch_*``: means over the ``steps`` since the previous record (None at step
     0); ``objective``, ``train_loss``, ``grad_norm`` (whole training split) and ``val_*``: where computed, else
     None. ``elapsed_s``: the wall time when the chunk that computed it ended (its records share it)."""
-    record = dict.fromkeys(RECORD_KEYS)
+    record = dict.fromkeys(runs.RECORD_KEYS)
     record.update(step=step, epoch=step / run.plan.steps_per_epoch, elapsed_s=elapsed)
     if steps:
         record.update(batch_objective=window["objective_sum"] / steps, batch_grad_norm=window["grad_norm_sum"] / steps,
@@ -653,17 +659,10 @@ def _evaluation_fields(result: dict, parts: dict, dataset) -> dict:
     return fields
 
 
-def _versions() -> dict:
-    import jaxlib
-
-    return {"gradfit": gradfit.__version__, "jax": jax.__version__, "jaxlib": jaxlib.__version__,
-            "optax": optax.__version__}
-
-
 def config_header(topology) -> str:
-    v, layout = _versions(), topology.describe()
-    return (f"# Resolved gradfit config: every key, defaults included. Re-run with: gradfit train <this file>\n"
-            f"# gradfit {v['gradfit']}, jax {v['jax']}, jaxlib {v['jaxlib']}, optax {v['optax']}; "
-            f"device {topology.name}\n"
-            f"# mesh {layout['mesh']} over {len(layout['devices'])} device(s) in {layout['processes']} "
-            f"process(es): {', '.join(layout['devices'])}\n")
+    return runs.config_header(topology.describe(), topology.name)
+
+
+def timestamp() -> str:
+    """Now, as summary.json records when a run started."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")

@@ -9,24 +9,22 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import Optional
 
 import pydantic
 
-from gradfit import checkpoints, files, precision, runs, scale
+from gradfit import checkpoints, precision, runs, scale
 from gradfit.config import GradfitConfig, to_yaml
 from gradfit.errors import ConfigError, RunDirError
-from gradfit.loop import (Callbacks, EarlyStopping, LoopState, Session, config_header, one_line, stage, stop_rule,
-                          unused_name)
+from gradfit.loop import Callbacks, EarlyStopping, LoopState, Session, config_header, one_line, stage, stop_rule
 from gradfit.models import named_leaves, params_from_named
 from gradfit.train import Prepared, compile_programs, prepare
 
 
 def resume(run_dir: str | Path, config: GradfitConfig, force: bool = False,
-           callbacks: Optional[Callbacks] = None) -> dict:
+           callbacks: Optional[Callbacks] = None) -> runs.Summary:
     """Continue a run in place from its newest checkpoint, bit-identically to a run that was never stopped.
 
     A run whose last session finished training but died before writing its summary gets its outputs written.
@@ -42,16 +40,16 @@ def resume(run_dir: str | Path, config: GradfitConfig, force: bool = False,
     """
     with precision.of(config).scope():
         started = time.perf_counter()
-        run_dir = runs.check_run_dir(Path(run_dir))  # every process reads the checkpoint: a shared folder
+        run_dir = runs.RunDir.open(run_dir)  # every process reads the checkpoint: a shared folder
         writes = scale.writes()
-        with runs.locked(run_dir) if writes else contextlib.nullcontext():
-            saved = SavedRun.read(run_dir, config)
+        with run_dir.locked() if writes else contextlib.nullcontext():
+            saved = SavedRun.read(run_dir.path, config)
             if saved.changes and not force:
                 listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in saved.changes.items())
                 raise ConfigError(f"{run_dir}: the config differs from the one the run was trained with ({listed}); "
                                   "the run would not continue as it started. Add --force to resume anyway "
                                   "(the changes are recorded in summary.json)")
-            if saved.finished and not saved.changes and outputs_complete(run_dir, saved.loop.step):
+            if saved.finished and not saved.changes and run_dir.outputs_complete(saved.loop.step):
                 raise RunDirError(f"{run_dir}: this run already finished ({saved.finished}). {_EXTEND_HINT}")
 
             callbacks = stage(callbacks, "loading data")
@@ -68,33 +66,21 @@ def resume(run_dir: str | Path, config: GradfitConfig, force: bool = False,
                 raise RunDirError(f"{run_dir}: with this config the run would stop at once, at step "
                                   f"{session.loop.step} ({blocking.reason}). {_EXTEND_HINT}")
 
+            forced = {key: list(pair) for key, pair in saved.changes.items()}  # as summary.json holds them
             session.loop.resumes.append({"from_step": saved.loop.step, "checkpoint": saved.path.name,
-                                         "forced_changes": saved.changes, "reproduced_checkpoint_metrics": reproduced})
+                                         "forced_changes": forced, "reproduced_checkpoint_metrics": reproduced})
             if writes:
-                runs.truncate_metrics(run_dir / "metrics.jsonl", saved.loop.step)
+                session.restart_metrics(saved.loop.step)
             if saved.changes:
                 # keep the config the run started with; then make the newest checkpoint and config.yaml agree
-                old = run_dir / "config.yaml"
-                if writes:
-                    runs.write_atomic(unused_name(run_dir, f"config.before-step-{saved.loop.step}"),
-                                      old.read_bytes())
                 session.checkpoint(finished=None)  # every process: it evaluates the probe
                 if writes:
-                    runs.write_atomic(old, to_yaml(config, config_header(run.topology)))
+                    run_dir.replace_config(to_yaml(config, config_header(run.topology)), saved.loop.step)
             return session.train()
 
 
 _EXTEND_HINT = ("To train it further, resume with --force and a larger train.steps or train.epochs (and a larger "
                 "train.early_stopping.patience or smaller train.tol if one of those stopped it)")
-
-
-def outputs_complete(run_dir: Path, step: int) -> bool:
-    """True when summary.json reports the run completed at ``step`` and its params.npz exists."""
-    try:
-        summary = json.loads(files.read_text(run_dir / "summary.json", "summary", RunDirError, files.MAX_JSON_BYTES))
-        return summary["status"] == "completed" and summary["steps"] == step and (run_dir / "params.npz").is_file()
-    except (OSError, ValueError, KeyError, TypeError, RunDirError):
-        return False
 
 
 @dataclasses.dataclass(frozen=True)

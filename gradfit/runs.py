@@ -1,32 +1,38 @@
-"""Run directories: unique names, atomic writes, metrics, params. Nothing existing is ever overwritten.
+"""Run directories: ``RunDir`` owns every file of a run, ``Summary`` is its summary.json. No jax here.
 
 Layout of ``<out_dir>/<name>-<YYYYmmdd-HHMMSS>[-n]/``:
     config.yaml         fully resolved config (loadable by `gradfit train`), versions and device as comments
     preprocessing.json  feature names, label mapping, standardization mean/std
-    metrics.jsonl       one JSON object per log point
+    metrics.jsonl       one JSON object per log point (the source of truth; metrics.csv and TensorBoard event
+                        files, when train.loggers asks for them, are made from the same records)
     params.npz          final parameters (the best ones under early stopping), keyed by pytree path; no pickle
-    summary.json        outcome, timings and final metrics
+    summary.json        outcome, timings and final metrics (``Summary``)
     checkpoints/        step-NNNNNNNN.npz files to resume from (see gradfit.checkpoints)
+Nothing existing is ever overwritten: every write is atomic or an append.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
+import importlib.metadata
 import json
 import math
 import os
 import shutil
 import stat
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
+import pydantic
 
 from gradfit import files
 from gradfit.abort import removed_on_abort
 from gradfit.errors import RunDirError
 from gradfit.files import write_atomic  # noqa: F401  (a run's files are written this way)
+from gradfit.loggers import MetricLoggers
 
 
 def create_run_dir(parent: str | Path, name: str, now: Optional[_dt.datetime] = None) -> Path:
@@ -84,9 +90,14 @@ def fresh(parent: str | Path, name: str):
 
 
 MAX_METRICS_BYTES = 4 << 30  # metrics.jsonl: 10 million log points
+# the keys of a metrics.jsonl record (the columns of metrics.csv), in order
+RECORD_KEYS = ("step", "epoch", "batch_objective", "batch_grad_norm", "objective", "train_loss", "grad_norm",
+               "val_loss", "val_accuracy", "learning_rate", "elapsed_s")
 
-RUN_FILES = ("config.yaml", "preprocessing.json", "metrics.jsonl", "metrics.discarded.jsonl", "params.npz",
-             "summary.json", ".lock")
+MEMBERS_DIR = "members"  # a sweep's folder keeps its members' run directories in here
+
+RUN_FILES = ("config.yaml", "preprocessing.json", "metrics.jsonl", "metrics.discarded.jsonl", "metrics.csv",
+             "params.npz", "summary.json", ".lock")
 
 
 def own_files(run_dir: Path) -> list[Path]:
@@ -119,6 +130,8 @@ def to_jsonable(value: Any) -> Any:
     """NumPy scalars/arrays to Python; NaN and inf to None (JSON has no such numbers)."""
     if isinstance(value, Mapping):
         return {str(k): to_jsonable(v) for k, v in value.items()}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return to_jsonable(dataclasses.asdict(value))
     if isinstance(value, (list, tuple)):
         return [to_jsonable(v) for v in value]
     if isinstance(value, np.ndarray):
@@ -187,3 +200,226 @@ def save_arrays(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
 def load_arrays(path: Path, expected: Optional[Mapping[str, Sequence[int]]] = None) -> dict[str, np.ndarray]:
     """The arrays of a run's .npz file, checked before allocation (see ``files.load_npz``)."""
     return files.load_npz(path, "array file", RunDirError, expected)
+
+
+# ------------------------------------------------------------------------------------------------ summary.json
+
+STATUSES = ("completed", "failed", "interrupted")
+
+
+def _empty(kind: type):
+    return dataclasses.field(default_factory=kind)
+
+
+@pydantic.dataclasses.dataclass(frozen=True, kw_only=True, config=pydantic.ConfigDict(extra="ignore"))
+class Summary:
+    """summary.json: how a run ended, where and how fast it ran, and the metrics of its saved parameters.
+
+    Extra keys are ignored when one is read back, so a newer gradfit's summaries still load.
+    """
+
+    run_dir: Optional[str]  # None in the processes of a distributed run other than process 0, which writes it
+    status: str  # one of STATUSES
+    stop_reason: str
+    # the rest defaults to "unknown" for the summary of a run whose process died (written by its supervisor)
+    name: str = ""  # the config's name (the run directory's prefix)
+    started: Optional[str] = None  # ISO time the run's first session started
+    model: str = ""
+    optimizer: str = ""
+    dataset: str = ""
+    device: str = ""
+    devices: list[str] = _empty(list)
+    processes: int = 1
+    mesh: dict[str, int] = _empty(dict)
+    precision: str = ""
+    num_params: int = 0
+    rows: dict[str, int] = _empty(dict)  # train, val, test
+    steps: int = 0
+    epochs: float = 0.0
+    params_step: Optional[int] = None  # the step of the parameters in params.npz (None: none saved)
+    log_every: int = 0
+    eval_every: int = 0
+    evaluations: int = 0
+    wall_time_s: float = 0.0
+    trace_time_s: float = 0.0
+    compile_time_s: float = 0.0
+    compile_cache: str = ""
+    train_time_s: float = 0.0
+    eval_time_s: float = 0.0
+    steps_per_s: Optional[float] = None
+    objective: Optional[float] = None  # of the saved parameters, over the whole training split
+    grad_norm: Optional[float] = None
+    final: dict[str, Optional[float]] = _empty(dict)  # train_loss, val_loss, val_accuracy, test_loss, test_accuracy
+    best: dict[str, Any] = _empty(dict)  # the best val_loss and val_accuracy evaluated, and their steps
+    early_stopping: Optional[dict] = None
+    checkpoint: Optional[str] = None
+    resumes: list[dict] = _empty(list)
+    versions: dict[str, str] = _empty(dict)
+    progress_display_error: Optional[str] = None
+
+    @classmethod
+    def read(cls, path: Path) -> "Summary":
+        """The summary in ``path``; a RunDirError saying what is wrong with a damaged one."""
+        text = files.read_text(path, "summary", RunDirError, files.MAX_JSON_BYTES)
+        try:
+            return _SUMMARY.validate_json(text)
+        except pydantic.ValidationError as exc:
+            problem = exc.errors()[0]
+            where = ".".join(map(str, problem["loc"])) or "the file"
+            raise RunDirError(f"{path}: not a gradfit summary ({where}: {problem['msg']}); was it edited by "
+                              "hand?") from None
+
+    def to_json(self) -> dict:
+        """What summary.json holds: NaN and inf as null."""
+        return to_jsonable(self)
+
+
+_SUMMARY = pydantic.TypeAdapter(Summary)
+
+
+def versions() -> dict[str, str]:
+    """The versions a run's results depend on (read from the installed packages: no jax import)."""
+    import gradfit
+
+    found = {"gradfit": gradfit.__version__}
+    for package in ("jax", "jaxlib", "optax"):
+        try:
+            found[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            found[package] = "?"
+    return found
+
+
+def config_header(layout: dict, device: str) -> str:
+    """The comment lines on top of a run's config.yaml: versions and where it ran (``layout``: as in Summary)."""
+    v = versions()
+    return (f"# Resolved gradfit config: every key, defaults included. Re-run with: gradfit train <this file>\n"
+            f"# gradfit {v['gradfit']}, jax {v['jax']}, jaxlib {v['jaxlib']}, optax {v['optax']}; device {device}\n"
+            f"# mesh {layout['mesh']} over {len(layout['devices'])} device(s) in {layout['processes']} "
+            f"process(es): {', '.join(layout['devices'])}\n")
+
+
+# ------------------------------------------------------------------------------------------------ the directory
+
+
+@dataclasses.dataclass(frozen=True)
+class RunDir:
+    """A run directory and every read and write of its files.
+
+    Made with ``RunDir.fresh`` (a new one) or ``RunDir.open`` (an existing one, checked).
+    """
+
+    path: Path
+
+    @classmethod
+    @contextlib.contextmanager
+    def fresh(cls, parent: str | Path, name: str) -> Iterator["RunDir"]:
+        """A new run directory, removed if the block fails (see ``fresh``)."""
+        with fresh(parent, name) as path:
+            yield cls(path)
+
+    @classmethod
+    def open(cls, path: str | Path) -> "RunDir":
+        return cls(check_run_dir(Path(path)))
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def params_file(self) -> Path:
+        return self.path / "params.npz"
+
+    @property
+    def summary_file(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def preprocessing_file(self) -> Path:
+        return self.path / "preprocessing.json"
+
+    def locked(self):
+        return locked(self.path)
+
+    def own_files(self) -> list[Path]:
+        return own_files(self.path)
+
+    def begin(self, config_yaml: str, preprocessing: Mapping) -> None:
+        """Write what a run knows before its first step: the resolved config and the preprocessing."""
+        write_atomic(self.config_file, config_yaml)
+        write_json(self.preprocessing_file, preprocessing)
+
+    def replace_config(self, config_yaml: str, step: int) -> None:
+        """A resumed run's new config; the one it ran with before ``step`` is kept beside it."""
+        write_atomic(self.unused_name(f"config.before-step-{step}"), self.config_file.read_bytes())
+        write_atomic(self.config_file, config_yaml)
+
+    def append_metrics(self, records: Sequence[Mapping]) -> None:
+        append_jsonl(self.metrics_file, records)
+
+    def open_loggers(self, names: Sequence[str]) -> MetricLoggers:
+        """The derived metric logs ``train.loggers`` asks for (metrics.csv, TensorBoard event files), written from
+        the records metrics.jsonl gets; a ConfigError when one cannot run here."""
+        return MetricLoggers(self.path, names, RECORD_KEYS)
+
+    def metrics(self) -> list[dict]:
+        """The records of metrics.jsonl (a torn last line, from a crash mid-write, is left out)."""
+        lines = files.read_text(self.metrics_file, "metrics file", RunDirError, MAX_METRICS_BYTES).splitlines()
+        records = []
+        for number, line in enumerate(lines, 1):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                if number == len(lines):
+                    break
+                raise RunDirError(f"{self.metrics_file}, line {number}: not JSON; the run directory was edited by "
+                                  "hand") from None
+            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                raise RunDirError(f"{self.metrics_file}, line {number}: not a gradfit metrics record")
+            records.append(record)
+        return records
+
+    def truncate_metrics(self, step: int) -> int:
+        return truncate_metrics(self.metrics_file, step)
+
+    def save_params(self, arrays: Mapping[str, np.ndarray]) -> None:
+        save_arrays(self.params_file, arrays)
+
+    def load_params(self, expected: Optional[Mapping[str, Sequence[int]]] = None) -> dict[str, np.ndarray]:
+        return load_arrays(self.params_file, expected)
+
+    def set_aside_params(self) -> None:
+        """Move an earlier session's params.npz out of the way (a failed session saves none of its own)."""
+        if self.params_file.exists():
+            self.params_file.replace(self.unused_name("params.previous", ".npz"))
+
+    def write_summary(self, summary: Summary) -> None:
+        write_json(self.summary_file, summary)
+
+    def summary(self) -> Optional[Summary]:
+        """The run's summary; None when it has none (it is training, or was killed before writing one)."""
+        return Summary.read(self.summary_file) if self.summary_file.exists() else None
+
+    def outputs_complete(self, step: int) -> bool:
+        """True when summary.json reports the run completed at ``step`` and its params.npz exists."""
+        try:
+            summary = self.summary()
+        except RunDirError:
+            return False
+        return summary is not None and summary.status == "completed" and summary.steps == step \
+            and self.params_file.is_file()
+
+    def unused_name(self, stem: str, suffix: str = ".yaml") -> Path:
+        """``stem + suffix`` in the run directory, or ``stem-2 + suffix``, ... whichever does not exist yet."""
+        candidate, n = self.path / f"{stem}{suffix}", 1
+        while candidate.exists():
+            n += 1
+            candidate = self.path / f"{stem}-{n}{suffix}"
+        return candidate

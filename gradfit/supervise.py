@@ -155,10 +155,9 @@ def _mark_failed(run_dir: Path, reason: str, started: float) -> bool:
     summary_file = run_dir / "summary.json"
     if summary_file.exists() and summary_file.stat().st_mtime >= started:
         return newest is not None
-    summary: dict[str, Any] = {"run_dir": str(run_dir), "status": "failed", "stop_reason": reason,
-                               "steps": None if newest is None else checkpoints.step_of(newest),
-                               "checkpoint": None if newest is None else str(newest)}
-    runs.write_json(summary_file, summary)
+    runs.RunDir(run_dir).write_summary(runs.Summary(
+        run_dir=str(run_dir), status="failed", stop_reason=reason,
+        steps=0 if newest is None else checkpoints.step_of(newest), checkpoint=None if newest is None else str(newest)))
     return newest is not None
 
 

@@ -34,13 +34,13 @@ from gradfit import checkpoints, files, precision, resources, runs, sweeps
 from gradfit.config import GradfitConfig, resolve_config, to_yaml
 from gradfit.errors import ConfigError, GradfitError, Interrupted, RunDirError, TrainingFailed
 from gradfit.loop import (EarlyStopping, LoopState, Session, StopRule, StopRequests, config_header,
-                          next_windows, one_line)
-from gradfit.resume import SavedRun, outputs_complete, replay
+                          next_windows, one_line, timestamp)
+from gradfit.resume import SavedRun, replay
 from gradfit.train import (Prepared, Programs, TrainState, block_rows, cache_events, cache_outcome, eval_parts,
                            make_evaluate, prepare, training_functions)
 
 MAX_PARALLEL = 1024  # members per block
-PLAN_FILE, STATE_FILE, MEMBERS = "sweep.yaml", "sweep.json", "members"
+PLAN_FILE, STATE_FILE, MEMBERS = "sweep.yaml", "sweep.json", runs.MEMBERS_DIR
 # the initial state runs once a block: compiled without XLA's optimizations, as train.prepare does
 ONCE = [{"xla_backend_optimization_level": 0}]
 
@@ -321,13 +321,13 @@ class _Driver:
         k = group.parallel
         return [chunk[i:i + k] for _, chunk in sorted(by_step.items()) for i in range(0, len(chunk), k)]
 
-    def member_dir(self, member) -> Path:
-        return self.sweep_dir / MEMBERS / member.folder
+    def member_dir(self, member) -> runs.RunDir:
+        return runs.RunDir(self.sweep_dir / MEMBERS / member.folder)
 
     def saved(self, member) -> Optional[SavedRun]:
         """The member's newest checkpoint, read once (None: it starts afresh)."""
         if member.index not in self.checkpoints:
-            run_dir = self.member_dir(member)
+            run_dir = self.member_dir(member).path
             fresh = self.entry(member)["status"] == "pending" or checkpoints.latest(run_dir) is None
             self.checkpoints[member.index] = None if fresh else SavedRun.read(run_dir, member.config)
         return self.checkpoints[member.index]
@@ -391,42 +391,40 @@ class _Driver:
         run = dataclasses.replace(group.run, config=member.config, state=state)
         run_dir = self.member_dir(member)
         if saved is None:
-            shutil.rmtree(run_dir, ignore_errors=True)  # this sweep's own, stopped before its first checkpoint
-            run_dir.mkdir(parents=True)
-            held.enter_context(runs.locked(run_dir))
-            runs.write_atomic(run_dir / "config.yaml", to_yaml(member.config, config_header(run.topology)))
-            runs.write_json(run_dir / "preprocessing.json", run.dataset.preprocessing())
-            session = Session(run, group.programs(member), run_dir, time.perf_counter(), None, state, LoopState(),
-                              EarlyStopping.from_config(member.config))
+            shutil.rmtree(run_dir.path, ignore_errors=True)  # this sweep's own, stopped before its first checkpoint
+            run_dir.path.mkdir(parents=True)
+            held.enter_context(run_dir.locked())
+            run_dir.begin(to_yaml(member.config, config_header(run.topology)), run.dataset.preprocessing())
+            session = Session(run, group.programs(member), run_dir, time.perf_counter(), None, state,
+                              LoopState(started=timestamp()), EarlyStopping.from_config(member.config))
         else:
-            held.enter_context(runs.locked(run_dir))
+            held.enter_context(run_dir.locked())
             state, loop, stopper, best = saved.restore(run, member.config)
             session = Session(run, group.programs(member), run_dir, time.perf_counter(), None, state, loop,
                               stopper, best=best, path=saved.path)
             replay(session, saved, force=False)
             session.loop.resumes.append({"from_step": saved.loop.step, "checkpoint": saved.path.name,
                                          "forced_changes": {}, "reproduced_checkpoint_metrics": True})
-            runs.truncate_metrics(run_dir / "metrics.jsonl", saved.loop.step)
+            session.restart_metrics(saved.loop.step)
         self.entry(member).update(status="running", run_dir=str(run_dir))
         return session
 
     def finished_elsewhere(self, member) -> bool:
         """True for a member that ``gradfit train --resume`` finished after the sweep stopped: its summary counts."""
         saved, run_dir = self.saved(member), self.member_dir(member)
-        if saved is None or not saved.finished or not outputs_complete(run_dir, saved.loop.step):
+        if saved is None or not saved.finished or not run_dir.outputs_complete(saved.loop.step):
             return False
-        self.record(member, json.loads(files.read_text(run_dir / "summary.json", "summary", RunDirError,
-                                                       files.MAX_JSON_BYTES)))
+        self.record(member, run_dir.summary())
         return True
 
     def conclude(self, member, session: Session, rule: StopRule, alone: bool = False) -> None:
         self.record(member, session.finish(rule.status, rule.reason, alone=alone))
 
-    def record(self, member, summary: dict) -> None:
+    def record(self, member, summary: runs.Summary) -> None:
         entry = self.entry(member)
-        entry.update(status=summary["status"], stop_reason=summary["stop_reason"], steps=summary["steps"],
-                     final=summary["final"], objective=summary["objective"],
-                     best_step=summary["params_step"], wall_time_s=summary["wall_time_s"])
+        entry.update(status=summary.status, stop_reason=summary.stop_reason, steps=summary.steps,
+                     final=summary.final, objective=summary.objective,
+                     best_step=summary.params_step, wall_time_s=summary.wall_time_s)
         self.notify("on_member", {**entry, "label": member.label})
 
     def save_state(self) -> None:

@@ -20,6 +20,7 @@ import numpy as np
 from gradfit import files, precision, runs, stream, tabular
 from gradfit.config import GradfitConfig, resolve_config
 from gradfit.data import Dataset, class_ids, first_overflow
+from gradfit.metrics import classification_metrics
 from gradfit.errors import DataError, RunDirError
 from gradfit.models import Model, build_model, named_leaves, params_from_named
 
@@ -33,7 +34,7 @@ class TrainedRun:
     preprocessing: dict  # preprocessing.json: feature_names, classes, standardize {mean, std} or None
     params: Any  # pytree of jax arrays in the run's precision
     model: Model
-    summary: Optional[dict]
+    summary: Optional[runs.Summary]  # None when the run has none
 
     @property
     def feature_names(self) -> list[str]:
@@ -97,6 +98,44 @@ class TrainedRun:
 
         return log_probs
 
+    def predict_proba(self, x: Any) -> np.ndarray:
+        """Class probabilities (n, K), columns in the order of ``classes``, for raw features ``x``: (n, d).
+
+        The rows go through exactly what training did (the saved standardization, the run's precision).
+        """
+        return np.exp(self.log_probabilities()(self.standardize(self._features(x))))
+
+    def predict(self, x: Any) -> np.ndarray:
+        """The most probable class of each row of ``x`` (n, d), as the original label values."""
+        return np.asarray(self.classes)[self.predict_proba(x).argmax(axis=1)]
+
+    def evaluate(self, x: Any, y: Any) -> dict:
+        """``gradfit eval``'s metrics (log loss, accuracy, per-class precision/recall/F1, ROC AUC, confusion
+        matrix) on raw features ``x`` (n, d) and their labels ``y`` (n,), given as the original label values."""
+        x = self._features(x)
+        y = np.asarray(y)
+        if y.shape != (len(x),):
+            raise DataError(f"y: expected {len(x)} labels, one per row of x, got an array of shape {y.shape}")
+        ids = class_ids(y, self.classes, "y")
+        return classification_metrics(ids, self.log_probabilities()(self.standardize(x)), self.classes)
+
+    def _features(self, x: Any) -> np.ndarray:
+        """``x`` as a finite float64 (n, d) array with this run's d features, or a DataError saying why not."""
+        try:
+            x = np.asarray(x, np.float64)
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"x: not an array of numbers ({exc})") from None
+        d = len(self.feature_names)
+        if x.ndim != 2 or x.shape[1] != d or len(x) == 0:
+            raise DataError(f"x: expected an (n, {d}) array (features {tabular.preview(self.feature_names, 5)}), got shape "
+                            f"{x.shape}")
+        bad = np.argwhere(~np.isfinite(x))
+        if len(bad):
+            row, col = bad[0]
+            raise DataError(f"x[{row}, {col}] (feature '{self.feature_names[col]}') is {x[row, col]}; every value must "
+                            "be finite")
+        return x
+
     def open_data(self, path: Path, target: Optional[str], need_labels: bool) -> tabular.Table:
         """A data file (or converted folder) with this run's feature columns, its header checked now."""
         return tabular.open_table(path, target, self.feature_names, need_labels, target_hint="pass --target")
@@ -133,9 +172,10 @@ def load_run(run_dir: str | Path) -> TrainedRun:
         RunDirError: not a run, or it has no usable parameters (a failed run) or preprocessing record.
         ConfigError: its config.yaml was edited into an invalid one.
     """
-    run_dir = runs.check_run_dir(Path(run_dir))
-    config = resolve_config(run_dir / "config.yaml").config
-    summary = _read_json(run_dir / "summary.json", required=False)
+    folder = runs.RunDir.open(run_dir)
+    run_dir = folder.path
+    config = resolve_config(folder.config_file).config
+    summary = folder.summary()
     preprocessing = _read_json(run_dir / "preprocessing.json", required=True)
     _check_preprocessing(run_dir, preprocessing)
     if config.model.kind == "logistic" and len(preprocessing["classes"]) != 2:
@@ -143,7 +183,7 @@ def load_run(run_dir: str | Path) -> TrainedRun:
                           "a binary logistic model; was it edited by hand?)")
     params_file = run_dir / "params.npz"
     if not (params_file.exists() or params_file.is_symlink()):
-        status = f" (status {summary.get('status')}: {summary.get('stop_reason')})" if isinstance(summary, dict) else ""
+        status = f" (status {summary.status}: {summary.stop_reason})" if summary is not None else ""
         raise RunDirError(f"{run_dir}: has no params.npz{status}; only runs that saved parameters can be used")
     chosen = precision.of(config)
     model = build_model(config.model, len(preprocessing["feature_names"]), len(preprocessing["classes"]),

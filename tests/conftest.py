@@ -87,7 +87,7 @@ class InterruptAt:
         if record["step"] == self.step:
             os.kill(os.getpid(), signal.SIGINT)
 
-    def on_end(self, summary: dict) -> None: ...
+    def on_end(self, summary) -> None: ...
 
 
 # ---------------------------------------------------------------------------- several devices and processes

@@ -80,7 +80,7 @@ def run(tmp_path_factory) -> dict:
     data = folder / "train.csv"
     data.write_text("a,b,target\n" + rows_text(40), encoding="utf-8")
     summary = fit(make_config(f"data={{source: file, path: {data}}}", "name=tiny", "train.steps=2"), folder / "runs")
-    return {"run_dir": Path(summary["run_dir"]), "data": data}
+    return {"run_dir": Path(summary.run_dir), "data": data}
 
 
 def eval_and_predict(run: dict, data: Path, out: Path) -> list:

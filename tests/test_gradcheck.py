@@ -217,9 +217,9 @@ def test_cli_at_a_trained_run(tmp_path):
 
     summary = fit(make_config(*MLP, "model.hidden=[8]", "train.steps=20", "optimizer.learning_rate=0.01"),
                   out_dir=tmp_path)
-    result = invoke("--at", summary["run_dir"])  # the config comes from the run directory
+    result = invoke("--at", summary.run_dir)  # the config comes from the run directory
     assert result.exit_code == 0, result.output
-    assert f"parametersof{summary['run_dir']}" in "".join(result.output.split())  # however the lines wrap
+    assert f"parametersof{summary.run_dir}" in "".join(result.output.split())  # however the lines wrap
 
 
 @pytest.mark.parametrize("args,message", [
@@ -239,7 +239,7 @@ def test_cli_at_a_run_of_another_model_exits_2(tmp_path):
     from gradfit.loop import fit
 
     summary = fit(make_config("train.steps=3"), out_dir=tmp_path)  # a logistic run
-    result = invoke(str(CONFIGS / "mlp.yaml"), "--at", summary["run_dir"])
+    result = invoke(str(CONFIGS / "mlp.yaml"), "--at", summary.run_dir)
     assert result.exit_code == 2
     assert "does not match the model" in result.stderr
 
@@ -249,8 +249,8 @@ def test_a_converged_point_is_not_a_false_failure(tmp_path):
 
     summary = fit(make_config("runtime.precision=float64", "train.tol=1e-9", "train.steps=200",
                               path=CONFIGS / "logreg.yaml"), out_dir=tmp_path)
-    assert summary["grad_norm"] < 1e-8  # the gradient is ~0: rounding must not be judged against it
-    result = invoke("--at", summary["run_dir"])
+    assert summary.grad_norm < 1e-8  # the gradient is ~0: rounding must not be judged against it
+    result = invoke("--at", summary.run_dir)
     assert result.exit_code == 0, result.output
     assert "FAIL" not in result.output
 

@@ -326,7 +326,7 @@ def trained_runs(tmp_path_factory) -> dict[str, Path]:
         patch.setattr(loop, "CHUNK_SECONDS", 0.0)  # one log window per chunk: stop exactly at step 8
         fit(config, out_dir, InterruptAt(8))
     (interrupted,) = out_dir.iterdir()
-    finished = Path(fit(config, tmp_path_factory.mktemp("finished"))["run_dir"])
+    finished = Path(fit(config, tmp_path_factory.mktemp("finished")).run_dir)
     assert [p.name for _, p in checkpoints.listing(interrupted)] == [PREVIOUS, NEWEST]
     return {"interrupted": interrupted, "finished": finished}
 

@@ -96,8 +96,8 @@ def known_data(tmp_path_factory):
 
 def train_on(path: Path, out_dir: Path, *overrides: str) -> Path:
     summary = fit(make_config(f"data={{source: file, path: {path}}}", *EXACT_FIT, *overrides), out_dir=out_dir)
-    assert summary["stop_reason"].startswith("converged"), summary["stop_reason"]
-    return Path(summary["run_dir"])
+    assert summary.stop_reason.startswith("converged"), summary.stop_reason
+    return Path(summary.run_dir)
 
 
 @pytest.fixture(scope="module")
@@ -226,7 +226,7 @@ def test_95_percent_intervals_cover_the_truth_at_about_the_nominal_rate():
 def test_breast_cancer_unpenalized_reports_complete_separation_instead_of_standard_errors(training, tmp_path):
     config = make_config("model.l2=0", "data.val_fraction=0", "data.test_fraction=0", *training,
                          path=CONFIGS / "logreg.yaml")
-    run_dir = Path(fit(config, out_dir=tmp_path / "runs")["run_dir"])
+    run_dir = Path(fit(config, out_dir=tmp_path / "runs").run_dir)
     table, output = run_inference(run_dir, tmp_path / "separated.json", exit_code=1)
     assert "complete separation" in output
     assert table["separation"] == "complete" and table["withheld"] is True and table["converged"] is None
@@ -240,7 +240,7 @@ def test_breast_cancer_unpenalized_reports_complete_separation_instead_of_standa
 
 
 def test_breast_cancer_shipped_config_is_penalized_with_finite_standard_errors(tmp_path):
-    run_dir = Path(fit(make_config(path=CONFIGS / "logreg.yaml"), out_dir=tmp_path / "runs")["run_dir"])
+    run_dir = Path(fit(make_config(path=CONFIGS / "logreg.yaml"), out_dir=tmp_path / "runs").run_dir)
     table, output = run_inference(run_dir, tmp_path / "shipped.json")
     assert table["withheld"] is False and table["problems"] == []
     for c in table["coefficients"]:
@@ -314,7 +314,7 @@ def test_parameters_away_from_the_optimum_are_reported_as_not_converged():
 def test_inference_on_an_mlp_run_exits_2_saying_it_is_for_logistic_regression(tmp_path):
     summary = fit(make_config("data.source=synthetic", "model.kind=mlp", "model.hidden=[4]", "train.steps=2",
                               "train.log_every=1"), out_dir=tmp_path / "runs")
-    result = invoke("inference", summary["run_dir"])
+    result = invoke("inference", summary.run_dir)
     assert result.exit_code == 2, result.output
     assert "inference applies to logistic regression" in result.output and "MLP" in result.output
     assert "Traceback" not in result.output
@@ -368,6 +368,6 @@ def test_a_fit_that_has_not_converged_exits_1(known_data, tmp_path):
     _, _, csv_path, folder = known_data
     summary = fit(make_config(f"data={{source: file, path: {csv_path}}}", "optimizer.learning_rate=0.01",
                               "train.steps=20", "data.val_fraction=0", "data.test_fraction=0"), out_dir=tmp_path)
-    table, output = run_inference(Path(summary["run_dir"]), tmp_path / "t.json", exit_code=1)
+    table, output = run_inference(Path(summary.run_dir), tmp_path / "t.json", exit_code=1)
     assert table["converged"] is False and "not converged" in output
     assert all(c["std_error"] is not None for c in table["coefficients"])  # shown, but flagged

@@ -94,7 +94,7 @@ def run(tmp_path_factory) -> Path:
     """A finished logistic regression run on the built-in data (2 steps)."""
     folder = tmp_path_factory.mktemp("reliability")
     summary = fit(make_config("name=tiny", "train.steps=2", "train.log_every=1"), out_dir=folder / "runs")
-    return Path(summary["run_dir"])
+    return Path(summary.run_dir)
 
 
 @pytest.fixture
@@ -300,7 +300,7 @@ def test_params_that_are_not_an_npz_never_suggest_unpickling(copy):
 def test_a_checkpoint_whose_header_lies_is_refused_on_resume(tmp_path):
     summary = fit(make_config("name=ck", "train.steps=4", "train.log_every=2", "train.checkpoint_every=2"),
                   out_dir=tmp_path / "runs")
-    run_dir = Path(summary["run_dir"])
+    run_dir = Path(summary.run_dir)
     newest = sorted((run_dir / "checkpoints").glob("*.npz"))[-1]
     bomb_npz(newest, "state/params/w")
     before = snapshot(run_dir)

@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from conftest import InterruptAt, make_config
 from gradfit import checkpoints, runs
+from gradfit.runs import Summary
 from gradfit.cli import app
 from gradfit.errors import ConfigError, Interrupted, RunDirError, TrainingFailed
 from gradfit.loop import Callbacks, EarlyStopping, fit
@@ -44,9 +45,9 @@ def metrics(run_dir) -> list[dict]:
     return [{k: v for k, v in json.loads(line).items() if k != "elapsed_s"} for line in lines]
 
 
-def assert_identical_runs(resumed: dict, reference: dict) -> None:
+def assert_identical_runs(resumed: Summary, reference: Summary) -> None:
     """Same metrics, final parameters, final checkpoint (optimizer state included) and results, bit for bit."""
-    a, b = Path(resumed["run_dir"]), Path(reference["run_dir"])
+    a, b = Path(resumed.run_dir), Path(reference.run_dir)
     assert metrics(a) == metrics(b)
     for name in ("params.npz",):
         left, right = runs.load_arrays(a / name), runs.load_arrays(b / name)
@@ -62,7 +63,7 @@ def assert_identical_runs(resumed: dict, reference: dict) -> None:
         stopper.get("best_record", {}).pop("elapsed_s", None)
     assert stoppers[0] == stoppers[1]
     for key in ("status", "stop_reason", "steps", "params_step", "objective", "grad_norm", "final"):
-        assert resumed[key] == reference[key], key
+        assert getattr(resumed, key) == getattr(reference, key), key
 
 
 def interrupt(config, out_dir, step: int) -> tuple[Path, int]:
@@ -70,9 +71,9 @@ def interrupt(config, out_dir, step: int) -> tuple[Path, int]:
     with pytest.raises(Interrupted) as stopped:
         fit(config, out_dir, InterruptAt(step))
     summary = stopped.value.summary
-    assert summary["status"] == "interrupted" and summary["steps"] == step
-    assert checkpoints.listing(summary["run_dir"])[-1][0] == summary["steps"], "Ctrl-C writes a checkpoint"
-    return Path(summary["run_dir"]), summary["steps"]
+    assert summary.status == "interrupted" and summary.steps == step
+    assert checkpoints.listing(summary.run_dir)[-1][0] == summary.steps, "Ctrl-C writes a checkpoint"
+    return Path(summary.run_dir), summary.steps
 
 
 @pytest.mark.parametrize("overrides, stop_at", [
@@ -87,7 +88,7 @@ def test_interrupt_and_resume_equals_one_uninterrupted_run(overrides, stop_at, t
     run_dir, stopped_at = interrupt(config, tmp_path / "stopped", stop_at)
     resumed = resume(run_dir, config)
     reference = fit(config, tmp_path / "reference")
-    assert resumed["steps"] > stopped_at and resumed["resumes"][0]["from_step"] == stopped_at
+    assert resumed.steps > stopped_at and resumed.resumes[0]["from_step"] == stopped_at
     assert_identical_runs(resumed, reference)
 
 
@@ -112,9 +113,9 @@ def killed_then_resumed(overrides: tuple, tmp_path: Path, kill_after: int) -> Pa
 
     result = CliRunner().invoke(app, ["train", "--resume", str(run_dir), "-q"])
     assert result.exit_code == 0, result.output
-    resumed = json.loads((run_dir / "summary.json").read_text())
+    resumed = Summary.read(run_dir / "summary.json")
     reference = fit(make_config(*overrides), tmp_path / "reference")
-    assert resumed["resumes"][0]["from_step"] == killed_at < resumed["steps"]
+    assert resumed.resumes[0]["from_step"] == killed_at < resumed.steps
     assert_identical_runs(resumed, reference)
     return run_dir
 
@@ -141,7 +142,7 @@ def test_checkpoints_follow_the_schedule_and_only_the_newest_are_kept(tmp_path):
     # log points 0,4,...,28,30; due at the first log point past each multiple of 10 (12, 20, 30) and at the end
     config = make_config("train.steps=30", "train.log_every=4", "train.checkpoint_every=10",
                          "train.keep_checkpoints=2")
-    run_dir = Path(fit(config, tmp_path)["run_dir"])
+    run_dir = Path(fit(config, tmp_path).run_dir)
     assert [step for step, _ in checkpoints.listing(run_dir)] == [20, 30]
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-00000020.npz", "step-00000030.npz"]
     arrays, meta = checkpoints.load(checkpoints.latest(run_dir))
@@ -155,7 +156,7 @@ def test_checkpoints_follow_the_schedule_and_only_the_newest_are_kept(tmp_path):
 
 
 def test_without_periodic_checkpoints_there_is_still_one_at_the_end(tmp_path):
-    run_dir = Path(fit(make_config("train.steps=25", "train.checkpoint_every=null"), tmp_path)["run_dir"])
+    run_dir = Path(fit(make_config("train.steps=25", "train.checkpoint_every=null"), tmp_path).run_dir)
     assert [step for step, _ in checkpoints.listing(run_dir)] == [25]
 
 
@@ -169,8 +170,8 @@ def test_changed_config_is_refused_then_forced_and_recorded(tmp_path):
     assert (run_dir / "config.yaml").read_text() == original, "a refused resume changes nothing"
 
     summary = resume(run_dir, changed, force=True)
-    assert summary["status"] == "completed" and summary["steps"] == 36
-    assert summary["resumes"] == [{"from_step": 8, "checkpoint": "step-00000008.npz", "reproduced_checkpoint_metrics":
+    assert summary.status == "completed" and summary.steps == 36
+    assert summary.resumes == [{"from_step": 8, "checkpoint": "step-00000008.npz", "reproduced_checkpoint_metrics":
                                    True, "forced_changes": {"optimizer.learning_rate": [0.05, 0.02],
                                                             "train.epochs": [5, 6]}}]
     assert (run_dir / "config.before-step-8.yaml").read_text() == original
@@ -179,11 +180,11 @@ def test_changed_config_is_refused_then_forced_and_recorded(tmp_path):
 
 def test_finished_run_is_not_resumed_unless_extended(tmp_path):
     config = make_config("train.steps=10", "train.log_every=5")
-    run_dir = Path(fit(config, tmp_path)["run_dir"])
+    run_dir = Path(fit(config, tmp_path).run_dir)
     with pytest.raises(RunDirError, match="already finished"):
         resume(run_dir, config)
     longer = resume(run_dir, make_config("train.steps=20", "train.log_every=5"), force=True)
-    assert longer["steps"] == 20 and [r["step"] for r in metrics(run_dir)] == [0, 5, 10, 15, 20]
+    assert longer.steps == 20 and [r["step"] for r in metrics(run_dir)] == [0, 5, 10, 15, 20]
 
 
 def test_changed_data_file_is_detected_before_resuming(tmp_path):
@@ -198,7 +199,7 @@ def test_changed_data_file_is_detected_before_resuming(tmp_path):
     with pytest.raises(RunDirError, match="the data differ from the original run"):
         resume(run_dir, config)
     summary = resume(run_dir, config, force=True)
-    assert summary["resumes"][0]["reproduced_checkpoint_metrics"] is False
+    assert summary.resumes[0]["reproduced_checkpoint_metrics"] is False
 
 
 def test_a_state_that_computes_differently_is_detected_by_the_probe(tmp_path, monkeypatch):
@@ -212,7 +213,7 @@ def test_a_state_that_computes_differently_is_detected_by_the_probe(tmp_path, mo
     with pytest.raises(RunDirError, match="does not reproduce the probe objective of step 6.*--force"):
         resume(run_dir, config)
     monkeypatch.undo()
-    assert resume(run_dir, config)["resumes"][0]["reproduced_checkpoint_metrics"] is True
+    assert resume(run_dir, config).resumes[0]["reproduced_checkpoint_metrics"] is True
 
 
 def test_a_run_in_use_is_not_resumed_by_a_second_process(tmp_path):
@@ -245,10 +246,10 @@ def test_divergence_names_the_last_good_checkpoint_and_keeps_it(tmp_path):
     with pytest.raises(TrainingFailed) as failed:
         fit(config, tmp_path)
     summary = failed.value.summary
-    run_dir, diverged_at = Path(summary["run_dir"]), summary["steps"]
+    run_dir, diverged_at = Path(summary.run_dir), summary.steps
     last_good = checkpoints.latest(run_dir)
-    assert summary["status"] == "failed" and summary["stop_reason"].startswith("diverged")
-    assert summary["checkpoint"] == str(last_good)
+    assert summary.status == "failed" and summary.stop_reason.startswith("diverged")
+    assert summary.checkpoint == str(last_good)
     assert checkpoints.listing(run_dir)[-1][0] == diverged_at - 1, "no checkpoint of the diverged state"
     message = str(failed.value)
     assert f"step {diverged_at}" in message and str(last_good) in message and "--resume" in message
@@ -306,27 +307,27 @@ EARLY = MLP[:-3] + ("train.epochs=60", "train.log_every=10", "train.eval_every=1
 
 def test_early_stopping_stops_and_saves_the_best_parameters(tmp_path):
     summary = fit(make_config(*EARLY, "train.early_stopping={monitor: val_loss, patience: 3}"), tmp_path)
-    records = metrics(summary["run_dir"])
+    records = metrics(summary.run_dir)
     losses = [r["val_loss"] for r in records]
     best = records[int(np.argmin(losses))]  # argmin: the first of equal values, as "equal is not better"
-    assert summary["stop_reason"].startswith("early stopping: val_loss")
-    assert summary["steps"] == best["step"] + 3 * 10 < 600
-    assert summary["params_step"] == best["step"] == summary["early_stopping"]["best_step"]
-    assert summary["final"]["val_loss"] == best["val_loss"] and summary["objective"] == best["objective"]
+    assert summary.stop_reason.startswith("early stopping: val_loss")
+    assert summary.steps == best["step"] + 3 * 10 < 600
+    assert summary.params_step == best["step"] == summary.early_stopping["best_step"]
+    assert summary.final["val_loss"] == best["val_loss"] and summary.objective == best["objective"]
     _assert_params_reproduce(summary, best)
 
 
 def test_best_parameters_are_saved_whatever_stops_the_run(tmp_path):
     # patience longer than the run: it completes all steps, yet params.npz holds the best, not the last, step
     summary = fit(make_config(*EARLY, "train.early_stopping={monitor: val_loss, patience: 1000}"), tmp_path)
-    records = metrics(summary["run_dir"])
+    records = metrics(summary.run_dir)
     best = records[int(np.argmin([r["val_loss"] for r in records]))]
-    assert summary["stop_reason"] == "completed all steps" and summary["steps"] == 600
-    assert summary["params_step"] == best["step"] < 600, "this config overfits: the best step is not the last"
+    assert summary.stop_reason == "completed all steps" and summary.steps == 600
+    assert summary.params_step == best["step"] < 600, "this config overfits: the best step is not the last"
     _assert_params_reproduce(summary, best)
 
 
-def _assert_params_reproduce(summary: dict, record: dict) -> None:
+def _assert_params_reproduce(summary: Summary, record: dict) -> None:
     """params.npz gives the logged validation loss of its step (float64, so to ~1e-12)."""
     import jax
 
@@ -334,12 +335,12 @@ def _assert_params_reproduce(summary: dict, record: dict) -> None:
     from gradfit.losses import data_loss
     from gradfit.models import build_model, params_from_named
 
-    config = make_config(path=Path(summary["run_dir"], "config.yaml"))
+    config = make_config(path=Path(summary.run_dir, "config.yaml"))
     data = load_dataset(config)
     with jax.enable_x64(True):
         model = build_model(config.model, data.n_features, data.n_classes)
         params = params_from_named(model.init(jax.random.PRNGKey(0), np.float64),
-                                   runs.load_arrays(Path(summary["run_dir"], "params.npz")))
+                                   runs.load_arrays(Path(summary.run_dir, "params.npz")))
         x, y = split_arrays(data.val, data.n_classes, np.float64)
         assert float(data_loss(model.apply(params, x), y)) == pytest.approx(record["val_loss"], rel=1e-12)
 
@@ -350,8 +351,8 @@ def test_early_stopping_keeps_the_best_parameters_when_training_diverges(tmp_pat
     with pytest.raises(TrainingFailed) as failed:
         fit(config, tmp_path)
     summary = failed.value.summary
-    assert summary["status"] == "failed" and summary["params_step"] == summary["early_stopping"]["best_step"]
-    assert all(np.isfinite(a).all() for a in runs.load_arrays(Path(summary["run_dir"], "params.npz")).values())
+    assert summary.status == "failed" and summary.params_step == summary.early_stopping["best_step"]
+    assert all(np.isfinite(a).all() for a in runs.load_arrays(Path(summary.run_dir, "params.npz")).values())
 
 
 def test_early_stopping_needs_a_validation_split():
@@ -368,12 +369,12 @@ def test_resuming_twice_with_early_stopping_firing_after_the_resumes_equals_one_
                          "optimizer={name: adam, learning_rate: 0.03}",
                          "train.early_stopping={monitor: val_loss, patience: 3}")
     reference = fit(config, tmp_path / "reference")
-    assert reference["stop_reason"].startswith("early stopping") and reference["steps"] > 20
+    assert reference.stop_reason.startswith("early stopping") and reference.steps > 20
     run_dir, _ = interrupt(config, tmp_path / "stopped", 10)
     with pytest.raises(Interrupted):
         resume(run_dir, config, callbacks=InterruptAt(20))
     resumed = resume(run_dir, config)
-    assert [r["from_step"] for r in resumed["resumes"]] == [10, 20]
+    assert [r["from_step"] for r in resumed.resumes] == [10, 20]
     assert_identical_runs(resumed, reference)
 
 
@@ -393,7 +394,7 @@ def test_a_forced_config_that_would_stop_at_once_is_refused(overrides, message, 
 
 def test_a_finished_run_needs_a_change_that_lets_it_train_further(tmp_path):
     config = make_config(*EARLY, "train.early_stopping={monitor: val_loss, patience: 3}")
-    run_dir = Path(fit(config, tmp_path)["run_dir"])
+    run_dir = Path(fit(config, tmp_path).run_dir)
     longer = make_config(*EARLY[:-4], "train.epochs=120", *EARLY[-3:], "train.early_stopping={monitor: val_loss, patience: 3}")
     with pytest.raises(RunDirError, match="would stop at once.*early stopping.*patience"):
         resume(run_dir, longer, force=True)
@@ -403,17 +404,17 @@ def test_a_finished_run_needs_a_change_that_lets_it_train_further(tmp_path):
     patient = make_config(*EARLY, "train.early_stopping={monitor: val_loss, patience: 6}")
     summary = resume(run_dir, patient, force=True)
     steps = [r["step"] for r in metrics(run_dir)]
-    assert steps == sorted(set(steps)) and summary["steps"] > summary["resumes"][0]["from_step"]
+    assert steps == sorted(set(steps)) and summary.steps > summary.resumes[0]["from_step"]
 
 
 def test_resume_completes_a_run_that_finished_training_but_lost_its_outputs(tmp_path):
     config = make_config("train.steps=10", "train.log_every=5")
     first = fit(config, tmp_path)
-    run_dir = Path(first["run_dir"])
+    run_dir = Path(first.run_dir)
     (run_dir / "summary.json").unlink()  # as if killed between the final checkpoint and the summary
     (run_dir / "params.npz").unlink()
     again = resume(run_dir, config)
-    assert again["status"] == "completed" and again["steps"] == 10 and again["objective"] == first["objective"]
+    assert again.status == "completed" and again.steps == 10 and again.objective == first.objective
     assert (run_dir / "params.npz").exists() and [r["step"] for r in metrics(run_dir)] == [0, 5, 10]
     with pytest.raises(RunDirError, match="already finished"):
         resume(run_dir, config)
@@ -425,8 +426,8 @@ def test_a_failing_progress_display_does_not_stop_training(tmp_path):
             raise SystemExit(1)  # what Rich does when stdout is a closed pipe
 
     summary = fit(make_config("train.steps=10", "train.log_every=2"), tmp_path, Broken())
-    assert summary["status"] == "completed" and summary["steps"] == 10
-    assert "SystemExit" in summary["progress_display_error"]
+    assert summary.status == "completed" and summary.steps == 10
+    assert "SystemExit" in summary.progress_display_error
 
 
 def test_a_resumed_run_that_diverges_does_not_leave_the_earlier_params_as_its_result(tmp_path):
@@ -448,4 +449,4 @@ def test_a_forced_resume_is_checkpointed_at_once(tmp_path):
     with pytest.raises(Interrupted):
         resume(run_dir, forced, force=True, callbacks=InterruptAt(8))
     # the newest checkpoint carries the forced config, so a plain resume needs no --force
-    assert resume(run_dir, forced)["steps"] == 20
+    assert resume(run_dir, forced).steps == 20

@@ -84,7 +84,7 @@ def forced(tmp_path_factory) -> dict:
         "    compile_cache.enable(compile_cache.directory())\n"
         "runs = json.loads(sys.argv[1])\n"
         "done = {name: fit(resolve_config(sys.argv[2] + '/' + path, [f'name={name}', *sets]).config, sys.argv[3])"
-        "['run_dir'] for name, (path, sets) in runs.items()}\n"
+        ".run_dir for name, (path, sets) in runs.items()}\n"
         "config = resolve_config(None, bench.EXAMPLES['mlp'] + ['model.hidden=[8]']).config\n"
         "options = bench.BenchOptions(steps=20, repeats=3)\n"
         "scaling = bench.scaling(bench._on(config, 'cpu', 'auto'), options, 'mlp')\n"

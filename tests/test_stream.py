@@ -20,6 +20,7 @@ from conftest import make_config
 from gradfit import data, feed, runs, shuffle, stream
 from gradfit.cli import app
 from gradfit.convert import convert
+from gradfit.runs import Summary
 from gradfit.errors import ConfigError, DataError
 from gradfit.loop import fit
 from test_resume import killed_then_resumed, metrics
@@ -36,8 +37,8 @@ def digits(tmp_path_factory) -> Path:
     return folder
 
 
-def params(summary: dict) -> dict:
-    return runs.load_arrays(Path(summary["run_dir"]) / "params.npz")
+def params(summary: Summary) -> dict:
+    return runs.load_arrays(Path(summary.run_dir) / "params.npz")
 
 
 def assert_same_params(left: dict, right: dict) -> None:
@@ -55,12 +56,12 @@ def test_streamed_params_equal_in_memory_bit_for_bit(digits, tmp_path, monkeypat
     memory = fit(make_config(*common, "data.in_memory=true"), tmp_path / "memory")
     streamed = fit(make_config(*common, "data.in_memory=false"), tmp_path / "streamed")
     assert_same_params(memory, streamed)
-    trained = [[r["batch_objective"] for r in metrics(s["run_dir"]) if "batch_objective" in r]
+    trained = [[r["batch_objective"] for r in metrics(s.run_dir) if "batch_objective" in r]
                for s in (memory, streamed)]
     assert trained[0] == trained[1] and len(trained[0]) >= 12
     # evaluation reads the splits in other blocks: equal to rounding, not to the bit
-    assert streamed["final"]["val_loss"] == pytest.approx(memory["final"]["val_loss"], rel=1e-5)
-    assert streamed["final"]["test_accuracy"] == memory["final"]["test_accuracy"]
+    assert streamed.final["val_loss"] == pytest.approx(memory.final["val_loss"], rel=1e-5)
+    assert streamed.final["test_accuracy"] == memory.final["test_accuracy"]
 
 
 def test_convert_then_train_equals_train_on_the_csv(digits, tmp_path):
@@ -68,8 +69,8 @@ def test_convert_then_train_equals_train_on_the_csv(digits, tmp_path):
     on_csv = fit(make_config(*common, f"data.path={data.builtin_path('digits')}"), tmp_path / "csv")
     on_folder = fit(make_config(*common, f"data.path={digits}"), tmp_path / "folder")
     assert_same_params(on_csv, on_folder)
-    assert json.loads((Path(on_csv["run_dir"]) / "preprocessing.json").read_text())["standardize"] == \
-        json.loads((Path(on_folder["run_dir"]) / "preprocessing.json").read_text())["standardize"]
+    assert json.loads((Path(on_csv.run_dir) / "preprocessing.json").read_text())["standardize"] == \
+        json.loads((Path(on_folder.run_dir) / "preprocessing.json").read_text())["standardize"]
 
 
 def test_streamed_synthetic_rows_equal_the_in_memory_ones(monkeypatch):
@@ -126,10 +127,10 @@ def test_eval_and_predict_read_a_streamed_runs_splits_and_folders(digits, tmp_pa
     summary = fit(make_config(*MLP, f"data.path={digits}", "data.in_memory=false", "train.steps=20",
                               "train.epochs=null", "train.log_every=1"), tmp_path / "runs")
     runner = CliRunner()
-    result = runner.invoke(app, ["eval", summary["run_dir"], "--split", "test", "--json"])
+    result = runner.invoke(app, ["eval", summary.run_dir, "--split", "test", "--json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["accuracy"] == summary["final"]["test_accuracy"]
-    result = runner.invoke(app, ["predict", summary["run_dir"], str(digits)])
+    assert json.loads(result.stdout)["accuracy"] == summary.final["test_accuracy"]
+    result = runner.invoke(app, ["predict", summary.run_dir, str(digits)])
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[0] == "row,prediction" and len(lines) == 1 + 1797 and lines[1].startswith("0,")

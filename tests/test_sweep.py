@@ -63,9 +63,9 @@ def test_each_member_equals_its_own_gradfit_train(swept, tmp_path):
     assert config.data.seed == 0 and config.seed == member["values"]["seed"] == 1
     alone = loop.fit(config, tmp_path)
     # float32: XLA fuses a vmapped program differently, so equal to 1e-6 relative (4.7e-7 here), not bit for bit
-    assert close(params(member["run_dir"]), params(alone["run_dir"]), 1e-6)
-    assert alone["steps"] == member["steps"] and alone["params_step"] == member["best_step"]
-    assert alone["final"]["val_loss"] == pytest.approx(member["final"]["val_loss"], rel=1e-5)
+    assert close(params(member["run_dir"]), params(alone.run_dir), 1e-6)
+    assert alone.steps == member["steps"] and alone.params_step == member["best_step"]
+    assert alone.final["val_loss"] == pytest.approx(member["final"]["val_loss"], rel=1e-5)
 
 
 def test_a_diverging_member_is_marked_and_leaves_the_others_intact(tmp_path):
@@ -78,7 +78,7 @@ def test_a_diverging_member_is_marked_and_leaves_the_others_intact(tmp_path):
     assert state["ranking"][0]["members"] == [0] and state["ranking"][0]["best"]
     assert state["ranking"][1]["failed"] == 1 and not state["ranking"][1]["best"]
     config = resolve_config(Path(calm["run_dir"]) / "config.yaml").config
-    assert close(params(calm["run_dir"]), params(loop.fit(config, tmp_path)["run_dir"]), 1e-6)
+    assert close(params(calm["run_dir"]), params(loop.fit(config, tmp_path).run_dir), 1e-6)
 
 
 class CountCompiles(sweep.SweepCallbacks):
@@ -167,8 +167,8 @@ def test_the_cli_ranks_and_prints_sweep_json_and_float64_members_that_stop_at_th
     assert state["members"][1]["steps"] < state["members"][0]["steps"] < 60
     member = state["members"][0]
     alone = loop.fit(resolve_config(Path(member["run_dir"]) / "config.yaml").config, tmp_path)
-    assert alone["steps"] == member["steps"]
-    assert close(params(member["run_dir"]), params(alone["run_dir"]), 1e-12)
+    assert alone.steps == member["steps"]
+    assert close(params(member["run_dir"]), params(alone.run_dir), 1e-12)
 
 
 def test_rank_orders_by_the_metric_with_mean_and_std_over_seeds():

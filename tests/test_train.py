@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +16,7 @@ from gradfit.config import resolve_config
 from gradfit.data import load_dataset
 from gradfit.errors import ConfigError, DeviceError, TrainingFailed
 from gradfit.losses import make_objective
-from gradfit.runs import create_run_dir, load_arrays
+from gradfit.runs import Summary, create_run_dir, load_arrays
 from gradfit.loop import fit
 import optax
 
@@ -34,9 +35,9 @@ def read_metrics(run_dir) -> list[dict]:
 @pytest.mark.parametrize("config_file", ["logreg.yaml", "mlp.yaml"])
 def test_shipped_configs_reach_95_percent_test_accuracy(config_file, out_dir):
     summary = fit(make_config(path=CONFIGS / config_file), out_dir=out_dir)
-    assert summary["status"] == "completed"
-    assert summary["final"]["test_accuracy"] >= 0.95
-    assert summary["rows"]["test"] > 100  # the accuracy is measured on a real held-out split
+    assert summary.status == "completed"
+    assert summary.final["test_accuracy"] >= 0.95
+    assert summary.rows["test"] > 100  # the accuracy is measured on a real held-out split
 
 
 def test_lbfgs_float64_objective_matches_scikit_learn(out_dir):
@@ -51,22 +52,22 @@ def test_lbfgs_float64_objective_matches_scikit_learn(out_dir):
     clf = sklearn.LogisticRegression(C=1 / (lam * n), tol=1e-12, max_iter=100_000).fit(data.train.x, data.train.y)
     w, b = clf.coef_[0], clf.intercept_[0]
     reference = np.mean(np.logaddexp(0, -data.train.y * (data.train.x @ w + b))) + lam / 2 * w @ w
-    assert summary["objective"] == pytest.approx(reference, rel=1e-6)
-    assert summary["stop_reason"].startswith("converged")
+    assert summary.objective == pytest.approx(reference, rel=1e-6)
+    assert summary.stop_reason.startswith("converged")
 
 
 def test_same_config_and_seed_give_identical_runs(out_dir):
     config = make_config(*TINY_MLP)
     first, second = fit(config, out_dir=out_dir), fit(config, out_dir=out_dir)
-    assert first["run_dir"] != second["run_dir"]
+    assert first.run_dir != second.run_dir
     strip = lambda records: [{k: v for k, v in r.items() if k != "elapsed_s"} for r in records]  # noqa: E731
-    assert strip(read_metrics(first["run_dir"])) == strip(read_metrics(second["run_dir"]))
-    a, b = load_arrays(f"{first['run_dir']}/params.npz"), load_arrays(f"{second['run_dir']}/params.npz")
+    assert strip(read_metrics(first.run_dir)) == strip(read_metrics(second.run_dir))
+    a, b = load_arrays(f"{first.run_dir}/params.npz"), load_arrays(f"{second.run_dir}/params.npz")
     assert a.keys() == b.keys()
     for key in a:
         np.testing.assert_array_equal(a[key], b[key])
     other_seed = fit(make_config(*TINY_MLP, "seed=1"), out_dir=out_dir)
-    assert other_seed["objective"] != first["objective"]
+    assert other_seed.objective != first.objective
 
 
 def test_training_chunk_is_compiled_once():
@@ -132,11 +133,11 @@ def test_grouping_log_windows_into_chunks_changes_no_number(overrides, out_dir, 
     monkeypatch.setattr(loop, "CHUNK_SECONDS", 1e9)  # as many windows per dispatch as allowed
     grouped = fit(config, out_dir=out_dir)
     strip = lambda records: [{k: v for k, v in r.items() if k != "elapsed_s"} for r in records]  # noqa: E731
-    assert strip(read_metrics(single["run_dir"])) == strip(read_metrics(grouped["run_dir"]))
-    a, b = load_arrays(f"{single['run_dir']}/params.npz"), load_arrays(f"{grouped['run_dir']}/params.npz")
+    assert strip(read_metrics(single.run_dir)) == strip(read_metrics(grouped.run_dir))
+    a, b = load_arrays(f"{single.run_dir}/params.npz"), load_arrays(f"{grouped.run_dir}/params.npz")
     for key in a:
         np.testing.assert_array_equal(a[key], b[key])
-    assert single["steps"] == grouped["steps"] and single["objective"] == grouped["objective"]
+    assert single.steps == grouped.steps and single.objective == grouped.objective
 
 
 OPTIMIZERS = [
@@ -164,16 +165,16 @@ def test_every_optimizer_lowers_the_objective(kind, name, lr, out_dir):
     if lr:
         overrides.append(lr)
     summary = fit(make_config(*overrides), out_dir=out_dir)
-    records = read_metrics(summary["run_dir"])
-    assert records[0]["step"] == 0 and records[-1]["step"] == summary["steps"]
-    assert summary["objective"] < 0.5 * records[0]["objective"]
-    assert summary["final"]["val_accuracy"] > 0.9
+    records = read_metrics(summary.run_dir)
+    assert records[0]["step"] == 0 and records[-1]["step"] == summary.steps
+    assert summary.objective < 0.5 * records[0]["objective"]
+    assert summary.final["val_accuracy"] > 0.9
 
 
 @pytest.mark.parametrize("precision,dtype", [("float32", np.float32), ("float64", np.float64)])
 def test_precision_sets_the_parameter_dtype(precision, dtype, out_dir):
     summary = fit(make_config(f"runtime.precision={precision}", "train.steps=5"), out_dir=out_dir)
-    params = load_arrays(f"{summary['run_dir']}/params.npz")
+    params = load_arrays(f"{summary.run_dir}/params.npz")
     assert {a.dtype for a in params.values()} == {np.dtype(dtype)}
     assert jnp.zeros(1).dtype == jnp.float32  # float64 was enabled for that run only
 
@@ -182,7 +183,7 @@ def test_run_directory_contents(out_dir):
     config = make_config("name=contents", "train.steps=12", "train.log_every=5", "optimizer.learning_rate=0.1",
                          "optimizer.schedule.name=cosine")
     summary = fit(config, out_dir=out_dir)
-    run_dir = summary["run_dir"]
+    run_dir = summary.run_dir
     assert run_dir.startswith(str(out_dir / "contents-"))
 
     saved = resolve_config(f"{run_dir}/config.yaml").config
@@ -206,7 +207,7 @@ def test_run_directory_contents(out_dir):
     assert len(preprocessing["standardize"]["mean"]) == 30
 
     on_disk = json.load(open(f"{run_dir}/summary.json", encoding="utf-8"))
-    assert on_disk == json.loads(json.dumps(summary))
+    assert on_disk == summary.to_json() and Summary.read(Path(run_dir, "summary.json")) == summary
     for key in ("run_dir", "model", "dataset", "device", "steps", "epochs", "stop_reason", "wall_time_s",
                 "compile_time_s", "steps_per_s", "objective", "final"):
         assert key in on_disk
@@ -216,26 +217,26 @@ def test_run_directory_contents(out_dir):
 
 def test_final_metrics_are_null_for_empty_splits(out_dir):
     summary = fit(make_config("train.steps=3", "data.val_fraction=0", "data.test_fraction=0"), out_dir=out_dir)
-    assert summary["final"]["val_loss"] is None and summary["final"]["test_accuracy"] is None
-    assert read_metrics(summary["run_dir"])[-1]["val_accuracy"] is None
+    assert summary.final["val_loss"] is None and summary.final["test_accuracy"] is None
+    assert read_metrics(summary.run_dir)[-1]["val_accuracy"] is None
 
 
 def test_objective_in_summary_is_the_regularized_training_loss(out_dir):
     config = make_config("model.l2=0.1", "train.steps=20", "optimizer.learning_rate=0.1",
                          "runtime.precision=float64")
     summary = fit(config, out_dir=out_dir)
-    params = load_arrays(f"{summary['run_dir']}/params.npz")
+    params = load_arrays(f"{summary.run_dir}/params.npz")
     data = load_dataset(config)
     margin = data.train.y * (data.train.x @ params["w"] + params["b"])
     loss = np.mean(np.logaddexp(0, -margin))
-    assert summary["final"]["train_loss"] == pytest.approx(loss, rel=1e-10)
-    assert summary["objective"] == pytest.approx(loss + 0.05 * params["w"] @ params["w"], rel=1e-10)
+    assert summary.final["train_loss"] == pytest.approx(loss, rel=1e-10)
+    assert summary.objective == pytest.approx(loss + 0.05 * params["w"] @ params["w"], rel=1e-10)
 
 
 def test_stops_when_the_gradient_norm_is_below_tol(out_dir):
     summary = fit(make_config("optimizer.name=lbfgs", "train.steps=500", "train.tol=1e-3"), out_dir=out_dir)
-    assert summary["stop_reason"].startswith("converged") and summary["steps"] < 500
-    assert summary["grad_norm"] < 1e-3
+    assert summary.stop_reason.startswith("converged") and summary.steps < 500
+    assert summary.grad_norm < 1e-3
 
 
 def test_divergence_fails_cleanly_without_saving_params(out_dir):
@@ -262,8 +263,8 @@ def test_steps_and_epochs_with_minibatches(out_dir):
     config = make_config(*TINY_MLP[:-3], "train.steps=25", "train.epochs=null", "train.batch_size=100",
                          "train.log_every=10")
     summary = fit(config, out_dir=out_dir)
-    per_epoch = summary["rows"]["train"] // 100
-    assert summary["steps"] == 25 and summary["epochs"] == pytest.approx(25 / per_epoch)
+    per_epoch = summary.rows["train"] // 100
+    assert summary.steps == 25 and summary.epochs == pytest.approx(25 / per_epoch)
 
 
 def test_run_directories_never_collide(tmp_path):
@@ -286,7 +287,7 @@ def test_gpu_request_without_gpu_is_a_clear_error(out_dir):
 @requires_gpu
 def test_trains_on_the_gpu(out_dir):
     summary = fit(make_config(*TINY_MLP, "runtime.device=gpu"), out_dir=out_dir)
-    assert summary["device"].startswith("gpu") and summary["final"]["val_accuracy"] > 0.8
+    assert summary.device.startswith("gpu") and summary.final["val_accuracy"] > 0.8
 
 
 def test_objective_helper_matches_model_loss():
@@ -318,61 +319,61 @@ def test_auto_evaluation_schedule_keeps_evaluations_at_5_percent(n_train, n_val,
 def test_evaluations_follow_the_schedule_and_end_the_run(out_dir):
     summary = fit(make_config(*TINY_MLP, "train.epochs=null", "train.steps=22", "train.eval_every=8"),
                   out_dir=out_dir)
-    records = read_metrics(summary["run_dir"])
+    records = read_metrics(summary.run_dir)
     assert [r["step"] for r in records] == [4, 8, 12, 16, 20, 22]  # log points, evaluations, the end
     evaluated = [r["step"] for r in records if r["val_loss"] is not None]
-    assert evaluated == [8, 16, 22] and summary["evaluations"] == 3
+    assert evaluated == [8, 16, 22] and summary.evaluations == 3
     assert records[0]["batch_objective"] is not None and records[0]["objective"] is None  # a plain log point
     end = records[-1]
     assert end["grad_norm"] is not None  # the last evaluation has the full-split gradient norm
     assert [r["grad_norm"] for r in records if r["step"] in (8, 16)] == [None, None]  # no tol: not computed
-    assert summary["objective"] == end["objective"] and summary["grad_norm"] == end["grad_norm"]
+    assert summary.objective == end["objective"] and summary.grad_norm == end["grad_norm"]
 
 
 def test_accuracies_are_exact_fractions(out_dir):
     summary = fit(make_config("train.steps=12"), out_dir=out_dir)  # float32
-    rows = summary["rows"]
+    rows = summary.rows
     for split in ("val", "test"):
-        correct = summary["final"][f"{split}_accuracy"] * rows[split]
+        correct = summary.final[f"{split}_accuracy"] * rows[split]
         assert correct == round(correct)  # no float32 rounding: 110/114 is 0.9649122807..., not 0.9649122953
-        assert summary["final"][f"{split}_accuracy"] == round(correct) / rows[split]
+        assert summary.final[f"{split}_accuracy"] == round(correct) / rows[split]
 
 
 def test_summary_times_training_and_evaluation_apart(out_dir):
     summary = fit(make_config(*TINY_MLP), out_dir=out_dir)
     for key in ("trace_time_s", "compile_time_s", "train_time_s", "eval_time_s"):
-        assert summary[key] > 0, key
-    assert summary["steps_per_s"] == pytest.approx(summary["steps"] / summary["train_time_s"])
-    assert summary["train_time_s"] + summary["eval_time_s"] < summary["wall_time_s"]
-    assert summary["compile_cache"] in ("hit", "miss", "partial", "off")
-    assert summary["log_every"] == 4 and summary["eval_every"] >= 4
+        assert getattr(summary, key) > 0, key
+    assert summary.steps_per_s == pytest.approx(summary.steps / summary.train_time_s)
+    assert summary.train_time_s + summary.eval_time_s < summary.wall_time_s
+    assert summary.compile_cache in ("hit", "miss", "partial", "off")
+    assert summary.log_every == 4 and summary.eval_every >= 4
 
 
 def test_full_batch_tol_stops_at_the_first_step_below_it(out_dir):
     summary = fit(make_config("optimizer.name=lbfgs", "train.steps=200", "train.log_every=7", "train.tol=1e-3"),
                   out_dir=out_dir)
-    records = read_metrics(summary["run_dir"])
-    assert summary["stop_reason"].startswith("converged") and records[-1]["step"] == summary["steps"]
+    records = read_metrics(summary.run_dir)
+    assert summary.stop_reason.startswith("converged") and records[-1]["step"] == summary.steps
     assert records[-1]["grad_norm"] < 1e-3
-    previous = fit(make_config("optimizer.name=lbfgs", f"train.steps={summary['steps'] - 1}", "train.log_every=1"),
+    previous = fit(make_config("optimizer.name=lbfgs", f"train.steps={summary.steps - 1}", "train.log_every=1"),
                    out_dir=out_dir)
-    assert previous["grad_norm"] >= 1e-3  # one step earlier it was not yet below tol
+    assert previous.grad_norm >= 1e-3  # one step earlier it was not yet below tol
     assert records[-1]["val_loss"] is not None  # the run ends with an evaluation
 
 
 def test_bfloat16_trains_with_float32_parameters(out_dir):
     summary = fit(make_config(*TINY_MLP, "runtime.precision=bfloat16"), out_dir=out_dir)
-    params = load_arrays(f"{summary['run_dir']}/params.npz")
+    params = load_arrays(f"{summary.run_dir}/params.npz")
     assert {a.dtype for a in params.values()} == {np.dtype(np.float32)}
-    records = read_metrics(summary["run_dir"])
+    records = read_metrics(summary.run_dir)
     assert records[-1]["batch_objective"] < 0.5 * records[0]["batch_objective"]
-    assert summary["final"]["val_accuracy"] > 0.8
+    assert summary.final["val_accuracy"] > 0.8
 
 
 def test_a_full_batch_run_already_below_tol_stops_at_step_0_with_its_outputs(out_dir):
     summary = fit(make_config("optimizer.name=lbfgs", "train.steps=50", "train.tol=10"), out_dir=out_dir)
-    assert summary["status"] == "completed" and summary["steps"] == 0
-    assert summary["stop_reason"].startswith("converged") and summary["checkpoint"].endswith("step-00000000.npz")
-    (record,) = read_metrics(summary["run_dir"])
+    assert summary.status == "completed" and summary.steps == 0
+    assert summary.stop_reason.startswith("converged") and summary.checkpoint.endswith("step-00000000.npz")
+    (record,) = read_metrics(summary.run_dir)
     assert record["step"] == 0 and record["val_loss"] is not None  # the run still ends with an evaluation
-    assert summary["final"]["test_accuracy"] is not None
+    assert summary.final["test_accuracy"] is not None
