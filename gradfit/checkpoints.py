@@ -112,14 +112,17 @@ def previous_hint(path: Path) -> str:
     return "no older checkpoint exists: start a new run"
 
 
+UNCOMPUTED_KEYS = {"train.loggers"}  # what a run writes down, not what it computes: free to change on resume
+
+
 def changed_keys(saved: Mapping[str, Any], current: Mapping[str, Any], prefix: str = "") -> dict[str, tuple]:
-    """{'optimizer.learning_rate': (old, new), ...} between two config dumps."""
+    """{'optimizer.learning_rate': (old, new), ...} between two config dumps (``UNCOMPUTED_KEYS`` aside)."""
     changes = {}
     for key in sorted(set(saved) | set(current)):
         old, new = saved.get(key), current.get(key)
         if isinstance(old, dict) and isinstance(new, dict):
             changes.update(changed_keys(old, new, f"{prefix}{key}."))
-        elif old != new:
+        elif old != new and f"{prefix}{key}" not in UNCOMPUTED_KEYS:
             changes[f"{prefix}{key}"] = (old, new)
     return changes
 

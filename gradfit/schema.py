@@ -273,6 +273,11 @@ class TrainConfig(_Section):
     early_stopping: EarlyStoppingConfig = Field(
         default_factory=EarlyStoppingConfig, description="stop when a validation metric stops improving"
     )
+    loggers: list[Literal["jsonl", "csv", "tensorboard"]] = Field(
+        ["jsonl"], min_length=1, description="metric logs to write: jsonl (metrics.jsonl, always written: the source "
+        "of truth), csv (metrics.csv) and tensorboard (event files for tensorboard --logdir runs; needs "
+        "gradfit[tensorboard])"
+    )
     shuffle: Literal["auto", "full", "blocks"] = Field(
         "auto", description="minibatch order each epoch: full (a permutation of all rows), blocks (a permutation of "
         "4,096-row blocks, rows shuffled within windows of 16 blocks: reads a disk in long runs), or auto (full in "

@@ -140,7 +140,7 @@ def test_unknown_key_without_a_close_match_lists_the_allowed_keys(tmp_path):
     assert "line 2" in line
     assert "did you mean" not in line
     assert ("allowed keys here: batch_size, checkpoint_every, early_stopping, epochs, eval_every, keep_checkpoints, "
-            "log_every, shuffle, steps, tol") in line
+            "log_every, loggers, shuffle, steps, tol") in line
 
 
 def test_unknown_section_suggests_the_section(tmp_path):
