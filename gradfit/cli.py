@@ -24,9 +24,24 @@ import gradfit
 from gradfit import supervise
 from gradfit.errors import ConfigError, GradfitError, RunDirError, TrainingFailed
 
+def _no_type_after_flags() -> None:
+    """Typer shows ``<bool>`` after every flag, as if ``--json`` took a value; a flag takes none, so show nothing."""
+    option = getattr(typer.core, "TyperOption", None)
+    shown = getattr(option, "display_type_rich", None)
+    if shown is None or getattr(shown, "flags_plain", False):
+        return
+
+    def display_type_rich(self, ctx):
+        return None if self.is_flag else shown(self, ctx)
+
+    display_type_rich.flags_plain = True
+    option.display_type_rich = display_type_rich
+
+
+_no_type_after_flags()
+
 app = typer.Typer(
     no_args_is_help=True,
-    add_completion=False,
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -261,12 +276,12 @@ def train(
                     progress.on_stage("joining the other processes")
                 scale.start_processes(coordinator, num_processes, process_id, init_timeout, heartbeat_timeout)
             callbacks = supervise.Telling(progress) if distributed else progress
-            from gradfit import loop, resume as resuming
+            from gradfit import api
 
             if resume is None:
-                summary = loop.fit(resolved.config, out_dir or Path("runs"), callbacks=callbacks)
+                summary = api.fit(resolved.config, out_dir=out_dir or Path("runs"), callbacks=callbacks)
             else:
-                summary = resuming.resume(resume, resolved.config, force=force, callbacks=callbacks)
+                summary = api.resume(resume, resolved.config, force=force, callbacks=callbacks)
         except TrainingFailed as exc:
             if exc.summary is not None:
                 output.emit(exc.summary)
@@ -641,9 +656,9 @@ def eval_(
 
         output = JsonOutput.checked(json_flag, json_file, force, [*own_files(run_dir), *([data] if data else [])])
         _use_compile_cache()
-        from gradfit import metrics, report, trained
+        from gradfit import api, metrics, report, trained
 
-        run = trained.load_run(run_dir)
+        run = api.load_run(run_dir)
         y, log_probs, source = trained.evaluate(run, data, split.value, target or run.config.data.target, batch_rows)
         result = metrics.classification_metrics(y, log_probs, run.classes)
         console = output.console()
@@ -674,14 +689,14 @@ def predict(
       gradfit predict runs/logreg-20261126-101500 new.npz | head
     """
     with user_errors():
-        from gradfit import trained
+        from gradfit import api, trained
         from gradfit.files import STDOUT, check_output, write_atomic_stream
         from gradfit.runs import own_files
 
         if out is not None:
             out = None if str(out) == STDOUT else check_output(out, "--out", force, [*own_files(run_dir), data])
         _use_compile_cache()
-        run = trained.load_run(run_dir)
+        run = api.load_run(run_dir)
         label_column = target or run.config.data.target
         if out is None:
             trained.write_predictions(run, data, sys.stdout, proba, label_column, batch_rows)
@@ -715,11 +730,10 @@ def inference(
 
         output = JsonOutput.checked(json_flag, json_file, force, own_files(run_dir))
         _use_compile_cache()
-        from gradfit import report, trained
-        from gradfit.inference import run_inference
+        from gradfit import api, report
 
-        run = trained.load_run(run_dir)
-        result = run_inference(run, scale.value, level)
+        run = api.load_run(run_dir)
+        result = run.inference(scale.value, level)
         console = output.console()
         negative, positive = run.classes
         for table in report.inference_tables(result, positive, negative):
@@ -732,6 +746,129 @@ def inference(
                      "converged": result.converged, **dataclasses.asdict(result)})
         if result.problems:
             raise typer.Exit(1)
+
+
+class RunStatus(str, Enum):
+    completed = "completed"
+    failed = "failed"
+    interrupted = "interrupted"
+    running = "running"
+    unfinished = "unfinished"
+    damaged = "damaged"
+
+
+class RunSort(str, Enum):
+    started = "started"
+    run = "run"
+    status = "status"
+    steps = "steps"
+    best_val_loss = "best_val_loss"
+    best_val_accuracy = "best_val_accuracy"
+    val_loss = "val_loss"
+    val_accuracy = "val_accuracy"
+    test_accuracy = "test_accuracy"
+    wall_time_s = "wall_time_s"
+
+
+@app.command("runs")
+def runs_(
+    folder: Path = typer.Argument(Path("runs"), help="A folder of run directories (also lists the members of the "
+                                                     "sweeps in it), or one run directory."),
+    sort: RunSort = typer.Option(RunSort.started, "--sort", help="Order by this column: best first for metrics, "
+                                                                  "newest first for started."),
+    status: Optional[RunStatus] = typer.Option(None, "--status", help="Only runs with this status."),
+    json_flag: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """List runs: status, model, dataset, steps, best and final validation metrics, test accuracy, wall time.
+
+    Reads only each run's summary.json, so it stays fast on a folder of thousands of runs. Status is what the
+    summary says, [bold]running[/] while a gradfit process holds the run, [bold]unfinished[/] for a run killed
+    before writing one (resume it), [bold]damaged[/] for an unreadable summary.
+
+    [bold]Examples[/]
+
+      gradfit runs
+      gradfit runs runs/ --sort best_val_loss --status completed
+      gradfit runs --json | jq '.[0].run'
+    """
+    with user_errors():
+        from gradfit import catalog, report
+
+        rows = [entry.row() for entry in catalog.find_runs(folder)]
+        if status is not None:
+            rows = [row for row in rows if row["status"] == status.value]
+        rows = catalog.sort_rows(rows, sort.value)
+        if json_flag:
+            JsonOutput(True, None).emit(rows)
+            return
+        report.stdout_console().print(report.runs_table(rows, str(folder)))
+
+
+@app.command()
+def compare(
+    run_dirs: List[Path] = typer.Argument(..., help="Two or more run directories.", metavar="RUN RUN..."),
+    json_flag: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Compare runs: the config keys on which they differ ([bold]key: a -> b[/]) and their metrics side by side.
+
+    [bold]Examples[/]
+
+      gradfit compare runs/mlp-20261126-101500 runs/mlp-20261126-103000
+      gradfit compare runs/mlp-sweep-20261126-110000/members/* --json
+    """
+    with user_errors():
+        from gradfit import catalog, report
+
+        comparison = catalog.compare(run_dirs)
+        if json_flag:
+            JsonOutput(True, None).emit(comparison.to_json())
+            return
+        console = report.stdout_console()
+        for table in report.comparison_tables(comparison):
+            console.print(table)
+
+
+@app.command()
+def plot(
+    run_dirs: List[Path] = typer.Argument(..., help="Run directories whose curves to draw, overlaid.",
+                                          metavar="RUN..."),
+    out: Path = typer.Option(..., "--out", "-o", help="The image to write: .png, .svg or .pdf."),
+    metric: str = typer.Option("batch_objective,val_loss,val_accuracy", "--metric", "-m",
+                               help="Comma-separated metrics of metrics.jsonl, one panel each: batch_objective "
+                                    "(every log point), objective, train_loss and grad_norm (whole training split, "
+                                    "at evaluations), val_loss, val_accuracy, learning_rate."),
+    log_y: bool = typer.Option(False, "--log-y", help="Logarithmic y axes."),
+    size: str = typer.Option("1200x400", "--size", metavar="WxH", help="Image size in pixels."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+) -> None:
+    """Draw training curves from metrics.jsonl: one panel per metric, one line per run (needs gradfit[plot]).
+
+    [bold]Examples[/]
+
+      gradfit plot runs/mlp-20261126-101500 --out curves.png
+      gradfit plot runs/mlp-* --metric val_loss,val_accuracy --log-y --out curves.svg
+    """
+    with user_errors():
+        from gradfit import plot as plotting
+        from gradfit.files import check_output
+        from gradfit.runs import RunDir
+
+        width, _, height = size.lower().partition("x")
+        if not (width.isdigit() and height.isdigit()):
+            raise GradfitError(f"--size {size!r}: expected WIDTHxHEIGHT in pixels, e.g. 1200x400")
+        metrics = [name.strip() for name in metric.split(",") if name.strip()]
+        folders = [RunDir.open(path) for path in run_dirs]
+        out = check_output(out, "--out", force, [path for run in folders for path in run.own_files()])
+        labels = _unique_labels([run.path for run in folders])
+        plotting.plot_curves([(label, run.metrics()) for label, run in zip(labels, folders)], metrics, out,
+                             log_y=log_y, size=(int(width), int(height)))
+        stderr.print(f"wrote {escape(str(out))}", highlight=False, soft_wrap=True)
+
+
+def _unique_labels(paths: List[Path]) -> List[str]:
+    """Run folder names, with their parent's name where two are alike (members of two sweeps)."""
+    names = [path.name for path in paths]
+    return [f"{path.parent.name}/{path.name}" if names.count(path.name) > 1 else path.name for path in paths]
 
 
 @config_app.command("show")
@@ -762,6 +899,37 @@ def config_show(
         console.print(table)
         if hidden:
             console.print(f"({hidden} keys not used by this model/optimizer are hidden)", style="dim")
+
+
+class TemplateModel(str, Enum):
+    logistic = "logistic"
+    mlp = "mlp"
+
+
+@config_app.command("init")
+def config_init(
+    path: Path = typer.Argument(Path("gradfit.yaml"), help="The config file to write."),
+    model: TemplateModel = typer.Option(TemplateModel.logistic, "--model", help="The model the template is for."),
+    force: bool = typer.Option(False, "--force", help="Replace the file if it exists."),
+) -> None:
+    """Write a commented config: every key, its default and what it means (keys for other choices commented out).
+
+    [bold]Examples[/]
+
+      gradfit config init my.yaml --model mlp
+      gradfit config init - | less
+    """
+    with user_errors():
+        from gradfit.files import STDOUT, check_output, write_atomic
+        from gradfit.template import config_template
+
+        text = config_template(model.value)
+        if str(path) == STDOUT:
+            typer.echo(text, nl=False)
+            return
+        write_atomic(check_output(path, "gradfit config init", force), text)
+        stderr.print(f"wrote {escape(str(path))}; check it with: gradfit config validate {escape(str(path))}",
+                     highlight=False, soft_wrap=True)
 
 
 @config_app.command("validate")

@@ -13,7 +13,7 @@ import difflib
 import re
 import reprlib
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import yaml
 from pydantic import ValidationError
@@ -178,12 +178,13 @@ def _apply_override(tree: dict, key: KeyPath, value: Any) -> None:
     node[key[-1]] = value
 
 
-def resolve_config(path: Optional[str | Path] = None, overrides: Sequence[str] = (), sweep: bool = False) \
-        -> ResolvedConfig:
+def resolve_config(path: Optional[str | Path | Mapping] = None, overrides: Sequence[str] = (),
+                   sweep: bool = False) -> ResolvedConfig:
     """Load defaults < YAML file < ``--set`` overrides and validate the result.
 
     Args:
-        path: YAML config file, or None for the built-in defaults.
+        path: YAML config file, a dict shaped like one (its data paths relative to the working directory), or
+            None for the built-in defaults.
         overrides: ``key.path=value`` strings, applied in order.
         sweep: accept a ``sweep:`` section (``gradfit sweep``): it is set apart, unchecked, in ``.sweep``.
 
@@ -193,7 +194,10 @@ def resolve_config(path: Optional[str | Path] = None, overrides: Sequence[str] =
     tree: dict = {}
     lines: dict = {}
     origin = "<defaults>"
-    if path is not None:
+    if isinstance(path, Mapping):
+        tree, origin, path = copy.deepcopy(dict(path)), "<dict>", None
+        _anchor_data_path(tree, Path.cwd())
+    elif path is not None:
         path = Path(path)
         origin = str(path)
         text = read_text(path, "config file", ConfigError)

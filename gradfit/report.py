@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -12,11 +13,14 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.status import Status
 from rich.table import Table
+from rich.text import Text
 
 from gradfit.config import ResolvedConfig, describe_keys, unused_keys
 
 if TYPE_CHECKING:
     from gradfit.inference import Inference
+    from gradfit.catalog import Comparison
+    from gradfit.runs import Summary
     from gradfit.trace import Trace
 
 
@@ -24,6 +28,12 @@ def stdout_console() -> Console:
     """A console for stdout; wide when it is not a terminal, so logs and redirected tables are not wrapped."""
     console = Console()
     return console if console.is_terminal else Console(width=160)
+
+
+def titled_table(title: str, **options) -> Table:
+    """A table at least as wide as its title, so the title wraps only at spaces and only when the console is
+    narrower: a narrow table would otherwise fold a path in its title every few characters."""
+    return Table(title=title, min_width=len(Text.from_markup(title).plain), **{"title_justify": "left", **options})
 
 
 def fmt(value: Any, digits: int = 4) -> str:
@@ -144,7 +154,7 @@ class TrainProgress(_Spinner):
         parts.append(f"{rate} steps/s")
         self.console.print("  ".join(parts), highlight=False, soft_wrap=True)
 
-    def on_end(self, summary: dict) -> None:
+    def on_end(self, summary: "Summary") -> None:
         if self.unprinted is not None:  # the newest record, where the display last skipped it
             if self.progress is None:
                 self._print_line(self.unprinted)
@@ -159,32 +169,32 @@ class TrainProgress(_Spinner):
             self.progress = None
 
 
-def summary_table(summary: dict) -> Table:
+def summary_table(summary: "Summary") -> Table:
     """summary.json as a table, its rows named by its keys."""
-    final = summary["final"]
-    table = Table(title="Training summary", show_header=False, title_justify="left")
+    final = summary.final
+    table = titled_table("Training summary", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
-    steps_per_s = summary["steps_per_s"]
+    steps_per_s = summary.steps_per_s
     rows = [
-        ("status", summary["status"]),
-        ("stop_reason", summary["stop_reason"]),
-        ("steps / epochs", f"{summary['steps']:,} / {summary['epochs']:.4g}"),
-        ("objective", fmt(summary["objective"], 6)),
-        ("grad_norm", fmt(summary["grad_norm"], 3)),
+        ("status", summary.status),
+        ("stop_reason", summary.stop_reason),
+        ("steps / epochs", f"{summary.steps:,} / {summary.epochs:.4g}"),
+        ("objective", fmt(summary.objective, 6)),
+        ("grad_norm", fmt(summary.grad_norm, 3)),
         ("train_loss", fmt(final["train_loss"])),
         ("val_loss / val_accuracy", f"{fmt(final['val_loss'])} / {_accuracy(final['val_accuracy'])}"),
         ("test_loss / test_accuracy", f"{fmt(final['test_loss'])} / {_accuracy(final['test_accuracy'])}"),
         ("params.npz", _saved_params(summary)),
-        ("trace / compile time", f"{summary['trace_time_s']:.2f} s / {summary['compile_time_s']:.2f} s "
-                                 f"(compile cache: {summary['compile_cache']})"),
-        ("train / eval time", f"{summary['train_time_s']:.2f} s / {summary['eval_time_s']:.2f} s "
-                              f"({summary['evaluations']} evaluations, every {summary['eval_every']:,} steps)"),
+        ("trace / compile time", f"{summary.trace_time_s:.2f} s / {summary.compile_time_s:.2f} s "
+                                 f"(compile cache: {summary.compile_cache})"),
+        ("train / eval time", f"{summary.train_time_s:.2f} s / {summary.eval_time_s:.2f} s "
+                              f"({summary.evaluations} evaluations, every {summary.eval_every:,} steps)"),
         ("steps_per_s", f"{fmt(steps_per_s, 4)} (training steps and log points; evaluations excluded)"),
-        ("wall_time", f"{summary['wall_time_s']:.2f} s"),
-        ("device", summary["device"]),
-        ("run directory", summary["run_dir"] or "written by process 0"),
-        ("last checkpoint", summary["checkpoint"] or "-"),
+        ("wall_time", f"{summary.wall_time_s:.2f} s"),
+        ("device", summary.device),
+        ("run directory", summary.run_dir or "written by process 0"),
+        ("last checkpoint", summary.checkpoint or "-"),
     ]
     for key, value in rows:
         table.add_row(key, escape(str(value)))
@@ -195,12 +205,12 @@ def _accuracy(value: Optional[float]) -> str:
     return "-" if value is None else f"{value:.10g}"
 
 
-def _saved_params(summary: dict) -> str:
-    if summary["params_step"] is None:
+def _saved_params(summary: "Summary") -> str:
+    if summary.params_step is None:
         return "not written (the parameters diverged)"
-    stopper = summary["early_stopping"]
+    stopper = summary.early_stopping
     best = f", the best {stopper['monitor']}" if stopper else ""
-    return f"parameters of step {summary['params_step']:,}{best}"
+    return f"parameters of step {summary.params_step:,}{best}"
 
 
 class SweepProgress(_Spinner):
@@ -272,7 +282,7 @@ def _ranges(indexes: list[int]) -> str:
 def sweep_ranking(state: dict) -> Table:
     """sweep.json's ranking: one row per setting, mean +- std of the metric over its seeds, the best marked."""
     metric = state["metric"]
-    table = Table(title=f"Sweep: settings ranked by {metric} ({'lower' if metric == 'val_loss' else 'higher'} is "
+    table = titled_table(f"Sweep: settings ranked by {metric} ({'lower' if metric == 'val_loss' else 'higher'} is "
                         "better), mean +- std over seeds", title_justify="left")
     swept = [key for key in state["swept"] if key != "seed"]
     table.add_column("rank", justify="right")
@@ -300,7 +310,7 @@ def config_table(resolved: ResolvedConfig) -> tuple[Table, int]:
     config = resolved.config.model_dump(mode="json")
     unused = unused_keys(resolved.config)
     title = f"Resolved config: {resolved.path or 'built-in defaults'}"
-    table = Table(title=title, title_justify="left")
+    table = titled_table(title, title_justify="left")
     for name in ("key", "value", "source", "description"):
         table.add_column(name, overflow="fold")
     hidden = 0
@@ -338,7 +348,7 @@ def gradcheck_tables(report) -> list[Table]:
         style = VERDICT_STYLE[group.verdict]
         shape = "scalar" if not group.shape else "x".join(map(str, group.shape))
         noise = "" if group.f_noise is None else f"; loss noise {group.f_noise:.1e}"
-        table = Table(title=f"[bold]{escape(group.name)}[/] ({shape}, {group.size:,} "
+        table = titled_table(f"[bold]{escape(group.name)}[/] ({shape}, {group.size:,} "
                             f"entr{'y' if group.size == 1 else 'ies'}{noise}): [{style}]{group.verdict}[/]",
                       title_justify="left")
         for name, justify in (("method vs reverse AD", "left"), ("rel. error", "right"), ("worst entry", "left"),
@@ -362,7 +372,7 @@ def gradcheck_tables(report) -> list[Table]:
 
 
 def sweep_table(rows, shape: str) -> Table:
-    table = Table(title="Finite-difference error against the step h", title_justify="left")
+    table = titled_table("Finite-difference error against the step h", title_justify="left")
     table.add_column("h", justify="right")
     table.add_column("rel. error", justify="right")
     table.add_column("")
@@ -393,13 +403,13 @@ def bench_tables(result: dict) -> list[Table]:
     """Environment, training throughput, gradient cost, method scaling, peers and scaling over devices as Rich
     tables."""
     tables = []
-    env = Table(title="Environment", show_header=False, title_justify="left")
+    env = titled_table("Environment", show_header=False, title_justify="left")
     for key, value in result["environment"].items():
         env.add_row(key, escape(str(value)))
     tables.append(env)
 
     if "training" in result:  # absent when bench ran one study only (--study)
-        training = Table(title="Training throughput (steps/s; medians of samples after warm-up)", title_justify="left",
+        training = titled_table("Training throughput (steps/s; medians of samples after warm-up)", title_justify="left",
                          caption=UNSTABLE_NOTE)
         for name in ("config", "params", "batch", "compile s", "python loop", "fused chunk", "gradfit loop",
                      "evaluation share", "fused examples/s", "fused / python", "GFLOP/s", "of peak"):
@@ -417,7 +427,7 @@ def bench_tables(result: dict) -> list[Table]:
                 f"{row['gflops_per_s']:.3g}", ", ".join(f"{k} {v:.1%}" for k, v in peak.items()) if peak else "-")
         tables.append(training)
 
-        cost = Table(title="Cost of a gradient: one value_and_grad vs one loss evaluation", title_justify="left")
+        cost = titled_table("Cost of a gradient: one value_and_grad vs one loss evaluation", title_justify="left")
         for name in ("config", "rows", "params", "loss", "value_and_grad", "ratio"):
             cost.add_column(name, justify="left" if name == "config" else "right")
         for row in result["gradient_cost"]:
@@ -432,7 +442,7 @@ def bench_tables(result: dict) -> list[Table]:
         if family == "helmholtz":
             tables.append(helmholtz_table(data))
             continue
-        table = Table(title=f"Full gradient of the {family} model, as a multiple of one loss evaluation",
+        table = titled_table(f"Full gradient of the {family} model, as a multiple of one loss evaluation",
                       title_justify="left")
         for name in ("size", "params", "loss", "reverse AD", "forward AD", "finite diff.", "NumPy by hand"):
             table.add_column(name, justify="right")
@@ -451,7 +461,7 @@ def bench_tables(result: dict) -> list[Table]:
         tables.append(table)
 
     if "peers" in result:
-        peers = Table(title="Against the alternatives (time ratio gradfit / peer: below 1, gradfit is faster)",
+        peers = titled_table("Against the alternatives (time ratio gradfit / peer: below 1, gradfit is faster)",
                       title_justify="left", caption=UNSTABLE_NOTE)
         for name in ("peer", "gradfit", "peer time", "ratio", "notes"):
             peers.add_column(name, justify="left" if name in ("peer", "notes") else "right")
@@ -484,7 +494,7 @@ def _seconds(value: float) -> str:
 
 def eval_tables(metrics: dict, source: str) -> list[Table]:
     """Overview, per-class precision/recall/F1, and the confusion matrix (rows: true, columns: predicted)."""
-    overview = Table(title=f"Evaluation on {escape(source)}", show_header=False, title_justify="left")
+    overview = titled_table(f"Evaluation on {escape(source)}", show_header=False, title_justify="left")
     overview.add_column(style="bold")
     overview.add_column(justify="right")
     for key, value in (("rows", f"{metrics['rows']:,}"), ("log loss", fmt(metrics["log_loss"], 5)),
@@ -493,13 +503,13 @@ def eval_tables(metrics: dict, source: str) -> list[Table]:
                        ("macro recall", fmt(metrics["recall_macro"], 5)), ("macro F1", fmt(metrics["f1_macro"], 5))):
         if not (key == "ROC AUC" and metrics["roc_auc"] is None and len(metrics["classes"]) > 2):
             overview.add_row(key, value)
-    per_class = Table(title="Per class", title_justify="left")
+    per_class = titled_table("Per class", title_justify="left")
     for name in ("class", "precision", "recall", "F1", "support"):
         per_class.add_column(name, justify="left" if name == "class" else "right")
     for row in metrics["per_class"]:
         per_class.add_row(escape(str(row["class"])), fmt(row["precision"]), fmt(row["recall"]), fmt(row["f1"]),
                           f"{row['support']:,}")
-    confusion = Table(title="Confusion matrix (rows: true class, columns: predicted)", title_justify="left")
+    confusion = titled_table("Confusion matrix (rows: true class, columns: predicted)", title_justify="left")
     confusion.add_column("true \\ predicted", style="bold")
     for c in metrics["classes"]:
         confusion.add_column(escape(str(c)), justify="right")
@@ -510,7 +520,7 @@ def eval_tables(metrics: dict, source: str) -> list[Table]:
 
 def inference_tables(result: "Inference", positive: Any, negative: Any) -> list[Table]:
     """The fit's summary and the coefficient table of a logistic-regression inference result."""
-    fit = Table(title=f"Logistic regression: log-odds of {escape(str(positive))} vs {escape(str(negative))}",
+    fit = titled_table(f"Logistic regression: log-odds of {escape(str(positive))} vs {escape(str(negative))}",
                 show_header=False, title_justify="left")
     fit.add_column(style="bold")
     fit.add_column()
@@ -536,7 +546,7 @@ def inference_tables(result: "Inference", positive: Any, negative: Any) -> list[
     ):
         fit.add_row(key, escape(value))
     level = f"{result.level:.0%}"
-    table = Table(title="Coefficients", title_justify="left")
+    table = titled_table("Coefficients", title_justify="left")
     for name in ("", "estimate", "std err", "z", "P>|z|", f"{level} CI low", f"{level} CI high"):
         table.add_column(name, justify="left" if not name else "right")
     for c in result.coefficients:
@@ -552,7 +562,7 @@ def _p_value(p: Optional[float]) -> str:
 
 
 def _scaling_table(scaling: dict) -> Table:
-    table = Table(title=f"Scaling over devices: {escape(scaling['config'])}, global batch {scaling['batch_size']} "
+    table = titled_table(f"Scaling over devices: {escape(scaling['config'])}, global batch {scaling['batch_size']} "
                         "split across the devices (fused chunk)", title_justify="left",
                   caption=escape(scaling["note"]))
     for name in ("devices", "steps/s", "examples/s", "per device", "speed-up", "efficiency", "compile s"):
@@ -574,7 +584,7 @@ def helmholtz_table(study: dict) -> Table:
     """The Helmholtz free energy study as a Rich table: per n, each method's full-gradient time as a multiple of
     one evaluation of f, the errors against reverse mode, and the size of SymPy's gradient expression; a last row
     of growth exponents, and a caption that says how to read them."""
-    table = Table(title="Helmholtz free energy (Baydin et al. 2018): full gradient as a multiple of one evaluation "
+    table = titled_table("Helmholtz free energy (Baydin et al. 2018): full gradient as a multiple of one evaluation "
                         "of f", title_justify="left", caption_justify="left")
     compared = [m for m in _HELMHOLTZ_METHODS if m != "reverse"]
     headings = ["n", "f", *(heading for heading, _ in _HELMHOLTZ_METHODS.values()),
@@ -655,7 +665,7 @@ def trace_tables(trace: "Trace") -> list[Table]:
     from gradfit.trace import summary
 
     theta = escape(trace.param)
-    table = Table(title=f"[bold]Evaluation trace[/] of the loss, theta_j = [bold]{theta}[/] "
+    table = titled_table(f"[bold]Evaluation trace[/] of the loss, theta_j = [bold]{theta}[/] "
                         f"(inputs v{trace.rows[0].k}..v0, operations v1..v{trace.rows[-1].k})", title_justify="left")
     table.add_column("v", justify="right", style="bold")
     table.add_column("operation")
@@ -695,7 +705,7 @@ def trace_tables(trace: "Trace") -> list[Table]:
     d = trace.derivative
     reference = "reverse mode" if d.reverse is not None else "forward mode"  # what the others are compared to
     reference_value = d.reverse if d.reverse is not None else d.forward
-    compare = Table(title=f"[bold]dL/d{theta}[/] (loss {fmt(trace.loss, 10)})", title_justify="left")
+    compare = titled_table(f"[bold]dL/d{theta}[/] (loss {fmt(trace.loss, 10)})", title_justify="left")
     for name, justify in (("method", "left"), ("dL/dtheta_j", "right"), (f"rel. difference to {reference}", "right"),
                           ("from", "left")):
         compare.add_column(name, justify=justify)
@@ -728,14 +738,14 @@ def describe_tables(result: dict) -> list[Table]:
     head.add_row("non-finite cells", f"{result['non_finite_cells']:,}")
     tables = [head]
     if result["classes"] is not None:
-        classes = Table(title=f"classes ({result['target']})", title_justify="left")
+        classes = titled_table(f"classes ({result['target']})", title_justify="left")
         classes.add_column("label")
         classes.add_column("rows", justify="right")
         classes.add_column("share", justify="right")
         for entry in result["classes"]:
             classes.add_row(escape(str(entry["label"])), f"{entry['rows']:,}", f"{entry['rows'] / result['rows']:.1%}")
         tables.append(classes)
-    features = Table(title="features", title_justify="left")
+    features = titled_table("features", title_justify="left")
     for name in ("column", "mean", "std", "min", "max", "non-finite"):
         features.add_column(name, justify="left" if name == "column" else "right")
     for f in result["features"]:
@@ -744,3 +754,61 @@ def describe_tables(result: dict) -> list[Table]:
                          f"{f['non_finite']:,}")
     tables.append(features)
     return tables
+
+
+RUN_STATUS_STYLE = {"completed": "green", "failed": "red", "interrupted": "yellow", "running": "cyan",
+                    "unfinished": "yellow", "damaged": "red"}
+
+
+def runs_table(rows: list[dict], folder: str) -> Table:
+    """``gradfit runs``: one line per run (the rows of ``gradfit.catalog.RunEntry.row``)."""
+    table = titled_table(f"{len(rows)} run(s) in {escape(folder)}")
+    for name, justify in (("run", "left"), ("status", "left"), ("model", "left"), ("dataset", "left"),
+                          ("steps", "right"), ("best val_loss", "right"), ("val_loss", "right"),
+                          ("val_acc", "right"), ("test_acc", "right"), ("wall time", "right"),
+                          ("started", "left")):
+        table.add_column(name, justify=justify, overflow="fold" if name == "run" else "ellipsis")
+    for row in rows:
+        style = RUN_STATUS_STYLE.get(row["status"], "")
+        table.add_row(escape(row["run"]), f"[{style}]{row['status']}[/]", escape(row["model"]),
+                      escape(row["dataset"]), fmt(row["steps"]), fmt(row["best_val_loss"]), fmt(row["val_loss"]),
+                      _accuracy_short(row["val_accuracy"]), _accuracy_short(row["test_accuracy"]),
+                      "-" if row["wall_time_s"] is None else f"{row['wall_time_s']:.1f} s",
+                      escape(row["started"].replace("T", " ")[:19]))
+    return table
+
+
+def _accuracy_short(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def comparison_tables(comparison: "Comparison") -> list[Table]:
+    """``gradfit compare``: the config keys that differ (``key: a -> b`` for two runs) and the metrics side by side."""
+    names = [_short_name(path) for path in comparison.runs]
+    config = titled_table("Config differences" + ("" if comparison.config else ": none"))
+    config.add_column("key", style="bold")
+    if len(names) == 2:
+        config.add_column(f"{escape(names[0])} -> {escape(names[1])}")
+        for key, (a, b) in comparison.config.items():
+            config.add_row(escape(key), f"{escape(_yaml_value(a))} -> {escape(_yaml_value(b))}")
+    else:
+        for name in names:
+            config.add_column(escape(name))
+        for key, values in comparison.config.items():
+            config.add_row(escape(key), *(escape(_yaml_value(v)) for v in values))
+    metrics = titled_table("Metrics")
+    metrics.add_column("metric", style="bold")
+    for name in names:
+        metrics.add_column(escape(name), justify="right")
+    for key, values in comparison.metrics.items():
+        metrics.add_row(key, *(escape(fmt(v, 6)) for v in values))
+    return [config, metrics]
+
+
+def _short_name(path: str) -> str:
+    return os.path.basename(path.rstrip("/"))
+
+
+def _yaml_value(value: Any) -> str:
+    """A config value as YAML writes it (null, true, [128, 64])."""
+    return json.dumps(value) if not isinstance(value, str) else value
