@@ -5,12 +5,13 @@ load it on first use, so that ``import gradfit`` (and ``gradfit --help``) stays 
 the module that resumes runs: call ``gradfit.api.resume``.)
 """
 
-__version__ = "0.1.0"
-__all__ = ["fit", "load_run"]
+from gradfit.version import __version__
+
+__all__ = ["__version__", "fit", "load_run"]
 
 
 def __getattr__(name: str):
-    if name in __all__:
+    if name in ("fit", "load_run"):
         from gradfit import api
 
         return getattr(api, name)

@@ -87,7 +87,8 @@ def _run_folders(folder: Path) -> Iterator[Path]:
 
 
 def _is_run(path: Path) -> bool:
-    return (path / "config.yaml").is_file() and (path / "metrics.jsonl").exists()
+    run = RunDir(path)
+    return run.config_file.is_file() and run.metrics_file.exists()
 
 
 def read_entry(path: Path) -> RunEntry:
@@ -127,7 +128,7 @@ def _folder_time(path: Path) -> str:
         with contextlib.suppress(ValueError):
             return dt.datetime.strptime("-".join(part), "%Y%m%d-%H%M%S").isoformat()
     with contextlib.suppress(OSError):
-        return dt.datetime.fromtimestamp((path / "config.yaml").stat().st_mtime).isoformat(timespec="seconds")
+        return dt.datetime.fromtimestamp(RunDir(path).config_file.stat().st_mtime).isoformat(timespec="seconds")
     return ""
 
 

@@ -20,9 +20,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-import gradfit
 from gradfit import supervise
 from gradfit.errors import ConfigError, GradfitError, RunDirError, TrainingFailed
+from gradfit.version import __version__
 
 def _no_type_after_flags() -> None:
     """Typer shows ``<bool>`` after every flag, as if ``--json`` took a value; a flag takes none, so show nothing."""
@@ -147,7 +147,7 @@ def _use_compile_cache(wanted: bool = True, quiet: bool = False) -> None:
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"gradfit {gradfit.__version__}")
+        typer.echo(f"gradfit {__version__}")
         raise typer.Exit()
 
 
@@ -249,9 +249,9 @@ def train(
         else:
             if out_dir is not None:
                 raise GradfitError("--out-dir does not apply with --resume: the run continues in its own folder")
-            from gradfit.runs import check_run_dir
+            from gradfit.runs import RunDir
 
-            config = config or check_run_dir(resume) / "config.yaml"
+            config = config or RunDir.open(resume).config_file
         if not distributed:
             given = [flag for flag, value in (("--coordinator", coordinator), ("--num-processes", num_processes),
                                               ("--process-id", process_id)) if value is not None]
@@ -410,7 +410,9 @@ def _problem_config(config: Optional[Path], at: Optional[Path], overrides: Optio
     from gradfit.runs import own_files
 
     if config is None and at is not None:
-        config = at / "config.yaml"
+        from gradfit.runs import RunDir
+
+        config = RunDir(at).config_file
         if not config.is_file():
             raise RunDirError(f"{at}: not a gradfit run directory (no config.yaml); pass the config as well")
     resolved = resolve_config(config, [*([] if config else EXAMPLES["logreg"]), *(overrides or [])])

@@ -35,7 +35,7 @@ def plot_curves(curves: Sequence[tuple[str, Records]], metrics: Sequence[str], o
             metric values (None or missing where not computed at that step: such points are skipped).
         metrics: the metrics to draw, one panel each, e.g. ``PLOT_METRICS_DEFAULT``.
         out: the file to write; its suffix (.png, .svg, .pdf) chooses the format. Replaced atomically.
-        log_y: put every panel's y axis on a log scale.
+        log_y: put the y axis of every panel but the accuracies' (fractions in [0, 1]) on a log scale.
         size: (width, height) in pixels, from 200x150 to 10000x10000; a PNG has exactly this size.
 
     Raises:
@@ -96,9 +96,16 @@ def _available(runs) -> list[str]:
                    if key not in NOT_METRICS and _value(value) is not None})
 
 
+def _log_scaled(metric: str) -> bool:
+    """Losses, objectives and norms span decades; accuracies are fractions, clearer on a linear axis."""
+    return "accuracy" not in metric
+
+
 def _check_positive(curves, metrics: Sequence[str], points) -> None:
     for (label, _), run in zip(curves, points):
         for metric, (steps, values) in zip(metrics, run):
+            if not _log_scaled(metric):
+                continue
             bad = next((i for i, v in enumerate(values) if v <= 0), None)
             if bad is not None:
                 raise GradfitError(f"{metric} of run {label!r} is {values[bad]:g} at step {steps[bad]:g}, which a log "
@@ -130,7 +137,7 @@ def _render(labels: Sequence[str], metrics: Sequence[str], points, image_format:
                 handles.setdefault(run, line)
         ax.set_title(metric)
         ax.set_xlabel("step")
-        if log_y:
+        if log_y and _log_scaled(metric):
             ax.set_yscale("log")
         ax.grid(True, alpha=0.3)
     axes[0].legend(handles=[handles[run] for run in sorted(handles)], fontsize="small")

@@ -18,7 +18,7 @@ from gradfit.config import GradfitConfig
 from gradfit.errors import RunDirError
 from gradfit.losses import hand_derived_gradient, make_objective
 from gradfit.models import build_model, params_from_named
-from gradfit.runs import load_arrays
+from gradfit.runs import RunDir
 from gradfit.train import prepare
 
 
@@ -82,10 +82,10 @@ def from_config(config: GradfitConfig, at_run: Optional[str] = None, max_rows: i
 
 
 def _saved_params(template, at_run: str):
-    path = Path(at_run, "params.npz")
-    if not (path.exists() or path.is_symlink()):
+    run = RunDir(Path(at_run))
+    if not run.has_params():
         raise RunDirError(f"{at_run}: no params.npz here; is it a finished gradfit run directory?")
     try:
-        return params_from_named(template, load_arrays(path), str(path))
+        return params_from_named(template, run.load_params(), str(run.params_file))
     except ValueError as exc:
         raise RunDirError(f"{exc}; pass the config the run was trained with") from None

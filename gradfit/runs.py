@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
+import functools
 import importlib.metadata
 import json
 import math
@@ -33,6 +34,7 @@ from gradfit.abort import removed_on_abort
 from gradfit.errors import RunDirError
 from gradfit.files import write_atomic  # noqa: F401  (a run's files are written this way)
 from gradfit.loggers import MetricLoggers
+from gradfit.version import __version__
 
 
 def create_run_dir(parent: str | Path, name: str, now: Optional[_dt.datetime] = None) -> Path:
@@ -277,11 +279,10 @@ class Summary:
 _SUMMARY = pydantic.TypeAdapter(Summary)
 
 
+@functools.cache
 def versions() -> dict[str, str]:
     """The versions a run's results depend on (read from the installed packages: no jax import)."""
-    import gradfit
-
-    found = {"gradfit": gradfit.__version__}
+    found = {"gradfit": __version__}
     for package in ("jax", "jaxlib", "optax"):
         try:
             found[package] = importlib.metadata.version(package)
@@ -399,6 +400,20 @@ class RunDir:
         """Move an earlier session's params.npz out of the way (a failed session saves none of its own)."""
         if self.params_file.exists():
             self.params_file.replace(self.unused_name("params.previous", ".npz"))
+
+    def preprocessing(self) -> Any:
+        """preprocessing.json as written (``trained`` checks its shape); a RunDirError when missing or not JSON."""
+        path = self.preprocessing_file
+        if not (path.exists() or path.is_symlink()):
+            raise RunDirError(f"{self.path}: not a complete gradfit run (no {path.name})")
+        text = files.read_text(path, path.name, RunDirError, files.MAX_JSON_BYTES)
+        try:
+            return json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            raise RunDirError(f"{path}: not valid JSON ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+    def has_params(self) -> bool:
+        return self.params_file.exists() or self.params_file.is_symlink()  # a dangling link is reported on reading
 
     def write_summary(self, summary: Summary) -> None:
         write_json(self.summary_file, summary)

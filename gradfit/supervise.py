@@ -152,10 +152,10 @@ def _mark_failed(run_dir: Path, reason: str, started: float) -> bool:
     from gradfit import checkpoints, runs
 
     newest = checkpoints.latest(run_dir)
-    summary_file = run_dir / "summary.json"
-    if summary_file.exists() and summary_file.stat().st_mtime >= started:
+    run = runs.RunDir(run_dir)
+    if run.summary_file.exists() and run.summary_file.stat().st_mtime >= started:
         return newest is not None
-    runs.RunDir(run_dir).write_summary(runs.Summary(
+    run.write_summary(runs.Summary(
         run_dir=str(run_dir), status="failed", stop_reason=reason,
         steps=0 if newest is None else checkpoints.step_of(newest), checkpoint=None if newest is None else str(newest)))
     return newest is not None

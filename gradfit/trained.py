@@ -8,7 +8,6 @@ re-creates its splits.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, TextIO
@@ -17,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradfit import files, precision, runs, stream, tabular
+from gradfit import precision, runs, stream, tabular
 from gradfit.config import GradfitConfig, resolve_config
 from gradfit.data import Dataset, class_ids, first_overflow
 from gradfit.metrics import classification_metrics
@@ -176,13 +175,12 @@ def load_run(run_dir: str | Path) -> TrainedRun:
     run_dir = folder.path
     config = resolve_config(folder.config_file).config
     summary = folder.summary()
-    preprocessing = _read_json(run_dir / "preprocessing.json", required=True)
+    preprocessing = folder.preprocessing()
     _check_preprocessing(run_dir, preprocessing)
     if config.model.kind == "logistic" and len(preprocessing["classes"]) != 2:
         raise RunDirError(f"{run_dir / 'preprocessing.json'}: malformed ({len(preprocessing['classes'])} classes for "
                           "a binary logistic model; was it edited by hand?)")
-    params_file = run_dir / "params.npz"
-    if not (params_file.exists() or params_file.is_symlink()):
+    if not folder.has_params():
         status = f" (status {summary.status}: {summary.stop_reason})" if summary is not None else ""
         raise RunDirError(f"{run_dir}: has no params.npz{status}; only runs that saved parameters can be used")
     chosen = precision.of(config)
@@ -191,9 +189,9 @@ def load_run(run_dir: str | Path) -> TrainedRun:
     with chosen.scope():
         template = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), chosen.param_dtype))
         shapes = {name: leaf.shape for name, leaf in named_leaves(template).items()}
-        arrays = runs.load_arrays(params_file, expected=shapes)
+        arrays = folder.load_params(expected=shapes)
         try:
-            params = params_from_named(template, arrays, origin=str(params_file))
+            params = params_from_named(template, arrays, origin=str(folder.params_file))
         except ValueError as exc:
             raise RunDirError(str(exc)) from None
     return TrainedRun(run_dir, config, preprocessing, params, model, summary)
@@ -211,18 +209,6 @@ def reload_dataset(run: TrainedRun) -> Dataset | stream.StreamedDataset:
                         "labels, rows or standardization changed); its splits cannot be re-created. Evaluate on a "
                         "file with --data instead")
     return dataset
-
-
-def _read_json(path: Path, required: bool) -> Optional[Any]:
-    if not (path.exists() or path.is_symlink()):
-        if required:
-            raise RunDirError(f"{path.parent}: not a complete gradfit run (no {path.name})")
-        return None
-    text = files.read_text(path, path.name, RunDirError, files.MAX_JSON_BYTES)
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise RunDirError(f"{path}: not valid JSON ({type(exc).__name__}: {str(exc)[:200]})") from None
 
 
 def _check_preprocessing(run_dir: Path, record: Any) -> None:
