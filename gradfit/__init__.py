@@ -11,8 +11,9 @@ __all__ = ["__version__", "fit", "load_run"]
 
 
 def __getattr__(name: str):
-    if name in ("fit", "load_run"):
-        from gradfit import api
+    if name in ("api", "fit", "load_run"):
+        import importlib
 
-        return getattr(api, name)
+        api = importlib.import_module("gradfit.api")  # not `from gradfit import api`: that asks this function
+        return api if name == "api" else getattr(api, name)
     raise AttributeError(f"module 'gradfit' has no attribute {name!r}")

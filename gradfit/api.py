@@ -23,7 +23,7 @@ from gradfit.config import GradfitConfig, resolve_config
 from gradfit.errors import ConfigError
 from gradfit.inference import Inference, run_inference
 from gradfit.loop import Callbacks
-from gradfit.runs import RunDir, Summary
+from gradfit.runs import RunDir, Summary, to_jsonable
 from gradfit.trained import TrainedRun
 
 ConfigLike = Union[str, Path, Mapping, GradfitConfig]
@@ -66,7 +66,8 @@ def resolve(config: ConfigLike, overrides: Overrides = None) -> GradfitConfig:
                               "config.model_copy(update=...) or pass its dict (config.model_dump())")
         return config
     if isinstance(overrides, Mapping):
-        overrides = [f"{key}={json.dumps(value)}" for key, value in overrides.items()]  # JSON is YAML
+        # JSON is YAML; NumPy numbers and paths become what they stand for
+        overrides = [f"{key}={json.dumps(to_jsonable(value), default=str)}" for key, value in overrides.items()]
     elif isinstance(overrides, str):
         raise ConfigError(f"overrides: a list of 'key=value' strings or a dict, not the string {overrides!r}")
     return resolve_config(config, list(overrides or ())).config

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime as dt
 import os
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
-import yaml
-
-from gradfit import checkpoints, files
+from gradfit import checkpoints
 from gradfit.errors import GradfitError, RunDirError
 from gradfit.runs import MEMBERS_DIR, RunDir, Summary
 
@@ -28,6 +27,7 @@ class RunEntry:
     """One run directory as a listing sees it."""
 
     path: Path
+    label: str  # its path from the folder listed (a sweep member: <sweep>/members/<member>)
     status: str  # one of STATUSES
     summary: Optional[Summary]
     model: str
@@ -36,17 +36,13 @@ class RunEntry:
     started: str  # ISO time (the folder's timestamp when the summary does not say)
     problem: Optional[str] = None  # why it is damaged
 
-    @property
-    def name(self) -> str:
-        return self.path.name
-
     def row(self) -> dict:
         """The listing's columns (``--json`` and the table say the same thing)."""
         summary = self.summary
         final = summary.final if summary else {}
         best = summary.best if summary else {}
         return {
-            "run": self.name, "path": str(self.path), "status": self.status, "model": self.model,
+            "run": self.label, "path": str(self.path), "status": self.status, "model": self.model,
             "dataset": self.dataset, "steps": self.steps,
             "best_val_loss": best.get("val_loss"), "best_val_accuracy": best.get("val_accuracy"),
             "val_loss": final.get("val_loss"), "val_accuracy": final.get("val_accuracy"),
@@ -62,94 +58,67 @@ SORT_KEYS = ("started", "run", "status", "steps", "best_val_loss", "best_val_acc
 
 def find_runs(folder: str | Path) -> list[RunEntry]:
     """Every run directory in ``folder``: the folder itself if it is one, its sub-folders that are, and the
-    members of the sweeps among them; oldest first."""
+    members of the sweeps among them (or of ``folder``, if it is a sweep); oldest first."""
     folder = Path(folder)
     if not folder.is_dir():
         raise RunDirError(f"{folder}: no such folder" if not folder.exists() else f"{folder}: not a folder; pass "
                           "the folder that holds the runs (default: runs)")
-    found = [read_entry(path) for path in _run_folders(folder)]
-    return sorted(found, key=lambda entry: (entry.started, entry.name))
+    found = [read_entry(path, _label(path, folder)) for path in _run_folders(folder)]
+    return sorted(found, key=lambda entry: (entry.started, entry.label))
 
 
 def _run_folders(folder: Path) -> Iterator[Path]:
-    if _is_run(folder):
+    if RunDir(folder).is_run():
         yield folder
+        return
+    if (folder / MEMBERS_DIR).is_dir():  # a sweep: its members are runs
+        yield from (path for path in sorted((folder / MEMBERS_DIR).iterdir()) if RunDir(path).is_run())
         return
     with os.scandir(folder) as children:
         for child in sorted(children, key=lambda c: c.name):
-            if not child.is_dir(follow_symlinks=False):
-                continue
-            path = Path(child.path)
-            if _is_run(path):
-                yield path
-            elif (path / MEMBERS_DIR).is_dir():  # a sweep: its members are runs
-                yield from (member for member in sorted((path / MEMBERS_DIR).iterdir()) if _is_run(member))
+            if child.is_dir(follow_symlinks=False):
+                path = Path(child.path)
+                if RunDir(path).is_run():
+                    yield path
+                elif (path / MEMBERS_DIR).is_dir():
+                    yield from (member for member in sorted((path / MEMBERS_DIR).iterdir())
+                                if RunDir(member).is_run())
 
 
-def _is_run(path: Path) -> bool:
-    run = RunDir(path)
-    return run.config_file.is_file() and run.metrics_file.exists()
+def _label(path: Path, folder: Path) -> str:
+    return path.name if path == folder else str(path.relative_to(folder))
 
 
-def read_entry(path: Path) -> RunEntry:
+def read_entry(path: Path, label: Optional[str] = None) -> RunEntry:
     """What a listing shows of one run directory, from its summary (or its config when it has none)."""
     run = RunDir(path)
+    label = label or path.name
     started = _folder_time(path)
     try:
         summary = run.summary()
     except RunDirError as exc:
-        return RunEntry(path, "damaged", None, "?", "?", None, started, str(exc))
-    running = _locked_by_another(path)
+        return RunEntry(path, label, "damaged", None, "?", "?", None, started, str(exc))
+    running = run.held_by_another()
     if summary is not None:
-        status = "running" if running else summary.status
-        return RunEntry(path, status, summary, summary.model or "?", summary.dataset or "?", summary.steps,
-                        summary.started or started)
-    config = _config_tree(run)
+        return RunEntry(path, label, "running" if running else summary.status, summary, summary.model or "?",
+                        summary.dataset or "?", summary.steps, summary.started or started)
+    model = dataset = "?"
+    with contextlib.suppress(GradfitError, OSError):
+        config = run.config()
+        model, dataset = config.model.kind, config.data.source
     newest = checkpoints.latest(path)
-    return RunEntry(path, "running" if running else "unfinished", None, str(config["model"].get("kind", "?")),
-                    str(config["data"].get("source", "?")), None if newest is None else checkpoints.step_of(newest),
-                    started)
-
-
-def _config_tree(run: RunDir) -> dict:
-    """model and data sections of a run's config.yaml, as plain YAML (empty when unreadable)."""
-    tree: Any = None
-    with contextlib.suppress(OSError, GradfitError, yaml.YAMLError):
-        tree = yaml.safe_load(files.read_text(run.config_file, "config", RunDirError, files.MAX_JSON_BYTES))
-    tree = tree if isinstance(tree, dict) else {}
-    return {section: tree.get(section) if isinstance(tree.get(section), dict) else {} for section in ("model", "data")}
+    return RunEntry(path, label, "running" if running else "unfinished", None, model, dataset,
+                    None if newest is None else checkpoints.step_of(newest), started)
 
 
 def _folder_time(path: Path) -> str:
-    """ISO time from the folder's ``-YYYYmmdd-HHMMSS`` suffix, else its config's modification time."""
-    import datetime as dt
-
+    """ISO time from the folder's ``-YYYYmmdd-HHMMSS[-n]`` suffix, else its config's modification time."""
     for part in (path.name.rsplit("-", 2)[-2:], path.name.rsplit("-", 3)[-3:-1]):
         with contextlib.suppress(ValueError):
             return dt.datetime.strptime("-".join(part), "%Y%m%d-%H%M%S").isoformat()
     with contextlib.suppress(OSError):
         return dt.datetime.fromtimestamp(RunDir(path).config_file.stat().st_mtime).isoformat(timespec="seconds")
     return ""
-
-
-def _locked_by_another(path: Path) -> bool:
-    """True while a gradfit process holds the run's lock (it is training it now)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks
-        return False
-    try:
-        handle = os.open(path / ".lock", os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)  # held for an instant only, never while anyone waits
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        return False
-    except OSError:
-        return True
-    finally:
-        os.close(handle)
 
 
 def sort_rows(rows: list[dict], key: str) -> list[dict]:
@@ -161,12 +130,24 @@ def sort_rows(rows: list[dict], key: str) -> list[dict]:
     return sorted(present, key=lambda row: row[key], reverse=descending) + absent
 
 
+def labels(paths: Sequence[Path]) -> list[str]:
+    """Short names for runs shown side by side: the folder's name, with its parents' where two are alike
+    (members of two sweeps share their folder names)."""
+    paths = [Path(path).resolve() for path in paths]
+    for depth in range(1, max((len(path.parts) for path in paths), default=1) + 1):
+        names = [str(Path(*path.parts[-depth:])) for path in paths]
+        if len(set(names)) == len(names):
+            return names
+    return [str(path) for path in paths]  # the same run twice
+
+
 # ------------------------------------------------------------------------------------------------ compare
 
 
 @dataclasses.dataclass(frozen=True)
 class Comparison:
     runs: list[str]  # run folder paths, in the order given
+    labels: list[str]  # their short names (``labels``)
     config: dict[str, list]  # dotted key -> its value in each run, for the keys that differ
     metrics: dict[str, list]  # metric -> its value in each run
 
@@ -179,30 +160,21 @@ COMPARED_METRICS = ("status", "steps", "epochs", "objective", "grad_norm", "trai
 
 
 def compare(paths: Sequence[str | Path]) -> Comparison:
-    """The config keys on which runs differ and their metrics side by side."""
+    """The config keys on which runs differ and their metrics side by side.
+
+    Configs are compared resolved, every key with its value, so a key an older run's config.yaml does not
+    spell (its default then) is not a difference unless the default changed.
+    """
     if len(paths) < 2:
         raise GradfitError("compare needs at least two runs: gradfit compare RUN RUN [RUN...]")
     folders = [RunDir.open(path) for path in paths]
-    configs = [_flat(_load_config(run)) for run in folders]
+    configs = [_flat(run.config().model_dump(mode="json")) for run in folders]
     keys = sorted(set().union(*configs))
-    missing = object()
-    differ = {key: [config.get(key, missing) for config in configs] for key in keys}
-    config = {key: [None if v is missing else v for v in values] for key, values in differ.items()
-              if any(v != values[0] for v in values[1:])}
+    values = {key: [config.get(key) for config in configs] for key in keys}
+    config = {key: row for key, row in values.items() if any(v != row[0] for v in row[1:])}
     rows = [read_entry(run.path) for run in folders]
     metrics = {name: [_metric(entry, name) for entry in rows] for name in COMPARED_METRICS}
-    return Comparison([str(run.path) for run in folders], config, metrics)
-
-
-def _load_config(run: RunDir) -> dict:
-    text = files.read_text(run.config_file, "config", RunDirError, files.MAX_JSON_BYTES)
-    try:
-        tree = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise RunDirError(f"{run.config_file}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(tree, dict):
-        raise RunDirError(f"{run.config_file}: not a gradfit config (a mapping of sections)")
-    return tree
+    return Comparison([str(run.path) for run in folders], labels([run.path for run in folders]), config, metrics)
 
 
 def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:

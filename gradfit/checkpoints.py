@@ -115,14 +115,15 @@ def previous_hint(path: Path) -> str:
 UNCOMPUTED_KEYS = {"train.loggers"}  # what a run writes down, not what it computes: free to change on resume
 
 
-def changed_keys(saved: Mapping[str, Any], current: Mapping[str, Any], prefix: str = "") -> dict[str, tuple]:
-    """{'optimizer.learning_rate': (old, new), ...} between two config dumps (``UNCOMPUTED_KEYS`` aside)."""
+def changed_keys(saved: Mapping[str, Any], current: Mapping[str, Any], prefix: str = "",
+                 ignored: frozenset | set = UNCOMPUTED_KEYS) -> dict[str, tuple]:
+    """{'optimizer.learning_rate': (old, new), ...} between two config dumps, the ``ignored`` keys aside."""
     changes = {}
     for key in sorted(set(saved) | set(current)):
         old, new = saved.get(key), current.get(key)
         if isinstance(old, dict) and isinstance(new, dict):
-            changes.update(changed_keys(old, new, f"{prefix}{key}."))
-        elif old != new and f"{prefix}{key}" not in UNCOMPUTED_KEYS:
+            changes.update(changed_keys(old, new, f"{prefix}{key}.", ignored))
+        elif old != new and f"{prefix}{key}" not in ignored:
             changes[f"{prefix}{key}"] = (old, new)
     return changes
 

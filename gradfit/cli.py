@@ -803,7 +803,10 @@ def runs_(
         if json_flag:
             JsonOutput(True, None).emit(rows)
             return
-        report.stdout_console().print(report.runs_table(rows, str(folder)))
+        console = report.stdout_console()
+        console.print(report.runs_table(rows, str(folder)))
+        for line in report.damaged_runs(rows):
+            console.print(line, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -839,19 +842,20 @@ def plot(
                                help="Comma-separated metrics of metrics.jsonl, one panel each: batch_objective "
                                     "(every log point), objective, train_loss and grad_norm (whole training split, "
                                     "at evaluations), val_loss, val_accuracy, learning_rate."),
-    log_y: bool = typer.Option(False, "--log-y", help="Logarithmic y axes."),
+    log_y: bool = typer.Option(False, "--log-y", help="Logarithmic y axes (accuracies stay linear)."),
     size: str = typer.Option("1200x400", "--size", metavar="WxH", help="Image size in pixels."),
-    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+    force: bool = typer.Option(False, "--force", help="Replace --out if the file exists."),
 ) -> None:
-    """Draw training curves from metrics.jsonl: one panel per metric, one line per run (needs gradfit[plot]).
+    """Draw training curves from metrics.jsonl: one panel per metric, one line per run (needs matplotlib).
 
     [bold]Examples[/]
 
       gradfit plot runs/mlp-20261126-101500 --out curves.png
       gradfit plot runs/mlp-* --metric val_loss,val_accuracy --log-y --out curves.svg
+      pip install 'gradfit\\[plot]'   # matplotlib, if it is missing
     """
     with user_errors():
-        from gradfit import plot as plotting
+        from gradfit import catalog, plot as plotting
         from gradfit.files import check_output
         from gradfit.runs import RunDir
 
@@ -860,17 +864,11 @@ def plot(
             raise GradfitError(f"--size {size!r}: expected WIDTHxHEIGHT in pixels, e.g. 1200x400")
         metrics = [name.strip() for name in metric.split(",") if name.strip()]
         folders = [RunDir.open(path) for path in run_dirs]
-        out = check_output(out, "--out", force, [path for run in folders for path in run.own_files()])
-        labels = _unique_labels([run.path for run in folders])
+        out = check_output(out, "--out", force, [path for run in folders for path in run.own_files()], stdout=False)
+        labels = catalog.labels([run.path for run in folders])
         plotting.plot_curves([(label, run.metrics()) for label, run in zip(labels, folders)], metrics, out,
                              log_y=log_y, size=(int(width), int(height)))
         stderr.print(f"wrote {escape(str(out))}", highlight=False, soft_wrap=True)
-
-
-def _unique_labels(paths: List[Path]) -> List[str]:
-    """Run folder names, with their parent's name where two are alike (members of two sweeps)."""
-    names = [path.name for path in paths]
-    return [f"{path.parent.name}/{path.name}" if names.count(path.name) > 1 else path.name for path in paths]
 
 
 @config_app.command("show")
@@ -925,11 +923,15 @@ def config_init(
         from gradfit.files import STDOUT, check_output, write_atomic
         from gradfit.template import config_template
 
+        from gradfit.runs import RunDir
+
         text = config_template(model.value)
         if str(path) == STDOUT:
             typer.echo(text, nl=False)
             return
-        write_atomic(check_output(path, "gradfit config init", force), text)
+        folder = RunDir(path.parent)
+        protected = folder.own_files() if folder.is_run() else []  # a run's config.yaml is its record
+        write_atomic(check_output(path, "gradfit config init", force, protected), text)
         stderr.print(f"wrote {escape(str(path))}; check it with: gradfit config validate {escape(str(path))}",
                      highlight=False, soft_wrap=True)
 

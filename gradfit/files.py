@@ -238,7 +238,7 @@ def format_bytes(count: int) -> str:
 # ---------------------------------------------------------------------------------------------------- writing
 
 
-def check_output(path: Path, option: str, force: bool, protected: Sequence[Path] = ()) -> Path:
+def check_output(path: Path, option: str, force: bool, protected: Sequence[Path] = (), stdout: bool = True) -> Path:
     """The regular file a command may write for ``option`` (a link is followed to the file it names).
 
     Refused with exit code 2: a target that exists and is not a regular file (a device, a FIFO, a folder), an
@@ -247,6 +247,7 @@ def check_output(path: Path, option: str, force: bool, protected: Sequence[Path]
     """
     path = Path(path)
     target = Path(os.path.realpath(path))
+    instead = f"use {option} - for standard output" if stdout else "name a file"
     try:
         info = os.stat(target)
     except FileNotFoundError:
@@ -255,12 +256,12 @@ def check_output(path: Path, option: str, force: bool, protected: Sequence[Path]
         raise GradfitError(f"{option} {path}: cannot write there ({exc.strerror})") from None
     if info is not None and not stat.S_ISREG(info.st_mode):
         raise GradfitError(f"{option} {path}: {kind(info.st_mode)}, not a regular file; gradfit writes only "
-                           f"regular files (use {option} - for standard output)")
+                           f"regular files ({instead})")
     stream = _stream_link(path)
     if stream is not None:
         leads = "is" if stream == os.path.abspath(path) else "leads to"
         raise GradfitError(f"{option} {path}: {leads} {stream}, a device or standard stream, not a regular file; "
-                           f"use {option} - for standard output")
+                           f"{instead}")
     for other in protected:
         if os.path.realpath(other) == str(target) or (info is not None and _same_file(other, info)):
             raise GradfitError(f"{option} {path}: that is {other}, which this command reads; choose another file")

@@ -13,6 +13,8 @@ import csv
 import io
 import math
 import numbers
+import socket
+import struct
 import sys
 import time
 import uuid
@@ -47,64 +49,58 @@ def check_available(names: Sequence[str]) -> None:
 
 
 class MetricLoggers:
-    """Writes each batch of metrics records to the run's derived logs, flushed so a crash loses nothing that
-    metrics.jsonl has. Files are made on the first ``append``: a run that never logs leaves none.
-
-    Example:
-        with MetricLoggers(run_dir, ["jsonl", "csv", "tensorboard"], RECORD_KEYS) as loggers:
-            loggers.append(records)
+    """Writes each batch of metrics records to the run's derived logs. Every ``append`` opens, writes and closes
+    its files: nothing is lost that metrics.jsonl has, and a sweep of a thousand members holds no file open.
+    Files are made on the first ``append``: a run that never logs leaves none.
     """
 
     def __init__(self, run_dir: Path, names: Sequence[str], columns: Sequence[str]):
         check_available(names)
         self.run_dir = Path(run_dir)
         self.columns = tuple(columns)
-        self.csv_path: Optional[Path] = self.run_dir / CSV_NAME if "csv" in names else None
+        self.csv = "csv" in names
         self.tensorboard = "tensorboard" in names
-        self._csv: Optional[IO[str]] = None
-        self._events: Any = None  # a tensorboardX EventsWriter
+        self._events: Optional[Path] = None  # this session's event file
+
+    @property
+    def csv_path(self) -> Path:
+        return self.run_dir / CSV_NAME
+
+    @property
+    def active(self) -> bool:
+        """True when there are derived logs to keep in step with metrics.jsonl: asked for, or left by an earlier
+        session that asked for them."""
+        return self.csv or self.tensorboard or self.csv_path.exists() or any(self.run_dir.glob(EVENTS_GLOB))
 
     def append(self, records: Sequence[Mapping]) -> None:
         """Add ``records`` (flat dicts with a "step") after those already written."""
         if not records:
             return
-        if self.csv_path is not None:
-            if self._csv is None:
-                self._csv = _open_csv(self.csv_path, self.columns)
-            self._csv.write(_csv_text(records, self.columns))
-            self._csv.flush()
+        if self.csv:
+            with _open_csv(self.csv_path, self.columns) as handle:
+                handle.write(_csv_text(records, self.columns))
         if self.tensorboard:
             if self._events is None:
-                self._events = _open_events(self.run_dir)
-            _write_events(self._events, records)
+                self._events = _new_event_file(self.run_dir)
+            _append_events(self._events, records)
 
     def rebuild(self, records: Sequence[Mapping]) -> None:
-        """Replace the derived logs with ones made from exactly ``records`` (the kept part of metrics.jsonl on
-        resume); later ``append`` calls continue them. TensorBoard would show two points per step otherwise."""
-        self.close()
-        if self.csv_path is not None:
+        """Replace the derived logs, those asked for and any an earlier session left, with ones made from exactly
+        ``records`` (the kept part of metrics.jsonl on resume): TensorBoard would show two points per step
+        otherwise. Later ``append`` calls continue them."""
+        if self.csv or self.csv_path.exists():
             files.write_atomic(self.csv_path, _csv_text(records, self.columns, header=True))
-        if self.tensorboard:
+        old = list(self.run_dir.glob(EVENTS_GLOB))
+        self._events = None
+        if self.tensorboard or old:
             # the new file is complete before the old ones go: a crash in between leaves duplicates, not a gap
-            old = list(self.run_dir.glob(EVENTS_GLOB))
+            new = None
             if records:
-                self._events = _open_events(self.run_dir)
-                _write_events(self._events, records)
+                new = _new_event_file(self.run_dir)
+                _append_events(new, records)
             for path in old:
                 path.unlink(missing_ok=True)
-
-    def close(self) -> None:
-        """Close the open files (idempotent)."""
-        for handle in (self._csv, self._events):
-            if handle is not None:
-                handle.close()
-        self._csv = self._events = None
-
-    def __enter__(self) -> MetricLoggers:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
+            self._events = new if self.tensorboard else None
 
 
 def _cell(value: Any) -> str:
@@ -143,31 +139,44 @@ def _open_csv(path: Path, columns: Sequence[str]) -> IO[str]:
     return handle
 
 
-def _open_events(run_dir: Path):
-    """A new event file in ``run_dir``, written synchronously.
+def _new_event_file(run_dir: Path) -> Path:
+    """A new event file in ``run_dir`` holding the file-version event TensorBoard expects first.
 
-    Not tensorboardX's SummaryWriter: its flush() misses events still queued for its writer thread, and two
-    writers opened in one second in one folder get the same file name, the second truncating the first. A
-    random suffix keeps names apart (TensorBoard reads every file with "tfevents" in its name).
+    Written here rather than by tensorboardX's SummaryWriter: its flush() misses events still queued for its
+    writer thread, and two writers opened in one second in one folder get the same file name, the second
+    truncating the first. A random suffix keeps names apart (TensorBoard reads every file with "tfevents" in it).
     """
-    EventsWriter, _, _ = _tensorboardx()
-    return EventsWriter(str(run_dir / "events"), f".{uuid.uuid4().hex[:12]}")
+    _, Event, _ = _tensorboardx()
+    path = run_dir / f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{uuid.uuid4().hex[:12]}"
+    _write_records(path, [Event(wall_time=time.time(), file_version="brain.Event:2")], "xb")
+    return path
 
 
-def _write_events(writer, records: Sequence[Mapping]) -> None:
+def _append_events(path: Path, records: Sequence[Mapping]) -> None:
     """One event per record: a scalar per finite number but "step", tagged with its key as in metrics.jsonl."""
     _, Event, Summary = _tensorboardx()
-
+    events = []
     for record in records:
         values = [Summary.Value(tag=key, simple_value=float(value)) for key, value in record.items()
                   if key != "step" and isinstance(value, numbers.Real) and math.isfinite(value)]
         if values:
-            writer.write_event(Event(wall_time=time.time(), step=int(record["step"]), summary=Summary(value=values)))
-    writer.flush()
+            events.append(Event(wall_time=time.time(), step=int(record["step"]), summary=Summary(value=values)))
+    _write_records(path, events, "ab")
+
+
+def _write_records(path: Path, events: Sequence[Any], mode: str) -> None:
+    """Events in TFRecord framing: length (8 bytes, little-endian), its masked CRC-32C, the payload, its CRC."""
+    masked_crc32c, _, _ = _tensorboardx()
+    with open(path, mode) as handle:
+        for event in events:
+            payload = event.SerializeToString()
+            length = struct.pack("<Q", len(payload))
+            handle.write(length + struct.pack("<I", masked_crc32c(length)) + payload
+                         + struct.pack("<I", masked_crc32c(payload)))
 
 
 def _tensorboardx():
-    """(EventsWriter, Event, Summary) from tensorboardX, without PyTorch.
+    """(masked_crc32c, Event, Summary) from tensorboardX, without PyTorch.
 
     tensorboardX's package imports PyTorch where it is installed, for writers gradfit does not use: 2 s and 190 MB
     more per run (measured). So torch, unless something imported it already, reads as absent during the import
@@ -178,10 +187,10 @@ def _tensorboardx():
         sys.modules["torch"] = None  # type: ignore[assignment]
     try:
         import tensorboardX  # noqa: F401  (first: a submodule imported earlier would not say it is gone)
-        from tensorboardX.event_file_writer import EventsWriter
         from tensorboardX.proto.event_pb2 import Event
         from tensorboardX.proto.summary_pb2 import Summary
+        from tensorboardX.record_writer import masked_crc32c
     finally:
         if blocked:
             del sys.modules["torch"]
-    return EventsWriter, Event, Summary
+    return masked_crc32c, Event, Summary

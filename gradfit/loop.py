@@ -342,7 +342,8 @@ class Session:
     def restart_metrics(self, step: int) -> None:
         """A resumed run logs the steps after its checkpoint at ``step`` again: set their records aside first."""
         self.run_dir.truncate_metrics(step)
-        self.loggers.rebuild(self.run_dir.metrics())  # metrics.csv and event files: from what metrics.jsonl kept
+        if self.loggers.active:  # metrics.csv and event files: made again from what metrics.jsonl kept
+            self.loggers.rebuild(self.run_dir.metrics())
 
     def attach_evaluation(self, record: dict, final: bool = False) -> None:
         """Evaluate the current parameters into ``record`` (its step's), and let early stopping see them."""
@@ -473,7 +474,6 @@ class Session:
         )
         if writes:
             self.run_dir.write_summary(summary)
-            self.loggers.close()
         return summary
 
     def final_metrics(self, params, record: dict) -> dict:

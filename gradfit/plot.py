@@ -27,7 +27,7 @@ Points = tuple[list[float], list[float]]
 
 
 def plot_curves(curves: Sequence[tuple[str, Records]], metrics: Sequence[str], out: Path,
-                log_y: bool = False, size: tuple[int, int] = (1000, 400)) -> None:
+                log_y: bool = False, size: tuple[int, int] = (1200, 400)) -> None:
     """Draw one panel per metric, side by side, with one line per run, and write it to ``out``.
 
     Args:

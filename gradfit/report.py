@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -323,8 +322,7 @@ def config_table(resolved: ResolvedConfig) -> tuple[Table, int]:
             value = value[part]
         source = resolved.source_of(info.key)
         style = "" if source == "default" else "bold"
-        shown = value if isinstance(value, str) else json.dumps(value)  # YAML spelling: null, true, [64, 64]
-        table.add_row(".".join(info.key), escape(shown),
+        table.add_row(".".join(info.key), escape(_yaml_value(value)),
                       f"[{style}]{escape(source)}[/]" if style else source, escape(info.description))
     return table, hidden
 
@@ -769,13 +767,19 @@ def runs_table(rows: list[dict], folder: str) -> Table:
                           ("started", "left")):
         table.add_column(name, justify=justify, overflow="fold" if name == "run" else "ellipsis")
     for row in rows:
-        style = RUN_STATUS_STYLE.get(row["status"], "")
-        table.add_row(escape(row["run"]), f"[{style}]{row['status']}[/]", escape(row["model"]),
+        table.add_row(escape(row["run"]), Text(row["status"], style=RUN_STATUS_STYLE.get(row["status"], "")),
+                      escape(row["model"]),
                       escape(row["dataset"]), fmt(row["steps"]), fmt(row["best_val_loss"]), fmt(row["val_loss"]),
                       _accuracy_short(row["val_accuracy"]), _accuracy_short(row["test_accuracy"]),
                       "-" if row["wall_time_s"] is None else f"{row['wall_time_s']:.1f} s",
                       escape(row["started"].replace("T", " ")[:19]))
     return table
+
+
+def damaged_runs(rows: list[dict]) -> list[str]:
+    """A line per run the listing could not read, saying why (the table only says 'damaged')."""
+    return [f"[red]damaged:[/] {escape(row['stop_reason'] or row['path'])}" for row in rows
+            if row["status"] == "damaged"]
 
 
 def _accuracy_short(value: Optional[float]) -> str:
@@ -784,7 +788,7 @@ def _accuracy_short(value: Optional[float]) -> str:
 
 def comparison_tables(comparison: "Comparison") -> list[Table]:
     """``gradfit compare``: the config keys that differ (``key: a -> b`` for two runs) and the metrics side by side."""
-    names = [_short_name(path) for path in comparison.runs]
+    names = comparison.labels
     config = titled_table("Config differences" + ("" if comparison.config else ": none"))
     config.add_column("key", style="bold")
     if len(names) == 2:
@@ -805,10 +809,6 @@ def comparison_tables(comparison: "Comparison") -> list[Table]:
     return [config, metrics]
 
 
-def _short_name(path: str) -> str:
-    return os.path.basename(path.rstrip("/"))
-
-
 def _yaml_value(value: Any) -> str:
-    """A config value as YAML writes it (null, true, [128, 64])."""
+    """A config value as YAML spells it (null, true, [128, 64])."""
     return json.dumps(value) if not isinstance(value, str) else value

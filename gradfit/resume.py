@@ -76,6 +76,8 @@ def resume(run_dir: str | Path, config: GradfitConfig, force: bool = False,
                 session.checkpoint(finished=None)  # every process: it evaluates the probe
                 if writes:
                     run_dir.replace_config(to_yaml(config, config_header(run.topology)), saved.loop.step)
+            elif saved.recorded_only and writes:  # config.yaml says what the run logs from now on
+                run_dir.write_config(to_yaml(config, config_header(run.topology)))
             return session.train()
 
 
@@ -90,6 +92,7 @@ class SavedRun:
     path: Path
     arrays: dict
     changes: dict  # {"optimizer.learning_rate": (old, new)}
+    recorded_only: bool  # the config differs in keys that change what is written, not computed (train.loggers)
     loop: LoopState
     stopper: Optional[EarlyStopping]
     finished: Optional[str]  # the stop reason when the run had finished training
@@ -105,7 +108,9 @@ class SavedRun:
                               "start a new run")
         arrays, meta = checkpoints.load(path)
         try:  # the digest already rules out damage: these checks keep a hand-made file from reaching the loop
-            changes = checkpoints.changed_keys(meta["config"], config.model_dump(mode="json"))
+            now = config.model_dump(mode="json")
+            changes = checkpoints.changed_keys(meta["config"], now)
+            recorded_only = not changes and bool(checkpoints.changed_keys(meta["config"], now, ignored=set()))
             loop = pydantic.TypeAdapter(LoopState).validate_python(meta["loop"])
             stopper = meta["early_stopping"]
             stopper = None if stopper is None else pydantic.TypeAdapter(EarlyStopping).validate_python(stopper)
@@ -122,7 +127,8 @@ class SavedRun:
         except (KeyError, TypeError, AttributeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
             raise RunDirError(f"{path}: the checkpoint's metadata is inconsistent ({one_line(exc)}); "
                               f"{checkpoints.previous_hint(path)}") from None
-        return cls(path, arrays, changes, loop, stopper, finished, probe, data_digest, str(meta.get("device")))
+        return cls(path, arrays, changes, recorded_only, loop, stopper, finished, probe, data_digest,
+                   str(meta.get("device")))
 
     def restore(self, run: Prepared, config: GradfitConfig) -> tuple:
         """(train state, loop state, early stopping, best params) on the run's device."""

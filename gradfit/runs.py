@@ -23,8 +23,9 @@ import math
 import os
 import shutil
 import stat
+import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, Iterator, Literal, Mapping, Optional, Sequence
 
 import numpy as np
 import pydantic
@@ -33,7 +34,8 @@ from gradfit import files
 from gradfit.abort import removed_on_abort
 from gradfit.errors import RunDirError
 from gradfit.files import write_atomic  # noqa: F401  (a run's files are written this way)
-from gradfit.loggers import MetricLoggers
+from gradfit.config import GradfitConfig, resolve_config
+from gradfit.loggers import CSV_NAME, EVENTS_GLOB, MetricLoggers
 from gradfit.version import __version__
 
 
@@ -98,14 +100,17 @@ RECORD_KEYS = ("step", "epoch", "batch_objective", "batch_grad_norm", "objective
 
 MEMBERS_DIR = "members"  # a sweep's folder keeps its members' run directories in here
 
-RUN_FILES = ("config.yaml", "preprocessing.json", "metrics.jsonl", "metrics.discarded.jsonl", "metrics.csv",
+RUN_FILES = ("config.yaml", "preprocessing.json", "metrics.jsonl", "metrics.discarded.jsonl", CSV_NAME,
              "params.npz", "summary.json", ".lock")
+# files a run may also hold: TensorBoard's, and what a resume set aside
+RUN_FILE_PATTERNS = (EVENTS_GLOB, "config.before-step-*.yaml", "params.previous*.npz", "checkpoints/*.npz")
 
 
 def own_files(run_dir: Path) -> list[Path]:
     """The files gradfit keeps in a run directory (existing or not): never a place for a command's output."""
     run_dir = Path(run_dir)
-    return [run_dir / name for name in RUN_FILES] + sorted((run_dir / "checkpoints").glob("*.npz"))
+    return [run_dir / name for name in RUN_FILES] + sorted(path for pattern in RUN_FILE_PATTERNS
+                                                           for path in run_dir.glob(pattern))
 
 
 @contextlib.contextmanager
@@ -119,13 +124,45 @@ def locked(run_dir: Path):
     except ImportError:  # Windows: no advisory locks; rely on the user
         yield
         return
-    with files.open_append(Path(run_dir) / ".lock", RunDirError) as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise RunDirError(f"{run_dir}: another gradfit process is writing this run; wait for it to "
-                              "finish or stop it") from None
+    with files.open_append(Path(run_dir) / LOCK, RunDirError) as handle:
+        for attempt in range(LOCK_ATTEMPTS):  # gradfit runs holds a shared lock for an instant: wait that out
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if attempt == LOCK_ATTEMPTS - 1:
+                    raise RunDirError(f"{run_dir}: another gradfit process is writing this run; wait for it to "
+                                      "finish or stop it") from None
+                time.sleep(0.01)
         yield
+
+
+LOCK, LOCK_ATTEMPTS = ".lock", 20
+
+
+def held_by_another(run_dir: Path) -> bool:
+    """True while a gradfit process holds the run's lock (it is training the run now).
+
+    Probes with a shared lock held for an instant (``locked`` retries past it); a lock file that is not a regular
+    file (a FIFO would block an open) counts as not held.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks
+        return False
+    try:
+        handle = os.open(Path(run_dir) / LOCK, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(handle).st_mode):
+            return False
+        fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(handle)
 
 
 def to_jsonable(value: Any) -> Any:
@@ -166,6 +203,29 @@ def _flat_jsonable(record: Mapping) -> dict:
             for key, value in record.items()}
 
 
+def read_metrics(path: Path) -> tuple[list[tuple[str, dict]], Optional[str]]:
+    """(line, record) for every record of a metrics.jsonl, and its torn last line (a crash mid-write) or None.
+
+    Raises:
+        RunDirError: a line before the last is not a metrics record (the file was edited by hand).
+    """
+    lines = files.read_text(path, "metrics file", RunDirError, MAX_METRICS_BYTES).splitlines()
+    parsed, torn = [], None
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or type(record.get("step")) is not int:
+                raise TypeError
+        except (ValueError, TypeError, RecursionError):
+            if number < len(lines):
+                raise RunDirError(f"{path}, line {number}: not a gradfit metrics record; the run directory was "
+                                  "edited by hand") from None
+            torn = line
+            continue
+        parsed.append((line, record))
+    return parsed, torn
+
+
 def truncate_metrics(path: Path, step: int) -> int:
     """Keep the records of ``path`` up to ``step`` and move later ones to ``metrics.discarded.jsonl``.
 
@@ -173,20 +233,9 @@ def truncate_metrics(path: Path, step: int) -> int:
     duplicates without losing what was there. A torn last line (a crash mid-write) is moved too.
     Returns the number of records moved.
     """
-    lines = files.read_text(path, "metrics file", RunDirError, MAX_METRICS_BYTES).splitlines()
-    kept, moved = [], []
-    for number, line in enumerate(lines, 1):
-        try:
-            record_step = json.loads(line)["step"]
-            if not isinstance(record_step, int):
-                raise TypeError
-        except (ValueError, KeyError, TypeError, RecursionError):
-            if number < len(lines):
-                raise RunDirError(f"{path}, line {number}: not a gradfit metrics record; the run directory was "
-                                  "edited by hand") from None
-            moved.append(line)
-            continue
-        (kept if record_step <= step else moved).append(line)
+    parsed, torn = read_metrics(path)
+    kept = [line for line, record in parsed if record["step"] <= step]
+    moved = [line for line, record in parsed if record["step"] > step] + ([] if torn is None else [torn])
     if moved:  # rewrite first: a failure in between must not let a retry discard the same lines twice
         write_atomic(path, "".join(line + "\n" for line in kept))
         with files.open_append(Path(path).with_name("metrics.discarded.jsonl"), RunDirError) as f:
@@ -206,9 +255,6 @@ def load_arrays(path: Path, expected: Optional[Mapping[str, Sequence[int]]] = No
 
 # ------------------------------------------------------------------------------------------------ summary.json
 
-STATUSES = ("completed", "failed", "interrupted")
-
-
 def _empty(kind: type):
     return dataclasses.field(default_factory=kind)
 
@@ -221,7 +267,7 @@ class Summary:
     """
 
     run_dir: Optional[str]  # None in the processes of a distributed run other than process 0, which writes it
-    status: str  # one of STATUSES
+    status: Literal["completed", "failed", "interrupted"]
     stop_reason: str
     # the rest defaults to "unknown" for the summary of a run whose process died (written by its supervisor)
     name: str = ""  # the config's name (the run directory's prefix)
@@ -236,7 +282,7 @@ class Summary:
     precision: str = ""
     num_params: int = 0
     rows: dict[str, int] = _empty(dict)  # train, val, test
-    steps: int = 0
+    steps: Optional[int] = None  # None: the supervisor of a process that died before its first checkpoint
     epochs: float = 0.0
     params_step: Optional[int] = None  # the step of the parameters in params.npz (None: none saved)
     log_every: int = 0
@@ -349,17 +395,32 @@ class RunDir:
     def locked(self):
         return locked(self.path)
 
+    def held_by_another(self) -> bool:
+        return held_by_another(self.path)
+
+    def is_run(self) -> bool:
+        """True when the folder holds a run's config and metrics as regular files (``open`` says what is wrong
+        otherwise)."""
+        return self.config_file.is_file() and self.metrics_file.is_file()
+
+    def config(self) -> GradfitConfig:
+        """The run's config.yaml, read and validated as ``gradfit train`` reads a config."""
+        return resolve_config(self.config_file).config
+
     def own_files(self) -> list[Path]:
         return own_files(self.path)
 
     def begin(self, config_yaml: str, preprocessing: Mapping) -> None:
         """Write what a run knows before its first step: the resolved config and the preprocessing."""
-        write_atomic(self.config_file, config_yaml)
+        self.write_config(config_yaml)
         write_json(self.preprocessing_file, preprocessing)
 
     def replace_config(self, config_yaml: str, step: int) -> None:
         """A resumed run's new config; the one it ran with before ``step`` is kept beside it."""
         write_atomic(self.unused_name(f"config.before-step-{step}"), self.config_file.read_bytes())
+        self.write_config(config_yaml)
+
+    def write_config(self, config_yaml: str) -> None:
         write_atomic(self.config_file, config_yaml)
 
     def append_metrics(self, records: Sequence[Mapping]) -> None:
@@ -372,20 +433,7 @@ class RunDir:
 
     def metrics(self) -> list[dict]:
         """The records of metrics.jsonl (a torn last line, from a crash mid-write, is left out)."""
-        lines = files.read_text(self.metrics_file, "metrics file", RunDirError, MAX_METRICS_BYTES).splitlines()
-        records = []
-        for number, line in enumerate(lines, 1):
-            try:
-                record = json.loads(line)
-            except ValueError:
-                if number == len(lines):
-                    break
-                raise RunDirError(f"{self.metrics_file}, line {number}: not JSON; the run directory was edited by "
-                                  "hand") from None
-            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
-                raise RunDirError(f"{self.metrics_file}, line {number}: not a gradfit metrics record")
-            records.append(record)
-        return records
+        return [record for _, record in read_metrics(self.metrics_file)[0]]
 
     def truncate_metrics(self, step: int) -> int:
         return truncate_metrics(self.metrics_file, step)

@@ -157,7 +157,7 @@ def _mark_failed(run_dir: Path, reason: str, started: float) -> bool:
         return newest is not None
     run.write_summary(runs.Summary(
         run_dir=str(run_dir), status="failed", stop_reason=reason,
-        steps=0 if newest is None else checkpoints.step_of(newest), checkpoint=None if newest is None else str(newest)))
+        steps=None if newest is None else checkpoints.step_of(newest), checkpoint=None if newest is None else str(newest)))
     return newest is not None
 
 

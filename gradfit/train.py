@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gradfit import precision, resources, scale, shuffle, stream
+from gradfit import loggers, precision, resources, scale, shuffle, stream
 from gradfit.config import GradfitConfig
 from gradfit.data import Dataset, split_arrays
 from gradfit.feed import Feeder
@@ -461,6 +461,7 @@ def prepare(config: GradfitConfig) -> Prepared:
 
 
 def _prepare(config: GradfitConfig) -> Prepared:
+    loggers.check_available(config.train.loggers)  # a missing tensorboardX is found before any data is read
     chosen = precision.of(config)
     topology = scale.select(config.runtime.device, config.runtime.devices)
     device = topology.devices[0]  # every device holds a full copy: the first one speaks for all

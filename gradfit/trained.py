@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradfit import precision, runs, stream, tabular
-from gradfit.config import GradfitConfig, resolve_config
+from gradfit.config import GradfitConfig
 from gradfit.data import Dataset, class_ids, first_overflow
 from gradfit.metrics import classification_metrics
 from gradfit.errors import DataError, RunDirError
@@ -173,7 +173,7 @@ def load_run(run_dir: str | Path) -> TrainedRun:
     """
     folder = runs.RunDir.open(run_dir)
     run_dir = folder.path
-    config = resolve_config(folder.config_file).config
+    config = folder.config()
     summary = folder.summary()
     preprocessing = folder.preprocessing()
     _check_preprocessing(run_dir, preprocessing)

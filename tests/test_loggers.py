@@ -107,13 +107,13 @@ def assert_points_match(points, records) -> None:
 
 def test_csv_reads_back_exactly_across_appends(tmp_path):
     first, second = make_records(range(0, 30, 10)), make_records(range(30, 60, 10))
-    with MetricLoggers(tmp_path, ["jsonl", "csv"], COLUMNS) as loggers:
-        loggers.append(first)
-        header, rows = read_csv(tmp_path / "metrics.csv")  # flushed: readable while the run goes on
-        assert rows == expected_rows(first)
-        loggers.append(second)
-    with MetricLoggers(tmp_path, ["csv"], COLUMNS) as loggers:  # a later process appends under the same header
-        loggers.append(make_records([60]))
+    loggers = MetricLoggers(tmp_path, ["jsonl", "csv"], COLUMNS)
+    loggers.append(first)
+    header, rows = read_csv(tmp_path / "metrics.csv")  # flushed: readable while the run goes on
+    assert rows == expected_rows(first)
+    loggers.append(second)
+    loggers = MetricLoggers(tmp_path, ["csv"], COLUMNS)  # a later process appends under the same header
+    loggers.append(make_records([60]))
     header, rows = read_csv(tmp_path / "metrics.csv")
     assert header == list(COLUMNS)
     assert rows == expected_rows(first + second + make_records([60]))  # == on floats: exact, not close
@@ -121,10 +121,10 @@ def test_csv_reads_back_exactly_across_appends(tmp_path):
 
 
 def test_csv_rebuild_replaces_the_file(tmp_path):
-    with MetricLoggers(tmp_path, ["csv"], COLUMNS) as loggers:
-        loggers.append(make_records(range(0, 60, 10)))
-        loggers.rebuild(make_records(range(0, 40, 10)))
-        loggers.append(make_records(range(40, 70, 10), shift=1.0))
+    loggers = MetricLoggers(tmp_path, ["csv"], COLUMNS)
+    loggers.append(make_records(range(0, 60, 10)))
+    loggers.rebuild(make_records(range(0, 40, 10)))
+    loggers.append(make_records(range(40, 70, 10), shift=1.0))
     header, rows = read_csv(tmp_path / "metrics.csv")
     assert header == list(COLUMNS)
     assert rows == expected_rows(make_records(range(0, 40, 10)) + make_records(range(40, 70, 10), shift=1.0))
@@ -135,8 +135,8 @@ def test_csv_cells_match_what_metrics_jsonl_stores(tmp_path):
     empty, as metrics.jsonl stores them as null: a file written live equals one rebuilt from metrics.jsonl."""
     record = {"step": np.int64(7), "objective": 0.1 + 0.2, "val_loss": 1e-300, "learning_rate": np.float32(0.5),
               "batch_objective": float("nan"), "elapsed_s": float("inf")}
-    with MetricLoggers(tmp_path, ["csv"], COLUMNS) as loggers:
-        loggers.append([record])
+    loggers = MetricLoggers(tmp_path, ["csv"], COLUMNS)
+    loggers.append([record])
     text = (tmp_path / "metrics.csv").read_text()
     assert text.splitlines()[1] == "7,,,0.30000000000000004,1e-300,,0.5,"
     _, rows = read_csv(tmp_path / "metrics.csv")
@@ -145,7 +145,8 @@ def test_csv_cells_match_what_metrics_jsonl_stores(tmp_path):
 
 def test_csv_with_other_columns_is_not_appended_to(tmp_path):
     (tmp_path / "metrics.csv").write_text("step,loss\n0,1.0\n")
-    with MetricLoggers(tmp_path, ["csv"], COLUMNS) as loggers, pytest.raises(RunDirError, match="metrics.csv"):
+    loggers = MetricLoggers(tmp_path, ["csv"], COLUMNS)
+    with pytest.raises(RunDirError, match="metrics.csv"):
         loggers.append(make_records([10]))
     assert (tmp_path / "metrics.csv").read_text() == "step,loss\n0,1.0\n"
 
@@ -157,24 +158,46 @@ def test_tensorboard_points_match_records(tmp_path):
     pytest.importorskip("tensorboardX")
     records = make_records(range(0, 60, 10))
     threads = set(threading.enumerate())
-    with MetricLoggers(tmp_path, ["jsonl", "tensorboard"], COLUMNS) as loggers:
-        loggers.append(records[:3])
-        assert_points_match(read_events(tmp_path), records[:3])  # flushed: on disk before close
-        loggers.append(records[3:])
+    loggers = MetricLoggers(tmp_path, ["jsonl", "tensorboard"], COLUMNS)
+    loggers.append(records[:3])
+    assert_points_match(read_events(tmp_path), records[:3])  # on disk when append returns
+    loggers.append(records[3:])
     assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 1
     assert_points_match(read_events(tmp_path), records)
-    assert set(threading.enumerate()) <= threads, "a writer thread outlives close()"
+    assert set(threading.enumerate()) <= threads, "a writer thread was left running"
+
+
+def test_rebuild_also_remakes_logs_an_earlier_session_asked_for(tmp_path):
+    pytest.importorskip("tensorboardX")
+    MetricLoggers(tmp_path, ["csv", "tensorboard"], COLUMNS).append(make_records([0, 10, 20, 30]))
+    MetricLoggers(tmp_path, ["jsonl"], COLUMNS).rebuild(make_records([0, 10]))  # resumed from step 10, loggers off
+    assert read_csv(tmp_path / "metrics.csv")[1] == expected_rows(make_records([0, 10]))
+    assert {step for _, step, _ in read_events(tmp_path)} == {0, 10}
+
+
+def test_appends_hold_no_file_open(tmp_path):
+    """A sweep of many members keeps a logger each: none may hold a file descriptor between appends."""
+    import os
+
+    pytest.importorskip("tensorboardX")
+    before = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+    loggers = [MetricLoggers(tmp_path / str(i), ["csv", "tensorboard"], COLUMNS) for i in range(20)]
+    for i, logger in enumerate(loggers):
+        (tmp_path / str(i)).mkdir()
+        logger.append(make_records([0, 10]))
+    if before is not None:
+        assert len(os.listdir("/proc/self/fd")) <= before
 
 
 def test_tensorboard_after_resume_has_each_step_once(tmp_path):
     """A run logged steps 0..50, was resumed from its step-30 checkpoint and logged 40..60 again."""
     pytest.importorskip("tensorboardX")
-    with MetricLoggers(tmp_path, ["tensorboard"], COLUMNS) as loggers:
-        loggers.append(make_records(range(0, 60, 10)))
+    loggers = MetricLoggers(tmp_path, ["tensorboard"], COLUMNS)
+    loggers.append(make_records(range(0, 60, 10)))
     kept, relogged = make_records(range(0, 40, 10)), make_records(range(40, 70, 10), shift=1.0)
-    with MetricLoggers(tmp_path, ["tensorboard", "csv"], COLUMNS) as loggers:  # the resuming process
-        loggers.rebuild(kept)
-        loggers.append(relogged)
+    loggers = MetricLoggers(tmp_path, ["tensorboard", "csv"], COLUMNS)  # the resuming process
+    loggers.rebuild(kept)
+    loggers.append(relogged)
     assert_points_match(read_events(tmp_path), kept + relogged)
     assert read_csv(tmp_path / "metrics.csv")[1] == expected_rows(kept + relogged)
 
@@ -182,18 +205,18 @@ def test_tensorboard_after_resume_has_each_step_once(tmp_path):
 def test_tensorboard_rebuild_twice_in_one_second_keeps_the_new_file(tmp_path):
     """tensorboardX names files by the second: two files made in one second must not share a name."""
     pytest.importorskip("tensorboardX")
-    with MetricLoggers(tmp_path, ["tensorboard"], COLUMNS) as loggers:
-        loggers.append(make_records([0, 10]))
-        loggers.rebuild(make_records([0]))
-        loggers.rebuild(make_records([0, 10], shift=2.0))
+    loggers = MetricLoggers(tmp_path, ["tensorboard"], COLUMNS)
+    loggers.append(make_records([0, 10]))
+    loggers.rebuild(make_records([0]))
+    loggers.rebuild(make_records([0, 10], shift=2.0))
     assert_points_match(read_events(tmp_path), make_records([0, 10], shift=2.0))
 
 
 def test_rebuild_with_no_records_leaves_no_event_file(tmp_path):
     pytest.importorskip("tensorboardX")
-    with MetricLoggers(tmp_path, ["tensorboard"], COLUMNS) as loggers:
-        loggers.append(make_records([0]))
-        loggers.rebuild([])
+    loggers = MetricLoggers(tmp_path, ["tensorboard"], COLUMNS)
+    loggers.append(make_records([0]))
+    loggers.rebuild([])
     assert list(tmp_path.iterdir()) == []
 
 
@@ -202,16 +225,16 @@ def test_rebuild_with_no_records_leaves_no_event_file(tmp_path):
 
 @pytest.mark.parametrize("names", [[], ["jsonl"]])
 def test_jsonl_only_writes_nothing(tmp_path, names):
-    with MetricLoggers(tmp_path, names, COLUMNS) as loggers:
-        loggers.append(make_records([0, 10]))
-        loggers.rebuild(make_records([0]))
+    loggers = MetricLoggers(tmp_path, names, COLUMNS)
+    loggers.append(make_records([0, 10]))
+    loggers.rebuild(make_records([0]))
     assert list(tmp_path.iterdir()) == []
 
 
 def test_a_run_that_never_logs_leaves_no_file(tmp_path):
     pytest.importorskip("tensorboardX")
-    with MetricLoggers(tmp_path, ["csv", "tensorboard"], COLUMNS) as loggers:
-        loggers.append([])
+    loggers = MetricLoggers(tmp_path, ["csv", "tensorboard"], COLUMNS)
+    loggers.append([])
     assert list(tmp_path.iterdir()) == []
 
 

@@ -103,3 +103,13 @@ def test_missing_matplotlib_names_the_extra(tmp_path, monkeypatch):
 def test_importing_the_module_does_not_import_matplotlib():
     code = "import sys, gradfit.plot; assert 'matplotlib' not in sys.modules and 'jax' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_log_y_leaves_accuracies_on_a_linear_axis(tmp_path):
+    """An accuracy of 0 has no logarithm: under --log-y the losses go on a log axis, the accuracies stay linear."""
+    out = tmp_path / "curves.png"
+    runs = [("a", records(1.0, val_accuracy=0.0)), ("b", records(2.0, val_accuracy=0.5))]
+    plot_curves(runs, ["objective", "val_accuracy"], out, log_y=True)
+    assert pixels(out).shape[:2] == (400, 1200)
+    with pytest.raises(GradfitError, match="drop --log-y"):
+        plot_curves([("a", records(1.0, val_loss_floor=0.0))], ["val_loss_floor"], tmp_path / "x.png", log_y=True)

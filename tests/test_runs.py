@@ -6,16 +6,19 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import typer
 from typer.testing import CliRunner
 
 import gradfit
 from conftest import InterruptAt
-from gradfit import api, catalog, checkpoints, data, loop
+from gradfit import api, catalog, checkpoints, data, files, loop
 from gradfit.cli import app
 from gradfit.config import resolve_config
 from gradfit.errors import ConfigError, DataError, Interrupted, RunDirError, TrainingFailed
@@ -112,7 +115,13 @@ def test_runs_lists_every_status_with_its_metrics(made):
 
 
 def test_runs_sorts_best_first_and_reads_only_summaries(made, monkeypatch):
-    monkeypatch.setattr(RunDir, "metrics", lambda self: pytest.fail("a listing must not read metrics.jsonl"))
+    read = files.read_text
+
+    def no_metrics(path, *args, **kwargs):
+        assert Path(path).name != "metrics.jsonl", "a listing must not read metrics.jsonl"
+        return read(path, *args, **kwargs)
+
+    monkeypatch.setattr(files, "read_text", no_metrics)
     result = invoke("runs", made["folder"], "--sort", "best_val_loss", "--json")
     losses = [row["best_val_loss"] for row in json.loads(result.stdout)]
     present = [v for v in losses if v is not None]
@@ -121,8 +130,23 @@ def test_runs_sorts_best_first_and_reads_only_summaries(made, monkeypatch):
 
 def test_runs_lists_a_single_run_and_refuses_a_missing_folder(made, tmp_path):
     assert [e.path for e in catalog.find_runs(made["completed"])] == [made["completed"]]
+    assert catalog.find_runs(tmp_path) == []
     result = invoke("runs", tmp_path / "nowhere")
     assert result.exit_code == 2 and "no such folder" in result.output
+
+
+def test_runs_lists_sweep_members_and_a_run_in_training(made, tmp_path):
+    sweep = tmp_path / "lr-sweep-20261201-120000"
+    for member in ("000_learning_rate=0.1", "001_learning_rate=0.2"):
+        shutil.copytree(made["completed"], sweep / "members" / member)
+    labels = [entry.label for entry in catalog.find_runs(tmp_path)]
+    assert labels == [f"{sweep.name}/members/000_learning_rate=0.1", f"{sweep.name}/members/001_learning_rate=0.2"]
+    assert len(catalog.find_runs(sweep)) == 2  # the sweep's own folder lists its members
+    with RunDir(sweep / "members" / "000_learning_rate=0.1").locked():
+        assert [entry.status for entry in catalog.find_runs(sweep)] == ["running", "completed"]
+    (sweep / "members" / "001_learning_rate=0.2" / ".lock").unlink()
+    os.mkfifo(sweep / "members" / "001_learning_rate=0.2" / ".lock")  # an odd lock file: no hang, not running
+    assert [entry.status for entry in catalog.find_runs(sweep)] == ["completed", "completed"]
 
 
 # ------------------------------------------------------------------------------------------------ gradfit compare
@@ -141,6 +165,17 @@ def test_compare_shows_the_config_differences_and_the_metrics_side_by_side(made)
     table = invoke("compare", a, b)
     assert "optimizer.learning_rate │ 0.05 -> 0.02" in table.stdout
     assert invoke("compare", a).exit_code == 2
+
+
+def test_compare_reads_an_older_config_with_its_defaults(made, tmp_path):
+    """A key an older config.yaml does not spell is its default, not a difference."""
+    older = tmp_path / "older"
+    shutil.copytree(made["completed"], older)
+    text = (older / "config.yaml").read_text()
+    (older / "config.yaml").write_text("\n".join(line for line in text.splitlines() if "loggers" not in line))
+    compared = catalog.compare([made["completed"], older])
+    assert compared.config == {"train.loggers": [["jsonl", "csv", "tensorboard"], ["jsonl"]]}
+    assert compared.labels == [made["completed"].name, "older"]
 
 
 # ------------------------------------------------------------------------------------------------ gradfit plot
@@ -164,6 +199,13 @@ def test_plot_draws_one_line_per_run_at_the_requested_size(made, tmp_path):
     assert again.exit_code == 2 and "--force" in again.output
     own = invoke("plot", made["completed"], "--out", made["completed"] / "metrics.jsonl", "--force")
     assert own.exit_code == 2 and own.output.count("\n") <= 3
+
+
+def test_plot_defaults_to_the_metrics_every_run_logs():
+    from gradfit.plot import PLOT_METRICS_DEFAULT
+
+    option = next(p for p in typer.main.get_command(app).commands["plot"].params if p.name == "metric")
+    assert option.default == ",".join(PLOT_METRICS_DEFAULT)
 
 
 def test_plot_without_matplotlib_says_how_to_install_it(made, tmp_path, monkeypatch):
@@ -242,8 +284,8 @@ def test_config_init_writes_every_key_and_validates(tmp_path, model):
     text = path.read_text()
     name = "mlp" if model == "mlp" else "logreg"
     assert resolve_config(path).config == resolve_config(None, [f"model.kind={model}", f"name={name}"]).config
-    for info in describe_keys():
-        assert f"{info.key[-1]}:" in text, info.key
+    for info in describe_keys():  # at its depth, set or commented out
+        assert re.search(rf"^{'  ' * (len(info.key) - 1)}(# )?{info.key[-1]}:", text, re.MULTILINE), info.key
     assert invoke("config", "validate", path).exit_code == 0
     refused = invoke("config", "init", path)
     assert refused.exit_code == 2 and "--force" in refused.output and path.read_text() == text
@@ -262,8 +304,11 @@ def test_a_table_title_never_breaks_a_path_mid_word(made, tmp_path):
 
     x, y = breast_cancer()
     source = str(tmp_path / "a-folder-with-a-rather-long-name" / "and-a-data-file-named-at-length.csv")
+    titled = 0
     for table in report.eval_tables(gradfit.load_run(made["completed"]).evaluate(x, y), source):
         console = Console(width=len(source) + 10, file=io.StringIO())
         console.print(table)
         if "Evaluation" in console.file.getvalue():
+            titled += 1
             assert any(source in line for line in console.file.getvalue().splitlines())
+    assert titled == 1
