@@ -240,6 +240,17 @@ def test_a_resumed_run_logs_each_step_once(made):
     assert steps == sorted(set(steps)) and steps[-1] == Summary.read(made["resumed"] / "summary.json").steps
 
 
+def test_loggers_may_change_on_resume_and_config_yaml_says_so(made, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(made["interrupted"], run)
+    checkpoints.latest(run).unlink()  # steps past the checkpoint were logged: the derived logs must drop them
+    summary = api.resume(run, overrides={"train.loggers": ["jsonl"]})  # no --force: it computes the same
+    assert summary.status == "completed" and RunDir(run).config().train.loggers == ["jsonl"]
+    records = RunDir(run).metrics()
+    assert read_csv(run / "metrics.csv")[1] == [{key: r.get(key) for key in RECORD_KEYS} for r in records
+                                                if r["step"] <= summary.resumes[0]["from_step"]]
+
+
 def test_an_unknown_logger_is_a_config_error_naming_the_key():
     with pytest.raises(ConfigError, match=r"train.loggers"):
         resolve_config(None, ["train.loggers=[jsonl, wandb]"])
