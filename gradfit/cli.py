@@ -776,16 +776,18 @@ class RunSort(str, Enum):
 def runs_(
     folder: Path = typer.Argument(Path("runs"), help="A folder of run directories (also lists the members of the "
                                                      "sweeps in it), or one run directory."),
-    sort: RunSort = typer.Option(RunSort.started, "--sort", help="Order by this column: best first for metrics, "
-                                                                  "newest first for started."),
-    status: Optional[RunStatus] = typer.Option(None, "--status", help="Only runs with this status."),
+    sort: RunSort = typer.Option(RunSort.started, "--sort", metavar="COLUMN",
+                                 help="Order by started (newest first), run, status, steps, best_val_loss, "
+                                      "best_val_accuracy, val_loss, val_accuracy, test_accuracy or wall_time_s (best "
+                                      "first for metrics)."),
+    status: Optional[RunStatus] = typer.Option(None, "--status", metavar="STATUS",
+                                               help="Only runs with this status: completed, failed, interrupted, "
+                                                    "running, unfinished or damaged."),
     json_flag: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """List runs: status, model, dataset, steps, best and final validation metrics, test accuracy, wall time.
 
-    Reads only each run's summary.json, so it stays fast on a folder of thousands of runs. Status is what the
-    summary says, [bold]running[/] while a gradfit process holds the run, [bold]unfinished[/] for a run killed
-    before writing one (resume it), [bold]damaged[/] for an unreadable summary.
+    Reads only each run's summary.json, so it stays fast on a folder of thousands of runs. Status is what the summary says, [bold]running[/] while a gradfit process holds the run, [bold]unfinished[/] for a run killed before writing one (resume it), [bold]damaged[/] for an unreadable summary.
 
     [bold]Examples[/]
 

@@ -128,6 +128,13 @@ def test_runs_sorts_best_first_and_reads_only_summaries(made, monkeypatch):
     assert present == sorted(present) and losses[:len(present)] == present and len(present) >= 3
 
 
+def test_the_cli_offers_every_sort_key_and_status_the_catalog_has():
+    from gradfit import cli
+
+    assert tuple(key.value for key in cli.RunSort) == catalog.SORT_KEYS
+    assert tuple(status.value for status in cli.RunStatus) == catalog.STATUSES
+
+
 def test_runs_lists_a_single_run_and_refuses_a_missing_folder(made, tmp_path):
     assert [e.path for e in catalog.find_runs(made["completed"])] == [made["completed"]]
     assert catalog.find_runs(tmp_path) == []
