@@ -61,8 +61,9 @@ def find_runs(folder: str | Path) -> list[RunEntry]:
     members of the sweeps among them (or of ``folder``, if it is a sweep); oldest first."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise RunDirError(f"{folder}: no such folder" if not folder.exists() else f"{folder}: not a folder; pass "
-                          "the folder that holds the runs (default: runs)")
+        raise RunDirError(f"{folder}: no such folder (no runs yet? gradfit train CONFIG makes one in runs/, or "
+                          "pass the folder given to --out-dir)" if not folder.exists() else
+                          f"{folder}: not a folder; pass the folder that holds the runs (default: runs)")
     found = [read_entry(path, _label(path, folder)) for path in _run_folders(folder)]
     return sorted(found, key=lambda entry: (entry.started, entry.label))
 
