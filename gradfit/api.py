@@ -2,7 +2,7 @@
 
     import gradfit
 
-    summary = gradfit.fit("configs/logreg.yaml", overrides={"optimizer.learning_rate": 0.1})
+    summary = gradfit.fit("configs/logreg.yaml", overrides={"model.l2": 0.01})
     run = gradfit.load_run(summary.run_dir)
     run.predict(x)        # original label values, (n,)
     run.evaluate(x, y)    # log loss, accuracy, per-class precision/recall/F1, ROC AUC, confusion matrix

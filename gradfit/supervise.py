@@ -155,9 +155,9 @@ def _mark_failed(run_dir: Path, reason: str, started: float) -> bool:
     run = runs.RunDir(run_dir)
     if run.summary_file.exists() and run.summary_file.stat().st_mtime >= started:
         return newest is not None
-    run.write_summary(runs.Summary(
-        run_dir=str(run_dir), status="failed", stop_reason=reason,
-        steps=None if newest is None else checkpoints.step_of(newest), checkpoint=None if newest is None else str(newest)))
+    run.write_summary(runs.Summary(run_dir=str(run_dir), status="failed", stop_reason=reason,
+                                   steps=None if newest is None else checkpoints.step_of(newest),
+                                   checkpoint=None if newest is None else str(newest)))
     return newest is not None
 
 

@@ -102,7 +102,7 @@ class TrainedRun:
 
         The rows go through exactly what training did (the saved standardization, the run's precision).
         """
-        return np.exp(self.log_probabilities()(self.standardize(self._features(x))))
+        return np.exp(self._log_probs(x))
 
     def predict(self, x: Any) -> np.ndarray:
         """The most probable class of each row of ``x`` (n, d), as the original label values."""
@@ -111,12 +111,14 @@ class TrainedRun:
     def evaluate(self, x: Any, y: Any) -> dict:
         """``gradfit eval``'s metrics (log loss, accuracy, per-class precision/recall/F1, ROC AUC, confusion
         matrix) on raw features ``x`` (n, d) and their labels ``y`` (n,), given as the original label values."""
-        x = self._features(x)
-        y = np.asarray(y)
-        if y.shape != (len(x),):
-            raise DataError(f"y: expected {len(x)} labels, one per row of x, got an array of shape {y.shape}")
-        ids = class_ids(y, self.classes, "y")
-        return classification_metrics(ids, self.log_probabilities()(self.standardize(x)), self.classes)
+        log_probs, y = self._log_probs(x), np.asarray(y)
+        if y.shape != (len(log_probs),):
+            raise DataError(f"y: expected {len(log_probs)} labels, one per row of x, got an array of shape {y.shape}")
+        return classification_metrics(class_ids(y, self.classes, "y"), log_probs, self.classes)
+
+    def _log_probs(self, x: Any) -> np.ndarray:
+        """Log class probabilities (n, K) of raw features ``x``, checked by ``_features``."""
+        return self.log_probabilities()(self.standardize(self._features(x)))
 
     def _features(self, x: Any) -> np.ndarray:
         """``x`` as a finite float64 (n, d) array with this run's d features, or a DataError saying why not."""
@@ -126,8 +128,8 @@ class TrainedRun:
             raise DataError(f"x: not an array of numbers ({exc})") from None
         d = len(self.feature_names)
         if x.ndim != 2 or x.shape[1] != d or len(x) == 0:
-            raise DataError(f"x: expected an (n, {d}) array (features {tabular.preview(self.feature_names, 5)}), got shape "
-                            f"{x.shape}")
+            names = tabular.preview(self.feature_names, 5)
+            raise DataError(f"x: expected an (n, {d}) array (features {names}), got shape {x.shape}")
         bad = np.argwhere(~np.isfinite(x))
         if len(bad):
             row, col = bad[0]
