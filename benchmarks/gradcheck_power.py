@@ -24,8 +24,8 @@ from jax.flatten_util import ravel_pytree
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from conftest import make_config  # noqa: E402  (the tests' config helper: the shipped defaults + overrides)
 
-from gradfit import problem  # noqa: E402
-from gradfit.gradcheck import FLOAT64, CheckOptions, check_gradient, planted_error  # noqa: E402
+from gradfit.gradients import problem  # noqa: E402
+from gradfit.gradients.gradcheck import FLOAT64, CheckOptions, check_gradient, planted_error  # noqa: E402
 
 MODELS = {  # name -> (overrides, full mode?)
     "logistic (31 params)": ((), True),

@@ -26,11 +26,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gradfit.bench import minimal_loop
-from gradfit.config import resolve_config, to_yaml
-from gradfit.data import load_dataset
-from gradfit.loop import fit
-from gradfit.train import prepare
+from gradfit.bench.engine import minimal_loop
+from gradfit.config.load import resolve_config, to_yaml
+from gradfit.data.dataset import load_dataset
+from gradfit.training.loop import fit
+from gradfit.training.programs import prepare
 
 ROOT = Path(__file__).resolve().parent.parent
 

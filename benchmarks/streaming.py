@@ -69,8 +69,8 @@ class PeakMemory:
 
 def write_folder(folder: Path, gigabytes: float, seed: int = 0) -> int:
     """A converted folder of about ``gigabytes`` GiB of float32 features; returns its rows."""
-    from gradfit.convert import npy_header
-    from gradfit.tabular import CONVERTED_FORMAT
+    from gradfit.data.convert import npy_header
+    from gradfit.data.tabular import CONVERTED_FORMAT
 
     rows = int(gigabytes * 2 ** 30 / (FEATURES * 4))
     folder.mkdir(parents=True, exist_ok=True)
@@ -103,8 +103,8 @@ def train_child(folder: str, in_memory: bool, steps: int) -> dict:
     """Runs in its own process: prepare, compile, one warm-up group, then ``steps`` timed steps."""
     import jax
 
-    from gradfit.config import resolve_config
-    from gradfit.train import compile_programs, prepare
+    from gradfit.config.load import resolve_config
+    from gradfit.training.programs import compile_programs, prepare
 
     overrides = ["name=stream-bench", "model.kind=mlp", f"model.hidden={list(HIDDEN)}", f"train.batch_size={BATCH}",
                  "optimizer={name: adam, learning_rate: 0.001}", "data.source=file", f"data.path={folder}",

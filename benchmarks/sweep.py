@@ -45,7 +45,7 @@ def gradfit(*args: str, env: dict) -> tuple[float, str]:
 
 
 def ranking(members: list[dict]) -> list[int]:
-    from gradfit.sweeps import rank
+    from gradfit.sweeps.plan import rank
 
     return [row["setting"] for row in rank(members, "val_loss")]
 

@@ -1,3 +1,3 @@
-from gradfit.entry import main
+from gradfit.cli.entry import main
 
 main()

@@ -18,13 +18,15 @@ import json
 from pathlib import Path
 from typing import Mapping, Optional, Sequence, Union
 
-from gradfit import loop, resume as resuming, trained
-from gradfit.config import GradfitConfig, resolve_config
+from gradfit.training import loop
+from gradfit.training import resume as resuming
+from gradfit.trained import run as trained
+from gradfit.config.load import GradfitConfig, resolve_config
 from gradfit.errors import ConfigError
-from gradfit.inference import Inference, run_inference
-from gradfit.loop import Callbacks
-from gradfit.runs import RunDir, Summary, to_jsonable
-from gradfit.trained import TrainedRun
+from gradfit.trained.inference import Inference, run_inference
+from gradfit.training.loop import Callbacks
+from gradfit.runs.rundir import RunDir, Summary, to_jsonable
+from gradfit.trained.run import TrainedRun
 
 ConfigLike = Union[str, Path, Mapping, GradfitConfig]
 Overrides = Union[Sequence[str], Mapping[str, object], None]
@@ -38,7 +40,7 @@ def fit(config: ConfigLike, overrides: Overrides = None, out_dir: str | Path = "
         config: a YAML file, a dict shaped like one (``{"model": {"kind": "mlp"}}``), or a ``GradfitConfig``.
         overrides: ``{"optimizer.learning_rate": 3e-3}`` or ``["optimizer.learning_rate=3e-3"]`` (as ``--set``).
         out_dir: the parent folder of the run directory.
-        callbacks: progress hooks (``gradfit.loop.Callbacks``); None trains silently.
+        callbacks: progress hooks (``gradfit.training.loop.Callbacks``); None trains silently.
 
     Raises:
         ConfigError, DataError, DeviceError: before the run directory is made.
@@ -76,7 +78,7 @@ def resolve(config: ConfigLike, overrides: Overrides = None) -> GradfitConfig:
 @dataclasses.dataclass(frozen=True)
 class Run(TrainedRun):
     """A finished run loaded back: ``predict``, ``predict_proba``, ``evaluate``, ``inference``, and its
-    ``config``, ``summary`` (``gradfit.runs.Summary``), ``classes`` and ``feature_names``."""
+    ``config``, ``summary`` (``gradfit.runs.rundir.Summary``), ``classes`` and ``feature_names``."""
 
     def inference(self, scale: str = "original", level: float = 0.95) -> Inference:
         """The coefficient table of a logistic regression: estimates, standard errors, Wald z and p-values,

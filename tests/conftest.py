@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gradfit.config import GradfitConfig, resolve_config
+from gradfit.config.load import GradfitConfig, resolve_config
 
 # the suite runs in two pytest-xdist workers: on a GPU, neither may take 75% of its memory up front (JAX's default)
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -30,7 +30,7 @@ def make_config(*overrides: str, path: str | Path | None = None) -> GradfitConfi
 def compile_cache(tmp_path_factory):
     """Every test, in-process or a CLI subprocess, shares one fresh persistent compile cache, never the user's:
     the suite compiles the same small programs many times, and loading them saves about a third of its time."""
-    from gradfit import compile_cache as cache
+    from gradfit.runtime import compile_cache as cache
 
     base = tmp_path_factory.getbasetemp()  # under xdist, each worker's folder is in the session's
     folder = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "jax-cache"
@@ -68,7 +68,7 @@ def one_window_chunks(monkeypatch):
 
     By default a chunk grows to ~0.1 s of steps and Ctrl-C stops the run at the end of the chunk in flight.
     """
-    from gradfit import loop
+    from gradfit.training import loop
 
     monkeypatch.setattr(loop, "CHUNK_SECONDS", 0.0)
 

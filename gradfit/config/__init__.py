@@ -1,0 +1,5 @@
+"""What a run is asked to do: the schema of every key (``schema``), loading YAML with ``--set`` overrides and
+messages that point at the line (``load``), and the commented file ``gradfit config init`` writes (``template``).
+
+No jax here. May import: ``gradfit.errors``, ``gradfit.files``.
+"""

@@ -1,0 +1,138 @@
+"""Losses, metrics, and the hand-derived ("manual") gradients of gradfit's models.
+
+The binary loss takes labels y in {-1, +1} and one logit per row:
+    L(theta) = (1/N) sum_i log(1 + exp(-y_i * logit_i)) + (l2/2) * ||w||^2
+computed as ``logaddexp(0, -y * logit)`` so that large margins neither overflow nor lose precision.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gradfit.core.models import weight_mask
+from gradfit.config.schema import ModelConfig
+
+
+def row_losses(logits, y):
+    """The task's loss per row, chosen by the logits' shape.
+
+    logits (n,): binary, y in {-1, +1}: log(1 + exp(-y * logit)). logits (n, K): y int class ids in [0, K):
+    -log softmax(logits)[y].
+    """
+    if logits.ndim == 1:
+        return jnp.logaddexp(0.0, -y * logits)
+    log_probs = jax.nn.log_softmax(logits)
+    return -jnp.take_along_axis(log_probs, y[:, None].astype(jnp.int32), axis=1)[:, 0]
+
+
+def row_correct(logits, y):
+    """Per row, whether the prediction is right (bool); a zero binary logit counts as +1."""
+    if logits.ndim == 1:
+        return jnp.where(logits >= 0, 1.0, -1.0) == y
+    return jnp.argmax(logits, axis=1) == y
+
+
+def data_loss(logits, y):
+    """Mean of ``row_losses``: binary logistic loss for (n,) logits, softmax cross-entropy for (n, K)."""
+    return jnp.mean(row_losses(logits, y))
+
+
+def l2_penalty(params, l2: float):
+    """(l2/2) * sum of squared weights; biases are not penalized (as in scikit-learn)."""
+    if isinstance(l2, (int, float)) and l2 == 0:  # a traced l2 (a sweep member's) always adds its term
+        return 0.0
+    mask = weight_mask(params)
+    squares = jax.tree_util.tree_map(lambda p, m: jnp.sum(p * p) if m else 0.0, params, mask)
+    return 0.5 * l2 * sum(jax.tree_util.tree_leaves(squares))
+
+
+def make_objective(apply: Callable, l2: float) -> Callable:
+    """objective(params, x, y) = data loss + L2 penalty: what the optimizer minimizes."""
+
+    def objective(params, x, y):
+        return data_loss(apply(params, x), y) + l2_penalty(params, l2)
+
+    return objective
+
+
+def logistic_manual_grad(params: dict, x: np.ndarray, y: np.ndarray, l2: float = 0.0, dtype=np.float64) -> dict:
+    """Closed-form gradient of the L2-penalized binary logistic loss, in NumPy (float64 unless ``dtype``).
+
+    d/dw = (1/N) X^T (-y * sigmoid(-y * m)) + l2 * w,   d/db = mean(-y * sigmoid(-y * m)),   m = X w + b.
+    """
+    w = np.asarray(params["w"], dtype)
+    b = np.asarray(params["b"], dtype)
+    x = np.asarray(x, dtype)  # no copy when already of this dtype
+    y = np.asarray(y, dtype)
+    margin = -y * (x @ w + b)
+    # sigmoid(t) = exp(-logaddexp(0, -t)) never overflows
+    residual = -y * np.exp(-np.logaddexp(0.0, -margin))
+    return {"w": x.T @ residual / len(y) + l2 * w, "b": np.asarray(residual.mean())}
+
+
+# Hand-written activations and their derivatives, matching gradfit.core.models.ACTIVATIONS (gelu: tanh approximation,
+# jax.nn.gelu's default; relu'(0) = 0 as in JAX).
+_GELU_C = np.sqrt(2.0 / np.pi)
+
+
+def _sigmoid(z):
+    return np.exp(-np.logaddexp(0.0, -z))
+
+
+_ACTIVATION_AND_DERIVATIVE = {
+    "relu": (lambda z: np.maximum(z, 0.0), lambda z: (z > 0).astype(z.dtype)),
+    "tanh": (np.tanh, lambda z: 1.0 - np.tanh(z) ** 2),
+    "sigmoid": (_sigmoid, lambda z: _sigmoid(z) * (1.0 - _sigmoid(z))),
+    "silu": (lambda z: z * _sigmoid(z), lambda z: _sigmoid(z) * (1.0 + z * (1.0 - _sigmoid(z)))),
+    "gelu": (
+        lambda z: 0.5 * z * (1.0 + np.tanh(_GELU_C * (z + 0.044715 * z**3))),
+        lambda z: 0.5 * (1.0 + np.tanh(_GELU_C * (z + 0.044715 * z**3)))
+        + 0.5 * z * (1.0 - np.tanh(_GELU_C * (z + 0.044715 * z**3)) ** 2) * _GELU_C * (1.0 + 3 * 0.044715 * z**2),
+    ),
+}
+
+
+def mlp_manual_grad(params: dict, x: np.ndarray, y: np.ndarray, activation: str, l2: float = 0.0,
+                    dtype=np.float64) -> dict:
+    """Backpropagation written out by hand in NumPy (float64 unless ``dtype``) for gradfit's MLP and its loss.
+
+    Forward: a_0 = x, z_l = a_{l-1} W_l + b_l, a_l = act(z_l); the last z is the logits. Backward: delta_L is
+    dLoss/dlogits ((softmax - onehot)/N, or -y sigmoid(-y s)/N for one binary logit), then
+    dW_l = a_{l-1}^T delta_l (+ l2 W_l), db_l = sum_rows delta_l, delta_{l-1} = (delta_l W_l^T) * act'(z_{l-1}).
+    """
+    act, act_prime = _ACTIVATION_AND_DERIVATIVE[activation]
+    layers = [{k: np.asarray(v, dtype) for k, v in layer.items()} for layer in params["layers"]]
+    a, pre_activations, inputs = np.asarray(x, dtype), [], []
+    for i, layer in enumerate(layers):
+        inputs.append(a)
+        z = a @ layer["w"] + layer["b"]
+        pre_activations.append(z)
+        a = act(z) if i < len(layers) - 1 else z
+    logits, n = a, len(x)
+    if logits.shape[1] == 1:  # one binary logit, labels in {-1, +1}
+        yy = np.asarray(y, dtype)[:, None]
+        delta = -yy * _sigmoid(-yy * logits) / n
+    else:
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        probs = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+        probs[np.arange(n), np.asarray(y, np.int64)] -= 1.0
+        delta = probs / n
+    grads = [None] * len(layers)
+    for i in range(len(layers) - 1, -1, -1):
+        grads[i] = {"w": inputs[i].T @ delta + l2 * layers[i]["w"], "b": delta.sum(axis=0)}
+        if i > 0:
+            delta = (delta @ layers[i]["w"].T) * act_prime(pre_activations[i - 1])
+    return {"layers": grads}
+
+
+def hand_derived_gradient(model: ModelConfig) -> Callable:
+    """The NumPy gradient written out by hand for a model config, with its L2 term:
+    ``gradient(params, x, y, dtype=np.float64) -> grads`` (the pytree of params)."""
+    if model.kind == "logistic":
+        return functools.partial(logistic_manual_grad, l2=model.l2)
+    return functools.partial(mlp_manual_grad, activation=model.activation, l2=model.l2)

@@ -1,0 +1,201 @@
+"""Finding, listing and comparing runs from their files alone: ``gradfit runs``, ``compare`` and ``plot``. No jax.
+
+A listing reads each run's summary.json and nothing else (a run without one, still training or killed, also has
+its config.yaml read), so a folder of a thousand runs lists in well under a second.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import os
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
+
+from gradfit.runs import checkpoints
+from gradfit.errors import GradfitError, RunDirError
+from gradfit.runs.rundir import MEMBERS_DIR, RunDir, Summary
+
+# completed, failed, interrupted: as summary.json says; running: a process holds the run's lock; unfinished: no
+# summary and nobody training (killed hard, or stopped before its first log point); damaged: unreadable summary
+STATUSES = ("completed", "failed", "interrupted", "running", "unfinished", "damaged")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunEntry:
+    """One run directory as a listing sees it."""
+
+    path: Path
+    label: str  # its path from the folder listed (a sweep member: <sweep>/members/<member>)
+    status: str  # one of STATUSES
+    summary: Optional[Summary]
+    model: str
+    dataset: str
+    steps: Optional[int]
+    started: str  # ISO time (the folder's timestamp when the summary does not say)
+    problem: Optional[str] = None  # why it is damaged
+
+    def row(self) -> dict:
+        """The listing's columns (``--json`` and the table say the same thing)."""
+        summary = self.summary
+        final = summary.final if summary else {}
+        best = summary.best if summary else {}
+        return {
+            "run": self.label, "path": str(self.path), "status": self.status, "model": self.model,
+            "dataset": self.dataset, "steps": self.steps,
+            "best_val_loss": best.get("val_loss"), "best_val_accuracy": best.get("val_accuracy"),
+            "val_loss": final.get("val_loss"), "val_accuracy": final.get("val_accuracy"),
+            "test_accuracy": final.get("test_accuracy"),
+            "wall_time_s": summary.wall_time_s if summary else None, "started": self.started,
+            "stop_reason": summary.stop_reason if summary else self.problem,
+        }
+
+
+SORT_KEYS = ("started", "run", "status", "steps", "best_val_loss", "best_val_accuracy", "val_loss", "val_accuracy",
+             "test_accuracy", "wall_time_s")
+
+
+def find_runs(folder: str | Path) -> list[RunEntry]:
+    """Every run directory in ``folder``: the folder itself if it is one, its sub-folders that are, and the
+    members of the sweeps among them (or of ``folder``, if it is a sweep); oldest first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise RunDirError(f"{folder}: no such folder (no runs yet? gradfit train CONFIG makes one in runs/, or "
+                          "pass the folder given to --out-dir)" if not folder.exists() else
+                          f"{folder}: not a folder; pass the folder that holds the runs (default: runs)")
+    found = [read_entry(path, _label(path, folder)) for path in _run_folders(folder)]
+    return sorted(found, key=lambda entry: (entry.started, entry.label))
+
+
+def _run_folders(folder: Path) -> Iterator[Path]:
+    if RunDir(folder).is_run():
+        yield folder
+        return
+    if (folder / MEMBERS_DIR).is_dir():  # a sweep: its members are runs
+        yield from (path for path in sorted((folder / MEMBERS_DIR).iterdir()) if RunDir(path).is_run())
+        return
+    with os.scandir(folder) as children:
+        for child in sorted(children, key=lambda c: c.name):
+            if child.is_dir(follow_symlinks=False):
+                path = Path(child.path)
+                if RunDir(path).is_run():
+                    yield path
+                elif (path / MEMBERS_DIR).is_dir():
+                    yield from (member for member in sorted((path / MEMBERS_DIR).iterdir())
+                                if RunDir(member).is_run())
+
+
+def _label(path: Path, folder: Path) -> str:
+    return path.name if path == folder else str(path.relative_to(folder))
+
+
+def read_entry(path: Path, label: Optional[str] = None) -> RunEntry:
+    """What a listing shows of one run directory, from its summary (or its config when it has none)."""
+    run = RunDir(path)
+    label = label or path.name
+    started = _folder_time(path)
+    try:
+        summary = run.summary()
+    except RunDirError as exc:
+        return RunEntry(path, label, "damaged", None, "?", "?", None, started, str(exc))
+    running = run.held_by_another()
+    if summary is not None:
+        return RunEntry(path, label, "running" if running else summary.status, summary, summary.model or "?",
+                        summary.dataset or "?", summary.steps, summary.started or started)
+    model = dataset = "?"
+    with contextlib.suppress(GradfitError, OSError):
+        config = run.config()
+        model, dataset = config.model.kind, config.data.source
+    newest = checkpoints.latest(path)
+    return RunEntry(path, label, "running" if running else "unfinished", None, model, dataset,
+                    None if newest is None else checkpoints.step_of(newest), started)
+
+
+def _folder_time(path: Path) -> str:
+    """ISO time from the folder's ``-YYYYmmdd-HHMMSS[-n]`` suffix, else its config's modification time."""
+    for part in (path.name.rsplit("-", 2)[-2:], path.name.rsplit("-", 3)[-3:-1]):
+        with contextlib.suppress(ValueError):
+            return dt.datetime.strptime("-".join(part), "%Y%m%d-%H%M%S").isoformat()
+    with contextlib.suppress(OSError):
+        return dt.datetime.fromtimestamp(RunDir(path).config_file.stat().st_mtime).isoformat(timespec="seconds")
+    return ""
+
+
+def sort_rows(rows: list[dict], key: str) -> list[dict]:
+    """Rows by ``key``: best first for metrics (lowest loss, highest accuracy), newest first for started,
+    fastest first for wall time; rows without the value last."""
+    descending = key in ("started", "best_val_accuracy", "val_accuracy", "test_accuracy", "steps")
+    present = [row for row in rows if row[key] is not None]
+    absent = [row for row in rows if row[key] is None]
+    return sorted(present, key=lambda row: row[key], reverse=descending) + absent
+
+
+def labels(paths: Sequence[Path]) -> list[str]:
+    """Short names for runs shown side by side: the folder's name, with its parents' where two are alike
+    (members of two sweeps share their folder names)."""
+    paths = [Path(path).resolve() for path in paths]
+    for depth in range(1, max((len(path.parts) for path in paths), default=1) + 1):
+        names = [str(Path(*path.parts[-depth:])) for path in paths]
+        if len(set(names)) == len(names):
+            return names
+    return [str(path) for path in paths]  # the same run twice
+
+
+# ------------------------------------------------------------------------------------------------ compare
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    runs: list[str]  # run folder paths, in the order given
+    labels: list[str]  # their short names (``labels``)
+    config: dict[str, list]  # dotted key -> its value in each run, for the keys that differ
+    metrics: dict[str, list]  # metric -> its value in each run
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+COMPARED_METRICS = ("status", "steps", "epochs", "objective", "grad_norm", "train_loss", "val_loss", "val_accuracy",
+                    "test_loss", "test_accuracy", "best_val_loss", "best_val_accuracy", "wall_time_s", "steps_per_s")
+
+
+def compare(paths: Sequence[str | Path]) -> Comparison:
+    """The config keys on which runs differ and their metrics side by side.
+
+    Configs are compared resolved, every key with its value, so a key an older run's config.yaml does not
+    spell (its default then) is not a difference unless the default changed.
+    """
+    if len(paths) < 2:
+        raise GradfitError("compare needs at least two runs: gradfit compare RUN RUN [RUN...]")
+    folders = [RunDir.open(path) for path in paths]
+    configs = [_flat(run.config().model_dump(mode="json")) for run in folders]
+    keys = sorted(set().union(*configs))
+    values = {key: [config.get(key) for config in configs] for key in keys}
+    config = {key: row for key, row in values.items() if any(v != row[0] for v in row[1:])}
+    rows = [read_entry(run.path) for run in folders]
+    metrics = {name: [_metric(entry, name) for entry in rows] for name in COMPARED_METRICS}
+    return Comparison([str(run.path) for run in folders], labels([run.path for run in folders]), config, metrics)
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _metric(entry: RunEntry, name: str) -> Any:
+    summary = entry.summary
+    if name == "status":
+        return entry.status
+    if summary is None:
+        return entry.steps if name == "steps" else None
+    if name in summary.final:
+        return summary.final[name]
+    if name.startswith("best_"):
+        return summary.best.get(name[len("best_"):])
+    return getattr(summary, name)

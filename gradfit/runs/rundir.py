@@ -1,0 +1,488 @@
+"""Run directories: ``RunDir`` owns every file of a run, ``Summary`` is its summary.json. No jax here.
+
+Layout of ``<out_dir>/<name>-<YYYYmmdd-HHMMSS>[-n]/``:
+    config.yaml         fully resolved config (loadable by `gradfit train`), versions and device as comments
+    preprocessing.json  feature names, label mapping, standardization mean/std
+    metrics.jsonl       one JSON object per log point (the source of truth; metrics.csv and TensorBoard event
+                        files, when train.loggers asks for them, are made from the same records)
+    params.npz          final parameters (the best ones under early stopping), keyed by pytree path; no pickle
+    summary.json        outcome, timings and final metrics (``Summary``)
+    checkpoints/        step-NNNNNNNN.npz files to resume from (see gradfit.runs.checkpoints)
+Nothing existing is ever overwritten: every write is atomic or an append.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as _dt
+import functools
+import importlib.metadata
+import json
+import math
+import os
+import shutil
+import stat
+import time
+from pathlib import Path
+from typing import Any, Iterator, Literal, Mapping, Optional, Sequence
+
+import numpy as np
+import pydantic
+
+from gradfit import files
+from gradfit.abort import removed_on_abort
+from gradfit.errors import RunDirError
+from gradfit.files import write_atomic  # noqa: F401  (a run's files are written this way)
+from gradfit.config.load import GradfitConfig, resolve_config
+from gradfit.runs.loggers import CSV_NAME, EVENTS_GLOB, MetricLoggers
+from gradfit.version import __version__
+
+
+def create_run_dir(parent: str | Path, name: str, now: Optional[_dt.datetime] = None) -> Path:
+    """Make a fresh directory ``parent/name-timestamp``, adding ``-2``, ``-3``... if that exists.
+
+    ``os.mkdir`` is atomic, so two runs started in the same second still get distinct directories.
+    """
+    parent = Path(parent)
+    stamp = (now or _dt.datetime.now()).strftime("%Y%m%d-%H%M%S")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunDirError(f"cannot create output directory {parent}: {exc.strerror}") from None
+    for n in range(1, 10_000):
+        candidate = parent / (f"{name}-{stamp}" if n == 1 else f"{name}-{stamp}-{n}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise RunDirError(f"cannot create run directory {candidate}: {exc.strerror}") from None
+    raise RunDirError(f"too many runs named {name}-{stamp} in {parent}")
+
+
+def check_run_dir(path: Path) -> Path:
+    """``path`` if it is a run directory made by gradfit train, else a RunDirError saying what it is instead."""
+    path = Path(path)
+    if not path.is_dir():
+        raise RunDirError(f"{path}: no such run directory" if not path.exists() else f"{path}: not a directory")
+    for name in ("config.yaml", "metrics.jsonl"):
+        with contextlib.suppress(OSError):
+            mode = os.stat(path / name).st_mode
+            if not stat.S_ISREG(mode):
+                raise RunDirError(f"{path / name}: {files.kind(mode)}, not a regular file; is {path} a gradfit run "
+                                  "directory someone altered?")
+    missing = [name for name in ("config.yaml", "metrics.jsonl") if not (path / name).is_file()]
+    if missing:
+        raise RunDirError(f"{path}: not a gradfit run directory (it has no {' and no '.join(missing)}); "
+                          "pass a folder made by gradfit train, e.g. runs/<name>-<timestamp>")
+    return path
+
+
+@contextlib.contextmanager
+def fresh(parent: str | Path, name: str):
+    """A new run directory (``create_run_dir``) that, within the block, has not started: a failure (a full disk
+    while config.yaml is written) or a signal that ends the process removes the whole folder, so nothing
+    half-made is left. No signal can land between its creation and that promise."""
+    with removed_on_abort(lambda: create_run_dir(parent, name)) as run_dir:
+        try:
+            yield run_dir
+        except BaseException:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+
+
+MAX_METRICS_BYTES = 4 << 30  # metrics.jsonl: 10 million log points
+# the keys of a metrics.jsonl record (the columns of metrics.csv), in order
+RECORD_KEYS = ("step", "epoch", "batch_objective", "batch_grad_norm", "objective", "train_loss", "grad_norm",
+               "val_loss", "val_accuracy", "learning_rate", "elapsed_s")
+
+MEMBERS_DIR = "members"  # a sweep's folder keeps its members' run directories in here
+
+RUN_FILES = ("config.yaml", "preprocessing.json", "metrics.jsonl", "metrics.discarded.jsonl", CSV_NAME,
+             "params.npz", "summary.json", ".lock")
+# files a run may also hold: TensorBoard's, and what a resume set aside
+RUN_FILE_PATTERNS = (EVENTS_GLOB, "config.before-step-*.yaml", "params.previous*.npz", "checkpoints/*.npz")
+
+
+def own_files(run_dir: Path) -> list[Path]:
+    """The files gradfit keeps in a run directory (existing or not): never a place for a command's output."""
+    run_dir = Path(run_dir)
+    return [run_dir / name for name in RUN_FILES] + sorted(path for pattern in RUN_FILE_PATTERNS
+                                                           for path in run_dir.glob(pattern))
+
+
+@contextlib.contextmanager
+def locked(run_dir: Path):
+    """Hold an exclusive lock on the run directory, so two processes never write the same run.
+
+    An OS file lock, released by the kernel when the process dies, so a killed run never leaves it stale.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; rely on the user
+        yield
+        return
+    with files.open_append(Path(run_dir) / LOCK, RunDirError) as handle:
+        for attempt in range(LOCK_ATTEMPTS):  # gradfit runs holds a shared lock for an instant: wait that out
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if attempt == LOCK_ATTEMPTS - 1:
+                    raise RunDirError(f"{run_dir}: another gradfit process is writing this run; wait for it to "
+                                      "finish or stop it") from None
+                time.sleep(0.01)
+        yield
+
+
+LOCK, LOCK_ATTEMPTS = ".lock", 20
+
+
+def held_by_another(run_dir: Path) -> bool:
+    """True while a gradfit process holds the run's lock (it is training the run now).
+
+    Probes with a shared lock held for an instant (``locked`` retries past it); a lock file that is not a regular
+    file (a FIFO would block an open) counts as not held.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks
+        return False
+    try:
+        handle = os.open(Path(run_dir) / LOCK, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(handle).st_mode):
+            return False
+        fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(handle)
+
+
+def to_jsonable(value: Any) -> Any:
+    """NumPy scalars/arrays to Python; NaN and inf to None (JSON has no such numbers)."""
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return to_jsonable(dataclasses.asdict(value))
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return to_jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_atomic(path, json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n")
+
+
+def append_jsonl(path: Path, records: Sequence[Mapping]) -> None:
+    """Append one line per record, flushed so a crashing process loses nothing.
+
+    Not fsynced: that made runs logging every step 12% slower, and what an OS crash could lose is logged
+    again when the run resumes from its (fsynced) checkpoint.
+    """
+    with files.open_append(path, RunDirError) as f:
+        f.write("".join(json.dumps(_flat_jsonable(record), allow_nan=False) + "\n" for record in records))
+
+
+def _flat_jsonable(record: Mapping) -> dict:
+    """A flat record of Python scalars with NaN and inf as None: ``to_jsonable``'s answer for it, 10x faster
+    (metrics records are written by the hundred per chunk)."""
+    return {key: None if type(value) is float and not math.isfinite(value) else value
+            for key, value in record.items()}
+
+
+def read_metrics(path: Path) -> tuple[list[tuple[str, dict]], Optional[str]]:
+    """(line, record) for every record of a metrics.jsonl, and its torn last line (a crash mid-write) or None.
+
+    Raises:
+        RunDirError: a line before the last is not a metrics record (the file was edited by hand).
+    """
+    lines = files.read_text(path, "metrics file", RunDirError, MAX_METRICS_BYTES).splitlines()
+    parsed, torn = [], None
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or type(record.get("step")) is not int:
+                raise TypeError
+        except (ValueError, TypeError, RecursionError):
+            if number < len(lines):
+                raise RunDirError(f"{path}, line {number}: not a gradfit metrics record; the run directory was "
+                                  "edited by hand") from None
+            torn = line
+            continue
+        parsed.append((line, record))
+    return parsed, torn
+
+
+def truncate_metrics(path: Path, step: int) -> int:
+    """Keep the records of ``path`` up to ``step`` and move later ones to ``metrics.discarded.jsonl``.
+
+    A run resumed from its step-``step`` checkpoint logs those steps again; this keeps metrics.jsonl free of
+    duplicates without losing what was there. A torn last line (a crash mid-write) is moved too.
+    Returns the number of records moved.
+    """
+    parsed, torn = read_metrics(path)
+    kept = [line for line, record in parsed if record["step"] <= step]
+    moved = [line for line, record in parsed if record["step"] > step] + ([] if torn is None else [torn])
+    if moved:  # rewrite first: a failure in between must not let a retry discard the same lines twice
+        write_atomic(path, "".join(line + "\n" for line in kept))
+        with files.open_append(Path(path).with_name("metrics.discarded.jsonl"), RunDirError) as f:
+            f.write("".join(line + "\n" for line in moved))
+    return len(moved)
+
+
+def save_arrays(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """Atomically write named arrays as .npz (object arrays are refused: nothing needs unpickling)."""
+    files.save_npz(path, arrays)
+
+
+def load_arrays(path: Path, expected: Optional[Mapping[str, Sequence[int]]] = None) -> dict[str, np.ndarray]:
+    """The arrays of a run's .npz file, checked before allocation (see ``files.load_npz``)."""
+    return files.load_npz(path, "array file", RunDirError, expected)
+
+
+# ------------------------------------------------------------------------------------------------ summary.json
+
+def _empty(kind: type):
+    return dataclasses.field(default_factory=kind)
+
+
+@pydantic.dataclasses.dataclass(frozen=True, kw_only=True, config=pydantic.ConfigDict(extra="ignore"))
+class Summary:
+    """summary.json: how a run ended, where and how fast it ran, and the metrics of its saved parameters.
+
+    Extra keys are ignored when one is read back, so a newer gradfit's summaries still load.
+    """
+
+    run_dir: Optional[str]  # None in the processes of a distributed run other than process 0, which writes it
+    status: Literal["completed", "failed", "interrupted"]
+    stop_reason: str
+    # the rest defaults to "unknown" for the summary of a run whose process died (written by its supervisor)
+    name: str = ""  # the config's name (the run directory's prefix)
+    started: Optional[str] = None  # ISO time the run's first session started
+    model: str = ""
+    optimizer: str = ""
+    dataset: str = ""
+    device: str = ""
+    devices: list[str] = _empty(list)
+    processes: int = 1
+    mesh: dict[str, int] = _empty(dict)
+    precision: str = ""
+    num_params: int = 0
+    rows: dict[str, int] = _empty(dict)  # train, val, test
+    steps: Optional[int] = None  # None: the supervisor of a process that died before its first checkpoint
+    epochs: float = 0.0
+    params_step: Optional[int] = None  # the step of the parameters in params.npz (None: none saved)
+    log_every: int = 0
+    eval_every: int = 0
+    evaluations: int = 0
+    wall_time_s: float = 0.0
+    trace_time_s: float = 0.0
+    compile_time_s: float = 0.0
+    compile_cache: str = ""
+    train_time_s: float = 0.0
+    eval_time_s: float = 0.0
+    steps_per_s: Optional[float] = None
+    objective: Optional[float] = None  # of the saved parameters, over the whole training split
+    grad_norm: Optional[float] = None
+    final: dict[str, Optional[float]] = _empty(dict)  # train_loss, val_loss, val_accuracy, test_loss, test_accuracy
+    best: dict[str, Any] = _empty(dict)  # the best val_loss and val_accuracy evaluated, and their steps
+    early_stopping: Optional[dict] = None
+    checkpoint: Optional[str] = None
+    resumes: list[dict] = _empty(list)
+    versions: dict[str, str] = _empty(dict)
+    progress_display_error: Optional[str] = None
+
+    @classmethod
+    def read(cls, path: Path) -> "Summary":
+        """The summary in ``path``; a RunDirError saying what is wrong with a damaged one."""
+        text = files.read_text(path, "summary", RunDirError, files.MAX_JSON_BYTES)
+        try:
+            return _SUMMARY.validate_json(text)
+        except pydantic.ValidationError as exc:
+            problem = exc.errors()[0]
+            where = ".".join(map(str, problem["loc"])) or "the file"
+            raise RunDirError(f"{path}: not a gradfit summary ({where}: {problem['msg']}); was it edited by "
+                              "hand?") from None
+
+    def to_json(self) -> dict:
+        """What summary.json holds: NaN and inf as null."""
+        return to_jsonable(self)
+
+
+_SUMMARY = pydantic.TypeAdapter(Summary)
+
+
+@functools.cache
+def versions() -> dict[str, str]:
+    """The versions a run's results depend on (read from the installed packages: no jax import)."""
+    found = {"gradfit": __version__}
+    for package in ("jax", "jaxlib", "optax"):
+        try:
+            found[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            found[package] = "?"
+    return found
+
+
+def config_header(layout: dict, device: str) -> str:
+    """The comment lines on top of a run's config.yaml: versions and where it ran (``layout``: as in Summary)."""
+    v = versions()
+    return (f"# Resolved gradfit config: every key, defaults included. Re-run with: gradfit train <this file>\n"
+            f"# gradfit {v['gradfit']}, jax {v['jax']}, jaxlib {v['jaxlib']}, optax {v['optax']}; device {device}\n"
+            f"# mesh {layout['mesh']} over {len(layout['devices'])} device(s) in {layout['processes']} "
+            f"process(es): {', '.join(layout['devices'])}\n")
+
+
+# ------------------------------------------------------------------------------------------------ the directory
+
+
+@dataclasses.dataclass(frozen=True)
+class RunDir:
+    """A run directory and every read and write of its files.
+
+    Made with ``RunDir.fresh`` (a new one) or ``RunDir.open`` (an existing one, checked).
+    """
+
+    path: Path
+
+    @classmethod
+    @contextlib.contextmanager
+    def fresh(cls, parent: str | Path, name: str) -> Iterator["RunDir"]:
+        """A new run directory, removed if the block fails (see ``fresh``)."""
+        with fresh(parent, name) as path:
+            yield cls(path)
+
+    @classmethod
+    def open(cls, path: str | Path) -> "RunDir":
+        return cls(check_run_dir(Path(path)))
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def params_file(self) -> Path:
+        return self.path / "params.npz"
+
+    @property
+    def summary_file(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def preprocessing_file(self) -> Path:
+        return self.path / "preprocessing.json"
+
+    def locked(self):
+        return locked(self.path)
+
+    def held_by_another(self) -> bool:
+        return held_by_another(self.path)
+
+    def is_run(self) -> bool:
+        """True when the folder holds a run's config and metrics as regular files (``open`` says what is wrong
+        otherwise)."""
+        return self.config_file.is_file() and self.metrics_file.is_file()
+
+    def config(self) -> GradfitConfig:
+        """The run's config.yaml, read and validated as ``gradfit train`` reads a config."""
+        return resolve_config(self.config_file).config
+
+    def own_files(self) -> list[Path]:
+        return own_files(self.path)
+
+    def begin(self, config_yaml: str, preprocessing: Mapping) -> None:
+        """Write what a run knows before its first step: the resolved config and the preprocessing."""
+        self.write_config(config_yaml)
+        write_json(self.preprocessing_file, preprocessing)
+
+    def replace_config(self, config_yaml: str, step: int) -> None:
+        """A resumed run's new config; the one it ran with before ``step`` is kept beside it."""
+        write_atomic(self.unused_name(f"config.before-step-{step}"), self.config_file.read_bytes())
+        self.write_config(config_yaml)
+
+    def write_config(self, config_yaml: str) -> None:
+        write_atomic(self.config_file, config_yaml)
+
+    def append_metrics(self, records: Sequence[Mapping]) -> None:
+        append_jsonl(self.metrics_file, records)
+
+    def open_loggers(self, names: Sequence[str]) -> MetricLoggers:
+        """The derived metric logs ``train.loggers`` asks for (metrics.csv, TensorBoard event files), written from
+        the records metrics.jsonl gets; a ConfigError when one cannot run here."""
+        return MetricLoggers(self.path, names, RECORD_KEYS)
+
+    def metrics(self) -> list[dict]:
+        """The records of metrics.jsonl (a torn last line, from a crash mid-write, is left out)."""
+        return [record for _, record in read_metrics(self.metrics_file)[0]]
+
+    def truncate_metrics(self, step: int) -> int:
+        return truncate_metrics(self.metrics_file, step)
+
+    def save_params(self, arrays: Mapping[str, np.ndarray]) -> None:
+        save_arrays(self.params_file, arrays)
+
+    def load_params(self, expected: Optional[Mapping[str, Sequence[int]]] = None) -> dict[str, np.ndarray]:
+        return load_arrays(self.params_file, expected)
+
+    def set_aside_params(self) -> None:
+        """Move an earlier session's params.npz out of the way (a failed session saves none of its own)."""
+        if self.params_file.exists():
+            self.params_file.replace(self.unused_name("params.previous", ".npz"))
+
+    def preprocessing(self) -> Any:
+        """preprocessing.json as written (``trained`` checks its shape); a RunDirError when missing or not JSON."""
+        path = self.preprocessing_file
+        if not (path.exists() or path.is_symlink()):
+            raise RunDirError(f"{self.path}: not a complete gradfit run (no {path.name})")
+        text = files.read_text(path, path.name, RunDirError, files.MAX_JSON_BYTES)
+        try:
+            return json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            raise RunDirError(f"{path}: not valid JSON ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+    def has_params(self) -> bool:
+        return self.params_file.exists() or self.params_file.is_symlink()  # a dangling link is reported on reading
+
+    def write_summary(self, summary: Summary) -> None:
+        write_json(self.summary_file, summary)
+
+    def summary(self) -> Optional[Summary]:
+        """The run's summary; None when it has none (it is training, or was killed before writing one)."""
+        return Summary.read(self.summary_file) if self.summary_file.exists() else None
+
+    def outputs_complete(self, step: int) -> bool:
+        """True when summary.json reports the run completed at ``step`` and its params.npz exists."""
+        try:
+            summary = self.summary()
+        except RunDirError:
+            return False
+        return summary is not None and summary.status == "completed" and summary.steps == step \
+            and self.params_file.is_file()
+
+    def unused_name(self, stem: str, suffix: str = ".yaml") -> Path:
+        """``stem + suffix`` in the run directory, or ``stem-2 + suffix``, ... whichever does not exist yet."""
+        candidate, n = self.path / f"{stem}{suffix}", 1
+        while candidate.exists():
+            n += 1
+            candidate = self.path / f"{stem}-{n}{suffix}"
+        return candidate

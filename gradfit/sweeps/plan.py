@@ -1,0 +1,418 @@
+"""What a sweep trains: the ``sweep:`` section (or ``--grid``, ``--random``, ``--seeds``), checked like every other
+section, and its members, each a whole validated config. No jax here (``gradfit.sweeps.run`` trains them).
+
+Members are the grid's settings (times the random draws) times the seeds. A key is swept in one of three ways:
+
+- a *value* (learning rate, l2, momentum, ...): a traced number, so members that differ only in values share
+  one compiled program and run side by side under ``jax.vmap``;
+- a *program* key (hidden sizes, activation, optimizer, batch size, precision, ...): members that differ in one
+  form separate groups, one compile each;
+- a *host* key (early-stopping patience): read by the loop on the host only.
+
+Everything else (the data, the device, the log and checkpoint schedule) is shared by all members and cannot be
+swept: each sub-run is a normal run, and members must see the same data to be compared.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import difflib
+import functools
+import itertools
+import json
+import math
+import re
+from typing import Any, Literal, Optional, Union
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from gradfit.config.load import ResolvedConfig, describe_keys, parse_override, validate_tree
+from gradfit.errors import ConfigError
+
+VALUE_KEYS = ("seed", "model.l2", "optimizer.learning_rate", "optimizer.momentum", "optimizer.b1", "optimizer.b2",
+              "optimizer.eps", "optimizer.decay", "optimizer.weight_decay", "optimizer.clip_norm",
+              "optimizer.schedule.final_fraction")
+PROGRAM_KEYS = ("model.kind", "model.hidden", "model.activation", "model.init", "optimizer.name",
+                "optimizer.memory_size", "optimizer.schedule.name", "optimizer.schedule.warmup_steps",
+                "train.batch_size", "train.steps", "train.epochs", "train.tol", "train.shuffle", "runtime.precision")
+HOST_KEYS = ("train.early_stopping.monitor", "train.early_stopping.patience", "train.early_stopping.min_delta")
+SHARED_WHY = {  # why the other keys cannot be swept
+    "name": "members are named after the sweep",
+    "data": "every member trains on the same data and split, so that their metrics compare",
+    "runtime": "a sweep runs on one set of devices (runtime.precision can be swept)",
+    "train": "members log, evaluate and checkpoint together",
+}
+MAX_MEMBERS = 100_000
+DISTRIBUTIONS = ("log_uniform", "uniform", "int_uniform")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class RandomSearch(_Strict):
+    trials: int = Field(ge=1, le=MAX_MEMBERS, description="settings drawn at random")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of the draws")
+    space: dict[str, Any] = Field(min_length=1, description="key -> {log_uniform: [lo, hi]}, {uniform: [lo, hi]}, "
+                                                            "{int_uniform: [lo, hi]} or a list of choices")
+
+
+    @field_validator("space")
+    @classmethod
+    def _numbers(cls, space: dict):
+        # YAML 1.1 reads `1e-4` as text, not as a number (the config's own keys are read alike)
+        return {key: {name: [_yaml_number(b) for b in bounds] if isinstance(bounds, list) else bounds
+                      for name, bounds in dist.items()} if isinstance(dist, dict) else dist
+                for key, dist in space.items()}
+
+
+def _yaml_number(value: Any) -> Any:
+    if type(value) is str:
+        with contextlib.suppress(ValueError):
+            return float(value)
+    return value
+
+
+class SweepSection(_Strict):
+    grid: dict[str, list] = Field(default_factory=dict, description="key -> the values to try (every combination)")
+    random: Optional[RandomSearch] = Field(None, description="random search, combined with the grid")
+    seeds: Union[int, list[int]] = Field(1, description="N (seeds seed, seed+1, ...) or a list of seeds per setting")
+    metric: Literal["val_loss", "val_accuracy"] = Field("val_loss", description="what ranks the settings")
+    parallel: Union[Literal["auto"], int] = Field("auto", description="members trained side by side (auto: as "
+                                                                      "many as the device memory holds)")
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, value):
+        if isinstance(value, int) and not isinstance(value, bool):
+            if not 1 <= value <= MAX_MEMBERS:
+                raise ValueError(f"expected 1 to {MAX_MEMBERS:,} seeds")
+            return value
+        if not value or any(type(s) is not int or not 0 <= s < 2**32 for s in value):
+            raise ValueError("expected a count >= 1 or a non-empty list of seeds (whole numbers >= 0)")
+        if len(set(value)) < len(value):
+            raise ValueError(f"seeds repeat in {value}; list each once")
+        return value
+
+    @field_validator("parallel")
+    @classmethod
+    def _parallel(cls, value):
+        if value != "auto" and (isinstance(value, bool) or value < 1):
+            raise ValueError("expected auto or a number of members >= 1")
+        return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+    index: int
+    setting: int  # members that differ only in their seed share a setting
+    values: dict  # dotted key -> value: what this member sets (its setting's values and its seed)
+    config: Any  # GradfitConfig
+
+    def config_value(self, key: str) -> Any:
+        return functools.reduce(getattr, key.split("."), self.config)
+
+    @property
+    def label(self) -> str:
+        return ", ".join(f"{short_key(k)}={_show(v)}" for k, v in self.values.items())
+
+    @property
+    def folder(self) -> str:
+        """The sub-run's folder name: its index and values, as a file name."""
+        text = "_".join(f"{short_key(k)}={_show(v)}" for k, v in self.values.items())
+        return f"{self.index:03d}_" + re.sub(r"[^A-Za-z0-9._=+-]+", "-", text)[:120]
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    section: SweepSection
+    members: list[Member]
+    swept: dict  # dotted key -> its kind ("value", "program", "host")
+
+    @property
+    def settings(self) -> int:
+        return len({m.setting for m in self.members})
+
+
+def short_key(key: str) -> str:
+    return key.rsplit(".", 1)[-1]
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return "x".join(map(_show, value))
+    return str(value)
+
+
+def key_kind(key: str) -> str:
+    return "value" if key in VALUE_KEYS else "program" if key in PROGRAM_KEYS else "host" if key in HOST_KEYS \
+        else "shared"
+
+
+def plan_sweep(resolved: ResolvedConfig, grid: list[str] = (), seeds: Optional[int] = None,
+               random: Optional[int] = None, space: list[str] = (), metric: Optional[str] = None,
+               parallel: Optional[str] = None) -> Sweep:
+    """The members of the sweep the config's ``sweep:`` section and the command-line options describe (options
+    win). Every problem names the file and line (or the option) and says what would work."""
+    origin, lines = resolved.origin, resolved.file_lines
+    raw = resolved.sweep if resolved.sweep is not None else {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{origin}: line {lines.get(('sweep',), '?')}: sweep: expected a mapping (grid, random, "
+                          f"seeds, metric, parallel), got {type(raw).__name__}")
+    raw = copy.deepcopy(raw)
+    given: dict = {}  # top-level sweep key -> where the command line set it
+    for text in grid:
+        key, values = _option(text, "--grid")
+        if not isinstance(values, list):
+            raise ConfigError(f"--grid {text}: expected KEY=[v1, v2, ...], e.g. --grid optimizer.learning_rate="
+                              "[1e-3,3e-3]")
+        raw.setdefault("grid", {})
+        raw["grid"] = {**(raw["grid"] if isinstance(raw["grid"], dict) else {}), key: values}
+        given[("grid", key)] = "--grid"
+    if random is not None or space:
+        section = raw.get("random") if isinstance(raw.get("random"), dict) else {}
+        if random is not None:
+            section["trials"] = random
+            given[("random", "trials")] = "--random"
+        for text in space:
+            key, dist = _option(text, "--space")
+            section.setdefault("space", {})[key] = dist
+            given[("random", "space", key)] = "--space"
+        raw["random"] = section
+    for name, value, flag in (("seeds", seeds, "--seeds"), ("metric", metric, "--metric"),
+                              ("parallel", parallel, "--parallel")):
+        if value is not None:
+            raw[name] = value
+            given[(name,)] = flag
+    try:
+        section = SweepSection.model_validate(raw)
+    except ValidationError as exc:
+        raise _problems(origin, [(tuple(e["loc"]), _message(e)) for e in exc.errors()], lines, given) from None
+    keys = [*section.grid, *(section.random.space if section.random else {})]
+    problems = [(where, message) for where, message in _key_problems(section) if message]
+    if problems:
+        raise _problems(origin, problems, lines, given)
+    if not keys and _seed_list(section, resolved.config.seed) == [resolved.config.seed]:
+        raise ConfigError(f"{origin}: nothing to sweep: give --grid KEY=[...], --random N with --space, --seeds N "
+                          "or a sweep: section (see gradfit sweep --help)")
+    swept = {key: key_kind(key) for key in keys}
+    if section.seeds != 1:
+        swept["seed"] = "value"
+    members = _members(resolved, section, lines, given)
+    return Sweep(section, members, swept)
+
+
+def _option(text: str, flag: str) -> tuple[str, Any]:
+    try:
+        key, value = parse_override(text)
+    except ConfigError as exc:
+        example = "optimizer.learning_rate=[1e-3,3e-3]" if flag == "--grid" else \
+            "'optimizer.learning_rate={log_uniform: [1e-4, 1e-1]}'"
+        cause = str(exc).split(": ", 1)[-1]
+        raise ConfigError(f"{flag} {text!r}: expected KEY=VALUE, e.g. {flag} {example}"
+                          + (f" ({cause})" if "YAML" in cause else "")) from None
+    return ".".join(key), value
+
+
+def _message(error: dict) -> str:
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        return f"unknown key; allowed: {', '.join(SweepSection.model_fields)} (and in random: trials, seed, space)"
+    if error["type"] == "missing":
+        return {"trials": "missing: how many settings to draw (--random N)",
+                "space": "missing: the ranges to draw from (--space KEY={log_uniform: [lo, hi]})"}.get(
+            error["loc"][-1], "missing")
+    got = error.get("input")
+    return message + ("" if isinstance(got, dict) else f" (got {got!r})")
+
+
+def _key_problems(section: SweepSection):
+    """(location, message) for each swept key that is unknown, cannot be swept or has an unusable range."""
+    known = {".".join(info.key) for info in describe_keys()}
+    places = [(("grid", key), key, values) for key, values in section.grid.items()]
+    if section.random is not None:
+        places += [(("random", "space", key), key, dist) for key, dist in section.random.space.items()]
+    seen: dict = {}
+    for where, key, values in places:
+        if key in seen:
+            yield where, f"swept twice (also in sweep.{'.'.join(seen[key])}); sweep each key once"
+        seen[key] = where[:-1]
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            yield where, "unknown key" + (f"; did you mean '{close[0]}'?" if close else " (see gradfit config show)")
+        elif key == "seed" and section.seeds != 1:
+            yield where, "seed is swept by sweep.seeds; use one or the other"
+        elif key_kind(key) == "shared":
+            why = SHARED_WHY.get(key.split(".")[0], "it is shared by every member")
+            yield where, f"cannot be swept: {why}"
+        elif where[0] == "grid" and not values:
+            yield where, "no values; list at least one"
+        elif where[0] == "grid" and len(values) > MAX_MEMBERS:
+            yield where, f"at most {MAX_MEMBERS:,} values"
+        elif where[0] == "random":
+            yield where, _distribution_problem(values)
+
+
+def _distribution_problem(dist: Any) -> Optional[str]:
+    if isinstance(dist, list):
+        return None if dist else "no choices; list at least one"
+    if not isinstance(dist, dict) or len(dist) != 1 or next(iter(dist)) not in DISTRIBUTIONS:
+        return ("expected {log_uniform: [lo, hi]}, {uniform: [lo, hi]}, {int_uniform: [lo, hi]} or a list of "
+                "choices")
+    name, bounds = next(iter(dist.items()))
+    if not (isinstance(bounds, list) and len(bounds) == 2 and all(_number(b) for b in bounds)):
+        return f"{name}: expected [lo, hi], two numbers"
+    lo, hi = bounds
+    if not lo <= hi:
+        return f"{name}: lo {lo} is above hi {hi}"
+    if name == "log_uniform" and lo <= 0:
+        return f"log_uniform: the bounds must be > 0 (got lo {lo}); use uniform for a range through 0"
+    if name == "int_uniform" and not (float(lo).is_integer() and float(hi).is_integer()):
+        return "int_uniform: the bounds must be whole numbers"
+    return None
+
+
+def _number(value: Any) -> bool:
+    return type(value) in (int, float) and math.isfinite(value)
+
+
+def _draw(dist: Any, rng: np.random.Generator) -> Any:
+    if isinstance(dist, list):
+        return copy.deepcopy(dist[int(rng.integers(len(dist)))])
+    name, (lo, hi) = next(iter(dist.items()))
+    if name == "int_uniform":
+        return int(rng.integers(int(lo), int(hi) + 1))
+    u = rng.uniform(math.log(lo), math.log(hi)) if name == "log_uniform" else rng.uniform(lo, hi)
+    value = math.exp(u) if name == "log_uniform" else u
+    return float(f"{value:.4g}")  # readable in tables and folder names, and reproducible from them
+
+
+def _seed_list(section: SweepSection, base: int) -> list[int]:
+    if isinstance(section.seeds, list):
+        return list(section.seeds)
+    return [(base + i) % 2**32 for i in range(section.seeds)]
+
+
+def _members(resolved: ResolvedConfig, section: SweepSection, lines: dict, given: dict) -> list[Member]:
+    grid = list(itertools.product(*section.grid.values())) or [()]
+    settings = [dict(zip(section.grid, combo)) for combo in grid]
+    if section.random is not None:
+        rng = np.random.default_rng(section.random.seed)
+        draws = [{key: _draw(dist, rng) for key, dist in section.random.space.items()}
+                 for _ in range(section.random.trials)]
+        settings = [{**s, **d} for s in settings for d in draws]
+    seeds = _seed_list(section, resolved.config.seed)
+    count = len(settings) * len(seeds)
+    if count > MAX_MEMBERS:
+        raise ConfigError(f"{resolved.origin}: sweep: {count:,} members ({len(settings):,} settings x {len(seeds)} "
+                          f"seeds); at most {MAX_MEMBERS:,}")
+    places = {key: ("grid", key) for key in section.grid}
+    places.update({key: ("random", "space", key) for key in (section.random.space if section.random else {})})
+    base_data_seed = resolved.config.data.seed if resolved.config.data.seed is not None else resolved.config.seed
+    members, seen = [], {}
+    for s, setting in enumerate(settings):
+        for seed in seeds:
+            values = {**setting, **({"seed": seed} if len(seeds) > 1 or section.seeds != 1 else {})}
+            config = _member_config(resolved, setting, seed if "seed" in values else None, base_data_seed,
+                                    len(members), lines, given, places)
+            signature = config.model_dump_json(exclude={"name"})
+            if signature in seen:
+                raise ConfigError(f"{resolved.origin}: sweep: members {seen[signature]} and {len(members)} have the "
+                                  f"same config ({Member(0, 0, values, None).label or 'the base config'}); each "
+                                  "member must differ")
+            seen[signature] = len(members)
+            values = {key: functools.reduce(getattr, key.split("."), config) for key in values}  # as validated
+            members.append(Member(len(members), s, values, config))
+    return members
+
+
+def _member_config(resolved: ResolvedConfig, setting: dict, seed: Optional[int], data_seed: int, index: int,
+                   lines: dict, given: dict, places: dict):
+    tree = copy.deepcopy(resolved.tree)
+    where = {}
+    for key, value in setting.items():
+        path = tuple(key.split("."))
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {}) if isinstance(node.get(part, {}), dict) else {}
+        node[path[-1]] = copy.deepcopy(value)
+        place = places[key]
+        where[path] = _where(("sweep", *place), lines, given, place)
+    if seed is not None:
+        tree["seed"] = seed
+        tree.setdefault("data", {})["seed"] = data_seed  # the split stays the base config's
+        where[("seed",)] = _where(("sweep", "seeds"), lines, given, ("seeds",))
+    base_name = resolved.config.name
+    tree["name"] = f"{base_name[:95]}-{index:03d}" if index < 1000 else f"{base_name[:93]}-{index}"
+    label = ", ".join(f"{k}={_show(v)}" for k, v in setting.items()) or "the base config"
+    return validate_tree(tree, f"{resolved.origin}: sweep member {index} ({label})", lines, where)
+
+
+def _where(file_key: tuple, lines: dict, given: dict, sweep_key: tuple) -> str:
+    if sweep_key in given:
+        return given[sweep_key]
+    line = lines.get(file_key)
+    return f"line {line} (sweep)" if line is not None else "sweep"
+
+
+def _problems(origin: str, problems: list, lines: dict, given: dict) -> ConfigError:
+    located = []
+    for loc, message in problems:
+        loc = tuple(str(part) for part in loc)
+        flag = next((flag for key, flag in given.items() if loc[:len(key)] == key), None)
+        line = next((lines[("sweep", *loc[:n])] for n in range(len(loc), 0, -1) if ("sweep", *loc[:n]) in lines),
+                    None)
+        where = f"{flag}: " if flag else f"line {line}: " if line is not None else ""
+        located.append((line or 0, f"  {where}sweep.{'.'.join(loc)}: {message}"))
+    located.sort()
+    count = f"{len(located)} problem" + ("s" if len(located) > 1 else "")
+    return ConfigError(f"{origin}: {count} in the sweep:\n" + "\n".join(text for _, text in located))
+
+
+def traced_keys(config) -> list[str]:
+    """The value keys that ``config``'s compiled program takes as arguments. A null (clip_norm off) is a choice,
+    not a value; an exponential schedule's final fraction is tested in Python by optax."""
+    keys = [key for key in VALUE_KEYS if functools.reduce(getattr, key.split("."), config) is not None]
+    if config.optimizer.schedule.name == "exponential":
+        keys.remove("optimizer.schedule.final_fraction")
+    return keys
+
+
+def program_key(config) -> str:
+    """Members with equal keys compile to one program: the config with its traced values and host keys blanked."""
+    tree = config.model_dump(mode="json", exclude={"name"})
+    for key in (*traced_keys(config), *HOST_KEYS):
+        *parents, last = key.split(".")
+        node = tree
+        for part in parents:
+            node = node[part]
+        node[last] = "..."
+    return json.dumps(tree, sort_keys=True)
+
+
+def rank(members: list[dict], metric: str) -> list[dict]:
+    """Settings ranked by ``metric`` (the final value of each member's saved parameters): mean and sample std over
+    the seeds that completed. Settings with a failed member rank after the others; the first is marked best."""
+    settings: dict = {}
+    for member in members:
+        settings.setdefault(member["setting"], []).append(member)
+    rows = []
+    for setting, group in settings.items():
+        values = [m["final"][metric] for m in group
+                  if m["status"] == "completed" and m.get("final") and m["final"].get(metric) is not None]
+        failed = sum(m["status"] == "failed" for m in group)
+        rows.append({"setting": setting, "values": {k: v for k, v in group[0]["values"].items() if k != "seed"},
+                     "members": [m["index"] for m in group], "completed": len(values), "failed": failed,
+                     "pending": sum(m["status"] not in ("completed", "failed") for m in group),
+                     "mean": float(np.mean(values)) if values else None,
+                     "std": float(np.std(values, ddof=1)) if len(values) > 1 else None})
+    sign = 1 if metric == "val_loss" else -1
+    rows.sort(key=lambda r: (r["failed"] > 0, r["mean"] is None, sign * (r["mean"] or 0.0), r["setting"]))
+    for i, row in enumerate(rows):
+        row["rank"], row["best"] = i + 1, i == 0 and row["mean"] is not None and not row["failed"]
+    return rows

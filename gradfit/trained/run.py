@@ -1,0 +1,305 @@
+"""A finished run loaded back for eval, predict and inference: config, preprocessing, parameters, model.
+
+New data go through exactly what training did: the saved standardization (never refitted), the saved label
+mapping, the model in the run's precision. A run whose training data changed since is refused for anything that
+re-creates its splits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, TextIO
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gradfit.core import precision
+from gradfit.runs import rundir
+from gradfit.data import streamed
+from gradfit.data import tabular
+from gradfit.config.load import GradfitConfig
+from gradfit.data.dataset import Dataset, class_ids, first_overflow
+from gradfit.core.metrics import classification_metrics
+from gradfit.errors import DataError, RunDirError
+from gradfit.core.models import Model, build_model, named_leaves, params_from_named
+
+BLOCK_ROWS = 1024  # rows per call of the compiled forward pass
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedRun:
+    run_dir: Path
+    config: GradfitConfig
+    preprocessing: dict  # preprocessing.json: feature_names, classes, standardize {mean, std} or None
+    params: Any  # pytree of jax arrays in the run's precision
+    model: Model
+    summary: Optional[rundir.Summary]  # None when the run has none
+
+    @property
+    def feature_names(self) -> list[str]:
+        return self.preprocessing["feature_names"]
+
+    @property
+    def classes(self) -> list:
+        return self.preprocessing["classes"]
+
+    @property
+    def precision(self) -> precision.Precision:
+        return precision.of(self.config)
+
+    def standardize(self, x: np.ndarray) -> np.ndarray:
+        """Raw features (n, d) -> what the model saw in training, with the run's saved mean and std (float64).
+
+        Not checked here: ``batches`` checks that every value is finite in the run's dtype.
+        """
+        scaling = self.preprocessing["standardize"]
+        if scaling is None:
+            return np.asarray(x, np.float64)
+        with np.errstate(over="ignore"):  # a huge value over a tiny std: inf, reported by the caller's check
+            return (np.asarray(x, np.float64) - np.asarray(scaling["mean"])) / np.asarray(scaling["std"])
+
+    def log_probabilities(self) -> Callable[..., np.ndarray]:
+        """A function: standardized x (n, d) [, locate] -> log class probabilities (n, K) float64.
+
+        Rows go through one compiled program in fixed blocks of ``BLOCK_ROWS`` (the last one padded): XLA may
+        round differently at other shapes, and a row's probabilities must not depend on how a file is batched.
+        Log-probabilities are never returned non-finite: such a row raises a DataError naming ``locate(i)``
+        (i: the row's index in x; default "row i"), so no nan probability is ever written.
+        """
+        params, chosen = self.params, self.precision
+        dtype = chosen.param_dtype
+
+        @jax.jit
+        def log_softmax(params, x):
+            logits = self.model.apply(params, x)
+            if logits.ndim == 1:  # binary: one logit, for classes[1]
+                logits = jnp.stack([jnp.zeros_like(logits), logits], axis=1)
+            return jax.nn.log_softmax(logits)
+
+        def log_probs(x: np.ndarray, locate: Optional[Callable[[int], str]] = None) -> np.ndarray:
+            out = []
+            with chosen.scope():
+                for start in range(0, len(x), BLOCK_ROWS):
+                    with np.errstate(over="ignore"):  # beyond the dtype's range: caught below as non-finite
+                        block = np.asarray(x[start:start + BLOCK_ROWS], dtype)
+                    rows = len(block)
+                    if rows < BLOCK_ROWS:  # pad the last block to the compiled shape
+                        block = np.concatenate([block, np.zeros((BLOCK_ROWS - rows, x.shape[1]), dtype)])
+                    out.append(np.asarray(log_softmax(params, block), np.float64)[:rows])
+            result = np.concatenate(out) if out else np.zeros((0, len(self.classes)))
+            bad = np.flatnonzero(~np.isfinite(result).all(axis=1))
+            if len(bad):
+                where = locate(int(bad[0])) if locate is not None else f"row {bad[0]}"
+                raise DataError(f"{where}: the model's probabilities for this row are not finite in {dtype.name} "
+                                f"({len(bad)} such row(s) in this batch); are its features far outside the range "
+                                "of the training data, or sentinels for missing values? Remove or impute them")
+            return result
+
+        return log_probs
+
+    def predict_proba(self, x: Any) -> np.ndarray:
+        """Class probabilities (n, K), columns in the order of ``classes``, for raw features ``x``: (n, d).
+
+        The rows go through exactly what training did (the saved standardization, the run's precision).
+        """
+        return np.exp(self._log_probs(x))
+
+    def predict(self, x: Any) -> np.ndarray:
+        """The most probable class of each row of ``x`` (n, d), as the original label values."""
+        return np.asarray(self.classes)[self.predict_proba(x).argmax(axis=1)]
+
+    def evaluate(self, x: Any, y: Any) -> dict:
+        """``gradfit eval``'s metrics (log loss, accuracy, per-class precision/recall/F1, ROC AUC, confusion
+        matrix) on raw features ``x`` (n, d) and their labels ``y`` (n,), given as the original label values."""
+        log_probs, y = self._log_probs(x), np.asarray(y)
+        if y.shape != (len(log_probs),):
+            raise DataError(f"y: expected {len(log_probs)} labels, one per row of x, got an array of shape {y.shape}")
+        return classification_metrics(class_ids(y, self.classes, "y"), log_probs, self.classes)
+
+    def _log_probs(self, x: Any) -> np.ndarray:
+        """Log class probabilities (n, K) of raw features ``x``, checked by ``_features``."""
+        return self.log_probabilities()(self.standardize(self._features(x)))
+
+    def _features(self, x: Any) -> np.ndarray:
+        """``x`` as a finite float64 (n, d) array with this run's d features, or a DataError saying why not."""
+        try:
+            x = np.asarray(x, np.float64)
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"x: not an array of numbers ({exc})") from None
+        d = len(self.feature_names)
+        if x.ndim != 2 or x.shape[1] != d or len(x) == 0:
+            names = tabular.preview(self.feature_names, 5)
+            raise DataError(f"x: expected an (n, {d}) array (features {names}), got shape {x.shape}")
+        bad = np.argwhere(~np.isfinite(x))
+        if len(bad):
+            row, col = bad[0]
+            raise DataError(f"x[{row}, {col}] (feature '{self.feature_names[col]}') is {x[row, col]}; every value must "
+                            "be finite")
+        return x
+
+    def open_data(self, path: Path, target: Optional[str], need_labels: bool) -> tabular.Table:
+        """A data file (or converted folder) with this run's feature columns, its header checked now."""
+        return tabular.open_table(path, target, self.feature_names, need_labels, target_hint="pass --target")
+
+    def batches(self, table: tabular.Table, rows: int) -> Iterator[tabular.Block]:
+        """Standardized blocks of a table; labels as class indices when it has them.
+
+        Raw cells are checked by the reader (finite, at most 1e150 in magnitude, as in training); here every
+        standardized value must also be finite in the run's compute dtype (float32's range is 3.4e38): otherwise
+        a DataError names the line (or row) and column.
+        """
+        dtype = self.precision.compute_dtype
+        scaled = self.preprocessing["standardize"] is not None
+        names = self.feature_names
+        for block in table.blocks(rows):
+            x = self.standardize(block.x)
+            found = first_overflow(x, dtype)
+            if found is not None:
+                row, col = found
+                value = f"is {float(block.x[row, col])!r}"
+                if scaled:
+                    value += f", which the run's standardization makes {float(x[row, col])!r}"
+                raise DataError(f"{table.locate(block.positions[row])}: column '{names[col]}' {value}, beyond "
+                                f"{dtype.name}'s range, in which the run computes; is it a sentinel for a missing "
+                                "value? Remove or impute it")
+            labels = class_ids(block.labels, self.classes, str(table.path)) if table.has_labels else None
+            yield tabular.Block(x, labels, block.positions)
+
+
+def load_run(run_dir: str | Path) -> TrainedRun:
+    """Load a run directory made by ``gradfit train``.
+
+    Raises:
+        RunDirError: not a run, or it has no usable parameters (a failed run) or preprocessing record.
+        ConfigError: its config.yaml was edited into an invalid one.
+    """
+    folder = rundir.RunDir.open(run_dir)
+    run_dir = folder.path
+    config = folder.config()
+    summary = folder.summary()
+    preprocessing = folder.preprocessing()
+    _check_preprocessing(run_dir, preprocessing)
+    if config.model.kind == "logistic" and len(preprocessing["classes"]) != 2:
+        raise RunDirError(f"{run_dir / 'preprocessing.json'}: malformed ({len(preprocessing['classes'])} classes for "
+                          "a binary logistic model; was it edited by hand?)")
+    if not folder.has_params():
+        status = f" (status {summary.status}: {summary.stop_reason})" if summary is not None else ""
+        raise RunDirError(f"{run_dir}: has no params.npz{status}; only runs that saved parameters can be used")
+    chosen = precision.of(config)
+    model = build_model(config.model, len(preprocessing["feature_names"]), len(preprocessing["classes"]),
+                        chosen.compute_dtype)
+    with chosen.scope():
+        template = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), chosen.param_dtype))
+        shapes = {name: leaf.shape for name, leaf in named_leaves(template).items()}
+        arrays = folder.load_params(expected=shapes)
+        try:
+            params = params_from_named(template, arrays, origin=str(folder.params_file))
+        except ValueError as exc:
+            raise RunDirError(str(exc)) from None
+    return TrainedRun(run_dir, config, preprocessing, params, model, summary)
+
+
+def reload_dataset(run: TrainedRun) -> Dataset | streamed.StreamedDataset:
+    """The run's dataset and splits (streamed where training streamed them), re-created from its config and
+    checked against what training saved."""
+    dataset = streamed.load(run.config)
+    saved = run.preprocessing
+    now = dataset.preprocessing()
+    if now["feature_names"] != saved["feature_names"] or now["classes"] != saved["classes"] or \
+            now["standardize"] != saved["standardize"] or now["rows"] != saved.get("rows"):
+        raise DataError(f"{dataset.name}: the training data differ from when {run.run_dir} was trained (features, "
+                        "labels, rows or standardization changed); its splits cannot be re-created. Evaluate on a "
+                        "file with --data instead")
+    return dataset
+
+
+def _check_preprocessing(run_dir: Path, record: Any) -> None:
+    """The record must be what gradfit train writes: a hand-edited one is refused here, not mid-command."""
+    problem = None
+    if not isinstance(record, dict) or not {"feature_names", "classes", "standardize"} <= set(record):
+        problem = "it must hold feature_names, classes and standardize"
+    else:
+        names, classes, scaling = record["feature_names"], record["classes"], record["standardize"]
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names) \
+                or len(set(names)) != len(names):
+            problem = "feature_names must be a list of distinct column names"
+        elif not isinstance(classes, list) or len(classes) < 2 or \
+                not all(isinstance(c, (str, int, float)) for c in classes) or len(set(classes)) != len(classes):
+            problem = "classes must be a list of at least two distinct labels, each a string or a number"
+        elif scaling is not None and not _valid_scaling(scaling, len(names)):
+            problem = (f"standardize must be null or hold mean and std, {len(names)} finite numbers each "
+                       "(std positive)")
+    if problem:
+        raise RunDirError(f"{run_dir / 'preprocessing.json'}: malformed ({problem}, as gradfit train wrote it); "
+                          "was it edited by hand?")
+
+
+def _valid_scaling(scaling: Any, width: int) -> bool:
+    if not isinstance(scaling, dict):
+        return False
+    for key in ("mean", "std"):
+        values = scaling.get(key)
+        if not isinstance(values, list) or len(values) != width or not all(
+                type(v) in (int, float) and math.isfinite(v) for v in values):
+            return False
+    return all(v > 0 for v in scaling["std"])
+
+
+def evaluate(run: TrainedRun, data: Optional[Path], split: str, target: Optional[str],
+             batch_rows: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """(true class indices, log-probabilities, what was evaluated) on a labelled file or one of the run's splits."""
+    log_probs = run.log_probabilities()
+    if data is not None:
+        table = run.open_data(data, target, True)
+        parts = [(block.labels, log_probs(block.x, lambda i, b=block: table.locate(b.positions[i])))
+                 for block in run.batches(table, batch_rows)]
+        if not parts:
+            raise table.no_rows()
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), str(data)
+    rows = getattr(reload_dataset(run), split)
+    if len(rows) == 0:
+        raise DataError(f"{run.run_dir}: the run has no {split} rows (data.{split}_fraction was 0); pick another "
+                        "--split or pass --data FILE")
+    source = run.preprocessing["dataset"]
+    ys, probs = [], []
+    for start, (x, y) in zip(range(0, len(rows), batch_rows), rows.blocks(batch_rows)):
+        ys.append((y > 0).astype(np.int32) if len(run.classes) == 2 else y.astype(np.int32))
+        probs.append(log_probs(x, lambda r, i=start: f"{source}: row {i + r} of the {split} split"))
+    return np.concatenate(ys), np.concatenate(probs), f"the {split} split of {run.preprocessing['dataset']}"
+
+
+def write_predictions(run: TrainedRun, data: Path, out: TextIO, with_probabilities: bool, target: Optional[str],
+                      batch_rows: int) -> int:
+    """Stream predictions for a file as CSV to ``out``; returns the number of rows.
+
+    Columns: ``line`` (the input line; ``row`` for .npz), ``prediction`` (an original label value) and, with
+    probabilities, ``p_<label>`` per class (17 significant digits for float64 runs, 9 for float32 ones).
+    """
+    table = run.open_data(data, target, False)  # a wrong file fails here, before any output
+    log_probs = run.log_probabilities()
+    digits = f"%.{run.precision.significant_digits}g"
+    labels = np.array([_csv_field(str(c)) for c in run.classes])
+    position = "line" if table.kind == "csv" else "row"
+    header = [position, "prediction"] + ([f"p_{c}" for c in run.classes] if with_probabilities else [])
+    out.write(",".join(_csv_field(h) for h in header) + "\n")
+    count = 0
+    for block in run.batches(table, batch_rows):
+        lp = log_probs(block.x, lambda i, b=block: table.locate(b.positions[i]))  # never nan
+        columns = [block.positions.astype(str), labels[lp.argmax(axis=1)]]
+        if with_probabilities:
+            columns += list(np.char.mod(digits, np.exp(lp)).T)
+        out.write("".join(",".join(row) + "\n" for row in zip(*columns)))
+        count += len(lp)
+    if count == 0:
+        raise table.no_rows()
+    return count
+
+
+def _csv_field(text: str) -> str:
+    """``text`` quoted for CSV when it needs to be."""
+    if any(ch in text for ch in ',"\r\n'):
+        return '"' + text.replace('"', '""') + '"'
+    return text

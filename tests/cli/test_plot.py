@@ -1,0 +1,115 @@
+"""gradfit.runs.plot: training curves drawn from synthetic metrics records (no training), checked in the pixels."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+matplotlib = pytest.importorskip("matplotlib")
+from PIL import Image  # noqa: E402 (matplotlib depends on pillow)
+
+from gradfit.errors import GradfitError  # noqa: E402
+from gradfit.runs.plot import plot_curves  # noqa: E402
+
+TAB10 = np.array(matplotlib.colormaps["tab10"].colors) * 255
+
+
+def records(scale: float, steps: int = 20, **extra) -> list[dict]:
+    """A decreasing objective curve as metrics.jsonl holds it (val_loss only every 5th step, None elsewhere)."""
+    return [{"step": s, "epoch": s / 10, "elapsed_s": 0.1 * s, "objective": scale / (1 + s),
+             "val_loss": scale / (1 + s) + 0.1 if s % 5 == 0 else None, **extra} for s in range(0, steps * 10, 10)]
+
+
+def pixels(path) -> np.ndarray:
+    """The image's RGB values as (height, width, 3) ints."""
+    return np.asarray(Image.open(path).convert("RGB"), dtype=int)
+
+
+def colour_count(rgb: np.ndarray, run: int, tolerance: int = 10) -> int:
+    """How many pixels have (nearly) the tab10 colour of the ``run``-th run."""
+    return int((np.abs(rgb - TAB10[run]).max(axis=-1) <= tolerance).sum())
+
+
+@pytest.mark.parametrize("size", [(640, 360), (201, 151)])  # 201/100*100 truncates to 200 in naive float arithmetic
+def test_png_has_the_requested_size_and_one_colour_per_run(tmp_path, size):
+    out = tmp_path / "curves.png"
+    plot_curves([("a", records(1.0)), ("b", records(2.0)), ("c", records(3.0))], ["objective"], out, size=size)
+    rgb = pixels(out)
+    assert rgb.shape == (size[1], size[0], 3)
+    assert all(colour_count(rgb, run) > 50 for run in range(3)), [colour_count(rgb, run) for run in range(4)]
+    assert colour_count(rgb, 3) == 0  # no fourth run drawn
+
+
+def test_a_run_without_a_metric_has_no_line_in_that_panel(tmp_path):
+    out = tmp_path / "curves.png"
+    lacking = [{k: v for k, v in r.items() if k != "val_loss"} for r in records(2.0)]
+    plot_curves([("with", records(1.0)), ("without", lacking)], ["objective", "val_loss"], out, size=(800, 300))
+    rgb = pixels(out)
+    left, right = rgb[:, :400], rgb[:, 400:]
+    assert colour_count(left, 0) > 50 and colour_count(left, 1) > 50
+    assert colour_count(right, 0) > 50 and colour_count(right, 1) == 0
+
+
+def test_a_single_point_is_visible_and_log_y_draws(tmp_path):
+    out = tmp_path / "curves.png"
+    plot_curves([("long", records(1.0)), ("one", records(5.0, steps=1))], ["objective", "val_loss"], out, log_y=True)
+    right = pixels(out)[:, 500:]  # the val_loss panel: no legend there, whose entries carry the colours too
+    assert colour_count(right, 0) > 50 and colour_count(right, 1) > 20  # the single point's marker
+
+
+@pytest.mark.parametrize("suffix, magic", [(".svg", (b"<?xml", b"<svg")), (".pdf", (b"%PDF",)),
+                                          (".PNG", (b"\x89PNG",))])
+def test_the_format_follows_the_suffix(tmp_path, suffix, magic):
+    out = tmp_path / f"curves{suffix}"
+    plot_curves([("a", records(1.0)), ("b", records(2.0))], ["objective", "val_loss"], out)
+    assert out.read_bytes().startswith(magic)
+
+
+def test_an_existing_file_is_replaced_by_a_complete_image(tmp_path):
+    out = tmp_path / "curves.png"
+    out.write_bytes(b"an older, unrelated file")
+    plot_curves([("a", records(1.0))], ["objective"], out, size=(300, 200))
+    assert Image.open(out).size == (300, 200)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("name, kwargs, message", [
+    ("curves.jpg", {}, "'.jpg'; name the file with one of .png, .svg, .pdf"),
+    ("curves", {}, "'(none)'"),
+    ("curves.png", {"metrics": ["val_accuracy"]},
+     "no run has val_accuracy values; they have: objective, val_loss; pick with --metric"),
+    ("curves.png", {"log_y": True, "curves": [("a", records(1.0)), ("flat", records(0.0))]},
+     "objective of run 'flat' is 0 at step 0, which a log scale cannot show; drop --log-y"),
+    ("curves.png", {"size": (199, 400)}, "plot size 199x400 pixels is out of range"),
+    ("curves.png", {"size": (1000, 10001)}, "from 200x150 to 10000x10000"),
+    ("curves.png", {"curves": []}, "nothing to plot"),
+])
+def test_mistakes_are_refused_and_write_nothing(tmp_path, name, kwargs, message):
+    arguments = {"curves": [("a", records(1.0))], "metrics": ["objective"], **kwargs}
+    with pytest.raises(GradfitError) as caught:
+        plot_curves(arguments.pop("curves"), arguments.pop("metrics"), tmp_path / name, **arguments)
+    assert message in str(caught.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_matplotlib_names_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` raise ImportError
+    with pytest.raises(GradfitError, match=r"pip install 'gradfit\[plot\]'"):
+        plot_curves([("a", records(1.0))], ["objective"], tmp_path / "curves.png")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_importing_the_module_does_not_import_matplotlib():
+    code = "import sys, gradfit.runs.plot; assert 'matplotlib' not in sys.modules and 'jax' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_log_y_leaves_accuracies_on_a_linear_axis(tmp_path):
+    """An accuracy of 0 has no logarithm: under --log-y the losses go on a log axis, the accuracies stay linear."""
+    out = tmp_path / "curves.png"
+    runs = [("a", records(1.0, val_accuracy=0.0)), ("b", records(2.0, val_accuracy=0.5))]
+    plot_curves(runs, ["objective", "val_accuracy"], out, log_y=True)
+    assert pixels(out).shape[:2] == (400, 1200)
+    with pytest.raises(GradfitError, match="drop --log-y"):
+        plot_curves([("a", records(1.0, val_loss_floor=0.0))], ["val_loss_floor"], tmp_path / "x.png", log_y=True)
