@@ -1,8 +1,7 @@
 """gradfit: train models from YAML configs with JAX, and trust the gradient.
 
 The Python API is in ``gradfit.api`` (``fit``, ``load_run``, ``resume``); ``gradfit.fit`` and ``gradfit.load_run``
-load it on first use, so that ``import gradfit`` (and ``gradfit --help``) stays free of jax. (``gradfit.training.resume`` is
-the module that resumes runs: call ``gradfit.api.resume``.)
+load it on first use, so that ``import gradfit`` (and ``gradfit --help``) stays free of jax.
 """
 
 from gradfit.version import __version__

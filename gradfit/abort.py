@@ -16,14 +16,15 @@ import os
 import shutil
 import signal
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 SIGNALS = tuple(s for s in (getattr(signal, name, None) for name in ("SIGINT", "SIGTERM", "SIGHUP")) if s)
 EXIT_CODE = 130
 
 _pending: list[Path] = []  # removed, newest first, when a signal ends the process
-_state = {"holding": 0, "held": []}  # see _held_back
+_holding = [0]  # the depth of nested _held_back blocks (a list: mutated in place, never rebound)
+_held: list[int] = []  # signals recorded while held back
 _exit = os._exit  # how the process ends (a test replaces it)
 
 
@@ -49,13 +50,13 @@ def _held_back() -> Iterator[None]:
     Done in the Python-level handler, not with ``pthread_sigmask``: a process-directed signal blocked in the main
     thread is delivered through one of jaxlib's threads instead, and its handler still runs in the main thread.
     """
-    _state["holding"] += 1
+    _holding[0] += 1
     try:
         yield
     finally:
-        _state["holding"] -= 1
-        if not _state["holding"] and _state["held"]:
-            _abort(_state["held"][0], None)
+        _holding[0] -= 1
+        if not _holding[0] and _held:
+            _abort(_held[0], None)
 
 
 def install() -> None:
@@ -65,10 +66,10 @@ def install() -> None:
 
 
 def _abort(signum, frame) -> None:
-    if _state["holding"]:
-        _state["held"].append(signum)
+    if _holding[0]:
+        _held.append(signum)
         return
-    _state["held"].clear()
+    _held.clear()
     for path in reversed(list(_pending)):
         with contextlib.suppress(OSError):
             if path.is_dir() and not path.is_symlink():

@@ -34,8 +34,9 @@ class RunDirError(GradfitError):
 
 
 class TrainingFailed(GradfitError):
-    """Training ran but failed (for example it diverged); exit code 1. ``summary``: the run's ``gradfit.runs.rundir.Summary``
-    (a sweep's: what sweep.json holds)."""
+    """Training ran but failed (for example it diverged); exit code 1.
+
+    ``summary``: the run's ``gradfit.runs.rundir.Summary`` (a sweep's: what sweep.json holds)."""
 
     exit_code = 1
 

@@ -16,8 +16,9 @@ import stat
 import tempfile
 import zipfile
 import zlib
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Iterator, Mapping, Optional, Sequence
+from typing import IO, TYPE_CHECKING
 
 from gradfit.abort import removed_on_abort
 from gradfit.errors import GradfitError
@@ -31,8 +32,13 @@ MAX_TEXT_BYTES = 16 << 20  # a config file
 MAX_LINE_CHARS = 16 << 20  # one line of a CSV: a million numeric columns; a longer one is not a table
 MAX_DEFLATE_RATIO = 1100  # DEFLATE cannot expand more than 1032:1; a larger claim is a zip bomb or a lie
 
-_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
-          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 def kind(mode: int) -> str:
@@ -49,8 +55,9 @@ def _missing(path: Path, what: str) -> str:
 # ---------------------------------------------------------------------------------------------------- reading
 
 
-def open_regular(path: Path, what: str = "file", error: type[GradfitError] = GradfitError,
-                 max_bytes: Optional[int] = None) -> IO[bytes]:
+def open_regular(
+    path: Path, what: str = "file", error: type[GradfitError] = GradfitError, max_bytes: int | None = None
+) -> IO[bytes]:
     """Open ``path`` for binary reading if it is a regular file (after links) of at most ``max_bytes``.
 
     Opened non-blocking and checked on the open descriptor, so a FIFO never hangs the open and a file swapped
@@ -71,8 +78,10 @@ def open_regular(path: Path, what: str = "file", error: type[GradfitError] = Gra
         if not stat.S_ISREG(info.st_mode):
             raise error(f"{path}: {what} is {kind(info.st_mode)}, not a regular file")
         if max_bytes is not None and info.st_size > max_bytes:
-            raise error(f"{path}: {what} is {format_bytes(info.st_size)}, more than the {format_bytes(max_bytes)} "
-                        "gradfit reads for one; is it the right file?")
+            raise error(
+                f"{path}: {what} is {format_bytes(info.st_size)}, more than the {format_bytes(max_bytes)} "
+                "gradfit reads for one; is it the right file?"
+            )
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
@@ -81,8 +90,9 @@ def open_regular(path: Path, what: str = "file", error: type[GradfitError] = Gra
         raise
 
 
-def read_text(path: Path, what: str = "file", error: type[GradfitError] = GradfitError,
-              max_bytes: int = MAX_TEXT_BYTES) -> str:
+def read_text(
+    path: Path, what: str = "file", error: type[GradfitError] = GradfitError, max_bytes: int = MAX_TEXT_BYTES
+) -> str:
     """The UTF-8 text of a regular file of at most ``max_bytes`` (see ``open_regular``)."""
     with open_regular(path, what, error, max_bytes) as handle:
         data = handle.read(max_bytes + 1)
@@ -94,8 +104,13 @@ def read_text(path: Path, what: str = "file", error: type[GradfitError] = Gradfi
         raise error(f"{path}: {what} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
-def bounded_lines(handle: IO[str], path: Path, error: type[GradfitError] = GradfitError,
-                  first_line: int = 1, max_chars: int = MAX_LINE_CHARS) -> Iterator[str]:
+def bounded_lines(
+    handle: IO[str],
+    path: Path,
+    error: type[GradfitError] = GradfitError,
+    first_line: int = 1,
+    max_chars: int = MAX_LINE_CHARS,
+) -> Iterator[str]:
     """The lines of a text file, refusing one longer than ``max_chars`` before it is read whole."""
     number = first_line
     while True:
@@ -103,8 +118,9 @@ def bounded_lines(handle: IO[str], path: Path, error: type[GradfitError] = Gradf
         if not line:
             return
         if len(line) > max_chars:
-            raise error(f"{path}:{number}: line longer than {max_chars:,} characters; is this a CSV file "
-                        "(one row per line)?")
+            raise error(
+                f"{path}:{number}: line longer than {max_chars:,} characters; is this a CSV file (one row per line)?"
+            )
         yield line
         number += 1
 
@@ -134,28 +150,43 @@ class NpyMember:
             raise error(f"{path}: array {name} is not a NumPy array ({exc})") from None
         if any(not isinstance(n, int) or n < 0 for n in self.shape) or self.dtype.itemsize == 0:
             self.member.close()
-            raise error(f"{path}: array {name} has shape {self.shape} of {self.dtype}, which is not an array of "
-                        "numbers or text; the file is damaged")
+            raise error(
+                f"{path}: array {name} has shape {self.shape} of {self.dtype}, which is not an array of "
+                "numbers or text; the file is damaged"
+            )
         if self.dtype.hasobject:
             self.member.close()
-            raise error(f"{path}: array {name} holds Python objects; gradfit never unpickles objects. Save "
-                        "numbers or strings (np.asarray(values, dtype=str))")
+            raise error(
+                f"{path}: array {name} holds Python objects; gradfit never unpickles objects. Save "
+                "numbers or strings (np.asarray(values, dtype=str))"
+            )
         self.nbytes = math.prod(self.shape) * self.dtype.itemsize
         stored = info.file_size - self.member.tell()
         if self.nbytes != stored:
             self.member.close()
-            raise error(f"{path}: array {name} declares shape {self.shape} of {self.dtype} ({format_bytes(self.nbytes)}) "
-                        f"but the archive holds {format_bytes(max(stored, 0))} for it; the file is damaged")
-        on_disk = os.fstat(archive.fp.fileno()).st_size if hasattr(archive.fp, "fileno") else info.compress_size
+            raise error(
+                f"{path}: array {name} declares shape {self.shape} of {self.dtype} ({format_bytes(self.nbytes)}) "
+                f"but the archive holds {format_bytes(max(stored, 0))} for it; the file is damaged"
+            )
+        handle = archive.fp
+        on_disk = (
+            os.fstat(handle.fileno()).st_size
+            if handle is not None and hasattr(handle, "fileno")
+            else info.compress_size
+        )
         stored_whole = info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size
         if info.compress_size > on_disk or stored_whole:
             self.member.close()
-            raise error(f"{path}: array {name} claims {format_bytes(info.compress_size)} in an archive of "
-                        f"{format_bytes(on_disk)}; the file is damaged")
+            raise error(
+                f"{path}: array {name} claims {format_bytes(info.compress_size)} in an archive of "
+                f"{format_bytes(on_disk)}; the file is damaged"
+            )
         if info.compress_type != zipfile.ZIP_STORED and info.file_size > MAX_DEFLATE_RATIO * max(info.compress_size, 1):
             self.member.close()
-            raise error(f"{path}: array {name} claims {format_bytes(info.file_size)} compressed into "
-                        f"{format_bytes(info.compress_size)}, more than compression allows; the file is damaged")
+            raise error(
+                f"{path}: array {name} claims {format_bytes(info.file_size)} compressed into "
+                f"{format_bytes(info.compress_size)}, more than compression allows; the file is damaged"
+            )
 
     def read(self) -> np.ndarray:
         import numpy as np
@@ -167,7 +198,7 @@ class NpyMember:
             chunk = self.member.read(min(self.nbytes - filled, 1 << 24))
             if not chunk:
                 raise self.error(f"{self.path}: array {self.name} is truncated; the file is damaged")
-            view[filled:filled + len(chunk)] = chunk
+            view[filled : filled + len(chunk)] = chunk
             filled += len(chunk)
         array = np.frombuffer(data, self.dtype)
         return array.reshape(self.shape[::-1]).T if self.fortran_order else array.reshape(self.shape)
@@ -177,8 +208,9 @@ class NpyMember:
 
 
 @contextlib.contextmanager
-def open_npz(path: Path, what: str = ".npz file", error: type[GradfitError] = GradfitError
-             ) -> Iterator[tuple[zipfile.ZipFile, list[str]]]:
+def open_npz(
+    path: Path, what: str = ".npz file", error: type[GradfitError] = GradfitError
+) -> Iterator[tuple[zipfile.ZipFile, list[str]]]:
     """(archive, names of its arrays) of a regular .npz file; damaged archives become ``error``."""
     path = Path(path)
     with open_regular(path, what, error) as handle:
@@ -197,8 +229,12 @@ def open_npz(path: Path, what: str = ".npz file", error: type[GradfitError] = Gr
             raise error(f"{path}: {what} is damaged ({exc})") from None
 
 
-def load_npz(path: Path, what: str = ".npz file", error: type[GradfitError] = GradfitError,
-             expected: Optional[Mapping[str, Sequence[int]]] = None) -> dict[str, np.ndarray]:
+def load_npz(
+    path: Path,
+    what: str = ".npz file",
+    error: type[GradfitError] = GradfitError,
+    expected: Mapping[str, Sequence[int]] | None = None,
+) -> dict[str, np.ndarray]:
     """Every array of an .npz, each header checked against the archive's size (and against ``expected`` shapes,
     where given) before anything is allocated. Object arrays are refused: nothing is ever unpickled."""
     arrays = {}
@@ -220,19 +256,19 @@ def save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     import numpy as np
 
     with write_atomic_stream(path, binary=True) as handle:
-        np.savez(handle, **{k: np.asarray(v) for k, v in arrays.items()})
+        np.savez(handle, **{k: np.asarray(v) for k, v in arrays.items()})  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
 
 
 def format_bytes(count: int) -> str:
     """``1,234 bytes``, ``3.5 GiB``, ``12,345.0 PiB``: binary units, one decimal."""
     if count < 1024:
         return f"{count:,} bytes"
-    value, unit = float(count), "bytes"
-    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
-        value /= 1024
+    value = float(count) / 1024
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
         if value < 1024:
-            break
-    return f"{value:,.1f} {unit}"
+            return f"{value:,.1f} {unit}"
+        value /= 1024
+    return f"{value:,.1f} PiB"
 
 
 # ---------------------------------------------------------------------------------------------------- writing
@@ -255,13 +291,15 @@ def check_output(path: Path, option: str, force: bool, protected: Sequence[Path]
     except OSError as exc:
         raise GradfitError(f"{option} {path}: cannot write there ({exc.strerror})") from None
     if info is not None and not stat.S_ISREG(info.st_mode):
-        raise GradfitError(f"{option} {path}: {kind(info.st_mode)}, not a regular file; gradfit writes only "
-                           f"regular files ({instead})")
+        raise GradfitError(
+            f"{option} {path}: {kind(info.st_mode)}, not a regular file; gradfit writes only regular files ({instead})"
+        )
     stream = _stream_link(path)
     if stream is not None:
         leads = "is" if stream == os.path.abspath(path) else "leads to"
-        raise GradfitError(f"{option} {path}: {leads} {stream}, a device or standard stream, not a regular file; "
-                           f"{instead}")
+        raise GradfitError(
+            f"{option} {path}: {leads} {stream}, a device or standard stream, not a regular file; {instead}"
+        )
     for other in protected:
         if os.path.realpath(other) == str(target) or (info is not None and _same_file(other, info)):
             raise GradfitError(f"{option} {path}: that is {other}, which this command reads; choose another file")
@@ -275,7 +313,7 @@ def check_output(path: Path, option: str, force: bool, protected: Sequence[Path]
     return target
 
 
-def _stream_link(path: Path) -> Optional[str]:
+def _stream_link(path: Path) -> str | None:
     """Where a chain of links from ``path`` enters /dev or /proc (``/dev/stdout`` -> ``/proc/self/fd/1``), or None.
 
     Following such a link would atomically replace whatever file the shell redirected a stream to.
@@ -328,7 +366,7 @@ def write_atomic_stream(path: Path, binary: bool = False):
     try:
         with removed_on_abort(lambda: _temporary(path, opened)) as tmp:
             fd = opened[0]
-            with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8", newline="")) as handle:
+            with os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
                 yield handle
                 handle.flush()
                 os.fsync(handle.fileno())

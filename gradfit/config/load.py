@@ -12,14 +12,14 @@ import dataclasses
 import difflib
 import re
 import reprlib
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
 import yaml
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
-from gradfit.errors import ConfigError
-from gradfit.files import read_text
 from gradfit.config.schema import (  # re-exported: the whole config API in one place
     DataConfig,
     GradfitConfig,
@@ -38,23 +38,55 @@ from gradfit.config.schema import (  # re-exported: the whole config API in one 
     unused_key_problems,
     unused_keys,
 )
+from gradfit.errors import ConfigError
+from gradfit.files import read_text
 
 __all__ = [
-    "ResolvedConfig", "resolve_config", "parse_override", "to_yaml", "describe_keys", "unused_keys", "KeyInfo",
-    "GradfitConfig", "DataConfig", "SyntheticConfig", "ModelConfig", "OptimizerConfig", "ScheduleConfig",
-    "TrainConfig", "RuntimeConfig",
+    "ResolvedConfig",
+    "resolve_config",
+    "make_config",
+    "parse_override",
+    "to_yaml",
+    "describe_keys",
+    "unused_keys",
+    "KeyInfo",
+    "GradfitConfig",
+    "DataConfig",
+    "SyntheticConfig",
+    "ModelConfig",
+    "OptimizerConfig",
+    "ScheduleConfig",
+    "TrainConfig",
+    "RuntimeConfig",
 ]
 
 
 # The shipped configs/logreg.yaml and configs/mlp.yaml as overrides of the defaults, so that the commands that
 # need a problem without a file (bench's suite, compare-grads, trace) use the same ones (a test keeps them equal).
 EXAMPLES = {
-    "logreg": ["name=logreg", "data.source=breast_cancer", "model.kind=logistic", "model.l2=0.001",
-               "optimizer.name=lbfgs", "train.steps=100", "train.log_every=5", "train.tol=1e-6"],
-    "mlp": ["name=mlp", "data.source=digits", "model.kind=mlp", "model.hidden=[128, 64]", "model.l2=0.0001",
-            "optimizer.name=adam", "optimizer.learning_rate=0.003",
-            "optimizer.schedule={name: warmup_cosine, warmup_steps: 50, final_fraction: 0.01}",
-            "train.epochs=40", "train.batch_size=64", "train.log_every=16"],
+    "logreg": [
+        "name=logreg",
+        "data.source=breast_cancer",
+        "model.kind=logistic",
+        "model.l2=0.001",
+        "optimizer.name=lbfgs",
+        "train.steps=100",
+        "train.log_every=5",
+        "train.tol=1e-6",
+    ],
+    "mlp": [
+        "name=mlp",
+        "data.source=digits",
+        "model.kind=mlp",
+        "model.hidden=[128, 64]",
+        "model.l2=0.0001",
+        "optimizer.name=adam",
+        "optimizer.learning_rate=0.003",
+        "optimizer.schedule={name: warmup_cosine, warmup_steps: 50, final_fraction: 0.01}",
+        "train.epochs=40",
+        "train.batch_size=64",
+        "train.log_every=16",
+    ],
 }
 
 
@@ -63,11 +95,13 @@ class ResolvedConfig:
     """A validated config plus where each key came from (for ``gradfit config show``)."""
 
     config: GradfitConfig
-    path: Optional[Path]
+    path: Path | None
     file_lines: dict  # KeyPath -> line number in the file
     overridden: frozenset  # KeyPaths given with --set
     tree: Any = None  # with sweep=True: the merged input before validation (what members' values are applied to)
-    sweep: Any = None  # the file's raw `sweep:` section (resolve_config(..., sweep=True)), checked by gradfit.sweeps.plan
+    sweep: Any = (
+        None  # the file's raw `sweep:` section (resolve_config(..., sweep=True)), checked by gradfit.sweeps.plan
+    )
 
     @property
     def origin(self) -> str:
@@ -97,9 +131,7 @@ class _StrictLoader(yaml.SafeLoader):
             except TypeError:  # a complex key ("? [a, b]"): SafeLoader reports it below, with its line
                 continue
             if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key '{key}'", key_node.start_mark
-                )
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key '{key}'", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
@@ -108,7 +140,8 @@ class _StrictLoader(yaml.SafeLoader):
             return super().construct_yaml_int(node)
         except ValueError:  # Python refuses to convert integers of more than 4300 digits
             raise yaml.constructor.ConstructorError(
-                None, None, f"integer of {len(node.value)} digits is too large", node.start_mark) from None
+                None, None, f"integer of {len(node.value)} digits is too large", node.start_mark
+            ) from None
 
 
 _StrictLoader.add_constructor("tag:yaml.org,2002:int", _StrictLoader.construct_yaml_int)
@@ -178,8 +211,9 @@ def _apply_override(tree: dict, key: KeyPath, value: Any) -> None:
     node[key[-1]] = value
 
 
-def resolve_config(path: Optional[str | Path | Mapping] = None, overrides: Sequence[str] = (),
-                   sweep: bool = False) -> ResolvedConfig:
+def resolve_config(
+    path: str | Path | Mapping | None = None, overrides: Sequence[str] = (), sweep: bool = False
+) -> ResolvedConfig:
     """Load defaults < YAML file < ``--set`` overrides and validate the result.
 
     Args:
@@ -205,14 +239,17 @@ def resolve_config(path: Optional[str | Path | Mapping] = None, overrides: Seque
         if data is None:
             data = {}
         if not isinstance(data, dict):
-            raise ConfigError(f"{path}: a config must be a mapping of sections (name, seed, data, ...), "
-                              f"got a {type(data).__name__}")
+            raise ConfigError(
+                f"{path}: a config must be a mapping of sections (name, seed, data, ...), got a {type(data).__name__}"
+            )
         tree = data
         _anchor_data_path(tree, path.parent)
     section = tree.pop("sweep", None)
     if ("sweep",) in lines and not sweep:
-        raise ConfigError(f"{origin}: line {lines[('sweep',)]}: sweep: this config describes a sweep; run "
-                          f"gradfit sweep {origin} (or remove the section to train its base config)")
+        raise ConfigError(
+            f"{origin}: line {lines[('sweep',)]}: sweep: this config describes a sweep; run "
+            f"gradfit sweep {origin} (or remove the section to train its base config)"
+        )
     overridden = []
     for text in overrides:
         key, value = parse_override(text)
@@ -229,6 +266,25 @@ def resolve_config(path: Optional[str | Path | Mapping] = None, overrides: Seque
     return ResolvedConfig(config, path, lines, frozenset(overridden), merged, section)
 
 
+def make_config(*overrides: str, path: str | Path | None = None) -> GradfitConfig:
+    """A validated config from the built-in defaults (or a YAML file) plus ``--set``-style overrides.
+
+    The short form of ``resolve_config(path, overrides).config`` for code that builds configs (tests,
+    benchmarks, scripts): ``make_config("model.kind=mlp", "train.steps=50")``.
+
+    Args:
+        *overrides: ``key.path=value`` strings, applied in order after the file.
+        path: a YAML config file to start from; None for the defaults.
+
+    Returns:
+        The frozen, validated config.
+
+    Raises:
+        ConfigError: listing every problem, each with its file and line or its --set.
+    """
+    return resolve_config(path, overrides).config
+
+
 def validate_tree(tree: dict, origin: str, lines: dict, given: dict) -> GradfitConfig:
     """Validate a merged input tree, or raise one ConfigError listing every problem where it was written: the
     file's line, or ``given[key]`` (``--set``, a sweep's line) for keys set elsewhere. ``tree`` is consumed."""
@@ -238,9 +294,10 @@ def validate_tree(tree: dict, origin: str, lines: dict, given: dict) -> GradfitC
         config = GradfitConfig.model_validate(tree)
     except ValidationError as exc:
         problems += [_explain(err) for err in exc.errors()]
-    if problems:
-        located = sorted((_locate(loc, lines, given), ".".join(map(str, loc)) or "(top level)", message)
-                         for loc, message in problems)
+    if problems or config is None:
+        located = sorted(
+            (_locate(loc, lines, given), ".".join(map(str, loc)) or "(top level)", message) for loc, message in problems
+        )
         count = f"{len(located)} problem" + ("s" if len(located) > 1 else "")
         text = "\n".join(f"  {where}{what}: {message}" for (_, where), what, message in located)
         raise ConfigError(f"{origin}: {count}:\n{text}")
@@ -265,7 +322,7 @@ def _anchor_data_path(tree: dict, base: Path) -> None:
         data["path"] = str(p if p.is_absolute() else (base / p).resolve())
 
 
-def _explain(err: dict) -> tuple[KeyPath, str]:
+def _explain(err: ErrorDetails) -> tuple[KeyPath, str]:
     """A pydantic error as (key path, message with the value and a hint)."""
     loc = tuple(err["loc"])
     cause = (err.get("ctx") or {}).get("error")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Annotated, Any, ClassVar, Literal, Optional, Union, get_args
+from typing import Annotated, Any, ClassVar, Literal, TypeGuard, cast, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
@@ -78,8 +78,10 @@ class _Section(BaseModel):
         if isinstance(value, bool) and annotation is not bool and bool not in get_args(annotation):
             choices = _choices(annotation)
             wanted = f"one of {', '.join(map(repr, choices))}" if choices else "a number"
-            raise ValueError(f"expected {wanted}, not a boolean (YAML reads yes/no/on/off as true/false; quote the "
-                             "word if you meant it)")
+            raise ValueError(
+                f"expected {wanted}, not a boolean (YAML reads yes/no/on/off as true/false; quote the "
+                "word if you meant it)"
+            )
         return value
 
 
@@ -87,9 +89,7 @@ class SyntheticConfig(_Section):
     n_samples: Size = Field(10_000, ge=2, description="number of rows generated")
     n_features: Size = Field(20, ge=1, description="number of features")
     n_classes: Size = Field(2, ge=2, description="number of classes")
-    separation: float = Field(
-        2.0, ge=0, description="scale of the true weights: larger means easier to classify"
-    )
+    separation: float = Field(2.0, ge=0, description="scale of the true weights: larger means easier to classify")
     noise: float = Field(
         1.0, ge=0, description="label noise: 1 samples labels from the logistic model, 0 makes them deterministic"
     )
@@ -99,26 +99,28 @@ class DataConfig(_Section):
     source: Literal["breast_cancer", "digits", "synthetic", "file"] = Field(
         "breast_cancer", description="built-in dataset, 'synthetic', or 'file' (then set data.path)"
     )
-    path: Optional[str] = Field(
+    path: str | None = Field(
         None, description="CSV (with a header) or .npz (arrays X, y) file; relative to the config file"
     )
     target: str = Field("target", description="name of the label column in a CSV file")
     val_fraction: float = Field(0.2, ge=0, lt=1, description="fraction of rows held out for validation")
     test_fraction: float = Field(0.2, ge=0, lt=1, description="fraction of rows held out for the final test")
-    standardize: bool = Field(
-        True, description="scale features to mean 0, std 1 using training-split statistics"
-    )
-    seed: Optional[int] = Field(
-        None, ge=0, le=2**32 - 1, description="seed of the split and of synthetic rows (null: the top-level seed); "
-        "a sweep over seeds sets it, so that every member sees the same split"
+    standardize: bool = Field(True, description="scale features to mean 0, std 1 using training-split statistics")
+    seed: int | None = Field(
+        None,
+        ge=0,
+        le=2**32 - 1,
+        description="seed of the split and of synthetic rows (null: the top-level seed); "
+        "a sweep over seeds sets it, so that every member sees the same split",
     )
     synthetic: SyntheticConfig = Field(
         default_factory=SyntheticConfig, description="generator settings (source: synthetic)"
     )
-    in_memory: Union[Literal["auto"], bool] = Field(
-        "auto", description="hold the data in memory (true), stream row blocks from disk (false: a folder made by "
+    in_memory: Literal["auto"] | bool = Field(
+        "auto",
+        description="hold the data in memory (true), stream row blocks from disk (false: a folder made by "
         "'gradfit data convert', or synthetic), or stream when the training split would fill over half the device "
-        "memory or a quarter of host RAM (auto)"
+        "memory or a quarter of host RAM (auto)",
     )
 
     APPLIES_TO = {"path": {"file"}, "target": {"file"}, "synthetic": {"synthetic"}}
@@ -133,7 +135,7 @@ class DataConfig(_Section):
 
     @field_validator("path")
     @classmethod
-    def _no_nul(cls, value: Optional[str]):
+    def _no_nul(cls, value: str | None):
         if value is not None and "\0" in value:
             raise ValueError("a file path cannot contain a NUL character")
         return value
@@ -214,10 +216,10 @@ class OptimizerConfig(_Section):
     eps: float = Field(1e-8, gt=0, description="denominator constant of adaptive methods")
     decay: float = Field(0.9, gt=0, lt=1, description="RMSProp squared-gradient decay")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW decoupled weight decay")
-    memory_size: Annotated[int, _at_most(MAX_LBFGS_MEMORY, "the history holds 2 x memory_size copies of the "
-                                                           "parameters; 3 to 20 is usual")] = Field(
-        10, ge=1, le=MAX_LBFGS_MEMORY, description="L-BFGS history length")
-    clip_norm: Optional[float] = Field(None, gt=0, description="clip gradients to this global norm (null: off)")
+    memory_size: Annotated[
+        int, _at_most(MAX_LBFGS_MEMORY, "the history holds 2 x memory_size copies of the parameters; 3 to 20 is usual")
+    ] = Field(10, ge=1, le=MAX_LBFGS_MEMORY, description="L-BFGS history length")
+    clip_norm: float | None = Field(None, gt=0, description="clip gradients to this global norm (null: off)")
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig, description="learning-rate schedule")
 
     APPLIES_TO = {
@@ -236,52 +238,65 @@ class OptimizerConfig(_Section):
 
 
 class EarlyStoppingConfig(_Section):
-    monitor: Optional[Literal["val_loss", "val_accuracy"]] = Field(
+    monitor: Literal["val_loss", "val_accuracy"] | None = Field(
         None, description="validation metric watched at each evaluation (null: early stopping off)"
     )
     patience: int = Field(10, ge=1, description="evaluations in a row without improvement before the run stops")
-    min_delta: float = Field(0.0, ge=0, description="smallest change of the monitored metric that counts as improvement")
+    min_delta: float = Field(
+        0.0, ge=0, description="smallest change of the monitored metric that counts as improvement"
+    )
 
     APPLIES_TO = {"patience": {"val_loss", "val_accuracy"}, "min_delta": {"val_loss", "val_accuracy"}}
     SELECTOR = "monitor"
 
 
 class TrainConfig(_Section):
-    epochs: Optional[Steps] = Field(None, ge=1, description="passes over the training split (100 if steps is unset)")
-    steps: Optional[Steps] = Field(None, ge=1, description="optimizer steps; use instead of epochs")
-    batch_size: Optional[Size] = Field(
+    epochs: Steps | None = Field(None, ge=1, description="passes over the training split (100 if steps is unset)")
+    steps: Steps | None = Field(None, ge=1, description="optimizer steps; use instead of epochs")
+    batch_size: Size | None = Field(
         None, ge=1, description="minibatch size (null: full batch); the last partial batch of an epoch is dropped"
     )
     log_every: Steps = Field(
-        10, ge=1, description="steps between log points, which record running means of the minibatch objective and "
-        "gradient norm (almost free: the steps computed them)"
+        10,
+        ge=1,
+        description="steps between log points, which record running means of the minibatch objective and "
+        "gradient norm (almost free: the steps computed them)",
     )
-    eval_every: Union[int, str] = Field(
-        "auto", description="steps between evaluations of the whole training and validation splits (also at the "
-        "end); auto keeps them at or below 5% of the training work"
+    eval_every: int | str = Field(
+        "auto",
+        description="steps between evaluations of the whole training and validation splits (also at the "
+        "end); auto keeps them at or below 5% of the training work",
     )
-    tol: Optional[float] = Field(
-        None, gt=0, description="stop when the gradient norm over the whole training split falls below this "
-        "(full batch: checked after every step; minibatches: at evaluations)"
+    tol: float | None = Field(
+        None,
+        gt=0,
+        description="stop when the gradient norm over the whole training split falls below this "
+        "(full batch: checked after every step; minibatches: at evaluations)",
     )
-    checkpoint_every: Optional[Steps] = Field(
-        1000, ge=1, description="checkpoint at the first log point past every this many steps (null: only at the "
-        "end and on interruption)"
+    checkpoint_every: Steps | None = Field(
+        1000,
+        ge=1,
+        description="checkpoint at the first log point past every this many steps (null: only at the "
+        "end and on interruption)",
     )
-    keep_checkpoints: Annotated[int, _at_most(MAX_KEPT_CHECKPOINTS, "each is a full copy of the training state")] \
-        = Field(3, ge=1, le=MAX_KEPT_CHECKPOINTS, description="how many of the newest checkpoints to keep")
+    keep_checkpoints: Annotated[int, _at_most(MAX_KEPT_CHECKPOINTS, "each is a full copy of the training state")] = (
+        Field(3, ge=1, le=MAX_KEPT_CHECKPOINTS, description="how many of the newest checkpoints to keep")
+    )
     early_stopping: EarlyStoppingConfig = Field(
         default_factory=EarlyStoppingConfig, description="stop when a validation metric stops improving"
     )
     loggers: list[Literal["jsonl", "csv", "tensorboard"]] = Field(
-        ["jsonl"], min_length=1, description="metric logs to write: jsonl (metrics.jsonl, always written: the source "
+        ["jsonl"],
+        min_length=1,
+        description="metric logs to write: jsonl (metrics.jsonl, always written: the source "
         "of truth), csv (metrics.csv) and tensorboard (event files for tensorboard --logdir runs; needs "
-        "gradfit[tensorboard])"
+        "gradfit[tensorboard])",
     )
     shuffle: Literal["auto", "full", "blocks"] = Field(
-        "auto", description="minibatch order each epoch: full (a permutation of all rows), blocks (a permutation of "
+        "auto",
+        description="minibatch order each epoch: full (a permutation of all rows), blocks (a permutation of "
         "4,096-row blocks, rows shuffled within windows of 16 blocks: reads a disk in long runs), or auto (full in "
-        "memory, blocks when streaming)"
+        "memory, blocks when streaming)",
     )
 
     @field_validator("eval_every", mode="plain")
@@ -314,15 +329,16 @@ MAX_DEVICES = 65536
 
 class RuntimeConfig(_Section):
     device: Literal["auto", "cpu", "gpu"] = Field("auto", description="auto picks the GPU when JAX sees one")
-    devices: Union[str, int, list[int]] = Field(
-        "auto", description="devices of that platform to train on: auto (every local one), N (the first N) or a "
-        "list of device ids; the minibatch is split across them (data parallel, parameters replicated)"
+    devices: str | int | list[int] = Field(
+        "auto",
+        description="devices of that platform to train on: auto (every local one), N (the first N) or a "
+        "list of device ids; the minibatch is split across them (data parallel, parameters replicated)",
     )
     precision: Literal["float32", "float64", "bfloat16"] = Field(
-        "float32", description="float32 or float64 for data and params; bfloat16: float32 params with bfloat16 "
-        "matrix-product inputs (mixed precision, for accelerators)"
+        "float32",
+        description="float32 or float64 for data and params; bfloat16: float32 params with bfloat16 "
+        "matrix-product inputs (mixed precision, for accelerators)",
     )
-
 
     @field_validator("devices", mode="plain")
     @classmethod
@@ -336,7 +352,7 @@ class RuntimeConfig(_Section):
         raise ValueError("expected 'auto', a device count >= 1 or a non-empty list of device ids like [0, 1]")
 
 
-def data_seed(config: "GradfitConfig") -> int:
+def data_seed(config: GradfitConfig) -> int:
     """The seed of the split and of synthetic rows."""
     return config.seed if config.data.seed is None else config.data.seed
 
@@ -345,7 +361,9 @@ class GradfitConfig(_Section):
     """A whole training config. Every key has a default; see ``describe_keys`` and the README."""
 
     name: str = Field(
-        "run", max_length=100, description="run name; the run directory is <out-dir>/<name>-<timestamp>",
+        "run",
+        max_length=100,
+        description="run name; the run directory is <out-dir>/<name>-<timestamp>",
     )
     seed: int = Field(0, ge=0, le=2**32 - 1, description="seed for the split, the init and the minibatch order")
     data: DataConfig = Field(default_factory=DataConfig, description="dataset and split")
@@ -359,8 +377,10 @@ class GradfitConfig(_Section):
     def _name_is_a_folder_name(cls, value: str):
         # it becomes a folder name: no separators, no "..", nothing hidden
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
-            raise ValueError("use letters, digits, '.', '_' and '-', starting with a letter or digit "
-                             "(the name becomes a folder under --out-dir)")
+            raise ValueError(
+                "use letters, digits, '.', '_' and '-', starting with a letter or digit "
+                "(the name becomes a folder under --out-dir)"
+            )
         return value
 
     @model_validator(mode="after")
@@ -368,8 +388,10 @@ class GradfitConfig(_Section):
         if self.optimizer.name == "lbfgs" and self.train.batch_size is not None:
             raise KeyProblem(("train", "batch_size"), "lbfgs is a full-batch method; set train.batch_size=null")
         if self.train.early_stopping.monitor and self.data.val_fraction == 0:
-            raise KeyProblem(("train", "early_stopping", "monitor"),
-                             "early stopping watches the validation split; set data.val_fraction > 0")
+            raise KeyProblem(
+                ("train", "early_stopping", "monitor"),
+                "early stopping watches the validation split; set data.val_fraction > 0",
+            )
         return self
 
 
@@ -386,7 +408,7 @@ def is_section(key: KeyPath) -> bool:
     return _is_section_class(cls)
 
 
-def _is_section_class(cls: Any) -> bool:
+def _is_section_class(cls: Any) -> TypeGuard[type[_Section]]:
     return isinstance(cls, type) and issubclass(cls, _Section)
 
 
@@ -412,10 +434,14 @@ def unused_key_problems(tree: Any, cls: type[_Section] = GradfitConfig, prefix: 
                 del tree[key]
                 continue
             shown = "null" if chosen is None else f"'{chosen}'"
-            problems.append((prefix + (key,), f"not used when {cls.SELECTOR} is {shown} (it applies to: "
-                                              f"{', '.join(sorted(users))}); remove it"))
-        elif key in cls.model_fields and _is_section_class(cls.model_fields[key].annotation):
-            problems += unused_key_problems(value, cls.model_fields[key].annotation, prefix + (key,))
+            problems.append(
+                (
+                    prefix + (key,),
+                    f"not used when {cls.SELECTOR} is {shown} (it applies to: {', '.join(sorted(users))}); remove it",
+                )
+            )
+        elif key in cls.model_fields and _is_section_class(section := cls.model_fields[key].annotation):
+            problems += unused_key_problems(value, section, prefix + (key,))
     return problems
 
 
@@ -430,8 +456,7 @@ def _choices(annotation: Any) -> tuple:
 def section_class(loc: KeyPath) -> type[BaseModel]:
     cls: type[BaseModel] = GradfitConfig
     for part in loc:
-        annotation = cls.model_fields[part].annotation
-        cls = annotation
+        cls = cast(type[BaseModel], cls.model_fields[part].annotation)
     return cls
 
 
@@ -440,7 +465,7 @@ class KeyInfo:
     key: KeyPath
     default: Any
     description: str
-    choices: Optional[tuple] = None
+    choices: tuple | None = None
 
 
 def describe_keys(cls: type[BaseModel] = GradfitConfig, prefix: KeyPath = ()) -> list[KeyInfo]:
@@ -452,14 +477,18 @@ def describe_keys(cls: type[BaseModel] = GradfitConfig, prefix: KeyPath = ()) ->
             out.extend(describe_keys(annotation, prefix + (name,)))
             continue
         default = field.get_default(call_default_factory=True)
-        choices = _choices(annotation) if Literal in (getattr(a, "__origin__", None) for a in (annotation, *get_args(annotation))) else None
+        choices = (
+            _choices(annotation)
+            if Literal in (getattr(a, "__origin__", None) for a in (annotation, *get_args(annotation)))
+            else None
+        )
         out.append(KeyInfo(prefix + (name,), default, field.description or "", choices))
     return out
 
 
 def unused_keys(config: GradfitConfig) -> set[KeyPath]:
     """Key paths the chosen model/optimizer/schedule/source ignore (hidden from `config show`)."""
-    unused = set()
+    unused: set[KeyPath] = set()
 
     def walk(section: _Section, prefix: KeyPath):
         unused.update(prefix + (k,) for k in section.unused_keys())

@@ -10,7 +10,6 @@ import textwrap
 from typing import Any
 
 import yaml
-from pydantic import BaseModel
 
 from gradfit.config.schema import GradfitConfig, KeyPath, _Section, describe_keys, unused_keys
 
@@ -30,7 +29,7 @@ def config_template(model: str = "logistic") -> str:
     return "\n".join(lines) + "\n"
 
 
-def _section(section: BaseModel, prefix: KeyPath, unused: set, lines: list[str], commented: bool) -> None:
+def _section(section: _Section, prefix: KeyPath, unused: set, lines: list[str], commented: bool) -> None:
     indent = "  " * len(prefix)
     for name, field in type(section).model_fields.items():
         key, value = prefix + (name,), getattr(section, name)
@@ -58,9 +57,11 @@ def _applies_to(cls: type[_Section], name: str) -> str:
     return f"only with {cls.SELECTOR}: {' or '.join(sorted(users))}" if users else "not used with these choices"
 
 
-_CHOICES = {info.key: f" (one of: {', '.join(str(c) for c in info.choices if c is not None)})"
-            for info in describe_keys()
-            if info.choices and all(isinstance(c, (str, bool, int, type(None))) for c in info.choices)}
+_CHOICES = {
+    info.key: f" (one of: {', '.join(str(c) for c in info.choices if c is not None)})"
+    for info in describe_keys()
+    if info.choices and all(isinstance(c, (str, bool, int, type(None))) for c in info.choices)
+}
 
 
 def _yaml(value: Any) -> str:

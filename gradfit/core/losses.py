@@ -8,14 +8,14 @@ computed as ``logaddexp(0, -y * logit)`` so that large margins neither overflow 
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradfit.core.models import weight_mask
 from gradfit.config.schema import ModelConfig
+from gradfit.core.models import weight_mask
 
 
 def row_losses(logits, y):
@@ -84,21 +84,25 @@ def _sigmoid(z):
     return np.exp(-np.logaddexp(0.0, -z))
 
 
-_ACTIVATION_AND_DERIVATIVE = {
+_Elementwise = Callable[[np.ndarray], np.ndarray]
+_ACTIVATION_AND_DERIVATIVE: dict[str, tuple[_Elementwise, _Elementwise]] = {
     "relu": (lambda z: np.maximum(z, 0.0), lambda z: (z > 0).astype(z.dtype)),
     "tanh": (np.tanh, lambda z: 1.0 - np.tanh(z) ** 2),
     "sigmoid": (_sigmoid, lambda z: _sigmoid(z) * (1.0 - _sigmoid(z))),
     "silu": (lambda z: z * _sigmoid(z), lambda z: _sigmoid(z) * (1.0 + z * (1.0 - _sigmoid(z)))),
     "gelu": (
         lambda z: 0.5 * z * (1.0 + np.tanh(_GELU_C * (z + 0.044715 * z**3))),
-        lambda z: 0.5 * (1.0 + np.tanh(_GELU_C * (z + 0.044715 * z**3)))
-        + 0.5 * z * (1.0 - np.tanh(_GELU_C * (z + 0.044715 * z**3)) ** 2) * _GELU_C * (1.0 + 3 * 0.044715 * z**2),
+        lambda z: (
+            0.5 * (1.0 + np.tanh(_GELU_C * (z + 0.044715 * z**3)))
+            + 0.5 * z * (1.0 - np.tanh(_GELU_C * (z + 0.044715 * z**3)) ** 2) * _GELU_C * (1.0 + 3 * 0.044715 * z**2)
+        ),
     ),
 }
 
 
-def mlp_manual_grad(params: dict, x: np.ndarray, y: np.ndarray, activation: str, l2: float = 0.0,
-                    dtype=np.float64) -> dict:
+def mlp_manual_grad(
+    params: dict, x: np.ndarray, y: np.ndarray, activation: str, l2: float = 0.0, dtype=np.float64
+) -> dict:
     """Backpropagation written out by hand in NumPy (float64 unless ``dtype``) for gradfit's MLP and its loss.
 
     Forward: a_0 = x, z_l = a_{l-1} W_l + b_l, a_l = act(z_l); the last z is the logits. Backward: delta_L is
@@ -122,7 +126,7 @@ def mlp_manual_grad(params: dict, x: np.ndarray, y: np.ndarray, activation: str,
         probs = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
         probs[np.arange(n), np.asarray(y, np.int64)] -= 1.0
         delta = probs / n
-    grads = [None] * len(layers)
+    grads: list[dict[str, np.ndarray] | None] = [None] * len(layers)
     for i in range(len(layers) - 1, -1, -1):
         grads[i] = {"w": inputs[i].T @ delta + l2 * layers[i]["w"], "b": delta.sum(axis=0)}
         if i > 0:

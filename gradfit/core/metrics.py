@@ -8,8 +8,6 @@ log-probabilities (scikit-learn clips probabilities at machine epsilon).
 
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 
 
@@ -39,14 +37,16 @@ def classification_metrics(y: np.ndarray, log_probs: np.ndarray, classes: list) 
         "recall_macro": float(recall[present].mean()),
         "f1_macro": float(f1[present].mean()),
         "roc_auc": roc_auc(y == 1, log_probs[:, 1]) if k == 2 else None,
-        "per_class": [{"class": c, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-                      for c, p, r, f, s in zip(classes, precision, recall, f1, support)],
+        "per_class": [
+            {"class": c, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+            for c, p, r, f, s in zip(classes, precision, recall, f1, support)
+        ],
         "confusion_matrix": confusion.tolist(),
         "classes": list(classes),
     }
 
 
-def roc_auc(positive: np.ndarray, scores: np.ndarray) -> Optional[float]:
+def roc_auc(positive: np.ndarray, scores: np.ndarray) -> float | None:
     """Area under the ROC curve via the Mann-Whitney U statistic with average ranks for ties; None if one class."""
     n_pos = int(positive.sum())
     n_neg = len(positive) - n_pos

@@ -10,7 +10,8 @@ product is returned in the parameters' dtype; everything else stays in the param
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -52,8 +53,9 @@ def logistic(n_features: int, compute_dtype=None) -> Model:
     return Model(init, apply)
 
 
-def mlp(n_features: int, n_outputs: int, hidden: list[int], activation: str, init_scheme: str = "auto",
-        compute_dtype=None) -> Model:
+def mlp(
+    n_features: int, n_outputs: int, hidden: list[int], activation: str, init_scheme: str = "auto", compute_dtype=None
+) -> Model:
     """Fully connected network; params {"layers": [{"w": (fan_in, fan_out), "b": (fan_out,)}, ...]}.
 
     Hidden layers use He init (relu family) or Glorot init (tanh, sigmoid); the output layer uses Glorot.
@@ -73,10 +75,12 @@ def mlp(n_features: int, n_outputs: int, hidden: list[int], activation: str, ini
                 scale = math.sqrt(2.0 / fan_in)
             else:
                 scale = math.sqrt(2.0 / (fan_in + fan_out))
-            layers.append({
-                "w": scale * jax.random.normal(k, (fan_in, fan_out), dtype),
-                "b": jnp.zeros((fan_out,), dtype),
-            })
+            layers.append(
+                {
+                    "w": scale * jax.random.normal(k, (fan_in, fan_out), dtype),
+                    "b": jnp.zeros((fan_out,), dtype),
+                }
+            )
         return {"layers": layers}
 
     def apply(params, x):
@@ -131,11 +135,13 @@ def params_from_named(template, arrays: dict, origin: str = "params"):
     expected = named_leaves(template)
     missing, extra = sorted(set(expected) - set(arrays)), sorted(set(arrays) - set(expected))
     if missing or extra:
-        raise ValueError(f"{origin} does not match the model: missing {missing or 'nothing'}, "
-                         f"unexpected {extra or 'nothing'}")
+        raise ValueError(
+            f"{origin} does not match the model: missing {missing or 'nothing'}, unexpected {extra or 'nothing'}"
+        )
     for name, leaf in expected.items():
         if tuple(arrays[name].shape) != tuple(leaf.shape):
-            raise ValueError(f"{origin}: '{name}' has shape {tuple(arrays[name].shape)}, the model expects "
-                             f"{tuple(leaf.shape)}")
+            raise ValueError(
+                f"{origin}: '{name}' has shape {tuple(arrays[name].shape)}, the model expects {tuple(leaf.shape)}"
+            )
     leaves = [jnp.asarray(arrays[name], leaf.dtype) for name, leaf in expected.items()]
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template), leaves)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import optax
 
-from gradfit.errors import ConfigError
-from gradfit.core.models import weight_mask
 from gradfit.config.schema import OptimizerConfig
+from gradfit.core.models import weight_mask
+from gradfit.errors import ConfigError
 
 
 def make_schedule(config: OptimizerConfig, total_steps: int) -> Callable:
@@ -31,7 +31,9 @@ def make_schedule(config: OptimizerConfig, total_steps: int) -> Callable:
     return optax.warmup_cosine_decay_schedule(0.0, lr, sched.warmup_steps, total_steps, end_value=final)
 
 
-def make_optimizer(config: OptimizerConfig, total_steps: int) -> tuple[optax.GradientTransformationExtraArgs, Callable]:
+def make_optimizer(
+    config: OptimizerConfig, total_steps: int
+) -> tuple[optax.GradientTransformationExtraArgs, Callable | None]:
     """The configured optax transformation (always accepting extra args, as lbfgs needs) and its schedule.
 
     For lbfgs the schedule is None: its step size comes from the zoom line search.
@@ -46,8 +48,9 @@ def make_optimizer(config: OptimizerConfig, total_steps: int) -> tuple[optax.Gra
         "nesterov": lambda: optax.sgd(schedule, momentum=c.momentum, nesterov=True),
         "adam": lambda: optax.adam(schedule, b1=c.b1, b2=c.b2, eps=c.eps),
         # decoupled decay on weights only, matching the L2 penalty's convention
-        "adamw": lambda: optax.adamw(schedule, b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay,
-                                     mask=weight_mask),
+        "adamw": lambda: optax.adamw(
+            schedule, b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay, mask=weight_mask
+        ),
         "rmsprop": lambda: optax.rmsprop(schedule, decay=c.decay, eps=c.eps),
         "adagrad": lambda: optax.adagrad(schedule, eps=c.eps),
     }[config.name]()

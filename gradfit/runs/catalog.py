@@ -10,11 +10,12 @@ import contextlib
 import dataclasses
 import datetime as dt
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any
 
-from gradfit.runs import checkpoints
 from gradfit.errors import GradfitError, RunDirError
+from gradfit.runs import checkpoints
 from gradfit.runs.rundir import MEMBERS_DIR, RunDir, Summary
 
 # completed, failed, interrupted: as summary.json says; running: a process holds the run's lock; unfinished: no
@@ -29,12 +30,12 @@ class RunEntry:
     path: Path
     label: str  # its path from the folder listed (a sweep member: <sweep>/members/<member>)
     status: str  # one of STATUSES
-    summary: Optional[Summary]
+    summary: Summary | None
     model: str
     dataset: str
-    steps: Optional[int]
+    steps: int | None
     started: str  # ISO time (the folder's timestamp when the summary does not say)
-    problem: Optional[str] = None  # why it is damaged
+    problem: str | None = None  # why it is damaged
 
     def row(self) -> dict:
         """The listing's columns (``--json`` and the table say the same thing)."""
@@ -42,18 +43,35 @@ class RunEntry:
         final = summary.final if summary else {}
         best = summary.best if summary else {}
         return {
-            "run": self.label, "path": str(self.path), "status": self.status, "model": self.model,
-            "dataset": self.dataset, "steps": self.steps,
-            "best_val_loss": best.get("val_loss"), "best_val_accuracy": best.get("val_accuracy"),
-            "val_loss": final.get("val_loss"), "val_accuracy": final.get("val_accuracy"),
+            "run": self.label,
+            "path": str(self.path),
+            "status": self.status,
+            "model": self.model,
+            "dataset": self.dataset,
+            "steps": self.steps,
+            "best_val_loss": best.get("val_loss"),
+            "best_val_accuracy": best.get("val_accuracy"),
+            "val_loss": final.get("val_loss"),
+            "val_accuracy": final.get("val_accuracy"),
             "test_accuracy": final.get("test_accuracy"),
-            "wall_time_s": summary.wall_time_s if summary else None, "started": self.started,
+            "wall_time_s": summary.wall_time_s if summary else None,
+            "started": self.started,
             "stop_reason": summary.stop_reason if summary else self.problem,
         }
 
 
-SORT_KEYS = ("started", "run", "status", "steps", "best_val_loss", "best_val_accuracy", "val_loss", "val_accuracy",
-             "test_accuracy", "wall_time_s")
+SORT_KEYS = (
+    "started",
+    "run",
+    "status",
+    "steps",
+    "best_val_loss",
+    "best_val_accuracy",
+    "val_loss",
+    "val_accuracy",
+    "test_accuracy",
+    "wall_time_s",
+)
 
 
 def find_runs(folder: str | Path) -> list[RunEntry]:
@@ -61,9 +79,12 @@ def find_runs(folder: str | Path) -> list[RunEntry]:
     members of the sweeps among them (or of ``folder``, if it is a sweep); oldest first."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise RunDirError(f"{folder}: no such folder (no runs yet? gradfit train CONFIG makes one in runs/, or "
-                          "pass the folder given to --out-dir)" if not folder.exists() else
-                          f"{folder}: not a folder; pass the folder that holds the runs (default: runs)")
+        raise RunDirError(
+            f"{folder}: no such folder (no runs yet? gradfit train CONFIG makes one in runs/, or "
+            "pass the folder given to --out-dir)"
+            if not folder.exists()
+            else f"{folder}: not a folder; pass the folder that holds the runs (default: runs)"
+        )
     found = [read_entry(path, _label(path, folder)) for path in _run_folders(folder)]
     return sorted(found, key=lambda entry: (entry.started, entry.label))
 
@@ -82,15 +103,14 @@ def _run_folders(folder: Path) -> Iterator[Path]:
                 if RunDir(path).is_run():
                     yield path
                 elif (path / MEMBERS_DIR).is_dir():
-                    yield from (member for member in sorted((path / MEMBERS_DIR).iterdir())
-                                if RunDir(member).is_run())
+                    yield from (member for member in sorted((path / MEMBERS_DIR).iterdir()) if RunDir(member).is_run())
 
 
 def _label(path: Path, folder: Path) -> str:
     return path.name if path == folder else str(path.relative_to(folder))
 
 
-def read_entry(path: Path, label: Optional[str] = None) -> RunEntry:
+def read_entry(path: Path, label: str | None = None) -> RunEntry:
     """What a listing shows of one run directory, from its summary (or its config when it has none)."""
     run = RunDir(path)
     label = label or path.name
@@ -101,15 +121,31 @@ def read_entry(path: Path, label: Optional[str] = None) -> RunEntry:
         return RunEntry(path, label, "damaged", None, "?", "?", None, started, str(exc))
     running = run.held_by_another()
     if summary is not None:
-        return RunEntry(path, label, "running" if running else summary.status, summary, summary.model or "?",
-                        summary.dataset or "?", summary.steps, summary.started or started)
+        return RunEntry(
+            path,
+            label,
+            "running" if running else summary.status,
+            summary,
+            summary.model or "?",
+            summary.dataset or "?",
+            summary.steps,
+            summary.started or started,
+        )
     model = dataset = "?"
     with contextlib.suppress(GradfitError, OSError):
         config = run.config()
         model, dataset = config.model.kind, config.data.source
     newest = checkpoints.latest(path)
-    return RunEntry(path, label, "running" if running else "unfinished", None, model, dataset,
-                    None if newest is None else checkpoints.step_of(newest), started)
+    return RunEntry(
+        path,
+        label,
+        "running" if running else "unfinished",
+        None,
+        model,
+        dataset,
+        None if newest is None else checkpoints.step_of(newest),
+        started,
+    )
 
 
 def _folder_time(path: Path) -> str:
@@ -156,8 +192,22 @@ class Comparison:
         return dataclasses.asdict(self)
 
 
-COMPARED_METRICS = ("status", "steps", "epochs", "objective", "grad_norm", "train_loss", "val_loss", "val_accuracy",
-                    "test_loss", "test_accuracy", "best_val_loss", "best_val_accuracy", "wall_time_s", "steps_per_s")
+COMPARED_METRICS = (
+    "status",
+    "steps",
+    "epochs",
+    "objective",
+    "grad_norm",
+    "train_loss",
+    "val_loss",
+    "val_accuracy",
+    "test_loss",
+    "test_accuracy",
+    "best_val_loss",
+    "best_val_accuracy",
+    "wall_time_s",
+    "steps_per_s",
+)
 
 
 def compare(paths: Sequence[str | Path]) -> Comparison:
@@ -197,5 +247,5 @@ def _metric(entry: RunEntry, name: str) -> Any:
     if name in summary.final:
         return summary.final[name]
     if name.startswith("best_"):
-        return summary.best.get(name[len("best_"):])
+        return summary.best.get(name[len("best_") :])
     return getattr(summary, name)

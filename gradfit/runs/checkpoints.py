@@ -12,14 +12,15 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any
 
 import numpy as np
 
 from gradfit import files
-from gradfit.runs import rundir
 from gradfit.errors import RunDirError
+from gradfit.runs import rundir
 
 FORMAT = 2  # 2: gradfit 0.2 (train state without the epoch order; probe and data digest)
 _META = "meta"
@@ -44,7 +45,7 @@ def config_hash(config_dump: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config_dump, sort_keys=True).encode()).hexdigest()
 
 
-def step_of(path: Path) -> Optional[int]:
+def step_of(path: Path) -> int | None:
     match = _NAME.fullmatch(Path(path).name)
     return int(match.group(1)) if match else None
 
@@ -64,9 +65,9 @@ def save(run_dir: Path, step: int, arrays: Mapping[str, np.ndarray], meta: Mappi
     """Write the checkpoint of ``step`` atomically, then delete all but the newest ``keep``."""
     path = folder(run_dir) / f"step-{step:08d}.npz"
     path.parent.mkdir(exist_ok=True)
-    meta = rundir.to_jsonable({**meta, "format": FORMAT, "step": step})
-    meta["digest"] = digest(arrays, meta)
-    rundir.save_arrays(path, {**arrays, _META: np.array(json.dumps(meta, allow_nan=False))})
+    record = rundir.to_jsonable({**meta, "format": FORMAT, "step": step})
+    record["digest"] = digest(arrays, record)
+    rundir.save_arrays(path, {**arrays, _META: np.array(json.dumps(record, allow_nan=False))})
     prune(run_dir, keep)
     return path
 
@@ -99,8 +100,10 @@ def load(path: Path) -> tuple[dict[str, np.ndarray], dict]:
         found = meta.get("format") if isinstance(meta, dict) else None
         raise RunDirError(f"{path}: checkpoint format {found!r}, but this gradfit reads format {FORMAT}; {hint}")
     if digest(arrays, meta) != meta.get("digest"):
-        raise RunDirError(f"{path}: the contents do not match the digest recorded when the checkpoint was "
-                          f"written (the file was modified); {hint}")
+        raise RunDirError(
+            f"{path}: the contents do not match the digest recorded when the checkpoint was "
+            f"written (the file was modified); {hint}"
+        )
     return arrays, meta
 
 
@@ -116,8 +119,9 @@ def previous_hint(path: Path) -> str:
 UNCOMPUTED_KEYS = {"train.loggers"}  # what a run writes down, not what it computes: free to change on resume
 
 
-def changed_keys(saved: Mapping[str, Any], current: Mapping[str, Any], prefix: str = "",
-                 ignored: frozenset | set = UNCOMPUTED_KEYS) -> dict[str, tuple]:
+def changed_keys(
+    saved: Mapping[str, Any], current: Mapping[str, Any], prefix: str = "", ignored: frozenset | set = UNCOMPUTED_KEYS
+) -> dict[str, tuple]:
     """{'optimizer.learning_rate': (old, new), ...} between two config dumps, the ``ignored`` keys aside."""
     changes = {}
     for key in sorted(set(saved) | set(current)):
@@ -129,6 +133,6 @@ def changed_keys(saved: Mapping[str, Any], current: Mapping[str, Any], prefix: s
     return changes
 
 
-def latest(run_dir: Path) -> Optional[Path]:
+def latest(run_dir: Path) -> Path | None:
     found = listing(run_dir)
     return found[-1][1] if found else None

@@ -18,8 +18,9 @@ import struct
 import sys
 import time
 import uuid
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, Mapping, Optional, Sequence
+from typing import IO, Any
 
 from gradfit import files
 from gradfit.errors import ConfigError, RunDirError, first_line
@@ -44,8 +45,10 @@ def check_available(names: Sequence[str]) -> None:
             _tensorboardx()
         except Exception as exc:  # ImportError, or a broken install (say, a protobuf it cannot load)
             reason = "" if isinstance(exc, ImportError) else f" (importing it failed: {first_line(exc)})"
-            raise ConfigError("train.loggers: tensorboard needs tensorboardX: pip install 'gradfit[tensorboard]' "
-                              f"(or remove it from train.loggers){reason}") from None
+            raise ConfigError(
+                "train.loggers: tensorboard needs tensorboardX: pip install 'gradfit[tensorboard]' "
+                f"(or remove it from train.loggers){reason}"
+            ) from None
 
 
 class MetricLoggers:
@@ -60,7 +63,7 @@ class MetricLoggers:
         self.columns = tuple(columns)
         self.csv = "csv" in names
         self.tensorboard = "tensorboard" in names
-        self._events: Optional[Path] = None  # this session's event file
+        self._events: Path | None = None  # this session's event file
 
     @property
     def csv_path(self) -> Path:
@@ -131,8 +134,10 @@ def _open_csv(path: Path, columns: Sequence[str]) -> IO[str]:
         with files.open_regular(path, "metrics file", RunDirError) as reader:
             existing = reader.readline(len(header.encode()) + 1).decode("utf-8", "replace")
     if existing and existing != header:
-        raise RunDirError(f"{path}: its header is {existing.strip()!r}, not {header.strip()!r}; move it away "
-                          "and resume the run, which writes it again from metrics.jsonl")
+        raise RunDirError(
+            f"{path}: its header is {existing.strip()!r}, not {header.strip()!r}; move it away "
+            "and resume the run, which writes it again from metrics.jsonl"
+        )
     handle = files.open_append(path, RunDirError)
     if not existing:
         handle.write(header)
@@ -157,8 +162,11 @@ def _append_events(path: Path, records: Sequence[Mapping]) -> None:
     _, Event, Summary = _tensorboardx()
     events = []
     for record in records:
-        values = [Summary.Value(tag=key, simple_value=float(value)) for key, value in record.items()
-                  if key != "step" and isinstance(value, numbers.Real) and math.isfinite(value)]
+        values = [
+            Summary.Value(tag=key, simple_value=float(value))
+            for key, value in record.items()
+            if key != "step" and isinstance(value, numbers.Real) and math.isfinite(value)
+        ]
         if values:
             events.append(Event(wall_time=time.time(), step=int(record["step"]), summary=Summary(value=values)))
     _write_records(path, events, "ab")
@@ -171,8 +179,9 @@ def _write_records(path: Path, events: Sequence[Any], mode: str) -> None:
         for event in events:
             payload = event.SerializeToString()
             length = struct.pack("<Q", len(payload))
-            handle.write(length + struct.pack("<I", masked_crc32c(length)) + payload
-                         + struct.pack("<I", masked_crc32c(payload)))
+            handle.write(
+                length + struct.pack("<I", masked_crc32c(length)) + payload + struct.pack("<I", masked_crc32c(payload))
+            )
 
 
 def _tensorboardx():
@@ -184,7 +193,7 @@ def _tensorboardx():
     """
     blocked = "torch" not in sys.modules
     if blocked:
-        sys.modules["torch"] = None  # type: ignore[assignment]
+        sys.modules["torch"] = None
     try:
         import tensorboardX  # noqa: F401  (first: a submodule imported earlier would not say it is gone)
         from tensorboardX.proto.event_pb2 import Event

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
 from gradfit import files
 from gradfit.errors import GradfitError
@@ -26,8 +27,13 @@ Records = Sequence[Mapping[str, Any]]
 Points = tuple[list[float], list[float]]
 
 
-def plot_curves(curves: Sequence[tuple[str, Records]], metrics: Sequence[str], out: Path,
-                log_y: bool = False, size: tuple[int, int] = (1200, 400)) -> None:
+def plot_curves(
+    curves: Sequence[tuple[str, Records]],
+    metrics: Sequence[str],
+    out: Path,
+    log_y: bool = False,
+    size: tuple[int, int] = (1200, 400),
+) -> None:
     """Draw one panel per metric, side by side, with one line per run, and write it to ``out``.
 
     Args:
@@ -63,19 +69,23 @@ def plot_curves(curves: Sequence[tuple[str, Records]], metrics: Sequence[str], o
 def _format(out: Path) -> str:
     image_format = FORMATS.get(out.suffix.lower())
     if image_format is None:
-        raise GradfitError(f"{out}: cannot tell the image format from the suffix {out.suffix or '(none)'!r}; "
-                           f"name the file with one of {', '.join(FORMATS)}")
+        raise GradfitError(
+            f"{out}: cannot tell the image format from the suffix {out.suffix or '(none)'!r}; "
+            f"name the file with one of {', '.join(FORMATS)}"
+        )
     return image_format
 
 
 def _check_size(size: tuple[int, int]) -> None:
     width, height = size
     if not (MIN_SIZE[0] <= width <= MAX_SIZE[0] and MIN_SIZE[1] <= height <= MAX_SIZE[1]):
-        raise GradfitError(f"plot size {width}x{height} pixels is out of range; choose a width and height from "
-                           f"{MIN_SIZE[0]}x{MIN_SIZE[1]} to {MAX_SIZE[0]}x{MAX_SIZE[1]}")
+        raise GradfitError(
+            f"plot size {width}x{height} pixels is out of range; choose a width and height from "
+            f"{MIN_SIZE[0]}x{MIN_SIZE[1]} to {MAX_SIZE[0]}x{MAX_SIZE[1]}"
+        )
 
 
-def _value(value: Any) -> Optional[float]:
+def _value(value: Any) -> float | None:
     """``value`` as a float if it can be drawn (a finite number), else None. NaN and inf (a diverged run) are
     skipped rather than drawn: one of them would stretch or break the axis for every other run."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -92,8 +102,15 @@ def _points(records: Records, metric: str) -> Points:
 
 def _available(runs) -> list[str]:
     """The metrics (sorted) with at least one value in some run's records, for an error message."""
-    return sorted({key for records in runs for r in records for key, value in r.items()
-                   if key not in NOT_METRICS and _value(value) is not None})
+    return sorted(
+        {
+            key
+            for records in runs
+            for r in records
+            for key, value in r.items()
+            if key not in NOT_METRICS and _value(value) is not None
+        }
+    )
 
 
 def _log_scaled(metric: str) -> bool:
@@ -108,12 +125,15 @@ def _check_positive(curves, metrics: Sequence[str], points) -> None:
                 continue
             bad = next((i for i, v in enumerate(values) if v <= 0), None)
             if bad is not None:
-                raise GradfitError(f"{metric} of run {label!r} is {values[bad]:g} at step {steps[bad]:g}, which a log "
-                                   "scale cannot show; drop --log-y")
+                raise GradfitError(
+                    f"{metric} of run {label!r} is {values[bad]:g} at step {steps[bad]:g}, which a log "
+                    "scale cannot show; drop --log-y"
+                )
 
 
-def _render(labels: Sequence[str], metrics: Sequence[str], points, image_format: str, log_y: bool,
-            size: tuple[int, int]) -> bytes:
+def _render(
+    labels: Sequence[str], metrics: Sequence[str], points, image_format: str, log_y: bool, size: tuple[int, int]
+) -> bytes:
     """The figure's bytes in ``image_format``."""
     try:
         import matplotlib
@@ -122,18 +142,26 @@ def _render(labels: Sequence[str], metrics: Sequence[str], points, image_format:
     except ImportError:
         raise GradfitError("gradfit plot needs matplotlib: pip install 'gradfit[plot]'") from None
 
-    palette = matplotlib.colormaps["tab10"].colors  # well separated; repeats after ten runs
+    palette = matplotlib.colormaps["tab10"].colors  # type: ignore[attr-defined]  # tab10 is a ListedColormap: ten well-separated colours
     figure = Figure(figsize=(size[0] / DPI, size[1] / DPI), dpi=DPI, layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots(1, len(metrics), squeeze=False)[0]
-    handles = {}  # run index -> its first line: the legend lists runs even if they lack the first panel's metric
+    handles: dict[
+        int, Any
+    ] = {}  # run index -> its first line: the legend lists runs even if they lack the first panel's metric
     for panel, (ax, metric) in enumerate(zip(axes, metrics)):
         for run, label in enumerate(labels):
             steps, values = points[run][panel]
             if steps:
                 # a run with a single point would draw nothing as a line: give it a marker
-                line, = ax.plot(steps, values, color=palette[run % len(palette)], linewidth=LINE_WIDTH,
-                                marker="o" if len(steps) == 1 else None, label=label)
+                (line,) = ax.plot(
+                    steps,
+                    values,
+                    color=palette[run % len(palette)],
+                    linewidth=LINE_WIDTH,
+                    marker="o" if len(steps) == 1 else None,
+                    label=label,
+                )
                 handles.setdefault(run, line)
         ax.set_title(metric)
         ax.set_xlabel("step")

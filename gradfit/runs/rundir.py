@@ -24,22 +24,23 @@ import os
 import shutil
 import stat
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Literal, Mapping, Optional, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import pydantic
 
 from gradfit import files
 from gradfit.abort import removed_on_abort
+from gradfit.config.load import GradfitConfig, resolve_config
 from gradfit.errors import RunDirError
 from gradfit.files import write_atomic  # noqa: F401  (a run's files are written this way)
-from gradfit.config.load import GradfitConfig, resolve_config
 from gradfit.runs.loggers import CSV_NAME, EVENTS_GLOB, MetricLoggers
 from gradfit.version import __version__
 
 
-def create_run_dir(parent: str | Path, name: str, now: Optional[_dt.datetime] = None) -> Path:
+def create_run_dir(parent: str | Path, name: str, now: _dt.datetime | None = None) -> Path:
     """Make a fresh directory ``parent/name-timestamp``, adding ``-2``, ``-3``... if that exists.
 
     ``os.mkdir`` is atomic, so two runs started in the same second still get distinct directories.
@@ -71,12 +72,16 @@ def check_run_dir(path: Path) -> Path:
         with contextlib.suppress(OSError):
             mode = os.stat(path / name).st_mode
             if not stat.S_ISREG(mode):
-                raise RunDirError(f"{path / name}: {files.kind(mode)}, not a regular file; is {path} a gradfit run "
-                                  "directory someone altered?")
+                raise RunDirError(
+                    f"{path / name}: {files.kind(mode)}, not a regular file; is {path} a gradfit run "
+                    "directory someone altered?"
+                )
     missing = [name for name in ("config.yaml", "metrics.jsonl") if not (path / name).is_file()]
     if missing:
-        raise RunDirError(f"{path}: not a gradfit run directory (it has no {' and no '.join(missing)}); "
-                          "pass a folder made by gradfit train, e.g. runs/<name>-<timestamp>")
+        raise RunDirError(
+            f"{path}: not a gradfit run directory (it has no {' and no '.join(missing)}); "
+            "pass a folder made by gradfit train, e.g. runs/<name>-<timestamp>"
+        )
     return path
 
 
@@ -95,13 +100,32 @@ def fresh(parent: str | Path, name: str):
 
 MAX_METRICS_BYTES = 4 << 30  # metrics.jsonl: 10 million log points
 # the keys of a metrics.jsonl record (the columns of metrics.csv), in order
-RECORD_KEYS = ("step", "epoch", "batch_objective", "batch_grad_norm", "objective", "train_loss", "grad_norm",
-               "val_loss", "val_accuracy", "learning_rate", "elapsed_s")
+RECORD_KEYS = (
+    "step",
+    "epoch",
+    "batch_objective",
+    "batch_grad_norm",
+    "objective",
+    "train_loss",
+    "grad_norm",
+    "val_loss",
+    "val_accuracy",
+    "learning_rate",
+    "elapsed_s",
+)
 
 MEMBERS_DIR = "members"  # a sweep's folder keeps its members' run directories in here
 
-RUN_FILES = ("config.yaml", "preprocessing.json", "metrics.jsonl", "metrics.discarded.jsonl", CSV_NAME,
-             "params.npz", "summary.json", ".lock")
+RUN_FILES = (
+    "config.yaml",
+    "preprocessing.json",
+    "metrics.jsonl",
+    "metrics.discarded.jsonl",
+    CSV_NAME,
+    "params.npz",
+    "summary.json",
+    ".lock",
+)
 # files a run may also hold: TensorBoard's, and what a resume set aside
 RUN_FILE_PATTERNS = (EVENTS_GLOB, "config.before-step-*.yaml", "params.previous*.npz", "checkpoints/*.npz")
 
@@ -109,8 +133,9 @@ RUN_FILE_PATTERNS = (EVENTS_GLOB, "config.before-step-*.yaml", "params.previous*
 def own_files(run_dir: Path) -> list[Path]:
     """The files gradfit keeps in a run directory (existing or not): never a place for a command's output."""
     run_dir = Path(run_dir)
-    return [run_dir / name for name in RUN_FILES] + sorted(path for pattern in RUN_FILE_PATTERNS
-                                                           for path in run_dir.glob(pattern))
+    return [run_dir / name for name in RUN_FILES] + sorted(
+        path for pattern in RUN_FILE_PATTERNS for path in run_dir.glob(pattern)
+    )
 
 
 @contextlib.contextmanager
@@ -131,8 +156,9 @@ def locked(run_dir: Path):
                 break
             except OSError:
                 if attempt == LOCK_ATTEMPTS - 1:
-                    raise RunDirError(f"{run_dir}: another gradfit process is writing this run; wait for it to "
-                                      "finish or stop it") from None
+                    raise RunDirError(
+                        f"{run_dir}: another gradfit process is writing this run; wait for it to finish or stop it"
+                    ) from None
                 time.sleep(0.01)
         yield
 
@@ -199,11 +225,10 @@ def append_jsonl(path: Path, records: Sequence[Mapping]) -> None:
 def _flat_jsonable(record: Mapping) -> dict:
     """A flat record of Python scalars with NaN and inf as None: ``to_jsonable``'s answer for it, 10x faster
     (metrics records are written by the hundred per chunk)."""
-    return {key: None if type(value) is float and not math.isfinite(value) else value
-            for key, value in record.items()}
+    return {key: None if type(value) is float and not math.isfinite(value) else value for key, value in record.items()}
 
 
-def read_metrics(path: Path) -> tuple[list[tuple[str, dict]], Optional[str]]:
+def read_metrics(path: Path) -> tuple[list[tuple[str, dict]], str | None]:
     """(line, record) for every record of a metrics.jsonl, and its torn last line (a crash mid-write) or None.
 
     Raises:
@@ -218,8 +243,9 @@ def read_metrics(path: Path) -> tuple[list[tuple[str, dict]], Optional[str]]:
                 raise TypeError
         except (ValueError, TypeError, RecursionError):
             if number < len(lines):
-                raise RunDirError(f"{path}, line {number}: not a gradfit metrics record; the run directory was "
-                                  "edited by hand") from None
+                raise RunDirError(
+                    f"{path}, line {number}: not a gradfit metrics record; the run directory was edited by hand"
+                ) from None
             torn = line
             continue
         parsed.append((line, record))
@@ -248,12 +274,13 @@ def save_arrays(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     files.save_npz(path, arrays)
 
 
-def load_arrays(path: Path, expected: Optional[Mapping[str, Sequence[int]]] = None) -> dict[str, np.ndarray]:
+def load_arrays(path: Path, expected: Mapping[str, Sequence[int]] | None = None) -> dict[str, np.ndarray]:
     """The arrays of a run's .npz file, checked before allocation (see ``files.load_npz``)."""
     return files.load_npz(path, "array file", RunDirError, expected)
 
 
 # ------------------------------------------------------------------------------------------------ summary.json
+
 
 def _empty(kind: type):
     return dataclasses.field(default_factory=kind)
@@ -266,12 +293,12 @@ class Summary:
     Extra keys are ignored when one is read back, so a newer gradfit's summaries still load.
     """
 
-    run_dir: Optional[str]  # None in the processes of a distributed run other than process 0, which writes it
+    run_dir: str | None  # None in the processes of a distributed run other than process 0, which writes it
     status: Literal["completed", "failed", "interrupted"]
     stop_reason: str
     # the rest defaults to "unknown" for the summary of a run whose process died (written by its supervisor)
     name: str = ""  # the config's name (the run directory's prefix)
-    started: Optional[str] = None  # ISO time the run's first session started
+    started: str | None = None  # ISO time the run's first session started
     model: str = ""
     optimizer: str = ""
     dataset: str = ""
@@ -282,9 +309,9 @@ class Summary:
     precision: str = ""
     num_params: int = 0
     rows: dict[str, int] = _empty(dict)  # train, val, test
-    steps: Optional[int] = None  # None: the supervisor of a process that died before its first checkpoint
+    steps: int | None = None  # None: the supervisor of a process that died before its first checkpoint
     epochs: float = 0.0
-    params_step: Optional[int] = None  # the step of the parameters in params.npz (None: none saved)
+    params_step: int | None = None  # the step of the parameters in params.npz (None: none saved)
     log_every: int = 0
     eval_every: int = 0
     evaluations: int = 0
@@ -294,19 +321,19 @@ class Summary:
     compile_cache: str = ""
     train_time_s: float = 0.0
     eval_time_s: float = 0.0
-    steps_per_s: Optional[float] = None
-    objective: Optional[float] = None  # of the saved parameters, over the whole training split
-    grad_norm: Optional[float] = None
-    final: dict[str, Optional[float]] = _empty(dict)  # train_loss, val_loss, val_accuracy, test_loss, test_accuracy
+    steps_per_s: float | None = None
+    objective: float | None = None  # of the saved parameters, over the whole training split
+    grad_norm: float | None = None
+    final: dict[str, float | None] = _empty(dict)  # train_loss, val_loss, val_accuracy, test_loss, test_accuracy
     best: dict[str, Any] = _empty(dict)  # the best val_loss and val_accuracy evaluated, and their steps
-    early_stopping: Optional[dict] = None
-    checkpoint: Optional[str] = None
+    early_stopping: dict | None = None
+    checkpoint: str | None = None
     resumes: list[dict] = _empty(list)
     versions: dict[str, str] = _empty(dict)
-    progress_display_error: Optional[str] = None
+    progress_display_error: str | None = None
 
     @classmethod
-    def read(cls, path: Path) -> "Summary":
+    def read(cls, path: Path) -> Summary:
         """The summary in ``path``; a RunDirError saying what is wrong with a damaged one."""
         text = files.read_text(path, "summary", RunDirError, files.MAX_JSON_BYTES)
         try:
@@ -314,8 +341,9 @@ class Summary:
         except pydantic.ValidationError as exc:
             problem = exc.errors()[0]
             where = ".".join(map(str, problem["loc"])) or "the file"
-            raise RunDirError(f"{path}: not a gradfit summary ({where}: {problem['msg']}); was it edited by "
-                              "hand?") from None
+            raise RunDirError(
+                f"{path}: not a gradfit summary ({where}: {problem['msg']}); was it edited by hand?"
+            ) from None
 
     def to_json(self) -> dict:
         """What summary.json holds: NaN and inf as null."""
@@ -340,10 +368,12 @@ def versions() -> dict[str, str]:
 def config_header(layout: dict, device: str) -> str:
     """The comment lines on top of a run's config.yaml: versions and where it ran (``layout``: as in Summary)."""
     v = versions()
-    return (f"# Resolved gradfit config: every key, defaults included. Re-run with: gradfit train <this file>\n"
-            f"# gradfit {v['gradfit']}, jax {v['jax']}, jaxlib {v['jaxlib']}, optax {v['optax']}; device {device}\n"
-            f"# mesh {layout['mesh']} over {len(layout['devices'])} device(s) in {layout['processes']} "
-            f"process(es): {', '.join(layout['devices'])}\n")
+    return (
+        f"# Resolved gradfit config: every key, defaults included. Re-run with: gradfit train <this file>\n"
+        f"# gradfit {v['gradfit']}, jax {v['jax']}, jaxlib {v['jaxlib']}, optax {v['optax']}; device {device}\n"
+        f"# mesh {layout['mesh']} over {len(layout['devices'])} device(s) in {layout['processes']} "
+        f"process(es): {', '.join(layout['devices'])}\n"
+    )
 
 
 # ------------------------------------------------------------------------------------------------ the directory
@@ -360,13 +390,13 @@ class RunDir:
 
     @classmethod
     @contextlib.contextmanager
-    def fresh(cls, parent: str | Path, name: str) -> Iterator["RunDir"]:
+    def fresh(cls, parent: str | Path, name: str) -> Iterator[RunDir]:
         """A new run directory, removed if the block fails (see ``fresh``)."""
         with fresh(parent, name) as path:
             yield cls(path)
 
     @classmethod
-    def open(cls, path: str | Path) -> "RunDir":
+    def open(cls, path: str | Path) -> RunDir:
         return cls(check_run_dir(Path(path)))
 
     def __str__(self) -> str:
@@ -441,7 +471,7 @@ class RunDir:
     def save_params(self, arrays: Mapping[str, np.ndarray]) -> None:
         save_arrays(self.params_file, arrays)
 
-    def load_params(self, expected: Optional[Mapping[str, Sequence[int]]] = None) -> dict[str, np.ndarray]:
+    def load_params(self, expected: Mapping[str, Sequence[int]] | None = None) -> dict[str, np.ndarray]:
         return load_arrays(self.params_file, expected)
 
     def set_aside_params(self) -> None:
@@ -466,7 +496,7 @@ class RunDir:
     def write_summary(self, summary: Summary) -> None:
         write_json(self.summary_file, summary)
 
-    def summary(self) -> Optional[Summary]:
+    def summary(self) -> Summary | None:
         """The run's summary; None when it has none (it is training, or was killed before writing one)."""
         return Summary.read(self.summary_file) if self.summary_file.exists() else None
 
@@ -476,8 +506,12 @@ class RunDir:
             summary = self.summary()
         except RunDirError:
             return False
-        return summary is not None and summary.status == "completed" and summary.steps == step \
+        return (
+            summary is not None
+            and summary.status == "completed"
+            and summary.steps == step
             and self.params_file.is_file()
+        )
 
     def unused_name(self, stem: str, suffix: str = ".yaml") -> Path:
         """``stem + suffix`` in the run directory, or ``stem-2 + suffix``, ... whichever does not exist yet."""

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from statistics import NormalDist
-from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -41,12 +41,12 @@ _CHUNK_ROWS = 1 << 15
 @dataclasses.dataclass(frozen=True)
 class Coefficient:
     name: str
-    estimate: Optional[float]  # None when the estimates do not exist (separation)
-    std_error: Optional[float]  # None when withheld
-    z: Optional[float]
-    p_value: Optional[float]
-    ci_low: Optional[float]
-    ci_high: Optional[float]
+    estimate: float | None  # None when the estimates do not exist (separation)
+    std_error: float | None  # None when withheld
+    z: float | None
+    p_value: float | None
+    ci_low: float | None
+    ci_high: float | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,29 +56,37 @@ class Inference:
     level: float  # confidence level of the intervals
     coefficients: list[Coefficient]  # the intercept first
     n_obs: int
-    log_likelihood: Optional[float]  # unpenalized, at the fitted parameters; None under separation
+    log_likelihood: float | None  # unpenalized, at the fitted parameters; None under separation
     effective_parameters: float  # d + 1, or tr(H (H + penalty)^-1) for a penalized fit
-    aic: Optional[float]
-    bic: Optional[float]
+    aic: float | None
+    bic: float | None
     l2: float
     gradient_norm: float  # of the training objective (mean loss + penalty), as gradfit train reports it
-    newton_offset: Optional[float]  # max over coefficients of |Newton step| / standard error
+    newton_offset: float | None  # max over coefficients of |Newton step| / standard error
     condition_number: float  # of the Hessian scaled to unit diagonal
-    separation: Optional[str]  # "complete", "quasi-complete", None, or "not checked"
+    separation: str | None  # "complete", "quasi-complete", None, or "not checked"
     constant_features: list[str]
     withheld: bool  # standard errors not reported (separation, a singular Hessian)
     problems: list[str]  # what makes the table unreliable, with what to do; any problem means exit code 1
     notes: list[str]  # what the reader must know to read it right
 
     @property
-    def converged(self) -> Optional[bool]:
+    def converged(self) -> bool | None:
         return None if self.newton_offset is None else self.newton_offset <= CONVERGED_OFFSET
 
 
-def logistic_inference(x: np.ndarray, y: np.ndarray, w: np.ndarray, b: float, l2: float,
-                       feature_names: Sequence[str], mean: Optional[Sequence[float]] = None,
-                       std: Optional[Sequence[float]] = None, scale: str = "original",
-                       level: float = 0.95) -> Inference:
+def logistic_inference(
+    x: np.ndarray,
+    y: np.ndarray,
+    w: np.ndarray,
+    b: float,
+    l2: float,
+    feature_names: Sequence[str],
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    scale: str = "original",
+    level: float = 0.95,
+) -> Inference:
     """Coefficient table of a binary logistic regression fitted on (x, y).
 
     Args:
@@ -94,14 +102,17 @@ def logistic_inference(x: np.ndarray, y: np.ndarray, w: np.ndarray, b: float, l2
     n = len(y)
     w = np.asarray(w, np.float64)
     names = list(feature_names)
-    problems, notes = [], []
+    problems: list[str] = []
+    notes: list[str] = []
 
     # a feature constant in the training split (standardized to all zeros) has no coefficient: leave it out
     constant = np.flatnonzero(x.max(axis=0) == x.min(axis=0)) if n else np.array([], int)
     keep = np.setdiff1d(np.arange(x.shape[1]), constant)
     if len(constant):
-        notes.append(f"{_names(names, constant)} constant in the training split: no coefficient (its effect cannot "
-                     "be told apart from the intercept's), left out")
+        notes.append(
+            f"{_names(names, constant)} constant in the training split: no coefficient (its effect cannot "
+            "be told apart from the intercept's), left out"
+        )
     x, w, kept_names = x[:, keep], w[keep], [names[i] for i in keep]
     d = len(keep)
     theta = np.append(w, float(b))
@@ -124,71 +135,102 @@ def logistic_inference(x: np.ndarray, y: np.ndarray, w: np.ndarray, b: float, l2
         covariance = unit[:, None] * ((eigenvectors / eigenvalues) @ eigenvectors.T) * unit[None, :]
         offset = float(np.max(np.abs(covariance @ grad) / np.sqrt(np.diag(covariance))))
         if offset > CONVERGED_OFFSET:
-            problems.append(f"the fit has not converged: one Newton step would move the estimates by up to {offset:.3g}"
-                            " standard errors. Train to the optimum (optimizer.name=lbfgs with train.tol and "
-                            "runtime.precision=float64; early stopping keeps parameters that are not the optimum)")
+            problems.append(
+                f"the fit has not converged: one Newton step would move the estimates by up to {offset:.3g}"
+                " standard errors. Train to the optimum (optimizer.name=lbfgs with train.tol and "
+                "runtime.precision=float64; early stopping keeps parameters that are not the optimum)"
+            )
 
     effective = float(d + 1)
     if l2 > 0:
         effective = float(np.trace(np.linalg.solve(hessian, unpenalized_hessian)))
-        notes.append(f"penalized fit (model.l2 = {l2:g}): the estimates maximize the penalized likelihood and the "
-                     f"standard errors come from the inverse penalized Hessian (n*l2 = {n * l2:.4g} added for each "
-                     "weight, not the intercept), the Bayesian-style variance; Wald tests on shrunk estimates are "
-                     f"approximate. AIC and BIC use the unpenalized log-likelihood and the {effective:.4g} effective "
-                     "parameters tr(H (H + penalty)^-1)")
+        notes.append(
+            f"penalized fit (model.l2 = {l2:g}): the estimates maximize the penalized likelihood and the "
+            f"standard errors come from the inverse penalized Hessian (n*l2 = {n * l2:.4g} added for each "
+            "weight, not the intercept), the Bayesian-style variance; Wald tests on shrunk estimates are "
+            f"approximate. AIC and BIC use the unpenalized log-likelihood and the {effective:.4g} effective "
+            "parameters tr(H (H + penalty)^-1)"
+        )
 
     estimates = theta
     if mean is not None and std is not None and scale == "original":
-        estimates, covariance = _to_original_scale(theta, covariance, np.asarray(mean, np.float64)[keep],
-                                                   np.asarray(std, np.float64)[keep])
+        estimates, covariance = _to_original_scale(
+            theta, covariance, np.asarray(mean, np.float64)[keep], np.asarray(std, np.float64)[keep]
+        )
 
     order = np.r_[d, np.arange(d)]  # intercept first
     log_likelihood = None if no_estimates else -nll
     return Inference(
-        scale=scale, standardized_features=mean is not None, level=level,
-        coefficients=_table(coef_names, None if no_estimates else estimates[order],
-                            None if covariance is None else covariance[np.ix_(order, order)], level),
-        n_obs=n, log_likelihood=log_likelihood, effective_parameters=effective,
+        scale=scale,
+        standardized_features=mean is not None,
+        level=level,
+        coefficients=_table(
+            coef_names,
+            None if no_estimates else estimates[order],
+            None if covariance is None else covariance[np.ix_(order, order)],
+            level,
+        ),
+        n_obs=n,
+        log_likelihood=log_likelihood,
+        effective_parameters=effective,
         aic=None if log_likelihood is None else 2 * effective - 2 * log_likelihood,
         bic=None if log_likelihood is None else effective * math.log(n) - 2 * log_likelihood,
-        l2=l2, gradient_norm=float(np.linalg.norm(grad) / n), newton_offset=offset, condition_number=condition,
-        separation=separation, constant_features=[names[i] for i in constant], withheld=withheld,
-        problems=problems, notes=notes,
+        l2=l2,
+        gradient_norm=float(np.linalg.norm(grad) / n),
+        newton_offset=offset,
+        condition_number=condition,
+        separation=separation,
+        constant_features=[names[i] for i in constant],
+        withheld=withheld,
+        problems=problems,
+        notes=notes,
     )
 
 
-def _explain_separation(separation: Optional[str], l2: float, n: int, d: int, theta: np.ndarray,
-                        problems: list[str], notes: list[str]) -> None:
+def _explain_separation(
+    separation: str | None, l2: float, n: int, d: int, theta: np.ndarray, problems: list[str], notes: list[str]
+) -> None:
     if separation in ("complete", "quasi-complete") and l2 == 0:
         problems.append(
             f"{separation} separation: a hyperplane classifies every training row correctly"
             f"{'' if separation == 'complete' else ' or lies on it'}, so the maximum-likelihood estimates do not "
             f"exist (they grow without bound as training goes on; |theta| is now {np.linalg.norm(theta):.3g}). "
             "Estimates, standard errors, z, p-values, intervals, log-likelihood, AIC and BIC are withheld. Fit with "
-            "model.l2 > 0 for penalized estimates, or drop the separating features")
+            "model.l2 > 0 for penalized estimates, or drop the separating features"
+        )
     elif separation in ("complete", "quasi-complete"):
-        notes.append(f"the training rows show {separation} separation: without the L2 penalty the estimates would "
-                     "not exist, and these depend on the penalty's size")
+        notes.append(
+            f"the training rows show {separation} separation: without the L2 penalty the estimates would "
+            "not exist, and these depend on the penalty's size"
+        )
     elif separation == "not checked":
-        notes.append(f"separation was not checked ({n:,} rows x {d + 1} coefficients is above the linear program's "
-                     "limit); a diverging fit would show as not converged or as a singular Hessian")
+        notes.append(
+            f"separation was not checked ({n:,} rows x {d + 1} coefficients is above the linear program's "
+            "limit); a diverging fit would show as not converged or as a singular Hessian"
+        )
 
 
-def _explain_conditioning(condition: float, weakest: np.ndarray, names: list[str], problems: list[str],
-                          notes: list[str]) -> None:
+def _explain_conditioning(
+    condition: float, weakest: np.ndarray, names: list[str], problems: list[str], notes: list[str]
+) -> None:
     """``weakest``: the eigenvector of the smallest eigenvalue, the combination the data barely determine."""
     direction = _describe_direction(weakest, names)
     if condition > SINGULAR:
-        problems.append(f"the Hessian is singular or nearly so (condition number {condition:.3g}): the coefficients "
-                        f"are not identified along {direction} (collinear features). Standard errors are withheld; "
-                        "drop one of those features or fit with model.l2 > 0")
+        problems.append(
+            f"the Hessian is singular or nearly so (condition number {condition:.3g}): the coefficients "
+            f"are not identified along {direction} (collinear features). Standard errors are withheld; "
+            "drop one of those features or fit with model.l2 > 0"
+        )
     else:
-        notes.append(f"the Hessian is ill-conditioned (condition number {condition:.3g}): {direction} is nearly "
-                     "collinear, so the standard errors of those coefficients are inflated")
+        notes.append(
+            f"the Hessian is ill-conditioned (condition number {condition:.3g}): {direction} is nearly "
+            "collinear, so the standard errors of those coefficients are inflated"
+        )
 
 
-def _to_original_scale(theta: np.ndarray, covariance: Optional[np.ndarray], mean: np.ndarray,
-                       std: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
+def _to_original_scale(
+    theta: np.ndarray, covariance: np.ndarray | None, mean: np.ndarray, std: np.ndarray
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Standardized-scale (w, b) and covariance -> raw-feature units.
 
     logit = sum_j w_j (x_j - m_j) / s_j + b is linear in theta, so the delta method is exact.
@@ -209,19 +251,30 @@ def run_inference(run, scale: str = "original", level: float = 0.95) -> Inferenc
     from gradfit.trained.run import reload_dataset
 
     if run.config.model.kind != "logistic":
-        raise GradfitError(f"{run.run_dir}: inference applies to logistic regression, and this run is an MLP "
-                           "(model.kind: mlp): its weights have no coefficient interpretation. Use gradfit eval "
-                           "for its metrics")
+        raise GradfitError(
+            f"{run.run_dir}: inference applies to logistic regression, and this run is an MLP "
+            "(model.kind: mlp): its weights have no coefficient interpretation. Use gradfit eval "
+            "for its metrics"
+        )
     train = reload_dataset(run).train
     # the Hessian needs every training row: a streamed split is read whole here
     x, y = (train.x, train.y) if hasattr(train, "x") else train.take(np.arange(len(train)), np.float64, np.float64)
     scaling = run.preprocessing["standardize"] or {}
-    return logistic_inference(x, y, np.asarray(run.params["w"]), float(run.params["b"]),
-                              run.config.model.l2, run.feature_names, scaling.get("mean"), scaling.get("std"),
-                              scale, level)
+    return logistic_inference(
+        x,
+        y,
+        np.asarray(run.params["w"]),
+        float(run.params["b"]),
+        run.config.model.l2,
+        run.feature_names,
+        scaling.get("mean"),
+        scaling.get("std"),
+        scale,
+        level,
+    )
 
 
-def detect_separation(x: np.ndarray, y: np.ndarray) -> Optional[str]:
+def detect_separation(x: np.ndarray, y: np.ndarray) -> str | None:
     """'complete', 'quasi-complete' or None, from the data alone: two small linear programs (scipy's HiGHS).
 
     Complete: some theta gives every row a positive margin y_i (x_i . w + b). Quasi-complete: some theta gives
@@ -234,13 +287,18 @@ def detect_separation(x: np.ndarray, y: np.ndarray) -> Optional[str]:
     box = [(-1.0, 1.0)] * k  # theta is only a direction: bound it
     options = {"primal_feasibility_tolerance": 1e-10, "dual_feasibility_tolerance": 1e-10}
     # complete: maximize t subject to margins @ theta >= t, 0 <= t <= 1
-    complete = linprog(np.r_[np.zeros(k), -1.0], A_ub=np.c_[-margins, np.ones(n)], b_ub=np.zeros(n),
-                       bounds=box + [(0.0, 1.0)], method="highs", options=options)
+    complete = linprog(
+        np.r_[np.zeros(k), -1.0],
+        A_ub=np.c_[-margins, np.ones(n)],
+        b_ub=np.zeros(n),
+        bounds=box + [(0.0, 1.0)],
+        method="highs",
+        options=options,
+    )
     if complete.status == 0 and -complete.fun > 1e-7:
         return "complete"
     # quasi-complete: maximize the total margin subject to every margin >= 0
-    quasi = linprog(-margins.sum(axis=0), A_ub=-margins, b_ub=np.zeros(n), bounds=box, method="highs",
-                    options=options)
+    quasi = linprog(-margins.sum(axis=0), A_ub=-margins, b_ub=np.zeros(n), bounds=box, method="highs", options=options)
     if quasi.status == 0 and -quasi.fun > 1e-7 * max(n, 1):
         return "quasi-complete"
     return None
@@ -252,18 +310,17 @@ def _derivatives(x: np.ndarray, y: np.ndarray, theta: np.ndarray, l2: float):
     n, d = x.shape
     penalty = np.diag(np.r_[np.full(d, n * l2), 0.0])  # objective = n * (mean loss + (l2/2)||w||^2)
     with jax.enable_x64(True):
-        theta = jnp.asarray(theta, jnp.float64)
+        point = jnp.asarray(theta, jnp.float64)
         total, grad, hess = 0.0, np.zeros(d + 1), np.zeros((d + 1, d + 1))
         for start in range(0, n, _CHUNK_ROWS):
-            xc, yc = x[start:start + _CHUNK_ROWS], y[start:start + _CHUNK_ROWS]
+            xc, yc = x[start : start + _CHUNK_ROWS], y[start : start + _CHUNK_ROWS]
             pad = _CHUNK_ROWS - len(yc) if n > _CHUNK_ROWS else 0  # one compiled shape for large data
             weight = np.r_[np.ones(len(yc)), np.zeros(pad)]
             xc = np.concatenate([np.asarray(xc, np.float64), np.zeros((pad, d))])
             yc = np.r_[yc, np.zeros(pad)]
-            value, g, h = _chunk_derivatives(theta, xc, yc, weight)
+            value, g, h = _chunk_derivatives(point, xc, yc, weight)
             total, grad, hess = total + float(value), grad + np.asarray(g), hess + np.asarray(h)
-    theta = np.asarray(theta)
-    return total, grad + penalty @ theta, hess + penalty, hess
+    return total, grad + penalty @ np.asarray(point), hess + penalty, hess
 
 
 @jax.jit
@@ -287,8 +344,9 @@ def _unit_diagonal(hessian: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return unit[:, None] * hessian * unit[None, :], unit
 
 
-def _table(names: list[str], estimates: Optional[np.ndarray], covariance: Optional[np.ndarray],
-           level: float) -> list[Coefficient]:
+def _table(
+    names: list[str], estimates: np.ndarray | None, covariance: np.ndarray | None, level: float
+) -> list[Coefficient]:
     """One row per coefficient; z-based (Wald) p-values and intervals."""
     quantile = NormalDist().inv_cdf(0.5 + level / 2)
     rows = []
@@ -299,21 +357,32 @@ def _table(names: list[str], estimates: Optional[np.ndarray], covariance: Option
             continue
         se = float(math.sqrt(covariance[i, i]))
         z = estimate / se
-        rows.append(Coefficient(name, estimate, se, z, math.erfc(abs(z) / math.sqrt(2)),
-                                estimate - quantile * se, estimate + quantile * se))
+        rows.append(
+            Coefficient(
+                name,
+                estimate,
+                se,
+                z,
+                math.erfc(abs(z) / math.sqrt(2)),
+                estimate - quantile * se,
+                estimate + quantile * se,
+            )
+        )
     return rows
 
 
 def _describe_direction(vector: np.ndarray, names: list[str], limit: int = 4) -> str:
     """An eigenvector as 'the combination 0.71*a - 0.70*b', its largest terms first."""
     largest = np.argsort(-np.abs(vector))[:limit]
-    terms = [(vector[i], names[i]) for i in largest if abs(vector[i]) >= 0.1] or [(vector[largest[0]], names[largest[0]])]
+    terms = [(vector[i], names[i]) for i in largest if abs(vector[i]) >= 0.1] or [
+        (vector[largest[0]], names[largest[0]])
+    ]
     (c0, name0), rest = terms[0], terms[1:]
     return f"the combination {c0:.2f}*{name0}" + "".join(
-        f" {'-' if c < 0 else '+'} {abs(c):.2f}*{name}" for c, name in rest)
+        f" {'-' if c < 0 else '+'} {abs(c):.2f}*{name}" for c, name in rest
+    )
 
 
 def _names(names: list[str], indexes: np.ndarray) -> str:
     shown = ", ".join(names[i] for i in indexes[:5])
-    return (f"feature {shown} is" if len(indexes) == 1 else
-            f"features {shown}{', ...' if len(indexes) > 5 else ''} are")
+    return f"feature {shown} is" if len(indexes) == 1 else f"features {shown}{', ...' if len(indexes) > 5 else ''} are"

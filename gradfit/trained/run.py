@@ -9,22 +9,22 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, TextIO
+from typing import Any, TextIO
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradfit.core import precision
-from gradfit.runs import rundir
-from gradfit.data import streamed
-from gradfit.data import tabular
 from gradfit.config.load import GradfitConfig
-from gradfit.data.dataset import Dataset, class_ids, first_overflow
+from gradfit.core import precision
 from gradfit.core.metrics import classification_metrics
-from gradfit.errors import DataError, RunDirError
 from gradfit.core.models import Model, build_model, named_leaves, params_from_named
+from gradfit.data import streamed, tabular
+from gradfit.data.dataset import Dataset, class_ids, first_overflow
+from gradfit.errors import DataError, RunDirError
+from gradfit.runs import rundir
 
 BLOCK_ROWS = 1024  # rows per call of the compiled forward pass
 
@@ -36,7 +36,7 @@ class TrainedRun:
     preprocessing: dict  # preprocessing.json: feature_names, classes, standardize {mean, std} or None
     params: Any  # pytree of jax arrays in the run's precision
     model: Model
-    summary: Optional[rundir.Summary]  # None when the run has none
+    summary: rundir.Summary | None  # None when the run has none
 
     @property
     def feature_names(self) -> list[str]:
@@ -79,12 +79,12 @@ class TrainedRun:
                 logits = jnp.stack([jnp.zeros_like(logits), logits], axis=1)
             return jax.nn.log_softmax(logits)
 
-        def log_probs(x: np.ndarray, locate: Optional[Callable[[int], str]] = None) -> np.ndarray:
+        def log_probs(x: np.ndarray, locate: Callable[[int], str] | None = None) -> np.ndarray:
             out = []
             with chosen.scope():
                 for start in range(0, len(x), BLOCK_ROWS):
                     with np.errstate(over="ignore"):  # beyond the dtype's range: caught below as non-finite
-                        block = np.asarray(x[start:start + BLOCK_ROWS], dtype)
+                        block = np.asarray(x[start : start + BLOCK_ROWS], dtype)
                     rows = len(block)
                     if rows < BLOCK_ROWS:  # pad the last block to the compiled shape
                         block = np.concatenate([block, np.zeros((BLOCK_ROWS - rows, x.shape[1]), dtype)])
@@ -93,9 +93,11 @@ class TrainedRun:
             bad = np.flatnonzero(~np.isfinite(result).all(axis=1))
             if len(bad):
                 where = locate(int(bad[0])) if locate is not None else f"row {bad[0]}"
-                raise DataError(f"{where}: the model's probabilities for this row are not finite in {dtype.name} "
-                                f"({len(bad)} such row(s) in this batch); are its features far outside the range "
-                                "of the training data, or sentinels for missing values? Remove or impute them")
+                raise DataError(
+                    f"{where}: the model's probabilities for this row are not finite in {dtype.name} "
+                    f"({len(bad)} such row(s) in this batch); are its features far outside the range "
+                    "of the training data, or sentinels for missing values? Remove or impute them"
+                )
             return result
 
         return log_probs
@@ -136,11 +138,12 @@ class TrainedRun:
         bad = np.argwhere(~np.isfinite(x))
         if len(bad):
             row, col = bad[0]
-            raise DataError(f"x[{row}, {col}] (feature '{self.feature_names[col]}') is {x[row, col]}; every value must "
-                            "be finite")
+            raise DataError(
+                f"x[{row}, {col}] (feature '{self.feature_names[col]}') is {x[row, col]}; every value must be finite"
+            )
         return x
 
-    def open_data(self, path: Path, target: Optional[str], need_labels: bool) -> tabular.Table:
+    def open_data(self, path: Path, target: str | None, need_labels: bool) -> tabular.Table:
         """A data file (or converted folder) with this run's feature columns, its header checked now."""
         return tabular.open_table(path, target, self.feature_names, need_labels, target_hint="pass --target")
 
@@ -162,10 +165,14 @@ class TrainedRun:
                 value = f"is {float(block.x[row, col])!r}"
                 if scaled:
                     value += f", which the run's standardization makes {float(x[row, col])!r}"
-                raise DataError(f"{table.locate(block.positions[row])}: column '{names[col]}' {value}, beyond "
-                                f"{dtype.name}'s range, in which the run computes; is it a sentinel for a missing "
-                                "value? Remove or impute it")
-            labels = class_ids(block.labels, self.classes, str(table.path)) if table.has_labels else None
+                raise DataError(
+                    f"{table.locate(block.positions[row])}: column '{names[col]}' {value}, beyond "
+                    f"{dtype.name}'s range, in which the run computes; is it a sentinel for a missing "
+                    "value? Remove or impute it"
+                )
+            labels = None
+            if table.has_labels and block.labels is not None:
+                labels = class_ids(block.labels, self.classes, str(table.path))
             yield tabular.Block(x, labels, block.positions)
 
 
@@ -183,14 +190,17 @@ def load_run(run_dir: str | Path) -> TrainedRun:
     preprocessing = folder.preprocessing()
     _check_preprocessing(run_dir, preprocessing)
     if config.model.kind == "logistic" and len(preprocessing["classes"]) != 2:
-        raise RunDirError(f"{run_dir / 'preprocessing.json'}: malformed ({len(preprocessing['classes'])} classes for "
-                          "a binary logistic model; was it edited by hand?)")
+        raise RunDirError(
+            f"{run_dir / 'preprocessing.json'}: malformed ({len(preprocessing['classes'])} classes for "
+            "a binary logistic model; was it edited by hand?)"
+        )
     if not folder.has_params():
         status = f" (status {summary.status}: {summary.stop_reason})" if summary is not None else ""
         raise RunDirError(f"{run_dir}: has no params.npz{status}; only runs that saved parameters can be used")
     chosen = precision.of(config)
-    model = build_model(config.model, len(preprocessing["feature_names"]), len(preprocessing["classes"]),
-                        chosen.compute_dtype)
+    model = build_model(
+        config.model, len(preprocessing["feature_names"]), len(preprocessing["classes"]), chosen.compute_dtype
+    )
     with chosen.scope():
         template = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), chosen.param_dtype))
         shapes = {name: leaf.shape for name, leaf in named_leaves(template).items()}
@@ -208,11 +218,17 @@ def reload_dataset(run: TrainedRun) -> Dataset | streamed.StreamedDataset:
     dataset = streamed.load(run.config)
     saved = run.preprocessing
     now = dataset.preprocessing()
-    if now["feature_names"] != saved["feature_names"] or now["classes"] != saved["classes"] or \
-            now["standardize"] != saved["standardize"] or now["rows"] != saved.get("rows"):
-        raise DataError(f"{dataset.name}: the training data differ from when {run.run_dir} was trained (features, "
-                        "labels, rows or standardization changed); its splits cannot be re-created. Evaluate on a "
-                        "file with --data instead")
+    if (
+        now["feature_names"] != saved["feature_names"]
+        or now["classes"] != saved["classes"]
+        or now["standardize"] != saved["standardize"]
+        or now["rows"] != saved.get("rows")
+    ):
+        raise DataError(
+            f"{dataset.name}: the training data differ from when {run.run_dir} was trained (features, "
+            "labels, rows or standardization changed); its splits cannot be re-created. Evaluate on a "
+            "file with --data instead"
+        )
     return dataset
 
 
@@ -223,18 +239,27 @@ def _check_preprocessing(run_dir: Path, record: Any) -> None:
         problem = "it must hold feature_names, classes and standardize"
     else:
         names, classes, scaling = record["feature_names"], record["classes"], record["standardize"]
-        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names) \
-                or len(set(names)) != len(names):
+        if (
+            not isinstance(names, list)
+            or not names
+            or not all(isinstance(n, str) for n in names)
+            or len(set(names)) != len(names)
+        ):
             problem = "feature_names must be a list of distinct column names"
-        elif not isinstance(classes, list) or len(classes) < 2 or \
-                not all(isinstance(c, (str, int, float)) for c in classes) or len(set(classes)) != len(classes):
+        elif (
+            not isinstance(classes, list)
+            or len(classes) < 2
+            or not all(isinstance(c, (str, int, float)) for c in classes)
+            or len(set(classes)) != len(classes)
+        ):
             problem = "classes must be a list of at least two distinct labels, each a string or a number"
         elif scaling is not None and not _valid_scaling(scaling, len(names)):
-            problem = (f"standardize must be null or hold mean and std, {len(names)} finite numbers each "
-                       "(std positive)")
+            problem = f"standardize must be null or hold mean and std, {len(names)} finite numbers each (std positive)"
     if problem:
-        raise RunDirError(f"{run_dir / 'preprocessing.json'}: malformed ({problem}, as gradfit train wrote it); "
-                          "was it edited by hand?")
+        raise RunDirError(
+            f"{run_dir / 'preprocessing.json'}: malformed ({problem}, as gradfit train wrote it); "
+            "was it edited by hand?"
+        )
 
 
 def _valid_scaling(scaling: Any, width: int) -> bool:
@@ -242,27 +267,35 @@ def _valid_scaling(scaling: Any, width: int) -> bool:
         return False
     for key in ("mean", "std"):
         values = scaling.get(key)
-        if not isinstance(values, list) or len(values) != width or not all(
-                type(v) in (int, float) and math.isfinite(v) for v in values):
+        if (
+            not isinstance(values, list)
+            or len(values) != width
+            or not all(type(v) in (int, float) and math.isfinite(v) for v in values)
+        ):
             return False
     return all(v > 0 for v in scaling["std"])
 
 
-def evaluate(run: TrainedRun, data: Optional[Path], split: str, target: Optional[str],
-             batch_rows: int) -> tuple[np.ndarray, np.ndarray, str]:
+def evaluate(
+    run: TrainedRun, data: Path | None, split: str, target: str | None, batch_rows: int
+) -> tuple[np.ndarray, np.ndarray, str]:
     """(true class indices, log-probabilities, what was evaluated) on a labelled file or one of the run's splits."""
     log_probs = run.log_probabilities()
     if data is not None:
         table = run.open_data(data, target, True)
-        parts = [(block.labels, log_probs(block.x, lambda i, b=block: table.locate(b.positions[i])))
-                 for block in run.batches(table, batch_rows)]
+        parts = [
+            (block.labels, log_probs(block.x, lambda i, b=block: table.locate(b.positions[i])))
+            for block in run.batches(table, batch_rows)
+        ]
         if not parts:
             raise table.no_rows()
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), str(data)
     rows = getattr(reload_dataset(run), split)
     if len(rows) == 0:
-        raise DataError(f"{run.run_dir}: the run has no {split} rows (data.{split}_fraction was 0); pick another "
-                        "--split or pass --data FILE")
+        raise DataError(
+            f"{run.run_dir}: the run has no {split} rows (data.{split}_fraction was 0); pick another "
+            "--split or pass --data FILE"
+        )
     source = run.preprocessing["dataset"]
     ys, probs = [], []
     for start, (x, y) in zip(range(0, len(rows), batch_rows), rows.blocks(batch_rows)):
@@ -271,8 +304,9 @@ def evaluate(run: TrainedRun, data: Optional[Path], split: str, target: Optional
     return np.concatenate(ys), np.concatenate(probs), f"the {split} split of {run.preprocessing['dataset']}"
 
 
-def write_predictions(run: TrainedRun, data: Path, out: TextIO, with_probabilities: bool, target: Optional[str],
-                      batch_rows: int) -> int:
+def write_predictions(
+    run: TrainedRun, data: Path, out: TextIO, with_probabilities: bool, target: str | None, batch_rows: int
+) -> int:
     """Stream predictions for a file as CSV to ``out``; returns the number of rows.
 
     Columns: ``line`` (the input line; ``row`` for .npz), ``prediction`` (an original label value) and, with
