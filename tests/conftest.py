@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -12,18 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from gradfit.config.load import GradfitConfig, resolve_config
+from gradfit.config.load import make_config  # noqa: F401  (the tests import it from here)
 
 # the suite runs in two pytest-xdist workers: on a GPU, neither may take 75% of its memory up front (JAX's default)
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"
-
-
-def make_config(*overrides: str, path: str | Path | None = None) -> GradfitConfig:
-    """A validated config from defaults (or a file) plus --set style overrides."""
-    return resolve_config(path, list(overrides)).config
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -96,6 +92,15 @@ class InterruptAt:
 def forced_devices(n: int) -> dict:
     """The environment of a subprocess whose CPU JAX splits into ``n`` devices (set before JAX starts)."""
     return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
+
+
+def write_csv(path: Path, header: list[str], rows) -> Path:
+    """A CSV file with a header line and rows (any values; the csv module quotes what needs it)."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
 
 
 def gradfit_argv(*args: str) -> list[str]:

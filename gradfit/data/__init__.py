@@ -1,6 +1,13 @@
-"""Rows in: reading tables (``tabular``), datasets in memory (``dataset``), data that stay on disk
-(``streamed``), minibatches fed to the device (``feed``), on-device shuffling (``shuffle``) and
-``gradfit data convert``/``describe`` (``convert``).
+"""Rows in: reading tables, datasets in memory or streamed from disk, and the minibatches fed to the device.
 
-May import: ``gradfit.core``, ``gradfit.config``, ``gradfit.errors``, ``gradfit.files``, ``gradfit.abort``.
+Modules, lowest first: ``text`` (CSV lines, numbers as written, messages), ``labels`` (which values are
+classes and how they are encoded), ``converted`` (the folder ``gradfit data convert`` writes), ``tabular`` (the
+one reader of CSVs, .npz files and converted folders), ``standardize`` (column moments and the standardization
+fitted from them), ``synthetic`` (the seeded generator), ``dataset`` (the ``Dataset`` protocol and the in-memory
+kind), ``streamed`` (data that stay on disk), ``load`` (the front door: in memory or streamed), ``convert``
+(``gradfit data convert`` and ``describe``), ``shuffle`` (on-device shuffling) and ``feed`` (minibatches of
+streamed data put on the device). Only ``shuffle`` and ``feed`` import jax.
+
+May import: ``gradfit.runtime``, ``gradfit.core``, ``gradfit.config``, ``gradfit.errors``, ``gradfit.files``,
+``gradfit.abort``.
 """

@@ -10,7 +10,7 @@ A group is about ``GROUP_BYTES`` of features, so host and device memory stay fla
 from __future__ import annotations
 
 import concurrent.futures
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -47,8 +47,17 @@ def rows_program(mode: str, n: int, batch: int, steps_per_epoch: int) -> Callabl
 class Feeder:
     """Groups of minibatches for a streamed run, the next one prepared while the current one is used."""
 
-    def __init__(self, split: StreamedSplit, mode: str, batch: int, steps_per_epoch: int, total_steps: int,
-                 log_every: int, dtypes: tuple, put: Callable[[dict], dict]):
+    def __init__(
+        self,
+        split: StreamedSplit,
+        mode: str,
+        batch: int,
+        steps_per_epoch: int,
+        total_steps: int,
+        log_every: int,
+        dtypes: tuple,
+        put: Callable[[dict], dict],
+    ):
         self.split, self.batch, self.total_steps, self.dtypes, self.put = split, batch, total_steps, dtypes, put
         self.steps = group_steps(batch, split.dataset.n_features, np.dtype(dtypes[1]).itemsize, log_every)
         self._rows = rows_program(mode, len(split), batch, steps_per_epoch)
@@ -57,7 +66,7 @@ class Feeder:
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="gradfit-feed")
         self._pending: dict[int, concurrent.futures.Future] = {}
         self._current: tuple[int, dict] = (-1, {})
-        self._template: Optional[dict] = None
+        self._template: dict | None = None
 
     def template(self) -> dict:
         """Zeros shaped like a group: what the chunk is compiled for."""

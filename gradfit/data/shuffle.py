@@ -3,9 +3,10 @@
 ``permuted(key, n, positions)`` is ``perm[positions]`` for a random permutation ``perm`` of ``range(n)`` keyed
 by ``key``, without ever building ``perm``: a keyed Feistel network is a bijection on ``[0, 2**bits)``, and
 cycle walking (applying it again while the result is ``>= n``; Black and Rogaway 2002) restricts it to a
-bijection on ``[0, n)``. ``thrust::shuffle`` builds its GPU shuffle on the same kind of bijection. Each minibatch costs O(batch) integer operations, where
-``jax.random.permutation`` sorts all n rows once per epoch: 11 ms for 16,000 rows and 0.9 s for 1,000,000 on a
-2-core CPU (XLA's CPU sort), which made the shuffle dearer than the small-model training steps it feeds.
+bijection on ``[0, n)``. ``thrust::shuffle`` builds its GPU shuffle on the same kind of bijection. Each
+minibatch costs O(batch) integer operations, where ``jax.random.permutation`` sorts all n rows once per
+epoch: 11 ms for 16,000 rows and 0.9 s for 1,000,000 on a 2-core CPU (XLA's CPU sort), which made the shuffle
+dearer than the small-model training steps it feeds.
 
 The round function is a 32-bit integer hash (Wellons' "lowbias32") of the right half and a round key drawn
 with ``jax.random.bits``; with ``ROUNDS`` rounds the orders pass chi-square tests of uniformity over all
@@ -74,8 +75,9 @@ def order(mode: str, key: jax.Array, n: int, positions: jax.Array) -> jax.Array:
     return permuted(key, n, positions) if mode == "full" else block_permuted(key, n, positions)
 
 
-def block_permuted(key: jax.Array, n: int, positions: jax.Array, block: int = BLOCK_ROWS,
-                   window: int = WINDOW_BLOCKS) -> jax.Array:
+def block_permuted(
+    key: jax.Array, n: int, positions: jax.Array, block: int = BLOCK_ROWS, window: int = WINDOW_BLOCKS
+) -> jax.Array:
     """Rows at ``positions`` of a block shuffle of ``range(n)``: a keyed permutation of the whole blocks of
     ``block`` consecutive rows (the last ``n % block`` rows stay at the end), then a keyed permutation of the
     rows within each window of ``window * block`` consecutive places of that order.
@@ -95,6 +97,7 @@ def block_permuted(key: jax.Array, n: int, positions: jax.Array, block: int = BL
     inner = jnp.where(place.reshape(-1) == windows - 1, inner_last, inner).reshape(positions.shape)
     slot = place * span + inner
     whole = slot < blocks * block
-    moved = permuted(jax.random.fold_in(key, 0), max(blocks, 1), jnp.where(whole, slot // block, 0)) * block \
-        + slot % block
+    moved = (
+        permuted(jax.random.fold_in(key, 0), max(blocks, 1), jnp.where(whole, slot // block, 0)) * block + slot % block
+    )
     return jnp.where(whole, moved, slot).astype(jnp.int32)

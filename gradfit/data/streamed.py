@@ -1,11 +1,10 @@
 """Data that stay on disk: a converted folder (memory-mapped) or synthetic rows generated on demand, read in
 row blocks and standardized with statistics taken in streamed passes. No jax.
 
-``load(config)`` decides where a run's data live (``data.in_memory``) and returns either the in-memory
-``Dataset`` or a ``StreamedDataset``, whose splits hand out rows by index (``StreamedSplit.take``) exactly as
-the in-memory path would have them: the same split, the same row order for the same shuffle mode, the same
-standardization arithmetic, the same casts. That is what makes a streamed run's parameters equal an in-memory
-run's bit for bit.
+A ``StreamedDataset``'s splits hand out rows by index (``StreamedSplit.take``) exactly as the in-memory path
+would have them: the same split, the same row order for the same shuffle mode, the same standardization
+arithmetic, the same casts. That is what makes a streamed run's parameters equal an in-memory run's bit for bit.
+Whether a run streams is decided in ``gradfit.data.load``.
 
 Row order within the splits: ``train.shuffle: full`` keeps the split's seeded permutation (rows are then read
 at random: fast on an SSD or from the page cache, slow from a spinning disk); ``blocks`` keeps the rows of each
@@ -17,87 +16,17 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
 import zlib
-from pathlib import Path
-from typing import Iterator, Optional, Union
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
-from gradfit.core import precision
-from gradfit.runtime import resources
-from gradfit.data import tabular
-from gradfit.data.dataset import (CHUNK_ROWS, SYNTHETIC_BLOCK, Dataset, builtin_path, encode_labels, fit_checked, load_dataset,
-                          split_indices, synthetic_rows)
-from gradfit.errors import ConfigError, DataError
-from gradfit.files import format_bytes
 from gradfit.config.schema import GradfitConfig, data_seed
-from gradfit.data.tabular import Labels, preview
-
-HOST_SHARE = 4  # auto streams when the training features would take over 1/4 of host memory...
-DEVICE_SHARE = 2  # ... or over 1/2 of the device's
-
-
-def shuffle_mode(config: GradfitConfig, streamed: bool) -> str:
-    """``train.shuffle`` resolved: auto is full in memory and blocks when streaming."""
-    mode = config.train.shuffle
-    return ("blocks" if streamed else "full") if mode == "auto" else mode
-
-
-def load(config: GradfitConfig, device_bytes: Optional[int] = None) -> Union[Dataset, "StreamedDataset"]:
-    """The run's data: in memory, or streamed from disk, as ``data.in_memory`` says (see ``decide``)."""
-    if decide(config, device_bytes):
-        return load_streamed(config)
-    resources.check_synthetic(config, resources.host_available_bytes())  # before the generator allocates it
-    return load_dataset(config, shuffle_mode(config, False))
-
-
-def decide(config: GradfitConfig, device_bytes: Optional[int] = None) -> bool:
-    """Whether the run streams its data. Only a converted folder or synthetic data can stream, and only on
-    minibatches; auto streams a minibatch run when the training split's features would take over half the
-    device memory or a quarter of host RAM, and refuses a CSV or .npz that large (naming the command that
-    converts it)."""
-    data = config.data
-    rows, width, path = _extent(config)
-    share = 1 - data.val_fraction - data.test_fraction
-    need = int(rows * share) * width * precision.of(config).compute_dtype.itemsize
-    host = resources.host_available_bytes()
-    large = (host is not None and need * HOST_SHARE > host) or (device_bytes is not None and need * DEVICE_SHARE >
-                                                                  device_bytes)
-    can_stream = data.source == "synthetic" or (path is not None and tabular.is_converted(path))
-    if data.in_memory == "auto":  # full batch reads every row at every step: it stays in memory, or is refused
-        wanted = large and config.train.batch_size is not None
-    else:
-        wanted = not data.in_memory
-    if wanted and not can_stream:
-        why = "data.in_memory is false" if data.in_memory is False else \
-            f"its training split needs about {format_bytes(need)}, more than gradfit holds in memory"
-        raise DataError(f"{path}: {why}, and only a folder made by 'gradfit data convert' (or synthetic data) can "
-                        f"be streamed; convert it first: gradfit data convert {path} DIR, then set data.path: DIR")
-    if wanted and config.train.batch_size is None:
-        raise ConfigError("train.batch_size: streamed data train on minibatches; set train.batch_size (a full "
-                          "batch would read the whole training split at every step), or data.in_memory: true")
-    return wanted
-
-
-def _extent(config: GradfitConfig) -> tuple[int, int, Optional[Path]]:
-    """(rows, features, file) of the configured data, known before reading them; for a CSV or .npz an estimate
-    of its cells as (cells, 1), one per 8 bytes of the file (a number as written takes 6-12)."""
-    data = config.data
-    if data.source == "synthetic":
-        return data.synthetic.n_samples, data.synthetic.n_features, None
-    if data.source != "file":
-        return 0, 0, builtin_path(data.source)  # the built-in tables are small
-    path = Path(data.path)
-    if tabular.is_converted(path):
-        meta = tabular.read_meta(path)
-        return meta["rows"], len(meta["feature_names"]), path
-    try:
-        size = os.path.getsize(path)
-    except OSError:
-        return 0, 0, path  # the reader names the problem
-    return size // 8, 1, path
-
+from gradfit.data import standardize, synthetic, tabular
+from gradfit.data.dataset import check_binary_model, file_path, preprocessing_record, shuffle_mode, split_indices
+from gradfit.data.labels import Labels, encode_labels
+from gradfit.errors import DataError
 
 # ---------------------------------------------------------------------------------------------------- sources
 
@@ -106,7 +35,9 @@ class ConvertedRows:
     """Rows of a converted folder, memory-mapped: only the pages of the rows read are touched."""
 
     def __init__(self, table: tabular.Table):
-        self.table, self.x, self.codes = table, table.stored_x, table.stored_codes
+        if table.stored_x is None or table.stored_codes is None or table.classes is None or table.rows is None:
+            raise DataError(f"{table.path}: only a folder made by 'gradfit data convert' can be streamed")
+        self.table, self.x, self.codes, self.classes = table, table.stored_x, table.stored_codes, table.classes
         self.n_rows, self.names = table.rows, table.names
 
     def read(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -118,6 +49,7 @@ class ConvertedRows:
         return np.asarray(self.x[rows]), np.asarray(self.codes[rows])
 
     def digest(self) -> int:
+        """CRC-32 of the folder's files."""
         crc = 0
         for name in ("X.npy", "y.npy", "meta.json"):
             with open(self.table.path / name, "rb") as handle:
@@ -131,34 +63,38 @@ class SyntheticRows:
 
     def __init__(self, config: GradfitConfig):
         self.spec, self.seed = config.data.synthetic, data_seed(config)
-        self.n_rows, self.names = self.spec.n_samples, [f"x{i}" for i in range(self.spec.n_features)]
+        self.n_rows, self.names = self.spec.n_samples, synthetic.feature_names(self.spec.n_features)
         self.seen = np.zeros(self.spec.n_classes, bool)  # classes drawn so far
         self.made: set[int] = set()  # blocks generated so far
         self._block = functools.lru_cache(maxsize=4)(self._make_block)
 
     def _make_block(self, block: int) -> tuple[np.ndarray, np.ndarray]:
         self.made.add(block)
-        start = block * SYNTHETIC_BLOCK
-        x, y = synthetic_rows(self.spec, self.seed, start, min(start + SYNTHETIC_BLOCK, self.n_rows))
+        start = block * synthetic.SYNTHETIC_BLOCK
+        x, y = synthetic.synthetic_rows(
+            self.spec, self.seed, start, min(start + synthetic.SYNTHETIC_BLOCK, self.n_rows)
+        )
         self.seen[np.unique(y)] = True
         return x, y
 
     def read(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        blocks = rows // SYNTHETIC_BLOCK
+        """Features (len(rows), d) float32 and class ids of ``rows`` (any order)."""
+        blocks = rows // synthetic.SYNTHETIC_BLOCK
         x = np.empty((len(rows), self.spec.n_features), np.float32)
         y = np.empty(len(rows), np.int64)
         for block in np.unique(blocks):
             mine = np.flatnonzero(blocks == block)
             bx, by = self._block(int(block))
-            offset = rows[mine] - block * SYNTHETIC_BLOCK
+            offset = rows[mine] - block * synthetic.SYNTHETIC_BLOCK
             x[mine], y[mine] = bx[offset], by[offset]
         return x, y
 
     def digest(self) -> int:
+        """CRC-32 of the generator's settings."""
         return zlib.crc32(json.dumps([self.spec.model_dump(), self.seed]).encode())
 
 
-Rows = Union[ConvertedRows, SyntheticRows]
+Rows = ConvertedRows | SyntheticRows
 
 
 # ---------------------------------------------------------------------------------------------------- dataset
@@ -169,12 +105,12 @@ class StreamedSplit:
     """A split whose rows stay on disk: ``rows`` are their indices in the file, in the split's order."""
 
     rows: np.ndarray
-    dataset: "StreamedDataset"
+    dataset: StreamedDataset
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def take(self, positions: np.ndarray, param_dtype, compute_dtype) -> tuple[np.ndarray, np.ndarray]:
+    def take(self, positions: np.ndarray, param_dtype: Any, compute_dtype: Any) -> tuple[np.ndarray, np.ndarray]:
         """(x, y) of the rows at ``positions`` (any order, repeats allowed) as the loss wants them: standardized
         x in ``compute_dtype``; y as +-1 in ``param_dtype`` (binary) or int32 class ids. The in-memory path's
         arithmetic and casts, so the same bits; the rows are read from the source in file order."""
@@ -191,24 +127,28 @@ class StreamedSplit:
             x = np.asarray(x, param_dtype).astype(compute_dtype, copy=False)
         if not np.isfinite(x).all():
             row, col = np.argwhere(~np.isfinite(x))[0]
-            raw_row = self.dataset.source.read(wanted[row:row + 1])[0]
-            tabular.check_features(raw_row, self.dataset.feature_names, self.dataset.locate, wanted[row:row + 1])
+            raw_row = self.dataset.source.read(wanted[row : row + 1])[0]
+            tabular.check_features(raw_row, self.dataset.feature_names, self.dataset.locate, wanted[row : row + 1])
             value = raw_row[0, col]
-            raise DataError(f"{self.dataset.locate(wanted[row])}: column '{self.dataset.feature_names[col]}' is "
-                            f"{float(value)!r}, beyond {np.dtype(compute_dtype).name}'s range after preprocessing; "
-                            "remove or impute it, or set runtime.precision: float64")
+            raise DataError(
+                f"{self.dataset.locate(wanted[row])}: column '{self.dataset.feature_names[col]}' is "
+                f"{float(value)!r}, beyond {np.dtype(compute_dtype).name}'s range after preprocessing; "
+                "remove or impute it, or set runtime.precision: float64"
+            )
         y = self.dataset.encoded[codes]
         return x, (np.asarray(y, param_dtype) if self.dataset.n_classes == 2 else np.asarray(y, np.int32))
 
-    def blocks(self, rows: int, param_dtype=np.float64, compute_dtype=np.float64
-               ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def blocks(
+        self, rows: int, param_dtype: Any = np.float64, compute_dtype: Any = np.float64
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``take`` of consecutive rows, ``rows`` at a time (as ``Split.blocks`` hands them out)."""
         for start in range(0, len(self), rows):
             yield self.take(np.arange(start, min(start + rows, len(self))), param_dtype, compute_dtype)
 
 
 @dataclasses.dataclass(frozen=True)
 class StreamedDataset:
-    """What ``Dataset`` offers, with splits that read their rows from ``source`` when asked."""
+    """A ``Dataset`` whose splits read their rows from ``source`` when asked."""
 
     name: str
     source: Rows
@@ -216,8 +156,8 @@ class StreamedDataset:
     feature_names: tuple[str, ...]
     classes: tuple
     encoded: np.ndarray  # class code -> y as the loss wants it (+-1, or class id)
-    mean: Optional[np.ndarray]
-    std: Optional[np.ndarray]
+    mean: np.ndarray | None
+    std: np.ndarray | None
 
     @property
     def train(self) -> StreamedSplit:
@@ -240,14 +180,13 @@ class StreamedDataset:
         return len(self.classes)
 
     def locate(self, row: int) -> str:
+        """Where a row of the source is, for a message."""
         return f"{self.name}: row {row}"
 
     def standardize_in_place(self, raw: np.ndarray) -> np.ndarray:
         """``(raw - mean) / std`` in raw's dtype, as ``load_dataset`` computes it, written over ``raw``."""
-        if self.mean is not None:
-            with np.errstate(over="ignore", invalid="ignore"):  # beyond the dtype's range: reported by ``take``
-                raw -= self.mean.astype(raw.dtype)
-                raw /= self.std.astype(raw.dtype)
+        if self.mean is not None and self.std is not None:  # beyond the dtype's range: reported by ``take``
+            return standardize.standardize_in_place(raw, self.mean, self.std)
         return raw
 
     def digest(self) -> str:
@@ -258,61 +197,66 @@ class StreamedDataset:
         return f"{crc:08x}"
 
     def preprocessing(self) -> dict:
-        return Dataset.preprocessing(self)  # the same record: it reads only names, classes, mean, std and rows
+        """JSON-ready record of the feature names, label mapping and standardization (the in-memory one's)."""
+        return preprocessing_record(self)
 
 
 def load_streamed(config: GradfitConfig) -> StreamedDataset:
-    """Open the source, split it (the in-memory split), take the training statistics in streamed passes."""
+    """Open the source, split it (the in-memory split), take the training statistics in a streamed pass."""
     data = config.data
+    source: Rows
     if data.source == "synthetic":
         source, origin = SyntheticRows(config), "synthetic"
     else:
-        table = tabular.open_table(Path(data.path))
+        table = tabular.open_table(file_path(data))
         source, origin = ConvertedRows(table), str(table.path)
     n = source.n_rows
     try:
         splits = split_indices(n, data.val_fraction, data.test_fraction, data_seed(config))
     except DataError as exc:
         raise DataError(f"{origin}: {exc}") from None
-    splits = tuple(rows.astype(np.int32 if n < 2 ** 31 else np.int64) for rows in splits)  # 100M rows: 400 MB
+    splits = tuple(rows.astype(np.int32 if n < 2**31 else np.int64) for rows in splits)  # 100M rows: 400 MB
     if shuffle_mode(config, True) == "blocks":
         for rows in splits:
             rows.sort()
     train = splits[0]
     mean = std = None
     if data.standardize:
-        def chunks():
-            for start in range(0, len(train), CHUNK_ROWS):
-                rows = train[start:start + CHUNK_ROWS]
-                order = np.argsort(rows, kind="stable")
-                x, _ = source.read(rows[order])
-                tabular.check_features(x, source.names, lambda row: f"{origin}: row {row}", rows[order])
-                yield x[np.argsort(order, kind="stable")]
-
-        mean, std = fit_checked(chunks, len(train), source.names, origin)
+        mean, std = standardize.statistics(_training_chunks(source, train, origin), source.names, origin)
     classes, encoded = _classes(config, source, origin, train)
     return StreamedDataset(origin, source, splits, tuple(source.names), tuple(classes), encoded, mean, std)
+
+
+def _training_chunks(source: Rows, train: np.ndarray, origin: str) -> standardize.Chunks:
+    """The training rows in split order, ``CHUNK_ROWS`` at a time, each chunk read in file order and checked."""
+
+    def chunks() -> Iterator[np.ndarray]:
+        for start in range(0, len(train), standardize.CHUNK_ROWS):
+            rows = train[start : start + standardize.CHUNK_ROWS]
+            order = np.argsort(rows, kind="stable")
+            x, _ = source.read(rows[order])
+            tabular.check_features(x, source.names, lambda row: f"{origin}: row {row}", rows[order])
+            yield x[np.argsort(order, kind="stable")]
+
+    return chunks
 
 
 def _classes(config: GradfitConfig, source: Rows, origin: str, train: np.ndarray) -> tuple[list, np.ndarray]:
     """The classes (as ``encode_labels`` would list them) and, per stored class code, its encoding."""
     if isinstance(source, SyntheticRows):
-        for block in range(-(-source.n_rows // SYNTHETIC_BLOCK)):  # the blocks the statistics did not draw
+        block_rows = synthetic.SYNTHETIC_BLOCK
+        for block in range(-(-source.n_rows // block_rows)):  # the blocks the statistics did not draw
             if block not in source.made:
-                source.read(np.array([block * SYNTHETIC_BLOCK]))
+                source.read(np.array([block * block_rows]))
         values = np.flatnonzero(source.seen)
     else:
-        values = source.table.classes
+        values = source.classes
     encoded, classes = encode_labels(Labels(values, np.arange(len(values))), origin)
-    if config.model.kind == "logistic" and len(classes) > 2:
-        raise DataError(f"{origin}: the logistic model is binary but the target has {len(classes)} classes "
-                        f"({preview(classes)}); use model.kind: mlp for multiclass")
-    codes = source.codes[train] if isinstance(source, ConvertedRows) else None
-    if codes is not None and len(np.unique(np.asarray(codes))) < 2:
+    check_binary_model(config, classes, origin)
+    if isinstance(source, ConvertedRows) and len(np.unique(np.asarray(source.codes[train]))) < 2:
         raise DataError(f"{origin}: the training split holds a single class; use more rows or another seed")
     if isinstance(source, SyntheticRows):  # class ids index the table of seen values
         table = np.zeros(config.data.synthetic.n_classes, encoded.dtype)
         table[values] = encoded
         encoded = table
     return classes, encoded
-

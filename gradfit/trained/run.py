@@ -21,8 +21,11 @@ from gradfit.config.load import GradfitConfig
 from gradfit.core import precision
 from gradfit.core.metrics import classification_metrics
 from gradfit.core.models import Model, build_model, named_leaves, params_from_named
-from gradfit.data import streamed, tabular
-from gradfit.data.dataset import Dataset, class_ids, first_overflow
+from gradfit.data import tabular
+from gradfit.data.dataset import Dataset, first_overflow
+from gradfit.data.labels import class_ids
+from gradfit.data.load import load
+from gradfit.data.text import preview
 from gradfit.errors import DataError, RunDirError
 from gradfit.runs import rundir
 
@@ -133,7 +136,7 @@ class TrainedRun:
             raise DataError(f"x: not an array of numbers ({exc})") from None
         d = len(self.feature_names)
         if x.ndim != 2 or x.shape[1] != d or len(x) == 0:
-            names = tabular.preview(self.feature_names, 5)
+            names = preview(self.feature_names, 5)
             raise DataError(f"x: expected an (n, {d}) array (features {names}), got shape {x.shape}")
         bad = np.argwhere(~np.isfinite(x))
         if len(bad):
@@ -212,10 +215,10 @@ def load_run(run_dir: str | Path) -> TrainedRun:
     return TrainedRun(run_dir, config, preprocessing, params, model, summary)
 
 
-def reload_dataset(run: TrainedRun) -> Dataset | streamed.StreamedDataset:
+def reload_dataset(run: TrainedRun) -> Dataset:
     """The run's dataset and splits (streamed where training streamed them), re-created from its config and
     checked against what training saved."""
-    dataset = streamed.load(run.config)
+    dataset = load(run.config)
     saved = run.preprocessing
     now = dataset.preprocessing()
     if (

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import make_config
+from conftest import make_config, write_csv
 from gradfit.cli.app import app
 from gradfit.config.load import resolve_config
 from gradfit.data.dataset import builtin_path
@@ -39,14 +39,6 @@ PROBA_ABS = 1e-6  # float32 runs: written probabilities vs the in-memory forward
 
 def invoke(*args):
     return runner.invoke(app, [str(a) for a in args], env=WIDE)
-
-
-def write_csv(path: Path, header: list[str], rows) -> Path:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
 
 
 def read_rows(path: Path) -> tuple[list[str], list[list[str]]]:

@@ -21,7 +21,9 @@ from gradfit.data import dataset
 from gradfit.data import feed
 from gradfit.runs import rundir
 from gradfit.data import shuffle
+from gradfit.data import load
 from gradfit.data import streamed as stream
+from gradfit.data import synthetic
 from gradfit.cli.app import app
 from gradfit.data.convert import convert
 from gradfit.runs.rundir import Summary
@@ -79,13 +81,12 @@ def test_convert_then_train_equals_train_on_the_csv(digits, tmp_path):
 
 def test_streamed_synthetic_rows_equal_the_in_memory_ones(monkeypatch):
     # the training equality itself is the converted-folder test above: here, the same rows, bits and casts
-    monkeypatch.setattr(dataset, "SYNTHETIC_BLOCK", 1000)
-    monkeypatch.setattr(stream, "SYNTHETIC_BLOCK", 1000)
+    monkeypatch.setattr(synthetic, "SYNTHETIC_BLOCK", 1000)
     config = make_config("data.source=synthetic", "data.synthetic.n_samples=4500", "data.synthetic.n_classes=3",
                          "model.kind=mlp", "train.batch_size=64", "train.shuffle=blocks", "seed=3")
     spec = config.data.synthetic
-    whole_x, whole_y = dataset.make_synthetic(4500, spec.n_features, spec.n_classes, spec.separation, spec.noise, 3)
-    part_x, part_y = dataset.synthetic_rows(spec, 3, 1990, 3010)  # across two block boundaries
+    whole_x, whole_y = synthetic.make_synthetic(4500, spec.n_features, spec.n_classes, spec.separation, spec.noise, 3)
+    part_x, part_y = synthetic.synthetic_rows(spec, 3, 1990, 3010)  # across two block boundaries
     np.testing.assert_array_equal(part_x, whole_x[1990:3010], strict=True)
     np.testing.assert_array_equal(part_y, whole_y[1990:3010])
     memory, streamed = dataset.load_dataset(config, "blocks"), stream.load_streamed(config)
@@ -119,11 +120,11 @@ def test_sigkill_then_resume_of_a_streamed_run_is_bit_exact(digits, tmp_path):
 def test_what_cannot_stream_is_refused_with_the_way_out(digits, tmp_path):
     csv_file = dataset.builtin_path("digits")
     with pytest.raises(DataError, match=r"only a folder made by 'gradfit data convert'.*gradfit data convert"):
-        stream.decide(make_config(*MLP, f"data.path={csv_file}", "data.in_memory=false"))
+        load.decide(make_config(*MLP, f"data.path={csv_file}", "data.in_memory=false"))
     with pytest.raises(ConfigError, match="train.batch_size: streamed data train on minibatches"):
-        stream.decide(make_config(*MLP, f"data.path={digits}", "data.in_memory=false", "train.batch_size=null"))
-    assert stream.decide(make_config(*MLP, f"data.path={digits}")) is False  # auto: small enough for memory
-    assert stream.decide(make_config(*MLP, f"data.path={digits}"), device_bytes=1000) is True  # auto: too large
+        load.decide(make_config(*MLP, f"data.path={digits}", "data.in_memory=false", "train.batch_size=null"))
+    assert load.decide(make_config(*MLP, f"data.path={digits}")) is False  # auto: small enough for memory
+    assert load.decide(make_config(*MLP, f"data.path={digits}"), device_bytes=1000) is True  # auto: too large
 
 
 def test_eval_and_predict_read_a_streamed_runs_splits_and_folders(digits, tmp_path):

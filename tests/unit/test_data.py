@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from gradfit.config.load import GradfitConfig, resolve_config
-from gradfit.data.dataset import builtin_path, load_dataset, make_synthetic, split_indices
+from gradfit.data.dataset import builtin_path, load_dataset, split_indices
+from gradfit.data.synthetic import make_synthetic
 from gradfit.data.tabular import open_table
 from gradfit.errors import DataError
 

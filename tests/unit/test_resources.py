@@ -19,9 +19,12 @@ from typer.testing import CliRunner
 from conftest import CONFIGS, make_config
 from gradfit import files
 from gradfit.data import dataset as data
+from gradfit.data import synthetic
 from gradfit.core import models
 from gradfit.runtime import resources
-from gradfit.training import programs
+from gradfit.training.evaluate import block_rows
+from gradfit.training.plan import Plan
+from gradfit.training.prepare import prepare
 from gradfit.cli.app import app
 from gradfit.errors import ConfigError
 from gradfit.core.optim import make_optimizer
@@ -43,10 +46,10 @@ def estimate_for(config) -> resources.MemoryEstimate:
         dataset = data.load_dataset(config)
         n_features, n_classes = dataset.n_features, dataset.n_classes
         rows = (len(dataset.train), len(dataset.val), len(dataset.test))
-    plan = programs.Plan.from_config(config, rows[0], rows[1])
+    plan = Plan.from_config(config, rows[0], rows[1])
     hidden = tuple(config.model.hidden) if config.model.kind == "mlp" else ()
     return resources.estimate_run(config, n_features, n_classes, rows, plan.batch_size,
-                                  programs.block_rows(n_features, hidden))
+                                  block_rows(n_features, hidden))
 
 
 # ------------------------------------------------------------------------------------------ the estimator
@@ -143,7 +146,7 @@ def test_a_run_of_the_largest_step_count_reaches_its_end_in_int32():
     config = make_config("data.source=synthetic", "data.synthetic.n_samples=40", "data.synthetic.n_features=3",
                          "optimizer.name=sgd", f"train.steps={MAX_STEPS}", f"train.log_every={MAX_STEPS}",
                          "train.checkpoint_every=null")
-    run = programs.prepare(config)
+    run = prepare(config)
     with run.precision.scope():
         state = run.state._replace(step=jnp.int32(MAX_STEPS - 2))
         state, metrics = jax.jit(run.chunk)(state, run.train_data, jnp.int32(2))
@@ -253,7 +256,7 @@ def no_data_generation(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the synthetic data were generated before the size check")
 
-    monkeypatch.setattr(data, "make_synthetic", refuse)
+    monkeypatch.setattr(synthetic, "make_synthetic", refuse)
 
 
 @pytest.mark.parametrize("config_text, expect", [

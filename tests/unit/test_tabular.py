@@ -25,14 +25,14 @@ import pytest
 from typer.testing import CliRunner
 
 import gradfit
-from conftest import CONFIGS, make_config
-from gradfit.data import tabular
+from conftest import CONFIGS, make_config, write_csv
+from gradfit.data import converted, tabular
 from gradfit.cli.app import app
 from gradfit.data.convert import convert, describe
-from gradfit.data.dataset import encode_labels, load_dataset
+from gradfit.data.dataset import load_dataset
+from gradfit.data.labels import Labels, encode_labels
 from gradfit.errors import DataError, GradfitError
 from gradfit.data.tabular import open_table
-from test_eval_predict import write_csv
 
 runner = CliRunner()
 WIDE = {"COLUMNS": "200"}  # keep Rich from wrapping messages mid-sentence
@@ -57,7 +57,7 @@ def read_rows(path: Path) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def labels_of(labels: tabular.Labels) -> list:
+def labels_of(labels: Labels) -> list:
     """Each row's raw label."""
     return np.asarray(labels.values)[labels.codes].tolist()
 
@@ -506,11 +506,11 @@ def test_convert_replaces_a_converted_folder_only_with_force(tmp_path):
     second = labelled_csv(tmp_path / "second.csv", ["x", "y", "z"] * 4, seed=2)
     out = tmp_path / "out"
     assert invoke("data", "convert", first, out, "-q").exit_code == 0
-    before = {name: (out / name).read_bytes() for name in tabular.CONVERTED_FILES}
+    before = {name: (out / name).read_bytes() for name in converted.CONVERTED_FILES}
     result = invoke("data", "convert", second, out)
     assert result.exit_code == 2, result.output
     assert f"error: {out}: already exists; pass --force to replace it" in result.output
-    assert {name: (out / name).read_bytes() for name in tabular.CONVERTED_FILES} == before
+    assert {name: (out / name).read_bytes() for name in converted.CONVERTED_FILES} == before
     result = invoke("data", "convert", second, out, "--force", "-q")
     assert result.exit_code == 0, result.output
     x, labels, _ = open_table(out).read_all()
@@ -529,13 +529,13 @@ def test_a_failed_convert_leaves_nothing_behind(tmp_path, monkeypatch, existing)
     before = None
     if existing:
         convert(labelled_csv(tmp_path / "old.csv", ["a", "b"] * 5), out)
-        before = {name: (out / name).read_bytes() for name in tabular.CONVERTED_FILES}
+        before = {name: (out / name).read_bytes() for name in converted.CONVERTED_FILES}
     listing = sorted(os.listdir(tmp_path))
     with pytest.raises(DataError, match=f"^{data}:33: column 'f1' has non-numeric value 'oops'"):
         convert(data, out, force=existing)
     assert sorted(os.listdir(tmp_path)) == listing  # no output folder, no hidden partial folder
     if existing:
-        assert {name: (out / name).read_bytes() for name in tabular.CONVERTED_FILES} == before
+        assert {name: (out / name).read_bytes() for name in converted.CONVERTED_FILES} == before
     result = invoke("data", "convert", data, out, *(["--force"] if existing else []))
     assert result.exit_code == 2 and f"error: {data}:33: column 'f1'" in result.output, result.output
     assert sorted(os.listdir(tmp_path)) == listing
