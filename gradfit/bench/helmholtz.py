@@ -32,15 +32,16 @@ from __future__ import annotations
 import importlib
 import math
 import time
+from collections.abc import Callable
 from types import MappingProxyType
-from typing import Callable, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradfit.core.precision import Precision
 from gradfit.bench.timing import compile_side_by_side, growth_exponent, measure, record
+from gradfit.core.precision import Precision
 
 RT = 1.0
 METHODS = ("reverse", "forward", "finite_difference", "manual", "symbolic")
@@ -48,8 +49,12 @@ FIT_FROM = 16  # growth exponents are fitted over n >= FIT_FROM: below it, per-c
 SYMBOLIC_BUDGET_S = 5.0  # symbolic differentiation stops growing n once one size's set-up takes longer than this
 SYMPY_HINT = "SymPy is not installed: pip install 'gradfit[symbolic]'"
 
-FULL = MappingProxyType({"sizes": tuple(2 ** k for k in range(11)), "repeats": 5, "symbolic_max_n": 32})
-QUICK = MappingProxyType({"sizes": tuple(2 ** k for k in range(7)), "repeats": 3, "symbolic_max_n": 8})
+FULL: MappingProxyType[str, Any] = MappingProxyType(
+    {"sizes": tuple(2**k for k in range(11)), "repeats": 5, "symbolic_max_n": 32}
+)
+QUICK: MappingProxyType[str, Any] = MappingProxyType(
+    {"sizes": tuple(2**k for k in range(7)), "repeats": 3, "symbolic_max_n": 8}
+)
 
 _FLOAT64 = Precision("float64")
 _SQRT2 = math.sqrt(2.0)
@@ -164,10 +169,14 @@ def finite_difference_gradient(x, b, A, rt):
     return (f(steps) - f(-steps)) / (2 * h)
 
 
-JAX_METHODS = MappingProxyType({
-    "reverse": reverse_gradient, "forward": forward_gradient, "finite_difference": finite_difference_gradient,
-    "manual": helmholtz_gradient,
-})
+JAX_METHODS = MappingProxyType(
+    {
+        "reverse": reverse_gradient,
+        "forward": forward_gradient,
+        "finite_difference": finite_difference_gradient,
+        "manual": helmholtz_gradient,
+    }
+)
 
 
 class Symbolic(NamedTuple):
@@ -189,7 +198,7 @@ class Symbolic(NamedTuple):
     ops_cse: int
 
 
-def sympy_version() -> Optional[str]:
+def sympy_version() -> str | None:
     """'sympy X.Y' when SymPy can be imported, else None (it is an optional extra)."""
     try:
         sympy = importlib.import_module("sympy")
@@ -216,18 +225,25 @@ def symbolic_gradient(b: np.ndarray, A: np.ndarray, rt: float) -> Symbolic:
     xs = sympy.symbols(f"x0:{n}")
     s = sympy.Add(*(sympy.Float(b[i]) * xs[i] for i in range(n)))
     # x'Ax with A symmetric: the i < j terms twice, as SymPy would collect them anyway
-    q = sympy.Add(*(sympy.Float(A[i, i] if i == j else 2 * A[i, j]) * xs[i] * xs[j]
-                    for i in range(n) for j in range(i, n)))
+    q = sympy.Add(
+        *(sympy.Float(A[i, i] if i == j else 2 * A[i, j]) * xs[i] * xs[j] for i in range(n) for j in range(i, n))
+    )
     root2 = sympy.sqrt(2)
-    f = (sympy.Float(rt) * sympy.Add(*(xi * sympy.log(xi / (1 - s)) for xi in xs))
-         - q / (sympy.sqrt(8) * s) * sympy.log((1 + (1 + root2) * s) / (1 + (1 - root2) * s)))
+    f = sympy.Float(rt) * sympy.Add(*(xi * sympy.log(xi / (1 - s)) for xi in xs)) - q / (sympy.sqrt(8) * s) * sympy.log(
+        (1 + (1 + root2) * s) / (1 + (1 - root2) * s)
+    )
     entries = [sympy.diff(f, xi) for xi in xs]
     gradient = sympy.lambdify(xs, entries, modules="numpy")
     setup_s = time.perf_counter() - tick
     replacements, reduced = sympy.cse(entries)
     ops_cse = sum(sympy.count_ops(e) for _, e in replacements) + sum(sympy.count_ops(e) for e in reduced)
-    return Symbolic(gradient, sympy.lambdify(xs, f, modules="numpy"), setup_s,
-                    int(sum(sympy.count_ops(e) for e in entries)), int(ops_cse))
+    return Symbolic(
+        gradient,
+        sympy.lambdify(xs, f, modules="numpy"),
+        setup_s,
+        int(sum(sympy.count_ops(e) for e in entries)),
+        int(ops_cse),
+    )
 
 
 def relative_error(value, reference) -> float:
@@ -240,8 +256,12 @@ def _jax_row(n: int, instance: Problem, repeats: int) -> tuple[dict, np.ndarray]
     """Times and gradients of f and the four JAX methods at one size; (row, reverse-mode gradient)."""
     row: dict = {"size": n, "num_params": n}
     with _FLOAT64.scope():
-        args = (jnp.asarray(instance.x), jnp.asarray(instance.b), jnp.asarray(instance.A),
-                jnp.asarray(instance.rt, jnp.float64))
+        args = (
+            jnp.asarray(instance.x),
+            jnp.asarray(instance.b),
+            jnp.asarray(instance.A),
+            jnp.asarray(instance.rt, jnp.float64),
+        )
         programs = compile_side_by_side([helmholtz, *JAX_METHODS.values()], *args)
         loss, methods = programs[0], dict(zip(JAX_METHODS, programs[1:]))
         gradients = {name: np.asarray(program(*args)) for name, program in methods.items()}
@@ -256,8 +276,14 @@ def _jax_row(n: int, instance: Problem, repeats: int) -> tuple[dict, np.ndarray]
     return row, reference
 
 
-_SYMBOLIC_KEYS = ("symbolic_s", "symbolic_setup_s", "symbolic_ops", "symbolic_ops_cse", "symbolic_loss_s",
-                  "symbolic_own_ratio")
+_SYMBOLIC_KEYS = (
+    "symbolic_s",
+    "symbolic_setup_s",
+    "symbolic_ops",
+    "symbolic_ops_cse",
+    "symbolic_loss_s",
+    "symbolic_own_ratio",
+)
 
 
 def _symbolic_fields(row: dict, instance: Problem, reference: np.ndarray, repeats: int) -> None:
@@ -268,20 +294,39 @@ def _symbolic_fields(row: dict, instance: Problem, reference: np.ndarray, repeat
     row["errors"]["symbolic"] = relative_error(symbolic.gradient(*point), reference)
     record(row, "symbolic_s", measure(symbolic.gradient, *point, repeats=repeats))
     record(row, "symbolic_loss_s", measure(symbolic.loss, *point, repeats=repeats))
-    row.update(symbolic_setup_s=symbolic.setup_s, symbolic_ops=symbolic.ops, symbolic_ops_cse=symbolic.ops_cse,
-               symbolic_own_ratio=row["symbolic_s"] / row["symbolic_loss_s"], symbolic_skipped=None)
+    row.update(
+        symbolic_setup_s=symbolic.setup_s,
+        symbolic_ops=symbolic.ops,
+        symbolic_ops_cse=symbolic.ops_cse,
+        symbolic_own_ratio=row["symbolic_s"] / row["symbolic_loss_s"],
+        symbolic_skipped=None,
+    )
 
 
 def growth_exponents(rows: list, fit_from: int = FIT_FROM) -> dict:
     """For each method, the slope of log(time / f time) against log(n) over the rows with ``n >= fit_from``
     where the method was timed; None when fewer than 2 such rows."""
-    return {m: growth_exponent([(r["num_params"], r["ratios"][m]) for r in rows
-                           if r["num_params"] >= fit_from and r["ratios"].get(m) is not None]) for m in METHODS}
+    return {
+        m: growth_exponent(
+            [
+                (r["num_params"], r["ratios"][m])
+                for r in rows
+                if r["num_params"] >= fit_from and r["ratios"].get(m) is not None
+            ]
+        )
+        for m in METHODS
+    }
 
 
-def study(sizes: tuple = FULL["sizes"], repeats: int = 5, symbolic_max_n: int = FULL["symbolic_max_n"],
-          seed: int = 0, progress: Callable[[str], None] = lambda message: None,
-          symbolic_budget_s: float = SYMBOLIC_BUDGET_S, fit_from: int = FIT_FROM) -> dict:
+def study(
+    sizes: tuple = FULL["sizes"],
+    repeats: int = 5,
+    symbolic_max_n: int = FULL["symbolic_max_n"],
+    seed: int = 0,
+    progress: Callable[[str], None] = lambda message: None,
+    symbolic_budget_s: float = SYMBOLIC_BUDGET_S,
+    fit_from: int = FIT_FROM,
+) -> dict:
     """Full-gradient time of each method as a multiple of one evaluation of f, for each number of variables.
 
     Every JAX program is compiled once per size before it is timed, with the arrays as arguments; times are
@@ -318,8 +363,10 @@ def study(sizes: tuple = FULL["sizes"], repeats: int = 5, symbolic_max_n: int = 
         elif stopped is None:
             _symbolic_fields(row, instance, reference, repeats)
             if row["symbolic_setup_s"] > symbolic_budget_s:
-                stopped = (f"not tried beyond n={n}: its set-up took {row['symbolic_setup_s']:.1f} s (budget "
-                           f"{symbolic_budget_s:g} s), and that cost grows about as n^3")
+                stopped = (
+                    f"not tried beyond n={n}: its set-up took {row['symbolic_setup_s']:.1f} s (budget "
+                    f"{symbolic_budget_s:g} s), and that cost grows about as n^3"
+                )
         row.setdefault("errors", {}).setdefault("symbolic", None)
         row["ratios"] = {m: None if row[f"{m}_s"] is None else row[f"{m}_s"] / row["loss_s"] for m in METHODS}
         rows.append(row)
@@ -327,18 +374,35 @@ def study(sizes: tuple = FULL["sizes"], repeats: int = 5, symbolic_max_n: int = 
         "function": "helmholtz",
         "rows": rows,
         "growth_exponent": growth_exponents(rows, fit_from),
-        "expression_growth": {
-            key: growth_exponent([(r["num_params"], r[f"symbolic_{key}"]) for r in rows
-                             if r["num_params"] >= 2 and r[f"symbolic_{key}"] is not None])
-            for key in ("ops", "ops_cse")},
+        "expression_growth": _expression_growth(rows),
         "growth_fit_from": fit_from,
         "symbolic": version or SYMPY_HINT,
-        "note": (f"float64; ratios are a method's full-gradient time over one evaluation of f (compiled with "
-                 f"jax.jit; symbolic: SymPy's gradient lambdified to NumPy, so its ratio also holds Python's "
-                 f"interpreter against XLA, and symbolic_own_ratio compares it with f lambdified the same way); "
-                 f"growth exponents are slopes of log(ratio) against log(n) over n >= {fit_from}: below it every "
-                 f"call costs about the same fixed per-call overhead, and on a CPU that overhead is still much of "
-                 f"f's own time up to a few hundred variables, which bends the slopes (read the large-n rows too); "
-                 f"expression_growth is the slope of log(operation count) against log(n) over n >= 2; errors "
-                 f"are norm-relative against reverse mode"),
+        "note": _note(fit_from),
     }
+
+
+def _expression_growth(rows: list) -> dict:
+    """The slope of log(operation count) of the symbolic gradient against log(n), before and after CSE."""
+    return {
+        key: growth_exponent(
+            [
+                (r["num_params"], r[f"symbolic_{key}"])
+                for r in rows
+                if r["num_params"] >= 2 and r[f"symbolic_{key}"] is not None
+            ]
+        )
+        for key in ("ops", "ops_cse")
+    }
+
+
+def _note(fit_from: int) -> str:
+    return (
+        f"float64; ratios are a method's full-gradient time over one evaluation of f (compiled with "
+        f"jax.jit; symbolic: SymPy's gradient lambdified to NumPy, so its ratio also holds Python's "
+        f"interpreter against XLA, and symbolic_own_ratio compares it with f lambdified the same way); "
+        f"growth exponents are slopes of log(ratio) against log(n) over n >= {fit_from}: below it every "
+        f"call costs about the same fixed per-call overhead, and on a CPU that overhead is still much of "
+        f"f's own time up to a few hundred variables, which bends the slopes (read the large-n rows too); "
+        f"expression_growth is the slope of log(operation count) against log(n) over n >= 2; errors "
+        f"are norm-relative against reverse mode"
+    )

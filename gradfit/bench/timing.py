@@ -9,8 +9,8 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Optional
 
 import jax
 import numpy as np
@@ -37,8 +37,11 @@ def collect(sample: Callable[[], float], repeats: int, budget_s: float = 5.0) ->
     repeats = max(repeats, 3)
     started = time.perf_counter()
     samples = [sample() for _ in range(repeats)]
-    while (_spread(samples[-repeats:]) > SPREAD_LIMIT and len(samples) < 4 * repeats
-           and time.perf_counter() - started < budget_s):
+    while (
+        _spread(samples[-repeats:]) > SPREAD_LIMIT
+        and len(samples) < 4 * repeats
+        and time.perf_counter() - started < budget_s
+    ):
         samples.append(sample())
     window = samples[-repeats:]
     return Timing(statistics.median(window), _spread(window), len(samples))
@@ -89,7 +92,7 @@ def compile_side_by_side(functions: list, *args) -> list:
         return list(pool.map(lambda program: program.compile(), lowered))
 
 
-def growth_exponent(points: list) -> Optional[float]:
+def growth_exponent(points: list) -> float | None:
     """The slope of log(y) against log(x) over (x, y) points: how a cost grows; None for fewer than 2 points."""
     if len(points) < 2:
         return None

@@ -7,19 +7,20 @@ the initial parameters are training's own (the same key split before ``init``).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from gradfit.config.load import GradfitConfig
-from gradfit.errors import RunDirError
 from gradfit.core.losses import hand_derived_gradient, make_objective
 from gradfit.core.models import build_model, params_from_named
+from gradfit.data.streamed import StreamedSplit
+from gradfit.errors import RunDirError
 from gradfit.runs.rundir import RunDir
-from gradfit.training.programs import prepare
+from gradfit.training.prepare import prepare
 
 
 @dataclasses.dataclass
@@ -34,14 +35,16 @@ class Problem:
 
     def cast(self, dtype) -> tuple:
         """(params, args) with the params and the floating data in ``dtype`` (make it under its precision scope)."""
+
         def to(a):
             return a.astype(dtype) if np.issubdtype(a.dtype, np.floating) else a
 
         return jax.tree_util.tree_map(to, self.params), tuple(to(a) for a in self.args)
 
 
-def from_config(config: GradfitConfig, at_run: Optional[str] = None, max_rows: int = 10_000,
-                start: bool = False) -> Problem:
+def from_config(
+    config: GradfitConfig, at_run: str | None = None, max_rows: int = 10_000, start: bool = False
+) -> Problem:
     """The config's regularized training objective on its first ``max_rows`` training rows.
 
     The point is the run's saved parameters (``at_run``), else the parameters training starts from. Logistic
@@ -55,8 +58,10 @@ def from_config(config: GradfitConfig, at_run: Optional[str] = None, max_rows: i
         if run.feed is None:
             x, y = run.data["x"][:max_rows].astype(dtype), run.data["y"][:max_rows]
         else:  # streamed data: only the rows checked are read
-            rows = np.arange(min(max_rows, len(run.dataset.train)))
-            x, y = run.dataset.train.take(rows, dtype, run.precision.compute_dtype)
+            train = run.dataset.train
+            assert isinstance(train, StreamedSplit), "a run with a feed streams its training split"
+            rows = np.arange(min(max_rows, len(train)))
+            x, y = train.take(rows, dtype, run.precision.compute_dtype)
             x, y = jnp.asarray(x).astype(dtype), jnp.asarray(y)
             run.feed.close()
         params = run.state.params
@@ -64,20 +69,25 @@ def from_config(config: GradfitConfig, at_run: Optional[str] = None, max_rows: i
             params, where = _saved_params(params, at_run), f"the parameters of {at_run}"
         elif config.model.kind == "logistic" and not start:
             w_key, b_key = jax.random.split(jax.random.PRNGKey(config.seed))
-            params = {"w": jax.random.normal(w_key, params["w"].shape, dtype) / np.sqrt(run.dataset.n_features),
-                      "b": jax.random.normal(b_key, (), dtype)}
+            params = {
+                "w": jax.random.normal(w_key, params["w"].shape, dtype) / np.sqrt(run.dataset.n_features),
+                "b": jax.random.normal(b_key, (), dtype),
+            }
             where = f"a random point (seed {config.seed}; training starts at zero, where sign errors hide)"
         else:
             where = f"the parameters training starts from (seed {config.seed})"
     objective = run.objective
     if run.precision.mixed:  # bfloat16 products would swamp any check: the same model, products in float32
-        objective = make_objective(build_model(config.model, run.dataset.n_features, run.dataset.n_classes).apply,
-                                   config.model.l2)
+        objective = make_objective(
+            build_model(config.model, run.dataset.n_features, run.dataset.n_classes).apply, config.model.l2
+        )
     hand_derived = hand_derived_gradient(config.model)
     x_host, y_host = np.asarray(x), np.asarray(y)
-    rows = f"{len(y_host):,} training row" + ("s" if len(y_host) != 1 else "")
-    description = (f"{config.model.kind} on {run.dataset.name}: training objective over {rows} "
-                   f"(l2 = {config.model.l2:g}), at {where}")
+    row_count = f"{len(y_host):,} training row" + ("s" if len(y_host) != 1 else "")
+    description = (
+        f"{config.model.kind} on {run.dataset.name}: training objective over {row_count} "
+        f"(l2 = {config.model.l2:g}), at {where}"
+    )
     return Problem(objective, params, lambda p: hand_derived(p, x_host, y_host), description, (x, y))
 
 

@@ -1,4 +1,8 @@
-"""Where a run computes: the devices, the mesh over them, and this process's part (JAX's engine, nothing home-made).
+"""Where a run computes: the device platform, the mesh over its devices, and this process's part (JAX's engine,
+nothing home-made).
+
+``select_device`` picks the platform (``runtime.device``: the first GPU when JAX sees one, else the CPU) and
+``describe_device`` names a device as every report shows it.
 
 A run trains data-parallel on a one-axis ``Mesh`` named ``data``: the parameters, the optimizer state and the
 training split are replicated on every device, and each compiled program shards the rows it works on (the
@@ -17,16 +21,40 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-from typing import Any, Callable, Optional, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from gradfit.runtime.device import describe_device, select_device
 from gradfit.errors import ConfigError, DeviceError, DistributedError, first_line
 
 AXIS = "data"
+GPU_INSTALL_HINT = 'install JAX with CUDA support: pip install -U "jax[cuda13]" (see the JAX install guide)'
+
+
+def select_device(requested: str):
+    """'cpu', 'gpu' or 'auto' (the first GPU when JAX sees one, else the CPU) -> a jax.Device."""
+    if requested == "cpu":
+        return jax.devices("cpu")[0]
+    try:
+        gpus = jax.devices("gpu")
+    except RuntimeError:
+        gpus = []
+    if gpus:
+        return gpus[0]
+    if requested == "gpu":
+        raise DeviceError(
+            f"runtime.device is 'gpu' but JAX sees no GPU (backend: {jax.default_backend()}); "
+            f"{GPU_INSTALL_HINT}, or use --device cpu"
+        )
+    return jax.devices("cpu")[0]
+
+
+def describe_device(device) -> str:
+    """'cpu:0 (cpu)' or 'gpu:0 (NVIDIA H100 80GB HBM3)'."""
+    return f"{device.platform}:{device.id} ({device.device_kind})"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +108,8 @@ class Topology:
         if self.process_count == 1:
             return jax.device_put(tree, self.replicated)
         return jax.tree_util.tree_map(
-            lambda leaf: jax.make_array_from_process_local_data(self.replicated, np.asarray(leaf)), tree)
+            lambda leaf: jax.make_array_from_process_local_data(self.replicated, np.asarray(leaf)), tree
+        )
 
     def agree(self, stop: bool, windows: int) -> tuple[bool, int]:
         """What every process does next: stop if any process was asked to, with the fewest log windows any
@@ -108,22 +137,28 @@ class Topology:
                 f"process{'es' if len(different) > 1 else ''} {', '.join(map(str, different))} of "
                 f"{self.process_count} {'were' if len(different) > 1 else 'was'} given another config or other "
                 "data than process 0 (their fingerprints differ); start every process with the same config file, "
-                "--set overrides and data file")
+                "--set overrides and data file"
+            )
 
     def describe(self) -> dict:
         """What summary.json, config.yaml and the run header record."""
-        return {"devices": [describe_device(d) for d in self.devices], "processes": self.process_count,
-                "mesh": {AXIS: self.size}}
+        return {
+            "devices": [describe_device(d) for d in self.devices],
+            "processes": self.process_count,
+            "mesh": {AXIS: self.size},
+        }
 
-    def check_batch(self, batch_size: Optional[int]) -> None:
+    def check_batch(self, batch_size: int | None) -> None:
         """The global minibatch must split evenly: each device computes an equal share of every step."""
         if batch_size is None or batch_size % self.size == 0:
             return
         lower = batch_size // self.size * self.size
         nearest = [n for n in (lower, lower + self.size) if n > 0]
-        raise ConfigError(f"train.batch_size={batch_size} does not divide by the {self.size} devices of the mesh "
-                          f"(each takes an equal share of every minibatch); nearest valid sizes: "
-                          f"{' or '.join(map(str, nearest))}, or set runtime.devices")
+        raise ConfigError(
+            f"train.batch_size={batch_size} does not divide by the {self.size} devices of the mesh "
+            f"(each takes an equal share of every minibatch); nearest valid sizes: "
+            f"{' or '.join(map(str, nearest))}, or set runtime.devices"
+        )
 
 
 def writes() -> bool:
@@ -131,7 +166,7 @@ def writes() -> bool:
     return jax.process_index() == 0
 
 
-def select(device: str, devices: Union[str, int, Sequence[int]]) -> Topology:
+def select(device: str, devices: str | int | Sequence[int]) -> Topology:
     """The mesh for ``runtime.device`` (the platform) and ``runtime.devices`` (which of its devices).
 
     ``auto``: every device of the platform (with several processes, every process's); N: the first N of each
@@ -144,24 +179,29 @@ def select(device: str, devices: Union[str, int, Sequence[int]]) -> Topology:
         chosen = everywhere
     elif isinstance(devices, int):
         if devices > len(local):
-            raise DeviceError(f"runtime.devices={devices} but JAX sees {_count(local, platform)}"
-                              f"{' in this process' if processes > 1 else ''}; use at most {len(local)} "
-                              f"or 'auto'{_FORCE_HINT if platform == 'cpu' else ''}")
+            raise DeviceError(
+                f"runtime.devices={devices} but JAX sees {_count(local, platform)}"
+                f"{' in this process' if processes > 1 else ''}; use at most {len(local)} "
+                f"or 'auto'{_FORCE_HINT if platform == 'cpu' else ''}"
+            )
         chosen = [d for p in range(processes) for d in [e for e in everywhere if e.process_index == p][:devices]]
     else:
         ids = {d.id: d for d in everywhere}
         missing = [i for i in devices if i not in ids]
         if missing:
-            raise DeviceError(f"runtime.devices lists {missing}, which JAX does not see; its {platform} devices "
-                              f"are {sorted(ids)}")
+            raise DeviceError(
+                f"runtime.devices lists {missing}, which JAX does not see; its {platform} devices are {sorted(ids)}"
+            )
         chosen = [ids[i] for i in devices]
         if processes > 1 and {d.process_index for d in chosen} != set(range(processes)):
             raise DeviceError("runtime.devices must include devices of every process of a distributed run")
     return Topology(Mesh(np.array(chosen), (AXIS,)))
 
 
-_FORCE_HINT = (" (on CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N splits the host into N devices, "
-               "which share its cores)")
+_FORCE_HINT = (
+    " (on CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N splits the host into N devices, "
+    "which share its cores)"
+)
 
 
 def _count(devices: list, platform: str) -> str:
@@ -171,8 +211,13 @@ def _count(devices: list, platform: str) -> str:
 _CLUSTER_VARIABLES = ("SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE")  # what JAX's cluster detection reads
 
 
-def start_processes(coordinator: Optional[str], num_processes: Optional[int], process_id: Optional[int],
-                    init_timeout_s: int, heartbeat_timeout_s: int) -> None:
+def start_processes(
+    coordinator: str | None,
+    num_processes: int | None,
+    process_id: int | None,
+    init_timeout_s: int,
+    heartbeat_timeout_s: int,
+) -> None:
     """Join the group of processes with ``jax.distributed.initialize`` (before any other use of JAX).
 
     Arguments left None come from ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``,
@@ -185,29 +230,40 @@ def start_processes(coordinator: Optional[str], num_processes: Optional[int], pr
     given = {"--coordinator": coordinator, "--num-processes": num_processes, "--process-id": process_id}
     missing = [flag for flag, value in given.items() if value is None]
     if missing and not any(name in os.environ for name in _CLUSTER_VARIABLES):
-        raise DistributedError(f"--distributed needs {', '.join(missing)} (or JAX_COORDINATOR_ADDRESS, "
-                               "JAX_NUM_PROCESSES, JAX_PROCESS_ID; under SLURM or Open MPI JAX finds them itself)")
+        raise DistributedError(
+            f"--distributed needs {', '.join(missing)} (or JAX_COORDINATOR_ADDRESS, "
+            "JAX_NUM_PROCESSES, JAX_PROCESS_ID; under SLURM or Open MPI JAX finds them itself)"
+        )
     if coordinator is not None and not _host_port(coordinator):
         raise DistributedError(f"--coordinator {coordinator!r}: expected HOST:PORT, e.g. 10.0.0.1:1234")
     if num_processes is not None and process_id is not None and not 0 <= process_id < num_processes:
-        raise DistributedError(f"--process-id {process_id} is outside 0..{num_processes - 1} "
-                               f"(--num-processes {num_processes})")
+        raise DistributedError(
+            f"--process-id {process_id} is outside 0..{num_processes - 1} (--num-processes {num_processes})"
+        )
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU processes reduce over TCP
     try:
-        jax.distributed.initialize(coordinator, num_processes, process_id, initialization_timeout=init_timeout_s,
-                                   heartbeat_timeout_seconds=heartbeat_timeout_s)
+        jax.distributed.initialize(
+            coordinator,
+            num_processes,
+            process_id,
+            initialization_timeout=init_timeout_s,
+            heartbeat_timeout_seconds=heartbeat_timeout_s,
+        )
         jax.devices()  # the processes exchange their devices here: a missing one fails now, not mid-setup
     except ValueError as exc:  # JAX's cluster detection found no value for what was not given
         found = ", ".join(name for name in _CLUSTER_VARIABLES if name in os.environ)
-        raise DistributedError(f"--distributed: JAX's cluster detection ({found} set) failed ({exc}); pass "
-                               f"{', '.join(missing)}") from None
+        raise DistributedError(
+            f"--distributed: JAX's cluster detection ({found} set) failed ({exc}); pass {', '.join(missing)}"
+        ) from None
     except Exception as exc:  # XlaRuntimeError (a timeout, a refused bind)
-        raise DistributedError(f"could not join the {num_processes or '?'} processes at {coordinator or '?'} "
-                               f"within {init_timeout_s} s ({first_line(exc)}); check that process 0 runs and that "
-                               "the address and port are reachable from here") from None
+        raise DistributedError(
+            f"could not join the {num_processes or '?'} processes at {coordinator or '?'} "
+            f"within {init_timeout_s} s ({first_line(exc)}); check that process 0 runs and that "
+            "the address and port are reachable from here"
+        ) from None
 
 
-def _env_int(name: str, least: int) -> Optional[int]:
+def _env_int(name: str, least: int) -> int | None:
     value = os.environ.get(name)
     if value is None:
         return None

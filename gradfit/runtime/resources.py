@@ -17,12 +17,12 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
+from gradfit.config.schema import MAX_SIZE, MAX_STEPS, GradfitConfig, OptimizerConfig, SyntheticConfig, TrainConfig
 from gradfit.core import precision
 from gradfit.errors import ConfigError
 from gradfit.files import format_bytes
-from gradfit.config.schema import MAX_SIZE, MAX_STEPS, GradfitConfig, OptimizerConfig, SyntheticConfig, TrainConfig
 
 #: parameter-sized arrays in each optimizer's state (optax's, with gradfit's settings)
 OPTIMIZER_SLOTS = {"sgd": 0, "momentum": 1, "nesterov": 1, "adam": 2, "adamw": 2, "rmsprop": 1, "adagrad": 1}
@@ -115,8 +115,14 @@ class MemoryEstimate:
         return self.data + self.model + self.activations
 
 
-def estimate_run(config: GradfitConfig, n_features: int, n_classes: int, rows: tuple[int, int, int],
-                 batch_size: Optional[int], eval_rows: int) -> MemoryEstimate:
+def estimate_run(
+    config: GradfitConfig,
+    n_features: int,
+    n_classes: int,
+    rows: tuple[int, int, int],
+    batch_size: int | None,
+    eval_rows: int,
+) -> MemoryEstimate:
     """The device memory a run needs at least, from the config and the data's shape.
 
     Args:
@@ -169,7 +175,7 @@ def synthetic_host_bytes(synthetic: SyntheticConfig) -> int:
 # -------------------------------------------------------------------------------------------- the checks
 
 
-def check_synthetic(config: GradfitConfig, available: Optional[int]) -> None:
+def check_synthetic(config: GradfitConfig, available: int | None) -> None:
     """Refuse synthetic data that cannot be generated in ``available`` bytes of host memory (None: unknown).
 
     Call it before ``gradfit.data.dataset.load_dataset``, which generates the data.
@@ -193,7 +199,7 @@ def check_synthetic(config: GradfitConfig, available: Optional[int]) -> None:
     )
 
 
-def check_run(config: GradfitConfig, estimate: MemoryEstimate, available: Optional[int], where: str) -> None:
+def check_run(config: GradfitConfig, estimate: MemoryEstimate, available: int | None, where: str) -> None:
     """Refuse a run whose ``estimate`` exceeds the ``available`` bytes of its device (None: unknown).
 
     Call it before the data are put on the device and the parameters are made.
@@ -208,18 +214,24 @@ def check_run(config: GradfitConfig, estimate: MemoryEstimate, available: Option
         ConfigError: naming the key that drives the largest part, the memory needed and available, and a hint.
     """
     if estimate.largest_split > MAX_SIZE:  # data files: synthetic rows are bounded by the schema
-        raise ConfigError(f"{_data_key(config)}: a split of {estimate.largest_split:,} rows; at most {MAX_SIZE:,} "
-                          "(2**31 - 1: rows are indexed in int32 on the device)")
+        raise ConfigError(
+            f"{_data_key(config)}: a split of {estimate.largest_split:,} rows; at most {MAX_SIZE:,} "
+            "(2**31 - 1: rows are indexed in int32 on the device)"
+        )
     if available is None or estimate.total <= available:
         return
     key, hint = _culprit(config, estimate)
     slots = estimate.copies - 3
     state = f"{slots} of {config.optimizer.name}'s state, " if slots else ""
-    parts = (f"data {format_bytes(estimate.data)}, parameters {format_bytes(estimate.model)} "
-             f"({estimate.parameters:,} x {estimate.copies} copies: weights, {state}gradient, update), "
-             f"activations {format_bytes(estimate.activations)}")
-    raise ConfigError(f"{key}: the run needs at least {format_bytes(estimate.total)} of memory on {where} "
-                      f"({parts}), but {format_bytes(available)} is available; {hint}")
+    parts = (
+        f"data {format_bytes(estimate.data)}, parameters {format_bytes(estimate.model)} "
+        f"({estimate.parameters:,} x {estimate.copies} copies: weights, {state}gradient, update), "
+        f"activations {format_bytes(estimate.activations)}"
+    )
+    raise ConfigError(
+        f"{key}: the run needs at least {format_bytes(estimate.total)} of memory on {where} "
+        f"({parts}), but {format_bytes(available)} is available; {hint}"
+    )
 
 
 def _culprit(config: GradfitConfig, estimate: MemoryEstimate) -> tuple[str, str]:
@@ -237,8 +249,9 @@ def _culprit(config: GradfitConfig, estimate: MemoryEstimate) -> tuple[str, str]
         return key, "use fewer rows or features" + (", or runtime.precision=float32" if wide else "")
     hidden_key = f"model.hidden={list(model.hidden)}"
     if largest == estimate.model:
-        key, hint = (hidden_key, "use smaller hidden layers") if model.kind == "mlp" else (columns_key,
-                                                                                           "use fewer features")
+        key, hint = (
+            (hidden_key, "use smaller hidden layers") if model.kind == "mlp" else (columns_key, "use fewer features")
+        )
         if optimizer.name == "lbfgs" and optimizer.memory_size > 2:  # its history is most of the copies
             key += f" with optimizer.memory_size={optimizer.memory_size}"
             hint += " or a lower optimizer.memory_size (L-BFGS keeps 2 x memory_size copies of the parameters)"
@@ -247,8 +260,10 @@ def _culprit(config: GradfitConfig, estimate: MemoryEstimate) -> tuple[str, str]
     if train.batch_size is None:
         if optimizer.name == "lbfgs":
             return "train.batch_size=null", f"L-BFGS runs every training row at once: use fewer rows{hidden_hint}"
-        return "train.batch_size=null", ("a full-batch step runs every training row at once: set train.batch_size "
-                                         f"to train on minibatches{hidden_hint}")
+        return "train.batch_size=null", (
+            "a full-batch step runs every training row at once: set train.batch_size "
+            f"to train on minibatches{hidden_hint}"
+        )
     return f"train.batch_size={train.batch_size:,}", f"lower train.batch_size{hidden_hint}"
 
 
@@ -260,7 +275,7 @@ def _data_key(config: GradfitConfig) -> str:
 # -------------------------------------------------------------------------------------- memory available
 
 
-def device_available_bytes(device: Any) -> Optional[int]:
+def device_available_bytes(device: Any) -> int | None:
     """Free bytes of a JAX device: the host's for the CPU, else its allocator's limit less what is in use.
 
     None when the device does not say (``memory_stats()`` missing or empty): then nothing is refused.
@@ -276,7 +291,7 @@ def device_available_bytes(device: Any) -> Optional[int]:
     return max(0, int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0)))
 
 
-def host_available_bytes(root: str | Path = "/") -> Optional[int]:
+def host_available_bytes(root: str | Path = "/") -> int | None:
     """Memory this process can still allocate: the smaller of the system's and its cgroup's.
 
     The system's is ``MemAvailable`` of /proc/meminfo; a cgroup's (v2 or v1, the process's own and its
@@ -297,7 +312,7 @@ def host_available_bytes(root: str | Path = "/") -> Optional[int]:
         return None
 
 
-def _meminfo_available(root: Path) -> Optional[int]:
+def _meminfo_available(root: Path) -> int | None:
     try:
         for line in (root / "proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
@@ -307,7 +322,7 @@ def _meminfo_available(root: Path) -> Optional[int]:
     return None
 
 
-def _cgroup_available(root: Path) -> Optional[int]:
+def _cgroup_available(root: Path) -> int | None:
     """Limit - usage + page cache of the tightest limited cgroup around this process (v2, else v1)."""
     try:
         lines = (root / "proc/self/cgroup").read_text().splitlines()
@@ -320,39 +335,43 @@ def _cgroup_available(root: Path) -> Optional[int]:
             v2_path = parts[2]
         elif len(parts) == 3 and "memory" in parts[1].split(","):
             v1_path = parts[2]
-    found = [value for value in (_cgroup_v2(root / "sys/fs/cgroup", v2_path),
-                                 _cgroup_v1(root / "sys/fs/cgroup/memory", v1_path)) if value is not None]
+    found = [
+        value
+        for value in (_cgroup_v2(root / "sys/fs/cgroup", v2_path), _cgroup_v1(root / "sys/fs/cgroup/memory", v1_path))
+        if value is not None
+    ]
     return min(found) if found else None
 
 
-def _cgroup_v2(mount: Path, path: str) -> Optional[int]:
+def _cgroup_v2(mount: Path, path: str) -> int | None:
     folder = _cgroup_folder(mount, path, "memory.max")
     best = None
     while folder is not None:  # a parent's limit binds its children too
         limit = _read_int(folder / "memory.max")  # "max": no limit (None)
         usage = _read_int(folder / "memory.current")
         if limit is not None and usage is not None:
-            free = limit - usage + _stat(folder / "memory.stat", "file")
+            free = limit - usage + (_stat(folder / "memory.stat", "file") or 0)
             best = free if best is None else min(best, free)
         folder = folder.parent if folder != mount and mount in folder.parents else None
     return None if best is None else max(0, best)
 
 
-def _cgroup_v1(mount: Path, path: str) -> Optional[int]:
+def _cgroup_v1(mount: Path, path: str) -> int | None:
     folder = _cgroup_folder(mount, path, "memory.limit_in_bytes")
     if folder is None:
         return None
     limit = _read_int(folder / "memory.limit_in_bytes")
-    hierarchical = _stat(folder / "memory.stat", "hierarchical_memory_limit", None)  # the ancestors' too
+    hierarchical = _stat(folder / "memory.stat", "hierarchical_memory_limit")  # the ancestors' too
     limits = [value for value in (limit, hierarchical) if value is not None and value < UNLIMITED]
     usage = _read_int(folder / "memory.usage_in_bytes")
     if not limits or usage is None:
         return None
-    cache = (_stat(folder / "memory.stat", "total_inactive_file") + _stat(folder / "memory.stat", "total_active_file"))
+    stat = folder / "memory.stat"
+    cache = (_stat(stat, "total_inactive_file") or 0) + (_stat(stat, "total_active_file") or 0)
     return max(0, min(limits) - usage + cache)
 
 
-def _cgroup_folder(mount: Path, path: str, probe: str) -> Optional[Path]:
+def _cgroup_folder(mount: Path, path: str, probe: str) -> Path | None:
     """The process's cgroup folder, or the mount's root (inside a container the path is the host's)."""
     for folder in (mount / path.lstrip("/"), mount):
         if (folder / probe).is_file():
@@ -360,15 +379,15 @@ def _cgroup_folder(mount: Path, path: str, probe: str) -> Optional[Path]:
     return None
 
 
-def _read_int(path: Path) -> Optional[int]:
+def _read_int(path: Path) -> int | None:
     try:
         return int(path.read_text().strip())
     except (OSError, ValueError):
         return None
 
 
-def _stat(path: Path, key: str, default: Optional[int] = 0) -> Optional[int]:
-    """One ``key value`` line of a cgroup memory.stat file."""
+def _stat(path: Path, key: str) -> int | None:
+    """One ``key value`` line of a cgroup memory.stat file; None when it is missing or unreadable."""
     try:
         for line in path.read_text().splitlines():
             name, _, value = line.partition(" ")
@@ -376,4 +395,4 @@ def _stat(path: Path, key: str, default: Optional[int] = 0) -> Optional[int]:
                 return int(value)
     except (OSError, ValueError):
         pass
-    return default
+    return None

@@ -12,13 +12,17 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import CONFIGS, make_config, requires_no_gpu
+from gradfit.bench import differentiation
 from gradfit.bench import engine
+from gradfit.bench import peers
 from gradfit.bench import timing
+from gradfit.bench import training_speed
+from gradfit.bench.options import BenchOptions
 from gradfit.cli.app import app
-from gradfit.training.programs import prepare
+from gradfit.training.prepare import prepare
 
-TINY = engine.BenchOptions(steps=5, repeats=1, logreg_dims=(4, 16), mlp_widths=(4,), rows=64, peers=True,
-                         helmholtz_sizes=(1, 2), symbolic_max_n=1)
+TINY = BenchOptions(steps=5, repeats=1, logreg_dims=(4, 16), mlp_widths=(4,), rows=64, peers=True,
+                    helmholtz_sizes=(1, 2), symbolic_max_n=1)
 TINY_SUITE = {
     "logreg": make_config("name=logreg", "train.steps=5"),
     "mlp": make_config("name=mlp", "data.source=digits", "model.kind=mlp", "model.hidden=[8]", "train.steps=5",
@@ -97,7 +101,7 @@ def test_samples_are_taken_until_they_agree_and_flagged_when_they_never_do():
 
 
 def test_unstable_figures_are_marked_not_printed_as_fact():
-    from gradfit.cli.render import _flag
+    from gradfit.cli.render.bench import _flag
 
     row = {"unstable": ["peer_s"]}
     assert _flag("0.45", row, "gradfit_s", "peer_s").endswith("[yellow]?[/]")
@@ -122,7 +126,7 @@ def test_missing_optional_peer_is_reported_not_fatal(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_torch)
-    peer = engine._torch_peer(prepare(TINY_SUITE["mlp"]), TINY)
+    peer = peers._torch_peer(prepare(TINY_SUITE["mlp"]), TINY)
     assert peer == {"peer": "PyTorch eager MLP step", "available": False,
                     "reason": "torch is not installed (optional: pip install torch)"}
 
@@ -130,8 +134,8 @@ def test_missing_optional_peer_is_reported_not_fatal(monkeypatch):
 def test_reverse_mode_costs_a_constant_multiple_of_the_loss_by_xla_flop_count():
     # the cheap gradient principle, checked on XLA's flop count (deterministic), not on timings (noisy here):
     # reverse mode costs a small constant multiple of one loss whatever the parameter count
-    options = engine.BenchOptions(repeats=1, logreg_dims=(16, 1024), mlp_widths=(), rows=256)
-    rows = engine.method_scaling(options, jax.devices("cpu")[0])["logistic"]["rows"]
+    options = BenchOptions(repeats=1, logreg_dims=(16, 1024), mlp_widths=(), rows=256)
+    rows = differentiation.method_scaling(options, jax.devices("cpu")[0])["logistic"]["rows"]
     assert [row["num_params"] for row in rows] == [17, 1025]
     for row in rows:
         assert 1.0 <= row["reverse_flops_vs_loss"] <= 5.0
@@ -140,9 +144,9 @@ def test_reverse_mode_costs_a_constant_multiple_of_the_loss_by_xla_flop_count():
 
 
 def test_gpu_peak_table():
-    assert engine.gpu_peak("NVIDIA H100 80GB HBM3") == engine.GPU_PEAKS_TFLOPS["H100"]
-    assert engine.gpu_peak("NVIDIA H200") == engine.GPU_PEAKS_TFLOPS["H200"]
-    assert engine.gpu_peak("cpu") is None
+    assert training_speed.gpu_peak("NVIDIA H100 80GB HBM3") == training_speed.GPU_PEAKS_TFLOPS["H100"]
+    assert training_speed.gpu_peak("NVIDIA H200") == training_speed.GPU_PEAKS_TFLOPS["H200"]
+    assert training_speed.gpu_peak("cpu") is None
 
 
 def test_cli_quick_json(monkeypatch, tmp_path):

@@ -79,19 +79,20 @@ def forced(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("mesh")
     script = (
         "import json, sys\n"
-        "from gradfit.bench import engine as bench\n"
+        "from gradfit.bench import scaling\n"
+        "from gradfit.bench.options import BenchOptions\n"
         "from gradfit.runtime import compile_cache\n"
-        "from gradfit.config.load import resolve_config\n"
+        "from gradfit.config.load import EXAMPLES, resolve_config\n"
         "from gradfit.training.loop import fit\n"
         "if compile_cache.directory():\n"
         "    compile_cache.enable(compile_cache.directory())\n"
         "runs = json.loads(sys.argv[1])\n"
         "done = {name: fit(resolve_config(sys.argv[2] + '/' + path, [f'name={name}', *sets]).config, sys.argv[3])"
         ".run_dir for name, (path, sets) in runs.items()}\n"
-        "config = resolve_config(None, bench.EXAMPLES['mlp'] + ['model.hidden=[8]']).config\n"
-        "options = bench.BenchOptions(steps=20, repeats=3)\n"
-        "scaling = bench.scaling(bench._on(config, 'cpu', 'auto'), options, 'mlp')\n"
-        "print(json.dumps({'runs': done, 'scaling': scaling}))\n"
+        "config = resolve_config(None, EXAMPLES['mlp'] + ['model.hidden=[8]']).config\n"
+        "options = BenchOptions(steps=20, repeats=3)\n"
+        "table = scaling.scaling_table(scaling.on_devices(config, 'cpu', 'auto'), options, 'mlp')\n"
+        "print(json.dumps({'runs': done, 'scaling': table}))\n"
     )
     result = subprocess.run([sys.executable, "-c", script, json.dumps(RUNS), str(CONFIGS), str(out)],
                             env=forced_devices(4), capture_output=True, text=True, timeout=300)

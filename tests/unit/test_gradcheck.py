@@ -14,7 +14,8 @@ from conftest import CONFIGS, make_config
 from gradfit.gradients import gradcheck
 from gradfit.gradients import problem
 from gradfit.cli.app import app
-from gradfit.gradients.gradcheck import FAIL, KINK, PASS, CheckOptions, check_gradient
+from gradfit.gradients.check_report import FAIL, KINK, PASS
+from gradfit.gradients.gradcheck import CheckOptions, check_gradient
 
 runner = CliRunner()
 MLP = ("model.kind=mlp", "data.source=digits")
@@ -310,7 +311,7 @@ def test_truncation_is_rechecked_away_and_a_constant_error_is_not():
 
 
 def test_compare_grads_starts_where_training_starts():
-    from gradfit.training.programs import prepare
+    from gradfit.training.prepare import prepare
 
     config = make_config(*MLP, "model.hidden=[8]", "seed=3")
     point = problem.from_config(config)

@@ -9,7 +9,9 @@ import pytest
 
 from conftest import make_config
 from gradfit.gradients import problem
-from gradfit.gradients.gradcheck import FAIL, FLOAT64, CheckOptions, check_gradient, planted_error
+from gradfit.gradients.check_report import FAIL
+from gradfit.gradients.checked_point import FLOAT64
+from gradfit.gradients.gradcheck import CheckOptions, check_gradient, planted_error
 
 MLP = ("model.kind=mlp", "data.source=digits")
 

@@ -22,7 +22,8 @@ from gradfit.errors import ConfigError
 from gradfit.core.losses import logistic_manual_grad, make_objective, mlp_manual_grad
 from gradfit.core.models import logistic, mlp
 from gradfit.core.precision import Precision
-from gradfit.gradients.trace import evaluation_trace, summary, to_dot, write_graph
+from gradfit.gradients.trace import evaluation_trace, to_dot, write_graph
+from gradfit.gradients.trace_result import summary
 
 TIGHT = dict(rtol=1e-12, atol=1e-14)  # float64, a handful of operations
 W = np.array([0.5, -0.25])
