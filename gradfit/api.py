@@ -15,25 +15,26 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Optional, Sequence, Union
 
-from gradfit.training import loop
-from gradfit.training import resume as resuming
-from gradfit.trained import run as trained
 from gradfit.config.load import GradfitConfig, resolve_config
 from gradfit.errors import ConfigError
-from gradfit.trained.inference import Inference, run_inference
-from gradfit.training.loop import Callbacks
 from gradfit.runs.rundir import RunDir, Summary, to_jsonable
+from gradfit.trained import run as trained
+from gradfit.trained.inference import Inference, run_inference
 from gradfit.trained.run import TrainedRun
+from gradfit.training import loop
+from gradfit.training import resume as resuming
+from gradfit.training.loop import Callbacks
 
-ConfigLike = Union[str, Path, Mapping, GradfitConfig]
-Overrides = Union[Sequence[str], Mapping[str, object], None]
+ConfigLike = str | Path | Mapping | GradfitConfig
+Overrides = Sequence[str] | Mapping[str, object] | None
 
 
-def fit(config: ConfigLike, overrides: Overrides = None, out_dir: str | Path = "runs",
-        callbacks: Optional[Callbacks] = None) -> Summary:
+def fit(
+    config: ConfigLike, overrides: Overrides = None, out_dir: str | Path = "runs", callbacks: Callbacks | None = None
+) -> Summary:
     """Train as ``gradfit train`` does and write a new run directory; returns its summary.
 
     Args:
@@ -49,8 +50,13 @@ def fit(config: ConfigLike, overrides: Overrides = None, out_dir: str | Path = "
     return loop.fit(resolve(config, overrides), out_dir, callbacks)
 
 
-def resume(run_dir: str | Path, config: Optional[ConfigLike] = None, overrides: Overrides = None,
-           force: bool = False, callbacks: Optional[Callbacks] = None) -> Summary:
+def resume(
+    run_dir: str | Path,
+    config: ConfigLike | None = None,
+    overrides: Overrides = None,
+    force: bool = False,
+    callbacks: Callbacks | None = None,
+) -> Summary:
     """Continue a stopped run in place, as ``gradfit train --resume`` does (bit-identically to a run never stopped).
 
     ``config`` defaults to the run's own config.yaml; a config that differs from the one it ran with (or
@@ -64,8 +70,10 @@ def resolve(config: ConfigLike, overrides: Overrides = None) -> GradfitConfig:
     """A validated config from anything ``fit`` accepts (a ``GradfitConfig`` is taken as it is)."""
     if isinstance(config, GradfitConfig):
         if overrides:
-            raise ConfigError("overrides apply to a config file or dict; change a GradfitConfig with "
-                              "config.model_copy(update=...) or pass its dict (config.model_dump())")
+            raise ConfigError(
+                "overrides apply to a config file or dict; change a GradfitConfig with "
+                "config.model_copy(update=...) or pass its dict (config.model_dump())"
+            )
         return config
     if isinstance(overrides, Mapping):
         # JSON is YAML; NumPy numbers and paths become what they stand for

@@ -1,5 +1,6 @@
 """Many trainings in one compiled program: what a sweep trains (``plan``: the ``sweep:`` section, grids, random
-search, seeds) and training it with ``jax.vmap``, each member written as a normal run directory (``run``).
+search, seeds), the members that share one program, compiled with ``jax.vmap`` (``group``), and training them,
+each member written as a normal run directory (``run``).
 
 May import: ``gradfit.training`` and everything below it.
 """

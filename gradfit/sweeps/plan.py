@@ -24,7 +24,8 @@ import itertools
 import json
 import math
 import re
-from typing import Any, Literal, Optional, Union
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -32,12 +33,35 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from gradfit.config.load import ResolvedConfig, describe_keys, parse_override, validate_tree
 from gradfit.errors import ConfigError
 
-VALUE_KEYS = ("seed", "model.l2", "optimizer.learning_rate", "optimizer.momentum", "optimizer.b1", "optimizer.b2",
-              "optimizer.eps", "optimizer.decay", "optimizer.weight_decay", "optimizer.clip_norm",
-              "optimizer.schedule.final_fraction")
-PROGRAM_KEYS = ("model.kind", "model.hidden", "model.activation", "model.init", "optimizer.name",
-                "optimizer.memory_size", "optimizer.schedule.name", "optimizer.schedule.warmup_steps",
-                "train.batch_size", "train.steps", "train.epochs", "train.tol", "train.shuffle", "runtime.precision")
+VALUE_KEYS = (
+    "seed",
+    "model.l2",
+    "optimizer.learning_rate",
+    "optimizer.momentum",
+    "optimizer.b1",
+    "optimizer.b2",
+    "optimizer.eps",
+    "optimizer.decay",
+    "optimizer.weight_decay",
+    "optimizer.clip_norm",
+    "optimizer.schedule.final_fraction",
+)
+PROGRAM_KEYS = (
+    "model.kind",
+    "model.hidden",
+    "model.activation",
+    "model.init",
+    "optimizer.name",
+    "optimizer.memory_size",
+    "optimizer.schedule.name",
+    "optimizer.schedule.warmup_steps",
+    "train.batch_size",
+    "train.steps",
+    "train.epochs",
+    "train.tol",
+    "train.shuffle",
+    "runtime.precision",
+)
 HOST_KEYS = ("train.early_stopping.monitor", "train.early_stopping.patience", "train.early_stopping.min_delta")
 SHARED_WHY = {  # why the other keys cannot be swept
     "name": "members are named after the sweep",
@@ -56,17 +80,24 @@ class _Strict(BaseModel):
 class RandomSearch(_Strict):
     trials: int = Field(ge=1, le=MAX_MEMBERS, description="settings drawn at random")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of the draws")
-    space: dict[str, Any] = Field(min_length=1, description="key -> {log_uniform: [lo, hi]}, {uniform: [lo, hi]}, "
-                                                            "{int_uniform: [lo, hi]} or a list of choices")
-
+    space: dict[str, Any] = Field(
+        min_length=1,
+        description="key -> {log_uniform: [lo, hi]}, {uniform: [lo, hi]}, {int_uniform: [lo, hi]} or a list of choices",
+    )
 
     @field_validator("space")
     @classmethod
     def _numbers(cls, space: dict):
         # YAML 1.1 reads `1e-4` as text, not as a number (the config's own keys are read alike)
-        return {key: {name: [_yaml_number(b) for b in bounds] if isinstance(bounds, list) else bounds
-                      for name, bounds in dist.items()} if isinstance(dist, dict) else dist
-                for key, dist in space.items()}
+        return {
+            key: {
+                name: [_yaml_number(b) for b in bounds] if isinstance(bounds, list) else bounds
+                for name, bounds in dist.items()
+            }
+            if isinstance(dist, dict)
+            else dist
+            for key, dist in space.items()
+        }
 
 
 def _yaml_number(value: Any) -> Any:
@@ -78,11 +109,12 @@ def _yaml_number(value: Any) -> Any:
 
 class SweepSection(_Strict):
     grid: dict[str, list] = Field(default_factory=dict, description="key -> the values to try (every combination)")
-    random: Optional[RandomSearch] = Field(None, description="random search, combined with the grid")
-    seeds: Union[int, list[int]] = Field(1, description="N (seeds seed, seed+1, ...) or a list of seeds per setting")
+    random: RandomSearch | None = Field(None, description="random search, combined with the grid")
+    seeds: int | list[int] = Field(1, description="N (seeds seed, seed+1, ...) or a list of seeds per setting")
     metric: Literal["val_loss", "val_accuracy"] = Field("val_loss", description="what ranks the settings")
-    parallel: Union[Literal["auto"], int] = Field("auto", description="members trained side by side (auto: as "
-                                                                      "many as the device memory holds)")
+    parallel: Literal["auto"] | int = Field(
+        "auto", description="members trained side by side (auto: as many as the device memory holds)"
+    )
 
     @field_validator("seeds")
     @classmethod
@@ -150,45 +182,31 @@ def _show(value: Any) -> str:
 
 
 def key_kind(key: str) -> str:
-    return "value" if key in VALUE_KEYS else "program" if key in PROGRAM_KEYS else "host" if key in HOST_KEYS \
-        else "shared"
+    return (
+        "value" if key in VALUE_KEYS else "program" if key in PROGRAM_KEYS else "host" if key in HOST_KEYS else "shared"
+    )
 
 
-def plan_sweep(resolved: ResolvedConfig, grid: list[str] = (), seeds: Optional[int] = None,
-               random: Optional[int] = None, space: list[str] = (), metric: Optional[str] = None,
-               parallel: Optional[str] = None) -> Sweep:
+def plan_sweep(
+    resolved: ResolvedConfig,
+    grid: Sequence[str] = (),
+    seeds: int | None = None,
+    random: int | None = None,
+    space: Sequence[str] = (),
+    metric: str | None = None,
+    parallel: str | None = None,
+) -> Sweep:
     """The members of the sweep the config's ``sweep:`` section and the command-line options describe (options
     win). Every problem names the file and line (or the option) and says what would work."""
     origin, lines = resolved.origin, resolved.file_lines
     raw = resolved.sweep if resolved.sweep is not None else {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{origin}: line {lines.get(('sweep',), '?')}: sweep: expected a mapping (grid, random, "
-                          f"seeds, metric, parallel), got {type(raw).__name__}")
+        raise ConfigError(
+            f"{origin}: line {lines.get(('sweep',), '?')}: sweep: expected a mapping (grid, random, "
+            f"seeds, metric, parallel), got {type(raw).__name__}"
+        )
     raw = copy.deepcopy(raw)
-    given: dict = {}  # top-level sweep key -> where the command line set it
-    for text in grid:
-        key, values = _option(text, "--grid")
-        if not isinstance(values, list):
-            raise ConfigError(f"--grid {text}: expected KEY=[v1, v2, ...], e.g. --grid optimizer.learning_rate="
-                              "[1e-3,3e-3]")
-        raw.setdefault("grid", {})
-        raw["grid"] = {**(raw["grid"] if isinstance(raw["grid"], dict) else {}), key: values}
-        given[("grid", key)] = "--grid"
-    if random is not None or space:
-        section = raw.get("random") if isinstance(raw.get("random"), dict) else {}
-        if random is not None:
-            section["trials"] = random
-            given[("random", "trials")] = "--random"
-        for text in space:
-            key, dist = _option(text, "--space")
-            section.setdefault("space", {})[key] = dist
-            given[("random", "space", key)] = "--space"
-        raw["random"] = section
-    for name, value, flag in (("seeds", seeds, "--seeds"), ("metric", metric, "--metric"),
-                              ("parallel", parallel, "--parallel")):
-        if value is not None:
-            raw[name] = value
-            given[(name,)] = flag
+    given = _merge_options(raw, grid, random, space, {"seeds": seeds, "metric": metric, "parallel": parallel})
     try:
         section = SweepSection.model_validate(raw)
     except ValidationError as exc:
@@ -198,8 +216,10 @@ def plan_sweep(resolved: ResolvedConfig, grid: list[str] = (), seeds: Optional[i
     if problems:
         raise _problems(origin, problems, lines, given)
     if not keys and _seed_list(section, resolved.config.seed) == [resolved.config.seed]:
-        raise ConfigError(f"{origin}: nothing to sweep: give --grid KEY=[...], --random N with --space, --seeds N "
-                          "or a sweep: section (see gradfit sweep --help)")
+        raise ConfigError(
+            f"{origin}: nothing to sweep: give --grid KEY=[...], --random N with --space, --seeds N "
+            "or a sweep: section (see gradfit sweep --help)"
+        )
     swept = {key: key_kind(key) for key in keys}
     if section.seeds != 1:
         swept["seed"] = "value"
@@ -207,26 +227,65 @@ def plan_sweep(resolved: ResolvedConfig, grid: list[str] = (), seeds: Optional[i
     return Sweep(section, members, swept)
 
 
+def _merge_options(
+    raw: dict, grid: Sequence[str], random: int | None, space: Sequence[str], plain: dict[str, Any]
+) -> dict:
+    """Set the command-line options into the raw ``sweep:`` section; returns {location: the option that set it}.
+
+    ``plain``: the options that set one key each (seeds, metric, parallel), None where not given.
+    """
+    given: dict = {}
+    for text in grid:
+        key, values = _option(text, "--grid")
+        if not isinstance(values, list):
+            raise ConfigError(
+                f"--grid {text}: expected KEY=[v1, v2, ...], e.g. --grid optimizer.learning_rate=[1e-3,3e-3]"
+            )
+        raw.setdefault("grid", {})
+        raw["grid"] = {**(raw["grid"] if isinstance(raw["grid"], dict) else {}), key: values}
+        given[("grid", key)] = "--grid"
+    if random is not None or space:
+        drawn: dict = raw["random"] if isinstance(raw.get("random"), dict) else {}
+        if random is not None:
+            drawn["trials"] = random
+            given[("random", "trials")] = "--random"
+        for text in space:
+            key, dist = _option(text, "--space")
+            drawn.setdefault("space", {})[key] = dist
+            given[("random", "space", key)] = "--space"
+        raw["random"] = drawn
+    for name, value in plain.items():
+        if value is not None:
+            raw[name] = value
+            given[(name,)] = f"--{name}"
+    return given
+
+
 def _option(text: str, flag: str) -> tuple[str, Any]:
     try:
         key, value = parse_override(text)
     except ConfigError as exc:
-        example = "optimizer.learning_rate=[1e-3,3e-3]" if flag == "--grid" else \
-            "'optimizer.learning_rate={log_uniform: [1e-4, 1e-1]}'"
+        example = (
+            "optimizer.learning_rate=[1e-3,3e-3]"
+            if flag == "--grid"
+            else "'optimizer.learning_rate={log_uniform: [1e-4, 1e-1]}'"
+        )
         cause = str(exc).split(": ", 1)[-1]
-        raise ConfigError(f"{flag} {text!r}: expected KEY=VALUE, e.g. {flag} {example}"
-                          + (f" ({cause})" if "YAML" in cause else "")) from None
+        raise ConfigError(
+            f"{flag} {text!r}: expected KEY=VALUE, e.g. {flag} {example}" + (f" ({cause})" if "YAML" in cause else "")
+        ) from None
     return ".".join(key), value
 
 
-def _message(error: dict) -> str:
+def _message(error: Mapping[str, Any]) -> str:
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         return f"unknown key; allowed: {', '.join(SweepSection.model_fields)} (and in random: trials, seed, space)"
     if error["type"] == "missing":
-        return {"trials": "missing: how many settings to draw (--random N)",
-                "space": "missing: the ranges to draw from (--space KEY={log_uniform: [lo, hi]})"}.get(
-            error["loc"][-1], "missing")
+        return {
+            "trials": "missing: how many settings to draw (--random N)",
+            "space": "missing: the ranges to draw from (--space KEY={log_uniform: [lo, hi]})",
+        }.get(error["loc"][-1], "missing")
     got = error.get("input")
     return message + ("" if isinstance(got, dict) else f" (got {got!r})")
 
@@ -234,7 +293,9 @@ def _message(error: dict) -> str:
 def _key_problems(section: SweepSection):
     """(location, message) for each swept key that is unknown, cannot be swept or has an unusable range."""
     known = {".".join(info.key) for info in describe_keys()}
-    places = [(("grid", key), key, values) for key, values in section.grid.items()]
+    places: list[tuple[tuple[str, ...], str, Any]] = [
+        (("grid", key), key, values) for key, values in section.grid.items()
+    ]
     if section.random is not None:
         places += [(("random", "space", key), key, dist) for key, dist in section.random.space.items()]
     seen: dict = {}
@@ -258,12 +319,11 @@ def _key_problems(section: SweepSection):
             yield where, _distribution_problem(values)
 
 
-def _distribution_problem(dist: Any) -> Optional[str]:
+def _distribution_problem(dist: Any) -> str | None:
     if isinstance(dist, list):
         return None if dist else "no choices; list at least one"
     if not isinstance(dist, dict) or len(dist) != 1 or next(iter(dist)) not in DISTRIBUTIONS:
-        return ("expected {log_uniform: [lo, hi]}, {uniform: [lo, hi]}, {int_uniform: [lo, hi]} or a list of "
-                "choices")
+        return "expected {log_uniform: [lo, hi]}, {uniform: [lo, hi]}, {int_uniform: [lo, hi]} or a list of choices"
     name, bounds = next(iter(dist.items()))
     if not (isinstance(bounds, list) and len(bounds) == 2 and all(_number(b) for b in bounds)):
         return f"{name}: expected [lo, hi], two numbers"
@@ -303,36 +363,58 @@ def _members(resolved: ResolvedConfig, section: SweepSection, lines: dict, given
     settings = [dict(zip(section.grid, combo)) for combo in grid]
     if section.random is not None:
         rng = np.random.default_rng(section.random.seed)
-        draws = [{key: _draw(dist, rng) for key, dist in section.random.space.items()}
-                 for _ in range(section.random.trials)]
+        draws = [
+            {key: _draw(dist, rng) for key, dist in section.random.space.items()} for _ in range(section.random.trials)
+        ]
         settings = [{**s, **d} for s in settings for d in draws]
     seeds = _seed_list(section, resolved.config.seed)
     count = len(settings) * len(seeds)
     if count > MAX_MEMBERS:
-        raise ConfigError(f"{resolved.origin}: sweep: {count:,} members ({len(settings):,} settings x {len(seeds)} "
-                          f"seeds); at most {MAX_MEMBERS:,}")
-    places = {key: ("grid", key) for key in section.grid}
+        raise ConfigError(
+            f"{resolved.origin}: sweep: {count:,} members ({len(settings):,} settings x {len(seeds)} "
+            f"seeds); at most {MAX_MEMBERS:,}"
+        )
+    places: dict[str, tuple[str, ...]] = {key: ("grid", key) for key in section.grid}
     places.update({key: ("random", "space", key) for key in (section.random.space if section.random else {})})
     base_data_seed = resolved.config.data.seed if resolved.config.data.seed is not None else resolved.config.seed
-    members, seen = [], {}
+    members: list[Member] = []
+    seen: dict[str, int] = {}
     for s, setting in enumerate(settings):
         for seed in seeds:
             values = {**setting, **({"seed": seed} if len(seeds) > 1 or section.seeds != 1 else {})}
-            config = _member_config(resolved, setting, seed if "seed" in values else None, base_data_seed,
-                                    len(members), lines, given, places)
+            config = _member_config(
+                resolved,
+                setting,
+                seed if "seed" in values else None,
+                base_data_seed,
+                len(members),
+                lines,
+                given,
+                places,
+            )
             signature = config.model_dump_json(exclude={"name"})
             if signature in seen:
-                raise ConfigError(f"{resolved.origin}: sweep: members {seen[signature]} and {len(members)} have the "
-                                  f"same config ({Member(0, 0, values, None).label or 'the base config'}); each "
-                                  "member must differ")
+                raise ConfigError(
+                    f"{resolved.origin}: sweep: members {seen[signature]} and {len(members)} have the "
+                    f"same config ({Member(0, 0, values, None).label or 'the base config'}); each "
+                    "member must differ"
+                )
             seen[signature] = len(members)
             values = {key: functools.reduce(getattr, key.split("."), config) for key in values}  # as validated
             members.append(Member(len(members), s, values, config))
     return members
 
 
-def _member_config(resolved: ResolvedConfig, setting: dict, seed: Optional[int], data_seed: int, index: int,
-                   lines: dict, given: dict, places: dict):
+def _member_config(
+    resolved: ResolvedConfig,
+    setting: dict,
+    seed: int | None,
+    data_seed: int,
+    index: int,
+    lines: dict,
+    given: dict,
+    places: dict,
+):
     tree = copy.deepcopy(resolved.tree)
     where = {}
     for key, value in setting.items():
@@ -364,9 +446,8 @@ def _problems(origin: str, problems: list, lines: dict, given: dict) -> ConfigEr
     located = []
     for loc, message in problems:
         loc = tuple(str(part) for part in loc)
-        flag = next((flag for key, flag in given.items() if loc[:len(key)] == key), None)
-        line = next((lines[("sweep", *loc[:n])] for n in range(len(loc), 0, -1) if ("sweep", *loc[:n]) in lines),
-                    None)
+        flag = next((flag for key, flag in given.items() if loc[: len(key)] == key), None)
+        line = next((lines[("sweep", *loc[:n])] for n in range(len(loc), 0, -1) if ("sweep", *loc[:n]) in lines), None)
         where = f"{flag}: " if flag else f"line {line}: " if line is not None else ""
         located.append((line or 0, f"  {where}sweep.{'.'.join(loc)}: {message}"))
     located.sort()
@@ -403,14 +484,24 @@ def rank(members: list[dict], metric: str) -> list[dict]:
         settings.setdefault(member["setting"], []).append(member)
     rows = []
     for setting, group in settings.items():
-        values = [m["final"][metric] for m in group
-                  if m["status"] == "completed" and m.get("final") and m["final"].get(metric) is not None]
+        values = [
+            m["final"][metric]
+            for m in group
+            if m["status"] == "completed" and m.get("final") and m["final"].get(metric) is not None
+        ]
         failed = sum(m["status"] == "failed" for m in group)
-        rows.append({"setting": setting, "values": {k: v for k, v in group[0]["values"].items() if k != "seed"},
-                     "members": [m["index"] for m in group], "completed": len(values), "failed": failed,
-                     "pending": sum(m["status"] not in ("completed", "failed") for m in group),
-                     "mean": float(np.mean(values)) if values else None,
-                     "std": float(np.std(values, ddof=1)) if len(values) > 1 else None})
+        rows.append(
+            {
+                "setting": setting,
+                "values": {k: v for k, v in group[0]["values"].items() if k != "seed"},
+                "members": [m["index"] for m in group],
+                "completed": len(values),
+                "failed": failed,
+                "pending": sum(m["status"] not in ("completed", "failed") for m in group),
+                "mean": float(np.mean(values)) if values else None,
+                "std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
+            }
+        )
     sign = 1 if metric == "val_loss" else -1
     rows.sort(key=lambda r: (r["failed"] > 0, r["mean"] is None, sign * (r["mean"] or 0.0), r["setting"]))
     for i, row in enumerate(rows):

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 INIT_TIMEOUT_S = 300  # the defaults of --init-timeout and --heartbeat-timeout
 HEARTBEAT_TIMEOUT_S = 60
@@ -38,8 +38,12 @@ def run(argv: list[str]) -> int:
     """Run ``gradfit *argv`` in a child process and return the exit code to end with."""
     with tempfile.TemporaryDirectory(prefix="gradfit-") as folder:
         told = Path(folder) / "run.json"
-        child = subprocess.Popen([sys.executable, "-m", "gradfit", *argv], stderr=subprocess.PIPE,
-                                 env={**os.environ, WORKER: str(told)}, preexec_fn=_die_with_parent)
+        child = subprocess.Popen(
+            [sys.executable, "-m", "gradfit", *argv],
+            stderr=subprocess.PIPE,
+            env={**os.environ, WORKER: str(told)},
+            preexec_fn=_die_with_parent,
+        )
         signals: list[int] = []
 
         def forward(signum, frame):  # a second signal stops the child at once, even inside a collective
@@ -54,9 +58,13 @@ def run(argv: list[str]) -> int:
             return code
         run = {**json.loads(told.read_text()), "started": told.stat().st_mtime} if told.exists() else {}
     if any(b"/RegisterTask" in line for line in held):  # JAX gave up reaching the coordinator
-        print(f"error: could not join the processes at {_flag(argv, '--coordinator', 'JAX_COORDINATOR_ADDRESS')} "
-              f"within {_flag(argv, '--init-timeout', None) or INIT_TIMEOUT_S} s; check that process 0 runs and that the "
-              "address and port are reachable from here", file=sys.stderr)
+        coordinator = _flag(argv, "--coordinator", "JAX_COORDINATOR_ADDRESS")
+        timeout = _flag(argv, "--init-timeout", None) or INIT_TIMEOUT_S
+        print(
+            f"error: could not join the processes at {coordinator} within {timeout} s; check that process 0 runs "
+            "and that the address and port are reachable from here",
+            file=sys.stderr,
+        )
         return 2
     lost = _lost_processes(held)
     who = f"process {', '.join(lost)}" if lost else "another process of the group"
@@ -72,8 +80,10 @@ def run(argv: list[str]) -> int:
         message += f"; {run_dir}/summary.json says failed"
         if _mark_failed(Path(run_dir), reason, run["started"]):
             command = shlex.join(["gradfit", "train", "--resume", run_dir, *_distributed_flags(argv)])
-            message += (f". Resume from the newest checkpoint with every process, the same number of them: "
-                        f"{command} (on each, with its --process-id)")
+            message += (
+                f". Resume from the newest checkpoint with every process, the same number of them: "
+                f"{command} (on each, with its --process-id)"
+            )
         else:
             message += ". No checkpoint was written before it: start the run again"
     print(message, file=sys.stderr)
@@ -126,7 +136,7 @@ def _lost_processes(held: list[bytes]) -> list[str]:
     return sorted({n for n in re.findall(r"\d+", match.group(1))}, key=int)
 
 
-def _flag(argv: list[str], name: str, variable: Optional[str]) -> Optional[str]:
+def _flag(argv: list[str], name: str, variable: str | None) -> str | None:
     """The value of ``--name VALUE`` or ``--name=VALUE`` in ``argv``, else of the environment ``variable``."""
     for i, arg in enumerate(argv):
         if arg.startswith(name + "="):
@@ -149,16 +159,21 @@ def _distributed_flags(argv: list[str]) -> list[str]:
 def _mark_failed(run_dir: Path, reason: str, started: float) -> bool:
     """summary.json says failed, unless this session got as far as writing its own summary; True when there is a
     checkpoint to resume from."""
-    from gradfit.runs import checkpoints
-    from gradfit.runs import rundir
+    from gradfit.runs import checkpoints, rundir
 
     newest = checkpoints.latest(run_dir)
     run = rundir.RunDir(run_dir)
     if run.summary_file.exists() and run.summary_file.stat().st_mtime >= started:
         return newest is not None
-    run.write_summary(rundir.Summary(run_dir=str(run_dir), status="failed", stop_reason=reason,
-                                   steps=None if newest is None else checkpoints.step_of(newest),
-                                   checkpoint=None if newest is None else str(newest)))
+    run.write_summary(
+        rundir.Summary(
+            run_dir=str(run_dir),
+            status="failed",
+            stop_reason=reason,
+            steps=None if newest is None else checkpoints.step_of(newest),
+            checkpoint=None if newest is None else str(newest),
+        )
+    )
     return newest is not None
 
 
@@ -167,14 +182,13 @@ def tell(info: dict) -> None:
     where = os.environ.get(WORKER)
     if where:
         process = info["process"]
-        Path(where).write_text(json.dumps({"run_dir": info["run_dir"] if process == 0 else None,
-                                           "process": process}))
+        Path(where).write_text(json.dumps({"run_dir": info["run_dir"] if process == 0 else None, "process": process}))
 
 
 class Telling:
     """Progress callbacks that first tell the watching parent where the run is (see ``tell``)."""
 
-    def __init__(self, callbacks: Optional[Any]):
+    def __init__(self, callbacks: Any | None):
         self._callbacks = callbacks
 
     def on_start(self, info: dict) -> None:

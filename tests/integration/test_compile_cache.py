@@ -16,7 +16,7 @@ from rich.console import Console
 
 from conftest import CONFIGS, ROOT
 from gradfit.runtime import compile_cache
-from gradfit.cli.render import TrainProgress
+from gradfit.cli.render.progress import TrainProgress
 
 
 def test_the_folder_comes_from_the_environment(tmp_path):

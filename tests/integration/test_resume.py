@@ -24,7 +24,8 @@ from gradfit.runs import rundir
 from gradfit.runs.rundir import Summary
 from gradfit.cli.app import app
 from gradfit.errors import ConfigError, Interrupted, RunDirError, TrainingFailed
-from gradfit.training.loop import Callbacks, EarlyStopping, fit
+from gradfit.training.loop import Callbacks, fit
+from gradfit.training.stopping import EarlyStopping
 from gradfit.training.resume import resume
 
 # chunks of one log window, so Ctrl-C (InterruptAt) stops a run exactly where a test sends it; that the

@@ -21,7 +21,9 @@ from gradfit.training.loop import fit
 import optax
 
 from gradfit.data.shuffle import permuted
-from gradfit.training.programs import Plan, TrainState, make_train_step, prepare
+from gradfit.training.plan import Plan
+from gradfit.training.prepare import prepare
+from gradfit.training.programs import TrainState, make_train_step
 
 TINY_MLP = ("name=tiny", "data.source=digits", "model.kind=mlp", "model.hidden=[16]", "train.epochs=3",
             "train.batch_size=100", "train.log_every=4", "optimizer.learning_rate=0.01")
@@ -307,7 +309,7 @@ def test_objective_helper_matches_model_loss():
     (341, 0, None, False, 5, 100),  # nothing to evaluate but the end
 ])
 def test_auto_evaluation_schedule_keeps_evaluations_at_5_percent(n_train, n_val, batch, tol, log_every, expected):
-    from gradfit.training.programs import auto_eval_every
+    from gradfit.training.plan import auto_eval_every
 
     every = auto_eval_every(n_train, n_val, batch, tol, log_every, total_steps=100)
     assert every == expected and every % log_every == 0

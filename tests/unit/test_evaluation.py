@@ -9,7 +9,7 @@ import pytest
 
 from gradfit.core.losses import make_objective
 from gradfit.core.models import mlp
-from gradfit.training.programs import PROBE_ROWS, eval_parts, make_evaluate
+from gradfit.training.evaluate import PROBE_ROWS, eval_parts, make_evaluate
 
 L2 = 0.01  # the L2 penalty of the blocked and direct computations
 
