@@ -14,21 +14,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import typer
+from conftest import InterruptAt
+from logfiles import read_csv, read_events
 from typer.testing import CliRunner
 
 import gradfit
-from conftest import InterruptAt
 from gradfit import api, files
-from gradfit.runs import catalog
-from gradfit.runs import checkpoints
-from gradfit.data import dataset
-from gradfit.training import loop
 from gradfit.cli.app import app
 from gradfit.config.load import resolve_config
-from gradfit.errors import ConfigError, DataError, Interrupted, RunDirError, TrainingFailed
-from gradfit.runs.rundir import RECORD_KEYS, RunDir, Summary
 from gradfit.config.schema import describe_keys
-from test_loggers import read_csv, read_events
+from gradfit.data import dataset
+from gradfit.errors import ConfigError, DataError, Interrupted, RunDirError, TrainingFailed
+from gradfit.runs import catalog, checkpoints
+from gradfit.runs.rundir import RECORD_KEYS, RunDir, Summary
+from gradfit.training import loop
 
 LOGISTIC = {"name": "lr", "optimizer": {"name": "momentum", "learning_rate": 0.05}, "runtime": {"precision": "float64"},
             "train": {"batch_size": 50, "epochs": 3, "log_every": 3, "checkpoint_every": 6, "eval_every": 6,
@@ -133,10 +132,12 @@ def test_runs_sorts_best_first_and_reads_only_summaries(made, monkeypatch):
 
 
 def test_the_cli_offers_every_sort_key_and_status_the_catalog_has():
-    from gradfit.cli import app as cli
+    from typing import get_args
 
-    assert tuple(key.value for key in cli.RunSort) == catalog.SORT_KEYS
-    assert tuple(status.value for status in cli.RunStatus) == catalog.STATUSES
+    from gradfit.cli import options as cli
+
+    assert get_args(cli.RunSort) == catalog.SORT_KEYS
+    assert get_args(cli.RunStatus) == catalog.STATUSES
 
 
 def test_runs_lists_a_single_run_and_refuses_a_missing_folder(made, tmp_path):
@@ -322,7 +323,7 @@ def test_help_shows_no_type_after_flags_and_offers_completion():
 def test_a_table_title_never_breaks_a_path_mid_word(made, tmp_path):
     from rich.console import Console
 
-    from gradfit.cli import render
+    from gradfit.cli.render import trained as render
 
     x, y = breast_cancer()
     source = str(tmp_path / "a-folder-with-a-rather-long-name" / "and-a-data-file-named-at-length.csv")
