@@ -23,7 +23,6 @@ import math
 import os
 import shutil
 import stat
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -35,7 +34,8 @@ from gradfit import files
 from gradfit.abort import removed_on_abort
 from gradfit.config.load import GradfitConfig, resolve_config
 from gradfit.errors import RunDirError
-from gradfit.files import write_atomic  # noqa: F401  (a run's files are written this way)
+from gradfit.files import write_atomic
+from gradfit.runs import lock
 from gradfit.runs.loggers import CSV_NAME, EVENTS_GLOB, MetricLoggers
 from gradfit.version import __version__
 
@@ -136,59 +136,6 @@ def own_files(run_dir: Path) -> list[Path]:
     return [run_dir / name for name in RUN_FILES] + sorted(
         path for pattern in RUN_FILE_PATTERNS for path in run_dir.glob(pattern)
     )
-
-
-@contextlib.contextmanager
-def locked(run_dir: Path):
-    """Hold an exclusive lock on the run directory, so two processes never write the same run.
-
-    An OS file lock, released by the kernel when the process dies, so a killed run never leaves it stale.
-    """
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks; rely on the user
-        yield
-        return
-    with files.open_append(Path(run_dir) / LOCK, RunDirError) as handle:
-        for attempt in range(LOCK_ATTEMPTS):  # gradfit runs holds a shared lock for an instant: wait that out
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError:
-                if attempt == LOCK_ATTEMPTS - 1:
-                    raise RunDirError(
-                        f"{run_dir}: another gradfit process is writing this run; wait for it to finish or stop it"
-                    ) from None
-                time.sleep(0.01)
-        yield
-
-
-LOCK, LOCK_ATTEMPTS = ".lock", 20
-
-
-def held_by_another(run_dir: Path) -> bool:
-    """True while a gradfit process holds the run's lock (it is training the run now).
-
-    Probes with a shared lock held for an instant (``locked`` retries past it); a lock file that is not a regular
-    file (a FIFO would block an open) counts as not held.
-    """
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks
-        return False
-    try:
-        handle = os.open(Path(run_dir) / LOCK, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
-    except OSError:
-        return False
-    try:
-        if not stat.S_ISREG(os.fstat(handle).st_mode):
-            return False
-        fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
-    except OSError:
-        return True
-    finally:
-        os.close(handle)
 
 
 def to_jsonable(value: Any) -> Any:
@@ -423,10 +370,10 @@ class RunDir:
         return self.path / "preprocessing.json"
 
     def locked(self):
-        return locked(self.path)
+        return lock.locked(self.path)
 
     def held_by_another(self) -> bool:
-        return held_by_another(self.path)
+        return lock.held_by_another(self.path)
 
     def is_run(self) -> bool:
         """True when the folder holds a run's config and metrics as regular files (``open`` says what is wrong

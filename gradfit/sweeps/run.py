@@ -31,7 +31,7 @@ from gradfit import files
 from gradfit.config.load import resolve_config, to_yaml
 from gradfit.core import precision
 from gradfit.errors import ConfigError, GradfitError, Interrupted, RunDirError, TrainingFailed
-from gradfit.runs import checkpoints, rundir
+from gradfit.runs import checkpoints, lock, rundir
 from gradfit.runtime import resources
 from gradfit.sweeps import plan as sweeps
 from gradfit.sweeps.group import Group
@@ -73,7 +73,7 @@ def start(resolved, plan: sweeps.Sweep, out_dir: str | Path = "runs", callbacks:
     base = resolved.config
     with rundir.fresh(out_dir, f"{base.name}-sweep") as sweep_dir:
         section = plan.section.model_dump(mode="json")
-        rundir.write_atomic(
+        files.write_atomic(
             sweep_dir / PLAN_FILE,
             to_yaml(base, _PLAN_HEADER) + yaml.safe_dump({"sweep": section}, sort_keys=False, default_flow_style=None),
         )
@@ -150,7 +150,7 @@ class _Driver:
         groups: dict = {}
         for member in self.plan.members:
             groups.setdefault(sweeps.program_key(member.config), []).append(member)
-        with rundir.locked(self.sweep_dir), StopRequests() as stop:
+        with lock.locked(self.sweep_dir), StopRequests() as stop:
             try:
                 for index, members in enumerate(groups.values()):
                     if all(self.entry(m)["status"] in DONE for m in members) or stop.signal_name:

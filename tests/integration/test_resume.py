@@ -16,17 +16,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import InterruptAt, make_config
 from typer.testing import CliRunner
 
-from conftest import InterruptAt, make_config
-from gradfit.runs import checkpoints
-from gradfit.runs import rundir
-from gradfit.runs.rundir import Summary
 from gradfit.cli.app import app
 from gradfit.errors import ConfigError, Interrupted, RunDirError, TrainingFailed
+from gradfit.runs import checkpoints, lock, rundir
+from gradfit.runs.rundir import Summary
 from gradfit.training.loop import Callbacks, fit
-from gradfit.training.stopping import EarlyStopping
 from gradfit.training.resume import resume
+from gradfit.training.stopping import EarlyStopping
 
 # chunks of one log window, so Ctrl-C (InterruptAt) stops a run exactly where a test sends it; that the
 # grouping of log windows into chunks changes no result is tested in test_train.py
@@ -221,7 +220,7 @@ def test_a_state_that_computes_differently_is_detected_by_the_probe(tmp_path, mo
 def test_a_run_in_use_is_not_resumed_by_a_second_process(tmp_path):
     config = make_config("train.steps=10", "train.log_every=2")
     run_dir, _ = interrupt(config, tmp_path, 4)
-    with rundir.locked(run_dir):
+    with lock.locked(run_dir):
         with pytest.raises(RunDirError, match="another gradfit process"):
             resume(run_dir, config)
 
@@ -333,9 +332,9 @@ def _assert_params_reproduce(summary: Summary, record: dict) -> None:
     """params.npz gives the logged validation loss of its step (float64, so to ~1e-12)."""
     import jax
 
-    from gradfit.data.dataset import load_dataset, split_arrays
     from gradfit.core.losses import data_loss
     from gradfit.core.models import build_model, params_from_named
+    from gradfit.data.dataset import load_dataset, split_arrays
 
     config = make_config(path=Path(summary.run_dir, "config.yaml"))
     data = load_dataset(config)
