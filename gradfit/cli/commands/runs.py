@@ -1,0 +1,130 @@
+"""``gradfit runs``, ``gradfit compare`` and ``gradfit plot``: look at the runs in a folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+
+from gradfit.cli.options import JSON_HELP, JsonOutput, RunSort, RunStatus, stderr
+from gradfit.errors import GradfitError
+
+
+def list_runs(
+    folder: Path = typer.Argument(
+        Path("runs"),
+        help="A folder of run directories (also lists the members of the sweeps in it), or one run directory.",
+    ),
+    sort: RunSort = typer.Option(
+        "started",
+        "--sort",
+        metavar="COLUMN",
+        help="Order by started (newest first), run, status, steps, best_val_loss, "
+        "best_val_accuracy, val_loss, val_accuracy, test_accuracy or wall_time_s (best "
+        "first for metrics).",
+    ),
+    status: RunStatus | None = typer.Option(
+        None,
+        "--status",
+        metavar="STATUS",
+        help="Only runs with this status: completed, failed, interrupted, running, unfinished or damaged.",
+    ),
+    json_flag: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """List runs: status, model, dataset, steps, best and final validation metrics, test accuracy, wall time.
+
+    Reads only each run's summary.json, so it stays fast on a folder of thousands of runs. Status is what the summary says, [bold]running[/] while a gradfit process holds the run, [bold]unfinished[/] for a run killed before writing one (resume it), [bold]damaged[/] for an unreadable summary.
+
+    [bold]Examples[/]
+
+      gradfit runs
+      gradfit runs runs/ --sort best_val_loss --status completed
+      gradfit runs --json | jq '.[0].run'
+    """  # noqa: E501 (a paragraph of --help is one line: Rich wraps it to the terminal)
+    from gradfit.cli.render import runs as rendering
+    from gradfit.cli.render.common import stdout_console
+    from gradfit.runs import catalog
+
+    rows = [entry.row() for entry in catalog.find_runs(folder)]
+    if status is not None:
+        rows = [row for row in rows if row["status"] == status]
+    rows = catalog.sort_rows(rows, sort)
+    if json_flag:
+        JsonOutput(True, None).emit(rows)
+        return
+    console = stdout_console()
+    console.print(rendering.runs_table(rows, str(folder)))
+    for line in rendering.damaged_runs(rows):
+        console.print(line, highlight=False, soft_wrap=True)
+
+
+def compare(
+    run_dirs: list[Path] = typer.Argument(..., help="Two or more run directories.", metavar="RUN RUN..."),
+    json_flag: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Compare runs: the config keys on which they differ ([bold]key: a -> b[/]) and their metrics side by side.
+
+    [bold]Examples[/]
+
+      gradfit compare runs/mlp-20261126-101500 runs/mlp-20261126-103000
+      gradfit compare runs/mlp-sweep-20261126-110000/members/* --json
+    """
+    from gradfit.cli.render.common import stdout_console
+    from gradfit.cli.render.runs import comparison_tables
+    from gradfit.runs import catalog
+
+    comparison = catalog.compare(run_dirs)
+    if json_flag:
+        JsonOutput(True, None).emit(comparison.to_json())
+        return
+    console = stdout_console()
+    for table in comparison_tables(comparison):
+        console.print(table)
+
+
+def plot(
+    run_dirs: list[Path] = typer.Argument(
+        ..., help="Run directories whose curves to draw, overlaid.", metavar="RUN..."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="The image to write: .png, .svg or .pdf."),
+    metric: str = typer.Option(
+        "batch_objective,val_loss,val_accuracy",
+        "--metric",
+        "-m",
+        help="Comma-separated metrics of metrics.jsonl, one panel each: batch_objective "
+        "(every log point), objective, train_loss and grad_norm (whole training split, "
+        "at evaluations), val_loss, val_accuracy, learning_rate.",
+    ),
+    log_y: bool = typer.Option(False, "--log-y", help="Logarithmic y axes (accuracies stay linear)."),
+    size: str = typer.Option("1200x400", "--size", metavar="WxH", help="Image size in pixels."),
+    force: bool = typer.Option(False, "--force", help="Replace --out if the file exists."),
+) -> None:
+    """Draw training curves from metrics.jsonl: one panel per metric, one line per run (needs matplotlib).
+
+    [bold]Examples[/]
+
+      gradfit plot runs/mlp-20261126-101500 --out curves.png
+      gradfit plot runs/mlp-* --metric val_loss,val_accuracy --log-y --out curves.svg
+      pip install 'gradfit\\[plot]'   # matplotlib, if it is missing
+    """
+    from gradfit.files import check_output
+    from gradfit.runs import catalog
+    from gradfit.runs import plot as plotting
+    from gradfit.runs.rundir import RunDir
+
+    width, _, height = size.lower().partition("x")
+    if not (width.isdigit() and height.isdigit()):
+        raise GradfitError(f"--size {size!r}: expected WIDTHxHEIGHT in pixels, e.g. 1200x400")
+    metrics = [name.strip() for name in metric.split(",") if name.strip()]
+    folders = [RunDir.open(path) for path in run_dirs]
+    out = check_output(out, "--out", force, [path for run in folders for path in run.own_files()], stdout=False)
+    labels = catalog.labels([run.path for run in folders])
+    plotting.plot_curves(
+        [(label, run.metrics()) for label, run in zip(labels, folders)],
+        metrics,
+        out,
+        log_y=log_y,
+        size=(int(width), int(height)),
+    )
+    stderr.print(f"wrote {escape(str(out))}", highlight=False, soft_wrap=True)

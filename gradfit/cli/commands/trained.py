@@ -1,0 +1,155 @@
+"""``gradfit eval``, ``gradfit predict`` and ``gradfit inference``: use a trained model's run directory."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+
+from gradfit.cli.options import (
+    FORCE_HELP,
+    JSON_HELP,
+    JSON_OUT_HELP,
+    RUN_DIR_HELP,
+    JsonOutput,
+    Scale,
+    Split,
+    stderr,
+    use_compile_cache,
+)
+
+BATCH_HELP = "Rows per batch: files are read and predicted this many rows at a time, never loaded whole."
+
+
+def evaluate(
+    run_dir: Path = typer.Argument(..., help=RUN_DIR_HELP),
+    data: Path | None = typer.Option(
+        None, "--data", help="A labelled CSV or .npz to evaluate on, instead of a split of the run's own data."
+    ),
+    split: Split = typer.Option("test", help="Which split of the run's data, without --data."),
+    target: str | None = typer.Option(None, help="Label column of a --data CSV [default: the run's data.target]."),
+    batch_rows: int = typer.Option(65_536, "--batch-rows", min=1, help=BATCH_HELP),
+    json_flag: bool = typer.Option(False, "--json", help=JSON_HELP),
+    json_file: Path | None = typer.Option(None, "--json-out", metavar="FILE", help=JSON_OUT_HELP),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+) -> None:
+    """Evaluate a trained model: log loss, accuracy, precision/recall/F1 per class and macro, ROC AUC, confusion matrix.
+
+    New data get the run's saved standardization and label mapping; their feature columns must be the run's (matched by name, in any order).
+
+    [bold]Examples[/]
+
+      gradfit eval runs/logreg-20261126-101500
+      gradfit eval runs/logreg-20261126-101500 --data new.csv --json-out metrics.json
+      gradfit eval runs/mlp-20261126-101500 --json | jq .accuracy
+      gradfit eval runs/mlp-20261126-101500 --split val
+    """  # noqa: E501 (a paragraph of --help is one line: Rich wraps it to the terminal)
+    from gradfit.runs.rundir import own_files
+
+    output = JsonOutput.checked(json_flag, json_file, force, [*own_files(run_dir), *([data] if data else [])])
+    use_compile_cache()
+    from gradfit import api
+    from gradfit.cli.render.trained import eval_tables
+    from gradfit.core import metrics
+    from gradfit.trained import run as trained
+
+    run = api.load_run(run_dir)
+    y, log_probs, source = trained.evaluate(run, data, split, target or run.config.data.target, batch_rows)
+    result = metrics.classification_metrics(y, log_probs, run.classes)
+    console = output.console()
+    for table in eval_tables(result, source):
+        console.print(table)
+    output.emit({"run_dir": str(run_dir), "data": source, **result})
+
+
+def predict(
+    run_dir: Path = typer.Argument(..., help=RUN_DIR_HELP),
+    data: Path = typer.Argument(
+        ..., help="CSV (with a header) or .npz (array X) of features; a label column, if present, is ignored."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Write the predictions CSV here ([bold]-[/]: stdout, the default)."
+    ),
+    proba: bool = typer.Option(False, "--proba", help="Add one probability column per class, p_<label>."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+    target: str | None = typer.Option(None, help="Name of a label column to ignore [default: the run's data.target]."),
+    batch_rows: int = typer.Option(65_536, "--batch-rows", min=1, help=BATCH_HELP),
+) -> None:
+    """Predict labels (and probabilities) for new rows, in the original label values.
+
+    Output columns: [bold]line[/] (of the input CSV; [bold]row[/] for .npz), [bold]prediction[/], and with --proba one [bold]p_<label>[/] per class. The file is written to a temporary name and renamed when complete, so a failure never leaves a partial or overwritten file.
+
+    [bold]Examples[/]
+
+      gradfit predict runs/mlp-20261126-101500 unlabeled.csv --out predictions.csv --proba
+      gradfit predict runs/logreg-20261126-101500 new.npz | head
+    """  # noqa: E501 (a paragraph of --help is one line: Rich wraps it to the terminal)
+    from gradfit import api
+    from gradfit.files import STDOUT, check_output, write_atomic_stream
+    from gradfit.runs.rundir import own_files
+    from gradfit.trained import run as trained
+
+    if out is not None:
+        out = None if str(out) == STDOUT else check_output(out, "--out", force, [*own_files(run_dir), data])
+    use_compile_cache()
+    run = api.load_run(run_dir)
+    label_column = target or run.config.data.target
+    if out is None:
+        trained.write_predictions(run, data, sys.stdout, proba, label_column, batch_rows)
+        return
+    with write_atomic_stream(out) as handle:
+        rows = trained.write_predictions(run, data, handle, proba, label_column, batch_rows)
+    stderr.print(f"wrote {rows:,} predictions to {escape(str(out))}", highlight=False)
+
+
+def inference(
+    run_dir: Path = typer.Argument(..., help=RUN_DIR_HELP),
+    scale: Scale = typer.Option(
+        "original",
+        help="Coefficients per unit of the raw features (original), or per standard deviation (standardized).",
+    ),
+    level: float = typer.Option(0.95, min=0.5, max=0.9999, help="Confidence level of the intervals."),
+    json_flag: bool = typer.Option(False, "--json", help=JSON_HELP),
+    json_file: Path | None = typer.Option(None, "--json-out", metavar="FILE", help=JSON_OUT_HELP),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+) -> None:
+    """Coefficient table of a logistic regression: estimates, standard errors, z, p-values, confidence intervals.
+
+    Standard errors come from the inverse Hessian (jax.hessian, float64) of the total negative log-likelihood on the training split, at the run's parameters; with model.l2 > 0 the penalized Hessian is used, and the output says so. Separation (checked on the data with a linear program), constant features, a singular or ill-conditioned Hessian and an unconverged fit are detected and explained instead of printing huge or NaN numbers. Exit code 1 when any problem is reported (the numbers are then withheld or not to be trusted).
+
+    [bold]Examples[/]
+
+      gradfit inference runs/logreg-20261126-101500
+      gradfit inference runs/logreg-20261126-101500 --scale standardized --json-out coefficients.json
+    """  # noqa: E501 (a paragraph of --help is one line: Rich wraps it to the terminal)
+    from gradfit.runs.rundir import own_files
+
+    output = JsonOutput.checked(json_flag, json_file, force, own_files(run_dir))
+    use_compile_cache()
+    from gradfit import api
+    from gradfit.cli.render.trained import inference_tables
+
+    run = api.load_run(run_dir)
+    result = run.inference(scale, level)
+    console = output.console()
+    negative, positive = run.classes
+    for table in inference_tables(result, positive, negative):
+        console.print(table)
+    for problem in result.problems:
+        console.print(f"[bold red]problem:[/] {escape(problem)}", soft_wrap=True, highlight=False)
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True, highlight=False)
+    output.emit(
+        {
+            "run_dir": str(run_dir),
+            "positive_class": positive,
+            "negative_class": negative,
+            "converged": result.converged,
+            **dataclasses.asdict(result),
+        }
+    )
+    if result.problems:
+        raise typer.Exit(1)

@@ -1,0 +1,47 @@
+"""What every table shares: the stdout console, titled tables, number formatting, and how YAML spells a value."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+
+def stdout_console() -> Console:
+    """A console for stdout; wide when it is not a terminal, so logs and redirected tables are not wrapped."""
+    console = Console()
+    return console if console.is_terminal else Console(width=160)
+
+
+def titled_table(title: str, **options) -> Table:
+    """A table at least as wide as its title, so the title wraps only at spaces and only when the console is
+    narrower: a narrow table would otherwise fold a path in its title every few characters."""
+    return Table(title=title, min_width=len(Text.from_markup(title).plain), **{"title_justify": "left", **options})
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    """Compact number formatting for tables and log lines; '-' for missing values."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def yaml_value(value: Any) -> str:
+    """A config value as YAML spells it (null, true, [128, 64])."""
+    return json.dumps(value) if not isinstance(value, str) else value
+
+
+def member_ranges(indexes: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2, 5'."""
+    parts, start = [], None
+    for i, n in enumerate(indexes):
+        start = n if start is None else start
+        if i + 1 == len(indexes) or indexes[i + 1] != n + 1:
+            parts.append(str(n) if start == n else f"{start}-{n}")
+            start = None
+    return ", ".join(parts)

@@ -1,0 +1,132 @@
+"""Tables of ``gradfit train``, ``gradfit sweep`` and ``gradfit config show``: the training summary, the sweep's
+ranking and the resolved config."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from rich.markup import escape
+from rich.table import Table
+
+from gradfit.cli.render.common import fmt, member_ranges, titled_table, yaml_value
+from gradfit.config.load import ResolvedConfig, describe_keys, unused_keys
+
+if TYPE_CHECKING:
+    from gradfit.runs.rundir import Summary
+
+
+def summary_table(summary: Summary) -> Table:
+    """summary.json as a table, its rows named by its keys."""
+    final = summary.final
+    table = titled_table("Training summary", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    steps_per_s = summary.steps_per_s
+    rows = [
+        ("status", summary.status),
+        ("stop_reason", summary.stop_reason),
+        ("steps / epochs", f"{summary.steps:,} / {summary.epochs:.4g}"),
+        ("objective", fmt(summary.objective, 6)),
+        ("grad_norm", fmt(summary.grad_norm, 3)),
+        ("train_loss", fmt(final["train_loss"])),
+        ("val_loss / val_accuracy", f"{fmt(final['val_loss'])} / {_accuracy(final['val_accuracy'])}"),
+        ("test_loss / test_accuracy", f"{fmt(final['test_loss'])} / {_accuracy(final['test_accuracy'])}"),
+        ("params.npz", _saved_params(summary)),
+        (
+            "trace / compile time",
+            f"{summary.trace_time_s:.2f} s / {summary.compile_time_s:.2f} s (compile cache: {summary.compile_cache})",
+        ),
+        (
+            "train / eval time",
+            f"{summary.train_time_s:.2f} s / {summary.eval_time_s:.2f} s "
+            f"({summary.evaluations} evaluations, every {summary.eval_every:,} steps)",
+        ),
+        ("steps_per_s", f"{fmt(steps_per_s, 4)} (training steps and log points; evaluations excluded)"),
+        ("wall_time", f"{summary.wall_time_s:.2f} s"),
+        ("device", summary.device),
+        ("run directory", summary.run_dir or "written by process 0"),
+        ("last checkpoint", summary.checkpoint or "-"),
+    ]
+    for key, value in rows:
+        table.add_row(key, escape(str(value)))
+    return table
+
+
+def _accuracy(value: float | None) -> str:
+    return "-" if value is None else f"{value:.10g}"
+
+
+def _saved_params(summary: Summary) -> str:
+    if summary.params_step is None:
+        return "not written (the parameters diverged)"
+    stopper = summary.early_stopping
+    best = f", the best {stopper['monitor']}" if stopper else ""
+    return f"parameters of step {summary.params_step:,}{best}"
+
+
+def sweep_ranking(state: dict) -> Table:
+    """sweep.json's ranking: one row per setting, mean +- std of the metric over its seeds, the best marked."""
+    metric = state["metric"]
+    table = titled_table(
+        f"Sweep: settings ranked by {metric} ({'lower' if metric == 'val_loss' else 'higher'} is "
+        "better), mean +- std over seeds",
+        title_justify="left",
+    )
+    swept = [key for key in state["swept"] if key != "seed"]
+    table.add_column("rank", justify="right")
+    for key in swept:
+        table.add_column(key.rsplit(".", 1)[-1], justify="right")
+    table.add_column(metric, justify="right")
+    table.add_column("seeds", justify="right")
+    table.add_column("members", justify="left")
+    for row in state["ranking"]:
+        value = (
+            "-"
+            if row["mean"] is None
+            else fmt(row["mean"]) + ("" if row["std"] is None else f" +- {fmt(row['std'], 2)}")
+        )
+        seeds = (
+            f"{row['completed']}/{len(row['members'])}"
+            + (f", [red]{row['failed']} diverged or failed[/]" if row["failed"] else "")
+            + (f", {row['pending']} unfinished" if row["pending"] else "")
+        )
+        mark = "[bold green]best[/] " if row["best"] else ""
+        table.add_row(
+            f"{mark}{row['rank']}",
+            *(fmt(row["values"].get(key)) for key in swept),
+            value,
+            seeds,
+            member_ranges(row["members"]),
+        )
+    table.caption = (
+        f"{len(state['members'])} members in {len(state['groups'])} compiled group(s); sub-runs in "
+        f"{state['sweep_dir']}/members; wall time {state.get('wall_time_s', 0):.1f} s"
+    )
+    return table
+
+
+def config_table(resolved: ResolvedConfig) -> tuple[Table, int]:
+    """The resolved config, one row per key that the chosen model/optimizer uses; returns (table, hidden)."""
+    config = resolved.config.model_dump(mode="json")
+    unused = unused_keys(resolved.config)
+    title = f"Resolved config: {resolved.path or 'built-in defaults'}"
+    table = titled_table(title, title_justify="left")
+    for name in ("key", "value", "source", "description"):
+        table.add_column(name, overflow="fold")
+    hidden = 0
+    for info in describe_keys():
+        if any(info.key[:n] in unused for n in range(1, len(info.key) + 1)):
+            hidden += 1
+            continue
+        value: Any = config
+        for part in info.key:
+            value = value[part]
+        source = resolved.source_of(info.key)
+        style = "" if source == "default" else "bold"
+        table.add_row(
+            ".".join(info.key),
+            escape(yaml_value(value)),
+            f"[{style}]{escape(source)}[/]" if style else source,
+            escape(info.description),
+        )
+    return table, hidden
