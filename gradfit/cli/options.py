@@ -1,10 +1,10 @@
 """What the commands share: the values of choice options, help texts of common options, the stderr console,
 where a JSON result goes, the compile cache switch and the files a command must never write.
 
-Typer shows a Literal's values as ``[a|b|c]`` and hands the command the chosen string. Most of these sets belong
-to a library module (the config schema, the run catalog, the bench engine, the trace engine); importing those
-would bring pydantic, numpy or jax into ``gradfit --help``, which stays fast by importing none of them, so the
-sets are repeated here and tests/cli/test_choices.py checks each one against its owner.
+Typer shows a Literal's values as ``[a|b|c]`` and hands the command the chosen string. The config's choices come
+from ``gradfit.config.choices`` (plain typing, which the schema uses too). The sets below belong to modules that
+would bring pydantic, numpy or jax into ``gradfit --help`` (the run catalog, the bench and trace engines), so they
+are spelled here and tests/cli/test_choices.py checks each one against its owner.
 """
 
 from __future__ import annotations
@@ -22,11 +22,7 @@ from rich.markup import escape
 if TYPE_CHECKING:
     from gradfit.config.schema import GradfitConfig
 
-Device = Literal["auto", "cpu", "gpu"]  # the schema's runtime.device
-Precision = Literal["float32", "float64", "bfloat16"]  # the schema's runtime.precision
 CheckPrecision = Literal["float32", "float64"]  # a gradient check, a trace, stored features
-TemplateModel = Literal["logistic", "mlp"]  # the schema's model.kind
-SweepMetric = Literal["val_loss", "val_accuracy"]  # a sweep section's metric
 Study = Literal["helmholtz"]  # gradfit.bench.engine.STUDIES
 TraceMode = Literal["forward", "reverse", "both"]  # gradfit.gradients.trace.MODES
 Split = Literal["test", "val", "train"]

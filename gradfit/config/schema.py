@@ -13,6 +13,20 @@ from typing import Annotated, Any, ClassVar, Literal, TypeGuard, cast, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from gradfit.config.choices import (
+    Activation,
+    Device,
+    Init,
+    Logger,
+    Metric,
+    ModelKind,
+    Optimizer,
+    Precision,
+    Schedule,
+    Shuffle,
+    Source,
+)
+
 KeyPath = tuple  # ("optimizer", "learning_rate"); list indexes are ints
 
 # Upper bounds of counts and sizes: past them a run would fail (or wrap around) on the device, after the run
@@ -96,9 +110,7 @@ class SyntheticConfig(_Section):
 
 
 class DataConfig(_Section):
-    source: Literal["breast_cancer", "digits", "synthetic", "file"] = Field(
-        "breast_cancer", description="built-in dataset, 'synthetic', or 'file' (then set data.path)"
-    )
+    source: Source = Field("breast_cancer", description="built-in dataset, 'synthetic', or 'file' (then set data.path)")
     path: str | None = Field(
         None, description="CSV (with a header) or .npz (arrays X, y) file; relative to the config file"
     )
@@ -154,18 +166,14 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    kind: Literal["logistic", "mlp"] = Field(
+    kind: ModelKind = Field(
         "logistic", description="'logistic' (binary, labels mapped to -1/+1) or 'mlp' (binary or multiclass)"
     )
     hidden: list[Annotated[Size, Field(ge=1)]] = Field(
         [64, 64], min_length=1, description="hidden layer sizes, input to output"
     )
-    activation: Literal["relu", "tanh", "gelu", "sigmoid", "silu"] = Field(
-        "relu", description="hidden-layer activation"
-    )
-    init: Literal["auto", "he", "glorot"] = Field(
-        "auto", description="weight init: auto = He for relu/gelu/silu, Glorot for tanh/sigmoid"
-    )
+    activation: Activation = Field("relu", description="hidden-layer activation")
+    init: Init = Field("auto", description="weight init: auto = He for relu/gelu/silu, Glorot for tanh/sigmoid")
     l2: float = Field(0.0, ge=0, description="L2 penalty (l2/2)*||w||^2 on weights, not biases")
 
     APPLIES_TO = {"hidden": {"mlp"}, "activation": {"mlp"}, "init": {"mlp"}}
@@ -180,9 +188,7 @@ class ModelConfig(_Section):
 
 
 class ScheduleConfig(_Section):
-    name: Literal["constant", "cosine", "exponential", "warmup_cosine"] = Field(
-        "constant", description="learning-rate schedule over the whole run"
-    )
+    name: Schedule = Field("constant", description="learning-rate schedule over the whole run")
     warmup_steps: Steps = Field(0, ge=0, description="linear warm-up steps from 0 to learning_rate")
     final_fraction: float = Field(
         0.01, ge=0, le=1, description="learning rate at the last step, as a fraction of learning_rate"
@@ -206,9 +212,7 @@ _FIRST_ORDER = {"sgd", "momentum", "nesterov"} | _ADAPTIVE
 
 
 class OptimizerConfig(_Section):
-    name: Literal["sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad", "lbfgs"] = Field(
-        "adam", description="optax optimizer; lbfgs is full-batch with a zoom line search"
-    )
+    name: Optimizer = Field("adam", description="optax optimizer; lbfgs is full-batch with a zoom line search")
     learning_rate: float = Field(1e-3, gt=0, description="step size (peak value when a schedule is used)")
     momentum: float = Field(0.9, ge=0, lt=1, description="momentum coefficient")
     b1: float = Field(0.9, ge=0, lt=1, description="Adam first-moment decay")
@@ -238,7 +242,7 @@ class OptimizerConfig(_Section):
 
 
 class EarlyStoppingConfig(_Section):
-    monitor: Literal["val_loss", "val_accuracy"] | None = Field(
+    monitor: Metric | None = Field(
         None, description="validation metric watched at each evaluation (null: early stopping off)"
     )
     patience: int = Field(10, ge=1, description="evaluations in a row without improvement before the run stops")
@@ -285,14 +289,14 @@ class TrainConfig(_Section):
     early_stopping: EarlyStoppingConfig = Field(
         default_factory=EarlyStoppingConfig, description="stop when a validation metric stops improving"
     )
-    loggers: list[Literal["jsonl", "csv", "tensorboard"]] = Field(
+    loggers: list[Logger] = Field(
         ["jsonl"],
         min_length=1,
         description="metric logs to write: jsonl (metrics.jsonl, always written: the source "
         "of truth), csv (metrics.csv) and tensorboard (event files for tensorboard --logdir runs; needs "
         "gradfit[tensorboard])",
     )
-    shuffle: Literal["auto", "full", "blocks"] = Field(
+    shuffle: Shuffle = Field(
         "auto",
         description="minibatch order each epoch: full (a permutation of all rows), blocks (a permutation of "
         "4,096-row blocks, rows shuffled within windows of 16 blocks: reads a disk in long runs), or auto (full in "
@@ -328,13 +332,13 @@ MAX_DEVICES = 65536
 
 
 class RuntimeConfig(_Section):
-    device: Literal["auto", "cpu", "gpu"] = Field("auto", description="auto picks the GPU when JAX sees one")
+    device: Device = Field("auto", description="auto picks the GPU when JAX sees one")
     devices: str | int | list[int] = Field(
         "auto",
         description="devices of that platform to train on: auto (every local one), N (the first N) or a "
         "list of device ids; the minibatch is split across them (data parallel, parameters replicated)",
     )
-    precision: Literal["float32", "float64", "bfloat16"] = Field(
+    precision: Precision = Field(
         "float32",
         description="float32 or float64 for data and params; bfloat16: float32 params with bfloat16 "
         "matrix-product inputs (mixed precision, for accelerators)",

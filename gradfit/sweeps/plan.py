@@ -30,6 +30,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from gradfit.config.choices import Metric
 from gradfit.config.load import ResolvedConfig, describe_keys, parse_override, validate_tree
 from gradfit.errors import ConfigError
 
@@ -111,7 +112,7 @@ class SweepSection(_Strict):
     grid: dict[str, list] = Field(default_factory=dict, description="key -> the values to try (every combination)")
     random: RandomSearch | None = Field(None, description="random search, combined with the grid")
     seeds: int | list[int] = Field(1, description="N (seeds seed, seed+1, ...) or a list of seeds per setting")
-    metric: Literal["val_loss", "val_accuracy"] = Field("val_loss", description="what ranks the settings")
+    metric: Metric = Field("val_loss", description="what ranks the settings")
     parallel: Literal["auto"] | int = Field(
         "auto", description="members trained side by side (auto: as many as the device memory holds)"
     )

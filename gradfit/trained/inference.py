@@ -248,6 +248,8 @@ def run_inference(run, scale: str = "original", level: float = 0.95) -> Inferenc
     Raises:
         GradfitError: the run is not a logistic regression, or its training data changed since.
     """
+    from gradfit.data.dataset import Split
+    from gradfit.data.streamed import StreamedSplit
     from gradfit.trained.run import reload_dataset
 
     if run.config.model.kind != "logistic":
@@ -258,7 +260,11 @@ def run_inference(run, scale: str = "original", level: float = 0.95) -> Inferenc
         )
     train = reload_dataset(run).train
     # the Hessian needs every training row: a streamed split is read whole here
-    x, y = (train.x, train.y) if hasattr(train, "x") else train.take(np.arange(len(train)), np.float64, np.float64)
+    if isinstance(train, StreamedSplit):
+        x, y = train.take(np.arange(len(train)), np.float64, np.float64)
+    else:
+        assert isinstance(train, Split)
+        x, y = train.x, train.y
     scaling = run.preprocessing["standardize"] or {}
     return logistic_inference(
         x,

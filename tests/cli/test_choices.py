@@ -1,7 +1,7 @@
 """The command line's choice options offer exactly the values their owners accept.
 
-gradfit.cli.options spells each set itself (importing the owners would slow ``gradfit --help``); these tests
-keep the two spellings equal.
+The config's sets live in gradfit.config.choices, which the schema types its keys with; gradfit.cli.options spells
+the others itself (importing their owners would slow ``gradfit --help``). These tests keep each pair equal.
 """
 
 from __future__ import annotations
@@ -9,16 +9,17 @@ from __future__ import annotations
 from typing import get_args
 
 from gradfit.cli import options
+from gradfit.config import choices
 from gradfit.config.schema import ModelConfig, RuntimeConfig
 from gradfit.runs import catalog
 from gradfit.sweeps.plan import SweepSection
 
 
 def test_config_choices_are_the_schemas():
-    assert get_args(options.Device) == get_args(RuntimeConfig.model_fields["device"].annotation)
-    assert get_args(options.Precision) == get_args(RuntimeConfig.model_fields["precision"].annotation)
-    assert get_args(options.TemplateModel) == get_args(ModelConfig.model_fields["kind"].annotation)
-    assert get_args(options.SweepMetric) == get_args(SweepSection.model_fields["metric"].annotation)
+    assert get_args(choices.Device) == get_args(RuntimeConfig.model_fields["device"].annotation)
+    assert get_args(choices.Precision) == get_args(RuntimeConfig.model_fields["precision"].annotation)
+    assert get_args(choices.ModelKind) == get_args(ModelConfig.model_fields["kind"].annotation)
+    assert get_args(choices.Metric) == get_args(SweepSection.model_fields["metric"].annotation)
 
 
 def test_run_listing_choices_are_the_catalogs():

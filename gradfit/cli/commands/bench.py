@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from gradfit.cli.options import FORCE_HELP, JSON_HELP, JSON_OUT_HELP, Device, JsonOutput, Study, data_files
+from gradfit.cli.options import FORCE_HELP, JSON_HELP, JSON_OUT_HELP, JsonOutput, Study, data_files
+from gradfit.config.choices import Device
 from gradfit.errors import ConfigError
 
 if TYPE_CHECKING:

@@ -8,7 +8,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from gradfit.cli.options import SET_HELP, TemplateModel, stderr
+from gradfit.cli.options import SET_HELP, stderr
+from gradfit.config.choices import ModelKind
 
 
 def show(
@@ -42,7 +43,7 @@ def show(
 
 def init(
     path: Path = typer.Argument(Path("gradfit.yaml"), help="The config file to write."),
-    model: TemplateModel = typer.Option("logistic", "--model", help="The model the template is for."),
+    model: ModelKind = typer.Option("logistic", "--model", help="The model the template is for."),
     force: bool = typer.Option(False, "--force", help="Replace the file if it exists."),
 ) -> None:
     """Write a commented config: every key, its default and what it means (keys for other choices commented out).

@@ -11,13 +11,11 @@ from gradfit.cli.options import (
     FORCE_HELP,
     JSON_OUT_HELP,
     SET_HELP,
-    Device,
     JsonOutput,
-    Precision,
-    SweepMetric,
     data_files,
     use_compile_cache,
 )
+from gradfit.config.choices import Device, Metric, Precision
 from gradfit.errors import GradfitError, TrainingFailed
 from gradfit.training import supervise
 
@@ -276,7 +274,7 @@ def sweep(
         help="A random-search range: [bold]KEY={log_uniform: [1e-4, 1e-1]}[/], "
         "{uniform: [lo, hi]}, {int_uniform: [lo, hi]} or a list of choices (repeatable).",
     ),
-    metric: SweepMetric | None = typer.Option(None, help="Rank settings by this (default val_loss, or the section's)."),
+    metric: Metric | None = typer.Option(None, help="Rank settings by this (default val_loss, or the section's)."),
     parallel: str | None = typer.Option(
         None,
         "--parallel",
