@@ -33,8 +33,11 @@ def read_events(folder: Path) -> list[tuple[str, int, float]]:
     for path in paths:  # one accumulator a file, purging nothing: a duplicate step must show up here
         accumulator = EventAccumulator(str(path), purge_orphaned_data=False)
         accumulator.Reload()
-        points += [(tag, event.step, event.value) for tag in accumulator.Tags()["scalars"]
-                   for event in accumulator.Scalars(tag)]
+        points += [
+            (tag, event.step, event.value)
+            for tag in accumulator.Tags()["scalars"]
+            for event in accumulator.Scalars(tag)
+        ]
     return points
 
 
@@ -44,11 +47,11 @@ def _read_event_file(path: Path) -> list[tuple[str, int, float]]:
 
     data, offset, points = path.read_bytes(), 0, []
     while offset < len(data):
-        header = data[offset:offset + 8]
+        header = data[offset : offset + 8]
         (length,) = struct.unpack("<Q", header)
-        (header_crc,) = struct.unpack("<I", data[offset + 8:offset + 12])
-        payload = data[offset + 12:offset + 12 + length]
-        (payload_crc,) = struct.unpack("<I", data[offset + 12 + length:offset + 16 + length])
+        (header_crc,) = struct.unpack("<I", data[offset + 8 : offset + 12])
+        payload = data[offset + 12 : offset + 12 + length]
+        (payload_crc,) = struct.unpack("<I", data[offset + 12 + length : offset + 16 + length])
         assert (header_crc, payload_crc) == (masked_crc32c(header), masked_crc32c(payload)), f"{path}: bad CRC"
         event = Event.FromString(payload)
         points += [(value.tag, event.step, value.simple_value) for value in event.summary.value]

@@ -9,10 +9,10 @@ import sys
 import time
 
 import pytest
+from conftest import CONFIGS, ROOT, requires_no_gpu
 from typer.testing import CliRunner
 
 import gradfit
-from conftest import CONFIGS, ROOT, requires_no_gpu
 from gradfit.cli.app import app
 
 runner = CliRunner()
@@ -57,13 +57,29 @@ def test_train_prints_progress_summary_and_writes_the_run(tmp_path):
     assert "step 0/10" in result.output  # plain log lines: CliRunner is not a terminal
     assert "Training summary" in result.output and "test_loss / test_accuracy" in result.output
     (run_dir,) = tmp_path.iterdir()
-    assert {p.name for p in run_dir.iterdir()} >= {"config.yaml", "metrics.jsonl", "params.npz", "summary.json",
-                                                   "preprocessing.json"}
+    assert {p.name for p in run_dir.iterdir()} >= {
+        "config.yaml",
+        "metrics.jsonl",
+        "params.npz",
+        "summary.json",
+        "preprocessing.json",
+    }
 
 
 def test_train_json_goes_to_stdout_and_progress_to_stderr(tmp_path):
-    result = invoke("train", str(CONFIGS / "logreg.yaml"), "-o", str(tmp_path), "--json", "--device", "cpu",
-                    "--precision", "float64", "-s", "train.steps=5")
+    result = invoke(
+        "train",
+        str(CONFIGS / "logreg.yaml"),
+        "-o",
+        str(tmp_path),
+        "--json",
+        "--device",
+        "cpu",
+        "--precision",
+        "float64",
+        "-s",
+        "train.steps=5",
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["precision"] == "float64" and summary["device"].startswith("cpu")
@@ -80,12 +96,13 @@ def test_quiet_prints_nothing_on_success(tmp_path):
     "args,message",
     [
         (["train", "missing.yaml"], "missing.yaml: config file not found"),
-        (["train", str(CONFIGS / "logreg.yaml"), "--set", "optimizer.lerning_rate=1"],
-         "did you mean 'learning_rate'?"),
+        (["train", str(CONFIGS / "logreg.yaml"), "--set", "optimizer.lerning_rate=1"], "did you mean 'learning_rate'?"),
         (["train", str(CONFIGS / "logreg.yaml"), "--set", "train.steps=-3"], "train.steps"),
         (["train", str(CONFIGS / "logreg.yaml"), "--set", "oops"], "expected KEY.PATH=VALUE"),
-        (["train", str(CONFIGS / "logreg.yaml"), "--set", "data.source=file", "--set", "data.path=nope.csv"],
-         "nope.csv: data file not found"),
+        (
+            ["train", str(CONFIGS / "logreg.yaml"), "--set", "data.source=file", "--set", "data.path=nope.csv"],
+            "nope.csv: data file not found",
+        ),
         (["train", str(CONFIGS / "logreg.yaml"), "--set", "data.source=digits"], "use model.kind: mlp"),
         (["train", str(CONFIGS / "mlp.yaml"), "--set", "train.batch_size=100000"], "exceeds the"),
         (["config", "show", "nothing.yaml"], "config file not found"),
@@ -107,8 +124,17 @@ def test_gpu_request_without_gpu_exits_2_with_install_hint(tmp_path):
 
 
 def test_divergence_exits_1(tmp_path):
-    result = invoke("train", str(CONFIGS / "mlp.yaml"), "-o", str(tmp_path), "-q",
-                    "--set", "optimizer={name: sgd, learning_rate: 1.0e+4}", "--set", "train.epochs=2")
+    result = invoke(
+        "train",
+        str(CONFIGS / "mlp.yaml"),
+        "-o",
+        str(tmp_path),
+        "-q",
+        "--set",
+        "optimizer={name: sgd, learning_rate: 1.0e+4}",
+        "--set",
+        "train.epochs=2",
+    )
     assert result.exit_code == 1
     assert "diverged" in result.stderr and "Traceback" not in result.output
 
@@ -154,8 +180,16 @@ def _write(path, text):
 )
 def test_broken_data_files_exit_2_naming_the_problem(csv_text, message, tmp_path):
     path = _write(tmp_path / "data.csv", csv_text)
-    result = invoke("train", str(CONFIGS / "logreg.yaml"), "-o", str(tmp_path / "runs"),
-                    "--set", "data.source=file", "--set", f"data.path={path}")
+    result = invoke(
+        "train",
+        str(CONFIGS / "logreg.yaml"),
+        "-o",
+        str(tmp_path / "runs"),
+        "--set",
+        "data.source=file",
+        "--set",
+        f"data.path={path}",
+    )
     assert result.exit_code == 2, result.output
     assert "data.csv" in result.stderr and message in result.stderr
     assert "Traceback" not in result.output and not (tmp_path / "runs").exists()
@@ -168,28 +202,48 @@ def test_command_line_steps_replace_the_files_epochs(tmp_path):
 
 
 def test_null_clears_a_key_the_new_variant_does_not_use():
-    result = invoke("config", "show", str(CONFIGS / "mlp.yaml"), "--set", "optimizer.name=sgd",
-                    "--set", "optimizer.b1=null", "--set", "optimizer.schedule={name: constant}")
+    result = invoke(
+        "config",
+        "show",
+        str(CONFIGS / "mlp.yaml"),
+        "--set",
+        "optimizer.name=sgd",
+        "--set",
+        "optimizer.b1=null",
+        "--set",
+        "optimizer.schedule={name: constant}",
+    )
     assert result.exit_code == 0, result.output
 
 
-@pytest.mark.parametrize("override,message", [
-    ("seed=18446744073709551616", "seed"),
-    ("optimizer.learning_rate=.inf", "optimizer.learning_rate"),
-    ("model.l2=.nan", "model.l2"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("seed=18446744073709551616", "seed"),
+        ("optimizer.learning_rate=.inf", "optimizer.learning_rate"),
+        ("model.l2=.nan", "model.l2"),
+    ],
+)
 def test_extreme_numbers_are_config_errors(override, message, tmp_path):
     result = invoke("train", str(CONFIGS / "logreg.yaml"), "-o", str(tmp_path), "--set", override)
     assert result.exit_code == 2 and message in result.stderr and "Traceback" not in result.output
 
 
 def test_sigint_finishes_the_chunk_writes_a_checkpoint_and_exits_130(tmp_path):
-    config = _write(tmp_path / "long.yaml", (
-        "name: long\ndata: {source: synthetic, synthetic: {n_samples: 20000, n_features: 50}}\n"
-        "optimizer: {name: sgd, learning_rate: 0.5}\ntrain: {steps: 10000000, log_every: 20}\n"
-        "runtime: {device: cpu}\n"))
-    process = subprocess.Popen([sys.executable, "-m", "gradfit", "train", config, "-o", str(tmp_path / "runs")],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    config = _write(
+        tmp_path / "long.yaml",
+        (
+            "name: long\ndata: {source: synthetic, synthetic: {n_samples: 20000, n_features: 50}}\n"
+            "optimizer: {name: sgd, learning_rate: 0.5}\ntrain: {steps: 10000000, log_every: 20}\n"
+            "runtime: {device: cpu}\n"
+        ),
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gradfit", "train", config, "-o", str(tmp_path / "runs")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     metrics = None
     for _ in range(600):  # wait until a few log points are on disk (at most 60 s)
         found = list((tmp_path / "runs").glob("long-*/metrics.jsonl"))

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -21,16 +21,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import make_config, write_csv
 from typer.testing import CliRunner
 
-from conftest import make_config, write_csv
 from gradfit.cli.app import app
 from gradfit.config.load import resolve_config
+from gradfit.core.metrics import classification_metrics, roc_auc
+from gradfit.core.models import build_model
 from gradfit.data.dataset import builtin_path
 from gradfit.errors import TrainingFailed
 from gradfit.training.loop import fit
-from gradfit.core.metrics import classification_metrics, roc_auc
-from gradfit.core.models import build_model
 
 runner = CliRunner()
 WIDE = {"COLUMNS": "200"}  # keep Rich from wrapping messages mid-sentence
@@ -60,12 +60,25 @@ def yes_no(tmp_path_factory):
     rng = np.random.default_rng(11)
     x = rng.standard_normal((300, 4)) * [1.0, 2.0, 3.0, 4.0] + [0.0, 1.0, 2.0, 3.0]
     labels = np.where(x @ [1.0, -0.5, 0.3, 0.2] + rng.logistic(size=300) > 0.5, "yes", "no")
-    data = write_csv(folder / "train.csv", FEATURES + ["target"],
-                     [[repr(float(v)) for v in row] + [label] for row, label in zip(x, labels)])
-    summary = fit(make_config(f"data={{source: file, path: {data}}}", "name=yesno", "train.steps=60",
-                              "optimizer.learning_rate=0.05"), out_dir=folder / "runs")
-    return {"run_dir": Path(summary.run_dir), "data": data, "x": x, "labels": labels, "summary": summary,
-            "folder": folder}
+    data = write_csv(
+        folder / "train.csv",
+        FEATURES + ["target"],
+        [[repr(float(v)) for v in row] + [label] for row, label in zip(x, labels)],
+    )
+    summary = fit(
+        make_config(
+            f"data={{source: file, path: {data}}}", "name=yesno", "train.steps=60", "optimizer.learning_rate=0.05"
+        ),
+        out_dir=folder / "runs",
+    )
+    return {
+        "run_dir": Path(summary.run_dir),
+        "data": data,
+        "x": x,
+        "labels": labels,
+        "summary": summary,
+        "folder": folder,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -77,28 +90,58 @@ def threes_and_sevens(tmp_path_factory):
     t = header.index("target")
     kept = [row for row in rows if row[t] in ("3", "7")]
     data = write_csv(folder / "train.csv", header, kept)
-    summary = fit(make_config(f"data={{source: file, path: {data}}}", "name=d37", "model.kind=mlp",
-                              "model.hidden=[16]", "train.steps=40", "optimizer.learning_rate=0.01",
-                              "train.log_every=20"), out_dir=folder / "runs")
+    summary = fit(
+        make_config(
+            f"data={{source: file, path: {data}}}",
+            "name=d37",
+            "model.kind=mlp",
+            "model.hidden=[16]",
+            "train.steps=40",
+            "optimizer.learning_rate=0.01",
+            "train.log_every=20",
+        ),
+        out_dir=folder / "runs",
+    )
     x = np.array([[float(v) for i, v in enumerate(row) if i != t] for row in kept])
     labels = np.array([int(row[t]) for row in kept])
-    return {"run_dir": Path(summary.run_dir), "data": data, "x": x, "labels": labels, "summary": summary,
-            "folder": folder}
+    return {
+        "run_dir": Path(summary.run_dir),
+        "data": data,
+        "x": x,
+        "labels": labels,
+        "summary": summary,
+        "folder": folder,
+    }
 
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
     """A float32 10-class MLP trained on the built-in digits; its 'training file' is the built-in CSV."""
     folder = tmp_path_factory.mktemp("digits")
-    summary = fit(make_config("data.source=digits", "name=digits", "model.kind=mlp", "model.hidden=[16]",
-                              "train.steps=40", "optimizer.learning_rate=0.01", "train.log_every=20"),
-                  out_dir=folder / "runs")
+    summary = fit(
+        make_config(
+            "data.source=digits",
+            "name=digits",
+            "model.kind=mlp",
+            "model.hidden=[16]",
+            "train.steps=40",
+            "optimizer.learning_rate=0.01",
+            "train.log_every=20",
+        ),
+        out_dir=folder / "runs",
+    )
     data = builtin_path("digits")
     raw = np.loadtxt(data, delimiter=",", skiprows=1)
     with open(data, encoding="utf-8") as f:
         t = f.readline().strip().split(",").index("target")
-    return {"run_dir": Path(summary.run_dir), "data": data, "x": np.delete(raw, t, axis=1),
-            "labels": raw[:, t].astype(int), "summary": summary, "folder": folder}
+    return {
+        "run_dir": Path(summary.run_dir),
+        "data": data,
+        "x": np.delete(raw, t, axis=1),
+        "labels": raw[:, t].astype(int),
+        "summary": summary,
+        "folder": folder,
+    }
 
 
 def in_memory(run_dir: Path, x_raw: np.ndarray) -> tuple[np.ndarray, list]:
@@ -111,10 +154,11 @@ def in_memory(run_dir: Path, x_raw: np.ndarray) -> tuple[np.ndarray, list]:
     if config.model.kind == "logistic":
         params = {"w": arrays["w"], "b": arrays["b"]}
     else:
-        params = {"layers": [{"w": arrays[f"layers/{i}/w"], "b": arrays[f"layers/{i}/b"]}
-                             for i in range(len(arrays) // 2)]}
+        params = {
+            "layers": [{"w": arrays[f"layers/{i}/w"], "b": arrays[f"layers/{i}/b"]} for i in range(len(arrays) // 2)]
+        }
     assert config.runtime.precision == "float32"
-    x = ((x_raw - np.array(record["standardize"]["mean"])) / np.array(record["standardize"]["std"]))
+    x = (x_raw - np.array(record["standardize"]["mean"])) / np.array(record["standardize"]["std"])
     model = build_model(config.model, x.shape[1], len(classes))
     params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), params)
     logits = model.apply(params, jnp.asarray(x, jnp.float32))
@@ -165,8 +209,7 @@ def test_classification_metrics_match_scikit_learn(k):
     assert result["rows"] == n and result["classes"] == classes
     assert result["log_loss"] == pytest.approx(skm.log_loss(y, np.exp(log_probs), labels=labels), **tol)
     assert result["accuracy"] == pytest.approx(skm.accuracy_score(y, predicted), **tol)
-    precision, recall, f1, support = skm.precision_recall_fscore_support(y, predicted, labels=labels,
-                                                                          zero_division=0)
+    precision, recall, f1, support = skm.precision_recall_fscore_support(y, predicted, labels=labels, zero_division=0)
     for i, row in enumerate(result["per_class"]):
         assert row["class"] == classes[i]
         assert row["precision"] == pytest.approx(precision[i], **tol)
@@ -262,8 +305,9 @@ def test_npz_input_gives_the_csv_predictions(yes_no, tmp_path):
     variants = {
         "named.npz": dict(X=x, feature_names=np.array(FEATURES)),
         # (ascontiguousarray: NumPy's column indexing returns a Fortran-ordered array; that case is tested below)
-        "reordered.npz": dict(X=np.ascontiguousarray(x[:, [3, 1, 0, 2]]),
-                              feature_names=np.array(["f3", "f1", "f0", "f2"])),
+        "reordered.npz": dict(
+            X=np.ascontiguousarray(x[:, [3, 1, 0, 2]]), feature_names=np.array(["f3", "f1", "f0", "f2"])
+        ),
         "plain.npz": dict(X=x),  # no names: the columns are taken in training order
         "labelled.npz": dict(X=x, y=yes_no["labels"], feature_names=np.array(FEATURES)),
         "compressed.npz": dict(X=x),
@@ -272,8 +316,9 @@ def test_npz_input_gives_the_csv_predictions(yes_no, tmp_path):
         (np.savez_compressed if filename == "compressed.npz" else np.savez)(tmp_path / filename, **arrays)
         for batch in ("7", "65536"):
             out = tmp_path / f"{filename}{batch}.csv"
-            result = invoke("predict", yes_no["run_dir"], tmp_path / filename, "--proba", "--batch-rows", batch,
-                            "--out", out)
+            result = invoke(
+                "predict", yes_no["run_dir"], tmp_path / filename, "--proba", "--batch-rows", batch, "--out", out
+            )
             assert result.exit_code == 0, (filename, result.output)
             header, rows = read_rows(out)
             assert header[0] == "row" and [int(r[0]) for r in rows] == list(range(len(x)))
@@ -291,8 +336,9 @@ def test_npz_with_fortran_ordered_x_is_accepted_as_in_training(tmp_path):
     rng = np.random.default_rng(0)
     x = np.asfortranarray(rng.standard_normal((200, 3)))
     np.savez(tmp_path / "data.npz", X=x, y=(x[:, 0] + rng.logistic(size=200) > 0).astype(int))
-    run_dir = fit(make_config(f"data={{source: file, path: {tmp_path / 'data.npz'}}}", "train.steps=5"),
-                  out_dir=tmp_path / "runs").run_dir  # training reads it
+    run_dir = fit(
+        make_config(f"data={{source: file, path: {tmp_path / 'data.npz'}}}", "train.steps=5"), out_dir=tmp_path / "runs"
+    ).run_dir  # training reads it
     result = invoke("predict", run_dir, tmp_path / "data.npz")
     assert result.exit_code == 0, result.output
     assert len(result.stdout.splitlines()) == 201
@@ -342,8 +388,9 @@ def test_eval_on_a_labelled_file_matches_the_in_memory_model(yes_no, tmp_path):
 
 
 def test_eval_on_integer_labels(threes_and_sevens, tmp_path):
-    result = invoke("eval", threes_and_sevens["run_dir"], "--data", threes_and_sevens["data"], "--json-out",
-                    tmp_path / "m.json")
+    result = invoke(
+        "eval", threes_and_sevens["run_dir"], "--data", threes_and_sevens["data"], "--json-out", tmp_path / "m.json"
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "m.json").read_text(encoding="utf-8"))
     assert metrics["classes"] == [3, 7]
@@ -401,18 +448,23 @@ def test_a_label_never_seen_in_training_exits_2_naming_it(yes_no, tmp_path):
     assert "'maybe' were not seen in training" in result.output and "'no', 'yes'" in result.output
 
 
-@pytest.mark.parametrize("cell, message", [
-    ("abc", "column 'f2' has non-numeric value 'abc'"),
-    ("nan", "column 'f2' is nan"),
-    ("", "column 'f2' is empty"),
-    ("inf", "column 'f2' is inf"),
-])
+@pytest.mark.parametrize(
+    "cell, message",
+    [
+        ("abc", "column 'f2' has non-numeric value 'abc'"),
+        ("nan", "column 'f2' is nan"),
+        ("", "column 'f2' is empty"),
+        ("inf", "column 'f2' is inf"),
+    ],
+)
 def test_a_bad_cell_exits_2_naming_line_and_column(yes_no, tmp_path, cell, message):
     header, body = head(yes_no)
     body[6][2] = cell  # data row 7: line 8 of the file
     path = write_csv(tmp_path / "bad.csv", header, body)
-    for command in (("predict", yes_no["run_dir"], path, "--out", tmp_path / "p.csv"),
-                    ("eval", yes_no["run_dir"], "--data", path)):
+    for command in (
+        ("predict", yes_no["run_dir"], path, "--out", tmp_path / "p.csv"),
+        ("eval", yes_no["run_dir"], "--data", path),
+    ):
         result = invoke(*command)
         assert result.exit_code == 2, (command[0], result.output)
         assert f"bad.csv:8: {message}" in result.output, result.output
@@ -441,8 +493,11 @@ def commands(run_dir, data) -> list[tuple]:
 def test_a_path_that_is_not_a_run_exits_2_for_every_command(yes_no, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    cases = {empty: "not a gradfit run directory", yes_no["data"]: "not a directory",
-             tmp_path / "nowhere": "no such run directory"}
+    cases = {
+        empty: "not a gradfit run directory",
+        yes_no["data"]: "not a directory",
+        tmp_path / "nowhere": "no such run directory",
+    }
     for path, message in cases.items():
         for command in commands(path, yes_no["data"]):
             result = invoke(*command)
@@ -451,8 +506,15 @@ def test_a_path_that_is_not_a_run_exits_2_for_every_command(yes_no, tmp_path):
 
 
 def test_a_failed_run_without_parameters_exits_2_saying_so(tmp_path):
-    config = make_config("data.source=digits", "model.kind=mlp", "model.hidden=[16]", "train.batch_size=100",
-                         "train.epochs=4", "train.log_every=1", "optimizer={name: sgd, learning_rate: 30.0}")
+    config = make_config(
+        "data.source=digits",
+        "model.kind=mlp",
+        "model.hidden=[16]",
+        "train.batch_size=100",
+        "train.epochs=4",
+        "train.log_every=1",
+        "optimizer={name: sgd, learning_rate: 30.0}",
+    )
     with pytest.raises(TrainingFailed) as failed:
         fit(config, tmp_path / "runs")
     run_dir = Path(failed.value.summary.run_dir)
@@ -506,11 +568,14 @@ def test_out_in_a_missing_folder_exits_2_naming_out(yes_no, tmp_path):
 # ---------------------------------------------------------------------------------------------- help
 
 
-@pytest.mark.parametrize("command, example", [
-    ("eval", "gradfit eval runs/logreg-20261126-101500 --data new.csv"),
-    ("predict", "gradfit predict runs/mlp-20261126-101500 unlabeled.csv --out predictions.csv --proba"),
-    ("inference", "gradfit inference runs/logreg-20261126-101500 --scale standardized"),
-])
+@pytest.mark.parametrize(
+    "command, example",
+    [
+        ("eval", "gradfit eval runs/logreg-20261126-101500 --data new.csv"),
+        ("predict", "gradfit predict runs/mlp-20261126-101500 unlabeled.csv --out predictions.csv --proba"),
+        ("inference", "gradfit inference runs/logreg-20261126-101500 --scale standardized"),
+    ],
+)
 def test_help_texts_have_examples(command, example):
     result = invoke(command, "--help")
     assert result.exit_code == 0
@@ -533,11 +598,17 @@ def test_labels_are_matched_as_training_read_them_whatever_a_batch_holds(tmp_pat
     rng = np.random.default_rng(5)
     x = rng.standard_normal((120, 2))
     labels = np.where(x[:, 0] + rng.logistic(size=120) > 0, "1", "neg")  # text classes: '1' and 'neg'
-    data = write_csv(tmp_path / "train.csv", ["a", "b", "target"],
-                     [[repr(float(v)) for v in row] + [label] for row, label in zip(x, labels)])
+    data = write_csv(
+        tmp_path / "train.csv",
+        ["a", "b", "target"],
+        [[repr(float(v)) for v in row] + [label] for row, label in zip(x, labels)],
+    )
     run_dir = fit(make_config(f"data={{source: file, path: {data}}}", "train.steps=20"), tmp_path / "runs").run_dir
-    only_ones = write_csv(tmp_path / "ones.csv", ["a", "b", "target"],
-                          [[repr(float(v)) for v in row] + ["1"] for row, label in zip(x, labels) if label == "1"])
+    only_ones = write_csv(
+        tmp_path / "ones.csv",
+        ["a", "b", "target"],
+        [[repr(float(v)) for v in row] + ["1"] for row, label in zip(x, labels) if label == "1"],
+    )
     for args in (("--data", only_ones), ("--data", data, "--batch-rows", "1")):
         result = invoke("eval", run_dir, *args)
         assert result.exit_code == 0, result.output
@@ -546,12 +617,16 @@ def test_labels_are_matched_as_training_read_them_whatever_a_batch_holds(tmp_pat
 def test_macro_averages_skip_classes_absent_from_labels_and_predictions():
     metrics_module = pytest.importorskip("sklearn.metrics")
     y = np.array([0, 0, 1, 1, 1])
-    log_probs = np.log(np.array([[0.9, 0.05, 0.05], [0.2, 0.7, 0.1], [0.1, 0.8, 0.1], [0.1, 0.8, 0.1],
-                                 [0.6, 0.3, 0.1]]))  # class 2 neither occurs nor is predicted
+    log_probs = np.log(
+        np.array([[0.9, 0.05, 0.05], [0.2, 0.7, 0.1], [0.1, 0.8, 0.1], [0.1, 0.8, 0.1], [0.6, 0.3, 0.1]])
+    )  # class 2 neither occurs nor is predicted
     result = classification_metrics(y, log_probs, ["a", "b", "c"])
     predicted = log_probs.argmax(axis=1)
-    for key, function in (("precision_macro", metrics_module.precision_score),
-                          ("recall_macro", metrics_module.recall_score), ("f1_macro", metrics_module.f1_score)):
+    for key, function in (
+        ("precision_macro", metrics_module.precision_score),
+        ("recall_macro", metrics_module.recall_score),
+        ("f1_macro", metrics_module.f1_score),
+    ):
         assert result[key] == pytest.approx(function(y, predicted, average="macro", zero_division=0), abs=1e-12)
 
 
@@ -587,8 +662,14 @@ def test_out_gets_the_permissions_of_a_plain_file(yes_no, tmp_path):
 
 def test_blank_and_whitespace_lines_are_skipped_without_warnings(yes_no, tmp_path):
     header, rows = read_rows(yes_no["data"])
-    text = ",".join(header) + "\n" + "\n".join(",".join(r) for r in rows[:3]) + "\n\n   \n" + \
-        "\n".join(",".join(r) for r in rows[3:6]) + "\n"
+    text = (
+        ",".join(header)
+        + "\n"
+        + "\n".join(",".join(r) for r in rows[:3])
+        + "\n\n   \n"
+        + "\n".join(",".join(r) for r in rows[3:6])
+        + "\n"
+    )
     (tmp_path / "gaps.csv").write_text(text, encoding="utf-8")
     with warnings.catch_warnings():
         warnings.simplefilter("error")

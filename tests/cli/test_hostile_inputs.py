@@ -21,19 +21,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional, Union
 
 import numpy as np
 import pytest
+from conftest import InterruptAt, has_gpu, make_config
 from typer.testing import CliRunner
 
-from conftest import InterruptAt, has_gpu, make_config
-from gradfit.runs import checkpoints
-from gradfit.training import loop
-from gradfit.runs import rundir
 from gradfit.cli.app import app
 from gradfit.errors import Interrupted
+from gradfit.runs import checkpoints, rundir
+from gradfit.training import loop
 from gradfit.training.loop import fit
 
 runner = CliRunner()
@@ -62,7 +61,7 @@ def yaml_bomb(levels: int) -> str:
     return text + "]"
 
 
-FileContent = Union[str, bytes, Callable[[Path], None]]
+FileContent = str | bytes | Callable[[Path], None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,194 +78,194 @@ class Case:
 CASES = {
     # ---------------------------------------------------------------------------------------- YAML itself
     "yaml-syntax-error": Case(
-        "seed: 0\noptimizer: {name: adam\ntrain: {steps: 2}\n",
-        ("config.yaml:3", "invalid YAML")),
-    "yaml-tab-indentation": Case(
-        "train:\n\tsteps: 2\n",
-        ("config.yaml:2", "tabs")),
-    "yaml-duplicate-key": Case(
-        "seed: 1\ntrain: {steps: 2}\nseed: 2\n",
-        ("config.yaml:3", "duplicate key 'seed'")),
-    "yaml-two-documents": Case(
-        "seed: 1\n---\nseed: 2\n",
-        ("config.yaml:2", "invalid YAML")),
-    "yaml-top-level-is-a-list": Case(
-        "- seed\n- 1\n",
-        ("config.yaml", "must be a mapping", "list")),
+        "seed: 0\noptimizer: {name: adam\ntrain: {steps: 2}\n", ("config.yaml:3", "invalid YAML")
+    ),
+    "yaml-tab-indentation": Case("train:\n\tsteps: 2\n", ("config.yaml:2", "tabs")),
+    "yaml-duplicate-key": Case("seed: 1\ntrain: {steps: 2}\nseed: 2\n", ("config.yaml:3", "duplicate key 'seed'")),
+    "yaml-two-documents": Case("seed: 1\n---\nseed: 2\n", ("config.yaml:2", "invalid YAML")),
+    "yaml-top-level-is-a-list": Case("- seed\n- 1\n", ("config.yaml", "must be a mapping", "list")),
     "yaml-python-tag-runs-nothing": Case(
         'name: !!python/object/apply:os.system ["touch {tmp}/hacked"]\n' + TINY,
-        ("config.yaml:1", "remove the !! tag"), absent=("hacked",)),
+        ("config.yaml:1", "remove the !! tag"),
+        absent=("hacked",),
+    ),
     "yaml-python-tag-in-set-runs-nothing": Case(
-        TINY, ("--set name", "remove the !! tag"),
-        args=("--set", 'name=!!python/object/apply:os.system ["touch {tmp}/hacked"]'), absent=("hacked",)),
+        TINY,
+        ("--set name", "remove the !! tag"),
+        args=("--set", 'name=!!python/object/apply:os.system ["touch {tmp}/hacked"]'),
+        absent=("hacked",),
+    ),
     "yaml-unhashable-key": Case(  # a complex key: PyYAML's own error, not a TypeError in the duplicate check
-        "? [a, b]\n: 1\n" + TINY,
-        ("config.yaml:1", "unhashable")),
+        "? [a, b]\n: 1\n" + TINY, ("config.yaml:1", "unhashable")
+    ),
     "yaml-recursive-alias": Case(  # an alias inside its own anchor: must not recurse forever
-        "seed: &loop [*loop]\n" + TINY,
-        ("line 1: seed",)),
+        "seed: &loop [*loop]\n" + TINY, ("line 1: seed",)
+    ),
     "yaml-billion-laughs": Case(  # 9**6 leaves from ~10 lines: the message must stay short
-        "model: {kind: mlp, hidden: " + yaml_bomb(6) + "}\n" + TINY,
-        ("line 1: model.hidden",)),
-    "yaml-deep-nesting": Case(
-        "seed: " + "[" * 3000 + "]" * 3000 + "\n" + TINY,
-        ("config.yaml", "too deeply")),
+        "model: {kind: mlp, hidden: " + yaml_bomb(6) + "}\n" + TINY, ("line 1: model.hidden",)
+    ),
+    "yaml-deep-nesting": Case("seed: " + "[" * 3000 + "]" * 3000 + "\n" + TINY, ("config.yaml", "too deeply")),
     "yaml-5000-digit-integer": Case(  # Python refuses int('1' * 5000): a config error, not a ValueError
-        "seed: 1" + "0" * 5000 + "\n" + TINY,
-        ("config.yaml:1", "digits")),
-    "config-file-missing": Case(
-        None, ("missing.yaml", "not found"), config_arg="missing.yaml"),
-    "config-not-utf8": Case(
-        b"seed: \xff\xfe\n", ("config.yaml", "config file is not UTF-8 text")),
+        "seed: 1" + "0" * 5000 + "\n" + TINY, ("config.yaml:1", "digits")
+    ),
+    "config-file-missing": Case(None, ("missing.yaml", "not found"), config_arg="missing.yaml"),
+    "config-not-utf8": Case(b"seed: \xff\xfe\n", ("config.yaml", "config file is not UTF-8 text")),
     # ------------------------------------------------------------------------------------------ keys
     "unknown-top-level-key": Case(
-        "optimiser: {name: sgd}\n" + TINY,
-        ("line 1: optimiser", "did you mean 'optimizer'?")),
+        "optimiser: {name: sgd}\n" + TINY, ("line 1: optimiser", "did you mean 'optimizer'?")
+    ),
     "unknown-nested-key": Case(
-        "optimizer: {learnig_rate: 0.1}\n" + TINY,
-        ("line 1: optimizer.learnig_rate", "did you mean 'learning_rate'?")),
-    "unknown-choice": Case(
-        "optimizer: {name: adma}\n" + TINY,
-        ("optimizer.name", "'adma'", "did you mean 'adam'?")),
+        "optimizer: {learnig_rate: 0.1}\n" + TINY, ("line 1: optimizer.learnig_rate", "did you mean 'learning_rate'?")
+    ),
+    "unknown-choice": Case("optimizer: {name: adma}\n" + TINY, ("optimizer.name", "'adma'", "did you mean 'adam'?")),
     "key-the-optimizer-ignores": Case(
-        "optimizer: {name: adam, momentum: 0.9}\n" + TINY,
-        ("optimizer.momentum", "not used when name is 'adam'")),
-    "epochs-and-steps-together": Case(
-        "train: {epochs: 5, steps: 5}\n",
-        ("train.steps", "not both")),
-    "file-source-without-path": Case(
-        "data: {source: file}\n" + TINY,
-        ("data.path", "not set")),
+        "optimizer: {name: adam, momentum: 0.9}\n" + TINY, ("optimizer.momentum", "not used when name is 'adam'")
+    ),
+    "epochs-and-steps-together": Case("train: {epochs: 5, steps: 5}\n", ("train.steps", "not both")),
+    "file-source-without-path": Case("data: {source: file}\n" + TINY, ("data.path", "not set")),
     # ------------------------------------------------------------------------------------------ types
-    "epochs-is-a-word": Case(
-        "train: {epochs: ten}\n",
-        ("line 1: train.epochs", "valid integer", "'ten'")),
+    "epochs-is-a-word": Case("train: {epochs: ten}\n", ("line 1: train.epochs", "valid integer", "'ten'")),
     "learning-rate-is-a-list": Case(
-        "optimizer: {learning_rate: [0.1]}\n" + TINY,
-        ("line 1: optimizer.learning_rate", "valid number", "[0.1]")),
+        "optimizer: {learning_rate: [0.1]}\n" + TINY, ("line 1: optimizer.learning_rate", "valid number", "[0.1]")
+    ),
     "batch-size-is-yes": Case(  # YAML 1.1 reads `yes` as true
-        "train: {steps: 2, batch_size: yes}\n",
-        ("line 1: train.batch_size", "not a boolean")),
-    "section-is-a-list": Case(
-        "data: [1, 2]\n" + TINY,
-        ("line 1: data", "valid dictionary")),
+        "train: {steps: 2, batch_size: yes}\n", ("line 1: train.batch_size", "not a boolean")
+    ),
+    "section-is-a-list": Case("data: [1, 2]\n" + TINY, ("line 1: data", "valid dictionary")),
     "learning-rate-is-nan": Case(
-        "optimizer: {learning_rate: .nan}\n" + TINY,
-        ("optimizer.learning_rate", "finite number")),
+        "optimizer: {learning_rate: .nan}\n" + TINY, ("optimizer.learning_rate", "finite number")
+    ),
     # ------------------------------------------------------------------------------------------ ranges
     "negative-learning-rate": Case(
-        "optimizer: {learning_rate: -0.1}\n" + TINY,
-        ("optimizer.learning_rate", "greater than 0", "-0.1")),
+        "optimizer: {learning_rate: -0.1}\n" + TINY, ("optimizer.learning_rate", "greater than 0", "-0.1")
+    ),
     "zero-batch-size": Case(
-        "train: {steps: 2, batch_size: 0}\n",
-        ("train.batch_size", "greater than or equal to 1", "got 0")),
+        "train: {steps: 2, batch_size: 0}\n", ("train.batch_size", "greater than or equal to 1", "got 0")
+    ),
     "batch-larger-than-training-split": Case(
         file_config(train="train: {steps: 2, batch_size: 100}\n"),
         ("train.batch_size=100", "exceeds the 12 training rows"),
-        files={"data.csv": VALID_CSV}),
+        files={"data.csv": VALID_CSV},
+    ),
     "mlp-with-no-hidden-layers": Case(
-        "model: {kind: mlp, hidden: []}\n" + TINY,
-        ("line 1: model.hidden", "at least 1 item")),
+        "model: {kind: mlp, hidden: []}\n" + TINY, ("line 1: model.hidden", "at least 1 item")
+    ),
     "mlp-with-a-zero-width-layer": Case(
-        "model: {kind: mlp, hidden: [8, 0]}\n" + TINY,
-        ("line 1: model.hidden.1", "greater than or equal to 1")),
+        "model: {kind: mlp, hidden: [8, 0]}\n" + TINY, ("line 1: model.hidden.1", "greater than or equal to 1")
+    ),
     "split-fractions-leave-no-training-rows": Case(
-        "data: {val_fraction: 0.5, test_fraction: 0.5}\n" + TINY,
-        ("data.val_fraction", "no training rows")),
-    "negative-seed": Case(
-        "seed: -1\n" + TINY,
-        ("line 1: seed", "greater than or equal to 0", "-1")),
-    "seed-beyond-uint32": Case(
-        "seed: 4294967296\n" + TINY,
-        ("line 1: seed", "less than or equal to 4294967295")),
-    "log-every-zero": Case(
-        "train: {steps: 2, log_every: 0}\n",
-        ("train.log_every", "greater than or equal to 1")),
+        "data: {val_fraction: 0.5, test_fraction: 0.5}\n" + TINY, ("data.val_fraction", "no training rows")
+    ),
+    "negative-seed": Case("seed: -1\n" + TINY, ("line 1: seed", "greater than or equal to 0", "-1")),
+    "seed-beyond-uint32": Case("seed: 4294967296\n" + TINY, ("line 1: seed", "less than or equal to 4294967295")),
+    "log-every-zero": Case("train: {steps: 2, log_every: 0}\n", ("train.log_every", "greater than or equal to 1")),
     # ------------------------------------------------------------------------------------------ CSV data
-    "data-file-missing": Case(
-        file_config("nope.csv"), ("nope.csv", "data file not found")),
-    "data-path-with-nul-byte": Case(
-        'data: {source: file, path: "data\\0.csv"}\n' + TINY,
-        ("data.path", "NUL")),
-    "csv-empty": Case(
-        file_config(), ("data.csv", "file is empty"), files={"data.csv": ""}),
-    "csv-header-only": Case(
-        file_config(), ("data.csv", "no data rows"), files={"data.csv": "a,b,target\n"}),
+    "data-file-missing": Case(file_config("nope.csv"), ("nope.csv", "data file not found")),
+    "data-path-with-nul-byte": Case('data: {source: file, path: "data\\0.csv"}\n' + TINY, ("data.path", "NUL")),
+    "csv-empty": Case(file_config(), ("data.csv", "file is empty"), files={"data.csv": ""}),
+    "csv-header-only": Case(file_config(), ("data.csv", "no data rows"), files={"data.csv": "a,b,target\n"}),
     "csv-non-numeric-cell": Case(
-        file_config(), ("data.csv:4", "column 'b'", "'abc'"),
-        files={"data.csv": "a,b,target\n1,2,0\n3,4,1\n5,abc,0\n" + VALID_ROWS}),
+        file_config(),
+        ("data.csv:4", "column 'b'", "'abc'"),
+        files={"data.csv": "a,b,target\n1,2,0\n3,4,1\n5,abc,0\n" + VALID_ROWS},
+    ),
     "csv-nan-cell": Case(
-        file_config(), ("data.csv:3", "column 'a'", "nan"),
-        files={"data.csv": "a,b,target\n1,2,0\nnan,4,1\n" + VALID_ROWS}),
+        file_config(),
+        ("data.csv:3", "column 'a'", "nan"),
+        files={"data.csv": "a,b,target\n1,2,0\nnan,4,1\n" + VALID_ROWS},
+    ),
     "csv-inf-cell": Case(
-        file_config(), ("data.csv:4", "column 'b'", "inf"),
-        files={"data.csv": "a,b,target\n1,2,0\n3,4,1\n5,-inf,0\n" + VALID_ROWS}),
+        file_config(),
+        ("data.csv:4", "column 'b'", "inf"),
+        files={"data.csv": "a,b,target\n1,2,0\n3,4,1\n5,-inf,0\n" + VALID_ROWS},
+    ),
     "csv-ragged-row": Case(
-        file_config(), ("data.csv:5", "2 fields", "3 columns"),
-        files={"data.csv": "a,b,target\n1,2,0\n3,4,1\n5,6,0\n7,1\n" + VALID_ROWS}),
+        file_config(),
+        ("data.csv:5", "2 fields", "3 columns"),
+        files={"data.csv": "a,b,target\n1,2,0\n3,4,1\n5,6,0\n7,1\n" + VALID_ROWS},
+    ),
     "csv-unclosed-quote": Case(  # the quote opened on line 3 swallows the rest of the file
-        file_config(), ("data.csv:3", "quote"),
-        files={"data.csv": 'a,b,target\n1,2,0\n3,"4,1\n' + VALID_ROWS}),
+        file_config(), ("data.csv:3", "quote"), files={"data.csv": 'a,b,target\n1,2,0\n3,"4,1\n' + VALID_ROWS}
+    ),
     "csv-field-over-csv-module-limit": Case(
-        file_config(), ("data.csv:2",),
-        files={"data.csv": "a,b,target\n" + "1" * 200_000 + ",2,0\n" + VALID_ROWS}),
+        file_config(), ("data.csv:2",), files={"data.csv": "a,b,target\n" + "1" * 200_000 + ",2,0\n" + VALID_ROWS}
+    ),
     "csv-missing-target-column": Case(
-        file_config(), ("data.csv", "no label column 'target'", "did you mean 'targets'?"),
-        files={"data.csv": "a,b,targets\n" + VALID_ROWS}),
+        file_config(),
+        ("data.csv", "no label column 'target'", "did you mean 'targets'?"),
+        files={"data.csv": "a,b,targets\n" + VALID_ROWS},
+    ),
     "csv-semicolons": Case(
-        file_config(), ("data.csv", "another separator"),
-        files={"data.csv": "a;b;target\n1;2;0\n3;4;1\n"}),
+        file_config(), ("data.csv", "another separator"), files={"data.csv": "a;b;target\n1;2;0\n3;4;1\n"}
+    ),
     "csv-not-utf8": Case(
-        file_config(), ("data.csv", "not a UTF-8 text file"),
-        files={"data.csv": b"a,b,target\n1,\xe9,0\n"}),
+        file_config(), ("data.csv", "not a UTF-8 text file"), files={"data.csv": b"a,b,target\n1,\xe9,0\n"}
+    ),
     "csv-single-class": Case(
-        file_config(), ("data.csv", "single class"),
-        files={"data.csv": "a,b,target\n" + "".join(f"{i},{i},1\n" for i in range(20))}),
+        file_config(),
+        ("data.csv", "single class"),
+        files={"data.csv": "a,b,target\n" + "".join(f"{i},{i},1\n" for i in range(20))},
+    ),
     "csv-three-classes-for-logistic": Case(
-        file_config(), ("data.csv", "3 classes", "model.kind: mlp"),
-        files={"data.csv": "a,b,target\n" + "".join(f"{i},{i},{i % 3}\n" for i in range(20))}),
+        file_config(),
+        ("data.csv", "3 classes", "model.kind: mlp"),
+        files={"data.csv": "a,b,target\n" + "".join(f"{i},{i},{i % 3}\n" for i in range(20))},
+    ),
     "csv-too-few-rows-to-split": Case(
-        file_config(), ("data.csv", "rows"),
-        files={"data.csv": "a,b,target\n1,2,0\n3,4,1\n"}),
+        file_config(), ("data.csv", "rows"), files={"data.csv": "a,b,target\n1,2,0\n3,4,1\n"}
+    ),
     # ------------------------------------------------------------------------------------------ .npz data
     "npz-without-X": Case(
-        file_config("data.npz"), ("data.npz", "missing array(s) X"),
-        files={"data.npz": npz(features=np.zeros((20, 2)), y=np.arange(20) % 2)}),
+        file_config("data.npz"),
+        ("data.npz", "missing array(s) X"),
+        files={"data.npz": npz(features=np.zeros((20, 2)), y=np.arange(20) % 2)},
+    ),
     "npz-X-and-y-lengths-differ": Case(
-        file_config("data.npz"), ("data.npz", "X has 20 rows", "(19,)"),
-        files={"data.npz": npz(X=np.zeros((20, 2)), y=np.arange(19) % 2)}),
+        file_config("data.npz"),
+        ("data.npz", "X has 20 rows", "(19,)"),
+        files={"data.npz": npz(X=np.zeros((20, 2)), y=np.arange(19) % 2)},
+    ),
     "npz-pickled-object-array": Case(
-        file_config("data.npz"), ("data.npz", "never unpickles"),
-        files={"data.npz": npz(X=np.array([[{"a": 1}, 2]] * 20, dtype=object), y=np.arange(20) % 2)}),
+        file_config("data.npz"),
+        ("data.npz", "never unpickles"),
+        files={"data.npz": npz(X=np.array([[{"a": 1}, 2]] * 20, dtype=object), y=np.arange(20) % 2)},
+    ),
     "npz-not-a-zip": Case(
-        file_config("data.npz"), ("data.npz", "not a .npz archive"),
-        files={"data.npz": "X,y\n1,0\n"}),
+        file_config("data.npz"), ("data.npz", "not a .npz archive"), files={"data.npz": "X,y\n1,0\n"}
+    ),
     "npz-X-is-1d": Case(
-        file_config("data.npz"), ("data.npz", "X must be a 2-D numeric array"),
-        files={"data.npz": npz(X=np.zeros(20), y=np.arange(20) % 2)}),
+        file_config("data.npz"),
+        ("data.npz", "X must be a 2-D numeric array"),
+        files={"data.npz": npz(X=np.zeros(20), y=np.arange(20) % 2)},
+    ),
     # ------------------------------------------------------------------------------------------ command line
     "set-unknown-key": Case(
-        TINY, ("--set", "optimizer.learnig_rate", "did you mean 'learning_rate'?"),
-        args=("--set", "optimizer.learnig_rate=0.1")),
+        TINY,
+        ("--set", "optimizer.learnig_rate", "did you mean 'learning_rate'?"),
+        args=("--set", "optimizer.learnig_rate=0.1"),
+    ),
     "set-without-equals": Case(
-        TINY, ("--set 'optimizer.learning_rate'", "expected KEY.PATH=VALUE"),
-        args=("--set", "optimizer.learning_rate")),
-    "set-invalid-yaml-value": Case(
-        TINY, ("--set train.steps", "invalid YAML"), args=("--set", "train.steps=[1")),
-    "set-into-a-value": Case(
-        TINY, ("train.steps", "is a value, not a section"), args=("--set", "train.steps.x=1")),
+        TINY, ("--set 'optimizer.learning_rate'", "expected KEY.PATH=VALUE"), args=("--set", "optimizer.learning_rate")
+    ),
+    "set-invalid-yaml-value": Case(TINY, ("--set train.steps", "invalid YAML"), args=("--set", "train.steps=[1")),
+    "set-into-a-value": Case(TINY, ("train.steps", "is a value, not a section"), args=("--set", "train.steps.x=1")),
     "precision-not-a-choice": Case(
-        TINY, ("Invalid value for '--precision'", "float16"), args=("--precision", "float16")),
+        TINY, ("Invalid value for '--precision'", "float16"), args=("--precision", "float16")
+    ),
     "device-gpu-without-gpu": Case(
-        TINY, ("JAX sees no GPU", "--device cpu"), args=("--device", "gpu"), needs_no_gpu=True),
+        TINY, ("JAX sees no GPU", "--device cpu"), args=("--device", "gpu"), needs_no_gpu=True
+    ),
     # ------------------------------------------------------------------------------------------ run directory
     "name-climbs-out-of-the-output-dir": Case(
-        "name: ../escape\n" + TINY, ("line 1: name", "'../escape'"), absent=("escape*",)),
-    "name-is-an-absolute-path": Case(
-        "name: {tmp}/abs\n" + TINY, ("line 1: name", "/abs"), absent=("abs*",)),
+        "name: ../escape\n" + TINY, ("line 1: name", "'../escape'"), absent=("escape*",)
+    ),
+    "name-is-an-absolute-path": Case("name: {tmp}/abs\n" + TINY, ("line 1: name", "/abs"), absent=("abs*",)),
     "output-dir-below-a-file": Case(
-        TINY, ("blocker", "cannot create output directory"),
-        files={"blocker": "not a folder\n"}, args=("-o", "{tmp}/blocker/runs")),
+        TINY,
+        ("blocker", "cannot create output directory"),
+        files={"blocker": "not a folder\n"},
+        args=("-o", "{tmp}/blocker/runs"),
+    ),
 }
 
 
@@ -291,8 +290,9 @@ def test_hostile_input_is_refused_cleanly(name: str, tmp_path: Path):
         _write(tmp_path / filename, content, tmp)
     args = [arg.replace("{tmp}", tmp) for arg in case.args]
 
-    result = runner.invoke(app, ["train", str(tmp_path / case.config_arg), "-o", str(tmp_path / "runs"), *args],
-                           env=WIDE)
+    result = runner.invoke(
+        app, ["train", str(tmp_path / case.config_arg), "-o", str(tmp_path / "runs"), *args], env=WIDE
+    )
 
     # CliRunner catches exceptions instead of printing them: an escaped one is a traceback for the user
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
@@ -313,8 +313,14 @@ def test_the_catalogue_is_large_enough():
 # ================================================================================== broken run directories: --resume
 # The fixture run: 12 steps, a log point every 2, a checkpoint every 4, interrupted at step 8. So it holds
 # step-00000004.npz and step-00000008.npz, and resuming it intact works (see test_the_intact_run_resumes).
-TINY_RUN = ("name=tiny", "train.steps=12", "train.log_every=2", "train.checkpoint_every=4", "train.keep_checkpoints=3",
-            "runtime.device=cpu")
+TINY_RUN = (
+    "name=tiny",
+    "train.steps=12",
+    "train.log_every=2",
+    "train.checkpoint_every=4",
+    "train.keep_checkpoints=3",
+    "runtime.device=cpu",
+)
 NEWEST, PREVIOUS = "step-00000008.npz", "step-00000004.npz"
 LEARNING_RATE = "learning_rate: 0.001"  # as the fixture's config.yaml spells it
 
@@ -342,18 +348,20 @@ def _read_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict]:
     return arrays, json.loads(str(arrays.pop("meta")))
 
 
-def _write_checkpoint(path: Path, arrays: dict[str, np.ndarray], meta: Union[dict, str, None]) -> None:
+def _write_checkpoint(path: Path, arrays: dict[str, np.ndarray], meta: dict | str | None) -> None:
     """As checkpoints.save writes it; meta as a dict (written as JSON), raw text, or None for no meta entry."""
     if meta is not None:
         arrays = {**arrays, "meta": np.array(meta if isinstance(meta, str) else json.dumps(meta))}
     rundir.save_arrays(path, arrays)
 
 
-def raw_meta(meta: Optional[str]) -> Callable[[Path], None]:
+def raw_meta(meta: str | None) -> Callable[[Path], None]:
     """Damage: the newest checkpoint's meta entry replaced by this text (None: removed), arrays kept."""
+
     def damage(run: Path) -> None:
         arrays, _ = _read_checkpoint(_newest(run))
         _write_checkpoint(_newest(run), arrays, meta)
+
     return damage
 
 
@@ -362,10 +370,12 @@ Edit = Callable[[dict, dict], None]  # changes (arrays, meta) in place
 
 def tampered(edit: Edit) -> Callable[[Path], None]:
     """Damage: the newest checkpoint edited and rewritten with its old digest, as a hand edit would leave it."""
+
     def damage(run: Path) -> None:
         arrays, meta = _read_checkpoint(_newest(run))
         edit(arrays, meta)
         _write_checkpoint(_newest(run), arrays, meta)
+
     return damage
 
 
@@ -374,11 +384,13 @@ def crafted(edit: Edit) -> Callable[[Path], None]:
 
     The digest only proves the file is what some writer meant to write: everything behind it must still be checked.
     """
+
     def damage(run: Path) -> None:
         arrays, meta = _read_checkpoint(_newest(run))
         edit(arrays, meta)
         meta["digest"] = checkpoints.digest(arrays, meta)
         _write_checkpoint(_newest(run), arrays, meta)
+
     return damage
 
 
@@ -386,12 +398,14 @@ def remove(name: str) -> Callable[[Path], None]:
     def damage(run: Path) -> None:
         target = run / name
         shutil.rmtree(target) if target.is_dir() else target.unlink()
+
     return damage
 
 
 def rewrite(name: str, change: Callable[[bytes], bytes]) -> Callable[[Path], None]:
     def damage(run: Path) -> None:
         (run / name).write_bytes(change((run / name).read_bytes()))
+
     return damage
 
 
@@ -402,10 +416,11 @@ def _not_a_run_dir(kind: str) -> Callable[[Path], None]:
             run.write_text("not a folder\n")
         elif kind == "empty":
             run.mkdir()
+
     return damage
 
 
-def _set(section: Optional[str], key: str, value) -> Edit:
+def _set(section: str | None, key: str, value) -> Edit:
     """meta[section][key] = value (meta[key] when section is None)."""
     return lambda arrays, meta: (meta if section is None else meta[section]).__setitem__(key, value)
 
@@ -453,9 +468,9 @@ class ResumeCase:
     expect: tuple[str, ...]  # fragments that must all appear in stderr; {run} stands for the run directory
     args: tuple[str, ...] = ()  # after `train --resume RUN_DIR`
     run: str = "interrupted"  # which fixture run to copy: "interrupted" or "finished"
-    command: Optional[tuple[str, ...]] = None  # instead of `--resume RUN_DIR ARGS`, for misuse without --resume
+    command: tuple[str, ...] | None = None  # instead of `--resume RUN_DIR ARGS`, for misuse without --resume
     hold_lock: bool = False  # hold the run's lock during the call, as a running gradfit process would
-    xfail: Optional[str] = None  # a known gradfit bug: the case is expected to fail until it is fixed
+    xfail: str | None = None  # a known gradfit bug: the case is expected to fail until it is fixed
 
 
 def _keep(run: Path) -> None:
@@ -464,96 +479,113 @@ def _keep(run: Path) -> None:
 
 RESUME_CASES = {
     # ------------------------------------------------------------------------------ not a run directory
-    "run-dir-missing": ResumeCase(
-        _not_a_run_dir("missing"), ("{run}", "no such run directory")),
-    "run-dir-is-a-file": ResumeCase(
-        _not_a_run_dir("file"), ("{run}", "not a directory")),
-    "run-dir-is-empty": ResumeCase(
-        _not_a_run_dir("empty"), ("{run}", "not a gradfit run directory")),
-    "config-yaml-deleted": ResumeCase(
-        remove("config.yaml"), ("{run}", "not a gradfit run directory", "config.yaml")),
+    "run-dir-missing": ResumeCase(_not_a_run_dir("missing"), ("{run}", "no such run directory")),
+    "run-dir-is-a-file": ResumeCase(_not_a_run_dir("file"), ("{run}", "not a directory")),
+    "run-dir-is-empty": ResumeCase(_not_a_run_dir("empty"), ("{run}", "not a gradfit run directory")),
+    "config-yaml-deleted": ResumeCase(remove("config.yaml"), ("{run}", "not a gradfit run directory", "config.yaml")),
     "metrics-jsonl-deleted": ResumeCase(
-        remove("metrics.jsonl"), ("{run}", "not a gradfit run directory", "metrics.jsonl")),
+        remove("metrics.jsonl"), ("{run}", "not a gradfit run directory", "metrics.jsonl")
+    ),
     "checkpoints-deleted": ResumeCase(  # a run killed before its first checkpoint looks like this
-        remove("checkpoints"), ("{run}", "no checkpoint to resume from")),
-    "run-locked-by-another-process": ResumeCase(
-        _keep, ("{run}", "another gradfit process"), hold_lock=True),
+        remove("checkpoints"), ("{run}", "no checkpoint to resume from")
+    ),
+    "run-locked-by-another-process": ResumeCase(_keep, ("{run}", "another gradfit process"), hold_lock=True),
     # ------------------------------------------------------------------------------ damaged checkpoint files
     "newest-checkpoint-truncated": ResumeCase(  # a full disk, a copy cut short: point to the previous checkpoint
-        rewrite(f"checkpoints/{NEWEST}", lambda data: data[:len(data) // 2]),
-        (NEWEST, "unreadable", "delete it", PREVIOUS)),
+        rewrite(f"checkpoints/{NEWEST}", lambda data: data[: len(data) // 2]),
+        (NEWEST, "unreadable", "delete it", PREVIOUS),
+    ),
     "newest-checkpoint-empty": ResumeCase(
-        rewrite(f"checkpoints/{NEWEST}", lambda data: b""), (NEWEST, "unreadable", "delete it", PREVIOUS)),
+        rewrite(f"checkpoints/{NEWEST}", lambda data: b""), (NEWEST, "unreadable", "delete it", PREVIOUS)
+    ),
     "newest-checkpoint-random-bytes": ResumeCase(
         rewrite(f"checkpoints/{NEWEST}", lambda data: np.random.default_rng(0).bytes(len(data))),
-        (NEWEST, "unreadable", "delete it", PREVIOUS)),
+        (NEWEST, "unreadable", "delete it", PREVIOUS),
+    ),
     "newest-checkpoint-is-a-folder": ResumeCase(
-        lambda run: (remove(f"checkpoints/{NEWEST}")(run), _newest(run).mkdir()),
-        (NEWEST, "unreadable", PREVIOUS)),
+        lambda run: (remove(f"checkpoints/{NEWEST}")(run), _newest(run).mkdir()), (NEWEST, "unreadable", PREVIOUS)
+    ),
     "checkpoint-array-edited": ResumeCase(  # the digest is what catches a changed value
-        tampered(_scale_first_weight), (NEWEST, "do not match the digest", "modified", PREVIOUS)),
+        tampered(_scale_first_weight), (NEWEST, "do not match the digest", "modified", PREVIOUS)
+    ),
     "checkpoint-meta-edited": ResumeCase(
-        tampered(_set("loop", "step", 12)), (NEWEST, "do not match the digest", "modified")),
-    "checkpoint-meta-removed": ResumeCase(
-        raw_meta(None), (NEWEST, "not a gradfit checkpoint", PREVIOUS)),
-    "checkpoint-meta-not-json": ResumeCase(
-        raw_meta("{not json"), (NEWEST, "not a gradfit checkpoint")),
+        tampered(_set("loop", "step", 12)), (NEWEST, "do not match the digest", "modified")
+    ),
+    "checkpoint-meta-removed": ResumeCase(raw_meta(None), (NEWEST, "not a gradfit checkpoint", PREVIOUS)),
+    "checkpoint-meta-not-json": ResumeCase(raw_meta("{not json"), (NEWEST, "not a gradfit checkpoint")),
     "checkpoint-pickled-object-array": ResumeCase(  # refused without unpickling: UNPICKLED must not appear
-        _add_pickled_array, (NEWEST, "pickle")),
+        _add_pickled_array, (NEWEST, "pickle")
+    ),
     # ------------------------------------------------------------------------------ valid digest, unusable contents
     "checkpoint-of-another-model": ResumeCase(
-        crafted(_widen_weights), (NEWEST, "'params/w' has shape (31,)", "(30,)", "another model")),
+        crafted(_widen_weights), (NEWEST, "'params/w' has shape (31,)", "(30,)", "another model")
+    ),
     "checkpoint-float64-in-float32-run": ResumeCase(
-        crafted(_to_float64), (NEWEST, "float64", "float32", "runtime.precision")),
+        crafted(_to_float64), (NEWEST, "float64", "float32", "runtime.precision")
+    ),
     "checkpoint-meta-without-loop": ResumeCase(
-        crafted(lambda arrays, meta: meta.pop("loop")), (NEWEST, "metadata is inconsistent", "'loop'", PREVIOUS)),
+        crafted(lambda arrays, meta: meta.pop("loop")), (NEWEST, "metadata is inconsistent", "'loop'", PREVIOUS)
+    ),
     "checkpoint-meta-loop-is-a-list": ResumeCase(
-        crafted(_set(None, "loop", [8])), (NEWEST, "metadata is inconsistent")),
+        crafted(_set(None, "loop", [8])), (NEWEST, "metadata is inconsistent")
+    ),
     "checkpoint-meta-config-is-a-string": ResumeCase(
-        crafted(_set(None, "config", "adam")), (NEWEST, "metadata is inconsistent")),
+        crafted(_set(None, "config", "adam")), (NEWEST, "metadata is inconsistent")
+    ),
     "checkpoint-of-a-newer-format": ResumeCase(
-        crafted(_set(None, "format", 99)), (NEWEST, "checkpoint format 99", "reads format 2")),
+        crafted(_set(None, "format", 99)), (NEWEST, "checkpoint format 99", "reads format 2")
+    ),
     # values behind a valid digest are still checked: a wrong type or step never reaches the loop
     "checkpoint-meta-loop-step-is-a-string": ResumeCase(
-        crafted(_set("loop", "step", "8")), (NEWEST, "metadata is inconsistent", "step")),
+        crafted(_set("loop", "step", "8")), (NEWEST, "metadata is inconsistent", "step")
+    ),
     "checkpoint-meta-loop-last-empty": ResumeCase(
-        crafted(_set("loop", "last", {})), (NEWEST, "metadata is inconsistent", "last log record")),
+        crafted(_set("loop", "last", {})), (NEWEST, "metadata is inconsistent", "last log record")
+    ),
     "checkpoint-meta-loop-resumes-null": ResumeCase(
-        crafted(_set("loop", "resumes", None)), (NEWEST, "metadata is inconsistent", "resumes")),
+        crafted(_set("loop", "resumes", None)), (NEWEST, "metadata is inconsistent", "resumes")
+    ),
     "checkpoint-meta-loop-step-negative": ResumeCase(
-        crafted(_set("loop", "step", -4)), (NEWEST, "metadata is inconsistent", "step")),
+        crafted(_set("loop", "step", -4)), (NEWEST, "metadata is inconsistent", "step")
+    ),
     "checkpoint-meta-loop-step-huge": ResumeCase(
-        crafted(_set("loop", "step", 10**30)), (NEWEST, "metadata is inconsistent", "step numbers disagree")),
+        crafted(_set("loop", "step", 10**30)), (NEWEST, "metadata is inconsistent", "step numbers disagree")
+    ),
     "checkpoint-meta-elapsed-is-text": ResumeCase(
-        crafted(_set("loop", "elapsed_s", "x")), (NEWEST, "metadata is inconsistent", "elapsed_s")),
+        crafted(_set("loop", "elapsed_s", "x")), (NEWEST, "metadata is inconsistent", "elapsed_s")
+    ),
     "checkpoint-meta-early-stopping-is-text": ResumeCase(
-        crafted(_set(None, "early_stopping", "val_loss")), (NEWEST, "metadata is inconsistent")),
+        crafted(_set(None, "early_stopping", "val_loss")), (NEWEST, "metadata is inconsistent")
+    ),
     # ------------------------------------------------------------------------------ config differs from the run's
     "config-yaml-edited": ResumeCase(  # the changes are listed, and how to go ahead anyway
         rewrite("config.yaml", lambda text: text.replace(LEARNING_RATE.encode(), b"learning_rate: 0.05")),
-        ("optimizer.learning_rate", "0.001", "0.05", "--force")),
+        ("optimizer.learning_rate", "0.001", "0.05", "--force"),
+    ),
     "set-on-resume": ResumeCase(
-        _keep, ("optimizer.learning_rate", "0.001", "0.05", "--force"),
-        args=("--set", "optimizer.learning_rate=0.05")),
+        _keep, ("optimizer.learning_rate", "0.001", "0.05", "--force"), args=("--set", "optimizer.learning_rate=0.05")
+    ),
     "config-yaml-not-yaml": ResumeCase(
         rewrite("config.yaml", lambda text: text.replace(LEARNING_RATE.encode(), b"learning_rate: [0.001")),
-        ("config.yaml", "invalid YAML")),
+        ("config.yaml", "invalid YAML"),
+    ),
     # ------------------------------------------------------------------------------ the run, the command line
-    "run-already-finished": ResumeCase(
-        _keep, ("{run}", "already finished", "--force"), run="finished"),
-    "out-dir-with-resume": ResumeCase(
-        _keep, ("--out-dir", "--resume"), args=("--out-dir", "{run}/elsewhere")),
+    "run-already-finished": ResumeCase(_keep, ("{run}", "already finished", "--force"), run="finished"),
+    "out-dir-with-resume": ResumeCase(_keep, ("--out-dir", "--resume"), args=("--out-dir", "{run}/elsewhere")),
     "force-without-resume": ResumeCase(  # would otherwise start a new run from the run's config
-        _keep, ("--force", "--resume"), command=("{run}/config.yaml", "-o", "{run}/runs", "--force")),
+        _keep, ("--force", "--resume"), command=("{run}/config.yaml", "-o", "{run}/runs", "--force")
+    ),
     "metrics-garbage-line": ResumeCase(  # found after compiling, but before metrics.jsonl is rewritten
-        _garbage_metrics_line, ("metrics.jsonl", "line 3", "not a gradfit metrics record")),
+        _garbage_metrics_line, ("metrics.jsonl", "line 3", "not a gradfit metrics record")
+    ),
 }
 
 
-def _snapshot(root: Path) -> dict[str, Optional[bytes]]:
+def _snapshot(root: Path) -> dict[str, bytes | None]:
     """Every file's bytes under root, folders as None; a .lock only by its presence (it is opened to be locked)."""
-    return {str(p.relative_to(root)): None if p.is_dir() or p.name == ".lock" else p.read_bytes()
-            for p in root.rglob("*")}
+    return {
+        str(p.relative_to(root)): None if p.is_dir() or p.name == ".lock" else p.read_bytes() for p in root.rglob("*")
+    }
 
 
 def _copy_run(source: Path, tmp_path: Path) -> Path:
@@ -562,9 +594,13 @@ def _copy_run(source: Path, tmp_path: Path) -> Path:
     return run
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=case.xfail) if case.xfail else ())
-    for name, case in RESUME_CASES.items()])
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=case.xfail) if case.xfail else ())
+        for name, case in RESUME_CASES.items()
+    ],
+)
 def test_broken_run_dir_is_refused_untouched(name: str, tmp_path: Path, trained_runs):
     case = RESUME_CASES[name]
     run = _copy_run(trained_runs[case.run], tmp_path)

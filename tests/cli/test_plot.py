@@ -17,8 +17,17 @@ TAB10 = np.array(matplotlib.colormaps["tab10"].colors) * 255
 
 def records(scale: float, steps: int = 20, **extra) -> list[dict]:
     """A decreasing objective curve as metrics.jsonl holds it (val_loss only every 5th step, None elsewhere)."""
-    return [{"step": s, "epoch": s / 10, "elapsed_s": 0.1 * s, "objective": scale / (1 + s),
-             "val_loss": scale / (1 + s) + 0.1 if s % 5 == 0 else None, **extra} for s in range(0, steps * 10, 10)]
+    return [
+        {
+            "step": s,
+            "epoch": s / 10,
+            "elapsed_s": 0.1 * s,
+            "objective": scale / (1 + s),
+            "val_loss": scale / (1 + s) + 0.1 if s % 5 == 0 else None,
+            **extra,
+        }
+        for s in range(0, steps * 10, 10)
+    ]
 
 
 def pixels(path) -> np.ndarray:
@@ -58,8 +67,9 @@ def test_a_single_point_is_visible_and_log_y_draws(tmp_path):
     assert colour_count(right, 0) > 50 and colour_count(right, 1) > 20  # the single point's marker
 
 
-@pytest.mark.parametrize("suffix, magic", [(".svg", (b"<?xml", b"<svg")), (".pdf", (b"%PDF",)),
-                                          (".PNG", (b"\x89PNG",))])
+@pytest.mark.parametrize(
+    "suffix, magic", [(".svg", (b"<?xml", b"<svg")), (".pdf", (b"%PDF",)), (".PNG", (b"\x89PNG",))]
+)
 def test_the_format_follows_the_suffix(tmp_path, suffix, magic):
     out = tmp_path / f"curves{suffix}"
     plot_curves([("a", records(1.0)), ("b", records(2.0))], ["objective", "val_loss"], out)
@@ -74,17 +84,26 @@ def test_an_existing_file_is_replaced_by_a_complete_image(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png"]  # no temporary file left behind
 
 
-@pytest.mark.parametrize("name, kwargs, message", [
-    ("curves.jpg", {}, "'.jpg'; name the file with one of .png, .svg, .pdf"),
-    ("curves", {}, "'(none)'"),
-    ("curves.png", {"metrics": ["val_accuracy"]},
-     "no run has val_accuracy values; they have: objective, val_loss; pick with --metric"),
-    ("curves.png", {"log_y": True, "curves": [("a", records(1.0)), ("flat", records(0.0))]},
-     "objective of run 'flat' is 0 at step 0, which a log scale cannot show; drop --log-y"),
-    ("curves.png", {"size": (199, 400)}, "plot size 199x400 pixels is out of range"),
-    ("curves.png", {"size": (1000, 10001)}, "from 200x150 to 10000x10000"),
-    ("curves.png", {"curves": []}, "nothing to plot"),
-])
+@pytest.mark.parametrize(
+    "name, kwargs, message",
+    [
+        ("curves.jpg", {}, "'.jpg'; name the file with one of .png, .svg, .pdf"),
+        ("curves", {}, "'(none)'"),
+        (
+            "curves.png",
+            {"metrics": ["val_accuracy"]},
+            "no run has val_accuracy values; they have: objective, val_loss; pick with --metric",
+        ),
+        (
+            "curves.png",
+            {"log_y": True, "curves": [("a", records(1.0)), ("flat", records(0.0))]},
+            "objective of run 'flat' is 0 at step 0, which a log scale cannot show; drop --log-y",
+        ),
+        ("curves.png", {"size": (199, 400)}, "plot size 199x400 pixels is out of range"),
+        ("curves.png", {"size": (1000, 10001)}, "from 200x150 to 10000x10000"),
+        ("curves.png", {"curves": []}, "nothing to plot"),
+    ],
+)
 def test_mistakes_are_refused_and_write_nothing(tmp_path, name, kwargs, message):
     arguments = {"curves": [("a", records(1.0))], "metrics": ["objective"], **kwargs}
     with pytest.raises(GradfitError) as caught:

@@ -29,11 +29,28 @@ from gradfit.runs import catalog, checkpoints
 from gradfit.runs.rundir import RECORD_KEYS, RunDir, Summary
 from gradfit.training import loop
 
-LOGISTIC = {"name": "lr", "optimizer": {"name": "momentum", "learning_rate": 0.05}, "runtime": {"precision": "float64"},
-            "train": {"batch_size": 50, "epochs": 3, "log_every": 3, "checkpoint_every": 6, "eval_every": 6,
-                      "loggers": ["jsonl", "csv", "tensorboard"]}}
-DIVERGING = ("name=bad", "data.source=digits", "model.kind=mlp", "model.hidden=[8]", "train.steps=30",
-             "train.log_every=1", "optimizer={name: sgd, learning_rate: 30.0}")
+LOGISTIC = {
+    "name": "lr",
+    "optimizer": {"name": "momentum", "learning_rate": 0.05},
+    "runtime": {"precision": "float64"},
+    "train": {
+        "batch_size": 50,
+        "epochs": 3,
+        "log_every": 3,
+        "checkpoint_every": 6,
+        "eval_every": 6,
+        "loggers": ["jsonl", "csv", "tensorboard"],
+    },
+}
+DIVERGING = (
+    "name=bad",
+    "data.source=digits",
+    "model.kind=mlp",
+    "model.hidden=[8]",
+    "train.steps=30",
+    "train.log_every=1",
+    "optimizer={name: sgd, learning_rate: 30.0}",
+)
 
 
 def breast_cancer() -> tuple[np.ndarray, np.ndarray]:
@@ -60,13 +77,14 @@ def made(tmp_path_factory) -> dict[str, Path]:
         patch.setattr(loop, "CHUNK_SECONDS", 0.0)  # one log window a chunk: Ctrl-C stops at that log point
         for name in ("interrupted", "resumed"):
             with pytest.raises(Interrupted) as stopped:
-                gradfit.fit(LOGISTIC, {"name": name, "optimizer.learning_rate": 0.02}, folder,
-                            callbacks=InterruptAt(9))
+                gradfit.fit(LOGISTIC, {"name": name, "optimizer.learning_rate": 0.02}, folder, callbacks=InterruptAt(9))
             runs[name] = Path(stopped.value.summary.run_dir)
     checkpoints.latest(runs["resumed"]).unlink()  # as if killed: the resume replays steps that were logged already
     api.resume(runs["resumed"])
-    damages = {"unfinished": lambda path: path.unlink(),
-               "damaged": lambda path: path.write_text('{"run_dir": null, "status": 3, "stop_reason": ""}')}
+    damages = {
+        "unfinished": lambda path: path.unlink(),
+        "damaged": lambda path: path.write_text('{"run_dir": null, "status": 3, "stop_reason": ""}'),
+    }
     for name, damage in damages.items():
         runs[name] = folder / f"{name}-20261201-120000"
         shutil.copytree(runs["interrupted"], runs[name])
@@ -102,15 +120,27 @@ def test_runs_lists_every_status_with_its_metrics(made):
     result = invoke("runs", made["folder"], "--json")
     assert result.exit_code == 0, result.output
     rows = {row["run"]: row for row in json.loads(result.stdout)}
-    status = {name: rows[Path(made[name]).name]["status"] for name in
-              ("completed", "failed", "interrupted", "resumed", "unfinished", "damaged")}
-    assert status == {"completed": "completed", "failed": "failed", "interrupted": "interrupted",
-                      "resumed": "completed", "unfinished": "unfinished", "damaged": "damaged"}
+    status = {
+        name: rows[Path(made[name]).name]["status"]
+        for name in ("completed", "failed", "interrupted", "resumed", "unfinished", "damaged")
+    }
+    assert status == {
+        "completed": "completed",
+        "failed": "failed",
+        "interrupted": "interrupted",
+        "resumed": "completed",
+        "unfinished": "unfinished",
+        "damaged": "damaged",
+    }
     completed = Summary.read(made["completed"] / "summary.json")
     row = rows[made["completed"].name]
     assert (row["steps"], row["val_loss"], row["test_accuracy"], row["best_val_loss"], row["model"]) == (
-        completed.steps, completed.final["val_loss"], completed.final["test_accuracy"], completed.best["val_loss"],
-        "logistic")
+        completed.steps,
+        completed.final["val_loss"],
+        completed.final["test_accuracy"],
+        completed.best["val_loss"],
+        "logistic",
+    )
     assert rows[made["unfinished"].name]["steps"] == 9  # its newest checkpoint's, read from the file name
 
     table = invoke("runs", made["folder"], "--status", "failed")
@@ -128,7 +158,7 @@ def test_runs_sorts_best_first_and_reads_only_summaries(made, monkeypatch):
     result = invoke("runs", made["folder"], "--sort", "best_val_loss", "--json")
     losses = [row["best_val_loss"] for row in json.loads(result.stdout)]
     present = [v for v in losses if v is not None]
-    assert present == sorted(present) and losses[:len(present)] == present and len(present) >= 3
+    assert present == sorted(present) and losses[: len(present)] == present and len(present) >= 3
 
 
 def test_the_cli_offers_every_sort_key_and_status_the_catalog_has():
@@ -198,8 +228,9 @@ def test_plot_draws_one_line_per_run_at_the_requested_size(made, tmp_path):
     from PIL import Image
 
     out = tmp_path / "curves.png"
-    result = invoke("plot", made["completed"], made["resumed"], "--metric", "batch_objective", "--size", "500x300",
-                    "--out", out)
+    result = invoke(
+        "plot", made["completed"], made["resumed"], "--metric", "batch_objective", "--size", "500x300", "--out", out
+    )
     assert result.exit_code == 0, result.output
     rgb = np.asarray(Image.open(out).convert("RGB"), dtype=int)
     assert rgb.shape == (300, 500, 3)
@@ -240,8 +271,9 @@ def test_csv_and_tensorboard_hold_exactly_what_metrics_jsonl_holds(made, name):
 
     points = read_events(made[name])
     assert len(points) == len({(tag, step) for tag, step, _ in points}), "a step logged twice"
-    expected = {(key, r["step"]): r[key] for r in records for key in RECORD_KEYS
-                if key != "step" and r.get(key) is not None}
+    expected = {
+        (key, r["step"]): r[key] for r in records for key in RECORD_KEYS if key != "step" and r.get(key) is not None
+    }
     assert {(tag, step) for tag, step, _ in points} == set(expected)
     assert all(value == pytest.approx(expected[tag, step], rel=1e-6) for tag, step, value in points)
 
@@ -259,8 +291,9 @@ def test_loggers_may_change_on_resume_and_config_yaml_says_so(made, tmp_path):
     summary = api.resume(run, overrides={"train.loggers": ["jsonl"]})  # no --force: it computes the same
     assert summary.status == "completed" and RunDir(run).config().train.loggers == ["jsonl"]
     records = RunDir(run).metrics()
-    assert read_csv(run / "metrics.csv")[1] == [{key: r.get(key) for key in RECORD_KEYS} for r in records
-                                                if r["step"] <= summary.resumes[0]["from_step"]]
+    assert read_csv(run / "metrics.csv")[1] == [
+        {key: r.get(key) for key in RECORD_KEYS} for r in records if r["step"] <= summary.resumes[0]["from_step"]
+    ]
 
 
 def test_an_unknown_logger_is_a_config_error_naming_the_key():

@@ -9,24 +9,29 @@ import math
 import jax
 import numpy as np
 import pytest
+from conftest import CONFIGS, make_config, requires_no_gpu
 from typer.testing import CliRunner
 
-from conftest import CONFIGS, make_config, requires_no_gpu
-from gradfit.bench import differentiation
-from gradfit.bench import engine
-from gradfit.bench import peers
-from gradfit.bench import timing
-from gradfit.bench import training_speed
+from gradfit.bench import differentiation, engine, peers, timing, training_speed
 from gradfit.bench.options import BenchOptions
 from gradfit.cli.app import app
 from gradfit.training.prepare import prepare
 
-TINY = BenchOptions(steps=5, repeats=1, logreg_dims=(4, 16), mlp_widths=(4,), rows=64, peers=True,
-                    helmholtz_sizes=(1, 2), symbolic_max_n=1)
+TINY = BenchOptions(
+    steps=5,
+    repeats=1,
+    logreg_dims=(4, 16),
+    mlp_widths=(4,),
+    rows=64,
+    peers=True,
+    helmholtz_sizes=(1, 2),
+    symbolic_max_n=1,
+)
 TINY_SUITE = {
     "logreg": make_config("name=logreg", "train.steps=5"),
-    "mlp": make_config("name=mlp", "data.source=digits", "model.kind=mlp", "model.hidden=[8]", "train.steps=5",
-                       "train.batch_size=32"),
+    "mlp": make_config(
+        "name=mlp", "data.source=digits", "model.kind=mlp", "model.hidden=[8]", "train.steps=5", "train.batch_size=32"
+    ),
 }
 
 
@@ -51,7 +56,9 @@ def test_json_has_every_section_and_is_serializable(result):
 
 
 def test_the_scaling_table_of_one_device_says_there_is_nothing_to_scale_over(result):
-    scaling = result["scaling"]  # this test process sees one CPU device (forced devices: tests/integration/test_scale.py)
+    scaling = result[
+        "scaling"
+    ]  # this test process sees one CPU device (forced devices: tests/integration/test_scale.py)
     assert scaling["config"] == "mlp" and scaling["available_devices"] == 1 and not scaling["forced_cpu_devices"]
     assert [row["devices"] for row in scaling["rows"]] == [1] and scaling["rows"][0]["speedup"] == 1.0
     assert "one device only" in scaling["note"]
@@ -127,8 +134,11 @@ def test_missing_optional_peer_is_reported_not_fatal(monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_torch)
     peer = peers._torch_peer(prepare(TINY_SUITE["mlp"]), TINY)
-    assert peer == {"peer": "PyTorch eager MLP step", "available": False,
-                    "reason": "torch is not installed (optional: pip install torch)"}
+    assert peer == {
+        "peer": "PyTorch eager MLP step",
+        "available": False,
+        "reason": "torch is not installed (optional: pip install torch)",
+    }
 
 
 def test_reverse_mode_costs_a_constant_multiple_of_the_loss_by_xla_flop_count():
@@ -153,8 +163,9 @@ def test_cli_quick_json(monkeypatch, tmp_path):
     monkeypatch.setattr(engine, "QUICK", TINY)
     monkeypatch.setattr(engine, "EXAMPLES", {"logreg": ["name=logreg", "train.steps=5"]})
     out = tmp_path / "bench.json"
-    result = CliRunner().invoke(app, ["bench", "--quick", "--device", "cpu", "--no-peers", "--json-out", str(out)],
-                                env={"COLUMNS": "200"})
+    result = CliRunner().invoke(
+        app, ["bench", "--quick", "--device", "cpu", "--no-peers", "--json-out", str(out)], env={"COLUMNS": "200"}
+    )
     assert result.exit_code == 0, result.output
     assert "Training throughput" in result.output and "Cost of a gradient" in result.output
     data = json.loads(out.read_text())
@@ -181,8 +192,11 @@ def test_cli_study_helmholtz_runs_alone(monkeypatch, tmp_path):
 
     monkeypatch.setattr(engine, "QUICK", dataclasses.replace(TINY, helmholtz_sizes=(1, 2), symbolic_max_n=1))
     out = tmp_path / "study.json"
-    result = CliRunner().invoke(app, ["bench", "--study", "helmholtz", "--quick", "--device", "cpu",
-                                      "--json-out", str(out)], env={"COLUMNS": "200"})
+    result = CliRunner().invoke(
+        app,
+        ["bench", "--study", "helmholtz", "--quick", "--device", "cpu", "--json-out", str(out)],
+        env={"COLUMNS": "200"},
+    )
     assert result.exit_code == 0, result.output
     assert "Helmholtz free energy" in result.output and "Training throughput" not in result.output
     study = json.loads(out.read_text())["methods"]["helmholtz"]

@@ -12,11 +12,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import CONFIGS, ROOT
 from rich.console import Console
 
-from conftest import CONFIGS, ROOT
-from gradfit.runtime import compile_cache
 from gradfit.cli.render.progress import TrainProgress
+from gradfit.runtime import compile_cache
 
 
 def test_the_folder_comes_from_the_environment(tmp_path):
@@ -36,9 +36,27 @@ def test_an_unwritable_folder_is_reported_not_fatal(tmp_path):
 
 def _train(cache: str, *extra: str, out: Path) -> dict:
     env = {**os.environ, "GRADFIT_COMPILE_CACHE": cache}
-    done = subprocess.run([sys.executable, "-m", "gradfit", "train", str(CONFIGS / "logreg.yaml"), "-q", "--json",
-                           "-o", str(out), "--set", "train.steps=3", *extra],
-                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gradfit",
+            "train",
+            str(CONFIGS / "logreg.yaml"),
+            "-q",
+            "--json",
+            "-o",
+            str(out),
+            "--set",
+            "train.steps=3",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
@@ -52,8 +70,10 @@ def test_a_rerun_loads_its_programs_from_the_cache(tmp_path):
     assert second["objective"] == first["objective"]  # the same program, the same bits
     # GRADFIT_COMPILE_CACHE=off is compile_cache.directory's answer None, tested above: no third process needed;
     # --no-compile-cache compiles from scratch whatever the program: plain sgd compiles sooner than L-BFGS
-    assert _train(str(cache), "--no-compile-cache", "--set", "optimizer.name=sgd",
-                  out=tmp_path / "runs")["compile_cache"] == "off"
+    assert (
+        _train(str(cache), "--no-compile-cache", "--set", "optimizer.name=sgd", out=tmp_path / "runs")["compile_cache"]
+        == "off"
+    )
 
 
 def test_a_terminal_sees_what_is_being_prepared_from_the_first_second():
@@ -62,9 +82,21 @@ def test_a_terminal_sees_what_is_being_prepared_from_the_first_second():
     progress.on_stage("starting JAX")
     assert progress.status is not None
     progress.on_stage("compiling")
-    progress.on_start({"total_steps": 3, "model": "logistic", "dataset": "breast_cancer", "num_params": 31,
-                       "device": "cpu:0 (cpu)", "trace_time_s": 0.2, "compile_time_s": 0.1, "compile_cache": "hit",
-                       "log_every": 1, "eval_every": 1, "run_dir": "runs/x"})
+    progress.on_start(
+        {
+            "total_steps": 3,
+            "model": "logistic",
+            "dataset": "breast_cancer",
+            "num_params": 31,
+            "device": "cpu:0 (cpu)",
+            "trace_time_s": 0.2,
+            "compile_time_s": 0.1,
+            "compile_cache": "hit",
+            "log_every": 1,
+            "eval_every": 1,
+            "run_dir": "runs/x",
+        }
+    )
     assert progress.status is None  # the spinner gives way to the progress bar
     progress.close()
     assert "from the compile cache" in console.file.getvalue()

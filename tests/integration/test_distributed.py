@@ -1,7 +1,7 @@
 """Several processes (jax.distributed) on this machine: bad settings, different configs, signals, a lost process.
 
-Each process sees two forced CPU devices; see tests/integration/test_scale.py for the mesh itself and for why forced devices
-prove results, never speed.
+Each process sees two forced CPU devices; see tests/integration/test_scale.py for the mesh itself and for why
+forced devices prove results, never speed.
 """
 
 from __future__ import annotations
@@ -15,16 +15,22 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import CONFIGS, finish, forced_devices, free_port, gradfit_argv, logged_metrics, start_group
 from typer.testing import CliRunner
 
-from conftest import CONFIGS, finish, forced_devices, free_port, gradfit_argv, logged_metrics, start_group
-from gradfit.runs import checkpoints
 from gradfit.cli.app import app
+from gradfit.runs import checkpoints
 
 # long enough to be stopped after its first checkpoint (a group of 2 processes reducing over gloo takes
 # ~60 steps/s here), short enough to resume quickly; one small hidden layer compiles sooner
-GROUP_RUN = ("model.hidden=[16]", "train.epochs=null", "train.steps=120", "train.checkpoint_every=30",
-             "train.log_every=10", "optimizer.schedule.warmup_steps=5")
+GROUP_RUN = (
+    "model.hidden=[16]",
+    "train.epochs=null",
+    "train.steps=120",
+    "train.checkpoint_every=30",
+    "train.log_every=10",
+    "optimizer.schedule.warmup_steps=5",
+)
 
 
 def wait_for_checkpoint(out: Path, group: list[subprocess.Popen], after: int = -1) -> int:
@@ -44,10 +50,29 @@ def test_processes_given_different_configs_refuse_to_start(tmp_path):
     config.write_text((CONFIGS / "mlp.yaml").read_text())
     out = tmp_path / "group"
     flags = ["--distributed", "--coordinator", f"127.0.0.1:{free_port()}", "--num-processes", "2"]
-    group = [subprocess.Popen(gradfit_argv("train", str(config), "-q", "-o", str(out), "--set", f"train.steps={steps}",
-                                      "--set", "train.epochs=null", *flags, "--process-id", str(i)),
-                              env=forced_devices(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i, steps in enumerate((50, 80))]  # process 1 asked for more steps
+    group = [
+        subprocess.Popen(
+            gradfit_argv(
+                "train",
+                str(config),
+                "-q",
+                "-o",
+                str(out),
+                "--set",
+                f"train.steps={steps}",
+                "--set",
+                "train.epochs=null",
+                *flags,
+                "--process-id",
+                str(i),
+            ),
+            env=forced_devices(2),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i, steps in enumerate((50, 80))
+    ]  # process 1 asked for more steps
     results = finish(group, timeout=120)
     for code, _, stderr in results:
         assert code == 2, stderr
@@ -104,16 +129,29 @@ def test_a_signal_or_a_lost_process_stops_the_whole_group_which_then_resumes(tmp
 # ----------------------------------------------------------------------------------------------- bad input
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--distributed", "--coordinator", "127.0.0.1:9", "--num-processes", "2"], "--distributed needs --process-id"),
-    (["--distributed", "--coordinator", "nohost", "--num-processes", "2", "--process-id", "0"], "expected HOST:PORT"),
-    (["--distributed", "--coordinator", "127.0.0.1:9", "--num-processes", "2", "--process-id", "2"],
-     "--process-id 2 is outside 0..1"),
-    (["--process-id", "1"], "--process-id applies with --distributed"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--distributed", "--coordinator", "127.0.0.1:9", "--num-processes", "2"], "--distributed needs --process-id"),
+        (
+            ["--distributed", "--coordinator", "nohost", "--num-processes", "2", "--process-id", "0"],
+            "expected HOST:PORT",
+        ),
+        (
+            ["--distributed", "--coordinator", "127.0.0.1:9", "--num-processes", "2", "--process-id", "2"],
+            "--process-id 2 is outside 0..1",
+        ),
+        (["--process-id", "1"], "--process-id applies with --distributed"),
+    ],
+)
 def test_distributed_settings_are_checked_before_joining(args, message, monkeypatch):
-    for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_JOB_ID",
-                 "OMPI_COMM_WORLD_SIZE"):
+    for name in (
+        "JAX_COORDINATOR_ADDRESS",
+        "JAX_NUM_PROCESSES",
+        "JAX_PROCESS_ID",
+        "SLURM_JOB_ID",
+        "OMPI_COMM_WORLD_SIZE",
+    ):
         monkeypatch.delenv(name, raising=False)
     result = CliRunner().invoke(app, ["train", str(CONFIGS / "logreg.yaml"), *args])
     assert result.exit_code == 2 and message in result.output, result.output
@@ -127,10 +165,25 @@ def unreachable():
     held = socket.socket()  # bound, never listening: connections are refused, and no free_port() can pick it
     held.bind(("127.0.0.1", 0))
     started = time.monotonic()
-    process = subprocess.Popen(gradfit_argv("train", str(CONFIGS / "logreg.yaml"), "-q", "--distributed",
-                                            "--coordinator", f"127.0.0.1:{held.getsockname()[1]}",
-                                            "--num-processes", "2", "--process-id", "1", "--init-timeout", "1"),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        gradfit_argv(
+            "train",
+            str(CONFIGS / "logreg.yaml"),
+            "-q",
+            "--distributed",
+            "--coordinator",
+            f"127.0.0.1:{held.getsockname()[1]}",
+            "--num-processes",
+            "2",
+            "--process-id",
+            "1",
+            "--init-timeout",
+            "1",
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     ended: dict = {}
 
     def wait() -> None:

@@ -32,9 +32,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CONFIGS, make_config
 from typer.testing import CliRunner
 
-from conftest import CONFIGS, make_config
 from gradfit import files
 from gradfit.cli.app import app, legacy_spellings
 from gradfit.training.loop import fit
@@ -60,6 +60,7 @@ def refused(result, *fragments: str, code: int = 2) -> None:
 @contextlib.contextmanager
 def deadline(seconds: int):
     """Fail instead of hanging the suite when a read blocks (a FIFO)."""
+
     def expire(signum, frame):
         raise TimeoutError(f"still running after {seconds} s: the command hangs")
 
@@ -140,8 +141,11 @@ def test_a_device_is_never_replaced_even_with_force(run, new_rows, tmp_path, com
     link = tmp_path / "to-devnull"
     link.symlink_to(device)
     for target in (device, link):
-        args = ["predict", run, new_rows, "--out", target] if command == "predict" else \
-            [command, run, "--json-out", target]
+        args = (
+            ["predict", run, new_rows, "--out", target]
+            if command == "predict"
+            else [command, run, "--json-out", target]
+        )
         refused(invoke(*args, "--force"), str(target), "character device", "regular file")
     assert stat.S_ISCHR(os.stat(device).st_mode)
 
@@ -151,8 +155,11 @@ def test_a_standard_stream_is_never_followed_to_the_file_behind_it(run, tmp_path
     # with stdout redirected to a file, following /dev/stdout would atomically replace that file
     link = tmp_path / "out.json"
     link.symlink_to("/dev/stdout")
-    refused(invoke("eval", run, "--json-out", link if target == "LINK" else target, "--force"),
-            "a device or standard stream", "--json-out -")
+    refused(
+        invoke("eval", run, "--json-out", link if target == "LINK" else target, "--force"),
+        "a device or standard stream",
+        "--json-out -",
+    )
 
 
 def test_a_folder_or_fifo_is_refused(run, tmp_path):
@@ -188,8 +195,9 @@ def test_predict_never_writes_over_its_input(run, new_rows):
 def test_train_json_out_never_writes_over_its_config(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("train: {steps: 2}\n")
-    refused(invoke("train", config, "-o", tmp_path / "runs", "--json-out", config, "--force"),
-            "which this command reads")
+    refused(
+        invoke("train", config, "-o", tmp_path / "runs", "--json-out", config, "--force"), "which this command reads"
+    )
     assert config.read_text() == "train: {steps: 2}\n" and not (tmp_path / "runs").exists()
 
 
@@ -271,7 +279,7 @@ def lying_member(path: Path, name: str, claimed: int) -> None:
     size = len(header.getvalue()) + 8 * claimed  # rewrite both sizes, local header and central directory
     for signature, offset in ((b"PK\x03\x04", 18), (b"PK\x01\x02", 20)):
         at = data.index(signature)
-        data[at + offset:at + offset + 8] = size.to_bytes(4, "little") * 2
+        data[at + offset : at + offset + 8] = size.to_bytes(4, "little") * 2
     path.write_bytes(bytes(data))
 
 
@@ -298,8 +306,10 @@ def test_params_that_are_not_an_npz_never_suggest_unpickling(copy):
 
 
 def test_a_checkpoint_whose_header_lies_is_refused_on_resume(tmp_path):
-    summary = fit(make_config("name=ck", "train.steps=4", "train.log_every=2", "train.checkpoint_every=2"),
-                  out_dir=tmp_path / "runs")
+    summary = fit(
+        make_config("name=ck", "train.steps=4", "train.log_every=2", "train.checkpoint_every=2"),
+        out_dir=tmp_path / "runs",
+    )
     run_dir = Path(summary.run_dir)
     newest = sorted((run_dir / "checkpoints").glob("*.npz"))[-1]
     bomb_npz(newest, "state/params/w")
@@ -308,14 +318,19 @@ def test_a_checkpoint_whose_header_lies_is_refused_on_resume(tmp_path):
     assert snapshot(run_dir) == before
 
 
-@pytest.mark.parametrize("edit, fragment", [
-    (lambda p: {**p, "classes": [["a"], ["b"]]}, "classes must be"),
-    (lambda p: {**p, "classes": ["a", "a"]}, "classes must be"),
-    (lambda p: {**p, "feature_names": [1, 2]}, "feature_names must be"),
-    (lambda p: {**p, "standardize": {"mean": p["standardize"]["mean"], "std": [0.0] * len(p["feature_names"])}},
-     "std positive"),
-    (lambda p: [p], "must hold"),
-])
+@pytest.mark.parametrize(
+    "edit, fragment",
+    [
+        (lambda p: {**p, "classes": [["a"], ["b"]]}, "classes must be"),
+        (lambda p: {**p, "classes": ["a", "a"]}, "classes must be"),
+        (lambda p: {**p, "feature_names": [1, 2]}, "feature_names must be"),
+        (
+            lambda p: {**p, "standardize": {"mean": p["standardize"]["mean"], "std": [0.0] * len(p["feature_names"])}},
+            "std positive",
+        ),
+        (lambda p: [p], "must hold"),
+    ],
+)
 def test_a_hand_edited_preprocessing_record_is_refused(copy, new_rows, edit, fragment):
     path = copy / "preprocessing.json"
     path.write_text(json.dumps(edit(json.loads(path.read_text()))))
@@ -344,8 +359,13 @@ def test_read_limits(tmp_path):
 
 
 def _start(args: list, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "gradfit", *map(str, args)], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "gradfit", *map(str, args)],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _wait_for_gradfit_handlers(process: subprocess.Popen, timeout: float = 60.0) -> None:

@@ -31,13 +31,34 @@ from gradfit.training.stopping import EarlyStopping
 # grouping of log windows into chunks changes no result is tested in test_train.py
 pytestmark = pytest.mark.usefixtures("one_window_chunks")
 
-LOGREG_MINIBATCH = ("name=lr", "optimizer={name: momentum, learning_rate: 0.05}", "train.batch_size=50",
-                    "train.epochs=5", "train.log_every=4", "train.checkpoint_every=4", "runtime.precision=float64")
-LOGREG_LBFGS = ("name=lbfgs", "optimizer.name=lbfgs", "optimizer.learning_rate=null", "train.steps=40",
-                "train.log_every=5", "runtime.precision=float64")
-MLP = ("name=mlp", "data.source=digits", "model.kind=mlp", "model.hidden=[16]", "train.batch_size=100",
-       "train.epochs=4", "train.log_every=4", "train.checkpoint_every=8",
-       "optimizer={name: adam, learning_rate: 0.01, schedule: {name: warmup_cosine, warmup_steps: 6}}")
+LOGREG_MINIBATCH = (
+    "name=lr",
+    "optimizer={name: momentum, learning_rate: 0.05}",
+    "train.batch_size=50",
+    "train.epochs=5",
+    "train.log_every=4",
+    "train.checkpoint_every=4",
+    "runtime.precision=float64",
+)
+LOGREG_LBFGS = (
+    "name=lbfgs",
+    "optimizer.name=lbfgs",
+    "optimizer.learning_rate=null",
+    "train.steps=40",
+    "train.log_every=5",
+    "runtime.precision=float64",
+)
+MLP = (
+    "name=mlp",
+    "data.source=digits",
+    "model.kind=mlp",
+    "model.hidden=[16]",
+    "train.batch_size=100",
+    "train.epochs=4",
+    "train.log_every=4",
+    "train.checkpoint_every=8",
+    "optimizer={name: adam, learning_rate: 0.01, schedule: {name: warmup_cosine, warmup_steps: 6}}",
+)
 
 
 def metrics(run_dir) -> list[dict]:
@@ -77,13 +98,17 @@ def interrupt(config, out_dir, step: int) -> tuple[Path, int]:
     return Path(summary.run_dir), summary.steps
 
 
-@pytest.mark.parametrize("overrides, stop_at", [
-    pytest.param(LOGREG_MINIBATCH, 8, id="logreg-minibatch-float64"),  # 6 steps/epoch: resumes mid-epoch 2
-    pytest.param(LOGREG_LBFGS, 15, id="logreg-lbfgs-float64"),
-    pytest.param(MLP, 12, id="mlp-minibatch-float32"),  # 10 steps/epoch: crosses epoch boundaries after resume
-    pytest.param(MLP + ("train.early_stopping={monitor: val_accuracy, patience: 100}",), 12,
-                 id="mlp-early-stopping-state"),
-])
+@pytest.mark.parametrize(
+    "overrides, stop_at",
+    [
+        pytest.param(LOGREG_MINIBATCH, 8, id="logreg-minibatch-float64"),  # 6 steps/epoch: resumes mid-epoch 2
+        pytest.param(LOGREG_LBFGS, 15, id="logreg-lbfgs-float64"),
+        pytest.param(MLP, 12, id="mlp-minibatch-float32"),  # 10 steps/epoch: crosses epoch boundaries after resume
+        pytest.param(
+            MLP + ("train.early_stopping={monitor: val_accuracy, patience: 100}",), 12, id="mlp-early-stopping-state"
+        ),
+    ],
+)
 def test_interrupt_and_resume_equals_one_uninterrupted_run(overrides, stop_at, tmp_path):
     config = make_config(*overrides)
     run_dir, stopped_at = interrupt(config, tmp_path / "stopped", stop_at)
@@ -98,8 +123,11 @@ def killed_then_resumed(overrides: tuple, tmp_path: Path, kill_after: int) -> Pa
     resumed: asserts the result equals one uninterrupted run, bit for bit; returns the run directory."""
     config_file = tmp_path / "killed.yaml"
     config_file.write_text(_yaml(make_config(*overrides)), encoding="utf-8")
-    process = subprocess.Popen([sys.executable, "-m", "gradfit", "train", str(config_file), "-q", "-o",
-                                str(tmp_path / "killed")], stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gradfit", "train", str(config_file), "-q", "-o", str(tmp_path / "killed")],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not list((tmp_path / "killed").glob(f"*/checkpoints/step-{kill_after:08d}.npz")):
         assert process.poll() is None, process.stderr.read()
@@ -122,8 +150,13 @@ def killed_then_resumed(overrides: tuple, tmp_path: Path, kill_after: int) -> Pa
 
 
 def test_sigkill_in_a_real_process_then_resume_equals_one_uninterrupted_run(tmp_path):
-    overrides = MLP[:-3] + ("train.steps=600", "train.epochs=null", "train.log_every=1", "train.checkpoint_every=50",
-                            "train.keep_checkpoints=2")
+    overrides = MLP[:-3] + (
+        "train.steps=600",
+        "train.epochs=null",
+        "train.log_every=1",
+        "train.checkpoint_every=50",
+        "train.keep_checkpoints=2",
+    )
     run_dir = killed_then_resumed(overrides, tmp_path, 100)
     steps = [r["step"] for r in metrics(run_dir)]
     # minibatch runs log from step 1 (step 0 has no minibatch means yet)
@@ -141,8 +174,7 @@ def _yaml(config) -> str:
 
 def test_checkpoints_follow_the_schedule_and_only_the_newest_are_kept(tmp_path):
     # log points 0,4,...,28,30; due at the first log point past each multiple of 10 (12, 20, 30) and at the end
-    config = make_config("train.steps=30", "train.log_every=4", "train.checkpoint_every=10",
-                         "train.keep_checkpoints=2")
+    config = make_config("train.steps=30", "train.log_every=4", "train.checkpoint_every=10", "train.keep_checkpoints=2")
     run_dir = Path(fit(config, tmp_path).run_dir)
     assert [step for step, _ in checkpoints.listing(run_dir)] == [20, 30]
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-00000020.npz", "step-00000030.npz"]
@@ -172,9 +204,14 @@ def test_changed_config_is_refused_then_forced_and_recorded(tmp_path):
 
     summary = resume(run_dir, changed, force=True)
     assert summary.status == "completed" and summary.steps == 36
-    assert summary.resumes == [{"from_step": 8, "checkpoint": "step-00000008.npz", "reproduced_checkpoint_metrics":
-                                   True, "forced_changes": {"optimizer.learning_rate": [0.05, 0.02],
-                                                            "train.epochs": [5, 6]}}]
+    assert summary.resumes == [
+        {
+            "from_step": 8,
+            "checkpoint": "step-00000008.npz",
+            "reproduced_checkpoint_metrics": True,
+            "forced_changes": {"optimizer.learning_rate": [0.05, 0.02], "train.epochs": [5, 6]},
+        }
+    ]
     assert (run_dir / "config.before-step-8.yaml").read_text() == original
     assert make_config(path=run_dir / "config.yaml") == changed
 
@@ -191,7 +228,10 @@ def test_finished_run_is_not_resumed_unless_extended(tmp_path):
 def test_changed_data_file_is_detected_before_resuming(tmp_path):
     data = tmp_path / "data.csv"
     rows = np.random.default_rng(0).normal(size=(60, 3))
-    write = lambda x: data.write_text("a,b,target\n" + "".join(f"{float(r[0])!r},{float(r[1])!r},{int(r[2] > 0)}\n" for r in x))  # noqa: E731
+
+    def write(x):
+        data.write_text("a,b,target\n" + "".join(f"{float(r[0])!r},{float(r[1])!r},{int(r[2] > 0)}\n" for r in x))
+
     write(rows)
     config = make_config(f"data={{source: file, path: {data}}}", "train.steps=20", "train.log_every=2")
     run_dir, _ = interrupt(config, tmp_path / "runs", 6)
@@ -242,8 +282,13 @@ def test_records_after_the_checkpoint_are_moved_aside_not_duplicated(tmp_path):
 
 
 def test_divergence_names_the_last_good_checkpoint_and_keeps_it(tmp_path):
-    config = make_config(*MLP[:-1], "optimizer={name: sgd, learning_rate: 30.0}", "train.log_every=1",
-                         "train.checkpoint_every=1", "train.keep_checkpoints=100")
+    config = make_config(
+        *MLP[:-1],
+        "optimizer={name: sgd, learning_rate: 30.0}",
+        "train.log_every=1",
+        "train.checkpoint_every=1",
+        "train.keep_checkpoints=100",
+    )
     with pytest.raises(TrainingFailed) as failed:
         fit(config, tmp_path)
     summary = failed.value.summary
@@ -281,10 +326,13 @@ def test_a_crash_mid_run_leaves_a_failed_summary(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------------- early stopping
 
 
-@pytest.mark.parametrize("monitor, values, best_index, stops_after", [
-    ("val_loss", [1.0, 0.9, 0.95, 0.9, 0.91], 1, 4),  # equal is not better
-    ("val_accuracy", [0.5, 0.7, 0.7, 0.8, 0.75, 0.79], 3, None),
-])
+@pytest.mark.parametrize(
+    "monitor, values, best_index, stops_after",
+    [
+        ("val_loss", [1.0, 0.9, 0.95, 0.9, 0.91], 1, 4),  # equal is not better
+        ("val_accuracy", [0.5, 0.7, 0.7, 0.8, 0.75, 0.79], 3, None),
+    ],
+)
 def test_early_stopping_rule(monitor, values, best_index, stops_after):
     stopper = EarlyStopping(monitor, patience=3, min_delta=0.0)
     for i, value in enumerate(values):
@@ -302,8 +350,14 @@ def test_min_delta_is_the_smallest_improvement_that_counts():
     assert (stopper.best_step, stopper.bad_checks) == (2, 1)
 
 
-EARLY = MLP[:-3] + ("train.epochs=60", "train.log_every=10", "train.eval_every=10", "train.checkpoint_every=null",
-                    "optimizer={name: adam, learning_rate: 0.03}", "runtime.precision=float64")
+EARLY = MLP[:-3] + (
+    "train.epochs=60",
+    "train.log_every=10",
+    "train.eval_every=10",
+    "train.checkpoint_every=null",
+    "optimizer={name: adam, learning_rate: 0.03}",
+    "runtime.precision=float64",
+)
 
 
 def test_early_stopping_stops_and_saves_the_best_parameters(tmp_path):
@@ -340,15 +394,21 @@ def _assert_params_reproduce(summary: Summary, record: dict) -> None:
     data = load_dataset(config)
     with jax.enable_x64(True):
         model = build_model(config.model, data.n_features, data.n_classes)
-        params = params_from_named(model.init(jax.random.PRNGKey(0), np.float64),
-                                   rundir.load_arrays(Path(summary.run_dir, "params.npz")))
+        params = params_from_named(
+            model.init(jax.random.PRNGKey(0), np.float64), rundir.load_arrays(Path(summary.run_dir, "params.npz"))
+        )
         x, y = split_arrays(data.val, data.n_classes, np.float64)
         assert float(data_loss(model.apply(params, x), y)) == pytest.approx(record["val_loss"], rel=1e-12)
 
 
 def test_early_stopping_keeps_the_best_parameters_when_training_diverges(tmp_path):
-    config = make_config(*MLP[:-1], "optimizer={name: sgd, learning_rate: 30.0}", "train.log_every=1",
-                         "train.eval_every=1", "train.early_stopping={monitor: val_loss, patience: 100}")
+    config = make_config(
+        *MLP[:-1],
+        "optimizer={name: sgd, learning_rate: 30.0}",
+        "train.log_every=1",
+        "train.eval_every=1",
+        "train.early_stopping={monitor: val_loss, patience: 100}",
+    )
     with pytest.raises(TrainingFailed) as failed:
         fit(config, tmp_path)
     summary = failed.value.summary
@@ -365,10 +425,15 @@ def test_early_stopping_needs_a_validation_split():
 
 
 def test_resuming_twice_with_early_stopping_firing_after_the_resumes_equals_one_run(tmp_path):
-    config = make_config(*MLP[:-3], "train.epochs=30", "train.log_every=5", "train.eval_every=5",
-                         "train.checkpoint_every=10",
-                         "optimizer={name: adam, learning_rate: 0.03}",
-                         "train.early_stopping={monitor: val_loss, patience: 3}")
+    config = make_config(
+        *MLP[:-3],
+        "train.epochs=30",
+        "train.log_every=5",
+        "train.eval_every=5",
+        "train.checkpoint_every=10",
+        "optimizer={name: adam, learning_rate: 0.03}",
+        "train.early_stopping={monitor: val_loss, patience: 3}",
+    )
     reference = fit(config, tmp_path / "reference")
     assert reference.stop_reason.startswith("early stopping") and reference.steps > 20
     run_dir, _ = interrupt(config, tmp_path / "stopped", 10)
@@ -379,11 +444,14 @@ def test_resuming_twice_with_early_stopping_firing_after_the_resumes_equals_one_
     assert_identical_runs(resumed, reference)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (("train.steps=6",), "would stop at once, at step 8 (completed all steps)"),  # fewer steps than done
-    (("train.steps=8",), "would stop at once, at step 8 (completed all steps)"),
-    (("train.tol=1e6",), "would stop at once, at step 8 (converged"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (("train.steps=6",), "would stop at once, at step 8 (completed all steps)"),  # fewer steps than done
+        (("train.steps=8",), "would stop at once, at step 8 (completed all steps)"),
+        (("train.tol=1e6",), "would stop at once, at step 8 (converged"),
+    ],
+)
 def test_a_forced_config_that_would_stop_at_once_is_refused(overrides, message, tmp_path):
     config = make_config("train.steps=20", "train.log_every=2")
     run_dir, _ = interrupt(config, tmp_path, 8)
@@ -396,12 +464,17 @@ def test_a_forced_config_that_would_stop_at_once_is_refused(overrides, message, 
 def test_a_finished_run_needs_a_change_that_lets_it_train_further(tmp_path):
     config = make_config(*EARLY, "train.early_stopping={monitor: val_loss, patience: 3}")
     run_dir = Path(fit(config, tmp_path).run_dir)
-    longer = make_config(*EARLY[:-4], "train.epochs=120", *EARLY[-3:], "train.early_stopping={monitor: val_loss, patience: 3}")
+    longer = make_config(
+        *EARLY[:-4], "train.epochs=120", *EARLY[-3:], "train.early_stopping={monitor: val_loss, patience: 3}"
+    )
     with pytest.raises(RunDirError, match="would stop at once.*early stopping.*patience"):
         resume(run_dir, longer, force=True)
     with pytest.raises(RunDirError, match="would stop at once"):  # an unrelated change does not train further
-        resume(run_dir, make_config(*EARLY, "train.early_stopping={monitor: val_loss, patience: 3}",
-                                    "train.keep_checkpoints=5"), force=True)
+        resume(
+            run_dir,
+            make_config(*EARLY, "train.early_stopping={monitor: val_loss, patience: 3}", "train.keep_checkpoints=5"),
+            force=True,
+        )
     patient = make_config(*EARLY, "train.early_stopping={monitor: val_loss, patience: 6}")
     summary = resume(run_dir, patient, force=True)
     steps = [r["step"] for r in metrics(run_dir)]
@@ -436,8 +509,11 @@ def test_a_resumed_run_that_diverges_does_not_leave_the_earlier_params_as_its_re
     run_dir, _ = interrupt(config, tmp_path, 3)
     earlier = (run_dir / "params.npz").read_bytes()
     with pytest.raises(TrainingFailed):
-        resume(run_dir, make_config(*MLP[:-1], "optimizer={name: sgd, learning_rate: 1.0e+4}", "train.log_every=1"),
-               force=True)
+        resume(
+            run_dir,
+            make_config(*MLP[:-1], "optimizer={name: sgd, learning_rate: 1.0e+4}", "train.log_every=1"),
+            force=True,
+        )
     assert not (run_dir / "params.npz").exists()
     assert (run_dir / "params.previous.npz").read_bytes() == earlier
 
@@ -445,8 +521,9 @@ def test_a_resumed_run_that_diverges_does_not_leave_the_earlier_params_as_its_re
 def test_a_forced_resume_is_checkpointed_at_once(tmp_path):
     config = make_config("train.steps=20", "train.log_every=2", "train.checkpoint_every=100")
     run_dir, _ = interrupt(config, tmp_path, 6)
-    forced = make_config("train.steps=20", "train.log_every=2", "train.checkpoint_every=100",
-                         "optimizer.learning_rate=0.002")
+    forced = make_config(
+        "train.steps=20", "train.log_every=2", "train.checkpoint_every=100", "optimizer.learning_rate=0.002"
+    )
     with pytest.raises(Interrupted):
         resume(run_dir, forced, force=True, callbacks=InterruptAt(8))
     # the newest checkpoint carries the forced config, so a plain resume needs no --force

@@ -23,14 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CONFIGS, finish, forced_devices, gradfit_argv, logged_metrics, make_config, start_group
 from typer.testing import CliRunner
 
-from conftest import CONFIGS, finish, forced_devices, gradfit_argv, logged_metrics, make_config, start_group
-from gradfit.runs import checkpoints
-from gradfit.runs import rundir
-from gradfit.runtime import mesh as scale
 from gradfit.cli.app import app
 from gradfit.errors import DeviceError
+from gradfit.runs import checkpoints, rundir
+from gradfit.runtime import mesh as scale
 
 SHORT = ("train.steps=50", "train.epochs=null")
 MLP = ("model.hidden=[32]", "optimizer.schedule.warmup_steps=5")  # one small hidden layer: a quicker compile
@@ -39,10 +38,17 @@ MLP_SHORT = SHORT + MLP
 # here), short enough to resume quickly; in float64, its runs on 1 and 4 devices are also a pair of RUNS
 KILLABLE = ("train.epochs=null", "train.steps=800", "train.checkpoint_every=50", "train.log_every=10", *MLP)
 RUNS = {  # name -> (config file, overrides), trained on 1 and on 4 devices in one process
-    f"{model}-{precision}-d{devices}": (f"{model}.yaml", (
-        *(SHORT if model == "logreg" else MLP_SHORT if precision == "float32" else KILLABLE),
-        f"runtime.precision={precision}", f"runtime.devices={devices}"))
-    for model in ("logreg", "mlp") for precision in ("float32", "float64") for devices in (1, 4)
+    f"{model}-{precision}-d{devices}": (
+        f"{model}.yaml",
+        (
+            *(SHORT if model == "logreg" else MLP_SHORT if precision == "float32" else KILLABLE),
+            f"runtime.precision={precision}",
+            f"runtime.devices={devices}",
+        ),
+    )
+    for model in ("logreg", "mlp")
+    for precision in ("float32", "float64")
+    for devices in (1, 4)
 }
 KILLABLE_RUN = "mlp-float64-d4"
 
@@ -63,8 +69,13 @@ def assert_close_metrics(a: Path, b: Path, rtol: float, loss_rtol: float | None 
     for x, y in zip(left, right):
         assert x.keys() == y.keys()
         for key in (k for k in OBJECTIVES + LOSSES + NORMS if x[k] is not None):
-            tolerance = {"rtol": rtol} if key in OBJECTIVES else {"rtol": loss_rtol or rtol} if key in LOSSES \
+            tolerance = (
+                {"rtol": rtol}
+                if key in OBJECTIVES
+                else {"rtol": loss_rtol or rtol}
+                if key in LOSSES
                 else {"rtol": 0, "atol": rtol * scale}
+            )
             np.testing.assert_allclose(y[key], x[key], **tolerance, err_msg=f"{key} at step {x['step']}")
             compared += 1
         assert x["val_accuracy"] == y["val_accuracy"]
@@ -94,8 +105,13 @@ def forced(tmp_path_factory) -> dict:
         "table = scaling.scaling_table(scaling.on_devices(config, 'cpu', 'auto'), options, 'mlp')\n"
         "print(json.dumps({'runs': done, 'scaling': table}))\n"
     )
-    result = subprocess.run([sys.executable, "-c", script, json.dumps(RUNS), str(CONFIGS), str(out)],
-                            env=forced_devices(4), capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(RUNS), str(CONFIGS), str(out)],
+        env=forced_devices(4),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.splitlines()[-1])
 
@@ -117,8 +133,7 @@ def test_four_devices_give_the_losses_of_one(trained, model, precision, rtol):
     assert_close_metrics(one, four, rtol, loss_rtol)
     summaries = [json.loads((d / "summary.json").read_text()) for d in (one, four)]
     for key in ("val_loss", "test_loss", "train_loss"):
-        np.testing.assert_allclose(summaries[1]["final"][key], summaries[0]["final"][key], rtol=loss_rtol,
-                                   err_msg=key)
+        np.testing.assert_allclose(summaries[1]["final"][key], summaries[0]["final"][key], rtol=loss_rtol, err_msg=key)
     assert summaries[0]["mesh"] == {"data": 1} and summaries[1]["mesh"] == {"data": 4}
     assert summaries[1]["devices"] == [f"cpu:{i} (cpu)" for i in range(4)] and summaries[1]["processes"] == 1
     assert summaries[1]["device"] == "4 x cpu (cpu)"
@@ -150,8 +165,12 @@ def test_a_killed_four_device_run_resumes_bit_for_bit(trained, tmp_path):
     config = tmp_path / "killable.yaml"
     config.write_text((reference / "config.yaml").read_text())
     out = tmp_path / "killed"
-    process = subprocess.Popen(gradfit_argv("train", str(config), "-q", "-o", str(out)), env=forced_devices(4),
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        gradfit_argv("train", str(config), "-q", "-o", str(out)),
+        env=forced_devices(4),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not list(out.glob("*/checkpoints/step-*.npz")):
         assert process.poll() is None, process.stderr.read()
@@ -161,8 +180,13 @@ def test_a_killed_four_device_run_resumes_bit_for_bit(trained, tmp_path):
     assert process.wait(timeout=30) == -signal.SIGKILL
     (run_dir,) = out.iterdir()
     assert not (run_dir / "summary.json").exists(), "the run finished before it was killed"
-    resumed = subprocess.run(gradfit_argv("train", "--resume", str(run_dir), "-q"), env=forced_devices(4),
-                             capture_output=True, text=True, timeout=120)
+    resumed = subprocess.run(
+        gradfit_argv("train", "--resume", str(run_dir), "-q"),
+        env=forced_devices(4),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert logged_metrics(run_dir) == logged_metrics(reference)
     left, right = rundir.load_arrays(run_dir / "params.npz"), rundir.load_arrays(reference / "params.npz")
@@ -193,7 +217,8 @@ def test_two_processes_of_two_devices_match_one_process_of_four(trained, tmp_pat
     config.write_text((reference / "config.yaml").read_text())  # runtime.devices: 4 ...
     out = tmp_path / "group"
     (code0, stdout0, stderr0), (code1, stdout1, stderr1) = finish(
-        start_group(["train", str(config), "-q", "-o", str(out), "--json", "--devices", "2"]))  # ... per process
+        start_group(["train", str(config), "-q", "-o", str(out), "--json", "--devices", "2"])
+    )  # ... per process
     assert code0 == 0 and code1 == 0, stderr0 + stderr1
     (run_dir,) = out.iterdir()  # exactly one run directory, written by process 0
     summary = json.loads(stdout0)  # stdout holds the JSON alone: gloo's notes are kept off it
@@ -214,9 +239,15 @@ def test_more_devices_than_exist_is_refused_with_the_count():
         scale.select("cpu", (0, 7))
 
 
-@pytest.mark.parametrize("value, message", [
-    ("0", "a device count >= 1"), ("[1, 1]", "device ids repeat"), ("[]", "non-empty list"), ("true", "got True"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("0", "a device count >= 1"),
+        ("[1, 1]", "device ids repeat"),
+        ("[]", "non-empty list"),
+        ("true", "got True"),
+    ],
+)
 def test_bad_devices_setting_names_the_key(value, message):
     from gradfit.errors import ConfigError
 
@@ -225,11 +256,13 @@ def test_bad_devices_setting_names_the_key(value, message):
 
 
 def test_a_batch_that_does_not_divide_names_the_nearest_sizes():
-    result = subprocess.run(gradfit_argv("train", str(CONFIGS / "mlp.yaml"), "--devices", "4", "--set",
-                                    "train.batch_size=30"), env=forced_devices(4), capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        gradfit_argv("train", str(CONFIGS / "mlp.yaml"), "--devices", "4", "--set", "train.batch_size=30"),
+        env=forced_devices(4),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert "train.batch_size=30 does not divide by the 4 devices" in result.stderr
     assert "nearest valid sizes: 28 or 32" in result.stderr and "Traceback" not in result.stderr
-
-

@@ -14,25 +14,28 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import make_config
+from test_resume import killed_then_resumed, metrics
 from typer.testing import CliRunner
 
-from conftest import make_config
-from gradfit.data import dataset
-from gradfit.data import feed
-from gradfit.runs import rundir
-from gradfit.data import shuffle
-from gradfit.data import load
-from gradfit.data import streamed as stream
-from gradfit.data import synthetic
 from gradfit.cli.app import app
+from gradfit.data import dataset, feed, load, shuffle, synthetic
+from gradfit.data import streamed as stream
 from gradfit.data.convert import convert
-from gradfit.runs.rundir import Summary
 from gradfit.errors import ConfigError, DataError
+from gradfit.runs import rundir
+from gradfit.runs.rundir import Summary
 from gradfit.training.loop import fit
-from test_resume import killed_then_resumed, metrics
 
-MLP = ("name=mlp", "model.kind=mlp", "model.hidden=[16]", "train.batch_size=50", "train.log_every=4",
-       "optimizer={name: adam, learning_rate: 0.01}", "data.source=file")
+MLP = (
+    "name=mlp",
+    "model.kind=mlp",
+    "model.hidden=[16]",
+    "train.batch_size=50",
+    "train.log_every=4",
+    "optimizer={name: adam, learning_rate: 0.01}",
+    "data.source=file",
+)
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +65,7 @@ def test_streamed_params_equal_in_memory_bit_for_bit(digits, tmp_path, monkeypat
     memory = fit(make_config(*common, "data.in_memory=true"), tmp_path / "memory")
     streamed = fit(make_config(*common, "data.in_memory=false"), tmp_path / "streamed")
     assert_same_params(memory, streamed)
-    trained = [[r["batch_objective"] for r in metrics(s.run_dir) if "batch_objective" in r]
-               for s in (memory, streamed)]
+    trained = [[r["batch_objective"] for r in metrics(s.run_dir) if "batch_objective" in r] for s in (memory, streamed)]
     assert trained[0] == trained[1] and len(trained[0]) >= 12
     # evaluation reads the splits in other blocks: equal to rounding, not to the bit
     assert streamed.final["val_loss"] == pytest.approx(memory.final["val_loss"], rel=1e-5)
@@ -75,15 +77,24 @@ def test_convert_then_train_equals_train_on_the_csv(digits, tmp_path):
     on_csv = fit(make_config(*common, f"data.path={dataset.builtin_path('digits')}"), tmp_path / "csv")
     on_folder = fit(make_config(*common, f"data.path={digits}"), tmp_path / "folder")
     assert_same_params(on_csv, on_folder)
-    assert json.loads((Path(on_csv.run_dir) / "preprocessing.json").read_text())["standardize"] == \
-        json.loads((Path(on_folder.run_dir) / "preprocessing.json").read_text())["standardize"]
+    assert (
+        json.loads((Path(on_csv.run_dir) / "preprocessing.json").read_text())["standardize"]
+        == json.loads((Path(on_folder.run_dir) / "preprocessing.json").read_text())["standardize"]
+    )
 
 
 def test_streamed_synthetic_rows_equal_the_in_memory_ones(monkeypatch):
     # the training equality itself is the converted-folder test above: here, the same rows, bits and casts
     monkeypatch.setattr(synthetic, "SYNTHETIC_BLOCK", 1000)
-    config = make_config("data.source=synthetic", "data.synthetic.n_samples=4500", "data.synthetic.n_classes=3",
-                         "model.kind=mlp", "train.batch_size=64", "train.shuffle=blocks", "seed=3")
+    config = make_config(
+        "data.source=synthetic",
+        "data.synthetic.n_samples=4500",
+        "data.synthetic.n_classes=3",
+        "model.kind=mlp",
+        "train.batch_size=64",
+        "train.shuffle=blocks",
+        "seed=3",
+    )
     spec = config.data.synthetic
     whole_x, whole_y = synthetic.make_synthetic(4500, spec.n_features, spec.n_classes, spec.separation, spec.noise, 3)
     part_x, part_y = synthetic.synthetic_rows(spec, 3, 1990, 3010)  # across two block boundaries
@@ -108,13 +119,25 @@ def test_block_shuffle_visits_every_row_once_per_epoch_from_one_window_at_a_time
     assert np.array_equal(np.sort(first), np.arange(n)) and not np.array_equal(first, small)
     assert np.array_equal(np.sort(small), np.arange(n))
     for start in range(0, 5 * 100 - 300, 300):  # each window of 3 blocks holds 3 whole blocks of rows
-        blocks = np.unique(small[start:start + 300] // 100)
-        assert len(blocks) == 3 and all(np.sum(small[start:start + 300] // 100 == b) == 100 for b in blocks)
+        blocks = np.unique(small[start : start + 300] // 100)
+        assert len(blocks) == 3 and all(np.sum(small[start : start + 300] // 100 == b) == 100 for b in blocks)
 
 
 def test_sigkill_then_resume_of_a_streamed_run_is_bit_exact(digits, tmp_path):
-    killed_then_resumed((*MLP, f"data.path={digits}", "data.in_memory=false", "train.steps=200", "train.epochs=null",
-                         "train.log_every=1", "train.checkpoint_every=40", "train.keep_checkpoints=2"), tmp_path, 40)
+    killed_then_resumed(
+        (
+            *MLP,
+            f"data.path={digits}",
+            "data.in_memory=false",
+            "train.steps=200",
+            "train.epochs=null",
+            "train.log_every=1",
+            "train.checkpoint_every=40",
+            "train.keep_checkpoints=2",
+        ),
+        tmp_path,
+        40,
+    )
 
 
 def test_what_cannot_stream_is_refused_with_the_way_out(digits, tmp_path):
@@ -129,8 +152,17 @@ def test_what_cannot_stream_is_refused_with_the_way_out(digits, tmp_path):
 
 def test_eval_and_predict_read_a_streamed_runs_splits_and_folders(digits, tmp_path):
     # log_every=1, as the SIGKILL test above: the same program, loaded from the compile cache
-    summary = fit(make_config(*MLP, f"data.path={digits}", "data.in_memory=false", "train.steps=20",
-                              "train.epochs=null", "train.log_every=1"), tmp_path / "runs")
+    summary = fit(
+        make_config(
+            *MLP,
+            f"data.path={digits}",
+            "data.in_memory=false",
+            "train.steps=20",
+            "train.epochs=null",
+            "train.log_every=1",
+        ),
+        tmp_path / "runs",
+    )
     runner = CliRunner()
     result = runner.invoke(app, ["eval", summary.run_dir, "--split", "test", "--json"])
     assert result.exit_code == 0, result.output

@@ -13,21 +13,32 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from conftest import CONFIGS, logged_metrics
 from typer.testing import CliRunner
 
-from conftest import CONFIGS, logged_metrics
-from gradfit.training import loop
-from gradfit.sweeps import run
-from gradfit.sweeps import plan as sweeps
 from gradfit.cli.app import app
 from gradfit.config.load import resolve_config
 from gradfit.errors import ConfigError, Interrupted
+from gradfit.sweeps import plan as sweeps
+from gradfit.sweeps import run
+from gradfit.training import loop
 
 # digits, a small MLP, 4 epochs of 16 steps; early stopping watches every evaluation (every 8 steps)
-SMALL = ["name=small", "data.source=digits", "model.kind=mlp", "model.hidden=[16]", "train.epochs=4",
-         "train.batch_size=64", "train.log_every=4", "train.eval_every=8", "train.checkpoint_every=16",
-         "train.early_stopping.monitor=val_loss", "train.early_stopping.patience=1", "optimizer.name=adam",
-         "optimizer.learning_rate=0.003"]
+SMALL = [
+    "name=small",
+    "data.source=digits",
+    "model.kind=mlp",
+    "model.hidden=[16]",
+    "train.epochs=4",
+    "train.batch_size=64",
+    "train.log_every=4",
+    "train.eval_every=8",
+    "train.checkpoint_every=16",
+    "train.early_stopping.monitor=val_loss",
+    "train.early_stopping.patience=1",
+    "optimizer.name=adam",
+    "optimizer.learning_rate=0.003",
+]
 GRID = ["optimizer.learning_rate=[3e-3, 3e-2]", "model.l2=[0, 1e-3]"]
 
 
@@ -55,8 +66,10 @@ def swept(tmp_path_factory):
 def test_each_member_equals_its_own_gradfit_train(swept, tmp_path):
     members = swept["members"]
     assert [m["status"] for m in members] == ["completed"] * 8 and len(swept["groups"]) == 1
-    assert swept["groups"][0]["parallel"] == 8 and swept["groups"][0]["traced"] == ["model.l2",
-                                                                                     "optimizer.learning_rate"]
+    assert swept["groups"][0]["parallel"] == 8 and swept["groups"][0]["traced"] == [
+        "model.l2",
+        "optimizer.learning_rate",
+    ]
     # every member early-stops on its own (here at steps 32, 56 and 64)
     assert len({m["steps"] for m in members}) > 1
     # the 0.03 rate with l2 = 1e-3 and seed 1: every traced value differs from the base's, and it stops early
@@ -102,9 +115,11 @@ class CountCompiles(run.SweepCallbacks):
 
 
 def test_groups_compile_once_however_many_blocks_they_train(tmp_path):
-    resolved, planned = plan(["train.steps=8", "train.batch_size=64"], grid=["optimizer.name=[adam, sgd]",
-                                                                              "optimizer.learning_rate=[1e-3, 1e-2]"],
-                             parallel=1)
+    resolved, planned = plan(
+        ["train.steps=8", "train.batch_size=64"],
+        grid=["optimizer.name=[adam, sgd]", "optimizer.learning_rate=[1e-3, 1e-2]"],
+        parallel=1,
+    )
     counter = CountCompiles()
     try:
         state = run.start(resolved, planned, tmp_path, counter)
@@ -151,17 +166,23 @@ def test_a_stopped_sweep_resumes_bit_for_bit_and_its_members_are_normal_runs(swe
 
 
 def test_the_cli_ranks_and_prints_sweep_json_and_float64_members_that_stop_at_their_own_steps_equal_their_runs(
-        tmp_path):
+    tmp_path,
+):
     config = tmp_path / "sweep.yaml"
-    config.write_text("data: {source: breast_cancer}\noptimizer: {name: lbfgs}\ntrain: {steps: 60, tol: 1e-6}\n"
-                      "runtime: {precision: float64}\nsweep:\n  grid:\n    model.l2: [0.001, 0.1]\n"
-                      "  metric: val_accuracy\n")
-    result = CliRunner().invoke(app, ["sweep", str(config), "--json", "-o", str(tmp_path / "runs"), "--quiet"],
-                                env={"COLUMNS": "200"})
+    config.write_text(
+        "data: {source: breast_cancer}\noptimizer: {name: lbfgs}\ntrain: {steps: 60, tol: 1e-6}\n"
+        "runtime: {precision: float64}\nsweep:\n  grid:\n    model.l2: [0.001, 0.1]\n"
+        "  metric: val_accuracy\n"
+    )
+    result = CliRunner().invoke(
+        app, ["sweep", str(config), "--json", "-o", str(tmp_path / "runs"), "--quiet"], env={"COLUMNS": "200"}
+    )
     assert result.exit_code == 0, result.output
     state = json.loads(result.stdout)
     assert state["metric"] == "val_accuracy" and [m["values"] for m in state["members"]] == [
-        {"model.l2": 0.001}, {"model.l2": 0.1}]
+        {"model.l2": 0.001},
+        {"model.l2": 0.1},
+    ]
     best = state["ranking"][0]
     assert best["best"] and best["mean"] == max(m["final"]["val_accuracy"] for m in state["members"])
     assert "Sweep: settings ranked by val_accuracy" in result.stderr
@@ -175,22 +196,38 @@ def test_the_cli_ranks_and_prints_sweep_json_and_float64_members_that_stop_at_th
 
 def test_rank_orders_by_the_metric_with_mean_and_std_over_seeds():
     def member(setting, status, value, index):
-        return {"index": index, "setting": setting, "values": {"x": setting, "seed": index}, "status": status,
-                "final": {"val_loss": value, "val_accuracy": None if value is None else 1 - value}}
+        return {
+            "index": index,
+            "setting": setting,
+            "values": {"x": setting, "seed": index},
+            "status": status,
+            "final": {"val_loss": value, "val_accuracy": None if value is None else 1 - value},
+        }
 
-    members = [member(0, "completed", 0.5, 0), member(0, "completed", 0.7, 1), member(1, "completed", 0.2, 2),
-               member(1, "failed", None, 3), member(2, "completed", 0.3, 4), member(2, "interrupted", 0.1, 5)]
+    members = [
+        member(0, "completed", 0.5, 0),
+        member(0, "completed", 0.7, 1),
+        member(1, "completed", 0.2, 2),
+        member(1, "failed", None, 3),
+        member(2, "completed", 0.3, 4),
+        member(2, "interrupted", 0.1, 5),
+    ]
     by_loss = sweeps.rank(members, "val_loss")
     assert [r["setting"] for r in by_loss] == [2, 0, 1]  # a setting with a failed member ranks last
     assert by_loss[0]["best"] and by_loss[0]["pending"] == 1 and by_loss[0]["std"] is None
-    assert by_loss[1]["mean"] == pytest.approx(0.6) and by_loss[1]["std"] == pytest.approx(np.std([0.5, 0.7],
-                                                                                                  ddof=1))
+    assert by_loss[1]["mean"] == pytest.approx(0.6) and by_loss[1]["std"] == pytest.approx(np.std([0.5, 0.7], ddof=1))
     assert [r["setting"] for r in sweeps.rank(members, "val_accuracy")] == [2, 0, 1]
 
 
 def test_random_search_draws_reproducibly_within_the_ranges():
-    options = dict(random=6, space=["optimizer.learning_rate={log_uniform: [1e-4, 1e-1]}",
-                                    "model.hidden=[[8], [16, 16]]", "optimizer.b1={uniform: [0.8, 0.95]}"])
+    options = dict(
+        random=6,
+        space=[
+            "optimizer.learning_rate={log_uniform: [1e-4, 1e-1]}",
+            "model.hidden=[[8], [16, 16]]",
+            "optimizer.b1={uniform: [0.8, 0.95]}",
+        ],
+    )
     first = plan(SMALL, **options)[1]
     again = plan(SMALL, **options)[1]
     assert [m.values for m in first.members] == [m.values for m in again.members] and len(first.members) == 6
@@ -201,26 +238,40 @@ def test_random_search_draws_reproducibly_within_the_ranges():
 
 
 HOSTILE = {
-    "unknown key": ("grid:\n    optimizer.learnin_rate: [0.1]\n", "line 4: sweep.grid.optimizer.learnin_rate: "
-                                                                   "unknown key; did you mean 'optimizer.learning_rate'?"),
-    "shared key": ("grid:\n    data.val_fraction: [0.1, 0.2]\n", "line 4: sweep.grid.data.val_fraction: cannot be "
-                                                                 "swept: every member trains on the same data"),
+    "unknown key": (
+        "grid:\n    optimizer.learnin_rate: [0.1]\n",
+        "line 4: sweep.grid.optimizer.learnin_rate: unknown key; did you mean 'optimizer.learning_rate'?",
+    ),
+    "shared key": (
+        "grid:\n    data.val_fraction: [0.1, 0.2]\n",
+        "line 4: sweep.grid.data.val_fraction: cannot be swept: every member trains on the same data",
+    ),
     "not a list": ("grid:\n    model.l2: 0.1\n", "line 4: sweep.grid.model.l2: Input should be a valid list"),
     "no values": ("grid:\n    model.l2: []\n", "line 4: sweep.grid.model.l2: no values"),
     "typo in the section": ("seed: 3\n", "line 3: sweep.seed: unknown key; allowed: grid, random, seeds"),
     "repeated seeds": ("seeds: [1, 1]\n", "line 3: sweep.seeds: seeds repeat in [1, 1]"),
     "bad metric": ("metric: accuracy\n", "line 3: sweep.metric: Input should be 'val_loss' or 'val_accuracy'"),
-    "bad distribution": ("random:\n    trials: 2\n    space:\n      model.l2: {normal: [0, 1]}\n",
-                         "line 6: sweep.random.space.model.l2: expected {log_uniform: [lo, hi]}"),
-    "log of zero": ("random:\n    trials: 2\n    space:\n      model.l2: {log_uniform: [0, 1]}\n",
-                    "log_uniform: the bounds must be > 0"),
-    "swept twice": ("grid:\n    model.l2: [0.1]\n  random:\n    trials: 2\n    space:\n      model.l2: [0.2]\n",
-                    "sweep.random.space.model.l2: swept twice"),
-    "a member's value": ("grid:\n    optimizer.learning_rate: [0.1, -1]\n",
-                         "sweep member 1 (optimizer.learning_rate=-1): 1 problem:\n  line 4 (sweep): "
-                         "optimizer.learning_rate: Input should be greater than 0"),
-    "a key that does not apply": ("grid:\n    optimizer.momentum: [0.5, 0.9]\n",
-                                  "line 4 (sweep): optimizer.momentum: not used when name is 'adam'"),
+    "bad distribution": (
+        "random:\n    trials: 2\n    space:\n      model.l2: {normal: [0, 1]}\n",
+        "line 6: sweep.random.space.model.l2: expected {log_uniform: [lo, hi]}",
+    ),
+    "log of zero": (
+        "random:\n    trials: 2\n    space:\n      model.l2: {log_uniform: [0, 1]}\n",
+        "log_uniform: the bounds must be > 0",
+    ),
+    "swept twice": (
+        "grid:\n    model.l2: [0.1]\n  random:\n    trials: 2\n    space:\n      model.l2: [0.2]\n",
+        "sweep.random.space.model.l2: swept twice",
+    ),
+    "a member's value": (
+        "grid:\n    optimizer.learning_rate: [0.1, -1]\n",
+        "sweep member 1 (optimizer.learning_rate=-1): 1 problem:\n  line 4 (sweep): "
+        "optimizer.learning_rate: Input should be greater than 0",
+    ),
+    "a key that does not apply": (
+        "grid:\n    optimizer.momentum: [0.5, 0.9]\n",
+        "line 4 (sweep): optimizer.momentum: not used when name is 'adam'",
+    ),
     "the same member twice": ("grid:\n    model.l2: [0.1, 0.1]\n", "members 0 and 1 have the same config"),
     "nothing to sweep": ("metric: val_loss\n", "nothing to sweep"),
 }
@@ -242,15 +293,19 @@ def test_the_cli_refuses_bad_sweeps_with_exit_2_and_writes_nothing(tmp_path):
     config.write_text("sweep:\n  grid:\n    model.l2: [0, 0.1]\n")
     result = runner.invoke(app, ["train", str(config), "-o", str(tmp_path / "runs")], env={"COLUMNS": "200"})
     assert result.exit_code == 2 and "line 1: sweep: this config describes a sweep; run gradfit sweep" in result.output
-    for args, message in ((["--grid", "model.l2=0.1"], "--grid model.l2=0.1: expected KEY=[v1, v2, ...]"),
-                          (["--grid", "runtime.device=[cpu]"], "--grid: sweep.grid.runtime.device: cannot be swept"),
-                          (["--seeds", "2", "--parallel", "0"], "--parallel: sweep.parallel: expected auto or a number")):
-        result = runner.invoke(app, ["sweep", str(config), "-o", str(tmp_path / "runs"), *args],
-                               env={"COLUMNS": "200"})
+    for args, message in (
+        (["--grid", "model.l2=0.1"], "--grid model.l2=0.1: expected KEY=[v1, v2, ...]"),
+        (["--grid", "runtime.device=[cpu]"], "--grid: sweep.grid.runtime.device: cannot be swept"),
+        (["--seeds", "2", "--parallel", "0"], "--parallel: sweep.parallel: expected auto or a number"),
+    ):
+        result = runner.invoke(app, ["sweep", str(config), "-o", str(tmp_path / "runs"), *args], env={"COLUMNS": "200"})
         assert result.exit_code == 2 and message in result.output, result.output
     # found when the data are loaded, after the sweep folder was made: the folder goes again
-    result = runner.invoke(app, ["sweep", str(config), "-o", str(tmp_path / "runs"), "--set", "train.batch_size=5000"],
-                           env={"COLUMNS": "200"})
+    result = runner.invoke(
+        app,
+        ["sweep", str(config), "-o", str(tmp_path / "runs"), "--set", "train.batch_size=5000"],
+        env={"COLUMNS": "200"},
+    )
     assert result.exit_code == 2 and "train.batch_size=5000 exceeds the 341 training rows" in result.output
     result = runner.invoke(app, ["sweep", "--resume", str(tmp_path), "--seeds", "2"], env={"COLUMNS": "200"})
     assert result.exit_code == 2 and "do(es) not apply with --resume" in result.output

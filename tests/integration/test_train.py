@@ -9,24 +9,31 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
-
 from conftest import CONFIGS, make_config, requires_gpu, requires_no_gpu
+
 from gradfit.config.load import resolve_config
-from gradfit.data.dataset import load_dataset
-from gradfit.errors import ConfigError, DeviceError, TrainingFailed
 from gradfit.core.losses import make_objective
+from gradfit.data.dataset import load_dataset
+from gradfit.data.shuffle import permuted
+from gradfit.errors import ConfigError, DeviceError, TrainingFailed
 from gradfit.runs.rundir import Summary, create_run_dir, load_arrays
 from gradfit.training.loop import fit
-import optax
-
-from gradfit.data.shuffle import permuted
 from gradfit.training.plan import Plan
 from gradfit.training.prepare import prepare
 from gradfit.training.programs import TrainState, make_train_step
 
-TINY_MLP = ("name=tiny", "data.source=digits", "model.kind=mlp", "model.hidden=[16]", "train.epochs=3",
-            "train.batch_size=100", "train.log_every=4", "optimizer.learning_rate=0.01")
+TINY_MLP = (
+    "name=tiny",
+    "data.source=digits",
+    "model.kind=mlp",
+    "model.hidden=[16]",
+    "train.epochs=3",
+    "train.batch_size=100",
+    "train.log_every=4",
+    "optimizer.learning_rate=0.01",
+)
 
 
 def read_metrics(run_dir) -> list[dict]:
@@ -45,8 +52,15 @@ def test_shipped_configs_reach_95_percent_test_accuracy(config_file, out_dir):
 def test_lbfgs_float64_objective_matches_scikit_learn(out_dir):
     sklearn = pytest.importorskip("sklearn.linear_model")
     lam = 0.01
-    config = make_config("runtime.precision=float64", f"model.l2={lam}", "train.steps=300", "train.tol=1e-10",
-                         "data.val_fraction=0", "data.test_fraction=0", path=CONFIGS / "logreg.yaml")
+    config = make_config(
+        "runtime.precision=float64",
+        f"model.l2={lam}",
+        "train.steps=300",
+        "train.tol=1e-10",
+        "data.val_fraction=0",
+        "data.test_fraction=0",
+        path=CONFIGS / "logreg.yaml",
+    )
     summary = fit(config, out_dir=out_dir)
     data = load_dataset(config)
     n = len(data.train)
@@ -103,8 +117,9 @@ def test_training_chunk_is_compiled_once():
 def test_minibatches_follow_a_fresh_permutation_per_epoch():
     # a spy objective: x is the identity, so the gradient with respect to p marks the rows of the minibatch
     n, batch = 10, 3
-    plan = Plan(total_steps=9, steps_per_epoch=n // batch, batch_size=batch, log_every=1, eval_every=9,
-                eval_gradient=False)
+    plan = Plan(
+        total_steps=9, steps_per_epoch=n // batch, batch_size=batch, log_every=1, eval_every=9, eval_gradient=False
+    )
     step = jax.jit(make_train_step(lambda p, x, y: jnp.sum(x @ p), optax.sgd(1.0), plan, n, lbfgs=False))
     key = jax.random.PRNGKey(3)
     data = {"x": jnp.eye(n), "y": jnp.zeros(n), "shuffle_key": key}
@@ -115,7 +130,7 @@ def test_minibatches_follow_a_fresh_permutation_per_epoch():
         state, _ = step(state, data)
         seen.append(sorted(np.flatnonzero(np.asarray(before - state.params)).tolist()))
     for epoch in range(3):
-        rows = seen[3 * epoch:3 * epoch + 3]
+        rows = seen[3 * epoch : 3 * epoch + 3]
         visited = sum(rows, [])
         assert len(visited) == len(set(visited)) == 9  # every row at most once; one row dropped per epoch
         expected = np.asarray(permuted(jax.random.fold_in(key, epoch), n, jnp.arange(9))).reshape(3, 3)
@@ -123,9 +138,14 @@ def test_minibatches_follow_a_fresh_permutation_per_epoch():
     assert seen[0:3] != seen[3:6]
 
 
-@pytest.mark.parametrize("overrides", [TINY_MLP + ("train.eval_every=6", "train.checkpoint_every=10"),
-                                       ("optimizer.name=lbfgs", "train.steps=40", "train.log_every=3",
-                                        "train.tol=1e-4")], ids=["minibatch", "full-batch-tol"])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        TINY_MLP + ("train.eval_every=6", "train.checkpoint_every=10"),
+        ("optimizer.name=lbfgs", "train.steps=40", "train.log_every=3", "train.tol=1e-4"),
+    ],
+    ids=["minibatch", "full-batch-tol"],
+)
 def test_grouping_log_windows_into_chunks_changes_no_number(overrides, out_dir, monkeypatch):
     from gradfit.training import loop
 
@@ -182,8 +202,13 @@ def test_precision_sets_the_parameter_dtype(precision, dtype, out_dir):
 
 
 def test_run_directory_contents(out_dir):
-    config = make_config("name=contents", "train.steps=12", "train.log_every=5", "optimizer.learning_rate=0.1",
-                         "optimizer.schedule.name=cosine")
+    config = make_config(
+        "name=contents",
+        "train.steps=12",
+        "train.log_every=5",
+        "optimizer.learning_rate=0.1",
+        "optimizer.schedule.name=cosine",
+    )
     summary = fit(config, out_dir=out_dir)
     run_dir = summary.run_dir
     assert run_dir.startswith(str(out_dir / "contents-"))
@@ -191,16 +216,26 @@ def test_run_directory_contents(out_dir):
     saved = resolve_config(f"{run_dir}/config.yaml").config
     assert saved == config  # loadable by `gradfit train`, nothing lost
     assert "jax" in open(f"{run_dir}/config.yaml", encoding="utf-8").readline(200) + open(
-        f"{run_dir}/config.yaml", encoding="utf-8").read(400)
+        f"{run_dir}/config.yaml", encoding="utf-8"
+    ).read(400)
 
     records = read_metrics(run_dir)
     assert [r["step"] for r in records] == [0, 5, 10, 12]  # the last chunk is shorter
     for record in records:
-        assert set(record) >= {"step", "epoch", "train_loss", "val_loss", "val_accuracy", "grad_norm",
-                               "learning_rate", "elapsed_s"}
+        assert set(record) >= {
+            "step",
+            "epoch",
+            "train_loss",
+            "val_loss",
+            "val_accuracy",
+            "grad_norm",
+            "learning_rate",
+            "elapsed_s",
+        }
     # cosine schedule: lr of the last step taken, decaying to final_fraction * lr
-    assert records[1]["learning_rate"] == pytest.approx(0.1 * (0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * 4 / 12))),
-                                                        rel=1e-5)
+    assert records[1]["learning_rate"] == pytest.approx(
+        0.1 * (0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * 4 / 12))), rel=1e-5
+    )
 
     params = load_arrays(f"{run_dir}/params.npz")
     assert set(params) == {"w", "b"} and params["w"].shape == (30,)
@@ -210,8 +245,20 @@ def test_run_directory_contents(out_dir):
 
     on_disk = json.load(open(f"{run_dir}/summary.json", encoding="utf-8"))
     assert on_disk == summary.to_json() and Summary.read(Path(run_dir, "summary.json")) == summary
-    for key in ("run_dir", "model", "dataset", "device", "steps", "epochs", "stop_reason", "wall_time_s",
-                "compile_time_s", "steps_per_s", "objective", "final"):
+    for key in (
+        "run_dir",
+        "model",
+        "dataset",
+        "device",
+        "steps",
+        "epochs",
+        "stop_reason",
+        "wall_time_s",
+        "compile_time_s",
+        "steps_per_s",
+        "objective",
+        "final",
+    ):
         assert key in on_disk
     assert set(on_disk["final"]) == {"train_loss", "val_loss", "val_accuracy", "test_loss", "test_accuracy"}
     assert on_disk["objective"] == pytest.approx(records[-1]["objective"])
@@ -224,8 +271,7 @@ def test_final_metrics_are_null_for_empty_splits(out_dir):
 
 
 def test_objective_in_summary_is_the_regularized_training_loss(out_dir):
-    config = make_config("model.l2=0.1", "train.steps=20", "optimizer.learning_rate=0.1",
-                         "runtime.precision=float64")
+    config = make_config("model.l2=0.1", "train.steps=20", "optimizer.learning_rate=0.1", "runtime.precision=float64")
     summary = fit(config, out_dir=out_dir)
     params = load_arrays(f"{summary.run_dir}/params.npz")
     data = load_dataset(config)
@@ -256,14 +302,14 @@ def test_bad_settings_fail_before_the_run_directory_exists(out_dir):
     with pytest.raises(ConfigError, match=r"batch_size=5000 exceeds the 341 training rows"):
         fit(make_config("train.batch_size=5000"), out_dir=out_dir)
     with pytest.raises(ConfigError, match="warmup_steps=10 must be below the run's 5 steps"):
-        fit(make_config("train.steps=5", "optimizer.schedule={name: warmup_cosine, warmup_steps: 10}"),
-            out_dir=out_dir)
+        fit(make_config("train.steps=5", "optimizer.schedule={name: warmup_cosine, warmup_steps: 10}"), out_dir=out_dir)
     assert not out_dir.exists()
 
 
 def test_steps_and_epochs_with_minibatches(out_dir):
-    config = make_config(*TINY_MLP[:-3], "train.steps=25", "train.epochs=null", "train.batch_size=100",
-                         "train.log_every=10")
+    config = make_config(
+        *TINY_MLP[:-3], "train.steps=25", "train.epochs=null", "train.batch_size=100", "train.log_every=10"
+    )
     summary = fit(config, out_dir=out_dir)
     per_epoch = summary.rows["train"] // 100
     assert summary.steps == 25 and summary.epochs == pytest.approx(25 / per_epoch)
@@ -274,8 +320,11 @@ def test_run_directories_never_collide(tmp_path):
     first = create_run_dir(tmp_path, "x", now)
     (first / "keep.txt").write_text("user data")
     second, third = create_run_dir(tmp_path, "x", now), create_run_dir(tmp_path, "x", now)
-    assert [p.name for p in (first, second, third)] == ["x-20261126-101500", "x-20261126-101500-2",
-                                                        "x-20261126-101500-3"]
+    assert [p.name for p in (first, second, third)] == [
+        "x-20261126-101500",
+        "x-20261126-101500-2",
+        "x-20261126-101500-3",
+    ]
     assert (first / "keep.txt").read_text() == "user data"
 
 
@@ -302,12 +351,15 @@ def test_objective_helper_matches_model_loss():
 # ------------------------------------------------------------------------------------ schedule and numbers
 
 
-@pytest.mark.parametrize("n_train, n_val, batch, tol, log_every, expected", [
-    (1000, 250, 50, False, 10, 170),  # ceil(20 * (1000 + 250) / 150) = 167 -> whole log points
-    (1000, 250, 50, True, 10, 440),  # with the gradient: ceil(20 * (3000 + 250) / 150) = 434 -> 440
-    (341, 114, None, False, 5, 5),  # full batch: ceil(20 * 114 / 1023) = 3 -> one log point
-    (341, 0, None, False, 5, 100),  # nothing to evaluate but the end
-])
+@pytest.mark.parametrize(
+    "n_train, n_val, batch, tol, log_every, expected",
+    [
+        (1000, 250, 50, False, 10, 170),  # ceil(20 * (1000 + 250) / 150) = 167 -> whole log points
+        (1000, 250, 50, True, 10, 440),  # with the gradient: ceil(20 * (3000 + 250) / 150) = 434 -> 440
+        (341, 114, None, False, 5, 5),  # full batch: ceil(20 * 114 / 1023) = 3 -> one log point
+        (341, 0, None, False, 5, 100),  # nothing to evaluate but the end
+    ],
+)
 def test_auto_evaluation_schedule_keeps_evaluations_at_5_percent(n_train, n_val, batch, tol, log_every, expected):
     from gradfit.training.plan import auto_eval_every
 
@@ -315,12 +367,13 @@ def test_auto_evaluation_schedule_keeps_evaluations_at_5_percent(n_train, n_val,
     assert every == expected and every % log_every == 0
     if n_val or batch:  # the work of one evaluation is at most 5% of the steps' between two
         eval_cost = n_val + (0 if batch is None else n_train * (3 if tol else 1))
-        assert eval_cost <= 0.05 * every * 3 * (batch or n_train) < eval_cost + 0.05 * log_every * 3 * (batch or n_train)
+        assert (
+            eval_cost <= 0.05 * every * 3 * (batch or n_train) < eval_cost + 0.05 * log_every * 3 * (batch or n_train)
+        )
 
 
 def test_evaluations_follow_the_schedule_and_end_the_run(out_dir):
-    summary = fit(make_config(*TINY_MLP, "train.epochs=null", "train.steps=22", "train.eval_every=8"),
-                  out_dir=out_dir)
+    summary = fit(make_config(*TINY_MLP, "train.epochs=null", "train.steps=22", "train.eval_every=8"), out_dir=out_dir)
     records = read_metrics(summary.run_dir)
     assert [r["step"] for r in records] == [4, 8, 12, 16, 20, 22]  # log points, evaluations, the end
     evaluated = [r["step"] for r in records if r["val_loss"] is not None]
@@ -352,13 +405,15 @@ def test_summary_times_training_and_evaluation_apart(out_dir):
 
 
 def test_full_batch_tol_stops_at_the_first_step_below_it(out_dir):
-    summary = fit(make_config("optimizer.name=lbfgs", "train.steps=200", "train.log_every=7", "train.tol=1e-3"),
-                  out_dir=out_dir)
+    summary = fit(
+        make_config("optimizer.name=lbfgs", "train.steps=200", "train.log_every=7", "train.tol=1e-3"), out_dir=out_dir
+    )
     records = read_metrics(summary.run_dir)
     assert summary.stop_reason.startswith("converged") and records[-1]["step"] == summary.steps
     assert records[-1]["grad_norm"] < 1e-3
-    previous = fit(make_config("optimizer.name=lbfgs", f"train.steps={summary.steps - 1}", "train.log_every=1"),
-                   out_dir=out_dir)
+    previous = fit(
+        make_config("optimizer.name=lbfgs", f"train.steps={summary.steps - 1}", "train.log_every=1"), out_dir=out_dir
+    )
     assert previous.grad_norm >= 1e-3  # one step earlier it was not yet below tol
     assert records[-1]["val_loss"] is not None  # the run ends with an evaluation
 

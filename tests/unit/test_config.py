@@ -16,9 +16,9 @@ from pathlib import Path
 import pydantic
 import pytest
 import yaml
+from conftest import CONFIGS
 from typer.testing import CliRunner
 
-from conftest import CONFIGS
 from gradfit.cli.app import app
 from gradfit.config.load import (
     GradfitConfig,
@@ -120,12 +120,15 @@ def test_config_error_is_a_gradfit_error_with_exit_code_2():
 
 
 def test_unknown_key_names_line_and_suggests_the_close_match(tmp_path):
-    path = write(tmp_path, """\
+    path = write(
+        tmp_path,
+        """\
         seed: 1
         optimizer:
           name: adam
           learnin_rate: 0.01
-        """)
+        """,
+    )
     message = config_error(path)
     assert message.startswith(f"{path}: 1 problem:")
     line = problem_line(message, "optimizer.learnin_rate")
@@ -139,8 +142,10 @@ def test_unknown_key_without_a_close_match_lists_the_allowed_keys(tmp_path):
     line = problem_line(config_error(path), "train.zzzzzz")
     assert "line 2" in line
     assert "did you mean" not in line
-    assert ("allowed keys here: batch_size, checkpoint_every, early_stopping, epochs, eval_every, keep_checkpoints, "
-            "log_every, loggers, shuffle, steps, tol") in line
+    assert (
+        "allowed keys here: batch_size, checkpoint_every, early_stopping, epochs, eval_every, keep_checkpoints, "
+        "log_every, loggers, shuffle, steps, tol"
+    ) in line
 
 
 def test_unknown_section_suggests_the_section(tmp_path):
@@ -155,37 +160,85 @@ BAD_VALUES = [
     pytest.param("train:\n  epochs: 2.5\n", "train.epochs", 2, ["integer", "2.5"], id="epochs-fractional"),
     pytest.param("train:\n  epochs: true\n", "train.epochs", 2, ["True"], id="epochs-bool"),
     pytest.param("optimizer:\n  learning_rate: fast\n", "optimizer.learning_rate", 2, ["'fast'"], id="lr-not-float"),
-    pytest.param("optimizer:\n  learning_rate: -0.1\n", "optimizer.learning_rate", 2,
-                 ["greater than 0", "-0.1"], id="lr-negative"),
-    pytest.param("optimizer:\n  learning_rate: 0\n", "optimizer.learning_rate", 2,
-                 ["greater than 0", "(got 0)"], id="lr-zero"),
-    pytest.param("train:\n  batch_size: 0\n", "train.batch_size", 2,
-                 ["greater than or equal to 1", "(got 0)"], id="batch-size-0"),
-    pytest.param("model:\n  kind: mlp\n  hidden: []\n", "model.hidden", 3, ["at least 1 item", "[]"],
-                 id="hidden-empty"),
-    pytest.param("model:\n  kind: mlp\n  hidden: [0, 4]\n", "model.hidden.0", 3,
-                 ["greater than or equal to 1", "(got 0)"], id="hidden-zero-flow"),
-    pytest.param("model:\n  kind: mlp\n  hidden:\n    - 8\n    - -2\n", "model.hidden.1", 5,
-                 ["greater than or equal to 1", "(got -2)"], id="hidden-negative-block"),
-    pytest.param("data:\n  val_fraction: 0.5\n  test_fraction: 0.5\n", "data.val_fraction", 2,
-                 ["val_fraction + test_fraction = 1", "below 1"], id="fractions-sum-1"),
-    pytest.param("data:\n  val_fraction: 0.7\n  test_fraction: 0.6\n", "data.val_fraction", 2,
-                 ["val_fraction + test_fraction = 1.3"], id="fractions-sum-over-1"),
-    pytest.param("data:\n  val_fraction: 1.5\n", "data.val_fraction", 2, ["less than 1", "1.5"],
-                 id="val-fraction-over-1"),
+    pytest.param(
+        "optimizer:\n  learning_rate: -0.1\n",
+        "optimizer.learning_rate",
+        2,
+        ["greater than 0", "-0.1"],
+        id="lr-negative",
+    ),
+    pytest.param(
+        "optimizer:\n  learning_rate: 0\n", "optimizer.learning_rate", 2, ["greater than 0", "(got 0)"], id="lr-zero"
+    ),
+    pytest.param(
+        "train:\n  batch_size: 0\n", "train.batch_size", 2, ["greater than or equal to 1", "(got 0)"], id="batch-size-0"
+    ),
+    pytest.param(
+        "model:\n  kind: mlp\n  hidden: []\n", "model.hidden", 3, ["at least 1 item", "[]"], id="hidden-empty"
+    ),
+    pytest.param(
+        "model:\n  kind: mlp\n  hidden: [0, 4]\n",
+        "model.hidden.0",
+        3,
+        ["greater than or equal to 1", "(got 0)"],
+        id="hidden-zero-flow",
+    ),
+    pytest.param(
+        "model:\n  kind: mlp\n  hidden:\n    - 8\n    - -2\n",
+        "model.hidden.1",
+        5,
+        ["greater than or equal to 1", "(got -2)"],
+        id="hidden-negative-block",
+    ),
+    pytest.param(
+        "data:\n  val_fraction: 0.5\n  test_fraction: 0.5\n",
+        "data.val_fraction",
+        2,
+        ["val_fraction + test_fraction = 1", "below 1"],
+        id="fractions-sum-1",
+    ),
+    pytest.param(
+        "data:\n  val_fraction: 0.7\n  test_fraction: 0.6\n",
+        "data.val_fraction",
+        2,
+        ["val_fraction + test_fraction = 1.3"],
+        id="fractions-sum-over-1",
+    ),
+    pytest.param(
+        "data:\n  val_fraction: 1.5\n", "data.val_fraction", 2, ["less than 1", "1.5"], id="val-fraction-over-1"
+    ),
     pytest.param("seed: -1\n", "seed", 1, ["greater than or equal to 0", "-1"], id="seed-negative"),
     pytest.param("name: 'my run'\n", "name", 1, ["use letters, digits", "'my run'"], id="name-with-space"),
-    pytest.param("optimizer:\n  name: adma\n", "optimizer.name", 2,
-                 ["got 'adma'", "expected one of sgd, momentum, nesterov, adam", "did you mean 'adam'?"],
-                 id="literal-typo"),
-    pytest.param("model:\n  kind: mlp\n  activation: rleu\n", "model.activation", 3, ["did you mean 'relu'?"],
-                 id="activation-typo"),
-    pytest.param("runtime:\n  device: cuda\n", "runtime.device", 2, ["got 'cuda'", "expected one of auto, cpu, gpu"],
-                 id="literal-no-close-match"),
+    pytest.param(
+        "optimizer:\n  name: adma\n",
+        "optimizer.name",
+        2,
+        ["got 'adma'", "expected one of sgd, momentum, nesterov, adam", "did you mean 'adam'?"],
+        id="literal-typo",
+    ),
+    pytest.param(
+        "model:\n  kind: mlp\n  activation: rleu\n",
+        "model.activation",
+        3,
+        ["did you mean 'relu'?"],
+        id="activation-typo",
+    ),
+    pytest.param(
+        "runtime:\n  device: cuda\n",
+        "runtime.device",
+        2,
+        ["got 'cuda'", "expected one of auto, cpu, gpu"],
+        id="literal-no-close-match",
+    ),
     # data.path is absent from the file, so the problem points at its section's line
     pytest.param("data:\n  source: file\n", "data.path", 1, ["data.path is not set"], id="file-without-path"),
-    pytest.param("optimizer:\n  schedule:\n    name: exponential\n    final_fraction: 0\n",
-                 "optimizer.schedule.final_fraction", 4, ["needs final_fraction > 0"], id="exponential-to-zero"),
+    pytest.param(
+        "optimizer:\n  schedule:\n    name: exponential\n    final_fraction: 0\n",
+        "optimizer.schedule.final_fraction",
+        4,
+        ["needs final_fraction > 0"],
+        id="exponential-to-zero",
+    ),
     pytest.param("optimizer: 3\n", "optimizer", 1, ["dictionary", "(got 3)"], id="section-is-a-scalar"),
 ]
 
@@ -202,7 +255,9 @@ def test_bad_value_is_reported_with_line_key_and_value(tmp_path, text, key, line
 
 
 def test_all_problems_in_a_file_are_reported_at_once(tmp_path):
-    path = write(tmp_path, """\
+    path = write(
+        tmp_path,
+        """\
         seed: -1
         model:
           kind: mlp
@@ -213,7 +268,8 @@ def test_all_problems_in_a_file_are_reported_at_once(tmp_path):
           epochs: many
         runtime:
           precision: float16
-        """)
+        """,
+    )
     message = config_error(path)
     assert message.startswith(f"{path}: 5 problems:")
     assert "line 1" in problem_line(message, "seed")
@@ -224,12 +280,15 @@ def test_all_problems_in_a_file_are_reported_at_once(tmp_path):
 
 
 def test_several_unused_keys_in_one_section_are_all_reported(tmp_path):
-    path = write(tmp_path, """\
+    path = write(
+        tmp_path,
+        """\
         optimizer:
           name: adam
           momentum: 0.5
           decay: 0.9
-        """)
+        """,
+    )
     message = config_error(path)
     assert message.startswith(f"{path}: 2 problems:")
     assert "line 3" in problem_line(message, "optimizer.momentum")
@@ -241,29 +300,89 @@ def test_several_unused_keys_in_one_section_are_all_reported(tmp_path):
 
 NOT_APPLICABLE = [
     # (yaml text, key, line, fragment naming the chosen variant, fragment naming the variants it applies to)
-    pytest.param("optimizer:\n  name: adam\n  momentum: 0.5\n", "optimizer.momentum", 3,
-                 "when name is 'adam'", "momentum, nesterov", id="momentum-with-adam"),
-    pytest.param("optimizer:\n  name: sgd\n  b1: 0.8\n", "optimizer.b1", 3,
-                 "when name is 'sgd'", "adam, adamw", id="b1-with-sgd"),
-    pytest.param("model:\n  kind: logistic\n  hidden: [8]\n", "model.hidden", 3,
-                 "when kind is 'logistic'", "mlp", id="hidden-with-logistic"),
-    pytest.param("model:\n  hidden: [8]\n", "model.hidden", 2,
-                 "when kind is 'logistic'", "mlp", id="hidden-with-default-logistic"),
-    pytest.param("optimizer:\n  name: lbfgs\n  learning_rate: 0.1\n", "optimizer.learning_rate", 3,
-                 "when name is 'lbfgs'", "sgd", id="learning-rate-with-lbfgs"),
-    pytest.param("optimizer:\n  name: lbfgs\n  schedule:\n    name: cosine\n", "optimizer.schedule", 3,
-                 "when name is 'lbfgs'", "adam", id="schedule-with-lbfgs"),
-    pytest.param("optimizer:\n  name: adam\n  memory_size: 5\n", "optimizer.memory_size", 3,
-                 "when name is 'adam'", "lbfgs", id="memory-size-with-adam"),
-    pytest.param("optimizer:\n  schedule:\n    name: cosine\n    warmup_steps: 10\n",
-                 "optimizer.schedule.warmup_steps", 4, "when name is 'cosine'", "warmup_cosine",
-                 id="warmup-with-cosine"),
-    pytest.param("optimizer:\n  schedule:\n    final_fraction: 0.1\n", "optimizer.schedule.final_fraction", 3,
-                 "when name is 'constant'", "cosine, exponential, warmup_cosine", id="final-fraction-with-constant"),
-    pytest.param("data:\n  source: breast_cancer\n  synthetic:\n    n_samples: 100\n", "data.synthetic", 3,
-                 "when source is 'breast_cancer'", "synthetic", id="synthetic-with-breast-cancer"),
-    pytest.param("data:\n  source: digits\n  path: x.csv\n", "data.path", 3,
-                 "when source is 'digits'", "file", id="path-with-digits"),
+    pytest.param(
+        "optimizer:\n  name: adam\n  momentum: 0.5\n",
+        "optimizer.momentum",
+        3,
+        "when name is 'adam'",
+        "momentum, nesterov",
+        id="momentum-with-adam",
+    ),
+    pytest.param(
+        "optimizer:\n  name: sgd\n  b1: 0.8\n", "optimizer.b1", 3, "when name is 'sgd'", "adam, adamw", id="b1-with-sgd"
+    ),
+    pytest.param(
+        "model:\n  kind: logistic\n  hidden: [8]\n",
+        "model.hidden",
+        3,
+        "when kind is 'logistic'",
+        "mlp",
+        id="hidden-with-logistic",
+    ),
+    pytest.param(
+        "model:\n  hidden: [8]\n",
+        "model.hidden",
+        2,
+        "when kind is 'logistic'",
+        "mlp",
+        id="hidden-with-default-logistic",
+    ),
+    pytest.param(
+        "optimizer:\n  name: lbfgs\n  learning_rate: 0.1\n",
+        "optimizer.learning_rate",
+        3,
+        "when name is 'lbfgs'",
+        "sgd",
+        id="learning-rate-with-lbfgs",
+    ),
+    pytest.param(
+        "optimizer:\n  name: lbfgs\n  schedule:\n    name: cosine\n",
+        "optimizer.schedule",
+        3,
+        "when name is 'lbfgs'",
+        "adam",
+        id="schedule-with-lbfgs",
+    ),
+    pytest.param(
+        "optimizer:\n  name: adam\n  memory_size: 5\n",
+        "optimizer.memory_size",
+        3,
+        "when name is 'adam'",
+        "lbfgs",
+        id="memory-size-with-adam",
+    ),
+    pytest.param(
+        "optimizer:\n  schedule:\n    name: cosine\n    warmup_steps: 10\n",
+        "optimizer.schedule.warmup_steps",
+        4,
+        "when name is 'cosine'",
+        "warmup_cosine",
+        id="warmup-with-cosine",
+    ),
+    pytest.param(
+        "optimizer:\n  schedule:\n    final_fraction: 0.1\n",
+        "optimizer.schedule.final_fraction",
+        3,
+        "when name is 'constant'",
+        "cosine, exponential, warmup_cosine",
+        id="final-fraction-with-constant",
+    ),
+    pytest.param(
+        "data:\n  source: breast_cancer\n  synthetic:\n    n_samples: 100\n",
+        "data.synthetic",
+        3,
+        "when source is 'breast_cancer'",
+        "synthetic",
+        id="synthetic-with-breast-cancer",
+    ),
+    pytest.param(
+        "data:\n  source: digits\n  path: x.csv\n",
+        "data.path",
+        3,
+        "when source is 'digits'",
+        "file",
+        id="path-with-digits",
+    ),
 ]
 
 
@@ -278,19 +397,24 @@ def test_keys_of_another_variant_are_rejected(tmp_path, text, key, line_no, chos
 
 
 def test_batch_size_with_lbfgs_is_rejected(tmp_path):
-    path = write(tmp_path, """\
+    path = write(
+        tmp_path,
+        """\
         optimizer:
           name: lbfgs
         train:
           batch_size: 32
-        """)
+        """,
+    )
     line = problem_line(config_error(path), "train.batch_size")
     assert "line 4" in line
     assert "lbfgs is a full-batch method" in line and "train.batch_size=null" in line
 
 
 def test_the_same_keys_are_accepted_by_the_variant_that_uses_them(tmp_path):
-    path = write(tmp_path, """\
+    path = write(
+        tmp_path,
+        """\
         model:
           kind: mlp
           hidden: [8]
@@ -304,7 +428,8 @@ def test_the_same_keys_are_accepted_by_the_variant_that_uses_them(tmp_path):
           source: synthetic
           synthetic:
             n_samples: 100
-        """)
+        """,
+    )
     config = resolve_config(path).config
     assert config.model.hidden == [8]
     assert config.optimizer.momentum == 0.5
@@ -322,13 +447,16 @@ def test_epochs_and_steps_together_are_rejected(tmp_path):
     assert "set either train.epochs or train.steps, not both" in line
 
 
-@pytest.mark.parametrize("text, epochs, steps", [
-    ("seed: 0\n", 100, None),
-    ("train:\n  log_every: 5\n", 100, None),
-    ("train:\n  epochs: null\n  steps: null\n", 100, None),
-    ("train:\n  steps: 50\n", None, 50),
-    ("train:\n  epochs: 7\n", 7, None),
-])
+@pytest.mark.parametrize(
+    "text, epochs, steps",
+    [
+        ("seed: 0\n", 100, None),
+        ("train:\n  log_every: 5\n", 100, None),
+        ("train:\n  epochs: null\n  steps: null\n", 100, None),
+        ("train:\n  steps: 50\n", None, 50),
+        ("train:\n  epochs: 7\n", 7, None),
+    ],
+)
 def test_epochs_default_to_100_only_when_steps_is_unset(tmp_path, text, epochs, steps):
     train = resolve_config(write(tmp_path, text)).config.train
     assert (train.epochs, train.steps) == (epochs, steps)
@@ -365,10 +493,13 @@ def test_tab_indentation_gets_a_hint(tmp_path):
     assert "tabs" in message and "use spaces" in message
 
 
-@pytest.mark.parametrize("text, key, line_no", [
-    ("seed: 1\nname: a\nseed: 2\n", "seed", 3),
-    ("optimizer:\n  name: adam\n  name: sgd\n", "name", 3),
-])
+@pytest.mark.parametrize(
+    "text, key, line_no",
+    [
+        ("seed: 1\nname: a\nseed: 2\n", "seed", 3),
+        ("optimizer:\n  name: adam\n  name: sgd\n", "name", 3),
+    ],
+)
 def test_duplicate_keys_are_an_error(tmp_path, text, key, line_no):
     path = write(tmp_path, text)
     message = config_error(path)
@@ -423,12 +554,15 @@ def test_a_directory_is_not_a_config(tmp_path):
 
 
 def test_precedence_defaults_file_set(tmp_path):
-    path = write(tmp_path, """\
+    path = write(
+        tmp_path,
+        """\
         seed: 3
         optimizer:
           name: sgd
           learning_rate: 0.01
-        """)
+        """,
+    )
     resolved = resolve_config(path, ["optimizer.learning_rate=0.5"])
     config = resolved.config
     assert (config.seed, config.optimizer.name, config.optimizer.learning_rate) == (3, "sgd", 0.5)
@@ -453,17 +587,20 @@ def test_later_set_wins():
     assert resolve_config(None, ["seed=1", "seed=2"]).config.seed == 2
 
 
-@pytest.mark.parametrize("override, key, expected", [
-    ("model.hidden=[256, 256]", ("model", "hidden"), [256, 256]),
-    ("model.hidden=[256,256]", ("model", "hidden"), [256, 256]),
-    ("optimizer.clip_norm=null", ("optimizer", "clip_norm"), None),
-    ("optimizer.learning_rate=3e-3", ("optimizer", "learning_rate"), 0.003),
-    ("optimizer.learning_rate=1e-3", ("optimizer", "learning_rate"), 0.001),  # PyYAML: the string '1e-3'
-    ("optimizer.clip_norm=1e-3", ("optimizer", "clip_norm"), 0.001),
-    ("data.standardize=false", ("data", "standardize"), False),
-    ("name=1e-3", ("name",), "1e-3"),  # a str field keeps the text
-    (" seed = 7", ("seed",), 7),
-])
+@pytest.mark.parametrize(
+    "override, key, expected",
+    [
+        ("model.hidden=[256, 256]", ("model", "hidden"), [256, 256]),
+        ("model.hidden=[256,256]", ("model", "hidden"), [256, 256]),
+        ("optimizer.clip_norm=null", ("optimizer", "clip_norm"), None),
+        ("optimizer.learning_rate=3e-3", ("optimizer", "learning_rate"), 0.003),
+        ("optimizer.learning_rate=1e-3", ("optimizer", "learning_rate"), 0.001),  # PyYAML: the string '1e-3'
+        ("optimizer.clip_norm=1e-3", ("optimizer", "clip_norm"), 0.001),
+        ("data.standardize=false", ("data", "standardize"), False),
+        ("name=1e-3", ("name",), "1e-3"),  # a str field keeps the text
+        (" seed = 7", ("seed",), 7),
+    ],
+)
 def test_set_values_are_parsed_as_yaml(override, key, expected):
     config = resolve_config(None, ["model.kind=mlp", "optimizer.name=sgd", override]).config
     value = config
@@ -486,7 +623,9 @@ def test_malformed_overrides(override):
 
 
 @pytest.mark.parametrize("file_text", [None, "seed: 3\n"], ids=["defaults", "file-sets-seed"])
-@pytest.mark.parametrize("override, scalar", [("seed.x=1", "seed"), ("optimizer.learning_rate.x=1", "optimizer.learning_rate")])
+@pytest.mark.parametrize(
+    "override, scalar", [("seed.x=1", "seed"), ("optimizer.learning_rate.x=1", "optimizer.learning_rate")]
+)
 def test_override_into_a_scalar(tmp_path, file_text, override, scalar):
     path = write(tmp_path, file_text) if file_text is not None else None
     key = override.partition("=")[0]
@@ -499,13 +638,16 @@ def test_override_with_invalid_yaml_value():
     assert "invalid YAML" in message
 
 
-@pytest.mark.parametrize("override, key, fragment", [
-    ("optimizer.learnin_rate=0.1", "optimizer.learnin_rate", "did you mean 'learning_rate'?"),
-    ("optimiser.name=sgd", "optimiser", "did you mean 'optimizer'?"),
-    ("optimizer.name=adma", "optimizer.name", "did you mean 'adam'?"),
-    ("train.epochs=many", "train.epochs", "'many'"),
-    ("optimizer.momentum=0.5", "optimizer.momentum", "not used when name is 'adam'"),
-])
+@pytest.mark.parametrize(
+    "override, key, fragment",
+    [
+        ("optimizer.learnin_rate=0.1", "optimizer.learnin_rate", "did you mean 'learning_rate'?"),
+        ("optimiser.name=sgd", "optimiser", "did you mean 'optimizer'?"),
+        ("optimizer.name=adma", "optimizer.name", "did you mean 'adam'?"),
+        ("train.epochs=many", "train.epochs", "'many'"),
+        ("optimizer.momentum=0.5", "optimizer.momentum", "not used when name is 'adam'"),
+    ],
+)
 def test_a_bad_set_is_blamed_on_set_not_on_the_file(tmp_path, override, key, fragment):
     path = write(tmp_path, "seed: 1\noptimizer:\n  name: adam\n  learning_rate: 0.01\ntrain:\n  epochs: 3\n")
     message = config_error(path, [override])
@@ -537,11 +679,14 @@ def test_absolute_data_path_is_kept(tmp_path):
     assert resolve_config(path).config.data.path == str(target)
 
 
-@pytest.mark.parametrize("overrides", [
-    ["data.source=file", "data.path=rel/train.csv"],
-    ["data.path=rel/train.csv", "data.source=file"],
-    ["data={source: file, path: rel/train.csv}"],
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["data.source=file", "data.path=rel/train.csv"],
+        ["data.path=rel/train.csv", "data.source=file"],
+        ["data={source: file, path: rel/train.csv}"],
+    ],
+)
 def test_relative_data_path_from_set_is_relative_to_the_working_directory(tmp_path, monkeypatch, overrides):
     (tmp_path / "configs").mkdir()
     (tmp_path / "cwd").mkdir()
@@ -589,10 +734,15 @@ def test_unused_keys_follow_the_chosen_variants():
 ROUND_TRIP_CASES = [
     pytest.param(None, [], id="defaults"),
     *[pytest.param(p, [], id=p.name) for p in SHIPPED_CONFIGS],
-    pytest.param(ROOT / "configs" / "mlp.yaml",
-                 ["optimizer.name=rmsprop", "optimizer.clip_norm=1e-3",
-                  "optimizer.schedule={name: exponential, final_fraction: 0.5}"],
-                 id="mlp-rmsprop"),
+    pytest.param(
+        ROOT / "configs" / "mlp.yaml",
+        [
+            "optimizer.name=rmsprop",
+            "optimizer.clip_norm=1e-3",
+            "optimizer.schedule={name: exponential, final_fraction: 0.5}",
+        ],
+        id="mlp-rmsprop",
+    ),
 ]
 
 
@@ -656,11 +806,17 @@ def test_cli_config_validate_names_the_bad_file(tmp_path):
     assert f"ok {bad}" not in result.output
 
 
-@pytest.mark.parametrize("text, fragment", [
-    ("optimizer:\n  learnin_rate: 0.1\n", "line 2: optimizer.learnin_rate: unknown key; did you mean 'learning_rate'?"),
-    ("seed: 1\nseed: 2\n", "invalid YAML: duplicate key 'seed'"),
-    ("- a\n", "a config must be a mapping"),
-])
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        (
+            "optimizer:\n  learnin_rate: 0.1\n",
+            "line 2: optimizer.learnin_rate: unknown key; did you mean 'learning_rate'?",
+        ),
+        ("seed: 1\nseed: 2\n", "invalid YAML: duplicate key 'seed'"),
+        ("- a\n", "a config must be a mapping"),
+    ],
+)
 def test_cli_bad_config_is_a_clean_error(tmp_path, text, fragment):
     bad = write(tmp_path, text)
     result = invoke("config", "show", str(bad))
@@ -683,7 +839,11 @@ def test_cli_bad_set_in_a_real_process_has_no_traceback(tmp_path):
     """In a real process (not CliRunner) the user sees one red message on stderr and exit code 2."""
     result = subprocess.run(
         [sys.executable, "-m", "gradfit", "config", "show", "--set", "optimizer.learnin_rate=0.1"],
-        capture_output=True, text=True, timeout=60, cwd=tmp_path, env={**os.environ, "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={**os.environ, "COLUMNS": "200"},
     )
     assert result.returncode == 2
     assert result.stdout == ""

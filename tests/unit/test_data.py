@@ -25,12 +25,20 @@ def make_config(*overrides: str) -> GradfitConfig:
 
 def file_config(path, *, target="target", kind="logistic", val=0.2, test=0.2, standardize=True, seed=0):
     """A config reading a user file (absolute path, so the working directory does not matter)."""
-    return GradfitConfig.model_validate({
-        "seed": seed,
-        "data": {"source": "file", "path": str(path), "target": target, "val_fraction": val,
-                 "test_fraction": test, "standardize": standardize},
-        "model": {"kind": kind},
-    })
+    return GradfitConfig.model_validate(
+        {
+            "seed": seed,
+            "data": {
+                "source": "file",
+                "path": str(path),
+                "target": target,
+                "val_fraction": val,
+                "test_fraction": test,
+                "standardize": standardize,
+            },
+            "model": {"kind": kind},
+        }
+    )
 
 
 def write(tmp_path: Path, text: str, name: str = "d.csv") -> Path:
@@ -101,8 +109,9 @@ def test_digits_with_the_binary_logistic_model_is_refused_with_a_hint():
 
 @pytest.mark.parametrize("val, test", [(0.2, 0.2), (0.1, 0.3), (0.0, 0.25), (0.15, 0.0)])
 def test_split_sizes_follow_the_fractions(val, test):
-    data = load_dataset(make_config("data.source=breast_cancer", f"data.val_fraction={val}",
-                                    f"data.test_fraction={test}"))
+    data = load_dataset(
+        make_config("data.source=breast_cancer", f"data.val_fraction={val}", f"data.test_fraction={test}")
+    )
     assert len(data.val) == round(569 * val)
     assert len(data.test) == round(569 * test)
     assert len(data.train) == 569 - round(569 * val) - round(569 * test)
@@ -219,8 +228,13 @@ def test_synthetic_without_noise_is_linearly_separable():
 
 
 def test_synthetic_through_the_config():
-    config = make_config("data.source=synthetic", "model.kind=mlp", "data.synthetic.n_samples=300",
-                         "data.synthetic.n_features=6", "data.synthetic.n_classes=3")
+    config = make_config(
+        "data.source=synthetic",
+        "model.kind=mlp",
+        "data.synthetic.n_samples=300",
+        "data.synthetic.n_features=6",
+        "data.synthetic.n_classes=3",
+    )
     data = load_dataset(config)
     assert all_rows(data).shape == (300, 6)
     assert data.train.x.dtype == np.float32
@@ -271,8 +285,13 @@ BAD_CSV = [
     ("missing file", None, {}, [r"not found"], None),
     ("empty file", "", {}, [r"empty"], None),
     ("header only", "a,b,target\n", {}, [r"no data rows"], None),
-    ("target misspelled", csv_with(good_rows(), header="a,b,target"), {"target": "targte"},
-     [r"'targte'", r"did you mean 'target'"], None),
+    (
+        "target misspelled",
+        csv_with(good_rows(), header="a,b,target"),
+        {"target": "targte"},
+        [r"'targte'", r"did you mean 'target'"],
+        None,
+    ),
     ("target absent", csv_with(good_rows()), {"target": "label"}, [r"'label'", r"data\.target"], None),
     ("non-numeric cell", csv_with(good_rows(4) + ["1,abc,yes"] + good_rows(10)), {}, [r"'b'", r"'abc'"], 6),
     ("nan cell", csv_with(good_rows(2) + ["nan,1,no"] + good_rows(10)), {}, [r"'a'", r"nan"], 4),
@@ -288,8 +307,9 @@ BAD_CSV = [
 ]
 
 
-@pytest.mark.parametrize("text, keywords, patterns, line", [case[1:] for case in BAD_CSV],
-                         ids=[case[0] for case in BAD_CSV])
+@pytest.mark.parametrize(
+    "text, keywords, patterns, line", [case[1:] for case in BAD_CSV], ids=[case[0] for case in BAD_CSV]
+)
 def test_bad_csv_raises_data_error_naming_the_file(tmp_path, text, keywords, patterns, line):
     path = tmp_path / "d.csv" if text is None else write(tmp_path, text)
     with pytest.raises(DataError) as info:

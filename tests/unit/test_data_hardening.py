@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_config
 from typer.testing import CliRunner
 
-from conftest import make_config
 from gradfit import files
 from gradfit.cli.app import app
 from gradfit.data.dataset import load_dataset
@@ -86,8 +86,7 @@ def run(tmp_path_factory) -> dict:
 
 def eval_and_predict(run: dict, data: Path, out: Path) -> list:
     """Results of eval --data and predict --out on the same file (in that order)."""
-    return [invoke("eval", run["run_dir"], "--data", data),
-            invoke("predict", run["run_dir"], data, "--out", out)]
+    return [invoke("eval", run["run_dir"], "--data", data), invoke("predict", run["run_dir"], data, "--out", out)]
 
 
 # ================================================================ A. files that are not regular files, .npz safety
@@ -152,8 +151,9 @@ def write_npz_with_bomb_header(path: Path, rows: int = 20) -> None:
     """An .npz whose X.npy declares 10**12 float64 (8 TB) in a few bytes, next to a normal y."""
     with zipfile.ZipFile(path, "w") as archive:
         with archive.open("X.npy", "w") as member:
-            np.lib.format.write_array_header_1_0(member, {"descr": "<f8", "fortran_order": False,
-                                                          "shape": (10**6, 10**6)})
+            np.lib.format.write_array_header_1_0(
+                member, {"descr": "<f8", "fortran_order": False, "shape": (10**6, 10**6)}
+            )
             member.write(bytes(64))
         labels = io.BytesIO()
         np.lib.format.write_array(labels, np.arange(rows) % 2)
@@ -163,8 +163,13 @@ def write_npz_with_bomb_header(path: Path, rows: int = 20) -> None:
 def test_an_npz_bomb_header_is_refused_before_allocating(tmp_path, run):
     path = tmp_path / "data.npz"
     write_npz_with_bomb_header(path)
-    assert_refused(train(tmp_path, "data.npz"), str(path), "array X declares shape (1000000, 1000000)", "damaged",
-                   runs=tmp_path / "runs")
+    assert_refused(
+        train(tmp_path, "data.npz"),
+        str(path),
+        "array X declares shape (1000000, 1000000)",
+        "damaged",
+        runs=tmp_path / "runs",
+    )
     for result in eval_and_predict(run, path, tmp_path / "p.csv"):
         assert_refused(result, str(path), "array X declares shape (1000000, 1000000)")
     assert not (tmp_path / "p.csv").exists()
@@ -248,12 +253,16 @@ def test_bytes_labels_that_are_not_utf8_are_refused(tmp_path):
     assert_refused(train(tmp_path, "data.npz"), str(path), "not UTF-8", runs=tmp_path / "runs")
 
 
-@pytest.mark.parametrize("labels, what", [
-    (np.array([1 + 1j, 2 + 0j] * 10), "complex"),
-    (np.array(["2024-01-01", "2024-01-02"] * 10, dtype="datetime64[D]"), "datetime64"),
-    (np.array([1, 2] * 10, dtype="timedelta64[s]"), "timedelta64"),
-    (np.array([(1, 2.0), (2, 3.0)] * 10, dtype=[("a", "i4"), ("b", "f4")]), "structured"),
-], ids=["complex", "datetime", "timedelta", "structured"])
+@pytest.mark.parametrize(
+    "labels, what",
+    [
+        (np.array([1 + 1j, 2 + 0j] * 10), "complex"),
+        (np.array(["2024-01-01", "2024-01-02"] * 10, dtype="datetime64[D]"), "datetime64"),
+        (np.array([1, 2] * 10, dtype="timedelta64[s]"), "timedelta64"),
+        (np.array([(1, 2.0), (2, 3.0)] * 10, dtype=[("a", "i4"), ("b", "f4")]), "structured"),
+    ],
+    ids=["complex", "datetime", "timedelta", "structured"],
+)
 def test_labels_that_cannot_be_classes_are_refused_before_any_run(tmp_path, labels, what):
     path = npz_with_labels(tmp_path / "data.npz", labels)
     assert_refused(train(tmp_path, "data.npz"), f"{path}: y", what, "cannot be classes", runs=tmp_path / "runs")
@@ -261,8 +270,9 @@ def test_labels_that_cannot_be_classes_are_refused_before_any_run(tmp_path, labe
 
 def labelled_csv(folder: Path, labels: list[str]) -> Path:
     path = folder / "data.csv"
-    path.write_text("a,b,target\n" + "".join(f"{i % 5},{i % 3},{labels[i % len(labels)]}\n" for i in range(20)),
-                    encoding="utf-8")
+    path.write_text(
+        "a,b,target\n" + "".join(f"{i % 5},{i % 3},{labels[i % len(labels)]}\n" for i in range(20)), encoding="utf-8"
+    )
     return path
 
 
@@ -288,14 +298,17 @@ def config_for(path: Path, **data) -> object:
     return make_config(f"data={{source: file, path: {path}{', ' + settings if settings else ''}}}")
 
 
-@pytest.mark.parametrize("labels, classes", [
-    (["1e19", "2e19"], ("1e19", "2e19")),  # beyond int64: text, exact
-    (["9007199254740993", "9007199254740992"], ("9007199254740992", "9007199254740993")),
-    (["1", "1.0", "0", " 0 "], (0, 1)),  # exact numbers still compare as numbers
-    (["0.5", "1.5"], (0.5, 1.5)),
-    (["9007199254740992", "-3"], (-3, 9007199254740992)),  # 2**53 itself is exact
-    (["1.0000000000000000001", "1"], ("1", "1.0000000000000000001")),  # would round onto 1: kept as text
-])
+@pytest.mark.parametrize(
+    "labels, classes",
+    [
+        (["1e19", "2e19"], ("1e19", "2e19")),  # beyond int64: text, exact
+        (["9007199254740993", "9007199254740992"], ("9007199254740992", "9007199254740993")),
+        (["1", "1.0", "0", " 0 "], (0, 1)),  # exact numbers still compare as numbers
+        (["0.5", "1.5"], (0.5, 1.5)),
+        (["9007199254740992", "-3"], (-3, 9007199254740992)),  # 2**53 itself is exact
+        (["1.0000000000000000001", "1"], ("1", "1.0000000000000000001")),  # would round onto 1: kept as text
+    ],
+)
 def test_csv_labels_are_kept_exact(tmp_path, labels, classes):
     data = load_dataset(config_for(labelled_csv(tmp_path, labels)))
     assert data.classes == classes
@@ -303,13 +316,17 @@ def test_csv_labels_are_kept_exact(tmp_path, labels, classes):
     json.dumps(data.preprocessing())  # every class is plain JSON
 
 
-@pytest.mark.parametrize("y, classes", [
-    (np.array([2**64 - 1, 2**63] * 10, dtype=np.uint64), (2**63, 2**64 - 1)),
-    (np.array([1e19, 2e19] * 10), (1e19, 2e19)),  # floats beyond int64 stay floats
-    (np.array([3.0, 7.0] * 10, dtype=np.float32), (3, 7)),
-    (np.array([True, False] * 10), (False, True)),
-    (np.array([" a", "b "] * 10), ("a", "b")),
-], ids=["uint64", "float-beyond-int64", "integral-float32", "bool", "text"])
+@pytest.mark.parametrize(
+    "y, classes",
+    [
+        (np.array([2**64 - 1, 2**63] * 10, dtype=np.uint64), (2**63, 2**64 - 1)),
+        (np.array([1e19, 2e19] * 10), (1e19, 2e19)),  # floats beyond int64 stay floats
+        (np.array([3.0, 7.0] * 10, dtype=np.float32), (3, 7)),
+        (np.array([True, False] * 10), (False, True)),
+        (np.array([" a", "b "] * 10), ("a", "b")),
+    ],
+    ids=["uint64", "float-beyond-int64", "integral-float32", "bool", "text"],
+)
 def test_npz_labels_are_kept_exact_and_plain(tmp_path, y, classes):
     data = load_dataset(config_for(npz_with_labels(tmp_path / "d.npz", y)))
     assert data.classes == classes
@@ -322,8 +339,9 @@ def test_npz_labels_are_kept_exact_and_plain(tmp_path, y, classes):
 
 
 def test_class_ids_match_text_as_training_read_it():
-    assert class_ids(np.array(["9007199254740993", "9007199254740992"]),
-                     ["9007199254740992", "9007199254740993"], "new").tolist() == [1, 0]
+    assert class_ids(
+        np.array(["9007199254740993", "9007199254740992"]), ["9007199254740992", "9007199254740993"], "new"
+    ).tolist() == [1, 0]
     assert class_ids(np.array(["1.0", "7", "3e0"]), [3, 7, 1], "new").tolist() == [2, 1, 0]
     assert class_ids(np.array(["10000000000000000000"]), [2**63, 10**19], "new").tolist() == [1]
     assert class_ids(np.array([b"yes", b"no"]), ["no", "yes"], "new").tolist() == [1, 0]
@@ -339,16 +357,19 @@ def test_class_ids_match_text_as_training_read_it():
 @pytest.mark.parametrize("value", ["1e200", "-9.99e307", "1e308"])
 def test_a_feature_beyond_1e150_is_refused_naming_line_and_column(tmp_path, value):
     # a blank line before it: the line number is the file's, not the row index + 2
-    (tmp_path / "data.csv").write_text("a,b,target\n" + rows_text(3) + "\n" + rows_text(5, {4: value}),
-                                       encoding="utf-8")
-    message = assert_refused(train(tmp_path), "data.csv:10: column 'a' is", "sentinel for a missing value",
-                             runs=tmp_path / "runs")
+    (tmp_path / "data.csv").write_text(
+        "a,b,target\n" + rows_text(3) + "\n" + rows_text(5, {4: value}), encoding="utf-8"
+    )
+    message = assert_refused(
+        train(tmp_path), "data.csv:10: column 'a' is", "sentinel for a missing value", runs=tmp_path / "runs"
+    )
     assert repr(float(value)) in message
 
 
 def test_a_nan_after_blank_lines_names_its_own_line(tmp_path):
-    (tmp_path / "data.csv").write_text("a,b,target\n\n" + rows_text(2) + "\n\n" + rows_text(5, {1: "nan"}),
-                                       encoding="utf-8")
+    (tmp_path / "data.csv").write_text(
+        "a,b,target\n\n" + rows_text(2) + "\n\n" + rows_text(5, {1: "nan"}), encoding="utf-8"
+    )
     assert_refused(train(tmp_path), "data.csv:8: column 'a' is nan", runs=tmp_path / "runs")
 
 
@@ -356,17 +377,23 @@ def test_an_npz_feature_beyond_1e150_names_the_row(tmp_path):
     x = np.random.default_rng(0).standard_normal((20, 2))
     x[13, 1] = -9.99e307
     np.savez(tmp_path / "data.npz", X=x, y=np.arange(20) % 2)
-    assert_refused(train(tmp_path, "data.npz"), "data.npz: X row 13: column 'x1' is -9.99e+307",
-                   runs=tmp_path / "runs")
+    assert_refused(train(tmp_path, "data.npz"), "data.npz: X row 13: column 'x1' is -9.99e+307", runs=tmp_path / "runs")
 
 
 def test_1e39_unstandardized_is_refused_in_float32_and_trains_in_float64(tmp_path):
     (tmp_path / "data.csv").write_text("a,b,target\n" + rows_text(20, {6: "1e39"}), encoding="utf-8")
-    assert_refused(train(tmp_path, "data.csv", ", standardize: false"),
-                   "data.csv:8: column 'a' is 1e+39, beyond float32's range after preprocessing",
-                   "set data.standardize: true or runtime.precision: float64", runs=tmp_path / "runs")
-    assert_refused(train(tmp_path, "data.csv", ", standardize: false", "--precision", "bfloat16"),
-                   "data.csv:8: column 'a'", "bfloat16's range", runs=tmp_path / "runs")
+    assert_refused(
+        train(tmp_path, "data.csv", ", standardize: false"),
+        "data.csv:8: column 'a' is 1e+39, beyond float32's range after preprocessing",
+        "set data.standardize: true or runtime.precision: float64",
+        runs=tmp_path / "runs",
+    )
+    assert_refused(
+        train(tmp_path, "data.csv", ", standardize: false", "--precision", "bfloat16"),
+        "data.csv:8: column 'a'",
+        "bfloat16's range",
+        runs=tmp_path / "runs",
+    )
     result = train(tmp_path, "data.csv", ", standardize: false", "--precision", "float64")
     assert result.exit_code == 0, result.output
 
@@ -394,8 +421,10 @@ def test_eval_and_predict_refuse_a_value_beyond_float32_naming_line_and_column(t
     x = np.zeros((6, 2))
     x[4, 1] = 1e200
     np.savez(beyond, X=x)
-    assert_refused(invoke("predict", run["run_dir"], beyond, "--out", tmp_path / "p.csv"),
-                   "beyond.npz: X row 4: column 'b' is 1e+200")
+    assert_refused(
+        invoke("predict", run["run_dir"], beyond, "--out", tmp_path / "p.csv"),
+        "beyond.npz: X row 4: column 'b' is 1e+200",
+    )
     assert not (tmp_path / "p.csv").exists()
 
 
@@ -411,6 +440,10 @@ def test_non_finite_log_probabilities_are_never_returned(run):
 
 def test_labels_python_reads_as_numbers_but_are_not_plain_numbers_stay_text():
     # float() reads "1_000", Arabic-Indic and full-width digits: merged with "1000" and "1" they would lose a class
-    for labels, classes in ((["1_000", "1000"], ["1000", "1_000"]), (["\u0661", "1"], ["1", "\u0661"]),
-                            (["\uff11", "1"], ["1", "\uff11"]), (["1", "1.0", "2"], [1, 2])):
+    for labels, classes in (
+        (["1_000", "1000"], ["1000", "1_000"]),
+        (["\u0661", "1"], ["1", "\u0661"]),
+        (["\uff11", "1"], ["1", "\uff11"]),
+        (["1", "1.0", "2"], [1, 2]),
+    ):
         assert encode_labels(np.array(labels), "t")[1] == classes

@@ -20,9 +20,14 @@ def problem():
         rng = np.random.default_rng(0)
         model = mlp(5, 3, [7], "tanh")
         params = model.init(jax.random.PRNGKey(1), jnp.float64)
-        data = {"x": rng.normal(size=(53, 5)), "y": rng.integers(0, 3, 53).astype(np.int32),
-                "x_val": rng.normal(size=(19, 5)), "y_val": rng.integers(0, 3, 19).astype(np.int32),
-                "x_test": np.zeros((0, 5)), "y_test": np.zeros((0,), np.int32)}
+        data = {
+            "x": rng.normal(size=(53, 5)),
+            "y": rng.integers(0, 3, 53).astype(np.int32),
+            "x_val": rng.normal(size=(19, 5)),
+            "y_val": rng.integers(0, 3, 19).astype(np.int32),
+            "x_test": np.zeros((0, 5)),
+            "y_test": np.zeros((0,), np.int32),
+        }
         yield model, params, {k: jnp.asarray(v) for k, v in data.items()}
 
 

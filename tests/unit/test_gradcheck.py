@@ -8,12 +8,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import CONFIGS, make_config
 from typer.testing import CliRunner
 
-from conftest import CONFIGS, make_config
-from gradfit.gradients import gradcheck
-from gradfit.gradients import problem
 from gradfit.cli.app import app
+from gradfit.gradients import gradcheck, problem
 from gradfit.gradients.check_report import FAIL, KINK, PASS
 from gradfit.gradients.gradcheck import CheckOptions, check_gradient
 
@@ -71,12 +70,19 @@ def test_logistic_regression_in_float64_agrees_to_the_digits():
 
 @pytest.mark.parametrize("activation", ["relu"])  # tanh, gelu: test_gradcheck_planted's no-false-failure seeds
 def test_mlp_groups_all_pass(activation):
-    problem = config_problem(*MLP, "model.hidden=[16, 8]", f"model.activation={activation}", "model.l2=0.001",
-                             max_rows=300)
+    problem = config_problem(
+        *MLP, "model.hidden=[16, 8]", f"model.activation={activation}", "model.l2=0.001", max_rows=300
+    )
     report = check(problem, manual=problem.manual_grad)
     assert report.verdict == "pass"
-    assert [g.name for g in report.groups] == ["layers/0/b", "layers/0/w", "layers/1/b", "layers/1/w",
-                                               "layers/2/b", "layers/2/w"]
+    assert [g.name for g in report.groups] == [
+        "layers/0/b",
+        "layers/0/w",
+        "layers/1/b",
+        "layers/1/w",
+        "layers/2/b",
+        "layers/2/w",
+    ]
     for group in report.groups:
         assert group.verdict in (PASS, KINK)
         assert group.methods["forward"].error < 1e-12 and group.methods["manual"].error < 1e-12
@@ -148,7 +154,7 @@ def test_sweep_shows_a_v_for_a_right_gradient_and_a_floor_for_a_wrong_one():
     report = check(problem, sweep=True)
     rows, shape = report.sweep, report.sweep_shape
     errors = [r.error for r in rows]
-    assert [r.step for r in rows] == [10.0 ** -k for k in range(1, 11)]
+    assert [r.step for r in rows] == [10.0**-k for k in range(1, 11)]
     assert shape == "V" and min(errors) < 1e-9
     best = int(np.argmin(errors))
     assert errors[0] > 100 * errors[best] and errors[-1] > 100 * errors[best]  # truncation, then round-off
@@ -163,8 +169,13 @@ def test_library_use_on_any_function_prints_nothing(capsys):
         return jnp.sum(jnp.sin(p["a"]) * p["b"][0]) + jnp.sum(p["b"] ** 3)
 
     params = {"a": jnp.linspace(-1.0, 1.0, 5), "b": jnp.array([0.3, -0.7])}
-    manual = lambda p: {"a": np.cos(p["a"]) * p["b"][0],  # noqa: E731
-                        "b": 3 * np.asarray(p["b"]) ** 2 + np.array([np.sum(np.sin(p["a"])), 0.0])}
+
+    def manual(p):
+        return {
+            "a": np.cos(p["a"]) * p["b"][0],
+            "b": 3 * np.asarray(p["b"]) ** 2 + np.array([np.sum(np.sin(p["a"])), 0.0]),
+        }
+
     report = check_gradient(loss, params, manual)
     assert report.verdict == "pass" and [g.name for g in report.groups] == ["a", "b"]
     assert capsys.readouterr().out == ""
@@ -204,8 +215,9 @@ def test_cli_exit_1_on_a_wrong_gradient(monkeypatch, tmp_path):
     def buggy(*args, **kwargs):
         point = real(*args, **kwargs)
         bug = planted_bug(1.001, (2,))
-        return problem.Problem(with_bug_in_w(point, bug), point.params, point.manual_grad, point.description,
-                               point.args)
+        return problem.Problem(
+            with_bug_in_w(point, bug), point.params, point.manual_grad, point.description, point.args
+        )
 
     monkeypatch.setattr(problem, "from_config", buggy)
     result = invoke("--json-out", str(tmp_path / "o.json"))
@@ -217,20 +229,24 @@ def test_cli_exit_1_on_a_wrong_gradient(monkeypatch, tmp_path):
 def test_cli_at_a_trained_run(tmp_path):
     from gradfit.training.loop import fit
 
-    summary = fit(make_config(*MLP, "model.hidden=[8]", "train.steps=20", "optimizer.learning_rate=0.01"),
-                  out_dir=tmp_path)
+    summary = fit(
+        make_config(*MLP, "model.hidden=[8]", "train.steps=20", "optimizer.learning_rate=0.01"), out_dir=tmp_path
+    )
     result = invoke("--at", summary.run_dir)  # the config comes from the run directory
     assert result.exit_code == 0, result.output
     assert f"parametersof{summary.run_dir}" in "".join(result.output.split())  # however the lines wrap
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--at", "nowhere"], "nowhere: not a gradfit run directory"),
-    ([str(CONFIGS / "logreg.yaml"), "--at", "TMP"], "no params.npz here"),
-    (["missing.yaml"], "config file not found"),
-    (["--set", "model.hiden=[3]"], "did you mean 'hidden'?"),
-    (["--precision", "float16"], "float16"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--at", "nowhere"], "nowhere: not a gradfit run directory"),
+        ([str(CONFIGS / "logreg.yaml"), "--at", "TMP"], "no params.npz here"),
+        (["missing.yaml"], "config file not found"),
+        (["--set", "model.hiden=[3]"], "did you mean 'hidden'?"),
+        (["--precision", "float16"], "float16"),
+    ],
+)
 def test_cli_bad_input_exits_2(args, message, tmp_path):
     result = invoke(*[str(tmp_path) if a == "TMP" else a for a in args])
     assert result.exit_code == 2, result.output
@@ -249,8 +265,10 @@ def test_cli_at_a_run_of_another_model_exits_2(tmp_path):
 def test_a_converged_point_is_not_a_false_failure(tmp_path):
     from gradfit.training.loop import fit
 
-    summary = fit(make_config("runtime.precision=float64", "train.tol=1e-9", "train.steps=200",
-                              path=CONFIGS / "logreg.yaml"), out_dir=tmp_path)
+    summary = fit(
+        make_config("runtime.precision=float64", "train.tol=1e-9", "train.steps=200", path=CONFIGS / "logreg.yaml"),
+        out_dir=tmp_path,
+    )
     assert summary.grad_norm < 1e-8  # the gradient is ~0: rounding must not be judged against it
     result = invoke("--at", summary.run_dir)
     assert result.exit_code == 0, result.output
@@ -299,6 +317,7 @@ def test_library_input_errors_are_clear():
 def test_truncation_is_rechecked_away_and_a_constant_error_is_not():
     """f(t) = t^3 / 6 + c t: D(h) = c + h^2 / 6, truncation only. From a step of 0.5 the exact reference passes
     after the recheck; one off by 1% stays FAIL (its disagreement does not shrink with h)."""
+
     def loss(p):
         return jnp.sum(p["t"] ** 3 / 6 + 0.3 * p["t"])
 
@@ -356,7 +375,7 @@ def test_a_kink_near_the_point_does_not_hide_an_error(err):
 
     def loss(p):
         w = p["w"]
-        return 2.3 + jnp.sum(slope * w) + 0.5 * jnp.sum(w ** 2) + 3e-4 * jax.nn.relu(w[0] - kink)
+        return 2.3 + jnp.sum(slope * w) + 0.5 * jnp.sum(w**2) + 3e-4 * jax.nn.relu(w[0] - kink)
 
     report = check_gradient(gradcheck.planted_error(loss, 0, err) if err else loss, {"w": jnp.asarray(w0)})
     fd = report.groups[0].methods["finite_difference"]

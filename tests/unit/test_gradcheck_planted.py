@@ -6,8 +6,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
-
 from conftest import make_config
+
 from gradfit.gradients import problem
 from gradfit.gradients.check_report import FAIL
 from gradfit.gradients.checked_point import FLOAT64
@@ -51,8 +51,12 @@ def test_a_planted_error_in_a_typical_entry_fails(planting_points, model, full, 
     """The issue's bar: 1e-4 in float64 and 1e-2 in float32 fail, in either mode, by finite differences alone."""
     point = planting_points[model]
     index = typical_entry(point)
-    report = check(point, planted_error(point.loss_fn, index, err), point.manual_grad if with_manual else None,
-                   CheckOptions(precision=precision, full=full))
+    report = check(
+        point,
+        planted_error(point.loss_fn, index, err),
+        point.manual_grad if with_manual else None,
+        CheckOptions(precision=precision, full=full),
+    )
     assert report.mode == ("full" if full else "directional") and report.verdict == "fail"
     offsets = np.cumsum([0] + [g.size for g in report.groups])
     (group,) = [g for g, start in zip(report.groups, offsets) if start <= index < start + g.size]
@@ -70,12 +74,15 @@ def test_no_false_failure_over_three_seeds(activation, seeds):
     within 1e-8 of zero are honest answers; FAIL is not."""
     verdicts = []
     for seed in range(seeds):
-        point = config_problem(*MLP, "model.hidden=[8]", f"model.activation={activation}", f"seed={seed}",
-                               "model.l2=0.001", max_rows=60)
+        point = config_problem(
+            *MLP, "model.hidden=[8]", f"model.activation={activation}", f"seed={seed}", "model.l2=0.001", max_rows=60
+        )
         report = check(point, manual=point.manual_grad)
         verdicts.append(report.verdict)
-        assert report.verdict != "fail", (seed, [(g.name, {m: r.verdict for m, r in g.methods.items()})
-                                                 for g in report.groups])
+        assert report.verdict != "fail", (
+            seed,
+            [(g.name, {m: r.verdict for m, r in g.methods.items()}) for g in report.groups],
+        )
     assert verdicts.count("pass") >= len(verdicts) - 1  # and almost always a plain PASS
 
 

@@ -24,8 +24,12 @@ def gradients(n: int, *methods: str) -> dict:
     """Each JAX method's gradient at problem(n), jitted, in float64; NumPy arrays."""
     instance = helmholtz.problem(n)
     with Precision("float64").scope():
-        args = (jnp.asarray(instance.x), jnp.asarray(instance.b), jnp.asarray(instance.A),
-                jnp.asarray(instance.rt, jnp.float64))
+        args = (
+            jnp.asarray(instance.x),
+            jnp.asarray(instance.b),
+            jnp.asarray(instance.A),
+            jnp.asarray(instance.rt, jnp.float64),
+        )
         return {m: np.asarray(jax.jit(helmholtz.JAX_METHODS[m])(*args)) for m in methods}
 
 
@@ -120,8 +124,16 @@ def test_study_runs_without_sympy_and_says_how_to_install_it(monkeypatch):
 
 def test_growth_exponent_is_fitted_over_the_large_sizes_only():
     def row(n, ratio):
-        return {"num_params": n, "ratios": {"reverse": 2.0, "forward": ratio, "finite_difference": ratio,
-                                            "manual": 1.0, "symbolic": ratio if n <= 32 else None}}
+        return {
+            "num_params": n,
+            "ratios": {
+                "reverse": 2.0,
+                "forward": ratio,
+                "finite_difference": ratio,
+                "manual": 1.0,
+                "symbolic": ratio if n <= 32 else None,
+            },
+        }
 
     rows = [row(1, 50.0), row(4, 50.0)] + [row(n, 0.5 * n) for n in (16, 32, 64)]
     exponents = helmholtz.growth_exponents(rows)

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CONFIGS, make_config
 from typer.testing import CliRunner
 
-from conftest import CONFIGS, make_config
 from gradfit.cli.app import app
 from gradfit.trained.inference import CONVERGED_OFFSET, ILL_CONDITIONED, SINGULAR, detect_separation, logistic_inference
 from gradfit.training.loop import fit
@@ -25,8 +25,15 @@ runner = CliRunner()
 WIDE = {"COLUMNS": "200"}  # keep Rich from wrapping messages mid-sentence
 Z95 = 1.959963984540054  # the 0.975 quantile of the standard normal
 REL = 1e-6  # estimates and standard errors: gradfit (L-BFGS to a 1e-12 gradient, then jax.hessian) vs IRLS
-EXACT_FIT = ("optimizer.name=lbfgs", "optimizer.learning_rate=null", "runtime.precision=float64", "train.steps=500",
-             "train.tol=1e-12", "data.val_fraction=0", "data.test_fraction=0")
+EXACT_FIT = (
+    "optimizer.name=lbfgs",
+    "optimizer.learning_rate=null",
+    "runtime.precision=float64",
+    "train.steps=500",
+    "train.tol=1e-12",
+    "data.val_fraction=0",
+    "data.test_fraction=0",
+)
 
 
 def invoke(*args):
@@ -165,8 +172,9 @@ def test_standardized_scale_matches_irls_on_the_standardized_features(known_data
         assert row["std_error"] == pytest.approx(std_error, rel=REL)
         assert row["ci_high"] - row["ci_low"] == pytest.approx(2 * 1.6448536269514722 * std_error, rel=REL)
     # the likelihood does not depend on the scale the coefficients are reported on
-    assert table["log_likelihood"] == pytest.approx(log_likelihood(with_intercept(x), y01, irls(with_intercept(x),
-                                                                                                 y01)[0]), rel=1e-9)
+    assert table["log_likelihood"] == pytest.approx(
+        log_likelihood(with_intercept(x), y01, irls(with_intercept(x), y01)[0]), rel=1e-9
+    )
 
 
 def test_penalized_fit_matches_irls_on_the_penalized_objective_and_says_so(known_data, tmp_path):
@@ -219,13 +227,17 @@ def test_95_percent_intervals_cover_the_truth_at_about_the_nominal_rate():
 # --------------------------------------------------------------------------------------------- diagnoses
 
 
-@pytest.mark.parametrize("training", [
-    pytest.param(("runtime.precision=float64", "train.steps=500"), id="long-float64-fit"),
-    pytest.param((), id="shipped-100-float32-steps"),  # the fit still misclassifies rows: the LP sees separation
-])
+@pytest.mark.parametrize(
+    "training",
+    [
+        pytest.param(("runtime.precision=float64", "train.steps=500"), id="long-float64-fit"),
+        pytest.param((), id="shipped-100-float32-steps"),  # the fit still misclassifies rows: the LP sees separation
+    ],
+)
 def test_breast_cancer_unpenalized_reports_complete_separation_instead_of_standard_errors(training, tmp_path):
-    config = make_config("model.l2=0", "data.val_fraction=0", "data.test_fraction=0", *training,
-                         path=CONFIGS / "logreg.yaml")
+    config = make_config(
+        "model.l2=0", "data.val_fraction=0", "data.test_fraction=0", *training, path=CONFIGS / "logreg.yaml"
+    )
     run_dir = Path(fit(config, out_dir=tmp_path / "runs").run_dir)
     table, output = run_inference(run_dir, tmp_path / "separated.json", exit_code=1)
     assert "complete separation" in output
@@ -312,8 +324,12 @@ def test_parameters_away_from_the_optimum_are_reported_as_not_converged():
 
 
 def test_inference_on_an_mlp_run_exits_2_saying_it_is_for_logistic_regression(tmp_path):
-    summary = fit(make_config("data.source=synthetic", "model.kind=mlp", "model.hidden=[4]", "train.steps=2",
-                              "train.log_every=1"), out_dir=tmp_path / "runs")
+    summary = fit(
+        make_config(
+            "data.source=synthetic", "model.kind=mlp", "model.hidden=[4]", "train.steps=2", "train.log_every=1"
+        ),
+        out_dir=tmp_path / "runs",
+    )
     result = invoke("inference", summary.run_dir)
     assert result.exit_code == 2, result.output
     assert "inference applies to logistic regression" in result.output and "MLP" in result.output
@@ -356,9 +372,17 @@ def test_a_constant_feature_is_left_out_and_does_not_inflate_the_intercept(known
     l2, n = 0.01, len(z)
     penalty = np.diag(np.r_[0.0, np.full(3, n * l2)])
     beta, cov = irls(with_intercept(z), y01, penalty)
-    result = logistic_inference(with_constant, np.where(y01 == 1, 1.0, -1.0), np.r_[beta[1:], 0.0], beta[0], l2,
-                                NAMES + ["constant"], mean=np.r_[mean, 100.0], std=np.r_[std, 1.0],
-                                scale="standardized")
+    result = logistic_inference(
+        with_constant,
+        np.where(y01 == 1, 1.0, -1.0),
+        np.r_[beta[1:], 0.0],
+        beta[0],
+        l2,
+        NAMES + ["constant"],
+        mean=np.r_[mean, 100.0],
+        std=np.r_[std, 1.0],
+        scale="standardized",
+    )
     assert result.constant_features == ["constant"] and any("constant" in note for note in result.notes)
     assert [c.name for c in result.coefficients] == ["(intercept)"] + NAMES
     np.testing.assert_allclose([c.std_error for c in result.coefficients], np.sqrt(np.diag(cov)), rtol=1e-6)
@@ -366,8 +390,16 @@ def test_a_constant_feature_is_left_out_and_does_not_inflate_the_intercept(known
 
 def test_a_fit_that_has_not_converged_exits_1(known_data, tmp_path):
     _, _, csv_path, folder = known_data
-    summary = fit(make_config(f"data={{source: file, path: {csv_path}}}", "optimizer.learning_rate=0.01",
-                              "train.steps=20", "data.val_fraction=0", "data.test_fraction=0"), out_dir=tmp_path)
+    summary = fit(
+        make_config(
+            f"data={{source: file, path: {csv_path}}}",
+            "optimizer.learning_rate=0.01",
+            "train.steps=20",
+            "data.val_fraction=0",
+            "data.test_fraction=0",
+        ),
+        out_dir=tmp_path,
+    )
     table, output = run_inference(Path(summary.run_dir), tmp_path / "t.json", exit_code=1)
     assert table["converged"] is False and "not converged" in output
     assert all(c["std_error"] is not None for c in table["coefficients"])  # shown, but flagged

@@ -21,11 +21,17 @@ def make_records(steps, shift: float = 0.0) -> list[dict]:
     """Records as the loop writes them: validation only every other log point, one key missing entirely."""
     records = []
     for step in steps:
-        record = {"step": step, "epoch": step // 20, "batch_objective": 0.7 / (step + 1) + shift,
-                  "objective": 1 / 3 + step * 1e-3 + shift, "learning_rate": 0.1 * 0.99 ** step,
-                  "elapsed_s": 0.1 + 0.2 * step}
-        record.update({"val_loss": 0.5 + shift + step / 7, "val_accuracy": 0.9} if step % 20 == 0
-                      else {"val_loss": None})
+        record = {
+            "step": step,
+            "epoch": step // 20,
+            "batch_objective": 0.7 / (step + 1) + shift,
+            "objective": 1 / 3 + step * 1e-3 + shift,
+            "learning_rate": 0.1 * 0.99**step,
+            "elapsed_s": 0.1 + 0.2 * step,
+        }
+        record.update(
+            {"val_loss": 0.5 + shift + step / 7, "val_accuracy": 0.9} if step % 20 == 0 else {"val_loss": None}
+        )
         records.append(record)
     return records
 
@@ -35,8 +41,12 @@ def expected_rows(records, columns=COLUMNS) -> list[dict]:
 
 
 def expected_points(records) -> dict[tuple[str, int], float]:
-    return {(key, record["step"]): value for record in records for key, value in record.items()
-            if key != "step" and value is not None}
+    return {
+        (key, record["step"]): value
+        for record in records
+        for key, value in record.items()
+        if key != "step" and value is not None
+    }
 
 
 def assert_points_match(points, records) -> None:
@@ -81,8 +91,14 @@ def test_csv_rebuild_replaces_the_file(tmp_path):
 def test_csv_cells_match_what_metrics_jsonl_stores(tmp_path):
     """Floats by repr (0.1 + 0.2 and 1e-300 read back exactly), NumPy scalars as plain numbers, and NaN/inf
     empty, as metrics.jsonl stores them as null: a file written live equals one rebuilt from metrics.jsonl."""
-    record = {"step": np.int64(7), "objective": 0.1 + 0.2, "val_loss": 1e-300, "learning_rate": np.float32(0.5),
-              "batch_objective": float("nan"), "elapsed_s": float("inf")}
+    record = {
+        "step": np.int64(7),
+        "objective": 0.1 + 0.2,
+        "val_loss": 1e-300,
+        "learning_rate": np.float32(0.5),
+        "batch_objective": float("nan"),
+        "elapsed_s": float("inf"),
+    }
     loggers = MetricLoggers(tmp_path, ["csv"], COLUMNS)
     loggers.append([record])
     text = (tmp_path / "metrics.csv").read_text()
@@ -192,6 +208,9 @@ def test_check_available(monkeypatch):
         check_available(["jsonl", "wandb"])
     monkeypatch.setitem(sys.modules, "tensorboardX", None)  # what `import tensorboardX` sees when it is missing
     check_available(["jsonl", "csv"])
-    with pytest.raises(ConfigError, match=r"train.loggers: tensorboard needs tensorboardX: pip install "
-                                          r"'gradfit\[tensorboard\]' \(or remove it from train.loggers\)$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"train.loggers: tensorboard needs tensorboardX: pip install "
+        r"'gradfit\[tensorboard\]' \(or remove it from train.loggers\)$",
+    ):
         check_available(["csv", "tensorboard"])

@@ -15,10 +15,10 @@ import optax
 import pytest
 
 from gradfit.config.load import OptimizerConfig, resolve_config
-from gradfit.errors import ConfigError
 from gradfit.core.losses import data_loss, l2_penalty, logistic_manual_grad, make_objective, row_correct
 from gradfit.core.models import build_model, count_params, logistic, mlp, named_leaves, weight_mask
 from gradfit.core.optim import make_optimizer, make_schedule
+from gradfit.errors import ConfigError
 
 OPTIMIZERS = typing.get_args(OptimizerConfig.model_fields["name"].annotation)
 
@@ -89,11 +89,18 @@ def he(fan_in, fan_out):
     return math.sqrt(2.0 / fan_in)
 
 
-@pytest.mark.parametrize("activation, init_scheme, hidden_rule", [
-    ("relu", "auto", he), ("gelu", "auto", he), ("silu", "auto", he),
-    ("tanh", "auto", glorot), ("sigmoid", "auto", glorot),
-    ("relu", "glorot", glorot), ("tanh", "he", he),
-])
+@pytest.mark.parametrize(
+    "activation, init_scheme, hidden_rule",
+    [
+        ("relu", "auto", he),
+        ("gelu", "auto", he),
+        ("silu", "auto", he),
+        ("tanh", "auto", glorot),
+        ("sigmoid", "auto", glorot),
+        ("relu", "glorot", glorot),
+        ("tanh", "he", he),
+    ],
+)
 def test_mlp_init_scale(activation, init_scheme, hidden_rule):
     """Empirical std of a wide layer within 10% of the rule (120k draws: the sampling error is ~0.2%)."""
     fan_in, width, n_out = 400, 300, 10
@@ -252,8 +259,9 @@ def test_every_optimizer_reduces_a_quadratic(name):
 
 
 def test_clip_norm_limits_the_first_sgd_step():
-    optimizer, _ = make_optimizer(config("optimizer.name=sgd", "optimizer.learning_rate=1.0",
-                                         "optimizer.clip_norm=0.5").optimizer, total_steps=10)
+    optimizer, _ = make_optimizer(
+        config("optimizer.name=sgd", "optimizer.learning_rate=1.0", "optimizer.clip_norm=0.5").optimizer, total_steps=10
+    )
     params = {"w": jnp.asarray([30.0, -40.0]), "b": jnp.asarray(0.0)}
     grad = {"w": jnp.asarray([30.0, -40.0]), "b": jnp.asarray(0.0)}  # norm 50
     updates, _ = optimizer.update(grad, optimizer.init(params), params)

@@ -14,21 +14,21 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import pytest
+from conftest import CONFIGS, make_config
 from typer.testing import CliRunner
 
-from conftest import CONFIGS, make_config
 from gradfit import files
+from gradfit.cli.app import app
+from gradfit.config.schema import INT32_MAX, MAX_STEPS
+from gradfit.core import models
+from gradfit.core.optim import make_optimizer
 from gradfit.data import dataset as data
 from gradfit.data import synthetic
-from gradfit.core import models
+from gradfit.errors import ConfigError
 from gradfit.runtime import resources
 from gradfit.training.evaluate import block_rows
 from gradfit.training.plan import Plan
 from gradfit.training.prepare import prepare
-from gradfit.cli.app import app
-from gradfit.errors import ConfigError
-from gradfit.core.optim import make_optimizer
-from gradfit.config.schema import INT32_MAX, MAX_STEPS
 
 runner = CliRunner()
 WIDE = {"COLUMNS": "200"}  # keep Rich from wrapping the message
@@ -48,18 +48,20 @@ def estimate_for(config) -> resources.MemoryEstimate:
         rows = (len(dataset.train), len(dataset.val), len(dataset.test))
     plan = Plan.from_config(config, rows[0], rows[1])
     hidden = tuple(config.model.hidden) if config.model.kind == "mlp" else ()
-    return resources.estimate_run(config, n_features, n_classes, rows, plan.batch_size,
-                                  block_rows(n_features, hidden))
+    return resources.estimate_run(config, n_features, n_classes, rows, plan.batch_size, block_rows(n_features, hidden))
 
 
 # ------------------------------------------------------------------------------------------ the estimator
 
 
-@pytest.mark.parametrize("kind, n_classes, hidden, expected", [
-    ("logistic", 2, (), 31),  # d + 1
-    ("mlp", 2, (8, 4), 30 * 8 + 8 + 8 * 4 + 4 + 4 * 1 + 1),  # binary: one output
-    ("mlp", 5, (7,), 30 * 7 + 7 + 7 * 5 + 5),
-])
+@pytest.mark.parametrize(
+    "kind, n_classes, hidden, expected",
+    [
+        ("logistic", 2, (), 31),  # d + 1
+        ("mlp", 2, (8, 4), 30 * 8 + 8 + 8 * 4 + 4 + 4 * 1 + 1),  # binary: one output
+        ("mlp", 5, (7,), 30 * 7 + 7 + 7 * 5 + 5),
+    ],
+)
 def test_parameter_count_is_that_of_the_built_model(kind, n_classes, hidden, expected):
     config = make_config(f"model.kind={kind}", *([f"model.hidden={list(hidden)}"] if hidden else []))
     model = models.build_model(config.model, 30, n_classes)
@@ -72,10 +74,19 @@ def test_parameter_count_stays_exact_for_absurd_sizes():
     assert resources.parameter_count("mlp", 10**9, 2, (10**6, 10**6)) == 10**15 + 10**6 + 10**12 + 10**6 + 10**6 + 1
 
 
-@pytest.mark.parametrize("name, extra, slots", [
-    ("sgd", [], 0), ("momentum", [], 1), ("nesterov", [], 1), ("adam", [], 2), ("adamw", [], 2),
-    ("rmsprop", [], 1), ("adagrad", [], 1), ("lbfgs", ["optimizer.memory_size=4"], 11),
-])
+@pytest.mark.parametrize(
+    "name, extra, slots",
+    [
+        ("sgd", [], 0),
+        ("momentum", [], 1),
+        ("nesterov", [], 1),
+        ("adam", [], 2),
+        ("adamw", [], 2),
+        ("rmsprop", [], 1),
+        ("adagrad", [], 1),
+        ("lbfgs", ["optimizer.memory_size=4"], 11),
+    ],
+)
 def test_optimizer_slots_match_the_optax_state(name, extra, slots):
     config = make_config(f"optimizer.name={name}", *extra)
     optimizer, _ = make_optimizer(config.optimizer, total_steps=10)
@@ -86,8 +97,9 @@ def test_optimizer_slots_match_the_optax_state(name, extra, slots):
 
 def test_estimate_counts_data_model_and_activations():
     config = make_config("model.kind=mlp", "model.hidden=[16, 8]", "optimizer.name=adam", "train.batch_size=32")
-    estimate = resources.estimate_run(config, n_features=10, n_classes=3, rows=(100, 20, 30), batch_size=32,
-                                      eval_rows=4096)
+    estimate = resources.estimate_run(
+        config, n_features=10, n_classes=3, rows=(100, 20, 30), batch_size=32, eval_rows=4096
+    )
     assert estimate.data == 150 * (10 * 4 + 4)  # float32 features, int32 class ids
     assert estimate.parameters == 10 * 16 + 16 + 16 * 8 + 8 + 8 * 3 + 3
     assert estimate.copies == 1 + 2 + 2  # weights, adam's two moments, gradient, update
@@ -105,8 +117,9 @@ def test_float64_doubles_and_full_batch_uses_every_training_row():
 
 
 def test_synthetic_host_bytes_count_the_features_and_their_split_copy():
-    synthetic = make_config("data.source=synthetic", "data.synthetic.n_samples=1000",
-                            "data.synthetic.n_features=50").data.synthetic
+    synthetic = make_config(
+        "data.source=synthetic", "data.synthetic.n_samples=1000", "data.synthetic.n_features=50"
+    ).data.synthetic
     assert resources.synthetic_host_bytes(synthetic) >= 2 * 1000 * 50 * 4
 
 
@@ -123,12 +136,19 @@ def test_shipped_configs_and_the_defaults_fit_a_small_machine(path):
 def test_the_synthetic_estimate_is_at_most_what_loading_holds():
     """A lower bound: no more than twice the arrays load_dataset returns, plus the generator's own arrays (the
     true weights, the float32 logits and the float64 label noise)."""
-    config = make_config("data.source=synthetic", "data.synthetic.n_samples=500", "data.synthetic.n_features=40",
-                         "data.synthetic.n_classes=3", "model.kind=mlp")
+    config = make_config(
+        "data.source=synthetic",
+        "data.synthetic.n_samples=500",
+        "data.synthetic.n_features=40",
+        "data.synthetic.n_classes=3",
+        "model.kind=mlp",
+    )
     dataset = data.load_dataset(config)
     held = sum(a.nbytes for split in (dataset.train, dataset.val, dataset.test) for a in (split.x, split.y))
-    assert resources.synthetic_host_bytes(config.data.synthetic) <= 2 * held + 40 * resources.NAME_BYTES + 500 * 8 \
-        + 40 * 3 * 8 + 500 * 3 * 4 + 500 * 3 * 8
+    assert (
+        resources.synthetic_host_bytes(config.data.synthetic)
+        <= 2 * held + 40 * resources.NAME_BYTES + 500 * 8 + 40 * 3 * 8 + 500 * 3 * 4 + 500 * 3 * 8
+    )
 
 
 # ---------------------------------------------------------------------------------------- step counts
@@ -143,9 +163,15 @@ def test_every_step_key_is_bounded_so_the_int32_counter_never_wraps():
 
 def test_a_run_of_the_largest_step_count_reaches_its_end_in_int32():
     """Steps 2**30 - 2 .. 2**30 with log_every = 2**30: the loop's counters at their bound stay exact."""
-    config = make_config("data.source=synthetic", "data.synthetic.n_samples=40", "data.synthetic.n_features=3",
-                         "optimizer.name=sgd", f"train.steps={MAX_STEPS}", f"train.log_every={MAX_STEPS}",
-                         "train.checkpoint_every=null")
+    config = make_config(
+        "data.source=synthetic",
+        "data.synthetic.n_samples=40",
+        "data.synthetic.n_features=3",
+        "optimizer.name=sgd",
+        f"train.steps={MAX_STEPS}",
+        f"train.log_every={MAX_STEPS}",
+        "train.checkpoint_every=null",
+    )
     run = prepare(config)
     with run.precision.scope():
         state = run.state._replace(step=jnp.int32(MAX_STEPS - 2))
@@ -179,29 +205,46 @@ MEMINFO = "MemTotal:       32000000 kB\nMemFree:         1000000 kB\nMemAvailabl
 
 
 def test_host_memory_is_meminfo_without_a_cgroup_limit(tmp_path):
-    root = write_tree(tmp_path, {"proc/meminfo": MEMINFO, "proc/self/cgroup": "0::/\n",
-                                 "sys/fs/cgroup/memory.max": "max\n", "sys/fs/cgroup/memory.current": "5\n"})
+    root = write_tree(
+        tmp_path,
+        {
+            "proc/meminfo": MEMINFO,
+            "proc/self/cgroup": "0::/\n",
+            "sys/fs/cgroup/memory.max": "max\n",
+            "sys/fs/cgroup/memory.current": "5\n",
+        },
+    )
     assert resources.host_available_bytes(root) == 20000000 * 1024
 
 
 def test_host_memory_is_capped_by_a_cgroup_v2_limit_and_its_parents(tmp_path):
-    root = write_tree(tmp_path, {
-        "proc/meminfo": MEMINFO, "proc/self/cgroup": "0::/jobs/me\n",
-        "sys/fs/cgroup/jobs/me/memory.max": "max\n", "sys/fs/cgroup/jobs/me/memory.current": "100\n",
-        "sys/fs/cgroup/jobs/memory.max": str(4 * GiB), "sys/fs/cgroup/jobs/memory.current": str(GiB),
-        "sys/fs/cgroup/jobs/memory.stat": f"anon {GiB // 2}\nfile {GiB // 4}\n",
-    })
+    root = write_tree(
+        tmp_path,
+        {
+            "proc/meminfo": MEMINFO,
+            "proc/self/cgroup": "0::/jobs/me\n",
+            "sys/fs/cgroup/jobs/me/memory.max": "max\n",
+            "sys/fs/cgroup/jobs/me/memory.current": "100\n",
+            "sys/fs/cgroup/jobs/memory.max": str(4 * GiB),
+            "sys/fs/cgroup/jobs/memory.current": str(GiB),
+            "sys/fs/cgroup/jobs/memory.stat": f"anon {GiB // 2}\nfile {GiB // 4}\n",
+        },
+    )
     assert resources.host_available_bytes(root) == 4 * GiB - GiB + GiB // 4  # the page cache can be reclaimed
 
 
 def test_host_memory_is_capped_by_a_cgroup_v1_limit(tmp_path):
-    root = write_tree(tmp_path, {
-        "proc/meminfo": MEMINFO, "proc/self/cgroup": "4:memory:/box\n1:cpu:/\n",
-        "sys/fs/cgroup/memory/box/memory.limit_in_bytes": str(2**63 - 4096),  # unlimited itself...
-        "sys/fs/cgroup/memory/box/memory.usage_in_bytes": str(GiB),
-        "sys/fs/cgroup/memory/box/memory.stat":  # ...but not its ancestors
+    root = write_tree(
+        tmp_path,
+        {
+            "proc/meminfo": MEMINFO,
+            "proc/self/cgroup": "4:memory:/box\n1:cpu:/\n",
+            "sys/fs/cgroup/memory/box/memory.limit_in_bytes": str(2**63 - 4096),  # unlimited itself...
+            "sys/fs/cgroup/memory/box/memory.usage_in_bytes": str(GiB),
+            "sys/fs/cgroup/memory/box/memory.stat":  # ...but not its ancestors
             f"hierarchical_memory_limit {3 * GiB}\ntotal_inactive_file 100\ntotal_active_file 20\n",
-    })
+        },
+    )
     assert resources.host_available_bytes(root) == 2 * GiB + 120
 
 
@@ -222,8 +265,9 @@ class FakeDevice:
 
 def test_device_memory_is_the_allocator_limit_less_what_is_in_use(monkeypatch):
     monkeypatch.setattr(resources, "host_available_bytes", lambda *a, **k: 123)
-    assert resources.device_available_bytes(FakeDevice("gpu", {"bytes_limit": 10 * GiB, "bytes_in_use": GiB})) \
-        == 9 * GiB
+    assert (
+        resources.device_available_bytes(FakeDevice("gpu", {"bytes_limit": 10 * GiB, "bytes_in_use": GiB})) == 9 * GiB
+    )
     assert resources.device_available_bytes(FakeDevice("gpu", None)) is None  # unknown: nothing refused
     assert resources.device_available_bytes(FakeDevice("gpu", RuntimeError("no stats"))) is None
     assert resources.device_available_bytes(FakeDevice("cpu", None)) == 123  # the CPU's memory is the host's
@@ -253,27 +297,48 @@ SMALL = "data: {source: synthetic, synthetic: {n_samples: 200, n_features: 5}}\n
 @pytest.fixture
 def no_data_generation(monkeypatch):
     """Make generating data fail loudly: a check that lets it through would otherwise allocate gigabytes."""
+
     def refuse(*args, **kwargs):
         raise AssertionError("the synthetic data were generated before the size check")
 
     monkeypatch.setattr(synthetic, "make_synthetic", refuse)
 
 
-@pytest.mark.parametrize("config_text, expect", [
-    pytest.param("train: {steps: 1099511627776}\n",
-                 ("train.steps: at most 1,073,741,824", "int32", "1099511627776"), id="steps-2**40"),
-    pytest.param("train: {steps: 20, log_every: 1099511627776}\n",
-                 ("train.log_every: at most 1,073,741,824", "1099511627776"), id="log-every-2**40"),
-    pytest.param("train: {eval_every: 1099511627776}\n", ("train.eval_every: at most 1,073,741,824",), id="eval-every"),
-    pytest.param("train: {epochs: 1000000000000}\n", ("train.epochs: at most 1,073,741,824",), id="epochs-10**12"),
-    pytest.param("train: {keep_checkpoints: 100000}\n", ("train.keep_checkpoints: at most 1,000",), id="keep"),
-    pytest.param("data: {source: synthetic, synthetic: {n_features: 1e10}}\n",
-                 ("data.synthetic.n_features: at most 2,147,483,647", "1e10"), id="n-features-1e10"),
-    pytest.param("data: {source: synthetic, synthetic: {n_samples: 1000000000000}}\n",
-                 ("data.synthetic.n_samples: at most 2,147,483,647", "1000000000000"), id="n-samples-10**12"),
-    pytest.param("model: {kind: mlp, hidden: [64, 3000000000]}\n",
-                 ("model.hidden.1: at most 2,147,483,647",), id="hidden-beyond-int32"),
-])
+@pytest.mark.parametrize(
+    "config_text, expect",
+    [
+        pytest.param(
+            "train: {steps: 1099511627776}\n",
+            ("train.steps: at most 1,073,741,824", "int32", "1099511627776"),
+            id="steps-2**40",
+        ),
+        pytest.param(
+            "train: {steps: 20, log_every: 1099511627776}\n",
+            ("train.log_every: at most 1,073,741,824", "1099511627776"),
+            id="log-every-2**40",
+        ),
+        pytest.param(
+            "train: {eval_every: 1099511627776}\n", ("train.eval_every: at most 1,073,741,824",), id="eval-every"
+        ),
+        pytest.param("train: {epochs: 1000000000000}\n", ("train.epochs: at most 1,073,741,824",), id="epochs-10**12"),
+        pytest.param("train: {keep_checkpoints: 100000}\n", ("train.keep_checkpoints: at most 1,000",), id="keep"),
+        pytest.param(
+            "data: {source: synthetic, synthetic: {n_features: 1e10}}\n",
+            ("data.synthetic.n_features: at most 2,147,483,647", "1e10"),
+            id="n-features-1e10",
+        ),
+        pytest.param(
+            "data: {source: synthetic, synthetic: {n_samples: 1000000000000}}\n",
+            ("data.synthetic.n_samples: at most 2,147,483,647", "1000000000000"),
+            id="n-samples-10**12",
+        ),
+        pytest.param(
+            "model: {kind: mlp, hidden: [64, 3000000000]}\n",
+            ("model.hidden.1: at most 2,147,483,647",),
+            id="hidden-beyond-int32",
+        ),
+    ],
+)
 def test_counts_beyond_int32_are_refused_at_validation(tmp_path, no_data_generation, config_text, expect):
     refused = refuse(tmp_path, config_text)
     for fragment in expect:
@@ -282,42 +347,79 @@ def test_counts_beyond_int32_are_refused_at_validation(tmp_path, no_data_generat
 
 def test_epochs_times_batches_per_epoch_beyond_int32_are_refused_once_the_rows_are_known(tmp_path):
     refused = refuse(tmp_path, SMALL + "train: {epochs: 1000000000, batch_size: 10}\n")
-    assert ("train.epochs=1,000,000,000 gives 12,000,000,000 steps (12 per epoch); a run takes at most "
-            "1,073,741,824") in refused, refused
+    assert (
+        "train.epochs=1,000,000,000 gives 12,000,000,000 steps (12 per epoch); a run takes at most 1,073,741,824"
+    ) in refused, refused
 
 
-@pytest.mark.parametrize("config_text, expect", [
-    pytest.param("data: {source: synthetic, synthetic: {n_samples: 1000000000}}\n",
-                 ("data.synthetic: 1,000,000,000 rows x 20 features x 2 classes need at least 178.8 GiB of host memory",
-                  "but 1.0 GiB is available", "lower data.synthetic.n_samples (1,000,000,000)"), id="n-samples-10**9"),
-    pytest.param("data: {source: synthetic, synthetic: {n_features: 1000000000}}\n",
-                 ("10,000 rows x 1,000,000,000 features x 2 classes need at least 72.8 TiB of host memory",
-                  "data.synthetic.n_features (1,000,000,000)"), id="n-features-10**9"),
-])
-def test_synthetic_data_too_large_for_the_host_are_never_generated(tmp_path, monkeypatch, no_data_generation,
-                                                                    config_text, expect):
+@pytest.mark.parametrize(
+    "config_text, expect",
+    [
+        pytest.param(
+            "data: {source: synthetic, synthetic: {n_samples: 1000000000}}\n",
+            (
+                "data.synthetic: 1,000,000,000 rows x 20 features x 2 classes need at least 178.8 GiB of host memory",
+                "but 1.0 GiB is available",
+                "lower data.synthetic.n_samples (1,000,000,000)",
+            ),
+            id="n-samples-10**9",
+        ),
+        pytest.param(
+            "data: {source: synthetic, synthetic: {n_features: 1000000000}}\n",
+            (
+                "10,000 rows x 1,000,000,000 features x 2 classes need at least 72.8 TiB of host memory",
+                "data.synthetic.n_features (1,000,000,000)",
+            ),
+            id="n-features-10**9",
+        ),
+    ],
+)
+def test_synthetic_data_too_large_for_the_host_are_never_generated(
+    tmp_path, monkeypatch, no_data_generation, config_text, expect
+):
     monkeypatch.setattr(resources, "host_available_bytes", lambda *a, **k: GiB)
     refused = refuse(tmp_path, config_text)
     for fragment in expect:
         assert fragment in refused, refused
 
 
-@pytest.mark.parametrize("config_text, available, expect", [
-    pytest.param(SMALL + "model: {kind: mlp, hidden: [1000000, 1000000]}\n", GiB,
-                 ("model.hidden=[1000000, 1000000]: the run needs at least 18.2 TiB", "1.0 GiB is available",
-                  "1,000,008,000,001 x 5 copies", "use smaller hidden layers"), id="hidden-10**6-squared"),
-    pytest.param(SMALL + "model: {kind: mlp, hidden: [200000]}\ntrain: {batch_size: 100}\n",
-                 100 * 2**20, ("train.batch_size=100", "activations 152.6 MiB", "100.0 MiB is available",
-                               "lower train.batch_size"), id="batch"),
-    pytest.param(SMALL + "model: {kind: mlp, hidden: [200000]}\n", 100 * 2**20,
-                 ("train.batch_size=null", "set train.batch_size to train on minibatches"), id="full-batch"),
-    pytest.param(SMALL + "model: {kind: mlp, hidden: [3000, 3000]}\noptimizer: {name: lbfgs, memory_size: 100}\n",
-                 GiB,
-                 ("model.hidden=[3000, 3000] with optimizer.memory_size=100", "lower optimizer.memory_size"),
-                 id="lbfgs-history"),
-])
-def test_models_too_large_for_the_device_are_refused_before_allocation(tmp_path, monkeypatch, config_text,
-                                                                         available, expect):
+@pytest.mark.parametrize(
+    "config_text, available, expect",
+    [
+        pytest.param(
+            SMALL + "model: {kind: mlp, hidden: [1000000, 1000000]}\n",
+            GiB,
+            (
+                "model.hidden=[1000000, 1000000]: the run needs at least 18.2 TiB",
+                "1.0 GiB is available",
+                "1,000,008,000,001 x 5 copies",
+                "use smaller hidden layers",
+            ),
+            id="hidden-10**6-squared",
+        ),
+        pytest.param(
+            SMALL + "model: {kind: mlp, hidden: [200000]}\ntrain: {batch_size: 100}\n",
+            100 * 2**20,
+            ("train.batch_size=100", "activations 152.6 MiB", "100.0 MiB is available", "lower train.batch_size"),
+            id="batch",
+        ),
+        pytest.param(
+            SMALL + "model: {kind: mlp, hidden: [200000]}\n",
+            100 * 2**20,
+            ("train.batch_size=null", "set train.batch_size to train on minibatches"),
+            id="full-batch",
+        ),
+        pytest.param(
+            SMALL + "model: {kind: mlp, hidden: [3000, 3000]}\noptimizer: {name: lbfgs, memory_size: 100}\n",
+            GiB,
+            ("model.hidden=[3000, 3000] with optimizer.memory_size=100", "lower optimizer.memory_size"),
+            id="lbfgs-history",
+        ),
+    ],
+)
+def test_models_too_large_for_the_device_are_refused_before_allocation(
+    tmp_path, monkeypatch, config_text, available, expect
+):
     monkeypatch.setattr(resources, "host_available_bytes", lambda *a, **k: available)
     refused = refuse(tmp_path, config_text)
     for fragment in expect:

@@ -18,21 +18,20 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import pytest
+from conftest import CONFIGS, make_config, write_csv
 from typer.testing import CliRunner
 
 import gradfit
-from conftest import CONFIGS, make_config, write_csv
-from gradfit.data import converted, tabular
 from gradfit.cli.app import app
+from gradfit.data import converted, tabular
 from gradfit.data.convert import convert, describe
 from gradfit.data.dataset import load_dataset
 from gradfit.data.labels import Labels, encode_labels
-from gradfit.errors import DataError, GradfitError
 from gradfit.data.tabular import open_table
+from gradfit.errors import DataError, GradfitError
 
 runner = CliRunner()
 WIDE = {"COLUMNS": "200"}  # keep Rich from wrapping messages mid-sentence
@@ -43,8 +42,20 @@ def invoke(*args):
 
 
 def train_args(data: Path, out_dir: Path, *more: str) -> list:
-    return ["train", CONFIGS / "logreg.yaml", "-o", out_dir, "-q", "-s", "data.source=file", "-s",
-            f"data.path={data}", "-s", "train.steps=2", *more]
+    return [
+        "train",
+        CONFIGS / "logreg.yaml",
+        "-o",
+        out_dir,
+        "-q",
+        "-s",
+        "data.source=file",
+        "-s",
+        f"data.path={data}",
+        "-s",
+        "train.steps=2",
+        *more,
+    ]
 
 
 def file_config(path: Path):
@@ -117,8 +128,10 @@ GOOD_AFTER = ["7,8,no"]
 
 def with_line_4(bad: str | bytes, header: str | bytes = "a,b,target") -> bytes:
     """A CSV whose line 4 is ``bad`` between good rows."""
+
     def raw(text):
         return text if isinstance(text, bytes) else text.encode()
+
     return b"".join(raw(line) + b"\n" for line in [header, *GOOD_BEFORE, bad, *GOOD_AFTER])
 
 
@@ -136,8 +149,8 @@ class Case:
     content: bytes
     message: str  # "{path}" stands for the file
     predict: str = SAME  # SAME, ACCEPTS, or predict's own message
-    bug: Optional[str] = None  # a known gradfit bug: the case fails in every path (strict xfail)
-    predict_bug: Optional[str] = None  # a known bug in predict only
+    bug: str | None = None  # a known gradfit bug: the case fails in every path (strict xfail)
+    predict_bug: str | None = None  # a known bug in predict only
 
 
 FIELD_LIMIT = csv.field_size_limit()
@@ -149,60 +162,116 @@ CASES = [
     Case("too many fields", with_line_4("5,6,yes,9"), "{path}:4: 4 fields but the header has 3 columns"),
     Case("too few fields", with_line_4("5,yes"), "{path}:4: 2 fields but the header has 3 columns"),
     Case("too many quoted fields", with_line_4('"5",6,"yes","9"'), "{path}:4: 4 fields but the header has 3 columns"),
-    Case("non-numeric cell", with_line_4("5,abc,yes"),
-         "{path}:4: column 'b' has non-numeric value 'abc'; features must be numbers (encode categories as numbers "
-         "first)"),
+    Case(
+        "non-numeric cell",
+        with_line_4("5,abc,yes"),
+        "{path}:4: column 'b' has non-numeric value 'abc'; features must be numbers (encode categories as numbers "
+        "first)",
+    ),
     Case("quoted comma in a number", with_line_4('"5,5",6,yes'), "{path}:4: column 'a' has non-numeric value '5,5'"),
     Case("empty cell", with_line_4("5,,yes"), "{path}:4: column 'b' is empty; remove or impute missing values first"),
     Case("whitespace cell", with_line_4("5,   ,yes"), "{path}:4: column 'b' is empty; remove or impute missing values"),
-    Case("nan cell", with_line_4("nan,6,yes"),
-         "{path}:4: column 'a' is nan; remove or impute missing and infinite values first"),
-    Case("inf cell", with_line_4("5,-inf,yes"),
-         "{path}:4: column 'b' is -inf; remove or impute missing and infinite values first"),
-    Case("beyond 1e150", with_line_4("5,-1.5e150,yes"),
-         "{path}:4: column 'b' is -1.5e+150, beyond the magnitude of 1e+150 gradfit accepts for a feature (its "
-         "square must fit in float64)"),
+    Case(
+        "nan cell",
+        with_line_4("nan,6,yes"),
+        "{path}:4: column 'a' is nan; remove or impute missing and infinite values first",
+    ),
+    Case(
+        "inf cell",
+        with_line_4("5,-inf,yes"),
+        "{path}:4: column 'b' is -inf; remove or impute missing and infinite values first",
+    ),
+    Case(
+        "beyond 1e150",
+        with_line_4("5,-1.5e150,yes"),
+        "{path}:4: column 'b' is -1.5e+150, beyond the magnitude of 1e+150 gradfit accepts for a feature (its "
+        "square must fit in float64)",
+    ),
     Case("just beyond 1e150", with_line_4("1.0000001e150,6,yes"), "{path}:4: column 'a' is 1.0000001e+150, beyond"),
-    Case("unclosed quote", with_line_4('5,"6,yes'),
-         "{path}:4: malformed CSV row (unexpected end of data); is a '\"' quote left open? (a record must fit on "
-         "one line)"),
-    Case("unclosed quote in the header", with_line_4("5,6,yes", header='a,"b,target'),
-         "{path}:1: malformed CSV header (unexpected end of data); is a '\"' quote left open?"),
-    Case("over-long field", with_line_4("5," + "1" * (FIELD_LIMIT + 1) + ",yes"),
-         f"{{path}}:4: a field of the CSV row is longer than {FIELD_LIMIT:,} characters, the most gradfit reads in "
-         "one cell; is a '\"' quote left open, or is this not a CSV file?"),
-    Case("over-long header field", with_line_4("5,6,yes", header="a,b" + "b" * FIELD_LIMIT + ",target"),
-         f"{{path}}:1: a field of the CSV header is longer than {FIELD_LIMIT:,} characters"),
-    Case("semicolon separator", b"a;b;target\n1;2;yes\n3;4;no\n",
-         "{path}: the header has a single column 'a;b;target'; gradfit reads comma-separated files, and this one "
-         "seems to use another separator"),
+    Case(
+        "unclosed quote",
+        with_line_4('5,"6,yes'),
+        "{path}:4: malformed CSV row (unexpected end of data); is a '\"' quote left open? (a record must fit on "
+        "one line)",
+    ),
+    Case(
+        "unclosed quote in the header",
+        with_line_4("5,6,yes", header='a,"b,target'),
+        "{path}:1: malformed CSV header (unexpected end of data); is a '\"' quote left open?",
+    ),
+    Case(
+        "over-long field",
+        with_line_4("5," + "1" * (FIELD_LIMIT + 1) + ",yes"),
+        f"{{path}}:4: a field of the CSV row is longer than {FIELD_LIMIT:,} characters, the most gradfit reads in "
+        "one cell; is a '\"' quote left open, or is this not a CSV file?",
+    ),
+    Case(
+        "over-long header field",
+        with_line_4("5,6,yes", header="a,b" + "b" * FIELD_LIMIT + ",target"),
+        f"{{path}}:1: a field of the CSV header is longer than {FIELD_LIMIT:,} characters",
+    ),
+    Case(
+        "semicolon separator",
+        b"a;b;target\n1;2;yes\n3;4;no\n",
+        "{path}: the header has a single column 'a;b;target'; gradfit reads comma-separated files, and this one "
+        "seems to use another separator",
+    ),
     Case("tab separator", b"a\tb\ttarget\n1\t2\tyes\n", "{path}: the header has a single column 'a\\tb\\ttarget'"),
     Case("missing label", with_line_4("5,6,"), "{path}:4: missing label in column 'target'", predict=ACCEPTS),
     Case("blank label", with_line_4("5,6,   "), "{path}:4: missing label in column 'target'", predict=ACCEPTS),
-    Case("missing label column, close", with_line_4("5,6,yes", header="a,b,Target"),
-         "{path}: no label column 'target' in the header; did you mean 'Target'? (set data.target)",
-         predict="{path}: the feature columns do not match the 2 the run was trained on (unexpected 'Target')"),
-    Case("missing label column", b"a,b\n1,2\n3,4\n5,6\n7,8\n",
-         "{path}: no label column 'target' in the header; set data.target to the label column", predict=ACCEPTS),
-    Case("duplicate feature column", with_line_4("5,6,yes", header="a,a,target"),
-         "{path}: duplicate column name(s) in the header: 'a'",
-         predict="{path}: the feature columns do not match the 2 the run was trained on (missing 'b'; duplicated "
-                 "'a')"),
-    Case("duplicate label column", b"a,b,target,target\n1,2,yes,yes\n3,4,no,no\n",
-         "{path}: duplicate column name(s) in the header: 'target'", predict=ACCEPTS),
-    Case("not UTF-8 in a row", with_line_4(b"5,6,caf\xe9"),
-         "{path}: not a UTF-8 text file (invalid continuation byte); save it as UTF-8 CSV"),
-    Case("not UTF-8 in the header", with_line_4("5,6,yes", header=b"a,\xff,target"),
-         "{path}: not a UTF-8 text file (invalid start byte); save it as UTF-8 CSV"),
-    Case("not UTF-8 late in the file",
-         b"a,b,target\n" + b"".join(b"%d,%d,%s\n" % (i, i, b"no" if i % 2 else b"yes") for i in range(LATE))
-         + b"5,6,\xff\n", "{path}: not a UTF-8 text file (invalid start byte); save it as UTF-8 CSV"),
+    Case(
+        "missing label column, close",
+        with_line_4("5,6,yes", header="a,b,Target"),
+        "{path}: no label column 'target' in the header; did you mean 'Target'? (set data.target)",
+        predict="{path}: the feature columns do not match the 2 the run was trained on (unexpected 'Target')",
+    ),
+    Case(
+        "missing label column",
+        b"a,b\n1,2\n3,4\n5,6\n7,8\n",
+        "{path}: no label column 'target' in the header; set data.target to the label column",
+        predict=ACCEPTS,
+    ),
+    Case(
+        "duplicate feature column",
+        with_line_4("5,6,yes", header="a,a,target"),
+        "{path}: duplicate column name(s) in the header: 'a'",
+        predict="{path}: the feature columns do not match the 2 the run was trained on (missing 'b'; duplicated 'a')",
+    ),
+    Case(
+        "duplicate label column",
+        b"a,b,target,target\n1,2,yes,yes\n3,4,no,no\n",
+        "{path}: duplicate column name(s) in the header: 'target'",
+        predict=ACCEPTS,
+    ),
+    Case(
+        "not UTF-8 in a row",
+        with_line_4(b"5,6,caf\xe9"),
+        "{path}: not a UTF-8 text file (invalid continuation byte); save it as UTF-8 CSV",
+    ),
+    Case(
+        "not UTF-8 in the header",
+        with_line_4("5,6,yes", header=b"a,\xff,target"),
+        "{path}: not a UTF-8 text file (invalid start byte); save it as UTF-8 CSV",
+    ),
+    Case(
+        "not UTF-8 late in the file",
+        b"a,b,target\n"
+        + b"".join(b"%d,%d,%s\n" % (i, i, b"no" if i % 2 else b"yes") for i in range(LATE))
+        + b"5,6,\xff\n",
+        "{path}: not a UTF-8 text file (invalid start byte); save it as UTF-8 CSV",
+    ),
     Case("header but no rows", header_only(), "{path}: the header has no data rows below it"),
     Case("header and blank lines", header_only() + b"\n   \n\t\n", "{path}: the header has no data rows below it"),
-    Case("number Python reads but NumPy does not", with_line_4("5,1_000,yes"),
-         "{path}:4: column 'b' has non-numeric value '1_000'"),
-    Case("non-ASCII digits", with_line_4("5,\u0661\u0662,yes"),
-         "{path}:4: column 'b' has non-numeric value '\u0661\u0662'"),
+    Case(
+        "number Python reads but NumPy does not",
+        with_line_4("5,1_000,yes"),
+        "{path}:4: column 'b' has non-numeric value '1_000'",
+    ),
+    Case(
+        "non-ASCII digits",
+        with_line_4("5,\u0661\u0662,yes"),
+        "{path}:4: column 'b' has non-numeric value '\u0661\u0662'",
+    ),
 ]
 
 
@@ -269,7 +338,6 @@ def test_a_blank_first_line_is_not_reported_as_an_empty_file(tmp_path):
     assert x.shape == (4, 2) and positions.tolist() == [3, 4, 5, 6]
 
 
-
 def test_magnitude_1e150_itself_is_accepted(tmp_path):
     path = tmp_path / "edge.csv"
     path.write_bytes(with_line_4("1e150,-1e150,yes"))
@@ -289,8 +357,14 @@ def test_object_arrays_in_an_npz_are_refused_unread(run, tmp_path):
 # ----------------------------------------------------------------------------------------- one wording
 
 
-WORDINGS = ["file is empty", "fields but the header has", "non-numeric value", "never unpickles", "malformed CSV",
-            "no label column"]
+WORDINGS = [
+    "file is empty",
+    "fields but the header has",
+    "non-numeric value",
+    "never unpickles",
+    "malformed CSV",
+    "no label column",
+]
 
 
 @pytest.mark.parametrize("fragment", WORDINGS)
@@ -406,8 +480,9 @@ def test_training_on_the_all_at_once_variant_gives_the_same_parameters(run, tmp_
 def labelled_csv(path: Path, labels: list[str], seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((len(labels), 3)) * [1.0, 1e-3, 1e6]
-    return write_csv(path, ["f0", "f1", "f2", "target"],
-                     [[repr(float(v)) for v in row] + [label] for row, label in zip(x, labels)])
+    return write_csv(
+        path, ["f0", "f1", "f2", "target"], [[repr(float(v)) for v in row] + [label] for row, label in zip(x, labels)]
+    )
 
 
 SOURCES = {
@@ -483,10 +558,13 @@ NOT_CONVERTED = {
 
 
 @pytest.mark.parametrize("force", [False, True], ids=["", "--force"])
-@pytest.mark.parametrize("files", [
-    *[pytest.param(v, id=k) for k, v in NOT_CONVERTED.items()],
-    pytest.param({"meta.json": '{"mine": true}'}, id="a lone meta.json of the user's"),
-])
+@pytest.mark.parametrize(
+    "files",
+    [
+        *[pytest.param(v, id=k) for k, v in NOT_CONVERTED.items()],
+        pytest.param({"meta.json": '{"mine": true}'}, id="a lone meta.json of the user's"),
+    ],
+)
 def test_convert_never_replaces_a_folder_it_did_not_write(tmp_path, files, force):
     data = labelled_csv(tmp_path / "data.csv", ["a", "b"] * 5)
     folder = tmp_path / "mine"
@@ -495,8 +573,10 @@ def test_convert_never_replaces_a_folder_it_did_not_write(tmp_path, files, force
         (folder / name).write_text(text)
     result = invoke("data", "convert", data, folder, *(["--force"] if force else []))
     assert result.exit_code == 2, result.output
-    assert (f"error: {folder}: exists and is not a folder made by 'gradfit data convert'; gradfit never replaces it"
-            in result.output), result.output
+    assert (
+        f"error: {folder}: exists and is not a folder made by 'gradfit data convert'; gradfit never replaces it"
+        in result.output
+    ), result.output
     assert {p.name: p.read_text() for p in folder.iterdir()} == files
     assert sorted(os.listdir(tmp_path)) == ["data.csv", "mine"]
 
@@ -612,8 +692,11 @@ def test_describe_json_prints_the_same_numbers(tmp_path, which):
     if which == "non-finite":
         path = describe_csv(tmp_path / "d.csv")[0]
     else:
-        path = write_csv(tmp_path / "big.csv", ["small", "big", "target"],
-                         [[str(i), f"{'-' if i % 2 else ''}1e200", "ab"[i % 2]] for i in range(6)])
+        path = write_csv(
+            tmp_path / "big.csv",
+            ["small", "big", "target"],
+            [[str(i), f"{'-' if i % 2 else ''}1e200", "ab"[i % 2]] for i in range(6)],
+        )
     result = invoke("data", "describe", path, "--json")
     assert result.exit_code == 0, result.output
     printed = json.loads(result.stdout)
@@ -628,11 +711,13 @@ def test_describe_blocks_do_not_change_the_result(tmp_path, monkeypatch):
     for cells in (7, 12, 64):
         monkeypatch.setattr(tabular, "BLOCK_CELLS", cells)
         blocked = describe(path)
-        assert {k: v for k, v in blocked.items() if k != "features"} == {k: v for k, v in whole.items()
-                                                                         if k != "features"}
+        assert {k: v for k, v in blocked.items() if k != "features"} == {
+            k: v for k, v in whole.items() if k != "features"
+        }
         for a, b in zip(blocked["features"], whole["features"]):
-            assert {k: a[k] for k in ("name", "min", "max", "non_finite")} == {k: b[k] for k in ("name", "min", "max",
-                                                                                                 "non_finite")}
+            assert {k: a[k] for k in ("name", "min", "max", "non_finite")} == {
+                k: b[k] for k in ("name", "min", "max", "non_finite")
+            }
             np.testing.assert_allclose([a["mean"], a["std"]], [b["mean"], b["std"]], rtol=1e-12, atol=0)
         assert_statistics(blocked, x, ["a", "b", "c"])
 
@@ -642,6 +727,9 @@ def test_describe_a_converted_folder_gives_the_csvs_classes_and_statistics(tmp_p
     convert(data, tmp_path / "out")
     from_csv, from_folder = describe(data), describe(tmp_path / "out")
     assert from_folder["format"] == "converted"
-    assert from_folder["classes"] == from_csv["classes"] == [{"label": 1, "rows": 8}, {"label": 2, "rows": 4},
-                                                             {"label": 3, "rows": 4}]
+    assert (
+        from_folder["classes"]
+        == from_csv["classes"]
+        == [{"label": 1, "rows": 8}, {"label": 2, "rows": 4}, {"label": 3, "rows": 4}]
+    )
     assert from_folder["features"] == from_csv["features"]

@@ -17,11 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gradfit.gradients import trace as trace_module
-from gradfit.errors import ConfigError
 from gradfit.core.losses import logistic_manual_grad, make_objective, mlp_manual_grad
 from gradfit.core.models import logistic, mlp
 from gradfit.core.precision import Precision
+from gradfit.errors import ConfigError
+from gradfit.gradients import trace as trace_module
 from gradfit.gradients.trace import evaluation_trace, to_dot, write_graph
 from gradfit.gradients.trace_result import summary
 
@@ -76,12 +76,14 @@ def hand_trace(y: np.ndarray, l2: float, theta: str) -> dict:
         "mean": (mean, d_mean, 1.0),
     }
     if l2:
-        quantities.update({
-            "w * w": (w * w, 2 * w * e_w, np.full(2, 0.5 * l2)),
-            "||w||^2": (w @ w, 2 * w @ e_w, 0.5 * l2),
-            "(l2/2) ||w||^2": (0.5 * l2 * (w @ w), l2 * w @ e_w, 1.0),
-            "loss": (mean + 0.5 * l2 * (w @ w), d_mean + l2 * w @ e_w, 1.0),
-        })
+        quantities.update(
+            {
+                "w * w": (w * w, 2 * w * e_w, np.full(2, 0.5 * l2)),
+                "||w||^2": (w @ w, 2 * w @ e_w, 0.5 * l2),
+                "(l2/2) ||w||^2": (0.5 * l2 * (w @ w), l2 * w @ e_w, 1.0),
+                "loss": (mean + 0.5 * l2 * (w @ w), d_mean + l2 * w @ e_w, 1.0),
+            }
+        )
     return quantities
 
 
@@ -104,8 +106,9 @@ def is_trivial(trace, row) -> bool:
         return True
     for operand in row.inputs:
         value, tangent = operand_value_and_tangent(trace, operand)
-        if (np.allclose(np.broadcast_to(value, row.value.shape), row.value, **TIGHT)
-                and np.allclose(np.broadcast_to(tangent, row.value.shape), row.tangent, **TIGHT)):
+        if np.allclose(np.broadcast_to(value, row.value.shape), row.value, **TIGHT) and np.allclose(
+            np.broadcast_to(tangent, row.value.shape), row.tangent, **TIGHT
+        ):
             return True
     return False
 
@@ -113,8 +116,9 @@ def is_trivial(trace, row) -> bool:
 def logistic_trace(y, l2, theta, mode="both"):
     loss = make_objective(logistic(2).apply, l2)
     params = {"w": W, "b": B}
-    return evaluation_trace(loss, params, (X, y), theta, mode=mode,
-                            manual_grad=lambda p: logistic_manual_grad(p, X, y, l2))
+    return evaluation_trace(
+        loss, params, (X, y), theta, mode=mode, manual_grad=lambda p: logistic_manual_grad(p, X, y, l2)
+    )
 
 
 @pytest.mark.parametrize("label", [1.0, -1.0])
@@ -130,13 +134,15 @@ def test_every_row_matches_the_hand_computation(label, l2, theta):
     assert [r.k for r in trace.rows] == list(range(-3, len(trace.rows) - 3))
     explained = set()
     for name, (value, tangent, adjoint) in hand.items():
-        matches = [r.k for r in trace.rows if same(r.value, value) and same(r.tangent, tangent)
-                   and same(r.adjoint, adjoint)]
+        matches = [
+            r.k for r in trace.rows if same(r.value, value) and same(r.tangent, tangent) and same(r.adjoint, adjoint)
+        ]
         assert matches, f"no row computes {name} = {value} (tangent {tangent}, adjoint {adjoint})"
         explained.update(matches)
     for row in trace.rows:
         assert row.k in explained or is_trivial(trace, row), (
-            f"{row.label} = {row.op} is neither a hand-computed quantity nor a trivial step: {row.value}")
+            f"{row.label} = {row.op} is neither a hand-computed quantity nor a trivial step: {row.value}"
+        )
     # the custom-JVP logaddexp is one operation, named after its function
     assert any(r.op.startswith("logaddexp") for r in trace.rows)
     assert trace.row(trace.output) is trace.rows[-1] and trace.rows[-1].value.shape == ()
@@ -172,17 +178,26 @@ def test_mlp_forward_and_reverse_agree_with_jax_grad():
     y = np.array([1.0, -1.0, 1.0, 1.0, -1.0])
     loss = make_objective(model.apply, 0.01)
     grads = jax.grad(loss)(params, x, y)
-    for theta, expected in (("layers/0/w[1,2]", grads["layers"][0]["w"][1, 2]),
-                            ("layers/1/b[0]", grads["layers"][1]["b"][0])):
-        trace = evaluation_trace(loss, params, (x, y), theta,
-                                 manual_grad=lambda p: mlp_manual_grad(p, x, y, "tanh", 0.01))
+    for theta, expected in (
+        ("layers/0/w[1,2]", grads["layers"][0]["w"][1, 2]),
+        ("layers/1/b[0]", grads["layers"][1]["b"][0]),
+    ):
+        trace = evaluation_trace(
+            loss, params, (x, y), theta, manual_grad=lambda p: mlp_manual_grad(p, x, y, "tanh", 0.01)
+        )
         d = trace.derivative
         np.testing.assert_allclose([d.forward, d.reverse, d.manual], [float(expected)] * 3, rtol=1e-10)
         assert any(r.op == "tanh" for r in trace.rows)
         # reverse mode gives every parameter's whole gradient at once: the adjoints of the parameter inputs
-        for (name, leaf), row in zip([("layers/0/b", grads["layers"][0]["b"]), ("layers/0/w", grads["layers"][0]["w"]),
-                                      ("layers/1/b", grads["layers"][1]["b"]), ("layers/1/w", grads["layers"][1]["w"])],
-                                     trace.rows):
+        for (name, leaf), row in zip(
+            [
+                ("layers/0/b", grads["layers"][0]["b"]),
+                ("layers/0/w", grads["layers"][0]["w"]),
+                ("layers/1/b", grads["layers"][1]["b"]),
+                ("layers/1/w", grads["layers"][1]["w"]),
+            ],
+            trace.rows,
+        ):
             assert row.name == name
             np.testing.assert_allclose(row.adjoint, leaf, rtol=1e-10, atol=1e-14)
 
@@ -194,9 +209,9 @@ def test_calls_are_inlined_and_custom_rules_are_one_operation():
 
     @jax.custom_vjp
     def cube(a):
-        return a ** 3
+        return a**3
 
-    cube.defvjp(lambda a: (a ** 3, a), lambda a, ct: (3.0 * a ** 2 * ct,))
+    cube.defvjp(lambda a: (a**3, a), lambda a, ct: (3.0 * a**2 * ct,))
 
     def loss(params, x):
         a = params["a"] * x
@@ -224,16 +239,19 @@ def test_default_param_is_the_first_entry_of_the_first_weight():
     assert logistic_trace(np.array([1.0]), 0.0, "b[]").param == "b"
 
 
-@pytest.mark.parametrize("param, message", [
-    ("v[0]", r"unknown parameter 'v'"),
-    ("W[0]", r"did you mean 'w'\?"),
-    ("w", r"pick one entry, e\.g\. w\[0\]"),
-    ("w[2]", r"index 2 is out of range"),
-    ("w[0,1]", r"takes 1 index, not 2"),
-    ("w[a]", r"indices must be integers"),
-    ("b[0]", r"takes 0 indices, not 1"),
-    ("w[0", r"not NAME\[INDEX\]"),
-])
+@pytest.mark.parametrize(
+    "param, message",
+    [
+        ("v[0]", r"unknown parameter 'v'"),
+        ("W[0]", r"did you mean 'w'\?"),
+        ("w", r"pick one entry, e\.g\. w\[0\]"),
+        ("w[2]", r"index 2 is out of range"),
+        ("w[0,1]", r"takes 1 index, not 2"),
+        ("w[a]", r"indices must be integers"),
+        ("b[0]", r"takes 0 indices, not 1"),
+        ("w[0", r"not NAME\[INDEX\]"),
+    ],
+)
 def test_bad_param_names_the_parameters(param, message):
     with pytest.raises(ConfigError, match=message) as caught:
         logistic_trace(np.array([1.0]), 0.0, param)
@@ -287,8 +305,12 @@ def test_write_graph_writes_an_svg_with_dot(tmp_path, monkeypatch):
 def test_large_arrays_are_summarized_and_json_is_plain():
     assert summary(np.array([1.0, 2.0])) == [1.0, 2.0] and summary(np.array(3.0)) == 3.0
     assert summary(np.arange(20.0).reshape(4, 5)) == {
-        "shape": [4, 5], "dtype": "float64", "norm": pytest.approx(np.sqrt(np.sum(np.arange(20.0) ** 2))),
-        "min": 0.0, "max": 19.0}
+        "shape": [4, 5],
+        "dtype": "float64",
+        "norm": pytest.approx(np.sqrt(np.sum(np.arange(20.0) ** 2))),
+        "min": 0.0,
+        "max": 19.0,
+    }
     x = np.random.default_rng(1).normal(size=(10, 2))
     y = np.where(np.arange(10) % 2 == 0, 1.0, -1.0)
     trace = evaluation_trace(make_objective(logistic(2).apply, 0.0), {"w": W, "b": B}, (x, y), "w[0]")
@@ -302,6 +324,7 @@ def test_large_arrays_are_summarized_and_json_is_plain():
 
 # ----------------------------------------------------------------------------------------------------- CLI
 
+
 def test_cli_trace_of_the_shipped_example_agrees_with_the_hand_derived_gradient(tmp_path):
     import json
 
@@ -310,13 +333,18 @@ def test_cli_trace_of_the_shipped_example_agrees_with_the_hand_derived_gradient(
     from gradfit.cli.app import app
 
     out, graph = tmp_path / "trace.json", tmp_path / "graph.dot"
-    result = CliRunner().invoke(app, ["trace", "--rows", "2", "--param", "w[3]", "--json-out", str(out),
-                                      "--graph", str(graph)], env={"COLUMNS": "200"})
+    result = CliRunner().invoke(
+        app,
+        ["trace", "--rows", "2", "--param", "w[3]", "--json-out", str(out), "--graph", str(graph)],
+        env={"COLUMNS": "200"},
+    )
     assert result.exit_code == 0, result.output
     assert "configs/logreg.yaml" in result.output and "dL/dw[3]" in result.output
     data = json.loads(out.read_text())
     d = data["dL_dtheta"]
-    assert d["forward"] == pytest.approx(d["reverse"], rel=1e-12) and d["manual"] == pytest.approx(d["reverse"], rel=1e-12)
+    assert d["forward"] == pytest.approx(d["reverse"], rel=1e-12) and d["manual"] == pytest.approx(
+        d["reverse"], rel=1e-12
+    )
     assert graph.read_text().startswith("digraph")
     again = CliRunner().invoke(app, ["trace", "--graph", str(graph)], env={"COLUMNS": "200"})
     assert again.exit_code == 2 and "--force" in again.stderr  # nothing the user has is overwritten
