@@ -105,14 +105,7 @@ def logistic_inference(
     problems: list[str] = []
     notes: list[str] = []
 
-    # a feature constant in the training split (standardized to all zeros) has no coefficient: leave it out
-    constant = np.flatnonzero(x.max(axis=0) == x.min(axis=0)) if n else np.array([], int)
-    keep = np.setdiff1d(np.arange(x.shape[1]), constant)
-    if len(constant):
-        notes.append(
-            f"{_names(names, constant)} constant in the training split: no coefficient (its effect cannot "
-            "be told apart from the intercept's), left out"
-        )
+    constant, keep = _constant_columns(x, names, notes)
     x, w, kept_names = x[:, keep], w[keep], [names[i] for i in keep]
     d = len(keep)
     theta = np.append(w, float(b))
@@ -132,25 +125,8 @@ def logistic_inference(
 
     covariance, offset = None, None
     if not withheld:
-        covariance = unit[:, None] * ((eigenvectors / eigenvalues) @ eigenvectors.T) * unit[None, :]
-        offset = float(np.max(np.abs(covariance @ grad) / np.sqrt(np.diag(covariance))))
-        if offset > CONVERGED_OFFSET:
-            problems.append(
-                f"the fit has not converged: one Newton step would move the estimates by up to {offset:.3g}"
-                " standard errors. Train to the optimum (optimizer.name=lbfgs with train.tol and "
-                "runtime.precision=float64; early stopping keeps parameters that are not the optimum)"
-            )
-
-    effective = float(d + 1)
-    if l2 > 0:
-        effective = float(np.trace(np.linalg.solve(hessian, unpenalized_hessian)))
-        notes.append(
-            f"penalized fit (model.l2 = {l2:g}): the estimates maximize the penalized likelihood and the "
-            f"standard errors come from the inverse penalized Hessian (n*l2 = {n * l2:.4g} added for each "
-            "weight, not the intercept), the Bayesian-style variance; Wald tests on shrunk estimates are "
-            f"approximate. AIC and BIC use the unpenalized log-likelihood and the {effective:.4g} effective "
-            "parameters tr(H (H + penalty)^-1)"
-        )
+        covariance, offset = _covariance(unit, eigenvalues, eigenvectors, grad, problems)
+    effective = _effective_parameters(d, l2, n, hessian, unpenalized_hessian, notes)
 
     estimates = theta
     if mean is not None and std is not None and scale == "original":
@@ -185,6 +161,52 @@ def logistic_inference(
         problems=problems,
         notes=notes,
     )
+
+
+def _constant_columns(x: np.ndarray, names: list[str], notes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(constant, kept) column indices: a feature constant in the training split (standardized to all zeros) has
+    no coefficient, so it is left out, with a note."""
+    constant = np.flatnonzero(x.max(axis=0) == x.min(axis=0)) if len(x) else np.array([], int)
+    keep = np.setdiff1d(np.arange(x.shape[1]), constant)
+    if len(constant):
+        notes.append(
+            f"{_names(names, constant)} constant in the training split: no coefficient (its effect cannot "
+            "be told apart from the intercept's), left out"
+        )
+    return constant, keep
+
+
+def _covariance(
+    unit: np.ndarray, eigenvalues: np.ndarray, eigenvectors: np.ndarray, grad: np.ndarray, problems: list[str]
+) -> tuple[np.ndarray, float]:
+    """The inverse Hessian (from its unit-diagonal eigendecomposition) and how many standard errors one Newton
+    step would move the estimates; a problem when that says the fit has not converged."""
+    covariance = unit[:, None] * ((eigenvectors / eigenvalues) @ eigenvectors.T) * unit[None, :]
+    offset = float(np.max(np.abs(covariance @ grad) / np.sqrt(np.diag(covariance))))
+    if offset > CONVERGED_OFFSET:
+        problems.append(
+            f"the fit has not converged: one Newton step would move the estimates by up to {offset:.3g}"
+            " standard errors. Train to the optimum (optimizer.name=lbfgs with train.tol and "
+            "runtime.precision=float64; early stopping keeps parameters that are not the optimum)"
+        )
+    return covariance, offset
+
+
+def _effective_parameters(
+    d: int, l2: float, n: int, hessian: np.ndarray, unpenalized_hessian: np.ndarray, notes: list[str]
+) -> float:
+    """d + 1 for maximum likelihood; tr(H (H + penalty)^-1) for a penalized fit, with a note on what it means."""
+    if l2 <= 0:
+        return float(d + 1)
+    effective = float(np.trace(np.linalg.solve(hessian, unpenalized_hessian)))
+    notes.append(
+        f"penalized fit (model.l2 = {l2:g}): the estimates maximize the penalized likelihood and the "
+        f"standard errors come from the inverse penalized Hessian (n*l2 = {n * l2:.4g} added for each "
+        "weight, not the intercept), the Bayesian-style variance; Wald tests on shrunk estimates are "
+        f"approximate. AIC and BIC use the unpenalized log-likelihood and the {effective:.4g} effective "
+        "parameters tr(H (H + penalty)^-1)"
+    )
+    return effective
 
 
 def _explain_separation(
