@@ -121,10 +121,27 @@ def free_port() -> int:
 
 def start_group(args: list[str], n: int = 2, heartbeat: int = 60) -> list[subprocess.Popen]:
     """``gradfit train ARGS --distributed`` in ``n`` processes of 2 devices each on this machine."""
-    flags = ["--distributed", "--coordinator", f"127.0.0.1:{free_port()}", "--num-processes", str(n),
-             "--init-timeout", "60", "--heartbeat-timeout", str(heartbeat)]
-    return [subprocess.Popen(gradfit_argv(*args, *flags, "--process-id", str(i)), env=forced_devices(2),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(n)]
+    flags = [
+        "--distributed",
+        "--coordinator",
+        f"127.0.0.1:{free_port()}",
+        "--num-processes",
+        str(n),
+        "--init-timeout",
+        "60",
+        "--heartbeat-timeout",
+        str(heartbeat),
+    ]
+    return [
+        subprocess.Popen(
+            gradfit_argv(*args, *flags, "--process-id", str(i)),
+            env=forced_devices(2),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(n)
+    ]
 
 
 def finish(processes: list[subprocess.Popen], timeout: float = 180) -> list[tuple[int, str, str]]:
