@@ -1,4 +1,4 @@
-"""What compare-grads finds and what it does not falsely fail (issue 13), as the README's tables.
+"""What compare-grads finds and what it does not falsely fail, as the tables of the docs' benchmark results.
 
     python benchmarks/gradcheck_power.py              # both tables: about 25 minutes on 2 CPU cores
     python benchmarks/gradcheck_power.py --planted    # planted errors only (about 6 minutes)

@@ -19,7 +19,7 @@ What it does, in a scratch folder (``--folder``, removed afterwards unless ``--k
    ``pandas.read_csv`` on a 512 MB prefix of the same file (they hold the whole table in memory: on the full
    file they would need several times its size).
 
-Prints a JSON report (and ``--json-out FILE``). The numbers in the README come from this script.
+Prints a JSON report (and ``--json-out FILE``). The numbers on the docs' benchmark results page come from this script.
 ``--smoke`` runs every step above at toy sizes, once each: a 5 MB folder, a 784-32-32-10 MLP for 10 timed steps,
 a 2 MB CSV.
 """

@@ -15,8 +15,8 @@ Each round, side by side on the same machine:
 Round 1 runs both with JAX's persistent compilation cache off (every process compiles); round 2 with the cache
 on and already filled by a first pass (what a user re-running sweeps gets: the sequential processes then skip
 compiling but still pay Python start-up, imports and data loading). The ranking of the 6 settings by mean
-val_loss over the seeds is computed from both and compared. Prints JSON (and ``--json-out FILE``); the README's
-numbers come from this script.
+val_loss over the seeds is computed from both and compared. Prints JSON (and ``--json-out FILE``); the numbers
+on the docs' benchmark results page come from this script.
 """
 
 from __future__ import annotations

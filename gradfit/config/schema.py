@@ -362,7 +362,7 @@ def data_seed(config: GradfitConfig) -> int:
 
 
 class GradfitConfig(_Section):
-    """A whole training config. Every key has a default; see ``describe_keys`` and the README."""
+    """A whole training config. Every key has a default; see ``describe_keys`` and the config reference in the docs."""
 
     name: str = Field(
         "run",
@@ -473,7 +473,7 @@ class KeyInfo:
 
 
 def describe_keys(cls: type[BaseModel] = GradfitConfig, prefix: KeyPath = ()) -> list[KeyInfo]:
-    """Every leaf key of the schema with its default and description (drives `config show` and the README)."""
+    """Every leaf key of the schema with its default and description (drives `config show` and the docs' config reference)."""
     out = []
     for name, field in cls.model_fields.items():
         annotation = field.annotation
