@@ -17,7 +17,7 @@ import pytest
 from conftest import ROOT
 
 SCRIPTS = ("speed", "streaming", "sweep", "gradcheck_power")
-TIMEOUT_S = 300  # far above a --smoke run: only a hung script gets near it
+TIMEOUT_S = 900  # far above a --smoke run: only a hung script gets near it
 # a number as printed ("1,322", "0.070", "1.4e-16", "nan"); the "-" of a range ("177-184") is not a sign
 NUMBER = re.compile(r"(?<![\w.])-?(?:\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?|(?:nan|inf)(?!\w))")
 

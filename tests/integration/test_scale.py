@@ -110,7 +110,7 @@ def forced(tmp_path_factory) -> dict:
         env=forced_devices(4),
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.splitlines()[-1])
@@ -185,7 +185,7 @@ def test_a_killed_four_device_run_resumes_bit_for_bit(trained, tmp_path):
         env=forced_devices(4),
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,
     )
     assert resumed.returncode == 0, resumed.stderr
     assert logged_metrics(run_dir) == logged_metrics(reference)
@@ -261,7 +261,7 @@ def test_a_batch_that_does_not_divide_names_the_nearest_sizes():
         env=forced_devices(4),
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,
     )
     assert result.returncode == 2
     assert "train.batch_size=30 does not divide by the 4 devices" in result.stderr
