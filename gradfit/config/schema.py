@@ -473,7 +473,7 @@ class KeyInfo:
 
 
 def describe_keys(cls: type[BaseModel] = GradfitConfig, prefix: KeyPath = ()) -> list[KeyInfo]:
-    """Every leaf key of the schema with its default and description (drives `config show` and the docs' config reference)."""
+    """Every leaf key of the schema with its default and description (drives `config show` and the config reference)."""
     out = []
     for name, field in cls.model_fields.items():
         annotation = field.annotation
