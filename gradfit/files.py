@@ -256,7 +256,7 @@ def save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     import numpy as np
 
     with write_atomic_stream(path, binary=True) as handle:
-        np.savez(handle, **{k: np.asarray(v) for k, v in arrays.items()})  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
+        np.savez(handle, **{k: np.asarray(v) for k, v in arrays.items()})  # type: ignore[arg-type]  # numpy's annotations read **kwds as allow_pickle
 
 
 def format_bytes(count: int) -> str:
