@@ -4,23 +4,31 @@
 
     summary = gradfit.fit("configs/logreg.yaml", overrides={"model.l2": 0.01})
     run = gradfit.load_run(summary.run_dir)
-    run.predict(x)        # original label values, (n,)
+    run.predict(x)        # original label values, (n,); x: a DataFrame/Arrow table (by name) or an (n, d) array
     run.evaluate(x, y)    # log loss, accuracy, per-class precision/recall/F1, ROC AUC, confusion matrix
     run.inference()       # coefficient table of a logistic regression
 
-Errors are the same ``gradfit.errors.GradfitError``s the command line turns into messages and exit codes.
+Errors are the same ``gradfit.errors.GradfitError``s the command line turns into messages and exit codes; an
+argument of the wrong type or value is one too (ConfigError, DataError or RunDirError), naming the argument.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
+import numbers
+import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
 
 from gradfit.config.load import GradfitConfig, resolve_config
-from gradfit.errors import ConfigError
-from gradfit.runs.rundir import RunDir, Summary, to_jsonable
+from gradfit.errors import ConfigError, RunDirError
+from gradfit.runs.rundir import RunDir, Summary
 from gradfit.trained import run as trained
 from gradfit.trained.inference import Inference, run_inference
 from gradfit.trained.run import TrainedRun
@@ -41,13 +49,17 @@ def fit(
         config: a YAML file, a dict shaped like one (``{"model": {"kind": "mlp"}}``), or a ``GradfitConfig``.
         overrides: ``{"optimizer.learning_rate": 3e-3}`` or ``["optimizer.learning_rate=3e-3"]`` (as ``--set``).
         out_dir: the parent folder of the run directory.
-        callbacks: progress hooks (``gradfit.training.loop.Callbacks``); None trains silently.
+        callbacks: progress hooks (``gradfit.training.loop.Callbacks``, or any object with some of its methods);
+            None trains silently.
 
     Raises:
-        ConfigError, DataError, DeviceError: before the run directory is made.
+        ConfigError, DataError, DeviceError: before the run directory is made (a config with a ``sweep:``
+            section included: there is no sweep API yet, ``gradfit sweep`` runs it).
+        RunDirError: ``out_dir`` is not a path.
         TrainingFailed: training diverged (``.summary`` says where); Interrupted: a signal stopped it.
     """
-    return loop.fit(resolve(config, overrides), out_dir, callbacks)
+    resolved = resolve(config, overrides)
+    return loop.fit(resolved, _path(out_dir, "out_dir", "the folder to make the run directory in"), _hooks(callbacks))
 
 
 def resume(
@@ -62,25 +74,114 @@ def resume(
     ``config`` defaults to the run's own config.yaml; a config that differs from the one it ran with (or
     ``overrides`` that change it) needs ``force``, as on the command line.
     """
-    folder = RunDir.open(run_dir)
-    return resuming.resume(folder.path, resolve(config or folder.config_file, overrides), force, callbacks)
+    folder = RunDir.open(_path(run_dir, "run_dir", "the path of a run directory"))
+    if not isinstance(force, (bool, np.bool_)):
+        raise ConfigError(f"force: expected True or False, got {_kind(force)}")
+    resolved = resolve(config if config is not None else folder.config_file, overrides)
+    return resuming.resume(folder.path, resolved, bool(force), _hooks(callbacks))
 
 
 def resolve(config: ConfigLike, overrides: Overrides = None) -> GradfitConfig:
     """A validated config from anything ``fit`` accepts (a ``GradfitConfig`` is taken as it is)."""
+    texts = _override_texts(overrides)
     if isinstance(config, GradfitConfig):
-        if overrides:
+        if texts:
             raise ConfigError(
                 "overrides apply to a config file or dict; change a GradfitConfig with "
                 "config.model_copy(update=...) or pass its dict (config.model_dump())"
             )
         return config
+    if not isinstance(config, (str, os.PathLike, Mapping)):
+        raise ConfigError(
+            f"config: expected a YAML file (a str or pathlib.Path), a dict shaped like one or a GradfitConfig, "
+            f"got {_kind(config)}"
+        )
+    if isinstance(config, Mapping) and "sweep" in config:
+        # a file's sweep: section is refused by resolve_config, with its line; a dict's would be dropped there
+        raise ConfigError(
+            "<dict>: sweep: this config describes a sweep, and the Python API has no sweep yet; run it with "
+            "gradfit sweep CONFIG on the command line (or remove the section to train its base config)"
+        )
+    return resolve_config(config, texts).config
+
+
+def _override_texts(overrides: Overrides) -> list[str]:
+    """``overrides`` as ``--set`` strings: a dict's values written as YAML (NaN as .nan, NumPy numbers and
+    paths as what they stand for), so the config sees exactly the values given."""
+    if overrides is None:
+        return []
     if isinstance(overrides, Mapping):
-        # JSON is YAML; NumPy numbers and paths become what they stand for
-        overrides = [f"{key}={json.dumps(to_jsonable(value), default=str)}" for key, value in overrides.items()]
-    elif isinstance(overrides, str):
-        raise ConfigError(f"overrides: a list of 'key=value' strings or a dict, not the string {overrides!r}")
-    return resolve_config(config, list(overrides or ())).config
+        return [_override_text(key, value) for key, value in overrides.items()]
+    if isinstance(overrides, (str, bytes)) or not isinstance(overrides, Sequence):
+        raise ConfigError(
+            "overrides: expected a dict such as {'optimizer.learning_rate': 3e-3} or a list of 'key=value' "
+            f"strings, got {_kind(overrides)}"
+        )
+    wrong = [item for item in overrides if not isinstance(item, str)]
+    if wrong:
+        raise ConfigError(f"overrides: a list holds 'key=value' strings, got {_kind(wrong[0])} ({wrong[0]!r:.40})")
+    return list(overrides)
+
+
+_DOCUMENT_END = "...\n"  # what PyYAML writes after a lone scalar
+_KEY_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def _override_text(key: object, value: object) -> str:
+    if not isinstance(key, str) or not _KEY_PATH.fullmatch(key):
+        raise ConfigError(f"overrides: keys are dotted key paths such as 'optimizer.learning_rate', got {key!r:.60}")
+    try:
+        text = yaml.safe_dump(_plain(value), default_flow_style=True, width=math.inf, allow_unicode=True)
+    except yaml.YAMLError:
+        raise ConfigError(
+            f"overrides[{key!r}]: a value of type {type(value).__name__} is not a config value; give a number, "
+            "text, a boolean, None, or a list or dict of them"
+        ) from None
+    return f"{key}={text.removesuffix(_DOCUMENT_END).strip()}"
+
+
+def _plain(value: Any) -> Any:
+    """NumPy numbers and arrays, tuples, paths and subclasses of str, int and float (enums) as the plain values
+    YAML writes."""
+    if isinstance(value, np.generic | np.ndarray):
+        return _plain(value.tolist())
+    if isinstance(value, str):
+        return str.__str__(value)  # not str(value): a str enum's str() is its name ('Optimizer.adam')
+    for kind in (bool, int, float):
+        if isinstance(value, kind):
+            return kind(value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _path(value: Any, name: str, what: str) -> Path:
+    if not isinstance(value, (str, os.PathLike)):
+        raise RunDirError(f"{name}: expected {what} (a str or pathlib.Path), got {_kind(value)}")
+    return Path(value)
+
+
+_HOOKS = ("on_stage", "on_start", "on_log", "on_end")
+
+
+def _hooks(callbacks: Any) -> Any:
+    """``callbacks`` when it has at least one hook (the loop calls those it has); an object with none of them is
+    a mistake (a function passed for an object), not a silent run."""
+    if callbacks is not None and not any(callable(getattr(callbacks, hook, None)) for hook in _HOOKS):
+        raise ConfigError(
+            f"callbacks: expected an object with some of the methods {', '.join(_HOOKS)} "
+            f"(gradfit.training.loop.Callbacks), got {_kind(callbacks)}"
+        )
+    return callbacks
+
+
+def _kind(value: Any) -> str:
+    """What a wrong argument is, for a message: "None", "int"."""
+    return "None" if value is None else type(value).__name__
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,8 +191,16 @@ class Run(TrainedRun):
 
     def inference(self, scale: str = "original", level: float = 0.95) -> Inference:
         """The coefficient table of a logistic regression: estimates, standard errors, Wald z and p-values,
-        confidence intervals at ``level``, on the ``original`` or ``standardized`` feature scale."""
-        return run_inference(self, scale, level)
+        confidence intervals at ``level`` (0.5 to 0.9999, as ``--level``), on the ``original`` or
+        ``standardized`` feature scale."""
+        if not isinstance(scale, str) or scale not in SCALES:
+            raise ConfigError(f"scale: expected 'original' or 'standardized', got {scale!r:.60}")
+        if isinstance(level, bool) or not isinstance(level, numbers.Real) or not 0.5 <= level <= 0.9999:
+            raise ConfigError(f"level: expected a confidence level between 0.5 and 0.9999, got {level!r:.60}")
+        return run_inference(self, str(scale), float(level))
+
+
+SCALES = ("original", "standardized")
 
 
 def load_run(run_dir: str | Path) -> Run:
@@ -100,5 +209,5 @@ def load_run(run_dir: str | Path) -> Run:
     Raises:
         RunDirError: not a run, or it saved no parameters (a failed run).
     """
-    run = trained.load_run(run_dir)
+    run = trained.load_run(_path(run_dir, "run_dir", "the path of a run directory"))
     return Run(**{field.name: getattr(run, field.name) for field in dataclasses.fields(run)})

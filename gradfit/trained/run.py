@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -22,10 +22,10 @@ from gradfit.core import precision
 from gradfit.core.metrics import classification_metrics
 from gradfit.core.models import Model, build_model, named_leaves, params_from_named
 from gradfit.data import tabular
+from gradfit.data.columns import column_names, feature_matrix
 from gradfit.data.dataset import Dataset, first_overflow
 from gradfit.data.labels import class_ids
 from gradfit.data.load import load
-from gradfit.data.text import preview
 from gradfit.errors import DataError, RunDirError
 from gradfit.runs import rundir
 
@@ -53,16 +53,36 @@ class TrainedRun:
     def precision(self) -> precision.Precision:
         return precision.of(self.config)
 
-    def standardize(self, x: np.ndarray) -> np.ndarray:
-        """Raw features (n, d) -> what the model saw in training, with the run's saved mean and std (float64).
+    def standardize(self, x: Any) -> np.ndarray:
+        """Raw features (a table or an (n, d) array, as ``predict`` takes them) -> what the model saw in training,
+        with the run's saved mean and std (float64).
 
-        Not checked here: ``batches`` checks that every value is finite in the run's dtype.
+        Values are not checked here (``predict_proba`` checks that they are finite, ``batches`` that they are finite
+        in the run's dtype).
         """
+        return self._scaled(self.feature_matrix(x))
+
+    def _scaled(self, x: np.ndarray) -> np.ndarray:
+        """``standardize`` for an (n, d) array of numbers already in training order (a checked block)."""
+        x = np.asarray(x, np.float64)
         scaling = self.preprocessing["standardize"]
         if scaling is None:
-            return np.asarray(x, np.float64)
+            return x
         with np.errstate(over="ignore"):  # a huge value over a tiny std: inf, reported by the caller's check
-            return (np.asarray(x, np.float64) - np.asarray(scaling["mean"])) / np.asarray(scaling["std"])
+            return (x - np.asarray(scaling["mean"])) / np.asarray(scaling["std"])
+
+    def feature_matrix(self, x: Any) -> np.ndarray:
+        """Raw features as a float64 (n, d) array in training order, values not checked.
+
+        A table (pandas or polars DataFrame, pyarrow Table; anything with ``.columns`` or ``.column_names``) is
+        matched by column name, as ``gradfit predict`` matches a CSV's header: it must hold exactly the run's
+        ``feature_names``, in any order; a column named as the run's label column (``data.target``) is ignored.
+        A plain array is taken as it is: its d columns must be the features in training order.
+
+        Raises:
+            DataError: a missing, unexpected or duplicated column, a column that is not numbers, a wrong shape.
+        """
+        return feature_matrix(x, self.feature_names, ignore=(self.config.data.target,), origin="x")[0]
 
     def log_probabilities(self) -> Callable[..., np.ndarray]:
         """A function: standardized x (n, d) [, locate] -> log class probabilities (n, K) float64.
@@ -106,38 +126,37 @@ class TrainedRun:
         return log_probs
 
     def predict_proba(self, x: Any) -> np.ndarray:
-        """Class probabilities (n, K), columns in the order of ``classes``, for raw features ``x``: (n, d).
+        """Class probabilities (n, K), columns in the order of ``classes``, for raw features ``x``: a table whose
+        columns are matched by name, or an (n, d) array with the columns in training order (``feature_matrix``).
 
         The rows go through exactly what training did (the saved standardization, the run's precision).
         """
         return np.exp(self._log_probs(x))
 
     def predict(self, x: Any) -> np.ndarray:
-        """The most probable class of each row of ``x`` (n, d), as the original label values."""
+        """The most probable class of each row of ``x`` (a table or an (n, d) array), as the original label values."""
         return np.asarray(self.classes)[self.predict_proba(x).argmax(axis=1)]
 
     def evaluate(self, x: Any, y: Any) -> dict:
         """``gradfit eval``'s metrics (log loss, accuracy, per-class precision/recall/F1, ROC AUC, confusion
-        matrix) on raw features ``x`` (n, d) and their labels ``y`` (n,), given as the original label values."""
-        log_probs, y = self._log_probs(x), np.asarray(y)
+        matrix) on raw features ``x`` (a table or an (n, d) array) and their labels ``y`` (n,), given as the original
+        label values (an array, a list, a pandas or polars Series, a pyarrow array)."""
+        log_probs = self._log_probs(x)
+        if y is None or isinstance(y, (str, bytes, Mapping)) or column_names(y) is not None:
+            got = "None" if y is None else type(y).__name__
+            raise DataError(f"y: expected {len(log_probs)} labels, one per row of x (an array or a Series), got {got}")
+        y = np.asarray(y)
         if y.shape != (len(log_probs),):
             raise DataError(f"y: expected {len(log_probs)} labels, one per row of x, got an array of shape {y.shape}")
         return classification_metrics(class_ids(y, self.classes, "y"), log_probs, self.classes)
 
     def _log_probs(self, x: Any) -> np.ndarray:
         """Log class probabilities (n, K) of raw features ``x``, checked by ``_features``."""
-        return self.log_probabilities()(self.standardize(self._features(x)))
+        return self.log_probabilities()(self._scaled(self._features(x)))
 
     def _features(self, x: Any) -> np.ndarray:
         """``x`` as a finite float64 (n, d) array with this run's d features, or a DataError saying why not."""
-        try:
-            x = np.asarray(x, np.float64)
-        except (TypeError, ValueError) as exc:
-            raise DataError(f"x: not an array of numbers ({exc})") from None
-        d = len(self.feature_names)
-        if x.ndim != 2 or x.shape[1] != d or len(x) == 0:
-            names = preview(self.feature_names, 5)
-            raise DataError(f"x: expected an (n, {d}) array (features {names}), got shape {x.shape}")
+        x = self.feature_matrix(x)
         bad = np.argwhere(~np.isfinite(x))
         if len(bad):
             row, col = bad[0]
@@ -161,7 +180,7 @@ class TrainedRun:
         scaled = self.preprocessing["standardize"] is not None
         names = self.feature_names
         for block in table.blocks(rows):
-            x = self.standardize(block.x)
+            x = self._scaled(block.x)
             found = first_overflow(x, dtype)
             if found is not None:
                 row, col = found
