@@ -10,6 +10,7 @@ anything is read or written. ``-`` is standard output wherever a command writes 
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 import stat
@@ -31,6 +32,7 @@ MAX_JSON_BYTES = 256 << 20  # summary.json, preprocessing.json (a million featur
 MAX_TEXT_BYTES = 16 << 20  # a config file
 MAX_LINE_CHARS = 16 << 20  # one line of a CSV: a million numeric columns; a longer one is not a table
 MAX_DEFLATE_RATIO = 1100  # DEFLATE cannot expand more than 1032:1; a larger claim is a zip bomb or a lie
+FULL_DISK = frozenset(getattr(errno, name) for name in ("ENOSPC", "EDQUOT") if hasattr(errno, name))
 
 _KINDS = (
     (stat.S_ISDIR, "a directory"),
@@ -358,8 +360,8 @@ def open_append(path: Path, error: type[GradfitError] = GradfitError) -> IO[str]
 def write_atomic_stream(path: Path, binary: bool = False):
     """A file handle whose contents replace ``path`` only if the block completes (fsync, rename, fsync folder).
 
-    The temporary file is removed on any failure and on a signal that ends the process; a full disk names
-    ``path`` in its error.
+    The temporary file is removed on any failure and on a signal that ends the process; an OSError (a full disk)
+    names ``path`` and says what to do (``write_error``).
     """
     path = Path(path)
     opened: list = []  # [descriptor, temporary path], filled as the temporary file is made and registered
@@ -374,10 +376,20 @@ def write_atomic_stream(path: Path, binary: bool = False):
     except BaseException as exc:
         if opened:
             opened[1].unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.filename is None:  # a write to a descriptor names no file
-            raise OSError(exc.errno, exc.strerror, str(path)) from None
+        # a write to a descriptor names no file, a failed rename names the temporary one: name what was asked for
+        if isinstance(exc, OSError) and (exc.filename is None or (opened and exc.filename == str(opened[1]))):
+            raise write_error(exc, path) from None
         raise
     _sync_directory(path.parent)
+
+
+def write_error(exc: OSError, path: Path) -> OSError:
+    """The error to raise for ``exc``, met while writing ``path``: it names ``path``, and a full disk (or quota)
+    says what to do about it. The command line prints it as ``PATH: REASON``."""
+    reason = exc.strerror or str(exc)
+    if exc.errno in FULL_DISK:
+        reason += "; free space on that disk or write to another one"
+    return OSError(exc.errno, reason, str(path))
 
 
 def write_atomic(path: Path, data: bytes | str) -> None:
@@ -392,7 +404,7 @@ def _temporary(path: Path, opened: list) -> Path:
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
-        raise OSError(exc.errno, exc.strerror, str(path)) from None
+        raise write_error(exc, path) from None
     opened += [fd, Path(tmp)]
     umask = os.umask(0)
     os.umask(umask)

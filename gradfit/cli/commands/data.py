@@ -15,6 +15,7 @@ from rich.markup import escape
 from gradfit.cli.options import JSON_HELP, CheckPrecision, JsonOutput, stderr
 
 DATA_TARGET_HELP = "Label column of a CSV (an .npz holds labels as y)."
+OVERFLOW_LINES = 10  # columns named one per line by describe at most
 
 
 @contextlib.contextmanager
@@ -49,7 +50,7 @@ def convert(
 ) -> None:
     """Convert a table into a folder that training memory-maps and can stream (data.path: OUT_DIR).
 
-    One pass in flat memory (blocks of rows), with the checks and messages training uses; features in the column order of the file, labels stored as indices into the sorted classes. Written under a temporary name and renamed when complete.
+    One pass in flat memory (blocks of rows), with the checks and messages training uses; features in the column order of the file, labels stored as indices into the sorted classes. Written under a temporary name and renamed when complete; a temporary folder left by a conversion to OUT_DIR that was killed (SIGKILL) is removed.
 
     [bold]Examples[/]
 
@@ -60,6 +61,13 @@ def convert(
 
     with _progress_bar(f"converting {source}", quiet or json_flag) as progress:
         done = convert_table(source, out_dir, target, dtype, force, progress)
+    if done.removed and not quiet:
+        stderr.print(
+            f"removed {len(done.removed)} partial folder(s) left by killed conversions to {escape(done.out_dir)}: "
+            + ", ".join(escape(path) for path in done.removed),
+            highlight=False,
+            soft_wrap=True,
+        )
     if json_flag:
         typer.echo(json.dumps({**dataclasses.asdict(done), "mb_per_s": done.mb_per_s}, indent=2))
         return
@@ -82,7 +90,7 @@ def describe(
 ) -> None:
     """Rows, columns, classes with counts, and per feature mean, std, min, max and non-finite cells.
 
-    One streamed pass in float64 (flat memory). Non-finite cells are counted, not refused; a column whose variance overflows float64 is named.
+    One streamed pass in float64 (flat memory). Non-finite cells are counted, not refused; a column whose variance overflows float64 is named. Of a file with more than 40 columns the table shows the first and last 10 and up to 20 with non-finite cells, an overflow or a single value; --json lists every column (and draws no table).
 
     [bold]Examples[/]
 
@@ -95,15 +103,23 @@ def describe(
         result = describe_table(path, target, progress)
     output = JsonOutput(json_flag, None)
     console = output.console()
-    from gradfit.cli.render.data import describe_tables
+    if not json_flag:  # the JSON holds every number; drawing 100,000 feature rows took minutes
+        from gradfit.cli.render.data import describe_tables
 
-    for table in describe_tables(result):
-        console.print(table)
-    for name in result["overflow"]:
+        for table in describe_tables(result):
+            console.print(table)
+    overflow = result["overflow"]
+    for name in overflow[:OVERFLOW_LINES]:
         console.print(
             f"[bold red]overflow:[/] column '{escape(name)}': its mean or variance overflows float64; "
             "training refuses cells beyond 1e150 in magnitude",
             soft_wrap=True,
             highlight=False,
         )
-    output.emit(result)
+    if len(overflow) > OVERFLOW_LINES:
+        console.print(
+            f"[bold red]overflow:[/] {len(overflow) - OVERFLOW_LINES:,} more columns overflow (--json lists them)",
+            highlight=False,
+        )
+    if json_flag:
+        output.emit(result)
