@@ -15,7 +15,6 @@ swept: each sub-run is a normal run, and members must see the same data to be co
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import difflib
@@ -33,6 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from gradfit.config.choices import Metric
 from gradfit.config.load import ResolvedConfig, describe_keys, parse_override, validate_tree
 from gradfit.errors import ConfigError
+from gradfit.sweeps import random_search
+from gradfit.sweeps.random_search import RandomSearch
 
 VALUE_KEYS = (
     "seed",
@@ -70,42 +71,11 @@ SHARED_WHY = {  # why the other keys cannot be swept
     "runtime": "a sweep runs on one set of devices (runtime.precision can be swept)",
     "train": "members log, evaluate and checkpoint together",
 }
-MAX_MEMBERS = 100_000
-DISTRIBUTIONS = ("log_uniform", "uniform", "int_uniform")
+MAX_MEMBERS = 10_000  # each member is a validated config and a run directory: counted before any is built
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
-class RandomSearch(_Strict):
-    trials: int = Field(ge=1, le=MAX_MEMBERS, description="settings drawn at random")
-    seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of the draws")
-    space: dict[str, Any] = Field(
-        min_length=1,
-        description="key -> {log_uniform: [lo, hi]}, {uniform: [lo, hi]}, {int_uniform: [lo, hi]} or a list of choices",
-    )
-
-    @field_validator("space")
-    @classmethod
-    def _numbers(cls, space: dict):
-        # YAML 1.1 reads `1e-4` as text, not as a number (the config's own keys are read alike)
-        return {
-            key: {
-                name: [_yaml_number(b) for b in bounds] if isinstance(bounds, list) else bounds
-                for name, bounds in dist.items()
-            }
-            if isinstance(dist, dict)
-            else dist
-            for key, dist in space.items()
-        }
-
-
-def _yaml_number(value: Any) -> Any:
-    if type(value) is str:
-        with contextlib.suppress(ValueError):
-            return float(value)
-    return value
 
 
 class SweepSection(_Strict):
@@ -150,12 +120,12 @@ class Member:
 
     @property
     def label(self) -> str:
-        return ", ".join(f"{short_key(k)}={_show(v)}" for k, v in self.values.items())
+        return ", ".join(f"{short_key(k)}={show_value(v)}" for k, v in self.values.items())
 
     @property
     def folder(self) -> str:
         """The sub-run's folder name: its index and values, as a file name."""
-        text = "_".join(f"{short_key(k)}={_show(v)}" for k, v in self.values.items())
+        text = "_".join(f"{short_key(k)}={show_value(v)}" for k, v in self.values.items())
         return f"{self.index:03d}_" + re.sub(r"[^A-Za-z0-9._=+-]+", "-", text)[:120]
 
 
@@ -164,6 +134,7 @@ class Sweep:
     section: SweepSection
     members: list[Member]
     swept: dict  # dotted key -> its kind ("value", "program", "host")
+    notes: tuple[str, ...] = ()  # what the user should know about the plan (fewer random settings than asked)
 
     @property
     def settings(self) -> int:
@@ -174,11 +145,12 @@ def short_key(key: str) -> str:
     return key.rsplit(".", 1)[-1]
 
 
-def _show(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
+def show_value(value: Any) -> str:
+    """A swept value in labels, folder names and the ranking."""
+    if isinstance(value, float):  # the shortest text that reads back as this number: two values never show alike
+        return next((text for p in range(1, 17) if float(text := f"{value:.{p}g}") == value), repr(value))
     if isinstance(value, list):
-        return "x".join(map(_show, value))
+        return "x".join(map(show_value, value))
     return str(value)
 
 
@@ -224,8 +196,9 @@ def plan_sweep(
     swept = {key: key_kind(key) for key in keys}
     if section.seeds != 1:
         swept["seed"] = "value"
-    members = _members(resolved, section, lines, given)
-    return Sweep(section, members, swept)
+    settings, notes = _settings(resolved, section)
+    members = _members(resolved, section, settings, lines, given)
+    return Sweep(section, members, swept, notes)
 
 
 def _merge_options(
@@ -317,40 +290,7 @@ def _key_problems(section: SweepSection):
         elif where[0] == "grid" and len(values) > MAX_MEMBERS:
             yield where, f"at most {MAX_MEMBERS:,} values"
         elif where[0] == "random":
-            yield where, _distribution_problem(values)
-
-
-def _distribution_problem(dist: Any) -> str | None:
-    if isinstance(dist, list):
-        return None if dist else "no choices; list at least one"
-    if not isinstance(dist, dict) or len(dist) != 1 or next(iter(dist)) not in DISTRIBUTIONS:
-        return "expected {log_uniform: [lo, hi]}, {uniform: [lo, hi]}, {int_uniform: [lo, hi]} or a list of choices"
-    name, bounds = next(iter(dist.items()))
-    if not (isinstance(bounds, list) and len(bounds) == 2 and all(_number(b) for b in bounds)):
-        return f"{name}: expected [lo, hi], two numbers"
-    lo, hi = bounds
-    if not lo <= hi:
-        return f"{name}: lo {lo} is above hi {hi}"
-    if name == "log_uniform" and lo <= 0:
-        return f"log_uniform: the bounds must be > 0 (got lo {lo}); use uniform for a range through 0"
-    if name == "int_uniform" and not (float(lo).is_integer() and float(hi).is_integer()):
-        return "int_uniform: the bounds must be whole numbers"
-    return None
-
-
-def _number(value: Any) -> bool:
-    return type(value) in (int, float) and math.isfinite(value)
-
-
-def _draw(dist: Any, rng: np.random.Generator) -> Any:
-    if isinstance(dist, list):
-        return copy.deepcopy(dist[int(rng.integers(len(dist)))])
-    name, (lo, hi) = next(iter(dist.items()))
-    if name == "int_uniform":
-        return int(rng.integers(int(lo), int(hi) + 1))
-    u = rng.uniform(math.log(lo), math.log(hi)) if name == "log_uniform" else rng.uniform(lo, hi)
-    value = math.exp(u) if name == "log_uniform" else u
-    return float(f"{value:.4g}")  # readable in tables and folder names, and reproducible from them
+            yield where, random_search.problem(values)
 
 
 def _seed_list(section: SweepSection, base: int) -> list[int]:
@@ -359,22 +299,31 @@ def _seed_list(section: SweepSection, base: int) -> list[int]:
     return [(base + i) % 2**32 for i in range(section.seeds)]
 
 
-def _members(resolved: ResolvedConfig, section: SweepSection, lines: dict, given: dict) -> list[Member]:
-    grid = list(itertools.product(*section.grid.values())) or [()]
-    settings = [dict(zip(section.grid, combo)) for combo in grid]
-    if section.random is not None:
-        rng = np.random.default_rng(section.random.seed)
-        draws = [
-            {key: _draw(dist, rng) for key, dist in section.random.space.items()} for _ in range(section.random.trials)
-        ]
-        settings = [{**s, **d} for s in settings for d in draws]
-    seeds = _seed_list(section, resolved.config.seed)
-    count = len(settings) * len(seeds)
+def _settings(resolved: ResolvedConfig, section: SweepSection) -> tuple[list[dict], tuple[str, ...]]:
+    """Every setting (the grid's combinations times the random draws) and notes; the members are counted before
+    any setting is made, so a sweep too large to hold is refused at once."""
+    grid_size = math.prod(len(values) for values in section.grid.values())
+    trials = section.random.trials if section.random is not None else 1
+    seeds = len(_seed_list(section, resolved.config.seed))
+    count = grid_size * trials * seeds
     if count > MAX_MEMBERS:
+        factors = [f"{len(values):,} {short_key(key)}" for key, values in section.grid.items()]
+        factors += [f"{trials:,} random trials"] * (section.random is not None) + [f"{seeds:,} seeds"] * (seeds > 1)
         raise ConfigError(
-            f"{resolved.origin}: sweep: {count:,} members ({len(settings):,} settings x {len(seeds)} "
-            f"seeds); at most {MAX_MEMBERS:,}"
+            f"{resolved.origin}: sweep: {count:,} members ({' x '.join(factors)}); at most {MAX_MEMBERS:,} in one "
+            "sweep: sweep fewer values, or split the sweep"
         )
+    settings = [dict(zip(section.grid, combo)) for combo in itertools.product(*section.grid.values())]
+    if section.random is None:
+        return settings, ()
+    draws, note = random_search.settings(section.random)
+    return [{**s, **d} for s in settings for d in draws], (note,) if note else ()
+
+
+def _members(
+    resolved: ResolvedConfig, section: SweepSection, settings: list[dict], lines: dict, given: dict
+) -> list[Member]:
+    seeds = _seed_list(section, resolved.config.seed)
     places: dict[str, tuple[str, ...]] = {key: ("grid", key) for key in section.grid}
     places.update({key: ("random", "space", key) for key in (section.random.space if section.random else {})})
     base_data_seed = resolved.config.data.seed if resolved.config.data.seed is not None else resolved.config.seed
@@ -432,7 +381,7 @@ def _member_config(
         where[("seed",)] = _where(("sweep", "seeds"), lines, given, ("seeds",))
     base_name = resolved.config.name
     tree["name"] = f"{base_name[:95]}-{index:03d}" if index < 1000 else f"{base_name[:93]}-{index}"
-    label = ", ".join(f"{k}={_show(v)}" for k, v in setting.items()) or "the base config"
+    label = ", ".join(f"{k}={show_value(v)}" for k, v in setting.items()) or "the base config"
     return validate_tree(tree, f"{resolved.origin}: sweep member {index} ({label})", lines, where)
 
 

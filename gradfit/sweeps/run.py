@@ -32,6 +32,7 @@ from gradfit.config.load import resolve_config, to_yaml
 from gradfit.core import precision
 from gradfit.errors import ConfigError, GradfitError, Interrupted, RunDirError, TrainingFailed
 from gradfit.runs import checkpoints, lock, rundir
+from gradfit.runs.checkpoints import changed_keys
 from gradfit.runtime import resources
 from gradfit.sweeps import plan as sweeps
 from gradfit.sweeps.group import Group
@@ -80,9 +81,11 @@ def start(resolved, plan: sweeps.Sweep, out_dir: str | Path = "runs", callbacks:
         (sweep_dir / MEMBERS).mkdir()
         state: dict[str, Any] = {
             "sweep_dir": str(sweep_dir),
+            "plan": _plan_record(base, plan),
             "status": "running",
             "metric": plan.section.metric,
             "swept": plan.swept,
+            "notes": list(plan.notes),
             "settings": plan.settings,
             "groups": [],
             "resumes": [],
@@ -106,16 +109,35 @@ def resume(sweep_dir: str | Path, callbacks: SweepCallbacks | None = None) -> di
     started = time.perf_counter()
     sweep_dir = Path(sweep_dir)
     state = read_state(sweep_dir)
-    plan = sweeps.plan_sweep(resolve_config(sweep_dir / PLAN_FILE, sweep=True))
-    if [m.folder for m in plan.members] != [m["folder"] for m in state["members"]]:
-        raise RunDirError(
-            f"{sweep_dir / PLAN_FILE}: its members differ from those {STATE_FILE} lists; the sweep was edited by hand"
-        )
+    resolved = resolve_config(sweep_dir / PLAN_FILE, sweep=True)
+    plan = sweeps.plan_sweep(resolved)
+    _check_unedited(sweep_dir, state, resolved.config, plan)
     if all(m["status"] in DONE for m in state["members"]):
         raise RunDirError(f"{sweep_dir}: every member has finished; nothing to resume")
     state["resumes"].append({"unfinished": sum(m["status"] not in DONE for m in state["members"])})
     state["wall_time_s_before"] = state.get("wall_time_s") or 0.0
     return _Driver(sweep_dir, plan, state, callbacks, started).run()
+
+
+def _plan_record(base, plan: sweeps.Sweep) -> dict:
+    """What sweep.yaml said when the sweep started, as sweep.json keeps it to see hand edits before a resume."""
+    return {**base.model_dump(mode="json"), "sweep": plan.section.model_dump(mode="json")}
+
+
+def _check_unedited(sweep_dir: Path, state: dict, base, plan: sweeps.Sweep) -> None:
+    """Refuse a sweep.yaml edited since the sweep started: members trained before and after an edit would differ.
+
+    A sweep.json without the record (gradfit 0.1) is checked by its members alone.
+    """
+    changes = {} if "plan" not in state else changed_keys(state["plan"], _plan_record(base, plan), ignored=set())
+    members = [m["folder"] for m in state["members"]]
+    if not changes and [m.folder for m in plan.members] == members:
+        return
+    listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changes.items()) or "its members"
+    raise RunDirError(
+        f"{sweep_dir / PLAN_FILE}: edited since the sweep started ({listed}); a sweep resumes only as it started. "
+        f"Undo the edit, or start a new sweep from it: gradfit sweep {sweep_dir / PLAN_FILE}"
+    )
 
 
 _PLAN_HEADER = "# A gradfit sweep: the base config and its sweep section. Resume with: gradfit sweep --resume <dir>\n"
@@ -205,7 +227,7 @@ class _Driver:
             }
             self.state["groups"].append(recorded)
         recorded.update(trace_time_s=group.trace_time_s, compile_time_s=group.compile_time_s, cache=group.cache)
-        unfinished = [m for m in members if self.entry(m)["status"] not in DONE and not self.finished_elsewhere(m)]
+        unfinished = [m for m in members if self.entry(m)["status"] not in DONE and not self.trained(group, m)]
         for block in self.blocks(group, unfinished):
             if stop.signal_name:
                 return
@@ -330,14 +352,24 @@ class _Driver:
         self.entry(member).update(status="running", run_dir=str(run_dir))
         return session
 
-    def finished_elsewhere(self, member) -> bool:
-        """True for a member that ``gradfit train --resume`` finished after the sweep stopped: its summary counts."""
+    def trained(self, group: Group, member) -> bool:
+        """True for a member whose newest checkpoint says it finished training: its summary counts when it has one
+        (``gradfit train --resume`` may have finished it), else its outputs are written now from that checkpoint,
+        as ``gradfit train --resume`` would (a kill between the final checkpoint and summary.json)."""
         saved, run_dir = self.saved(member), self.member_dir(member)
-        if saved is None or not saved.finished or not run_dir.outputs_complete(saved.loop.step):
+        if saved is None or not saved.finished:
             return False
-        summary = run_dir.summary()
-        assert summary is not None  # outputs_complete read it
-        self.record(member, summary)
+        if run_dir.outputs_complete(saved.loop.step):
+            summary = run_dir.summary()
+            assert summary is not None  # outputs_complete read it
+            self.record(member, summary)
+        else:
+            run, programs = dataclasses.replace(group.run, config=member.config), group.programs(member)
+            with run_dir.locked():
+                session, _ = continue_from(saved, run, programs, run_dir, time.perf_counter(), None, force=False)
+                self.entry(member)["run_dir"] = str(run_dir)
+                self.conclude(member, session, "completed", saved.finished)
+        self.save_state()
         return True
 
     def conclude(self, member, session: Session, status: Status, reason: str, alone: bool = False) -> None:

@@ -66,6 +66,8 @@ def _saved_params(summary: Summary) -> str:
 
 def sweep_ranking(state: dict) -> Table:
     """sweep.json's ranking: one row per setting, mean +- std of the metric over its seeds, the best marked."""
+    from gradfit.sweeps.plan import show_value
+
     metric = state["metric"]
     table = titled_table(
         f"Sweep: settings ranked by {metric} ({'lower' if metric == 'val_loss' else 'higher'} is "
@@ -93,12 +95,12 @@ def sweep_ranking(state: dict) -> Table:
         mark = "[bold green]best[/] " if row["best"] else ""
         table.add_row(
             f"{mark}{row['rank']}",
-            *(fmt(row["values"].get(key)) for key in swept),
+            *(show_value(row["values"][key]) if key in row["values"] else "-" for key in swept),
             value,
             seeds,
             member_ranges(row["members"]),
         )
-    table.caption = (
+    table.caption = "".join(f"{note}\n" for note in state.get("notes", [])) + (
         f"{len(state['members'])} members in {len(state['groups'])} compiled group(s); sub-runs in "
         f"{state['sweep_dir']}/members; wall time {state.get('wall_time_s', 0):.1f} s"
     )
