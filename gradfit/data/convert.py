@@ -217,7 +217,7 @@ def _remove_stale_partials(out_dir: Path) -> list[str]:
     removed = []
     for name in sorted(names):
         pid = name[len(prefix) :]
-        if not (name.startswith(prefix) and pid.isdigit()):
+        if not (name.startswith(prefix) and pid.isascii() and pid.isdigit()):
             continue
         partial = out_dir.parent / name
         with contextlib.suppress(OSError):

@@ -76,7 +76,8 @@ SORT_KEYS = (
 
 def find_runs(folder: str | Path) -> list[RunEntry]:
     """Every run directory in ``folder``: the folder itself if it is one, its sub-folders that are, and the
-    members of the sweeps among them (or of ``folder``, if it is a sweep); oldest first."""
+    members of the sweeps among them (or of ``folder``, if it is a sweep); oldest first. A sub-folder that
+    cannot be read (its permissions) is listed as damaged, saying so: the others are listed all the same."""
     folder = Path(folder)
     if not folder.is_dir():
         raise RunDirError(
@@ -85,25 +86,55 @@ def find_runs(folder: str | Path) -> list[RunEntry]:
             if not folder.exists()
             else f"{folder}: not a folder; pass the folder that holds the runs (default: runs)"
         )
-    found = [read_entry(path, _label(path, folder)) for path in _run_folders(folder)]
+    try:
+        found = [
+            read_entry(path, _label(path, folder)) if problem is None else _damaged(path, _label(path, folder), problem)
+            for path, problem in _run_folders(folder)
+        ]
+    except OSError as exc:  # the folder itself
+        raise RunDirError(f"{folder}: cannot read the folder ({exc.strerror}); check its permissions") from None
     return sorted(found, key=lambda entry: (entry.started, entry.label))
 
 
-def _run_folders(folder: Path) -> Iterator[Path]:
+def _run_folders(folder: Path) -> Iterator[tuple[Path, str | None]]:
+    """(path, None) for each run directory in ``folder``; (path, why) for a folder in it that cannot be read."""
     if RunDir(folder).is_run():
-        yield folder
+        yield folder, None
         return
     if (folder / MEMBERS_DIR).is_dir():  # a sweep: its members are runs
-        yield from (path for path in sorted((folder / MEMBERS_DIR).iterdir()) if RunDir(path).is_run())
+        yield from _members(folder / MEMBERS_DIR)
         return
     with os.scandir(folder) as children:
         for child in sorted(children, key=lambda c: c.name):
             if child.is_dir(follow_symlinks=False):
                 path = Path(child.path)
-                if RunDir(path).is_run():
-                    yield path
-                elif (path / MEMBERS_DIR).is_dir():
-                    yield from (member for member in sorted((path / MEMBERS_DIR).iterdir()) if RunDir(member).is_run())
+                try:
+                    is_run, is_sweep = RunDir(path).is_run(), (path / MEMBERS_DIR).is_dir()
+                except OSError as exc:
+                    yield path, _unreadable(path, exc)
+                    continue
+                if is_run:
+                    yield path, None
+                elif is_sweep:
+                    yield from _members(path / MEMBERS_DIR)
+
+
+def _members(members: Path) -> Iterator[tuple[Path, str | None]]:
+    try:
+        paths = sorted(members.iterdir())
+    except OSError as exc:
+        yield members, _unreadable(members, exc)
+        return
+    for path in paths:
+        try:
+            if RunDir(path).is_run():
+                yield path, None
+        except OSError as exc:
+            yield path, _unreadable(path, exc)
+
+
+def _unreadable(path: Path, exc: OSError) -> str:
+    return f"{path}: cannot read it ({exc.strerror}); check its permissions"
 
 
 def _label(path: Path, folder: Path) -> str:
@@ -112,8 +143,19 @@ def _label(path: Path, folder: Path) -> str:
 
 def read_entry(path: Path, label: str | None = None) -> RunEntry:
     """What a listing shows of one run directory, from its summary (or its config when it has none)."""
-    run = RunDir(path)
     label = label or path.name
+    try:
+        return _read_entry(path, label)
+    except OSError as exc:  # a file of it that cannot even be looked at (its permissions)
+        return _damaged(path, label, _unreadable(Path(exc.filename or path), exc))
+
+
+def _damaged(path: Path, label: str, problem: str) -> RunEntry:
+    return RunEntry(path, label, "damaged", None, "?", "?", None, _folder_time(path), problem)
+
+
+def _read_entry(path: Path, label: str) -> RunEntry:
+    run = RunDir(path)
     started = _folder_time(path)
     try:
         summary = run.summary()

@@ -24,7 +24,7 @@ from gradfit.runs import rundir
 
 FORMAT = 2  # 2: gradfit 0.2 (train state without the epoch order; probe and data digest)
 _META = "meta"
-_NAME = re.compile(r"step-(\d{8,})\.npz")
+_NAME = re.compile(r"step-([0-9]{8,})\.npz")
 
 
 def folder(run_dir: Path) -> Path:

@@ -25,10 +25,11 @@ import shutil
 import stat
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pydantic
+from typing_extensions import TypedDict  # pydantic reads typing's only from Python 3.12
 
 from gradfit import files
 from gradfit.abort import removed_on_abort
@@ -37,6 +38,7 @@ from gradfit.errors import RunDirError
 from gradfit.files import write_atomic
 from gradfit.runs import lock
 from gradfit.runs.loggers import CSV_NAME, EVENTS_GLOB, MetricLoggers
+from gradfit.runs.metrics import RECORD_KEYS, append_jsonl, iter_metrics, truncate_metrics
 from gradfit.version import __version__
 
 
@@ -76,7 +78,10 @@ def check_run_dir(path: Path) -> Path:
                     f"{path / name}: {files.kind(mode)}, not a regular file; is {path} a gradfit run "
                     "directory someone altered?"
                 )
-    missing = [name for name in ("config.yaml", "metrics.jsonl") if not (path / name).is_file()]
+    try:
+        missing = [name for name in ("config.yaml", "metrics.jsonl") if not (path / name).is_file()]
+    except OSError as exc:
+        raise RunDirError(f"{path}: cannot read the run directory ({exc.strerror}); check its permissions") from None
     if missing:
         raise RunDirError(
             f"{path}: not a gradfit run directory (it has no {' and no '.join(missing)}); "
@@ -97,22 +102,6 @@ def fresh(parent: str | Path, name: str):
             shutil.rmtree(run_dir, ignore_errors=True)
             raise
 
-
-MAX_METRICS_BYTES = 4 << 30  # metrics.jsonl: 10 million log points
-# the keys of a metrics.jsonl record (the columns of metrics.csv), in order
-RECORD_KEYS = (
-    "step",
-    "epoch",
-    "batch_objective",
-    "batch_grad_norm",
-    "objective",
-    "train_loss",
-    "grad_norm",
-    "val_loss",
-    "val_accuracy",
-    "learning_rate",
-    "elapsed_s",
-)
 
 MEMBERS_DIR = "members"  # a sweep's folder keeps its members' run directories in here
 
@@ -159,63 +148,6 @@ def write_json(path: Path, obj: Any) -> None:
     write_atomic(path, json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n")
 
 
-def append_jsonl(path: Path, records: Sequence[Mapping]) -> None:
-    """Append one line per record, flushed so a crashing process loses nothing.
-
-    Not fsynced: that made runs logging every step 12% slower, and what an OS crash could lose is logged
-    again when the run resumes from its (fsynced) checkpoint.
-    """
-    with files.open_append(path, RunDirError) as f:
-        f.write("".join(json.dumps(_flat_jsonable(record), allow_nan=False) + "\n" for record in records))
-
-
-def _flat_jsonable(record: Mapping) -> dict:
-    """A flat record of Python scalars with NaN and inf as None: ``to_jsonable``'s answer for it, 10x faster
-    (metrics records are written by the hundred per chunk)."""
-    return {key: None if type(value) is float and not math.isfinite(value) else value for key, value in record.items()}
-
-
-def read_metrics(path: Path) -> tuple[list[tuple[str, dict]], str | None]:
-    """(line, record) for every record of a metrics.jsonl, and its torn last line (a crash mid-write) or None.
-
-    Raises:
-        RunDirError: a line before the last is not a metrics record (the file was edited by hand).
-    """
-    lines = files.read_text(path, "metrics file", RunDirError, MAX_METRICS_BYTES).splitlines()
-    parsed, torn = [], None
-    for number, line in enumerate(lines, 1):
-        try:
-            record = json.loads(line)
-            if not isinstance(record, dict) or type(record.get("step")) is not int:
-                raise TypeError
-        except (ValueError, TypeError, RecursionError):
-            if number < len(lines):
-                raise RunDirError(
-                    f"{path}, line {number}: not a gradfit metrics record; the run directory was edited by hand"
-                ) from None
-            torn = line
-            continue
-        parsed.append((line, record))
-    return parsed, torn
-
-
-def truncate_metrics(path: Path, step: int) -> int:
-    """Keep the records of ``path`` up to ``step`` and move later ones to ``metrics.discarded.jsonl``.
-
-    A run resumed from its step-``step`` checkpoint logs those steps again; this keeps metrics.jsonl free of
-    duplicates without losing what was there. A torn last line (a crash mid-write) is moved too.
-    Returns the number of records moved.
-    """
-    parsed, torn = read_metrics(path)
-    kept = [line for line, record in parsed if record["step"] <= step]
-    moved = [line for line, record in parsed if record["step"] > step] + ([] if torn is None else [torn])
-    if moved:  # rewrite first: a failure in between must not let a retry discard the same lines twice
-        write_atomic(path, "".join(line + "\n" for line in kept))
-        with files.open_append(Path(path).with_name("metrics.discarded.jsonl"), RunDirError) as f:
-            f.write("".join(line + "\n" for line in moved))
-    return len(moved)
-
-
 def save_arrays(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     """Atomically write named arrays as .npz (object arrays are refused: nothing needs unpickling)."""
     files.save_npz(path, arrays)
@@ -231,6 +163,25 @@ def load_arrays(path: Path, expected: Mapping[str, Sequence[int]] | None = None)
 
 def _empty(kind: type):
     return dataclasses.field(default_factory=kind)
+
+
+class Best(TypedDict, total=False):
+    """Summary.best: the best val_loss and val_accuracy evaluated, and their steps. Typed so that a hand-edited
+    value ("oops") makes the summary damaged when it is read, not a crash where the values are compared."""
+
+    # a newer gradfit's keys stay; mypy allows only keys in a TypedDict, pydantic reads this one
+    __pydantic_config__ = pydantic.ConfigDict(extra="allow")  # type: ignore[misc]
+
+    val_loss: float | None
+    val_loss_step: int
+    val_accuracy: float | None
+    val_accuracy_step: int
+
+
+if TYPE_CHECKING:  # to mypy, the plain dict training fills in; pydantic checks it as a Best
+    _BestField = dict[str, Any]
+else:
+    _BestField = Best
 
 
 @pydantic.dataclasses.dataclass(frozen=True, kw_only=True, config=pydantic.ConfigDict(extra="ignore"))
@@ -272,7 +223,7 @@ class Summary:
     objective: float | None = None  # of the saved parameters, over the whole training split
     grad_norm: float | None = None
     final: dict[str, float | None] = _empty(dict)  # train_loss, val_loss, val_accuracy, test_loss, test_accuracy
-    best: dict[str, Any] = _empty(dict)  # the best val_loss and val_accuracy evaluated, and their steps
+    best: _BestField = _empty(dict)  # the best val_loss and val_accuracy evaluated, and their steps
     early_stopping: dict | None = None
     checkpoint: str | None = None
     resumes: list[dict] = _empty(list)
@@ -409,8 +360,13 @@ class RunDir:
         return MetricLoggers(self.path, names, RECORD_KEYS)
 
     def metrics(self) -> list[dict]:
-        """The records of metrics.jsonl (a torn last line, from a crash mid-write, is left out)."""
-        return [record for _, record in read_metrics(self.metrics_file)[0]]
+        """The records of metrics.jsonl (a torn last line, from a crash mid-write, is left out), all in memory:
+        ``iter_metrics`` reads them one at a time."""
+        return list(iter_metrics(self.metrics_file))
+
+    def iter_metrics(self, keys: Sequence[str] | None = None) -> Iterator[dict]:
+        """The records of metrics.jsonl one at a time, with only ``keys`` (see ``iter_metrics``)."""
+        return iter_metrics(self.metrics_file, keys)
 
     def truncate_metrics(self, step: int) -> int:
         return truncate_metrics(self.metrics_file, step)

@@ -123,7 +123,7 @@ def _continue_hint(run_dir: rundir.RunDir, checkpoint: Path, resume_command: str
 def _logged_objective(run_dir: rundir.RunDir, step: int | None) -> str:
     """The objective metrics.jsonl holds for ``step`` (None: the first record), as text; '?' when not there."""
     with contextlib.suppress(OSError, GradfitError):
-        for record in run_dir.metrics():
+        for record in run_dir.iter_metrics():
             if step is None or record.get("step") == step:
                 return records.objective_text(record) or "?"
     return "?"

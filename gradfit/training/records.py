@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from gradfit.runs import rundir
+from gradfit.runs.metrics import RECORD_KEYS
 from gradfit.training.plan import Plan
 from gradfit.training.programs import WINDOW_ROWS
 
@@ -27,7 +27,7 @@ def log_record(plan: Plan, step: int, steps: int, window: dict, elapsed: float) 
     """One line of metrics.jsonl. ``batch_*``: means over the ``steps`` since the previous record (None at step
     0); ``objective``, ``train_loss``, ``grad_norm`` (whole training split) and ``val_*``: where computed, else
     None. ``elapsed_s``: the wall time when the chunk that computed it ended (its records share it)."""
-    record = dict.fromkeys(rundir.RECORD_KEYS)
+    record = dict.fromkeys(RECORD_KEYS)
     record.update(step=step, epoch=step / plan.steps_per_epoch, elapsed_s=elapsed)
     if steps:
         record.update(

@@ -1,5 +1,6 @@
 """gradfit.runs.plot: training curves drawn from synthetic metrics records (no training), checked in the pixels."""
 
+import json
 import subprocess
 import sys
 
@@ -10,6 +11,7 @@ matplotlib = pytest.importorskip("matplotlib")
 from PIL import Image  # noqa: E402 (matplotlib depends on pillow)
 
 from gradfit.errors import GradfitError  # noqa: E402
+from gradfit.runs import plot  # noqa: E402
 from gradfit.runs.plot import plot_curves  # noqa: E402
 
 TAB10 = np.array(matplotlib.colormaps["tab10"].colors) * 255
@@ -132,3 +134,39 @@ def test_log_y_leaves_accuracies_on_a_linear_axis(tmp_path):
     assert pixels(out).shape[:2] == (400, 1200)
     with pytest.raises(GradfitError, match="drop --log-y"):
         plot_curves([("a", records(1.0, val_loss_floor=0.0))], ["val_loss_floor"], tmp_path / "x.png", log_y=True)
+
+
+def test_records_are_read_once_as_a_stream(tmp_path):
+    """A run's records may be a generator (gradfit plot streams metrics.jsonl): every panel gets its points."""
+    out = tmp_path / "curves.png"
+    plot_curves([("a", iter(records(1.0))), ("b", iter(records(2.0)))], ["objective", "val_loss"], out, size=(800, 300))
+    right = pixels(out)[:, 400:]
+    assert colour_count(right, 0) > 50 and colour_count(right, 1) > 50
+
+
+def test_a_long_curve_is_drawn_from_a_bounded_number_of_points(tmp_path, monkeypatch):
+    drawn = []
+    monkeypatch.setattr(plot, "_render", lambda labels, metrics, points, *rest: drawn.append(points) or b"")
+    count = 3 * plot.MAX_CURVE_POINTS + 17
+    spike = {"step": 10 * 1234, "objective": 50.0}
+    stream = ({"step": 10 * s, "objective": 1 / (1 + s)} if s != 1234 else spike for s in range(count))
+    plot_curves([("long", stream)], ["objective"], tmp_path / "curves.png")
+    ((steps, values),) = drawn[0][0]  # the one run's one panel
+    assert len(steps) <= plot.MAX_CURVE_POINTS and steps[-1] == 10 * (count - 1) and steps[0] == 0
+    assert max(values) == 50.0 and values[-1] == 1 / count
+
+
+@pytest.mark.parametrize("size", ["²x400", "1200x４00", "1200", "x", "12.5x400", "-1x400"])
+def test_a_size_with_anything_but_ascii_digits_is_a_one_line_error(tmp_path, size):
+    from typer.testing import CliRunner
+
+    from gradfit.cli.app import app
+
+    run = tmp_path / "run"  # what gradfit plot reads of a run directory
+    run.mkdir()
+    (run / "config.yaml").write_text("name: run\n")
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records(1.0)))
+    result = CliRunner().invoke(app, ["plot", str(run), "--size", size, "--out", str(tmp_path / "c.png")])
+    assert result.exit_code == 2, result.exception
+    assert "--size" in result.output and "WIDTHxHEIGHT" in result.output
+    assert result.output.strip().count("\n") == 0 and not (tmp_path / "c.png").exists()

@@ -26,7 +26,8 @@ from gradfit.config.schema import describe_keys
 from gradfit.data import dataset
 from gradfit.errors import ConfigError, DataError, Interrupted, RunDirError, TrainingFailed
 from gradfit.runs import catalog, checkpoints
-from gradfit.runs.rundir import RECORD_KEYS, RunDir, Summary
+from gradfit.runs.metrics import RECORD_KEYS
+from gradfit.runs.rundir import RunDir, Summary
 from gradfit.training import loop
 
 LOGISTIC = {
@@ -189,6 +190,63 @@ def test_runs_lists_sweep_members_and_a_run_in_training(made, tmp_path):
     (sweep / "members" / "001_learning_rate=0.2" / ".lock").unlink()
     os.mkfifo(sweep / "members" / "001_learning_rate=0.2" / ".lock")  # an odd lock file: no hang, not running
     assert [entry.status for entry in catalog.find_runs(sweep)] == ["completed", "completed"]
+
+
+def two_runs(made, tmp_path) -> tuple[Path, Path, Path]:
+    """A folder holding two copies of the completed run: (folder, good, bad)."""
+    folder = tmp_path / "runs"
+    good, bad = folder / "good-20261201-120000", folder / "bad-20261201-120001"
+    for path in (good, bad):
+        shutil.copytree(made["completed"], path)
+    return folder, good, bad
+
+
+def assert_listed_as_damaged(folder: Path, bad: Path, reason: str) -> None:
+    result = invoke("runs", folder, "--sort", "best_val_loss", "--json")
+    assert result.exit_code == 0, result.output
+    rows = {row["run"]: row for row in json.loads(result.stdout)}
+    assert rows["good-20261201-120000"]["status"] == "completed"
+    assert rows[bad.name]["status"] == "damaged" and reason in rows[bad.name]["stop_reason"]
+    table = invoke("runs", folder, "--sort", "best_val_loss")
+    assert table.exit_code == 0 and "good-20261201-120000" in table.stdout and bad.name in table.stdout
+    assert reason in " ".join(table.stdout.split())  # the line under the table says why
+
+
+def test_runs_lists_an_unreadable_run_folder_and_goes_on(made, tmp_path, monkeypatch):
+    """As chmod 000 makes it for anyone but root (whom the permission does not stop): every look inside fails."""
+    folder, good, bad = two_runs(made, tmp_path)
+    stat, scandir = Path.stat, os.scandir
+
+    def denied(path):
+        if Path(path) == bad or bad in Path(path).parents:
+            raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(Path, "stat", lambda self, **kw: denied(self.parent) or stat(self, **kw))
+    monkeypatch.setattr(os, "scandir", lambda path=".": denied(path) or scandir(path))
+    assert_listed_as_damaged(folder, bad, "Permission denied")
+    compared = invoke("compare", good, bad)
+    assert compared.exit_code == 2 and "cannot read the run directory (Permission denied)" in compared.output
+
+
+def test_runs_lists_a_folder_it_may_not_read(made, tmp_path):
+    folder, _, bad = two_runs(made, tmp_path)
+    bad.chmod(0)
+    try:
+        if os.access(bad, os.R_OK | os.X_OK):
+            pytest.skip("permissions do not stop this user (root)")
+        assert_listed_as_damaged(folder, bad, "Permission denied")
+    finally:
+        bad.chmod(0o755)
+
+
+def test_a_summary_with_a_value_of_the_wrong_type_is_damaged_not_a_crash(made, tmp_path):
+    folder, _, bad = two_runs(made, tmp_path)
+    summary = json.loads((bad / "summary.json").read_text())
+    summary["best"]["val_loss"] = "oops"
+    (bad / "summary.json").write_text(json.dumps(summary))
+    assert_listed_as_damaged(folder, bad, "best.val_loss")
+    with pytest.raises(RunDirError, match=r"summary.json: not a gradfit summary \(best.val_loss: .*number"):
+        gradfit.load_run(bad)  # what gradfit eval and predict read
 
 
 # ------------------------------------------------------------------------------------------------ gradfit compare

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import typer
@@ -34,7 +35,7 @@ def list_runs(
 ) -> None:
     """List runs: status, model, dataset, steps, best and final validation metrics, test accuracy, wall time.
 
-    Reads only each run's summary.json, so it stays fast on a folder of thousands of runs. Status is what the summary says, [bold]running[/] while a gradfit process holds the run, [bold]unfinished[/] for a run killed before writing one (resume it), [bold]damaged[/] for an unreadable summary.
+    Reads only each run's summary.json, so it stays fast on a folder of thousands of runs. Status is what the summary says, [bold]running[/] while a gradfit process holds the run, [bold]unfinished[/] for a run killed before writing one (resume it), [bold]damaged[/] for a summary or run folder that cannot be read (a line under the table says why).
 
     [bold]Examples[/]
 
@@ -113,15 +114,17 @@ def plot(
     from gradfit.runs import plot as plotting
     from gradfit.runs.rundir import RunDir
 
-    width, _, height = size.lower().partition("x")
-    if not (width.isdigit() and height.isdigit()):
-        raise GradfitError(f"--size {size!r}: expected WIDTHxHEIGHT in pixels, e.g. 1200x400")
+    # ASCII digits only: str.isdigit() also passes '²', which int() refuses
+    match = re.fullmatch(r"([0-9]{1,9})x([0-9]{1,9})", size.strip().lower())
+    if match is None:
+        raise GradfitError(f"--size {size!r}: expected WIDTHxHEIGHT in pixels (digits 0-9), e.g. 1200x400")
+    width, height = match.groups()
     metrics = [name.strip() for name in metric.split(",") if name.strip()]
     folders = [RunDir.open(path) for path in run_dirs]
     out = check_output(out, "--out", force, [path for run in folders for path in run.own_files()], stdout=False)
     labels = catalog.labels([run.path for run in folders])
     plotting.plot_curves(
-        [(label, run.metrics()) for label, run in zip(labels, folders)],
+        [(label, run.iter_metrics()) for label, run in zip(labels, folders)],  # read one line at a time
         metrics,
         out,
         log_y=log_y,
