@@ -304,7 +304,9 @@ def check_output(path: Path, option: str, force: bool, protected: Sequence[Path]
         )
     for other in protected:
         if os.path.realpath(other) == str(target) or (info is not None and _same_file(other, info)):
-            raise GradfitError(f"{option} {path}: that is {other}, which this command reads; choose another file")
+            raise GradfitError(
+                f"{option} {path}: that is {other}, which this command reads or gradfit keeps; choose another file"
+            )
     if info is not None and not force:
         raise GradfitError(f"{option} {path}: already exists; pass --force to replace it, or choose another name")
     try:

@@ -104,6 +104,7 @@ def fresh(parent: str | Path, name: str):
 
 
 MEMBERS_DIR = "members"  # a sweep's folder keeps its members' run directories in here
+SWEEP_PLAN, SWEEP_STATE = "sweep.yaml", "sweep.json"  # and its plan and state (gradfit.sweeps.run writes them)
 
 RUN_FILES = (
     "config.yaml",
@@ -125,6 +126,17 @@ def own_files(run_dir: Path) -> list[Path]:
     return [run_dir / name for name in RUN_FILES] + sorted(
         path for pattern in RUN_FILE_PATTERNS for path in run_dir.glob(pattern)
     )
+
+
+def protected_files(folder: Path) -> list[Path]:
+    """The files gradfit keeps in ``folder`` when it is a run or a sweep directory: never a command's output, even
+    with --force (a run's config.yaml and a sweep's sweep.json are their records)."""
+    folder = Path(folder)
+    if RunDir(folder).is_run():
+        return own_files(folder)
+    if (folder / SWEEP_PLAN).is_file() or (folder / SWEEP_STATE).is_file():
+        return [folder / SWEEP_PLAN, folder / SWEEP_STATE, folder / lock.LOCK]
+    return []
 
 
 def to_jsonable(value: Any) -> Any:

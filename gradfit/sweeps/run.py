@@ -44,7 +44,7 @@ from gradfit.training.resume import continue_from, record_resume
 from gradfit.training.stopping import Status, StopRequests
 
 MAX_PARALLEL = 1024  # members per block
-PLAN_FILE, STATE_FILE, MEMBERS = "sweep.yaml", "sweep.json", rundir.MEMBERS_DIR
+PLAN_FILE, STATE_FILE, MEMBERS = rundir.SWEEP_PLAN, rundir.SWEEP_STATE, rundir.MEMBERS_DIR
 
 
 class SweepCallbacks:

@@ -405,6 +405,19 @@ def test_config_init_writes_every_key_and_validates(tmp_path, model):
     assert refused.exit_code == 2 and "--force" in refused.output and path.read_text() == text
 
 
+def test_config_init_never_replaces_a_sweeps_plan_or_state_even_with_force(tmp_path):
+    sweep = tmp_path / "mlp-sweep-20261207-101500"
+    (sweep / "members").mkdir(parents=True)
+    kept = {sweep / "sweep.yaml": "name: mlp\nsweep: {seeds: 2}\n", sweep / "sweep.json": '{"members": []}\n'}
+    for path, text in kept.items():
+        path.write_text(text)
+    for path in kept:
+        refused = invoke("config", "init", path, "--force")
+        assert refused.exit_code == 2 and "gradfit keeps" in refused.output, refused.output
+    assert {path: path.read_text() for path in kept} == kept
+    assert invoke("config", "init", sweep / "another.yaml").exit_code == 0  # the folder itself is not off limits
+
+
 def test_help_shows_no_type_after_flags_and_offers_completion():
     train = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "120"})
     assert "--json" in train.output and "<bool>" not in train.output

@@ -55,15 +55,13 @@ def init(
     """
     from gradfit.config.template import config_template
     from gradfit.files import STDOUT, check_output, write_atomic
-    from gradfit.runs.rundir import RunDir
+    from gradfit.runs.rundir import protected_files
 
     text = config_template(model)
     if str(path) == STDOUT:
         typer.echo(text, nl=False)
         return
-    folder = RunDir(path.parent)
-    protected = folder.own_files() if folder.is_run() else []  # a run's config.yaml is its record
-    write_atomic(check_output(path, "gradfit config init", force, protected), text)
+    write_atomic(check_output(path, "gradfit config init", force, protected_files(path.parent)), text)
     stderr.print(
         f"wrote {escape(str(path))}; check it with: gradfit config validate {escape(str(path))}",
         highlight=False,
