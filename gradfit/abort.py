@@ -81,5 +81,14 @@ def _abort(signum, frame) -> None:
     with contextlib.suppress(Exception):
         if sys.stderr is not None and sys.stderr.isatty():
             message = "\r\x1b[2K\x1b[?25h" + message  # clear a progress line, show the cursor again
-        os.write(2, message.encode())
+        os.write(_stderr_fd(), message.encode())
     _exit(EXIT_CODE)
+
+
+def _stderr_fd() -> int:
+    """Python's stderr: in a distributed run's training process file descriptor 2 carries only what native
+    libraries write, which the watching parent holds back (see gradfit.training.supervise)."""
+    try:
+        return sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # None, or a stream without a descriptor (a test's StringIO)
+        return 2

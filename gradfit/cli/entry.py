@@ -18,7 +18,7 @@ def main() -> None:
     if supervise.wanted(sys.argv[1:]):  # a distributed run trains in a child process that this one watches
         sys.exit(supervise.run(sys.argv[1:]))
     if supervise.WORKER in os.environ:
-        supervise.native_output_to_stderr()
+        supervise.divert_native_output()
     from gradfit.cli import app
 
     sys.argv[1:] = app.legacy_spellings(sys.argv[1:])

@@ -18,11 +18,13 @@ Every process runs every program; only process 0 writes files.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
+import socket
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import jax
 import numpy as np
@@ -127,13 +129,11 @@ class Topology:
         computed."""
         if self.process_count == 1:
             return
-        from jax.experimental import multihost_utils
-
         mine = np.frombuffer(hashlib.sha256(what().encode()).digest()[:16], np.int32)
-        everyone = np.asarray(multihost_utils.process_allgather(mine))
+        everyone = _gather(mine)
         different = [p for p in range(self.process_count) if not np.array_equal(everyone[p], everyone[0])]
         if different:
-            raise DistributedError(
+            _refuse_together(
                 f"process{'es' if len(different) > 1 else ''} {', '.join(map(str, different))} of "
                 f"{self.process_count} {'were' if len(different) > 1 else 'was'} given another config or other "
                 "data than process 0 (their fingerprints differ); start every process with the same config file, "
@@ -209,6 +209,7 @@ def _count(devices: list, platform: str) -> str:
 
 
 _CLUSTER_VARIABLES = ("SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE")  # what JAX's cluster detection reads
+BIND_VARIABLE = "JAX_COORDINATOR_BIND_ADDRESS"  # jax.distributed's own setting, the default of --coordinator-bind
 
 
 def start_processes(
@@ -217,12 +218,15 @@ def start_processes(
     process_id: int | None,
     init_timeout_s: int,
     heartbeat_timeout_s: int,
+    bind: str | None = None,
 ) -> None:
     """Join the group of processes with ``jax.distributed.initialize`` (before any other use of JAX).
 
     Arguments left None come from ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``,
     else from JAX's cluster detection (SLURM, Open MPI). A process that stops sending heartbeats for
-    ``heartbeat_timeout_s`` makes JAX end every other process of the group.
+    ``heartbeat_timeout_s`` makes JAX end every other process of the group. Process 0 runs JAX's coordinator
+    service, which authenticates no one: it listens where ``coordinator_bind`` says (``bind``, else
+    ``JAX_COORDINATOR_BIND_ADDRESS``, else the coordinator's own address), not on every interface.
     """
     coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
     num_processes = num_processes if num_processes is not None else _env_int("JAX_NUM_PROCESSES", 1)
@@ -240,6 +244,10 @@ def start_processes(
         raise DistributedError(
             f"--process-id {process_id} is outside 0..{num_processes - 1} (--num-processes {num_processes})"
         )
+    coordinator, num_processes, process_id = _detect(coordinator, num_processes, process_id, init_timeout_s)
+    listen = coordinator_bind(coordinator, bind or os.environ.get(BIND_VARIABLE))
+    if process_id == 0:
+        _check_can_listen(listen)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU processes reduce over TCP
     try:
         jax.distributed.initialize(
@@ -248,19 +256,104 @@ def start_processes(
             process_id,
             initialization_timeout=init_timeout_s,
             heartbeat_timeout_seconds=heartbeat_timeout_s,
+            coordinator_bind_address=listen,
         )
         jax.devices()  # the processes exchange their devices here: a missing one fails now, not mid-setup
-    except ValueError as exc:  # JAX's cluster detection found no value for what was not given
-        found = ", ".join(name for name in _CLUSTER_VARIABLES if name in os.environ)
-        raise DistributedError(
-            f"--distributed: JAX's cluster detection ({found} set) failed ({exc}); pass {', '.join(missing)}"
-        ) from None
     except Exception as exc:  # XlaRuntimeError (a timeout, a refused bind)
         raise DistributedError(
-            f"could not join the {num_processes or '?'} processes at {coordinator or '?'} "
-            f"within {init_timeout_s} s ({first_line(exc)}); check that process 0 runs and that "
-            "the address and port are reachable from here"
+            f"could not join the {num_processes} processes at {coordinator} within {init_timeout_s} s "
+            f"({first_line(exc)}); check that process 0 runs and that the address and port are reachable from here"
         ) from None
+    _check_same_count(num_processes)
+
+
+def coordinator_bind(coordinator: str, bind: str | None) -> str:
+    """Where process 0's coordinator service listens (``coordinator_bind_address``): ``bind``, a HOST (the port is
+    the coordinator's) or HOST:PORT, else the ``coordinator`` address itself. JAX's own default, every interface
+    (``[::]:PORT``), would let any host that reaches the port join or disturb the group."""
+    if bind is None:
+        return coordinator
+    if _host_port(bind):
+        return bind
+    if not bind or (":" in bind and not (bind.startswith("[") and bind.endswith("]"))):
+        raise DistributedError(
+            f"--coordinator-bind {bind!r}: expected an address (10.0.0.1, 0.0.0.0 or [::] for every interface) "
+            "or HOST:PORT; an IPv6 address goes in brackets"
+        )
+    return f"{bind}:{coordinator.rpartition(':')[2]}"
+
+
+def _check_can_listen(address: str) -> None:
+    """Process 0 can open the coordinator's port on ``address`` (HOST:PORT), as JAX's service will (jaxlib fails
+    there with no reason given, at times with a crash): one of the addresses the host resolves to must be free."""
+    host, _, port = address.rpartition(":")
+    problem = "no address"
+    try:
+        found = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        found, problem = [], str(exc.strerror or exc)
+    for family, kind, protocol, _, where in found:
+        with socket.socket(family, kind, protocol) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC does: TIME_WAIT is no obstacle
+            try:
+                probe.bind(where)
+                return
+            except OSError as exc:
+                problem = str(exc.strerror or exc)
+    raise DistributedError(
+        f"process 0 cannot listen on {address} for the other processes ({problem}); choose a free port in "
+        "--coordinator, or an address of this host with --coordinator-bind"
+    )
+
+
+def _detect(
+    coordinator: str | None, num_processes: int | None, process_id: int | None, timeout_s: int
+) -> tuple[str, int, int]:
+    """The three settings, those not given found by JAX's cluster detection as ``jax.distributed.initialize`` would
+    find them (run here first, so that the coordinator's address is known before its service starts)."""
+    if coordinator is not None and num_processes is not None and process_id is not None:
+        return coordinator, num_processes, process_id
+    from jax._src import clusters  # JAX's detection (SLURM, Open MPI, ...): no public entry point
+
+    found = clusters.ClusterEnv.auto_detect_unset_distributed_params(
+        coordinator, num_processes, process_id, None, None, timeout_s
+    )[:3]
+    if None in found:
+        names = ", ".join(name for name in _CLUSTER_VARIABLES if name in os.environ)
+        flags = ", ".join(
+            flag for flag, value in zip(("--coordinator", "--num-processes", "--process-id"), found) if value is None
+        )
+        raise DistributedError(f"--distributed: JAX's cluster detection ({names} set) did not find {flags}; pass them")
+    return found  # type: ignore[return-value]  # no None left, as checked
+
+
+def _check_same_count(num_processes: int) -> None:
+    """Every process must be given the same number of processes. JAX forms the group that process 0 asks for; a
+    process given another number would otherwise train in it without a word, or wait for processes never coming."""
+    counts = _gather(np.full(4, num_processes, np.int32))[:, 0]  # the fingerprint's shape: one compiled gather
+    formed = jax.process_count()
+    wrong = [p for p in range(len(counts)) if counts[p] != formed]
+    if wrong:
+        told = ", ".join(f"process {p} was given {counts[p]}" for p in wrong)
+        _refuse_together(
+            f"the processes were given different --num-processes: process 0 formed a group of {formed}, {told}; "
+            "give every process the same --num-processes (or JAX_NUM_PROCESSES)"
+        )
+
+
+def _gather(row: np.ndarray) -> np.ndarray:
+    """Every process's ``row``, one per line (an all-gather over the group)."""
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(row))
+
+
+def _refuse_together(message: str) -> NoReturn:
+    """Refuse to go on, in every process at once (each compared the same gathered values). The group is left
+    first: process 0 runs the coordinator, and ending it would end the others before they have said why."""
+    with contextlib.suppress(Exception):
+        jax.distributed.shutdown()
+    raise DistributedError(message)
 
 
 def _env_int(name: str, least: int) -> int | None:
@@ -278,4 +371,4 @@ def _env_int(name: str, least: int) -> int | None:
 
 def _host_port(address: str) -> bool:
     host, _, port = address.rpartition(":")
-    return bool(host) and port.isdigit() and 0 < int(port) < 65536
+    return bool(host) and port.isascii() and port.isdigit() and 0 < int(port) < 65536

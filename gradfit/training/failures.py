@@ -54,7 +54,7 @@ def crash_error(
         if run_dir is not None and recorded:
             said = f"{run_dir}/summary.json says failed. Resume from the newest checkpoint with: {resume_command}"
         else:
-            said = "process 0 reports how to resume"
+            said = "process 0 reports how to resume, unless it is the process that died"
         return TrainingFailed(f"{reason}: a process of the group died or was stopped; {said}")
     if isinstance(exc, OSError):
         said = "the run's summary.json says failed" if recorded else "summary.json could not be written either"

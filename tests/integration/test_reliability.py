@@ -369,17 +369,19 @@ def _start(args: list, cwd: Path) -> subprocess.Popen:
 
 
 def _wait_for_gradfit_handlers(process: subprocess.Popen, timeout: float = 60.0) -> None:
-    """Wait until gradfit caught SIGTERM and SIGHUP (its first act), read from /proc/PID/status.
+    """Wait until gradfit caught SIGTERM and SIGHUP (its first act, which is when it is ready for a signal), read
+    from /proc/PID/status.
 
     Before that instant the interpreter is still starting and a signal meets Python's own defaults, which no program
     can change; waiting for it keeps the test independent of the machine's load."""
     wanted = (1 << (signal.SIGTERM - 1)) | (1 << (signal.SIGHUP - 1))
     status = Path(f"/proc/{process.pid}/status")
     started = time.monotonic()
-    while process.poll() is None and time.monotonic() - started < timeout:
+    while process.poll() is None:
         caught = next((line.split()[1] for line in status.read_text().splitlines() if line.startswith("SigCgt:")), "0")
         if int(caught, 16) & wanted == wanted:
             return
+        assert time.monotonic() - started < timeout, f"gradfit did not catch SIGTERM and SIGHUP within {timeout} s"
         time.sleep(0.005)
 
 

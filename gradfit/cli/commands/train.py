@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -31,8 +32,8 @@ if TYPE_CHECKING:
 
 
 # The --distributed options in the order mesh.start_processes takes them: coordinator, number of processes, this
-# process's id, and the init and heartbeat timeouts.
-ProcessGroup = tuple[str | None, int | None, int | None, int, int]
+# process's id, the init and heartbeat timeouts, and where the coordinator listens.
+ProcessGroup = tuple[str | None, int | None, int | None, int, int, str | None]
 
 
 def train(
@@ -121,6 +122,15 @@ def train(
         rich_help_panel="Scaling out",
         help="A process silent for this long counts as lost, and the others stop (exit 1).",
     ),
+    coordinator_bind: str | None = typer.Option(
+        None,
+        "--coordinator-bind",
+        metavar="ADDRESS",
+        rich_help_panel="Scaling out",
+        help="Where process 0's coordinator listens: an address of its host, or HOST:PORT (default: "
+        "$JAX_COORDINATOR_BIND_ADDRESS, else the --coordinator address). 0.0.0.0 or [::] listens on every "
+        "interface: the coordinator authenticates no one, so only on a trusted network.",
+    ),
 ) -> None:
     """Train the model a config describes and write a new run directory, or resume a stopped run.
 
@@ -140,7 +150,7 @@ def train(
     overrides = [*(set_ or []), *_runtime_overrides(devices, device, precision)]
     config = _config_to_train(config, resume, out_dir, force, json_file)
     if not distributed:
-        _refuse_group_options(coordinator, num_processes, process_id)
+        _refuse_group_options(coordinator, num_processes, process_id, coordinator_bind)
     resolved = resolve_config(config, overrides)
     from gradfit.cli.render.progress import TrainProgress
     from gradfit.cli.render.training import summary_table
@@ -151,7 +161,9 @@ def train(
     console = output.console()
     progress = None if quiet else TrainProgress(console)
     group: ProcessGroup | None = (
-        (coordinator, num_processes, process_id, init_timeout, heartbeat_timeout) if distributed else None
+        (coordinator, num_processes, process_id, init_timeout, heartbeat_timeout, coordinator_bind)
+        if distributed
+        else None
     )
     summary = _fit(resolved, resume, out_dir, force, group, progress, output, not no_compile_cache)
     if not quiet:
@@ -194,7 +206,9 @@ def _config_to_train(
     return config or RunDir.open(resume).config_file
 
 
-def _refuse_group_options(coordinator: str | None, num_processes: int | None, process_id: int | None) -> None:
+def _refuse_group_options(
+    coordinator: str | None, num_processes: int | None, process_id: int | None, coordinator_bind: str | None
+) -> None:
     """Without --distributed, the options that say how to join a group are a mistake."""
     given = [
         flag
@@ -202,6 +216,7 @@ def _refuse_group_options(coordinator: str | None, num_processes: int | None, pr
             ("--coordinator", coordinator),
             ("--num-processes", num_processes),
             ("--process-id", process_id),
+            ("--coordinator-bind", coordinator_bind),
         )
         if value is not None
     ]
@@ -222,6 +237,7 @@ def _fit(
     """Start JAX (joining the group, if any), then train a new run or resume one. A failed run's summary still
     goes to ``output``; the progress display is closed however training ends."""
     quiet = progress is None
+    telling = supervise.Telling(progress) if group is not None else None
     try:
         if progress is not None:
             progress.on_stage("starting JAX")  # from the first second, not after the imports and compiling
@@ -234,7 +250,7 @@ def _fit(
             mesh.start_processes(*group)
         # the engine looks its hooks up by name; the display does not subclass Callbacks, which would import jax
         # before the spinner starts
-        callbacks = cast("Callbacks | None", supervise.Telling(progress) if group is not None else progress)
+        callbacks = cast("Callbacks | None", telling or progress)
         from gradfit import api
 
         if resume is None:
@@ -243,6 +259,9 @@ def _fit(
     except TrainingFailed as exc:
         if exc.summary is not None:
             output.emit(exc.summary)
+        instead = exc if telling is None else telling.lost(exc, sys.argv[1:])
+        if instead is not exc:  # another process than 0 lost the group: it says how to resume, in case 0 died
+            raise instead from None
         raise
     finally:
         if progress is not None:
@@ -366,7 +385,7 @@ def _plan_options(
         random=random,
         space=space or [],
         metric=metric,
-        parallel=None if parallel is None else (int(parallel) if parallel.isdigit() else parallel),
+        parallel=int(parallel) if parallel is not None and parallel.isascii() and parallel.isdigit() else parallel,
     )
 
 
