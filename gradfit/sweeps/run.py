@@ -112,8 +112,9 @@ def resume(sweep_dir: str | Path, callbacks: SweepCallbacks | None = None) -> di
     resolved = resolve_config(sweep_dir / PLAN_FILE, sweep=True)
     plan = sweeps.plan_sweep(resolved)
     _check_unedited(sweep_dir, state, resolved.config, plan)
-    if all(m["status"] in DONE for m in state["members"]):
+    if all(m["status"] in DONE for m in state["members"]) and state["status"] in DONE:
         raise RunDirError(f"{sweep_dir}: every member has finished; nothing to resume")
+    # every member may have finished just before a kill: the resume then only says how the sweep ended
     state["resumes"].append({"unfinished": sum(m["status"] not in DONE for m in state["members"])})
     state["wall_time_s_before"] = state.get("wall_time_s") or 0.0
     return _Driver(sweep_dir, plan, state, callbacks, started).run()
