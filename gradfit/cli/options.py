@@ -62,11 +62,11 @@ class JsonOutput:
     def checked(cls, flag: bool, path: Path | None, force: bool, protected: Sequence[Path] = ()) -> JsonOutput:
         """The outputs ``--json`` (``flag``) and ``--json-out`` (``path``) ask for, refusing a file that exists
         without ``force`` and any of the ``protected`` files (the command's inputs)."""
-        from gradfit.files import STDOUT, check_output
+        from gradfit.files import STDOUT
 
         if path is not None and str(path) == STDOUT:
             return cls(True, None)
-        return cls(flag, None if path is None else check_output(path, "--json-out", force, protected))
+        return cls(flag, None if path is None else checked_output(path, "--json-out", force, protected))
 
     def console(self) -> Console:
         """Where tables go: stderr when stdout carries the JSON."""
@@ -85,6 +85,15 @@ class JsonOutput:
             write_atomic(self.path, text)
         if self.to_stdout:
             typer.echo(text, nl=False)
+
+
+def checked_output(path: Path, option: str, force: bool, inputs: Sequence[Path] = (), stdout: bool = True) -> Path:
+    """The file a command may write for ``option`` (``gradfit.files.check_output``): never one of ``inputs`` nor a
+    file gradfit keeps in a run or sweep directory (its config.yaml, sweep.json, ...), even with --force."""
+    from gradfit.files import check_output
+    from gradfit.runs.rundir import protected_files
+
+    return check_output(path, option, force, [*inputs, *protected_files(Path(path).parent)], stdout)
 
 
 def use_compile_cache(wanted: bool = True, quiet: bool = False) -> None:

@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from gradfit.cli.options import SET_HELP, stderr
+from gradfit.cli.options import SET_HELP, checked_output, stderr
 from gradfit.config.choices import ModelKind
 
 
@@ -54,14 +54,13 @@ def init(
       gradfit config init - | less
     """
     from gradfit.config.template import config_template
-    from gradfit.files import STDOUT, check_output, write_atomic
-    from gradfit.runs.rundir import protected_files
+    from gradfit.files import STDOUT, write_atomic
 
     text = config_template(model)
     if str(path) == STDOUT:
         typer.echo(text, nl=False)
         return
-    write_atomic(check_output(path, "gradfit config init", force, protected_files(path.parent)), text)
+    write_atomic(checked_output(path, "gradfit config init", force), text)
     stderr.print(
         f"wrote {escape(str(path))}; check it with: gradfit config validate {escape(str(path))}",
         highlight=False,

@@ -18,6 +18,7 @@ from gradfit.cli.options import (
     CheckPrecision,
     JsonOutput,
     TraceMode,
+    checked_output,
     data_files,
     use_compile_cache,
 )
@@ -166,9 +167,7 @@ def trace(
     to_stdout = _check_trace_outputs(graph, json_flag, json_file)
     output = JsonOutput.checked(json_flag, json_file, force, [*protected, *([graph] if graph else [])])
     if graph is not None and not to_stdout:
-        from gradfit.files import check_output
-
-        check_output(graph, "--graph", force, [*protected, *([json_file] if json_file else [])])
+        checked_output(graph, "--graph", force, [*protected, *([json_file] if json_file else [])])
     console = output.console()
     from gradfit.cli.render.gradients import trace_tables
     from gradfit.core.precision import Precision

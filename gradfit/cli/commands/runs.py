@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from gradfit.cli.options import JSON_HELP, JsonOutput, RunSort, RunStatus, stderr
+from gradfit.cli.options import JSON_HELP, JsonOutput, RunSort, RunStatus, checked_output, stderr
 from gradfit.errors import GradfitError
 
 
@@ -109,7 +109,6 @@ def plot(
       gradfit plot runs/mlp-* --metric val_loss,val_accuracy --log-y --out curves.svg
       pip install 'gradfit\\[plot]'   # matplotlib, if it is missing
     """
-    from gradfit.files import check_output
     from gradfit.runs import catalog
     from gradfit.runs import plot as plotting
     from gradfit.runs.rundir import RunDir
@@ -121,7 +120,7 @@ def plot(
     width, height = match.groups()
     metrics = [name.strip() for name in metric.split(",") if name.strip()]
     folders = [RunDir.open(path) for path in run_dirs]
-    out = check_output(out, "--out", force, [path for run in folders for path in run.own_files()], stdout=False)
+    out = checked_output(out, "--out", force, [path for run in folders for path in run.own_files()], stdout=False)
     labels = catalog.labels([run.path for run in folders])
     plotting.plot_curves(
         [(label, run.iter_metrics()) for label, run in zip(labels, folders)],  # read one line at a time

@@ -17,6 +17,7 @@ from gradfit.cli.options import (
     JsonOutput,
     Scale,
     Split,
+    checked_output,
     stderr,
     use_compile_cache,
 )
@@ -88,12 +89,12 @@ def predict(
       gradfit predict runs/logreg-20261126-101500 new.npz | head
     """  # noqa: E501 (a paragraph of --help is one line: Rich wraps it to the terminal)
     from gradfit import api
-    from gradfit.files import STDOUT, check_output, write_atomic_stream
+    from gradfit.files import STDOUT, write_atomic_stream
     from gradfit.runs.rundir import own_files
     from gradfit.trained import run as trained
 
     if out is not None:
-        out = None if str(out) == STDOUT else check_output(out, "--out", force, [*own_files(run_dir), data])
+        out = None if str(out) == STDOUT else checked_output(out, "--out", force, [*own_files(run_dir), data])
     use_compile_cache()
     run = api.load_run(run_dir)
     label_column = target or run.config.data.target
