@@ -147,6 +147,14 @@ def test_when_process_0_dies_the_survivor_says_how_to_resume_in_one_line(tmp_pat
     assert f"gradfit train --resume {run_dir} --distributed --coordinator {coordinator} --num-processes 2" in lines[0]
 
 
+def group_of_one(tmp_path) -> tuple[subprocess.Popen, Path]:
+    """``gradfit train --distributed`` as a group of one process, and the /proc file listing its children."""
+    argv = ["train", str(CONFIGS / "mlp.yaml"), "-q", "-o", str(tmp_path / "runs"), "--distributed"]
+    argv += ["--coordinator", f"127.0.0.1:{free_port()}", "--num-processes", "1", "--process-id", "0"]
+    process = subprocess.Popen(gradfit_argv(*argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return process, Path(f"/proc/{process.pid}/task/{process.pid}/children")
+
+
 def diverted(pid: int) -> bool:
     """Whether the training process ``pid`` has sent its descriptor 2 to the file of native output (after it
     installed its signal handlers, before it imports JAX)."""
@@ -159,10 +167,7 @@ def diverted(pid: int) -> bool:
     not Path(f"/proc/self/task/{os.getpid()}/children").exists(), reason="finds the training process in /proc"
 )
 def test_a_signal_before_training_ends_a_distributed_process_with_its_one_line(tmp_path):
-    argv = ["train", str(CONFIGS / "mlp.yaml"), "-q", "-o", str(tmp_path / "runs"), "--distributed"]
-    argv += ["--coordinator", f"127.0.0.1:{free_port()}", "--num-processes", "1", "--process-id", "0"]
-    process = subprocess.Popen(gradfit_argv(*argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+    process, children = group_of_one(tmp_path)
     deadline = time.monotonic() + 120
     while not (children.read_text().split() and diverted(int(children.read_text().split()[0]))):
         assert process.poll() is None and time.monotonic() < deadline, "the training process did not get ready"
@@ -179,10 +184,7 @@ def test_a_signal_before_training_ends_a_distributed_process_with_its_one_line(t
     not Path(f"/proc/self/task/{os.getpid()}/children").exists(), reason="finds the training process in /proc"
 )
 def test_a_signal_while_the_training_process_starts_is_an_interruption(tmp_path):
-    argv = ["train", str(CONFIGS / "mlp.yaml"), "-q", "-o", str(tmp_path / "runs"), "--distributed"]
-    argv += ["--coordinator", f"127.0.0.1:{free_port()}", "--num-processes", "1", "--process-id", "0"]
-    process = subprocess.Popen(gradfit_argv(*argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+    process, children = group_of_one(tmp_path)
     deadline = time.monotonic() + 120
     while not any(b"gradfit" in Path(f"/proc/{pid}/cmdline").read_bytes() for pid in children.read_text().split()):
         assert process.poll() is None and time.monotonic() < deadline, "no training process started"
