@@ -1,8 +1,9 @@
 """Derived metric logs of a run: ``metrics.csv`` and TensorBoard event files.
 
-``metrics.jsonl`` is the source of truth (``runs.append_jsonl`` writes it; the "jsonl" logger is always on). The
-files here are made from the same records, so they can always be remade from it: on resume, after
-``runs.truncate_metrics``, ``MetricLoggers.rebuild`` replaces them with ones made from the kept records. A value
+``metrics.jsonl`` is the source of truth (``runs.metrics.append_jsonl`` writes it; the "jsonl" logger is always
+on). The files here are made from the same records, so they can always be remade from it: on resume, after
+``runs.metrics.truncate_metrics``, ``MetricLoggers.rebuild`` replaces those still asked for with ones made from the
+kept records and removes those no longer asked for (they would end at the resume step). A value
 metrics.jsonl stores as null (None, missing, NaN, inf) is an empty CSV cell and no TensorBoard point, so a file
 written live and one rebuilt from metrics.jsonl are the same. No jax; tensorboardX is imported only when asked for.
 """
@@ -71,9 +72,8 @@ class MetricLoggers:
 
     @property
     def active(self) -> bool:
-        """True when there are derived logs to keep in step with metrics.jsonl: asked for, or left by an earlier
-        session that asked for them."""
-        return self.csv or self.tensorboard or self.csv_path.exists() or any(self.run_dir.glob(EVENTS_GLOB))
+        """True when ``rebuild`` has work on resume: derived logs asked for, or left by an earlier session."""
+        return self.csv or self.tensorboard or self.csv_path.is_file() or any(self.run_dir.glob(EVENTS_GLOB))
 
     def append(self, records: Sequence[Mapping]) -> None:
         """Add ``records`` (flat dicts with a "step") after those already written."""
@@ -87,23 +87,29 @@ class MetricLoggers:
                 self._events = _new_event_file(self.run_dir)
             _append_events(self._events, records)
 
-    def rebuild(self, records: Sequence[Mapping]) -> None:
-        """Replace the derived logs, those asked for and any an earlier session left, with ones made from exactly
-        ``records`` (the kept part of metrics.jsonl on resume): TensorBoard would show two points per step
-        otherwise. Later ``append`` calls continue them."""
-        if self.csv or self.csv_path.exists():
+    def rebuild(self, records: Sequence[Mapping]) -> list[str]:
+        """Make the derived logs asked for again from exactly ``records`` (the kept part of metrics.jsonl on
+        resume; TensorBoard would show two points per step otherwise), which later ``append`` calls continue.
+
+        Those an earlier session left and this one does not ask for are removed: nothing would continue them, so
+        they would end at the resume step while the run goes on, and metrics.jsonl holds every record they held.
+        Returns the names of the files removed that way.
+        """
+        removed = []
+        if self.csv:
             files.write_atomic(self.csv_path, _csv_text(records, self.columns, header=True))
-        old = list(self.run_dir.glob(EVENTS_GLOB))
+        elif self.csv_path.is_file():
+            self.csv_path.unlink()
+            removed.append(CSV_NAME)
+        old = sorted(self.run_dir.glob(EVENTS_GLOB))
         self._events = None
-        if self.tensorboard or old:
+        if self.tensorboard and records:
             # the new file is complete before the old ones go: a crash in between leaves duplicates, not a gap
-            new = None
-            if records:
-                new = _new_event_file(self.run_dir)
-                _append_events(new, records)
-            for path in old:
-                path.unlink(missing_ok=True)
-            self._events = new if self.tensorboard else None
+            self._events = _new_event_file(self.run_dir)
+            _append_events(self._events, records)
+        for path in old:
+            path.unlink(missing_ok=True)
+        return removed if self.tensorboard else removed + [path.name for path in old]
 
 
 def _cell(value: Any) -> str:

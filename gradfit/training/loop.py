@@ -331,13 +331,18 @@ class Session:
             if finite_record(record):
                 self.last_finite = objective_text(record) or self.last_finite
 
-    def restart_metrics(self, step: int) -> None:
-        """A resumed run logs the steps after its checkpoint at ``step`` again: set their records aside first."""
+    def restart_metrics(self, step: int) -> list[str]:
+        """A resumed run logs the steps after its checkpoint at ``step`` again: set their records aside first.
+
+        Returns the derived logs removed because this session no longer asks for them (``MetricLoggers.rebuild``).
+        """
         if self.run_dir is None or self.loggers is None:
             raise RuntimeError("only the process that writes the run directory restarts its metrics")
         self.run_dir.truncate_metrics(step)
-        if self.loggers.active:  # metrics.csv and event files: made again from what metrics.jsonl kept
-            self.loggers.rebuild(self.run_dir.metrics())
+        if not self.loggers.active:
+            return []
+        # metrics.csv and event files: made again from what metrics.jsonl kept, or removed if no longer asked for
+        return self.loggers.rebuild(self.run_dir.metrics())
 
     def attach_evaluation(self, record: dict, final: bool = False) -> None:
         """Evaluate the current parameters into ``record`` (its step's), and let early stopping see them."""
@@ -409,7 +414,7 @@ class Session:
         """Save the parameters that count (the best under early stopping) and write summary.json.
 
         ``alone``: after a crash of this process, when the others of a distributed run cannot join in a final
-        evaluation; the summary then has only the metrics already logged.
+        evaluation (the summary then has only the metrics already logged), and when the evaluation fails as well.
         """
         use_best = self.best is not None
         saved = status != "failed" or use_best  # diverged parameters are never saved as a result
@@ -419,7 +424,15 @@ class Session:
             if self.run_dir is not None:
                 self.run_dir.save_params({k: np.asarray(v) for k, v in named_leaves(jax.device_get(params)).items()})
             record = self.stopper.best_record if self.stopper is not None and use_best else self.loop.last
-            final = record if alone and self.run.topology.process_count > 1 else self.final_metrics(params, record)
+            if alone and self.run.topology.process_count > 1:
+                final = record
+            else:
+                try:
+                    final = self.final_metrics(params, record)
+                except Exception:
+                    if not alone:
+                        raise
+                    final = record  # what ended the run (a data file that changed) may fail this evaluation too
         elif self.run_dir is not None:  # an earlier session's parameters are not this one's result
             self.run_dir.set_aside_params()
         outcome = summary.build(

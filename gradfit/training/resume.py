@@ -116,16 +116,17 @@ def record_resume(session: Session, saved: SavedRun, forced: dict, reproduced: b
 
     ``forced``: the config changes the resume was forced through, as summary.json holds them.
     """
-    session.loop.resumes.append(
-        {
-            "from_step": saved.loop.step,
-            "checkpoint": saved.path.name,
-            "forced_changes": forced,
-            "reproduced_checkpoint_metrics": reproduced,
-        }
-    )
+    entry = {
+        "from_step": saved.loop.step,
+        "checkpoint": saved.path.name,
+        "forced_changes": forced,
+        "reproduced_checkpoint_metrics": reproduced,
+    }
     if session.run_dir is not None:
-        session.restart_metrics(saved.loop.step)
+        removed = session.restart_metrics(saved.loop.step)
+        if removed:  # derived logs train.loggers no longer asks for: metrics.jsonl holds their records
+            entry["removed_logs"] = removed
+    session.loop.resumes.append(entry)
 
 
 def replay(session: Session, saved: SavedRun, force: bool) -> bool:

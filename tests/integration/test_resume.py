@@ -278,6 +278,20 @@ def test_records_after_the_checkpoint_are_moved_aside_not_duplicated(tmp_path):
     assert json.loads(discarded[0]) == later[0] and discarded[1] == '{"step": 8, "epo'
 
 
+def test_a_resume_that_drops_the_derived_logs_leaves_none_cut_at_the_resume_step(tmp_path):
+    pytest.importorskip("tensorboardX")
+    logged = ("train.steps=12", "train.log_every=2", "train.loggers=[jsonl, csv, tensorboard]")
+    run_dir, _ = interrupt(make_config(*logged), tmp_path, 4)
+    assert (run_dir / "metrics.csv").exists() and list(run_dir.glob("events.out.tfevents.*"))
+    result = CliRunner().invoke(app, ["train", "--resume", str(run_dir), "--set", "train.loggers=[jsonl]", "-q"])
+    assert result.exit_code == 0, result.output
+    summary = Summary.read(run_dir / "summary.json")
+    assert summary.status == "completed" and [r["step"] for r in metrics(run_dir)] == list(range(0, 13, 2))
+    assert not (run_dir / "metrics.csv").exists() and not list(run_dir.glob("events.out.tfevents.*"))
+    removed = summary.resumes[0]["removed_logs"]
+    assert removed[0] == "metrics.csv" and len(removed) == 2 and removed[1].startswith("events.out.tfevents.")
+
+
 # ---------------------------------------------------------------------------------------------- failures
 
 

@@ -8,18 +8,23 @@ be identical to the last bit on CPU.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import make_config
+from conftest import gradfit_argv, make_config
 from test_resume import killed_then_resumed, metrics
 from typer.testing import CliRunner
 
 from gradfit.cli.app import app
-from gradfit.data import dataset, feed, load, shuffle, synthetic
+from gradfit.config.load import to_yaml
+from gradfit.data import dataset, feed, load, shuffle, synthetic, tabular
 from gradfit.data import streamed as stream
 from gradfit.data.convert import convert
 from gradfit.errors import ConfigError, DataError
@@ -171,3 +176,101 @@ def test_eval_and_predict_read_a_streamed_runs_splits_and_folders(digits, tmp_pa
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[0] == "row,prediction" and len(lines) == 1 + 1797 and lines[1].startswith("0,")
+
+
+# ---------------------------------------------------------------------------------------------- the file under a run
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        pytest.param({}, id="as-chosen"),
+        pytest.param({"PIECE_BYTES": 1 << 15}, id="spans-in-many-pieces"),
+        pytest.param({"MAX_SPAN_SHARE": 1e9, "MIN_SPAN_BYTES": 0}, id="reads-only"),
+        pytest.param({"MAX_SPAN_SHARE": 0}, id="map-only"),
+    ],
+)
+def test_the_row_reader_returns_exactly_the_files_rows(digits, monkeypatch, settings):
+    for name, value in settings.items():
+        monkeypatch.setattr(stream, name, value)
+    source = stream.ConvertedRows(tabular.open_table(digits))
+    x, y = np.load(digits / "X.npy"), np.load(digits / "y.npy")
+    rng = np.random.default_rng(0)
+    # a run of the file, rows close together (spans read whole), scattered rows (the memory map), none, and
+    # repeats (a group of minibatches that crosses an epoch), one of them as long as a run
+    close, repeated = np.sort(rng.choice(1797, 1000, replace=False)), np.sort(rng.integers(0, 1797, 3000))
+    for rows in (np.arange(10, 400), close, np.array([3, 900, 1790]), [], repeated, [5, 5, 7]):
+        rows = np.asarray(rows, np.int64)
+        got_x, got_y = source.read(rows)
+        np.testing.assert_array_equal(got_x, x[rows], strict=True)
+        np.testing.assert_array_equal(got_y, y[rows], strict=True)
+
+
+def test_a_data_file_that_shrinks_under_the_reader_is_an_error_not_a_signal(digits, tmp_path):
+    folder = Path(shutil.copytree(digits, tmp_path / "data"))
+    source = stream.ConvertedRows(tabular.open_table(folder))
+    source.read(np.arange(1797))  # every page of the memory map touched once
+    os.truncate(folder / "X.npy", 4096)
+    for rows in (np.arange(1700, 1797), np.array([3, 900, 1790])):  # read, and gathered from the map
+        with pytest.raises(stream.DataChanged, match=r"X.npy: changed size during training") as raised:
+            source.read(rows)
+        assert raised.value.exit_code == 1
+    source.x.size = 4096  # as if it shrank after the size check: the read comes back short
+    with pytest.raises(stream.DataChanged, match="changed size during training"):
+        source.x.read(np.arange(1700, 1797))
+
+
+def test_a_data_file_truncated_during_a_streamed_run_fails_it_in_one_line(digits, tmp_path):
+    folder = Path(shutil.copytree(digits, tmp_path / "data"))
+    config = make_config(*MLP, f"data.path={folder}", "data.in_memory=false", "train.steps=100000", "train.epochs=null")
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(to_yaml(config), encoding="utf-8")
+    runs = tmp_path / "runs"
+    process = subprocess.Popen(
+        gradfit_argv("train", str(config_file), "-q", "-o", str(runs)), stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not any(path.stat().st_size for path in runs.glob("*/metrics.jsonl")):  # training has begun
+            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            assert time.monotonic() < deadline, "no metrics were logged"
+            time.sleep(0.01)
+        os.truncate(folder / "X.npy", 4096)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    message = stderr.strip()
+    assert process.returncode == 1, stderr  # not 135: SIGBUS
+    assert len(message.splitlines()) == 1 and "Traceback" not in message, message
+    assert f"{folder / 'X.npy'}: changed size during training" in message
+    (run_dir,) = runs.iterdir()
+    summary = Summary.read(run_dir / "summary.json")
+    assert summary.status == "failed" and "changed size during training" in summary.stop_reason
+    assert summary.steps < 100000
+
+
+def test_a_data_file_truncated_under_early_stopping_still_leaves_a_failed_summary(digits, tmp_path, monkeypatch):
+    """The best parameters are saved, and the final evaluation that cannot read the data is left out."""
+    monkeypatch.setattr(feed, "GROUP_BYTES", 8 * 50 * 64 * 4)  # groups of 8 steps: read again soon after
+
+    class TruncateAt:
+        def on_log(self, record: dict) -> None:
+            if record["step"] == 8:
+                os.truncate(folder / "X.npy", 4096)
+
+    folder = Path(shutil.copytree(digits, tmp_path / "data"))
+    config = make_config(
+        *MLP,
+        f"data.path={folder}",
+        "data.in_memory=false",
+        "train.steps=400",
+        "train.epochs=null",
+        "train.eval_every=4",
+        "train.early_stopping={monitor: val_loss, patience: 1000}",
+    )
+    with pytest.raises(stream.DataChanged, match="changed size during training"):
+        fit(config, tmp_path / "runs", TruncateAt())
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    summary = Summary.read(run_dir / "summary.json")
+    assert summary.status == "failed" and "changed size during training" in summary.stop_reason
+    assert summary.params_step == 8 and (run_dir / "params.npz").exists()

@@ -131,12 +131,25 @@ def test_tensorboard_points_match_records(tmp_path):
     assert set(threading.enumerate()) <= threads, "a writer thread was left running"
 
 
-def test_rebuild_also_remakes_logs_an_earlier_session_asked_for(tmp_path):
+def test_rebuild_removes_the_logs_an_earlier_session_asked_for_and_this_one_does_not(tmp_path):
+    """Kept, they would end at the resume step while the run goes on: metrics.jsonl holds all they held."""
     pytest.importorskip("tensorboardX")
     MetricLoggers(tmp_path, ["csv", "tensorboard"], COLUMNS).append(make_records([0, 10, 20, 30]))
-    MetricLoggers(tmp_path, ["jsonl"], COLUMNS).rebuild(make_records([0, 10]))  # resumed from step 10, loggers off
-    assert read_csv(tmp_path / "metrics.csv")[1] == expected_rows(make_records([0, 10]))
-    assert {step for _, step, _ in read_events(tmp_path)} == {0, 10}
+    (events,) = tmp_path.glob("events.out.tfevents.*")
+    resumed = MetricLoggers(tmp_path, ["jsonl"], COLUMNS)  # resumed from step 10 with the derived logs dropped
+    assert resumed.rebuild(make_records([0, 10])) == ["metrics.csv", events.name]
+    resumed.append(make_records([20, 30]))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_rebuild_keeps_what_is_still_asked_for_and_removes_the_rest(tmp_path):
+    pytest.importorskip("tensorboardX")
+    MetricLoggers(tmp_path, ["csv", "tensorboard"], COLUMNS).append(make_records([0, 10, 20, 30]))
+    resumed = MetricLoggers(tmp_path, ["csv"], COLUMNS)
+    assert resumed.rebuild(make_records([0, 10]))[0].startswith("events.out.tfevents.")
+    resumed.append(make_records([20, 30], shift=1.0))
+    assert read_csv(tmp_path / "metrics.csv")[1] == expected_rows(make_records([0, 10]) + make_records([20, 30], 1.0))
+    assert not list(tmp_path.glob("events.out.tfevents.*"))
 
 
 def test_appends_hold_no_file_open(tmp_path):
