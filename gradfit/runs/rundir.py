@@ -139,8 +139,18 @@ def protected_files(folder: Path) -> list[Path]:
     return []
 
 
+_JSON_PLAIN = frozenset({str, int, bool, type(None)})
+
+
 def to_jsonable(value: Any) -> Any:
     """NumPy scalars/arrays to Python; NaN and inf to None (JSON has no such numbers)."""
+    kind = type(value)
+    if kind in _JSON_PLAIN:  # most values of a large result: answered before the slower checks below
+        return value
+    if kind is float:
+        return value if math.isfinite(value) else None
+    if kind is dict or kind is list:
+        return {str(k): to_jsonable(v) for k, v in value.items()} if kind is dict else [to_jsonable(v) for v in value]
     if isinstance(value, Mapping):
         return {str(k): to_jsonable(v) for k, v in value.items()}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
