@@ -53,6 +53,12 @@ def read_rows(path: Path) -> tuple[list[str], list[list[str]]]:
 FEATURES = ["f0", "f1", "f2", "f3"]
 
 
+def trained(summary, data, x, labels, folder) -> dict:
+    """What a module fixture hands its tests: the run, its training file, the file's features and labels."""
+    run_dir = Path(summary.run_dir)
+    return {"run_dir": run_dir, "data": data, "x": x, "labels": labels, "summary": summary, "folder": folder}
+
+
 @pytest.fixture(scope="module")
 def yes_no(tmp_path_factory):
     """A float32 logistic regression trained on a 300-row CSV with string labels "yes"/"no"."""
@@ -71,14 +77,7 @@ def yes_no(tmp_path_factory):
         ),
         out_dir=folder / "runs",
     )
-    return {
-        "run_dir": Path(summary.run_dir),
-        "data": data,
-        "x": x,
-        "labels": labels,
-        "summary": summary,
-        "folder": folder,
-    }
+    return trained(summary, data, x, labels, folder)
 
 
 @pytest.fixture(scope="module")
@@ -104,14 +103,7 @@ def threes_and_sevens(tmp_path_factory):
     )
     x = np.array([[float(v) for i, v in enumerate(row) if i != t] for row in kept])
     labels = np.array([int(row[t]) for row in kept])
-    return {
-        "run_dir": Path(summary.run_dir),
-        "data": data,
-        "x": x,
-        "labels": labels,
-        "summary": summary,
-        "folder": folder,
-    }
+    return trained(summary, data, x, labels, folder)
 
 
 @pytest.fixture(scope="module")
@@ -134,14 +126,7 @@ def digits(tmp_path_factory):
     raw = np.loadtxt(data, delimiter=",", skiprows=1)
     with open(data, encoding="utf-8") as f:
         t = f.readline().strip().split(",").index("target")
-    return {
-        "run_dir": Path(summary.run_dir),
-        "data": data,
-        "x": np.delete(raw, t, axis=1),
-        "labels": raw[:, t].astype(int),
-        "summary": summary,
-        "folder": folder,
-    }
+    return trained(summary, data, np.delete(raw, t, axis=1), raw[:, t].astype(int), folder)
 
 
 def in_memory(run_dir: Path, x_raw: np.ndarray) -> tuple[np.ndarray, list]:
