@@ -19,12 +19,15 @@ from gradfit.config.choices import (
     Init,
     Logger,
     Metric,
+    Missing,
     ModelKind,
     Optimizer,
     Precision,
+    ReferenceCategory,
     Schedule,
     Shuffle,
     Source,
+    UnknownCategory,
 )
 
 KeyPath = tuple  # ("optimizer", "learning_rate"); list indexes are ints
@@ -114,7 +117,35 @@ class DataConfig(_Section):
     path: str | None = Field(
         None, description="CSV (with a header) or .npz (arrays X, y) file; relative to the config file"
     )
-    target: str = Field("target", description="name of the label column in a CSV file")
+    target: str = Field("target", description="name of the label column in a CSV, Parquet or Feather file")
+    features: list[str] | None = Field(
+        None, description="the feature columns, in order (null: every column but the target and data.drop)"
+    )
+    drop: list[str] = Field([], description="columns to ignore, such as ids")
+    categorical: Literal["auto"] | list[str] = Field(
+        [],
+        description="columns one-hot encoded with the training split's categories; auto: every column whose "
+        "cells are not numbers",
+    )
+    max_categories: Size = Field(
+        100, ge=2, description="refuse a categorical column with more categories in the training split (an id?)"
+    )
+    unknown_category: UnknownCategory = Field(
+        "error", description="a category the training split did not hold: an error, or encoded as all zeros"
+    )
+    reference_category: ReferenceCategory = Field(
+        "none",
+        description="first: no column for each categorical column's first category, so that its coefficients "
+        "are relative to it (what a coefficient table without an L2 penalty needs)",
+    )
+    missing: Missing = Field(
+        "error",
+        description="missing cells (empty or NA): an error, or filled with the training split's mean, median or "
+        "most frequent value (categorical columns: the most frequent category)",
+    )
+    missing_indicator: bool = Field(
+        False, description="add a 0/1 feature missing(COLUMN) for each column with missing training cells"
+    )
     val_fraction: float = Field(0.2, ge=0, lt=1, description="fraction of rows held out for validation")
     test_fraction: float = Field(0.2, ge=0, lt=1, description="fraction of rows held out for the final test")
     standardize: bool = Field(True, description="scale features to mean 0, std 1 using training-split statistics")
@@ -135,7 +166,12 @@ class DataConfig(_Section):
         "memory or a quarter of host RAM (auto)",
     )
 
-    APPLIES_TO = {"path": {"file"}, "target": {"file"}, "synthetic": {"synthetic"}}
+    APPLIES_TO = {
+        "path": {"file"},
+        "target": {"file"},
+        "synthetic": {"synthetic"},
+        **{key: {"file", "breast_cancer", "digits"} for key in ("features", "drop", "categorical")},
+    }
     SELECTOR = "source"
 
     @field_validator("in_memory", mode="plain")
@@ -152,8 +188,26 @@ class DataConfig(_Section):
             raise ValueError("a file path cannot contain a NUL character")
         return value
 
+    @field_validator("features", "drop")
+    @classmethod
+    def _distinct(cls, value: list[str] | None):
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError(f"names a column twice: {sorted(n for n in set(value) if value.count(n) > 1)}")
+        if value is not None and any(not name.strip() for name in value):
+            raise ValueError("a column name cannot be empty")
+        return value
+
     @model_validator(mode="after")
     def _check(self):
+        if self.features is not None and not self.features:
+            raise KeyProblem(("features",), "names no column; list the feature columns, or null for all")
+        both = set(self.features or ()) & set(self.drop)
+        if both:
+            raise KeyProblem(("drop",), f"{sorted(both)} also in data.features; a column is a feature or dropped")
+        if isinstance(self.categorical, list) and self.features is not None:
+            outside = [n for n in self.categorical if n not in self.features]
+            if outside:
+                raise KeyProblem(("categorical",), f"{outside} not in data.features; categorical columns are features")
         if self.source == "file" and not self.path:
             raise KeyProblem(("path",), "data.source is 'file' but data.path is not set")
         if self.val_fraction + self.test_fraction >= 1:

@@ -1,9 +1,11 @@
-"""Features handed over in memory: a table's columns matched by name, or a plain array, as one float64 matrix.
+"""Columns as raw rows: a float64 matrix holding numbers, or, for a categorical column, codes into its dictionary
+(``CategoryCodes``, shared by the file readers); a missing cell is NaN (see ``gradfit.data.encoding``). No jax.
 
-A table is anything with column names, found by duck typing so that no table library is imported here (they are
-optional): a pyarrow ``Table`` or ``RecordBatch`` (``.column_names``), a pandas or polars ``DataFrame``
-(``.columns``); ``table[name]`` must give a column. Anything else goes through ``np.asarray``. Every refusal is a
-DataError naming the argument (``origin``) and the column. No jax.
+``feature_matrix`` takes features handed over in memory: a table's columns matched by name, or a plain array. A
+table is anything with column names, found by duck typing so that no table library is imported for it: a pyarrow
+``Table`` or ``RecordBatch`` (``.column_names``), a pandas or polars ``DataFrame`` (``.columns``); ``table[name]``
+must give a column. Anything else goes through ``np.asarray``. Every refusal is a DataError naming the argument
+(``origin``) and the column.
 """
 
 from __future__ import annotations
@@ -15,11 +17,56 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from gradfit.data.text import preview
+from gradfit.data.text import NA_TEXT, preview
 from gradfit.errors import DataError
 
 _CATEGORICAL = ("category", "categorical", "dictionary", "enum")  # pandas, polars, pyarrow, polars Enum
+
+
+class CategoryCodes:
+    """The dictionaries of categorical columns, grown as blocks are read: a category's code is the order in which
+    it was first met, and its text is stripped of surrounding spaces. ``dictionaries`` gives the text per code."""
+
+    def __init__(self, initial: Mapping[str, Sequence[str]] | None = None):
+        self.index: dict[str, dict[str, int]] = {
+            name: {text: code for code, text in enumerate(values)} for name, values in (initial or {}).items()
+        }
+
+    @property
+    def dictionaries(self) -> dict[str, list[str]]:
+        return {name: list(index) for name, index in self.index.items()}
+
+    def codes(self, name: str, column: Any) -> np.ndarray:
+        """(n,) float64 codes of a column's cells (NaN for a missing one); any type is taken as its text."""
+        array = _arrow_array(column)
+        if pa.types.is_dictionary(array.type):
+            array = array.dictionary_decode()
+        if not (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
+            array = pc.cast(array, pa.string())
+        array = pc.utf8_trim_whitespace(array)
+        encoded = pc.dictionary_encode(array)
+        index = self.index.setdefault(name, {})
+        known = [
+            None if text in NA_TEXT else index.setdefault(text, len(index)) for text in encoded.dictionary.to_pylist()
+        ]
+        table = np.array([np.nan if code is None else code for code in known] + [np.nan], np.float64)
+        return table[encoded.indices.fill_null(len(known)).to_numpy(zero_copy_only=False)]
+
+
+def _arrow_array(column: Any) -> pa.Array:
+    """A column (pyarrow, pandas or polars) as one pyarrow Array."""
+    if isinstance(column, pa.ChunkedArray):
+        return column.combine_chunks()
+    if isinstance(column, pa.Array):
+        return column
+    if hasattr(column, "to_arrow"):  # polars
+        return _arrow_array(column.to_arrow())
+    return pa.array(np.asarray(column, dtype=object), from_pandas=True)
+
+
 _TABLES = "a table (pandas.DataFrame, polars.DataFrame, pyarrow.Table)"
 
 
@@ -32,9 +79,13 @@ def column_names(x: Any) -> list | None:
 
 
 def feature_matrix(
-    x: Any, features: Sequence[str] | None = None, ignore: Collection[str] = (), origin: str = "x"
+    x: Any,
+    features: Sequence[str] | None = None,
+    ignore: Collection[str] = (),
+    origin: str = "x",
+    categories: CategoryCodes | None = None,
 ) -> tuple[np.ndarray, list[str] | None]:
-    """``x`` as a float64 (n, d) array with n >= 1, and its column names (None for a plain array).
+    """``x`` as raw float64 (n, d) rows with n >= 1, and its column names (None for a plain array).
 
     Args:
         x: a table (columns matched by name) or anything ``np.asarray`` reads as an (n, d) array of numbers.
@@ -43,21 +94,32 @@ def feature_matrix(
             table but those in ``ignore``, in table order (training from a table); an array of any width.
         ignore: columns a table may hold that are dropped (a label column).
         origin: how to name ``x`` in a message.
+        categories: the codes of the categorical columns (those it names), which only a table can hold.
 
-    Cells are not checked for finiteness here (callers have their own bounds); a missing cell the table library
-    turns into NaN stays NaN.
+    Cells are not checked for finiteness here (callers have their own bounds); a missing cell is NaN.
 
     Raises:
         DataError: missing, unexpected, duplicated or unnamed columns; a column that is not numbers; a shape
             that is not (n, d).
     """
     names = column_names(x)
+    categorical = set(categories.index) if categories is not None else set()
     if names is None:
+        if categorical:
+            raise DataError(
+                f"{origin}: the run has categorical columns ({preview(sorted(categorical))}), which only a table "
+                f"names; pass {_TABLES}"
+            )
         return _array(x, features, origin), None
     chosen = _choose_columns(names, features, ignore, origin)
     if not chosen:
         raise DataError(f"{origin}: the table has no feature columns (only {preview(names)})")
-    columns = [_column(x, name, f"{origin}: column {name!r}") for name in chosen]
+    columns = [
+        _categories(x, name, categories, f"{origin}: column {name!r}")
+        if categories is not None and name in categorical
+        else _column(x, name, f"{origin}: column {name!r}")
+        for name in chosen
+    ]
     if columns[0].ndim != 1 or len(columns[0]) == 0:
         raise DataError(f"{origin}: the table has no rows; pass at least one")
     return np.stack(columns, axis=1), chosen
@@ -112,21 +174,32 @@ def _array(x: Any, features: Sequence[str] | None, origin: str) -> np.ndarray:
     return values
 
 
-def _column(table: Any, name: str, where: str) -> np.ndarray:
-    """One column of a table as float64 (n,). A categorical column is refused, whatever its categories: its
-    codes or values as numbers would be a silent choice of encoding."""
+def _get(table: Any, name: str, where: str) -> Any:
     try:
-        column = table[name]
+        return table[name]
     except Exception as exc:  # a lazy frame, a table type that names columns but does not index by name
         raise DataError(
             f"{where}: cannot be read from a {type(table).__name__} ({type(exc).__name__}: {exc}); pass a "
             "DataFrame, a pyarrow Table or an array (collect a lazy frame first)"
         ) from None
+
+
+def _categories(table: Any, name: str, categories: CategoryCodes, where: str) -> np.ndarray:
+    try:
+        return categories.codes(name, _get(table, name, where))
+    except (pa.ArrowException, TypeError, ValueError) as exc:
+        raise DataError(f"{where} cannot be read as categories ({exc})") from None
+
+
+def _column(table: Any, name: str, where: str) -> np.ndarray:
+    """One numeric column of a table as float64 (n,). A categorical column is refused, whatever its categories:
+    its codes or values as numbers would be a silent choice of encoding."""
+    column = _get(table, name, where)
     kind = str(getattr(column, "dtype", getattr(column, "type", ""))).lower()  # pandas/polars, pyarrow
     if kind.startswith(_CATEGORICAL):
         raise DataError(
-            f"{where} is categorical ({kind}); features are numbers: encode it first (one column per category, "
-            "or .astype(float) when its categories are numbers)"
+            f"{where} is categorical ({kind}), and the run takes it as numbers: train with data.categorical "
+            "naming it to one-hot encode it, or pass .astype(float) when its categories are numbers"
         )
     try:
         values = np.asarray(column)
@@ -139,7 +212,8 @@ def _numbers(values: np.ndarray, where: str) -> np.ndarray:
     """``values`` as float64, or a DataError saying ``where`` holds something that is not numbers.
 
     Booleans count as 0 and 1, as in NumPy. An object array (pandas' nullable and text columns, Arrow columns
-    with nulls) is read value by value: numbers pass, a missing value (None, pandas.NA) and anything else do not.
+    with nulls) is read value by value: numbers pass, a missing value (None, pandas.NA) is NaN, and anything
+    else is refused.
     """
     if values.dtype.kind in "biuf":
         return values.astype(np.float64, copy=False)
@@ -152,8 +226,10 @@ def _numbers(values: np.ndarray, where: str) -> np.ndarray:
         if isinstance(value, (numbers.Real, np.bool_, decimal.Decimal)):
             flat[i] = float(value)
         elif value is None or type(value).__name__ == "NAType":  # pandas.NA, without importing pandas
-            at = f"at row {i}" if values.ndim == 1 else f"at {np.unravel_index(i, values.shape)}"
-            raise DataError(f"{where} has a missing value {at}; remove or impute missing values first")
+            flat[i] = np.nan
         else:
-            raise DataError(f"{where} is not numeric (holds {value!r:.40}, a {type(value).__name__})")
+            raise DataError(
+                f"{where} is not numeric (holds {value!r:.40}, a {type(value).__name__}); a text column is a "
+                "categorical one: name it in data.categorical"
+            )
     return out

@@ -21,17 +21,16 @@ import shutil
 import stat
 import struct
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 
 import numpy as np
 
 from gradfit import files
 from gradfit.abort import removed_on_abort
-from gradfit.data import tabular
+from gradfit.data import blocks, tabular
 from gradfit.data.converted import CONVERTED_FILES, CONVERTED_FORMAT, read_meta
 from gradfit.data.labels import LabelIndex, Labels, class_index
-from gradfit.data.standardize import Moments
 from gradfit.errors import GradfitError
 
 HEADER_BYTES = 256  # a reserved .npy header: rewritten with the row count at the end, without moving the data
@@ -64,18 +63,21 @@ def convert(
     dtype: str | None = None,
     force: bool = False,
     progress: Progress | None = None,
+    categorical: Collection[str] | str = "auto",
 ) -> Conversion:
-    """Convert a CSV, .npz or converted folder with labels into a converted folder at ``out_dir``.
+    """Convert a table with labels (CSV, Parquet, Feather, .npz or converted folder) into a converted folder.
 
     Args:
         dtype: "float32" or "float64" for X; None keeps the source's (float64 for a CSV: no rounding).
         force: replace ``out_dir`` if it is a converted folder (anything else is never replaced).
+        categorical: the categorical columns, stored as codes into meta.json's ``categorical`` dictionaries;
+            "auto": every column whose cells are not numbers. Missing cells are stored as NaN.
     """
     source, out_dir = Path(source), Path(out_dir)
     _check_out_dir(source, out_dir, force)
     tick = time.perf_counter()
     removed = _remove_stale_partials(out_dir)
-    table = tabular.open_table(source, target)
+    table = tabular.open_table(source, target, categorical=categorical)
     partial = out_dir.parent / f"{_partial_prefix(out_dir)}{os.getpid()}"
     try:
         with _partial_folder(partial):
@@ -85,8 +87,9 @@ def convert(
                 "version": 1,
                 "rows": rows,
                 "feature_names": table.names,
+                "categorical": table.categories.dictionaries,
                 "classes": classes,
-                "target": target if table.kind == "csv" else "y",
+                "target": table.target,
                 "dtype": x_dtype,
                 "source": str(source),
             }
@@ -269,7 +272,7 @@ def _another_process(pid: int) -> bool:
 
 
 def _write_arrays(
-    table: tabular.Table, folder: Path, dtype: str | None, progress: Progress | None
+    table: blocks.Table, folder: Path, dtype: str | None, progress: Progress | None
 ) -> tuple[int, list, str]:
     """Stream the blocks into X.npy and y.npy; returns (rows, classes, X's dtype)."""
     index = LabelIndex()
@@ -295,7 +298,7 @@ def _write_arrays(
         _write_all(y_file, npy_header(np.dtype(np.int32), (rows,)))
         values = index.values(text=table.kind == "csv")
         remap, classes = class_index(Labels(values, np.arange(len(values))), str(table.path))
-        step = tabular.BLOCK_ROWS * 16
+        step = blocks.BLOCK_ROWS * 16
         for start in range(HEADER_BYTES, HEADER_BYTES + 4 * rows, 4 * step):  # first-seen codes -> class order
             y_file.seek(start)
             codes = np.fromfile(y_file, np.int32, min(step, rows - (start - HEADER_BYTES) // 4))
@@ -319,15 +322,10 @@ def _write_all(handle: io.FileIO, data: bytes | memoryview) -> None:
         raise files.write_error(exc, Path(str(handle.name))) from None
 
 
-def _advance(progress: Progress | None, table: tabular.Table, rows: int, block: tabular.Block) -> None:
-    """Tell ``progress`` how far a pass is, after ``rows`` rows (ending with ``block``)."""
-    if progress is None:
-        return
-    if table.kind == "csv":
-        progress(table.bytes_read, os.path.getsize(table.path))
-    else:
-        row_bytes = block.x.shape[1] * block.x.dtype.itemsize
-        progress(rows * row_bytes, table.rows * row_bytes)
+def _advance(progress: Progress | None, table: blocks.Table, rows: int, block: blocks.Block) -> None:
+    """Tell ``progress`` how far the pass is, after ``rows`` rows (ending with ``block``)."""
+    if progress is not None:
+        progress(*table.progress(rows, block))
 
 
 def npy_header(dtype: np.dtype, shape: tuple) -> bytes:
@@ -335,89 +333,3 @@ def npy_header(dtype: np.dtype, shape: tuple) -> bytes:
     text = repr({"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape})
     body = text.ljust(HEADER_BYTES - 11) + "\n"
     return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(body)) + body.encode("latin1")
-
-
-# ---------------------------------------------------------------------------------------------------- describe
-
-
-def describe(path: Path, target: str = "target", progress: Progress | None = None) -> dict:
-    """Rows, columns, classes with counts, and per feature its mean, std (population), min, max and count of
-    non-finite cells, in one streamed pass in float64. A column whose variance overflows float64 is listed
-    under ``overflow`` (its std is None): training refuses such values (beyond 1e150)."""
-    path = Path(path)
-    table = tabular.open_table(path, target, need_labels=None)
-    table.checked = False  # count what training would refuse rather than stop at it
-    moments, extremes = Moments(len(table.names)), _Extremes(len(table.names))
-    index, counts = LabelIndex(), np.zeros(0, np.int64)  # rows per distinct label: memory flat in rows
-    rows = 0
-    for block in table.blocks():
-        moments.add(block.x)
-        extremes.add(block.x)
-        rows += len(block.x)
-        if block.labels is not None and table.kind != "converted":
-            codes, seen = index.codes(block.labels), len(index.index)
-            counts = np.pad(counts, (0, seen - len(counts))) + np.bincount(codes, minlength=seen)
-        _advance(progress, table, rows, block)
-    if rows == 0:
-        raise table.no_rows()
-    overflow = [table.names[i] for i in np.flatnonzero(~(np.isfinite(moments.std()) & np.isfinite(moments.mean)))]
-    return {
-        "path": str(path),
-        "format": table.kind,
-        "rows": rows,
-        "columns": len(table.names),
-        "target": (target if table.kind == "csv" else "y") if table.has_labels else None,
-        "classes": _class_rows(table, index, counts),
-        "features": _feature_rows(table.names, moments, extremes),
-        "overflow": overflow,
-        "non_finite_cells": int(moments.non_finite.sum()),
-    }
-
-
-class _Extremes:
-    """Per-column min and max of the finite cells seen so far (inf and -inf before any)."""
-
-    def __init__(self, width: int):
-        self.low = np.full(width, np.inf)
-        self.high = np.full(width, -np.inf)
-
-    def add(self, x: np.ndarray) -> None:
-        finite = np.isfinite(x)
-        self.low = np.minimum(self.low, np.where(finite, x, np.inf).min(axis=0))
-        self.high = np.maximum(self.high, np.where(finite, x, -np.inf).max(axis=0))
-
-
-def _class_rows(table: tabular.Table, index: LabelIndex, counts: np.ndarray) -> list[dict] | None:
-    """[{"label", "rows"}] per class, in class order (as training orders them), or None without labels."""
-    if table.stored_codes is not None and table.classes is not None and table.meta is not None:  # converted
-        found = np.bincount(np.asarray(table.stored_codes), minlength=len(table.classes))
-        return [{"label": c, "rows": int(n)} for c, n in zip(table.meta["classes"], found)]
-    if not (table.has_labels and len(counts)):
-        return None
-    values = index.values(text=table.kind == "csv")
-    per_class, names = class_index(Labels(values, np.arange(len(values))), str(table.path))
-    found = np.bincount(per_class, weights=counts, minlength=len(names))
-    return [{"label": c, "rows": int(n)} for c, n in zip(names, found)]
-
-
-def _feature_rows(names: list[str], moments: Moments, extremes: _Extremes) -> list[dict]:
-    """Per feature: name, mean, std, min, max (None where no finite cell was seen) and non-finite count."""
-    seen = moments.count > 0
-    # whole columns at once, as Python floats: a loop over NumPy scalars took seconds for 100,000 columns
-    mean, std = (np.where(seen & np.isfinite(v), v, np.nan).tolist() for v in (moments.mean, moments.std()))
-    low, high = (np.where(seen, v, np.nan).tolist() for v in (extremes.low, extremes.high))
-    return [
-        {
-            "name": name,
-            "mean": _finite(mean[i]),
-            "std": _finite(std[i]),
-            "min": _finite(low[i]),
-            "max": _finite(high[i]),
-            "non_finite": n,
-        }
-        for i, (name, n) in enumerate(zip(names, moments.non_finite.tolist()))
-    ]
-
-
-def _finite(value: float) -> float | None:
-    return None if value != value else value  # NaN marks a missing value

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
@@ -21,9 +21,13 @@ import numpy as np
 
 from gradfit.config.schema import DataConfig, GradfitConfig, data_seed
 from gradfit.core import precision
-from gradfit.data import standardize, synthetic, tabular
+from gradfit.data import blocks, standardize, synthetic, tabular
+from gradfit.data.blocks import Locate
+from gradfit.data.encoding import Encoding
+from gradfit.data.encoding import fit as encoding_fit
+from gradfit.data.encoding import numeric as numeric_encoding
+from gradfit.data.encoding import refuse_missing
 from gradfit.data.labels import Labels, encode_labels
-from gradfit.data.tabular import Locate
 from gradfit.data.text import preview
 from gradfit.errors import ConfigError, DataError
 
@@ -91,6 +95,16 @@ class Dataset(Protocol):
         ...
 
     @property
+    def encoding(self) -> Encoding:
+        """How the table's input columns became the features (categories, missing cells)."""
+        ...
+
+    @property
+    def target(self) -> str | None:
+        """The label column's name in the source table, or None (synthetic data)."""
+        ...
+
+    @property
     def n_classes(self) -> int:
         """Distinct classes: 2 encodes as ±1, more as class ids."""
         ...
@@ -112,6 +126,8 @@ def preprocessing_record(dataset: Dataset) -> dict:
         scaling = {"mean": dataset.mean.tolist(), "std": dataset.std.tolist()}
     return {
         "dataset": dataset.name,
+        "target": dataset.target,
+        "encoding": dataset.encoding.record(),
         "feature_names": list(dataset.feature_names),
         "classes": list(dataset.classes),
         "label_encoding": {str(c): (-1 if i == 0 else 1) if binary else i for i, c in enumerate(dataset.classes)},
@@ -169,6 +185,8 @@ class InMemoryDataset:
     classes: tuple  # original label values, in encoding order
     mean: np.ndarray | None = None  # standardization, fitted on train
     std: np.ndarray | None = None
+    encoding: Encoding = dataclasses.field(default_factory=lambda: numeric_encoding(()))
+    target: str | None = None
 
     @property
     def n_features(self) -> int:
@@ -210,6 +228,8 @@ def load_dataset(config: GradfitConfig, shuffle: str = "full") -> InMemoryDatase
     data = config.data
     source = read_source(data, data_seed(config))
     x, names, origin = source.x, source.names, source.origin
+    if data.missing == "error":  # before the split: a missing cell is the first thing to fix
+        refuse_missing(x, names, source.locate)
     y, classes = encode_labels(source.labels, origin)
     check_binary_model(config, classes, origin)
     try:
@@ -220,9 +240,13 @@ def load_dataset(config: GradfitConfig, shuffle: str = "full") -> InMemoryDatase
         train_idx, val_idx, test_idx = np.sort(train_idx), np.sort(val_idx), np.sort(test_idx)
     if len(np.unique(y[train_idx])) < 2:
         raise DataError(f"{origin}: the training split holds a single class; use more rows or another seed")
+    encoding = fit_encoding(data, standardize.row_chunks(x[train_idx]), names, source.dictionaries, origin)
+    x = encoding.transform(x, source.dictionaries, source.locate)
+    names = encoding.feature_names
     raw, mean, std = x, None, None
     if data.standardize:
         mean, std = standardize.statistics(standardize.row_chunks(x[train_idx]), names, origin)
+        mean, std = only_numeric(encoding, mean, std)
         x = standardize.standardized(raw, mean, std)  # an overflow is found and reported just below
     _check_model_range(x, raw, names, source.locate, precision.of(config), data.standardize)
     del raw
@@ -235,7 +259,34 @@ def load_dataset(config: GradfitConfig, shuffle: str = "full") -> InMemoryDatase
         classes=tuple(classes),
         mean=mean,
         std=std,
+        encoding=encoding,
+        target=source.target,
     )
+
+
+def fit_encoding(
+    data: DataConfig, chunks: standardize.Chunks, names: list[str], dictionaries: Mapping[str, list[str]], origin: str
+) -> Encoding:
+    """The encoding of the training rows ``chunks`` yields, as ``data`` asks (``gradfit.data.encoding.fit``)."""
+    return encoding_fit(
+        chunks,
+        names,
+        dictionaries,
+        missing=data.missing,
+        missing_indicator=data.missing_indicator,
+        max_categories=data.max_categories,
+        unknown_category=data.unknown_category,
+        reference_category=data.reference_category,
+        origin=origin,
+    )
+
+
+def only_numeric(encoding: Encoding, mean: np.ndarray, std: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Standardization of the numeric features only: the 0/1 encodings keep mean 0 and std 1 (stay as they are)."""
+    if encoding.identity:
+        return mean, std
+    numeric = encoding.numeric_features
+    return np.where(numeric, mean, 0.0), np.where(numeric, std, 1.0)
 
 
 def check_binary_model(config: GradfitConfig, classes: list, origin: str) -> None:
@@ -301,13 +352,16 @@ def split_arrays(split: Split, n_classes: int, dtype: Any) -> tuple[np.ndarray, 
 
 
 class Source(NamedTuple):
-    """What ``read_source`` returns: features (n, d), labels, names, a display name, and where each row is."""
+    """What ``read_source`` returns: raw rows (n, d), labels, input column names, a display name, where each row
+    is, the categorical columns' dictionaries and the label column's name."""
 
     x: np.ndarray
     labels: Labels | np.ndarray
     names: list[str]
     origin: str
     locate: Locate
+    dictionaries: dict[str, list[str]] = {}
+    target: str | None = None
 
 
 def read_source(data: DataConfig, seed: int) -> Source:
@@ -319,14 +373,23 @@ def read_source(data: DataConfig, seed: int) -> Source:
     table = open_source(data)
     x, labels, positions = table.read_all()
     origin = str(table.path) if data.source == "file" else data.source
-    return Source(x, labels, table.names, origin, lambda row: table.locate(int(positions[row])))
+    locate = lambda row: table.locate(int(positions[row]))  # noqa: E731
+    return Source(x, labels, table.names, origin, locate, table.categories.dictionaries, table.target)
 
 
-def open_source(data: DataConfig) -> tabular.Table:
-    """The table a file or built-in source names (header checked, nothing else read yet)."""
-    if data.source == "file":
-        return tabular.open_table(file_path(data), data.target)
-    return tabular.open_table(builtin_path(data.source), "target")
+def open_source(data: DataConfig, need_labels: bool | None = True) -> blocks.Table:
+    """The table a file or built-in source names, its columns chosen as ``data`` says (header checked)."""
+    path = file_path(data) if data.source == "file" else builtin_path(data.source)
+    return tabular.open_table(
+        path,
+        data.target if data.source == "file" else "target",
+        data.features,
+        need_labels,
+        drop=data.drop,
+        categorical=data.categorical,
+        run_inputs=False,
+        extra_ok=data.features is not None,
+    )
 
 
 def file_path(data: DataConfig) -> Path:

@@ -20,15 +20,24 @@ import os
 import threading
 import weakref
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from gradfit.config.schema import GradfitConfig, data_seed
-from gradfit.data import standardize, synthetic, tabular
-from gradfit.data.dataset import check_binary_model, file_path, preprocessing_record, shuffle_mode, split_indices
+from gradfit.data import blocks, standardize, synthetic
+from gradfit.data.dataset import (
+    check_binary_model,
+    fit_encoding,
+    only_numeric,
+    open_source,
+    preprocessing_record,
+    shuffle_mode,
+    split_indices,
+)
+from gradfit.data.encoding import Encoding
 from gradfit.data.labels import Labels, encode_labels
 from gradfit.errors import DataError
 
@@ -155,17 +164,22 @@ def _pread_into(fd: int, view: memoryview, position: int) -> int:
 class ConvertedRows:
     """Rows of a converted folder, read from its files as asked (see ``RowFile``)."""
 
-    def __init__(self, table: tabular.Table):
+    def __init__(self, table: blocks.Table):
         if table.stored_x is None or table.stored_codes is None or table.classes is None or table.rows is None:
             raise DataError(f"{table.path}: only a folder made by 'gradfit data convert' can be streamed")
         self.table, self.classes = table, table.classes
         self.x = RowFile(table.path / "X.npy", table.stored_x)
         self.codes = RowFile(table.path / "y.npy", table.stored_codes)
         self.n_rows, self.names = table.rows, table.names
+        self.dictionaries = table.categories.dictionaries
+        stored = list(table.meta["feature_names"]) if table.meta is not None else self.names
+        order = [stored.index(n) for n in self.names]
+        self.order = None if order == list(range(len(stored))) else order  # data.features or data.drop
 
     def read(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Raw features (len(rows), d) and class codes of ``rows`` (sorted; repeats allowed), in that order."""
-        return self.x.read(rows), self.codes.read(rows)
+        """Raw rows (len(rows), d) and class codes of ``rows`` (sorted; repeats allowed), in that order."""
+        x = self.x.read(rows)
+        return (x if self.order is None else x[:, self.order]), self.codes.read(rows)
 
     def classes_in(self, rows: np.ndarray) -> int:
         """How many distinct classes ``rows`` (any order) hold: the codes read in file order, a piece at a time."""
@@ -194,6 +208,7 @@ class SyntheticRows:
     def __init__(self, config: GradfitConfig):
         self.spec, self.seed = config.data.synthetic, data_seed(config)
         self.n_rows, self.names = self.spec.n_samples, synthetic.feature_names(self.spec.n_features)
+        self.dictionaries: dict[str, list[str]] = {}
         self.seen = np.zeros(self.spec.n_classes, bool)  # classes drawn so far
         self.made: set[int] = set()  # blocks generated so far
         self._block = functools.lru_cache(maxsize=4)(self._make_block)
@@ -252,13 +267,16 @@ class StreamedSplit:
         codes = np.empty_like(sorted_codes)
         codes[order] = sorted_codes
         del sorted_x
-        x = self.dataset.standardize_in_place(raw)  # raw is not needed after, unless a cell overflows
+        encoded = self.dataset.encoding.transform(
+            raw, self.dataset.source.dictionaries, lambda i: self.dataset.locate(int(wanted[i]))
+        )
+        x = self.dataset.standardize_in_place(encoded)  # encoded is not needed after, unless a cell overflows
         with np.errstate(over="ignore"):
             x = np.asarray(x, param_dtype).astype(compute_dtype, copy=False)
         if not np.isfinite(x).all():
             row, col = np.argwhere(~np.isfinite(x))[0]
             raw_row = self.dataset.source.read(wanted[row : row + 1])[0]
-            tabular.check_features(raw_row, self.dataset.feature_names, self.dataset.locate, wanted[row : row + 1])
+            blocks.check_features(raw_row, self.dataset.feature_names, self.dataset.locate, wanted[row : row + 1])
             value = raw_row[0, col]
             raise DataError(
                 f"{self.dataset.locate(wanted[row])}: column '{self.dataset.feature_names[col]}' is "
@@ -288,6 +306,8 @@ class StreamedDataset:
     encoded: np.ndarray  # class code -> y as the loss wants it (+-1, or class id)
     mean: np.ndarray | None
     std: np.ndarray | None
+    encoding: Encoding
+    target: str | None
 
     @property
     def train(self) -> StreamedSplit:
@@ -336,10 +356,10 @@ def load_streamed(config: GradfitConfig) -> StreamedDataset:
     data = config.data
     source: Rows
     if data.source == "synthetic":
-        source, origin = SyntheticRows(config), "synthetic"
+        source, origin, target = SyntheticRows(config), "synthetic", None
     else:
-        table = tabular.open_table(file_path(data))
-        source, origin = ConvertedRows(table), str(table.path)
+        table = open_source(data)
+        source, origin, target = ConvertedRows(table), str(table.path), table.target
     n = source.n_rows
     try:
         splits = split_indices(n, data.val_fraction, data.test_fraction, data_seed(config))
@@ -350,25 +370,40 @@ def load_streamed(config: GradfitConfig) -> StreamedDataset:
         for rows in splits:
             rows.sort()
     train = splits[0]
+    chunks = _training_chunks(source, train, origin)
+    encoding = fit_encoding(data, chunks, source.names, source.dictionaries, origin)
+    names = encoding.feature_names
     mean = std = None
     if data.standardize:
-        mean, std = standardize.statistics(_training_chunks(source, train, origin), source.names, origin)
+        statistics = standardize.statistics(_training_chunks(source, train, origin, encoding), names, origin)
+        mean, std = only_numeric(encoding, *statistics)
     classes, encoded = _classes(config, source, origin, train)
-    return StreamedDataset(origin, source, splits, tuple(source.names), tuple(classes), encoded, mean, std)
+    return StreamedDataset(origin, source, splits, tuple(names), tuple(classes), encoded, mean, std, encoding, target)
 
 
-def _training_chunks(source: Rows, train: np.ndarray, origin: str) -> standardize.Chunks:
-    """The training rows in split order, ``CHUNK_ROWS`` at a time, each chunk read in file order and checked."""
+def _training_chunks(
+    source: Rows, train: np.ndarray, origin: str, encoding: Encoding | None = None
+) -> standardize.Chunks:
+    """The training rows in split order, ``CHUNK_ROWS`` at a time, each chunk read in file order and checked, and
+    encoded by ``encoding`` when given."""
 
     def chunks() -> Iterator[np.ndarray]:
         for start in range(0, len(train), standardize.CHUNK_ROWS):
             rows = train[start : start + standardize.CHUNK_ROWS]
             order = np.argsort(rows, kind="stable")
             x, _ = source.read(rows[order])
-            tabular.check_features(x, source.names, lambda row: f"{origin}: row {row}", rows[order])
-            yield x[np.argsort(order, kind="stable")]
+            blocks.check_features(x, source.names, lambda row: f"{origin}: row {row}", rows[order])
+            x = x[np.argsort(order, kind="stable")]
+            if encoding is not None:
+                x = encoding.transform(x, source.dictionaries, _rows_of(origin, rows))
+            yield x
 
     return chunks
+
+
+def _rows_of(origin: str, rows: np.ndarray) -> Callable[[int], str]:
+    """Where a chunk's row is, for a message."""
+    return lambda i: f"{origin}: row {rows[i]}"
 
 
 def _classes(config: GradfitConfig, source: Rows, origin: str, train: np.ndarray) -> tuple[list, np.ndarray]:

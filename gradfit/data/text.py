@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import re
 from collections.abc import Collection, Iterator
 from pathlib import Path
-from typing import NoReturn
+from typing import Any
 
 import numpy as np
 
@@ -21,6 +22,12 @@ from gradfit.errors import DataError
 
 PLAIN_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", re.ASCII)  # what NumPy's parser reads
 NOT_FINITE = {"nan", "inf", "infinity"}
+# a missing cell (after stripping spaces): pandas' and pyarrow's spellings, and pandas' "<NA>" and "None"
+NA_TEXT = frozenset(
+    ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA")
+    + ("NULL", "NaN", "None", "n/a", "nan", "null")
+)
+LINE_CHUNK_BYTES = 1 << 23  # bytes scanned at a time when counting lines
 
 
 def is_number(text: str) -> bool:
@@ -111,22 +118,164 @@ def label_fields(path: Path, texts: list[str], numbers: np.ndarray, n_fields: in
     return labels
 
 
-def raise_bad_cell(
-    path: Path, header: list[str], texts: list[str], numbers: np.ndarray, columns: list[int]
-) -> NoReturn:
-    """Name the first cell among ``columns`` of lines ``texts`` (numbered ``numbers``) that is not a number."""
+def raise_bad_cell(path: Path, header: list[str], texts: list[str], numbers: np.ndarray, columns: list[int]) -> None:
+    """Name the first cell among the numeric ``columns`` of lines ``texts`` (numbered ``numbers``) that is neither
+    a number nor missing (empty, or one of ``NA_TEXT``); return if there is none."""
     for text, number in zip(texts, numbers):
         row = split_line(path, text, int(number))
         for c in columns:
             cell = row[c].strip()
-            if is_number(cell):  # float() also reads "1_000" and other digits, which NumPy refuses
+            if is_number(cell) or cell in NA_TEXT:  # float() also reads "1_000" and other digits, which are text
                 continue
-            if not cell:
-                raise DataError(
-                    f"{path}:{number}: column '{header[c]}' is empty; remove or impute missing values first"
-                )
             raise DataError(
-                f"{path}:{number}: column '{header[c]}' has non-numeric value {row[c][:100]!r}; "
-                "features must be numbers (encode categories as numbers first)"
+                f"{path}:{number}: column '{header[c]}' has non-numeric value {row[c][:100]!r}; name it in "
+                "data.categorical (or set data.categorical: auto) to one-hot encode it, or drop it (data.drop)"
             )
-    raise DataError(f"{path}: lines {numbers[0]}-{numbers[-1]}: cannot parse as CSV numbers")
+
+
+# ---------------------------------------------------------------------------------------------------- the slow path
+
+
+def read_header(path: Path) -> list[str]:
+    """A CSV's header: its column names, stripped; refuses an empty file, a blank first line and another
+    separator than the comma."""
+    with open_csv_text(path) as f:
+        try:
+            lines = csv_lines(f, path)
+            first = next(lines, "")
+            later = first.isspace() and any(not line.isspace() for line in lines)
+        except UnicodeDecodeError as exc:
+            raise not_utf8(path, exc) from None
+    header = [h.strip() for h in split_line(path, first, 1, "header")]
+    if later:
+        raise DataError(f"{path}:1: the first line is blank; the header row naming the columns must come first")
+    if not any(header):
+        raise DataError(f"{path}: file is empty; expected a header row naming the columns")
+    if len(header) == 1 and any(sep in header[0] for sep in ";\t|"):
+        raise DataError(
+            f"{path}: the header has a single column {header[0][:100]!r}; gradfit reads comma-separated "
+            "files, and this one seems to use another separator"
+        )
+    return header
+
+
+def locate_csv_error(
+    path: Path, header: list[str], numeric: list[int], label: int | None, until: int | None = None
+) -> None:
+    """Read a CSV line by line (as far as ``until`` data rows), where pyarrow's reader stopped or a cell was
+    refused, and raise a DataError naming the first problem's line and column: not UTF-8, an over-long line or
+    field, a wrong field count, an unclosed quote, a missing label, a numeric cell that is not a number. Returns
+    if every line is fine."""
+    import pyarrow as pa
+    import pyarrow.csv as pa_csv
+
+    options = pa_csv.ConvertOptions(
+        column_types={f"c{c}": pa.float64() for c in numeric},
+        include_columns=[f"c{c}" for c in numeric],
+        null_values=sorted(NA_TEXT),
+    )
+    names = pa_csv.ReadOptions(column_names=[f"c{i}" for i in range(len(header))])
+    with open_csv_text(path) as f:
+        lines = csv_lines(f, path)
+        line, seen = 2, 0  # the line of the next chunk's first line; data rows read
+        try:
+            next(lines, "")
+            while (until is None or seen < until) and (chunk := list(itertools.islice(lines, 4096))):
+                kept = [(line + i, text) for i, text in enumerate(chunk) if not text.isspace()]
+                seen += len(kept)
+                line += len(chunk)
+                if not kept:
+                    continue
+                texts, numbers = [t for _, t in kept], np.array([n for n, _ in kept], np.int64)
+                labels = label_fields(path, texts, numbers, len(header), label)
+                if label is not None and "" in labels:
+                    number = numbers[labels.index("")]
+                    raise DataError(f"{path}:{number}: missing label in column '{header[label]}'")
+                try:
+                    pa_csv.read_csv(io.BytesIO("".join(texts).encode()), read_options=names, convert_options=options)
+                except pa.ArrowException:
+                    raise_bad_cell(path, header, texts, numbers, numeric)
+        except UnicodeDecodeError as exc:
+            raise not_utf8(path, exc) from None
+
+
+
+
+class NonBlankLines(io.RawIOBase):
+    """The UTF-8 bytes of a text file's lines, whitespace-only lines left out (which pyarrow would read as rows)
+    and unquoted fields stripped of spaces (which pyarrow would not read as missing: "   ", " NA ")."""
+
+    def __init__(self, f: io.TextIOWrapper, path: Path):
+        self.lines = csv_lines(f, path)
+        self.pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        filled = 0
+        while filled < len(view):
+            if not self.pending:
+                line = next(self.lines, None)
+                if line is None:
+                    break
+                if line.isspace():
+                    continue
+                if '"' not in line:  # fields stripped, so that pyarrow reads " NA " and "   " as missing
+                    end = line[len(line.rstrip("\r\n")) :]
+                    line = ",".join(field.strip() for field in line[: len(line) - len(end)].split(",")) + end
+                self.pending = line.encode()
+            taken = min(len(view) - filled, len(self.pending))
+            view[filled : filled + taken] = self.pending[:taken]
+            self.pending, filled = self.pending[taken:], filled + taken
+        return filled
+
+
+class LineNumbers:
+    """The line numbers of a CSV's data rows (the lines after the header that are not blank), in order, found by
+    scanning the file's bytes with NumPy (a line holding only spaces, tabs or a carriage return is blank)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.found = np.zeros(0, np.int64)  # numbers found and not handed out yet
+        self.lines = 0  # lines scanned so far
+        self.carry = b""  # the start of a line not ended yet
+        self.done = False
+        self.header = True
+
+    def next(self, count: int) -> np.ndarray:
+        """The line numbers of the next ``count`` data rows (fewer at the end of the file)."""
+        with files.open_regular(self.path, "data file", DataError) as handle:
+            handle.seek(self._offset)
+            while len(self.found) < count and not self.done:
+                chunk = handle.read(LINE_CHUNK_BYTES)
+                self._offset = handle.tell()
+                self._scan(self.carry + chunk, final=not chunk)
+        taken, self.found = self.found[:count], self.found[count:]
+        return taken
+
+    _offset = 0
+
+    def _scan(self, data: bytes, final: bool) -> None:
+        raw = np.frombuffer(data, np.uint8)
+        ends = np.flatnonzero(raw == 10)
+        if final:
+            self.done = True
+            if len(raw) and (not len(ends) or ends[-1] != len(raw) - 1):
+                ends = np.append(ends, len(raw))  # a last line without a line end
+        starts = np.concatenate(([0], ends[:-1] + 1)) if len(ends) else ends
+        filled = np.concatenate(([0], np.cumsum((raw != 32) & (raw != 9) & (raw != 13) & (raw != 10))))
+        data_rows = filled[ends] - filled[starts] > 0
+        numbers = self.lines + 1 + np.flatnonzero(data_rows)
+        if self.header and len(ends):  # the header is line 1, never blank
+            numbers, self.header = numbers[numbers > 1], False
+        self.lines += len(ends)
+        self.found = np.concatenate((self.found, numbers))
+        self.carry = data[ends[-1] + 1 :] if len(ends) and not final else (b"" if final else data)
+
+
+def line_of_row(path: Path, row: int) -> int:
+    """The line of a CSV's data row ``row`` (0-based, as pyarrow counts rows)."""
+    found = LineNumbers(path).next(row + 1)
+    return int(found[-1]) if len(found) > row else row + 2

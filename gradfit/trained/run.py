@@ -21,11 +21,13 @@ from gradfit.config.load import GradfitConfig
 from gradfit.core import precision
 from gradfit.core.metrics import classification_metrics
 from gradfit.core.models import Model, build_model, named_leaves, params_from_named
-from gradfit.data import tabular
-from gradfit.data.columns import column_names, feature_matrix
+from gradfit.data import blocks, tabular
+from gradfit.data.columns import CategoryCodes, column_names, feature_matrix
 from gradfit.data.dataset import Dataset, first_overflow
+from gradfit.data.encoding import Encoding
 from gradfit.data.labels import class_ids
 from gradfit.data.load import load
+from gradfit.data.text import LineNumbers
 from gradfit.errors import DataError, RunDirError
 from gradfit.runs import rundir
 
@@ -53,6 +55,21 @@ class TrainedRun:
     def precision(self) -> precision.Precision:
         return precision.of(self.config)
 
+    @property
+    def encoding(self) -> Encoding:
+        """How the input columns became the features (``_check_preprocessing`` checked the record)."""
+        return Encoding.from_record(self.preprocessing.get("encoding"), self.feature_names)
+
+    @property
+    def input_names(self) -> list[str]:
+        """The columns a table for this run must hold, in training order (before any one-hot encoding)."""
+        return self.encoding.input_names
+
+    @property
+    def target(self) -> str:
+        """The label column's name in the training table (a converted folder's keeps its source's)."""
+        return self.preprocessing.get("target") or self.config.data.target
+
     def standardize(self, x: Any) -> np.ndarray:
         """Raw features (a table or an (n, d) array, as ``predict`` takes them) -> what the model saw in training,
         with the run's saved mean and std (float64).
@@ -72,17 +89,28 @@ class TrainedRun:
             return (x - np.asarray(scaling["mean"])) / np.asarray(scaling["std"])
 
     def feature_matrix(self, x: Any) -> np.ndarray:
-        """Raw features as a float64 (n, d) array in training order, values not checked.
+        """Features as a float64 (n, d) array in training order, encoded as in training (categories one-hot,
+        missing cells filled), not standardized, values not checked.
 
         A table (pandas or polars DataFrame, pyarrow Table; anything with ``.columns`` or ``.column_names``) is
-        matched by column name, as ``gradfit predict`` matches a CSV's header: it must hold exactly the run's
-        ``feature_names``, in any order; a column named as the run's label column (``data.target``) is ignored.
-        A plain array is taken as it is: its d columns must be the features in training order.
+        matched by column name, as ``gradfit predict`` matches a CSV's header: it must hold the run's input
+        columns, in any order; its label column and the run's ``data.drop`` columns are ignored (any other
+        column too when the run chose ``data.features``). A plain array is taken as it is: its columns must be
+        the input columns in training order, all numeric.
 
         Raises:
-            DataError: a missing, unexpected or duplicated column, a column that is not numbers, a wrong shape.
+            DataError: a missing, unexpected or duplicated column, a column that is not numbers, a wrong shape,
+                a missing cell or unseen category the run does not accept.
         """
-        return feature_matrix(x, self.feature_names, ignore=(self.config.data.target,), origin="x")[0]
+        encoding = self.encoding
+        categories = CategoryCodes({n: [] for n in encoding.categorical_names}) if encoding.categorical_names else None
+        ignore = [self.target, *self.config.data.drop]
+        names = column_names(x)
+        if names is not None and self.config.data.features is not None:
+            ignore += [n for n in names if n not in set(encoding.input_names)]
+        raw = feature_matrix(x, encoding.input_names, ignore=ignore, origin="x", categories=categories)[0]
+        dictionaries = categories.dictionaries if categories is not None else {}
+        return encoding.transform(raw, dictionaries, lambda row: f"x row {row}")
 
     def log_probabilities(self) -> Callable[..., np.ndarray]:
         """A function: standardized x (n, d) [, locate] -> log class probabilities (n, K) float64.
@@ -165,11 +193,21 @@ class TrainedRun:
             )
         return x
 
-    def open_data(self, path: Path, target: str | None, need_labels: bool) -> tabular.Table:
-        """A data file (or converted folder) with this run's feature columns, its header checked now."""
-        return tabular.open_table(path, target, self.feature_names, need_labels, target_hint="pass --target")
+    def open_data(self, path: Path, target: str | None, need_labels: bool) -> blocks.Table:
+        """A data file (or converted folder) with this run's input columns, its header checked now."""
+        encoding = self.encoding
+        return tabular.open_table(
+            path,
+            target,
+            encoding.input_names,
+            need_labels,
+            target_hint="pass --target",
+            drop=self.config.data.drop,
+            categorical=encoding.categorical_names,
+            extra_ok=self.config.data.features is not None,
+        )
 
-    def batches(self, table: tabular.Table, rows: int) -> Iterator[tabular.Block]:
+    def batches(self, table: blocks.Table, rows: int) -> Iterator[blocks.Block]:
         """Standardized blocks of a table; labels as class indices when it has them.
 
         Raw cells are checked by the reader (finite, at most 1e150 in magnitude, as in training); here every
@@ -178,13 +216,14 @@ class TrainedRun:
         """
         dtype = self.precision.compute_dtype
         scaled = self.preprocessing["standardize"] is not None
-        names = self.feature_names
+        names, encoding = self.feature_names, self.encoding
         for block in table.blocks(rows):
-            x = self._scaled(block.x)
+            encoded = encoding.transform(block.x, table.categories.dictionaries, _located(table, block.positions))
+            x = self._scaled(encoded)
             found = first_overflow(x, dtype)
             if found is not None:
                 row, col = found
-                value = f"is {float(block.x[row, col])!r}"
+                value = f"is {float(encoded[row, col])!r}"
                 if scaled:
                     value += f", which the run's standardization makes {float(x[row, col])!r}"
                 raise DataError(
@@ -195,7 +234,12 @@ class TrainedRun:
             labels = None
             if table.has_labels and block.labels is not None:
                 labels = class_ids(block.labels, self.classes, str(table.path))
-            yield tabular.Block(x, labels, block.positions)
+            yield blocks.Block(x, labels, block.positions)
+
+
+def _located(table: blocks.Table, positions: np.ndarray) -> Callable[[int], str]:
+    """Where a block's row is, for a message."""
+    return lambda i: table.locate(int(positions[i]))
 
 
 def load_run(run_dir: str | Path) -> TrainedRun:
@@ -277,6 +321,11 @@ def _check_preprocessing(run_dir: Path, record: Any) -> None:
             problem = "classes must be a list of at least two distinct labels, each a string or a number"
         elif scaling is not None and not _valid_scaling(scaling, len(names)):
             problem = f"standardize must be null or hold mean and std, {len(names)} finite numbers each (std positive)"
+        else:
+            try:
+                Encoding.from_record(record.get("encoding"), names)
+            except ValueError as exc:
+                problem = str(exc)
     if problem:
         raise RunDirError(
             f"{run_dir / 'preprocessing.json'}: malformed ({problem}, as gradfit train wrote it); "
@@ -342,9 +391,11 @@ def write_predictions(
     header = [position, "prediction"] + ([f"p_{c}" for c in run.classes] if with_probabilities else [])
     out.write(",".join(_csv_field(h) for h in header) + "\n")
     count = 0
+    lines = LineNumbers(table.path) if table.kind == "csv" else None  # a CSV's positions count data rows
     for block in run.batches(table, batch_rows):
         lp = log_probs(block.x, lambda i, b=block: table.locate(b.positions[i]))  # never nan
-        columns = [block.positions.astype(str), labels[lp.argmax(axis=1)]]
+        where = block.positions if lines is None else lines.next(len(block.positions))
+        columns = [where.astype(str), labels[lp.argmax(axis=1)]]
         if with_probabilities:
             columns += list(np.char.mod(digits, np.exp(lp)).T)
         out.write("".join(",".join(row) + "\n" for row in zip(*columns)))

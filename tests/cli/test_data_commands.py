@@ -76,7 +76,19 @@ def test_describe_of_a_wide_file_draws_a_summary(tmp_path):
 
 
 def test_describe_summary_keeps_a_bounded_number_of_notable_columns(tmp_path):
-    features = [{"name": f"f{j}", "mean": 0.0, "std": 1.0, "min": 0.0, "max": 1.0, "non_finite": 1} for j in range(500)]
+    features = [
+        {
+            "name": f"f{j}",
+            "kind": "numeric",
+            "mean": 0.0,
+            "std": 1.0,
+            "min": 0.0,
+            "max": 1.0,
+            "missing": 0,
+            "non_finite": 1,
+        }
+        for j in range(500)
+    ]
     shown = render.shown_features(features)
     assert len(shown) == render.MAX_FEATURE_ROWS
     assert shown[: render.EDGE_FEATURES] == list(range(render.EDGE_FEATURES))
@@ -201,7 +213,7 @@ def test_a_partial_folder_left_under_this_process_id_is_replaced(tmp_path):
 
 
 def test_convert_stores_classes_in_sorted_order_across_rewrite_chunks(tmp_path, monkeypatch):
-    monkeypatch.setattr("gradfit.data.tabular.BLOCK_ROWS", 2)  # blocks of 2 rows, codes rewritten 32 at a time
+    monkeypatch.setattr("gradfit.data.blocks.BLOCK_ROWS", 2)  # blocks of 2 rows, codes rewritten 32 at a time
     labels = ["zeta", "eta", "alpha", "eta"] * 25  # first seen in another order than the sorted classes
     rows = [[str(i), str(-i), label] for i, label in enumerate(labels)]
     data = write_csv(tmp_path / "data.csv", ["a", "b", "target"], rows)

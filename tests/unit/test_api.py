@@ -134,8 +134,8 @@ def test_a_frame_without_column_names_points_at_to_numpy(made):
         (["a", "b"] * 2, r"column 'mean_area' is not numeric \(holds 'a', a str\)"),
         (pd.Categorical([1.0, 2.0, 1.0, 2.0]), r"column 'mean_area' is categorical"),
         (pd.to_datetime(["2020-01-01"] * 4), r"column 'mean_area' is not numeric \(datetime64"),
-        (pd.array([1.0, None, 2.0, 3.0], dtype="Float64"), r"x\[1, 3\] \(feature 'mean_area'\) is nan"),
-        (pd.array([True, None, False, True], dtype="boolean"), r"column 'mean_area' has a missing value at row 1"),
+        (pd.array([1.0, None, 2.0, 3.0], dtype="Float64"), r"^x row 1: column 'mean_area' is missing .*data.missing"),
+        (pd.array([True, None, False, True], dtype="boolean"), r"^x row 1: column 'mean_area' is missing"),
     ],
 )
 def test_a_column_that_is_not_numbers_is_named(made, column, message):
@@ -154,7 +154,7 @@ def test_an_arrow_column_of_text_or_with_nulls_is_named(made):
         run.predict(table.set_column(index, "mean_area", pa.array(["x", "y", "z"])))
     with pytest.raises(DataError, match=r"column 'mean_area' is categorical"):
         run.predict(table.set_column(index, "mean_area", pa.array(["x", "y", "x"]).dictionary_encode()))
-    with pytest.raises(DataError, match=r"\(feature 'mean_area'\) is nan"):
+    with pytest.raises(DataError, match=r"^x row 1: column 'mean_area' is missing"):
         run.predict(table.set_column(index, "mean_area", pa.array([1, None, 3])))
 
 

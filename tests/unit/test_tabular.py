@@ -26,8 +26,10 @@ from typer.testing import CliRunner
 
 import gradfit
 from gradfit.cli.app import app
-from gradfit.data import converted, tabular
-from gradfit.data.convert import convert, describe
+from gradfit.data import blocks, converted, tabular
+from gradfit.data.text import LineNumbers
+from gradfit.data.convert import convert
+from gradfit.data.describe import describe
 from gradfit.data.dataset import load_dataset
 from gradfit.data.labels import Labels, encode_labels
 from gradfit.data.tabular import open_table
@@ -150,6 +152,7 @@ class Case:
     message: str  # "{path}" stands for the file
     predict: str = SAME  # SAME, ACCEPTS, or predict's own message
     bug: str | None = None  # a known gradfit bug: the case fails in every path (strict xfail)
+    missing: bool = False  # a missing cell: the reader hands it over as NaN, training and predict refuse it
     predict_bug: str | None = None  # a known bug in predict only
 
 
@@ -165,21 +168,38 @@ CASES = [
     Case(
         "non-numeric cell",
         with_line_4("5,abc,yes"),
-        "{path}:4: column 'b' has non-numeric value 'abc'; features must be numbers (encode categories as numbers "
-        "first)",
+        "{path}:4: column 'b' has non-numeric value 'abc'; name it in data.categorical (or set data.categorical: "
+        "auto) to one-hot encode it, or drop it (data.drop)",
     ),
     Case("quoted comma in a number", with_line_4('"5,5",6,yes'), "{path}:4: column 'a' has non-numeric value '5,5'"),
-    Case("empty cell", with_line_4("5,,yes"), "{path}:4: column 'b' is empty; remove or impute missing values first"),
-    Case("whitespace cell", with_line_4("5,   ,yes"), "{path}:4: column 'b' is empty; remove or impute missing values"),
+    Case(
+        "empty cell",
+        with_line_4("5,,yes"),
+        "{path}:4: column 'b' is missing (an empty cell or NA); set data.missing",
+        missing=True,
+    ),
+    Case(
+        "whitespace cell",
+        with_line_4("5,   ,yes"),
+        "{path}:4: column 'b' is missing (an empty cell or NA)",
+        missing=True,
+    ),
     Case(
         "nan cell",
         with_line_4("nan,6,yes"),
-        "{path}:4: column 'a' is nan; remove or impute missing and infinite values first",
+        "{path}:4: column 'a' is missing (an empty cell or NA); set data.missing",
+        missing=True,
+    ),
+    Case(
+        "NA cell",
+        with_line_4(" NA ,6,yes"),
+        "{path}:4: column 'a' is missing (an empty cell or NA); set data.missing",
+        missing=True,
     ),
     Case(
         "inf cell",
         with_line_4("5,-inf,yes"),
-        "{path}:4: column 'b' is -inf; remove or impute missing and infinite values first",
+        "{path}:4: column 'b' is -inf; remove infinite values first (a missing cell is left empty or written NA)",
     ),
     Case(
         "beyond 1e150",
@@ -222,13 +242,13 @@ CASES = [
     Case(
         "missing label column, close",
         with_line_4("5,6,yes", header="a,b,Target"),
-        "{path}: no label column 'target' in the header; did you mean 'Target'? (set data.target)",
+        "{path}: no label column 'target' (set data.target); did you mean 'Target'? (its columns: 'Target', 'a', 'b')",
         predict="{path}: the feature columns do not match the 2 the run was trained on (unexpected 'Target')",
     ),
     Case(
         "missing label column",
         b"a,b\n1,2\n3,4\n5,6\n7,8\n",
-        "{path}: no label column 'target' in the header; set data.target to the label column",
+        "{path}: no label column 'target' (set data.target); its columns: 'a', 'b'",
         predict=ACCEPTS,
     ),
     Case(
@@ -259,6 +279,7 @@ CASES = [
         + b"".join(b"%d,%d,%s\n" % (i, i, b"no" if i % 2 else b"yes") for i in range(LATE))
         + b"5,6,\xff\n",
         "{path}: not a UTF-8 text file (invalid start byte); save it as UTF-8 CSV",
+        predict=ACCEPTS,  # predict reads no label: only the columns read are decoded
     ),
     Case("header but no rows", header_only(), "{path}: the header has no data rows below it"),
     Case("header and blank lines", header_only() + b"\n   \n\t\n", "{path}: the header has no data rows below it"),
@@ -293,16 +314,20 @@ def write_case(tmp_path: Path, case: Case) -> tuple[Path, str]:
 @pytest.mark.parametrize("case", catalogue("open_table"))
 def test_catalogue_open_table(case, tmp_path):
     path, message = write_case(tmp_path, case)
+    if case.missing:  # the encoding decides (data.missing): the reader hands the cell over as NaN
+        x, _, positions = open_table(path, "target").read_all()
+        assert np.isnan(x).sum() == 1 and np.isnan(x[2]).any() and positions[2] == 2
+        return
     assert message in refusal(path)
 
 
 @pytest.mark.parametrize("case", catalogue("train"))
 def test_catalogue_train_says_what_open_table_says(case, tmp_path):
     path, message = write_case(tmp_path, case)
-    full = refusal(path) if not case.bug else message
+    full = refusal(path) if not (case.bug or case.missing) else message
     result = invoke(*train_args(path, tmp_path / "runs"))
     assert result.exit_code == 2, result.output
-    assert f"error: {full}\n" in result.output and message in result.output, result.output
+    assert (f"error: {full}\n" in result.output or case.missing) and f"error: {message}" in result.output, result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "runs").exists()  # no run directory for data that cannot be read
 
@@ -318,7 +343,7 @@ def test_catalogue_predict_says_what_open_table_says(case, run, tmp_path):
         assert [r[0] for r in rows] == [str(n) for n in range(2, len(case.content.splitlines()) + 1)]
         return
     if case.predict == SAME:
-        expected = message if case.bug else refusal(path)
+        expected = message if case.bug or case.missing else refusal(path)
     else:
         expected = case.predict.format(path=path)
     assert result.exit_code == 2, result.output
@@ -423,7 +448,7 @@ def test_variant_writer_numbers_the_lines():
 @pytest.mark.parametrize("name", VARIANTS)
 def test_accepted_variants_read_as_the_plain_file(run, tmp_path, monkeypatch, name, block_cells):
     if block_cells:
-        monkeypatch.setattr(tabular, "BLOCK_CELLS", block_cells)
+        monkeypatch.setattr(blocks, "BLOCK_CELLS", block_cells)
     path, lines = write_variant(run, tmp_path, name)
     table = open_table(path, "target")
     assert table.names == ["a", "b"]
@@ -431,7 +456,9 @@ def test_accepted_variants_read_as_the_plain_file(run, tmp_path, monkeypatch, na
     assert x.dtype == np.float64
     np.testing.assert_array_equal(x, run.x)  # repr'd floats: exact
     assert labels_of(labels) == run.labels
-    assert positions.tolist() == lines
+    assert positions.tolist() == list(range(len(lines)))  # a CSV's positions count its data rows...
+    assert LineNumbers(path).next(len(lines) + 5).tolist() == lines  # ...whose lines are found when needed
+    assert table.locate(len(lines) - 1) == f"{path}:{lines[-1]}"
     if not VARIANTS[name].get("blanks"):
         assert lines == list(range(2, ROWS + 2))
 
@@ -495,7 +522,7 @@ SOURCES = {
 @pytest.mark.parametrize("source", SOURCES)
 def test_a_converted_csv_round_trips(tmp_path, monkeypatch, source, block_cells):
     if block_cells:
-        monkeypatch.setattr(tabular, "BLOCK_CELLS", block_cells)
+        monkeypatch.setattr(blocks, "BLOCK_CELLS", block_cells)
     labels, classes, kind = SOURCES[source]
     data = labelled_csv(tmp_path / "data.csv", labels)
     done = convert(data, tmp_path / "out")
@@ -601,9 +628,9 @@ def test_convert_replaces_a_converted_folder_only_with_force(tmp_path):
 
 @pytest.mark.parametrize("existing", [False, True], ids=["new folder", "over a converted folder, --force"])
 def test_a_failed_convert_leaves_nothing_behind(tmp_path, monkeypatch, existing):
-    monkeypatch.setattr(tabular, "BLOCK_CELLS", 8)  # 2 rows per block: 15 blocks are written before the bad one
+    monkeypatch.setattr(blocks, "BLOCK_CELLS", 8)  # 2 rows per block: 15 blocks are written before the bad one
     rows = [[str(i), str(0.5 * i), str(-i), "ab"[i % 2]] for i in range(40)]
-    rows[31][1] = "oops"  # line 33
+    rows[31][1] = "inf"  # line 33
     data = write_csv(tmp_path / "bad.csv", ["f0", "f1", "f2", "target"], rows)
     out = tmp_path / "out"
     before = None
@@ -611,7 +638,7 @@ def test_a_failed_convert_leaves_nothing_behind(tmp_path, monkeypatch, existing)
         convert(labelled_csv(tmp_path / "old.csv", ["a", "b"] * 5), out)
         before = {name: (out / name).read_bytes() for name in converted.CONVERTED_FILES}
     listing = sorted(os.listdir(tmp_path))
-    with pytest.raises(DataError, match=f"^{data}:33: column 'f1' has non-numeric value 'oops'"):
+    with pytest.raises(DataError, match=f"^{data}:33: column 'f1' is inf"):
         convert(data, out, force=existing)
     assert sorted(os.listdir(tmp_path)) == listing  # no output folder, no hidden partial folder
     if existing:
@@ -646,7 +673,8 @@ def assert_statistics(result: dict, x: np.ndarray, names: list[str]) -> None:
     for j, feature in enumerate(result["features"]):
         column = x[:, j]
         finite = column[np.isfinite(column)]
-        assert feature["non_finite"] == len(column) - len(finite)
+        assert feature["non_finite"] + feature["missing"] == len(column) - len(finite)
+        assert feature["missing"] == np.isnan(column).sum()
         assert feature["min"] == finite.min() and feature["max"] == finite.max()
         np.testing.assert_allclose(feature["mean"], np.mean(finite), rtol=1e-12, atol=0)
         np.testing.assert_allclose(feature["std"], np.std(finite, ddof=0), rtol=1e-12, atol=0)
@@ -655,13 +683,14 @@ def assert_statistics(result: dict, x: np.ndarray, names: list[str]) -> None:
 @pytest.mark.parametrize("block_cells", [None, 7], ids=["one block", "blocks of 2 rows"])
 def test_describe_counts_non_finite_cells_and_matches_numpy(tmp_path, monkeypatch, block_cells):
     if block_cells:
-        monkeypatch.setattr(tabular, "BLOCK_CELLS", block_cells)
+        monkeypatch.setattr(blocks, "BLOCK_CELLS", block_cells)
     path, x, labels = describe_csv(tmp_path / "d.csv")
-    assert refusal(path).startswith(f"{path}:11: column 'b' is nan;")  # training refuses this file
+    assert refusal(path).startswith(f"{path}:15: column 'c' is -inf;")  # training refuses this file
     result = describe(path)
     assert (result["format"], result["rows"], result["columns"], result["target"]) == ("csv", len(x), 3, "target")
-    assert result["non_finite_cells"] == 3
-    assert [f["non_finite"] for f in result["features"]] == [0, 2, 1]
+    assert (result["non_finite_cells"], result["missing_cells"]) == (2, 1)
+    assert [f["non_finite"] for f in result["features"]] == [0, 1, 1]
+    assert [f["missing"] for f in result["features"]] == [0, 1, 0]
     assert_statistics(result, x, ["a", "b", "c"])
     assert result["classes"] == [{"label": c, "rows": labels.count(c)} for c in ("cat", "dog", "emu")]
     assert result["overflow"] == []
@@ -701,7 +730,7 @@ def test_describe_json_prints_the_same_numbers(tmp_path, which):
     assert result.exit_code == 0, result.output
     printed = json.loads(result.stdout)
     assert printed == describe(path)
-    assert printed["non_finite_cells"] == (3 if which == "non-finite" else 0)
+    assert printed["non_finite_cells"] == (2 if which == "non-finite" else 0)
     assert printed["overflow"] == ([] if which == "non-finite" else ["big"])
 
 
@@ -709,7 +738,7 @@ def test_describe_blocks_do_not_change_the_result(tmp_path, monkeypatch):
     path, x, _ = describe_csv(tmp_path / "d.csv", n=101)
     whole = describe(path)
     for cells in (7, 12, 64):
-        monkeypatch.setattr(tabular, "BLOCK_CELLS", cells)
+        monkeypatch.setattr(blocks, "BLOCK_CELLS", cells)
         blocked = describe(path)
         assert {k: v for k, v in blocked.items() if k != "features"} == {
             k: v for k, v in whole.items() if k != "features"

@@ -35,7 +35,9 @@ def _progress_bar(what: str, quiet: bool) -> Iterator[Callable[[int, int | None]
 
 def convert(
     source: Path = typer.Argument(
-        ..., help="A CSV with a header, an .npz (X, y, optional feature_names) or a converted folder."
+        ...,
+        help="A CSV with a header, a Parquet or Feather file, an .npz (X, y, optional feature_names) or a converted "
+        "folder.",
     ),
     out_dir: Path = typer.Argument(..., help="The folder to write: X.npy, y.npy and meta.json."),
     target: str = typer.Option("target", help=DATA_TARGET_HELP),
@@ -45,12 +47,18 @@ def convert(
         "or float64 [default: the source's; float64 for a CSV].",
     ),
     force: bool = typer.Option(False, "--force", help="Replace OUT_DIR if it is a converted folder."),
+    categorical: list[str] | None = typer.Option(
+        None,
+        "--categorical",
+        help="A categorical column (repeat for more), stored as category codes [default: every column whose "
+        "cells are not numbers].",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     json_flag: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Convert a table into a folder that training memory-maps and can stream (data.path: OUT_DIR).
 
-    One pass in flat memory (blocks of rows), with the checks and messages training uses; features in the column order of the file, labels stored as indices into the sorted classes. Written under a temporary name and renamed when complete; a temporary folder left by a conversion to OUT_DIR that was killed (SIGKILL) is removed.
+    One pass in flat memory (blocks of rows), with the checks and messages training uses; features in the column order of the file, categorical columns as codes into their categories (listed in meta.json), missing cells as NaN, labels as indices into the sorted classes and the label column's name kept for the runs trained on it. Written under a temporary name and renamed when complete; a temporary folder left by a conversion to OUT_DIR that was killed (SIGKILL) is removed.
 
     [bold]Examples[/]
 
@@ -60,7 +68,7 @@ def convert(
     from gradfit.data.convert import convert as convert_table
 
     with _progress_bar(f"converting {source}", quiet or json_flag) as progress:
-        done = convert_table(source, out_dir, target, dtype, force, progress)
+        done = convert_table(source, out_dir, target, dtype, force, progress, categorical or "auto")
     if done.removed and not quiet:
         stderr.print(
             f"removed {len(done.removed)} partial folder(s) left by killed conversions to {escape(done.out_dir)}: "
@@ -83,21 +91,21 @@ def convert(
 
 
 def describe(
-    path: Path = typer.Argument(..., help="A CSV, an .npz or a converted folder."),
+    path: Path = typer.Argument(..., help="A CSV, Parquet or Feather file, an .npz or a converted folder."),
     target: str = typer.Option("target", help=DATA_TARGET_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     json_flag: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
-    """Rows, columns, classes with counts, and per feature mean, std, min, max and non-finite cells.
+    """Rows, columns, classes with counts, and per column mean, std, min, max (categories: the most frequent), missing and infinite cells.
 
-    One streamed pass in float64 (flat memory). Non-finite cells are counted, not refused; a column whose variance overflows float64 is named. Of a file with more than 40 columns the table shows the first and last 10 and up to 20 with non-finite cells, an overflow or a single value; --json lists every column (and draws no table).
+    One streamed pass in float64 (flat memory). A column whose cells are not numbers is described as categorical; missing cells (empty or NA) and infinite ones are counted, not refused; a column whose variance overflows float64 is named. Of a file with more than 40 columns the table shows the first and last 10 and up to 20 with missing or infinite cells, an overflow or a single value; --json lists every column (and draws no table).
 
     [bold]Examples[/]
 
       gradfit data describe data/breast_cancer.csv
       gradfit data describe big/ --json | jq .classes
     """  # noqa: E501 (a paragraph of --help is one line: Rich wraps it to the terminal)
-    from gradfit.data.convert import describe as describe_table
+    from gradfit.data.describe import describe as describe_table
 
     with _progress_bar(f"reading {path}", quiet or json_flag) as progress:
         result = describe_table(path, target, progress)

@@ -31,7 +31,7 @@ def evaluate(
         None, "--data", help="A labelled CSV or .npz to evaluate on, instead of a split of the run's own data."
     ),
     split: Split = typer.Option("test", help="Which split of the run's data, without --data."),
-    target: str | None = typer.Option(None, help="Label column of a --data CSV [default: the run's data.target]."),
+    target: str | None = typer.Option(None, help="Label column of a --data CSV [default: the run's label column]."),
     batch_rows: int = typer.Option(65_536, "--batch-rows", min=1, help=BATCH_HELP),
     json_flag: bool = typer.Option(False, "--json", help=JSON_HELP),
     json_file: Path | None = typer.Option(None, "--json-out", metavar="FILE", help=JSON_OUT_HELP),
@@ -58,7 +58,7 @@ def evaluate(
     from gradfit.trained import run as trained
 
     run = api.load_run(run_dir)
-    y, log_probs, source = trained.evaluate(run, data, split, target or run.config.data.target, batch_rows)
+    y, log_probs, source = trained.evaluate(run, data, split, target or run.target, batch_rows)
     result = metrics.classification_metrics(y, log_probs, run.classes)
     console = output.console()
     for table in eval_tables(result, source):
@@ -76,7 +76,7 @@ def predict(
     ),
     proba: bool = typer.Option(False, "--proba", help="Add one probability column per class, p_<label>."),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
-    target: str | None = typer.Option(None, help="Name of a label column to ignore [default: the run's data.target]."),
+    target: str | None = typer.Option(None, help="Name of a label column to ignore [default: the run's label column]."),
     batch_rows: int = typer.Option(65_536, "--batch-rows", min=1, help=BATCH_HELP),
 ) -> None:
     """Predict labels (and probabilities) for new rows, in the original label values.
@@ -97,7 +97,7 @@ def predict(
         out = None if str(out) == STDOUT else checked_output(out, "--out", force, [*own_files(run_dir), data])
     use_compile_cache()
     run = api.load_run(run_dir)
-    label_column = target or run.config.data.target
+    label_column = target or run.target
     if out is None:
         trained.write_predictions(run, data, sys.stdout, proba, label_column, batch_rows)
         return

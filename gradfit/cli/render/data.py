@@ -13,8 +13,10 @@ EDGE_FEATURES = 10  # of a wider table: the first and last this many, and up to 
 
 
 def notable(feature: dict) -> bool:
-    """A column worth a look before training: non-finite cells, an overflow (no std), or a single value."""
-    return bool(feature["non_finite"]) or feature["std"] is None or feature["std"] == 0
+    """A column worth a look before training: missing or infinite cells, an overflow (no std), a single value."""
+    if feature["kind"] == "categorical":
+        return bool(feature["missing"]) or feature["categories"] <= 1
+    return bool(feature["non_finite"] or feature["missing"]) or feature["std"] is None or feature["std"] == 0
 
 
 def shown_features(features: list[dict], limit: int = MAX_FEATURE_ROWS) -> list[int]:
@@ -35,7 +37,8 @@ def describe_tables(result: dict) -> list[Table]:
     head.add_row("format", result["format"])
     head.add_row("rows", f"{result['rows']:,}")
     head.add_row("features", f"{result['columns']:,}")
-    head.add_row("non-finite cells", f"{result['non_finite_cells']:,}")
+    head.add_row("missing cells", f"{result['missing_cells']:,}")
+    head.add_row("infinite cells", f"{result['non_finite_cells']:,}")
     tables = [head]
     if result["classes"] is not None:
         classes = titled_table(f"classes ({result['target']})", title_justify="left")
@@ -56,21 +59,29 @@ def _feature_table(features: list[dict]) -> Table:
     if hidden:
         caption = (
             f"{hidden:,} of {len(features):,} columns not shown (drawn: the first and last {EDGE_FEATURES}, and up "
-            f"to {MAX_FEATURE_ROWS - 2 * EDGE_FEATURES} with non-finite cells, an overflow or a single value); "
+            f"to {MAX_FEATURE_ROWS - 2 * EDGE_FEATURES} with missing or infinite cells, an overflow or a single "
+            "value); "
             "--json lists them all"
         )
     table = titled_table("features", title_justify="left", caption=caption, caption_justify="left")
-    for name in ("column", "mean", "std", "min", "max", "non-finite"):
+    for name in ("column", "mean", "std", "min", "max", "missing", "infinite"):
         table.add_column(name, justify="left" if name == "column" else "right")
     previous = -1
     for i in shown:
         if i > previous + 1:
-            table.add_row(f"[dim]... {i - previous - 1:,} more[/]", *[""] * 5)
+            table.add_row(f"[dim]... {i - previous - 1:,} more[/]", *[""] * 6)
         previous = i
         f = features[i]
+        if f["kind"] == "categorical":
+            top = ", ".join(f"{escape(str(c['value']))} ({c['rows']:,})" for c in f["top"])
+            more = ", ..." if f["categories"] > len(f["top"]) else ""
+            summary = f"[dim]{f['categories']:,} categories:[/] {top}{more}"
+            table.add_row(escape(f["name"]), summary, "", "", "", f"{f['missing']:,}", "")
+            continue
         table.add_row(
             escape(f["name"]),
             *(fmt(f[k]) if f[k] is not None else "-" for k in ("mean", "std", "min", "max")),
+            f"{f['missing']:,}",
             f"{f['non_finite']:,}",
         )
     return table
