@@ -437,8 +437,8 @@ def test_a_label_never_seen_in_training_exits_2_naming_it(yes_no, tmp_path):
     "cell, message",
     [
         ("abc", "column 'f2' has non-numeric value 'abc'"),
-        ("nan", "column 'f2' is nan"),
-        ("", "column 'f2' is empty"),
+        ("nan", "column 'f2' is missing (an empty cell or NA); set data.missing"),
+        ("", "column 'f2' is missing (an empty cell or NA); set data.missing"),
         ("inf", "column 'f2' is inf"),
     ],
 )
