@@ -115,7 +115,9 @@ class SyntheticConfig(_Section):
 class DataConfig(_Section):
     source: Source = Field("breast_cancer", description="built-in dataset, 'synthetic', or 'file' (then set data.path)")
     path: str | None = Field(
-        None, description="CSV (with a header) or .npz (arrays X, y) file; relative to the config file"
+        None,
+        description="CSV (with a header), Parquet (.parquet), Arrow IPC / Feather (.arrow, .feather), .npz (arrays X, "
+        "y) or a folder made by 'gradfit data convert'; relative to the config file",
     )
     target: str = Field("target", description="name of the label column in a CSV, Parquet or Feather file")
     features: list[str] | None = Field(

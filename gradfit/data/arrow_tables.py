@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.ipc as pa_ipc
 import pyarrow.parquet as pq
@@ -27,7 +28,7 @@ import pyarrow.parquet as pq
 from gradfit import files
 from gradfit.data import text
 from gradfit.data.blocks import Block, Table, check_features, choose_columns, column_hint
-from gradfit.data.columns import CategoryCodes
+from gradfit.data.columns import CategoryCodes, floats, integers
 from gradfit.data.labels import check_label_dtype
 from gradfit.errors import DataError
 
@@ -224,20 +225,20 @@ def _raw(table: Table, batch: pa.RecordBatch | pa.Table, columns: Sequence[str])
         if name in table.categories.index:
             x[:, j] = table.categories.codes(name, array)
         else:
-            x[:, j] = array.to_numpy(zero_copy_only=False)
+            x[:, j] = floats(array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array)
     return x
 
 
 def _text_labels(table: Table, column: Any, positions: np.ndarray) -> np.ndarray:
     """A CSV's labels as stripped Python str; an empty one is refused."""
-    labels = np.asarray(column.to_numpy(zero_copy_only=False), dtype=object)
-    stripped = np.char.strip(labels.astype(str))
-    empty = np.flatnonzero(stripped == "")
+    encoded = pc.dictionary_encode(pc.utf8_trim_whitespace(column))
+    values = np.empty(len(encoded.dictionary), dtype=object)
+    values[:] = encoded.dictionary.to_pylist()
+    labels = values[integers(encoded.indices)]
+    empty = np.flatnonzero(labels == "")
     if len(empty):
         raise DataError(f"{table.locate(int(positions[empty[0]]))}: missing label in column '{table.target}'")
-    out = np.empty(len(stripped), dtype=object)
-    out[:] = stripped.tolist()
-    return out
+    return labels
 
 
 # ---------------------------------------------------------------------------------------------------- Parquet, Feather
@@ -322,6 +323,12 @@ def _stored_labels(table: Table, column: Any, positions: np.ndarray) -> np.ndarr
         raise DataError(f"{table.locate(int(positions[row]))}: missing label in column '{table.target}'")
     if pa.types.is_dictionary(column.type):
         column = column.dictionary_decode()
-    labels = column.to_numpy(zero_copy_only=False)
+    if pa.types.is_floating(column.type) or pa.types.is_integer(column.type):
+        labels = floats(column) if pa.types.is_floating(column.type) else np.array(column.to_pylist())
+    else:
+        labels = np.empty(len(column), dtype=object)
+        labels[:] = column.to_pylist()  # text (or anything else, which the label checks refuse by its type)
+        if not all(isinstance(v, str) for v in labels[:1]):
+            labels = np.array(column.to_pylist())
     check_label_dtype(labels.dtype, f"{table.path}: column '{table.target}'")
     return labels

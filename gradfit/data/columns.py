@@ -53,7 +53,33 @@ class CategoryCodes:
             None if text in NA_TEXT else index.setdefault(text, len(index)) for text in encoded.dictionary.to_pylist()
         ]
         table = np.array([np.nan if code is None else code for code in known] + [np.nan], np.float64)
-        return table[encoded.indices.fill_null(len(known)).to_numpy(zero_copy_only=False)]
+        codes = table[np.clip(integers(encoded.indices), 0, len(known))]  # a null's slot holds any value...
+        return np.where(_valid(encoded.indices), codes, np.nan) if encoded.indices.null_count else codes  # ...masked
+
+
+# pyarrow's own Array.to_numpy imports pandas (a second of a command's start) where it is installed: fixed-width
+# arrays are read from their buffers instead
+
+
+def floats(array: pa.Array) -> np.ndarray:
+    """A numeric Arrow array (any width; booleans as 0/1) as float64, a null as NaN."""
+    if not pa.types.is_float64(array.type):
+        array = pc.cast(array, pa.float64())
+    values = np.frombuffer(array.buffers()[1], np.float64, len(array), array.offset * 8)
+    if not array.null_count:
+        return values
+    return np.where(_valid(array), values, np.nan)
+
+
+def integers(array: pa.Array) -> np.ndarray:
+    """An integer Arrow array (dictionary indices) as int64; a null's slot holds any value (see ``_valid``)."""
+    dtype = np.dtype(f"int{array.type.bit_width}")
+    return np.frombuffer(array.buffers()[1], dtype, len(array), array.offset * dtype.itemsize).astype(np.int64)
+
+
+def _valid(array: pa.Array) -> np.ndarray:
+    bits = np.unpackbits(np.frombuffer(array.buffers()[0], np.uint8), bitorder="little")
+    return bits[array.offset : array.offset + len(array)].astype(bool)
 
 
 def _arrow_array(column: Any) -> pa.Array:

@@ -23,10 +23,9 @@ from gradfit.config.schema import DataConfig, GradfitConfig, data_seed
 from gradfit.core import precision
 from gradfit.data import blocks, standardize, synthetic, tabular
 from gradfit.data.blocks import Locate
-from gradfit.data.encoding import Encoding
+from gradfit.data.encoding import Encoding, refuse_missing
 from gradfit.data.encoding import fit as encoding_fit
 from gradfit.data.encoding import numeric as numeric_encoding
-from gradfit.data.encoding import refuse_missing
 from gradfit.data.labels import Labels, encode_labels
 from gradfit.data.text import preview
 from gradfit.errors import ConfigError, DataError

@@ -112,8 +112,9 @@ def _feature_rows(
     for i, (name, absent) in enumerate(zip(table.names, missing.tolist())):
         if i in categories:
             found = categories[i]
-            order = np.argsort(-found, kind="stable")[:TOP_CATEGORIES]
-            top = [{"value": dictionaries[name][c], "rows": int(found[c])} for c in order if found[c]]
+            texts = dictionaries[name]
+            order = sorted(np.flatnonzero(found), key=lambda c: (-found[c], texts[c]))[:TOP_CATEGORIES]  # as training
+            top = [{"value": texts[c], "rows": int(found[c])} for c in order]
             count = int(np.count_nonzero(found))
             rows.append({"name": name, "kind": "categorical", "categories": count, "top": top, "missing": absent})
             continue

@@ -10,6 +10,7 @@ A group is about ``GROUP_BYTES`` of features, so host and device memory stay fla
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 from collections.abc import Callable
 
 import jax
@@ -57,8 +58,10 @@ class Feeder:
         log_every: int,
         dtypes: tuple,
         put: Callable[[dict], dict],
+        scope: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     ):
         self.split, self.batch, self.total_steps, self.dtypes, self.put = split, batch, total_steps, dtypes, put
+        self.scope = scope  # the run's precision: JAX's x64 switch is per thread, and groups are built in another
         self.steps = group_steps(batch, split.dataset.n_features, np.dtype(dtypes[1]).itemsize, log_every)
         self._rows = rows_program(mode, len(split), batch, steps_per_epoch)
         self._cpu = jax.devices("cpu")[0]
@@ -100,6 +103,10 @@ class Feeder:
         return self._current[1]
 
     def _build(self, index: int) -> dict:
+        with self.scope():
+            return self._build_group(index)
+
+    def _build_group(self, index: int) -> dict:
         first = index * self.steps
         count = min(self.steps, self.total_steps - first)
         steps = jax.device_put(np.arange(first, first + self.steps, dtype=np.int32), self._cpu)

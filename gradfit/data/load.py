@@ -5,8 +5,10 @@ from disk (``gradfit.data.streamed``), as ``data.in_memory`` says. No jax.
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
 
+from gradfit import files
 from gradfit.config.schema import GradfitConfig
 from gradfit.core import precision
 from gradfit.data import converted, dataset, streamed
@@ -45,14 +47,19 @@ def decide(config: GradfitConfig, device_bytes: int | None = None) -> bool:
     else:
         wanted = not data.in_memory
     if wanted and not can_stream:
+        if path is not None and not path.exists():
+            files.open_regular(path, "data file", DataError)  # names what is missing (a broken link, say)
         why = (
             "data.in_memory is false"
             if data.in_memory is False
             else f"its training split needs about {format_bytes(need)}, more than gradfit holds in memory"
         )
+        target = f" --target {shlex.quote(data.target)}" if data.source == "file" and data.target != "target" else ""
+        folder = shlex.quote(f"{path.with_suffix('')}-converted") if path is not None else "DIR"
         raise DataError(
             f"{path}: {why}, and only a folder made by 'gradfit data convert' (or synthetic data) can "
-            f"be streamed; convert it first: gradfit data convert {path} DIR, then set data.path: DIR"
+            f"be streamed; convert it first: gradfit data convert {shlex.quote(str(path))} {folder}{target}, "
+            f"then set data.path: {folder}"
         )
     if wanted and config.train.batch_size is None:
         raise ConfigError(

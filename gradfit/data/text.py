@@ -199,8 +199,6 @@ def locate_csv_error(
             raise not_utf8(path, exc) from None
 
 
-
-
 class NonBlankLines(io.RawIOBase):
     """The UTF-8 bytes of a text file's lines, whitespace-only lines left out (which pyarrow would read as rows)
     and unquoted fields stripped of spaces (which pyarrow would not read as missing: "   ", " NA ")."""

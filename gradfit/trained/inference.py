@@ -241,7 +241,12 @@ def _explain_conditioning(
         problems.append(
             f"the Hessian is singular or nearly so (condition number {condition:.3g}): the coefficients "
             f"are not identified along {direction} (collinear features). Standard errors are withheld; "
-            "drop one of those features or fit with model.l2 > 0"
+            + (
+                "one-hot columns sum to the intercept: set data.reference_category: first, "
+                if any("=" in name for name in names)
+                else ""
+            )
+            + "drop one of those features or fit with model.l2 > 0"
         )
     else:
         notes.append(

@@ -128,6 +128,7 @@ def _prepare(config: GradfitConfig) -> Prepared:
             plan.log_every,
             dtypes,
             topology.put,
+            chosen.scope,
         )
         evaluate = make_streamed_evaluate(
             model, settings.l2, eval_rows, dataset, dtypes, topology.put, topology.shard_rows

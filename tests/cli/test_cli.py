@@ -169,7 +169,7 @@ def _write(path, text):
     "csv_text,message",
     [
         ("a,b,target\n1,2,x\n3,oops,y\n", ":3: column 'b' has non-numeric value 'oops'"),
-        ("a,b,target\n1,2,x\n3,nan,y\n", ":3: column 'b' is nan"),
+        ("a,b,target\n1,2,x\n3,nan,y\n", ":3: column 'b' is missing"),
         ("a,b,target\n1,2,x\n3,4\n", ":3: 2 fields but the header has 3 columns"),
         ("a,b,label\n1,2,x\n3,4,y\n", "no label column 'target'"),
         ("a,b,target\n1,2,x\n3,4,x\n5,6,x\n", "single class ('x')"),

@@ -171,7 +171,7 @@ CASES = {
     ),
     "csv-nan-cell": Case(
         file_config(),
-        ("data.csv:3", "column 'a'", "nan"),
+        ("data.csv:3", "column 'a' is missing", "data.missing"),
         files={"data.csv": "a,b,target\n1,2,0\nnan,4,1\n" + VALID_ROWS},
     ),
     "csv-inf-cell": Case(

@@ -370,7 +370,7 @@ def test_a_nan_after_blank_lines_names_its_own_line(tmp_path):
     (tmp_path / "data.csv").write_text(
         "a,b,target\n\n" + rows_text(2) + "\n\n" + rows_text(5, {1: "nan"}), encoding="utf-8"
     )
-    assert_refused(train(tmp_path), "data.csv:8: column 'a' is nan", runs=tmp_path / "runs")
+    assert_refused(train(tmp_path), "data.csv:8: column 'a' is missing", runs=tmp_path / "runs")
 
 
 def test_an_npz_feature_beyond_1e150_names_the_row(tmp_path):

@@ -26,13 +26,13 @@ from typer.testing import CliRunner
 
 import gradfit
 from gradfit.cli.app import app
-from gradfit.data import blocks, converted, tabular
-from gradfit.data.text import LineNumbers
+from gradfit.data import blocks, converted
 from gradfit.data.convert import convert
-from gradfit.data.describe import describe
 from gradfit.data.dataset import load_dataset
+from gradfit.data.describe import describe
 from gradfit.data.labels import Labels, encode_labels
 from gradfit.data.tabular import open_table
+from gradfit.data.text import LineNumbers
 from gradfit.errors import DataError, GradfitError
 
 runner = CliRunner()

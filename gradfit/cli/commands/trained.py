@@ -28,10 +28,13 @@ BATCH_HELP = "Rows per batch: files are read and predicted this many rows at a t
 def evaluate(
     run_dir: Path = typer.Argument(..., help=RUN_DIR_HELP),
     data: Path | None = typer.Option(
-        None, "--data", help="A labelled CSV or .npz to evaluate on, instead of a split of the run's own data."
+        None,
+        "--data",
+        help="A labelled table (CSV, Parquet, Feather, .npz or converted folder) to evaluate on, instead of a split "
+        "of the run's own data.",
     ),
     split: Split = typer.Option("test", help="Which split of the run's data, without --data."),
-    target: str | None = typer.Option(None, help="Label column of a --data CSV [default: the run's label column]."),
+    target: str | None = typer.Option(None, help="Label column of the --data table [default: the run's label column]."),
     batch_rows: int = typer.Option(65_536, "--batch-rows", min=1, help=BATCH_HELP),
     json_flag: bool = typer.Option(False, "--json", help=JSON_HELP),
     json_file: Path | None = typer.Option(None, "--json-out", metavar="FILE", help=JSON_OUT_HELP),
@@ -69,7 +72,9 @@ def evaluate(
 def predict(
     run_dir: Path = typer.Argument(..., help=RUN_DIR_HELP),
     data: Path = typer.Argument(
-        ..., help="CSV (with a header) or .npz (array X) of features; a label column, if present, is ignored."
+        ...,
+        help="A table of the run's input columns: CSV (with a header), Parquet, Feather, .npz (array X) or a "
+        "converted folder; a label column, if present, is ignored.",
     ),
     out: Path | None = typer.Option(
         None, "--out", "-o", help="Write the predictions CSV here ([bold]-[/]: stdout, the default)."
@@ -81,7 +86,7 @@ def predict(
 ) -> None:
     """Predict labels (and probabilities) for new rows, in the original label values.
 
-    Output columns: [bold]line[/] (of the input CSV; [bold]row[/] for .npz), [bold]prediction[/], and with --proba one [bold]p_<label>[/] per class. The file is written to a temporary name and renamed when complete, so a failure never leaves a partial or overwritten file.
+    Output columns: [bold]line[/] (of the input CSV; [bold]row[/] for other tables), [bold]prediction[/], and with --proba one [bold]p_<label>[/] per class. The file is written to a temporary name and renamed when complete, so a failure never leaves a partial or overwritten file.
 
     [bold]Examples[/]
 
