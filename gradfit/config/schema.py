@@ -150,7 +150,9 @@ class DataConfig(_Section):
     )
     val_fraction: float = Field(0.2, ge=0, lt=1, description="fraction of rows held out for validation")
     test_fraction: float = Field(0.2, ge=0, lt=1, description="fraction of rows held out for the final test")
-    standardize: bool = Field(True, description="scale features to mean 0, std 1 using training-split statistics")
+    standardize: bool = Field(
+        True, description="scale numeric features to mean 0, std 1 with training-split statistics (0/1 encodings stay)"
+    )
     seed: int | None = Field(
         None,
         ge=0,

@@ -1,7 +1,7 @@
 """Every script in benchmarks/ still runs against today's gradfit: its ``--smoke`` mode (the same code path at toy
 sizes) exits 0 and prints its table, with every row there and every measured number finite and positive.
 
-The four scripts start together: each spends much of its time waiting on a child process (a ``gradfit train``,
+The scripts start together: each spends much of its time waiting on a child process (a ``gradfit train``,
 a ``gradfit sweep``), so together they finish sooner than one after the other.
 """
 
@@ -16,7 +16,7 @@ import sys
 import pytest
 from conftest import ROOT
 
-SCRIPTS = ("speed", "streaming", "sweep", "gradcheck_power")
+SCRIPTS = ("speed", "streaming", "sweep", "gradcheck_power", "tables")
 TIMEOUT_S = 900  # far above a --smoke run: only a hung script gets near it
 # a number as printed ("1,322", "0.070", "1.4e-16", "nan"); the "-" of a range ("177-184") is not a sign
 NUMBER = re.compile(r"(?<![\w.])-?(?:\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?|(?:nan|inf)(?!\w))")
@@ -24,7 +24,7 @@ NUMBER = re.compile(r"(?<![\w.])-?(?:\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?|(?:nan|inf
 
 @pytest.fixture(scope="module")
 def smoke_runs(tmp_path_factory) -> dict:
-    """The four ``--smoke`` processes, started at once; their output goes to files (no pipe to fill up)."""
+    """The ``--smoke`` processes, started at once; their output goes to files (no pipe to fill up)."""
     folder = tmp_path_factory.mktemp("benchmarks")
     runs = {}
     for name in SCRIPTS:
@@ -165,3 +165,22 @@ def test_gradcheck_power(smoke_runs):
     for row in verdicts:
         counts = re.findall(r"(PASS|INCONCLUSIVE|FAIL) (\d+)", row[3])
         assert sum(int(count) for _, count in counts) == 1, row  # one seed
+
+
+def test_tables(smoke_runs):
+    report = json.loads(output_of(smoke_runs, "tables"))
+    assert report["table"]["rows"] == 2_000 and report["rounds"] == 1
+    for pair in ("describe_vs_pyarrow_read_csv", "train_csv_vs_npz"):
+        measured = report[pair]
+        assert_positive(
+            measured["ratio_median"],
+            *measured["ratio_range"],
+            *measured["first_s"].values(),
+            *measured["second_s"].values(),
+        )
+    assert report["csv_and_parquet_params_identical"] is True  # bit-identical: not a timing
+    assert set(report["targets"]) == {
+        "describe within 1.5x of pyarrow.csv.read_csv",
+        "train on CSV within 1.5x of train on .npz",
+        "CSV and Parquet give bit-identical parameters",
+    }
