@@ -2,7 +2,7 @@
 
 Precedence is defaults < file < ``--set``. Everything is validated here, before any JAX work, and every
 problem in a file is reported at once with its file, line and key. The validated config is frozen.
-The schema itself is in ``gradfit.config.schema`` (re-exported here). No jax import: ``gradfit config ...`` stays fast.
+The schema itself is in ``gradfit.config.schema`` and its sections' modules (re-exported here). No jax import: ``gradfit config ...`` stays fast.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import yaml
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
+from gradfit.config.data import DataConfig, SyntheticConfig  # re-exported, as the schema below
 from gradfit.config.schema import (  # re-exported: the whole config API in one place
-    DataConfig,
     GradfitConfig,
     KeyInfo,
     KeyPath,
@@ -30,7 +30,6 @@ from gradfit.config.schema import (  # re-exported: the whole config API in one 
     OptimizerConfig,
     RuntimeConfig,
     ScheduleConfig,
-    SyntheticConfig,
     TrainConfig,
     describe_keys,
     is_section,

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from gradfit.config.schema import GradfitConfig, KeyPath, _Section, describe_keys, unused_keys
+from gradfit.config.schema import GradfitConfig, KeyPath, Section, describe_keys, unused_keys
 
 WIDTH = 118
 
@@ -29,7 +29,7 @@ def config_template(model: str = "logistic") -> str:
     return "\n".join(lines) + "\n"
 
 
-def _section(section: _Section, prefix: KeyPath, unused: set, lines: list[str], commented: bool) -> None:
+def _section(section: Section, prefix: KeyPath, unused: set, lines: list[str], commented: bool) -> None:
     indent = "  " * len(prefix)
     for name, field in type(section).model_fields.items():
         key, value = prefix + (name,), getattr(section, name)
@@ -38,7 +38,7 @@ def _section(section: _Section, prefix: KeyPath, unused: set, lines: list[str], 
         about = field.description or ""
         if off and not commented:
             about += f" [{_applies_to(type(section), name)}]"
-        if isinstance(value, _Section):
+        if isinstance(value, Section):
             lines.append("")
             lines += _comment(indent, about)
             lines.append(f"{indent}{mark}{name}:")
@@ -52,7 +52,7 @@ def _comment(indent: str, text: str) -> list[str]:
     return textwrap.wrap(text, WIDTH - len(indent), initial_indent=f"{indent}# ", subsequent_indent=f"{indent}#   ")
 
 
-def _applies_to(cls: type[_Section], name: str) -> str:
+def _applies_to(cls: type[Section], name: str) -> str:
     users = cls.APPLIES_TO.get(name)
     return f"only with {cls.SELECTOR}: {' or '.join(sorted(users))}" if users else "not used with these choices"
 

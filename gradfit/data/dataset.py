@@ -19,7 +19,8 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from gradfit.config.schema import DataConfig, GradfitConfig, data_seed
+from gradfit.config.data import DataConfig
+from gradfit.config.schema import GradfitConfig, data_seed
 from gradfit.core import precision
 from gradfit.data import blocks, standardize, synthetic, tabular
 from gradfit.data.blocks import Locate

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from gradfit.config.schema import SyntheticConfig
+from gradfit.config.data import SyntheticConfig
 from gradfit.errors import DataError
 
 SYNTHETIC_BLOCK = 1 << 16  # synthetic rows are generated in blocks of this many, each from its own seed

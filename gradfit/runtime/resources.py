@@ -19,7 +19,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from gradfit.config.schema import MAX_SIZE, MAX_STEPS, GradfitConfig, OptimizerConfig, SyntheticConfig, TrainConfig
+from gradfit.config.data import SyntheticConfig
+from gradfit.config.schema import GradfitConfig, OptimizerConfig, TrainConfig
+from gradfit.config.section import MAX_SIZE, MAX_STEPS
 from gradfit.core import precision
 from gradfit.errors import ConfigError
 from gradfit.files import format_bytes

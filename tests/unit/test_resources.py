@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from gradfit import files
 from gradfit.cli.app import app
-from gradfit.config.schema import INT32_MAX, MAX_STEPS
+from gradfit.config.section import INT32_MAX, MAX_STEPS
 from gradfit.core import models
 from gradfit.core.optim import make_optimizer
 from gradfit.data import dataset as data
