@@ -14,6 +14,7 @@ are counted by pyarrow and turned into line numbers only where a message or ``pr
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,22 +48,18 @@ def kind_of(path: Path) -> str | None:
     return ARROW_SUFFIXES.get(Path(path).suffix.lower())
 
 
+@dataclasses.dataclass(frozen=True)
 class Request:
-    """Which columns to read and how (see ``open_arrow_table``)."""
+    """Which columns to read and how (the arguments of ``tabular.open_table``)."""
 
-    def __init__(
-        self,
-        target: str | None,
-        features: Sequence[str] | None,
-        need_labels: bool | None,
-        target_hint: str,
-        drop: Collection[str],
-        categorical: Collection[str] | str,
-        run_inputs: bool,
-        extra_ok: bool,
-    ):
-        self.target, self.features, self.need_labels, self.target_hint = target, features, need_labels, target_hint
-        self.drop, self.categorical, self.run_inputs, self.extra_ok = drop, categorical, run_inputs, extra_ok
+    target: str | None
+    features: Sequence[str] | None
+    need_labels: bool | None
+    target_hint: str
+    drop: Collection[str]
+    categorical: Collection[str] | str
+    run_inputs: bool
+    extra_ok: bool
 
     def labels(self, path: Path, columns: list[str]) -> bool:
         """Whether to read labels; refuses a table without the label column it needs, or with it twice."""
