@@ -2,7 +2,8 @@
 
 Precedence is defaults < file < ``--set``. Everything is validated here, before any JAX work, and every
 problem in a file is reported at once with its file, line and key. The validated config is frozen.
-The schema itself is in ``gradfit.config.schema`` and its sections' modules (re-exported here). No jax import: ``gradfit config ...`` stays fast.
+The schema itself is in ``gradfit.config.schema`` and its sections' modules (re-exported here). No jax
+import: ``gradfit config ...`` stays fast.
 """
 
 from __future__ import annotations
