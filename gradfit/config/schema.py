@@ -43,7 +43,9 @@ from gradfit.config.section import (
 
 class ModelConfig(Section):
     kind: ModelKind = Field(
-        "logistic", description="'logistic' (binary, labels mapped to -1/+1) or 'mlp' (binary or multiclass)"
+        "logistic",
+        description="'logistic' (binary: labels mapped to -1/+1; more classes: multinomial) or 'mlp' (binary or "
+        "multiclass)",
     )
     hidden: list[Annotated[Size, Field(ge=1)]] = Field(
         [64, 64], min_length=1, description="hidden layer sizes, input to output"

@@ -2,7 +2,8 @@
 
 The binary loss takes labels y in {-1, +1} and one logit per row:
     L(theta) = (1/N) sum_i log(1 + exp(-y_i * logit_i)) + (l2/2) * ||w||^2
-computed as ``logaddexp(0, -y * logit)`` so that large margins neither overflow nor lose precision.
+computed as ``logaddexp(0, -y * logit)`` so that large margins neither overflow nor lose precision. K > 2 classes
+take class ids and K logits per row: L(theta) = (1/N) sum_i -log softmax(logits_i)[y_i] + (l2/2) * ||W||^2.
 """
 
 from __future__ import annotations
@@ -61,13 +62,19 @@ def make_objective(apply: Callable, l2: float) -> Callable:
 
 
 def logistic_manual_grad(params: dict, x: np.ndarray, y: np.ndarray, l2: float = 0.0, dtype=np.float64) -> dict:
-    """Closed-form gradient of the L2-penalized binary logistic loss, in NumPy (float64 unless ``dtype``).
+    """Closed-form gradient of the L2-penalized logistic loss, in NumPy (float64 unless ``dtype``).
 
-    d/dw = (1/N) X^T (-y * sigmoid(-y * m)) + l2 * w,   d/db = mean(-y * sigmoid(-y * m)),   m = X w + b.
+    Binary (w: (d,), y in {-1, +1}): d/dw = (1/N) X^T (-y * sigmoid(-y * m)) + l2 * w,
+    d/db = mean(-y * sigmoid(-y * m)), m = X w + b. Multinomial (w: (d, K), y class ids): with P = softmax(X W + b)
+    row by row and Y the one-hot labels, d/dW = (1/N) X^T (P - Y) + l2 * W, d/db = mean over rows of (P - Y).
     """
     w = np.asarray(params["w"], dtype)
     b = np.asarray(params["b"], dtype)
     x = np.asarray(x, dtype)  # no copy when already of this dtype
+    if w.ndim == 2:
+        residual = _softmax(x @ w + b)
+        residual[np.arange(len(y)), np.asarray(y, np.int64)] -= 1.0
+        return {"w": x.T @ residual / len(y) + l2 * w, "b": residual.mean(axis=0)}
     y = np.asarray(y, dtype)
     margin = -y * (x @ w + b)
     # sigmoid(t) = exp(-logaddexp(0, -t)) never overflows
@@ -82,6 +89,12 @@ _GELU_C = np.sqrt(2.0 / np.pi)
 
 def _sigmoid(z):
     return np.exp(-np.logaddexp(0.0, -z))
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of (n, K) logits (the row maximum subtracted first: no overflow)."""
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 _Elementwise = Callable[[np.ndarray], np.ndarray]
@@ -122,8 +135,7 @@ def mlp_manual_grad(
         yy = np.asarray(y, dtype)[:, None]
         delta = -yy * _sigmoid(-yy * logits) / n
     else:
-        shifted = logits - logits.max(axis=1, keepdims=True)
-        probs = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+        probs = _softmax(logits)
         probs[np.arange(n), np.asarray(y, np.int64)] -= 1.0
         delta = probs / n
     grads: list[dict[str, np.ndarray] | None] = [None] * len(layers)

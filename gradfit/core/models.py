@@ -40,12 +40,15 @@ def dense(x, w, compute_dtype=None):
     return jnp.matmul(x.astype(compute_dtype), w.astype(compute_dtype), preferred_element_type=w.dtype)
 
 
-def logistic(n_features: int, compute_dtype=None) -> Model:
-    """Binary logistic regression: logit = <w, x> + b, with params {"w": (d,), "b": ()} starting at zero."""
+def logistic(n_features: int, n_classes: int = 2, compute_dtype=None) -> Model:
+    """Logistic regression, starting at zero. Two classes: logit = <w, x> + b, params {"w": (d,), "b": ()}. K > 2
+    classes (multinomial, softmax regression): logits = x W + b, params {"w": (d, K), "b": (K,)}, every class with
+    its own coefficients (as scikit-learn's multinomial LogisticRegression; the penalty makes them identified)."""
+    shape: tuple[int, ...] = (n_features,) if n_classes == 2 else (n_features, n_classes)
 
     def init(key, dtype=jnp.float32):
         del key  # the loss is convex: zero is the conventional, reproducible start
-        return {"w": jnp.zeros((n_features,), dtype), "b": jnp.zeros((), dtype)}
+        return {"w": jnp.zeros(shape, dtype), "b": jnp.zeros(shape[1:], dtype)}
 
     def apply(params, x):
         return dense(x, params["w"], compute_dtype) + params["b"]
@@ -96,7 +99,7 @@ def mlp(
 def build_model(config: ModelConfig, n_features: int, n_classes: int, compute_dtype=None) -> Model:
     """The model a config names, sized for the data: one logit for two classes, else one per class."""
     if config.kind == "logistic":
-        return logistic(n_features, compute_dtype)
+        return logistic(n_features, n_classes, compute_dtype)
     n_outputs = 1 if n_classes == 2 else n_classes
     return mlp(n_features, n_outputs, config.hidden, config.activation, config.init, compute_dtype)
 

@@ -28,7 +28,6 @@ from gradfit.data.encoding import Encoding, refuse_missing
 from gradfit.data.encoding import fit as encoding_fit
 from gradfit.data.encoding import numeric as numeric_encoding
 from gradfit.data.labels import Labels, encode_labels
-from gradfit.data.text import preview
 from gradfit.errors import ConfigError, DataError
 
 BUILTIN = {"breast_cancer": "breast_cancer.csv", "digits": "digits.csv"}
@@ -231,7 +230,6 @@ def load_dataset(config: GradfitConfig, shuffle: str = "full") -> InMemoryDatase
     if data.missing == "error":  # before the split: a missing cell is the first thing to fix
         refuse_missing(x, names, source.locate)
     y, classes = encode_labels(source.labels, origin)
-    check_binary_model(config, classes, origin)
     try:
         train_idx, val_idx, test_idx = split_indices(len(y), data.val_fraction, data.test_fraction, data_seed(config))
     except DataError as exc:
@@ -287,15 +285,6 @@ def only_numeric(encoding: Encoding, mean: np.ndarray, std: np.ndarray) -> tuple
         return mean, std
     numeric = encoding.numeric_features
     return np.where(numeric, mean, 0.0), np.where(numeric, std, 1.0)
-
-
-def check_binary_model(config: GradfitConfig, classes: list, origin: str) -> None:
-    """Refuse more than two classes for the logistic model, which is binary."""
-    if config.model.kind == "logistic" and len(classes) > 2:
-        raise DataError(
-            f"{origin}: the logistic model is binary but the target has {len(classes)} classes "
-            f"({preview(classes)}); use model.kind: mlp for multiclass"
-        )
 
 
 def _check_model_range(

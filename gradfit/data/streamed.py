@@ -29,7 +29,6 @@ import numpy as np
 from gradfit.config.schema import GradfitConfig, data_seed
 from gradfit.data import blocks, standardize, synthetic
 from gradfit.data.dataset import (
-    check_binary_model,
     fit_encoding,
     only_numeric,
     open_source,
@@ -417,7 +416,6 @@ def _classes(config: GradfitConfig, source: Rows, origin: str, train: np.ndarray
     else:
         values = source.classes
     encoded, classes = encode_labels(Labels(values, np.arange(len(values))), origin)
-    check_binary_model(config, classes, origin)
     if isinstance(source, ConvertedRows) and source.classes_in(train) < 2:
         raise DataError(f"{origin}: the training split holds a single class; use more rows or another seed")
     if isinstance(source, SyntheticRows):  # class ids index the table of seen values

@@ -71,7 +71,7 @@ def from_config(
             w_key, b_key = jax.random.split(jax.random.PRNGKey(config.seed))
             params = {
                 "w": jax.random.normal(w_key, params["w"].shape, dtype) / np.sqrt(run.dataset.n_features),
-                "b": jax.random.normal(b_key, (), dtype),
+                "b": jax.random.normal(b_key, params["b"].shape, dtype),
             }
             where = f"a random point (seed {config.seed}; training starts at zero, where sign errors hide)"
         else:

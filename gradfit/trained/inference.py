@@ -285,6 +285,12 @@ def run_inference(run, scale: str = "original", level: float = 0.95) -> Inferenc
             "(model.kind: mlp): its weights have no coefficient interpretation. Use gradfit eval "
             "for its metrics"
         )
+    if np.ndim(run.params["w"]) == 2:
+        raise GradfitError(
+            f"{run.run_dir}: a multinomial logistic regression ({len(run.classes)} classes); gradfit inference gives "
+            "the coefficient table of a binary one only, so far. Use gradfit eval for its metrics, and params.npz "
+            "for its coefficients (w: features x classes)"
+        )
     train = reload_dataset(run).train
     # the Hessian needs every training row: a streamed split is read whole here
     if isinstance(train, StreamedSplit):

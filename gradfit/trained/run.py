@@ -255,11 +255,6 @@ def load_run(run_dir: str | Path) -> TrainedRun:
     summary = folder.summary()
     preprocessing = folder.preprocessing()
     _check_preprocessing(run_dir, preprocessing)
-    if config.model.kind == "logistic" and len(preprocessing["classes"]) != 2:
-        raise RunDirError(
-            f"{run_dir / 'preprocessing.json'}: malformed ({len(preprocessing['classes'])} classes for "
-            "a binary logistic model; was it edited by hand?)"
-        )
     if not folder.has_params():
         status = f" (status {summary.status}: {summary.stop_reason})" if summary is not None else ""
         raise RunDirError(f"{run_dir}: has no params.npz{status}; only runs that saved parameters can be used")

@@ -103,7 +103,6 @@ def test_quiet_prints_nothing_on_success(tmp_path):
             ["train", str(CONFIGS / "logreg.yaml"), "--set", "data.source=file", "--set", "data.path=nope.csv"],
             "nope.csv: data file not found",
         ),
-        (["train", str(CONFIGS / "logreg.yaml"), "--set", "data.source=digits"], "use model.kind: mlp"),
         (["train", str(CONFIGS / "mlp.yaml"), "--set", "train.batch_size=100000"], "exceeds the"),
         (["config", "show", "nothing.yaml"], "config file not found"),
     ],

@@ -41,7 +41,7 @@ def read_metrics(run_dir) -> list[dict]:
         return [json.loads(line) for line in f]
 
 
-@pytest.mark.parametrize("config_file", ["logreg.yaml", "mlp.yaml"])
+@pytest.mark.parametrize("config_file", ["logreg.yaml", "mlp.yaml", "multinomial.yaml"])
 def test_shipped_configs_reach_95_percent_test_accuracy(config_file, out_dir):
     summary = fit(make_config(path=CONFIGS / config_file), out_dir=out_dir)
     assert summary.status == "completed"
@@ -70,6 +70,34 @@ def test_lbfgs_float64_objective_matches_scikit_learn(out_dir):
     reference = np.mean(np.logaddexp(0, -data.train.y * (data.train.x @ w + b))) + lam / 2 * w @ w
     assert summary.objective == pytest.approx(reference, rel=1e-6)
     assert summary.stop_reason.startswith("converged")
+
+
+def test_multinomial_lbfgs_float64_objective_matches_scikit_learn(out_dir):
+    # logistic regression on the 10 digit classes is softmax regression: scikit-learn's multinomial objective,
+    # every class with its own coefficients, C * sum(log-loss) + ||W||^2 / 2, is ours times C*n when C = 1/(lam n)
+    sklearn = pytest.importorskip("sklearn.linear_model")
+    lam = 0.01
+    config = make_config(
+        "data.source=digits",
+        "runtime.precision=float64",
+        f"model.l2={lam}",
+        "train.steps=1000",
+        "train.tol=1e-11",
+        "data.val_fraction=0",
+        "data.test_fraction=0",
+        path=CONFIGS / "logreg.yaml",
+    )
+    summary = fit(config, out_dir=out_dir)
+    data = load_dataset(config)
+    x, y, n = data.train.x, data.train.y, len(data.train)
+    clf = sklearn.LogisticRegression(C=1 / (lam * n), tol=1e-12, max_iter=100_000).fit(x, y)
+    logits = x @ clf.coef_.T + clf.intercept_
+    log_probs = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
+    reference = -np.mean(log_probs[np.arange(n), y]) + lam / 2 * np.sum(clf.coef_**2)
+    assert summary.objective == pytest.approx(reference, rel=1e-8)
+    with np.load(Path(summary.run_dir) / "params.npz") as params:
+        assert params["w"].shape == (64, 10) and params["b"].shape == (10,)
+        np.testing.assert_allclose(params["w"], clf.coef_.T, atol=1e-4)  # the same optimum, not only its value
 
 
 def test_same_config_and_seed_give_identical_runs(out_dir):

@@ -68,6 +68,25 @@ def test_logistic_regression_in_float64_agrees_to_the_digits():
         assert group.methods["finite_difference"].checked == group.size  # every coordinate
 
 
+def test_multinomial_logistic_hand_derived_gradient_agrees_and_a_planted_error_is_found():
+    problem = config_problem("data.source=digits", "model.l2=0.01")
+    assert problem.params["w"].shape == (64, 10) and problem.params["b"].shape == (10,)
+    report = check(problem, manual=problem.manual_grad)
+    assert report.verdict == "pass"
+    for group in report.groups:
+        assert group.methods["manual"].error < 1e-12
+        assert group.methods["forward"].error < 1e-12
+
+    def off_by_a_bit(params):  # the softmax gradient with one coefficient's entry 0.1% off
+        grads = problem.manual_grad(params)
+        grads["w"] = grads["w"].copy()
+        grads["w"][5, 3] *= 1.001
+        return grads
+
+    report = check(problem, manual=off_by_a_bit)
+    assert report.verdict == "fail"
+
+
 @pytest.mark.parametrize("activation", ["relu"])  # tanh, gelu: test_gradcheck_planted's no-false-failure seeds
 def test_mlp_groups_all_pass(activation):
     problem = config_problem(

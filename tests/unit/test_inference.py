@@ -336,6 +336,17 @@ def test_inference_on_an_mlp_run_exits_2_saying_it_is_for_logistic_regression(tm
     assert "Traceback" not in result.output
 
 
+def test_inference_on_a_multinomial_run_exits_2_naming_what_to_use_instead(tmp_path):
+    summary = fit(
+        make_config("data.source=synthetic", "data.synthetic.n_classes=3", "train.steps=2", "train.log_every=1"),
+        out_dir=tmp_path / "runs",
+    )
+    result = invoke("inference", summary.run_dir)
+    assert result.exit_code == 2, result.output
+    assert "multinomial logistic regression (3 classes)" in result.output and "gradfit eval" in result.output
+    assert "Traceback" not in result.output
+
+
 # ------------------------------------------------------------------------------------- diagnoses from review
 
 
