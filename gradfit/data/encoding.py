@@ -119,9 +119,14 @@ class Encoding:
             kept = self._kept(column)
             index = _category_index(column, dictionaries, len(kept), self.reference_category == "first")
             codes = np.where(missing, 0, values).astype(np.int64)
-            if len(index) == 0 or (len(codes) and codes.max() >= len(index)):
-                raise DataError(f"column '{column.name}': a category code beyond the column's dictionary")
-            slot = index[codes] if len(index) else np.zeros(len(codes), np.int64)
+            beyond = np.flatnonzero(~missing & (codes >= len(index)))
+            if len(beyond):  # only a converted folder's X.npy edited by hand holds such a code
+                raise DataError(
+                    f"{locate(int(beyond[0]))}: column '{column.name}' holds category code {codes[beyond[0]]}, beyond "
+                    f"the {len(index)} categories listed for it; convert the data again"
+                )
+            slot = np.full(len(codes), _UNKNOWN, np.int64)  # a block may hold no category at all (all missing)
+            slot[~missing] = index[codes[~missing]]
             if missing.any():
                 slot[missing] = _fill_slot(column, kept)
             unknown = (slot == _UNKNOWN) & ~missing

@@ -265,7 +265,14 @@ def load_run(run_dir: str | Path) -> TrainedRun:
     with chosen.scope():
         template = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), chosen.param_dtype))
         shapes = {name: leaf.shape for name, leaf in named_leaves(template).items()}
-        arrays = folder.load_params(expected=shapes)
+        try:
+            arrays = folder.load_params(expected=shapes)
+        except RunDirError as exc:  # the shapes come from preprocessing.json: either file may be the wrong one
+            classes, features = len(preprocessing["classes"]), len(preprocessing["feature_names"])
+            raise RunDirError(
+                f"{exc} (the model of {classes} classes and {features} features that preprocessing.json "
+                "describes); was either file edited by hand?"
+            ) from None
         try:
             params = params_from_named(template, arrays, origin=str(folder.params_file))
         except ValueError as exc:

@@ -206,11 +206,6 @@ CASES = {
         ("data.csv", "single class"),
         files={"data.csv": "a,b,target\n" + "".join(f"{i},{i},1\n" for i in range(20))},
     ),
-    "csv-three-classes-for-logistic": Case(
-        file_config(),
-        ("data.csv", "3 classes", "model.kind: mlp"),
-        files={"data.csv": "a,b,target\n" + "".join(f"{i},{i},{i % 3}\n" for i in range(20))},
-    ),
     "csv-too-few-rows-to-split": Case(
         file_config(), ("data.csv", "rows"), files={"data.csv": "a,b,target\n1,2,0\n3,4,1\n"}
     ),

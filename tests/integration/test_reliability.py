@@ -342,7 +342,7 @@ def test_three_classes_for_a_binary_model_are_refused(copy, new_rows):
     path = copy / "preprocessing.json"
     record = json.loads(path.read_text())
     path.write_text(json.dumps({**record, "classes": [*record["classes"], "third"]}))
-    refused(invoke("predict", copy, new_rows), "preprocessing.json", "3 classes for a binary logistic model")
+    refused(invoke("predict", copy, new_rows), "params.npz", "preprocessing.json describes", "3 classes")
 
 
 def test_read_limits(tmp_path):

@@ -527,3 +527,21 @@ def test_the_api_predicts_a_dataframe_as_predict_does_the_csv(table, mixed_run, 
     shuffled = frame[["city", "c", "b", "a"]]
     np.testing.assert_allclose(run.predict_proba(shuffled), written, rtol=0, atol=1e-12)
     assert run.predict(frame).tolist() == [int(r[1]) for r in rows]
+
+
+def test_the_api_fills_a_categorical_column_missing_in_every_row(tmp_path):
+    # a frame whose categorical column holds no category at all: every cell takes the training fill
+    rows = [f"{i},{i % 7},{'ab'[i % 2] if i % 5 else ''},{i % 2}" for i in range(60)]
+    path = tmp_path / "t.csv"
+    path.write_text("id,a,city,label\n" + "\n".join(rows) + "\n")
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"data:\n  source: file\n  path: {path}\n  target: label\n  drop: [id]\n  categorical: [city]\n"
+        "  missing: most_frequent\ntrain:\n  steps: 5\n"
+    )
+    result = CliRunner().invoke(app, ["train", str(config), "--out-dir", str(tmp_path / "runs"), "-q"])
+    assert result.exit_code == 0, result.output
+    run = gradfit.load_run(next((tmp_path / "runs").iterdir()))
+    frame = pd.DataFrame({"a": [1.0, 2.0], "city": [None, None]})
+    filled = pd.DataFrame({"a": [1.0, 2.0], "city": [run.encoding.columns[1].fill] * 2})
+    np.testing.assert_array_equal(run.predict_proba(frame), run.predict_proba(filled))
