@@ -30,8 +30,9 @@ from gradfit.config.load import GradfitConfig, resolve_config
 from gradfit.errors import ConfigError, RunDirError
 from gradfit.runs.rundir import RunDir, Summary
 from gradfit.trained import run as trained
-from gradfit.trained.inference import Inference, run_inference
+from gradfit.trained.inference import run_inference
 from gradfit.trained.run import TrainedRun
+from gradfit.trained.wald import Inference
 from gradfit.training import loop
 from gradfit.training import resume as resuming
 from gradfit.training.loop import Callbacks

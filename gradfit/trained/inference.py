@@ -16,63 +16,27 @@ Prints nothing.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Sequence
-from statistics import NormalDist
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from gradfit.errors import GradfitError
+from gradfit.trained.wald import (
+    ILL_CONDITIONED,
+    Inference,
+    coefficient_rows,
+    constant_columns,
+    covariance_and_offset,
+    explain_conditioning,
+    unit_diagonal,
+)
 
-#: above this condition number (of the unit-diagonal Hessian) coefficients are not identified: SEs are withheld
-SINGULAR = 1e10
-#: above this one, some combination of features is nearly collinear: SEs are shown with a note
-ILL_CONDITIONED = 1e6
-#: estimates this many standard errors or more from the optimum are reported as not converged
-CONVERGED_OFFSET = 0.01
 #: the separation check (a linear program over the rows) is skipped above this many rows x coefficients
 SEPARATION_CHECK_LIMIT = 5_000_000
 _CHUNK_ROWS = 1 << 15
-
-
-@dataclasses.dataclass(frozen=True)
-class Coefficient:
-    name: str
-    estimate: float | None  # None when the estimates do not exist (separation)
-    std_error: float | None  # None when withheld
-    z: float | None
-    p_value: float | None
-    ci_low: float | None
-    ci_high: float | None
-
-
-@dataclasses.dataclass(frozen=True)
-class Inference:
-    scale: str  # "original" or "standardized" feature units
-    standardized_features: bool  # False: the run used raw features, so the two scales coincide
-    level: float  # confidence level of the intervals
-    coefficients: list[Coefficient]  # the intercept first
-    n_obs: int
-    log_likelihood: float | None  # unpenalized, at the fitted parameters; None under separation
-    effective_parameters: float  # d + 1, or tr(H (H + penalty)^-1) for a penalized fit
-    aic: float | None
-    bic: float | None
-    l2: float
-    gradient_norm: float  # of the training objective (mean loss + penalty), as gradfit train reports it
-    newton_offset: float | None  # max over coefficients of |Newton step| / standard error
-    condition_number: float  # of the Hessian scaled to unit diagonal
-    separation: str | None  # "complete", "quasi-complete", None, or "not checked"
-    constant_features: list[str]
-    withheld: bool  # standard errors not reported (separation, a singular Hessian)
-    problems: list[str]  # what makes the table unreliable, with what to do; any problem means exit code 1
-    notes: list[str]  # what the reader must know to read it right
-
-    @property
-    def converged(self) -> bool | None:
-        return None if self.newton_offset is None else self.newton_offset <= CONVERGED_OFFSET
 
 
 def logistic_inference(
@@ -105,7 +69,7 @@ def logistic_inference(
     problems: list[str] = []
     notes: list[str] = []
 
-    constant, keep = _constant_columns(x, names, notes)
+    constant, keep = constant_columns(x, names, notes)
     x, w, kept_names = x[:, keep], w[keep], [names[i] for i in keep]
     d = len(keep)
     theta = np.append(w, float(b))
@@ -113,19 +77,19 @@ def logistic_inference(
 
     separation = detect_separation(x, y) if n * (d + 1) <= SEPARATION_CHECK_LIMIT else "not checked"
     nll, grad, hessian, unpenalized_hessian = _derivatives(x, y, theta, l2)
-    scaled, unit = _unit_diagonal(hessian)
+    scaled, unit = unit_diagonal(hessian)
     eigenvalues, eigenvectors = np.linalg.eigh(scaled)
     condition = float(eigenvalues.max() / eigenvalues.min()) if eigenvalues.min() > 0 else math.inf
 
     no_estimates = l2 == 0 and separation in ("complete", "quasi-complete")
     _explain_separation(separation, l2, n, d, theta, problems, notes)
     if condition > ILL_CONDITIONED and not no_estimates:
-        _explain_conditioning(condition, eigenvectors[:, 0], kept_names + ["(intercept)"], problems, notes)
+        explain_conditioning(condition, eigenvectors[:, 0], kept_names + ["(intercept)"], problems, notes)
     withheld = bool(problems)
 
     covariance, offset = None, None
     if not withheld:
-        covariance, offset = _covariance(unit, eigenvalues, eigenvectors, grad, problems)
+        covariance, offset = covariance_and_offset(unit, eigenvalues, eigenvectors, grad, problems)
     effective = _effective_parameters(d, l2, n, hessian, unpenalized_hessian, notes)
 
     estimates = theta
@@ -140,7 +104,7 @@ def logistic_inference(
         scale=scale,
         standardized_features=mean is not None,
         level=level,
-        coefficients=_table(
+        coefficients=coefficient_rows(
             coef_names,
             None if no_estimates else estimates[order],
             None if covariance is None else covariance[np.ix_(order, order)],
@@ -161,35 +125,6 @@ def logistic_inference(
         problems=problems,
         notes=notes,
     )
-
-
-def _constant_columns(x: np.ndarray, names: list[str], notes: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(constant, kept) column indices: a feature constant in the training split (standardized to all zeros) has
-    no coefficient, so it is left out, with a note."""
-    constant = np.flatnonzero(x.max(axis=0) == x.min(axis=0)) if len(x) else np.array([], int)
-    keep = np.setdiff1d(np.arange(x.shape[1]), constant)
-    if len(constant):
-        notes.append(
-            f"{_names(names, constant)} constant in the training split: no coefficient (its effect cannot "
-            "be told apart from the intercept's), left out"
-        )
-    return constant, keep
-
-
-def _covariance(
-    unit: np.ndarray, eigenvalues: np.ndarray, eigenvectors: np.ndarray, grad: np.ndarray, problems: list[str]
-) -> tuple[np.ndarray, float]:
-    """The inverse Hessian (from its unit-diagonal eigendecomposition) and how many standard errors one Newton
-    step would move the estimates; a problem when that says the fit has not converged."""
-    covariance = unit[:, None] * ((eigenvectors / eigenvalues) @ eigenvectors.T) * unit[None, :]
-    offset = float(np.max(np.abs(covariance @ grad) / np.sqrt(np.diag(covariance))))
-    if offset > CONVERGED_OFFSET:
-        problems.append(
-            f"the fit has not converged: one Newton step would move the estimates by up to {offset:.3g}"
-            " standard errors. Train to the optimum (optimizer.name=lbfgs with train.tol and "
-            "runtime.precision=float64; early stopping keeps parameters that are not the optimum)"
-        )
-    return covariance, offset
 
 
 def _effective_parameters(
@@ -232,29 +167,6 @@ def _explain_separation(
         )
 
 
-def _explain_conditioning(
-    condition: float, weakest: np.ndarray, names: list[str], problems: list[str], notes: list[str]
-) -> None:
-    """``weakest``: the eigenvector of the smallest eigenvalue, the combination the data barely determine."""
-    direction = _describe_direction(weakest, names)
-    if condition > SINGULAR:
-        problems.append(
-            f"the Hessian is singular or nearly so (condition number {condition:.3g}): the coefficients "
-            f"are not identified along {direction} (collinear features). Standard errors are withheld; "
-            + (
-                "one-hot columns sum to the intercept: set data.reference_category: first, "
-                if any("=" in name for name in names)
-                else ""
-            )
-            + "drop one of those features or fit with model.l2 > 0"
-        )
-    else:
-        notes.append(
-            f"the Hessian is ill-conditioned (condition number {condition:.3g}): {direction} is nearly "
-            "collinear, so the standard errors of those coefficients are inflated"
-        )
-
-
 def _to_original_scale(
     theta: np.ndarray, covariance: np.ndarray | None, mean: np.ndarray, std: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -285,12 +197,6 @@ def run_inference(run, scale: str = "original", level: float = 0.95) -> Inferenc
             "(model.kind: mlp): its weights have no coefficient interpretation. Use gradfit eval "
             "for its metrics"
         )
-    if np.ndim(run.params["w"]) == 2:
-        raise GradfitError(
-            f"{run.run_dir}: a multinomial logistic regression ({len(run.classes)} classes); gradfit inference gives "
-            "the coefficient table of a binary one only, so far. Use gradfit eval for its metrics, and params.npz "
-            "for its coefficients (w: features x classes)"
-        )
     train = reload_dataset(run).train
     # the Hessian needs every training row: a streamed split is read whole here
     if isinstance(train, StreamedSplit):
@@ -299,6 +205,22 @@ def run_inference(run, scale: str = "original", level: float = 0.95) -> Inferenc
         assert isinstance(train, Split)
         x, y = train.x, train.y
     scaling = run.preprocessing["standardize"] or {}
+    if np.ndim(run.params["w"]) == 2:
+        from gradfit.trained.multinomial import multinomial_inference
+
+        return multinomial_inference(
+            x,
+            y,
+            np.asarray(run.params["w"]),
+            np.asarray(run.params["b"]),
+            run.config.model.l2,
+            run.feature_names,
+            run.classes,
+            scaling.get("mean"),
+            scaling.get("std"),
+            scale,
+            level,
+        )
     return logistic_inference(
         x,
         y,
@@ -374,54 +296,3 @@ def _chunk_derivatives(theta, x, y, weight):
         return jnp.sum(weight * jnp.logaddexp(0.0, -y * (x @ theta[:d] + theta[d])))
 
     return nll(theta), jax.grad(nll)(theta), jax.hessian(nll)(theta)
-
-
-def _unit_diagonal(hessian: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(D H D, D) with D = diag(1/sqrt(H_ii)): conditioning that does not depend on the features' units."""
-    diagonal = np.diag(hessian)
-    unit = 1 / np.sqrt(np.where(diagonal > 0, diagonal, 1.0))
-    return unit[:, None] * hessian * unit[None, :], unit
-
-
-def _table(
-    names: list[str], estimates: np.ndarray | None, covariance: np.ndarray | None, level: float
-) -> list[Coefficient]:
-    """One row per coefficient; z-based (Wald) p-values and intervals."""
-    quantile = NormalDist().inv_cdf(0.5 + level / 2)
-    rows = []
-    for i, name in enumerate(names):
-        estimate = None if estimates is None else float(estimates[i])
-        if covariance is None or estimate is None:
-            rows.append(Coefficient(name, estimate, None, None, None, None, None))
-            continue
-        se = float(math.sqrt(covariance[i, i]))
-        z = estimate / se
-        rows.append(
-            Coefficient(
-                name,
-                estimate,
-                se,
-                z,
-                math.erfc(abs(z) / math.sqrt(2)),
-                estimate - quantile * se,
-                estimate + quantile * se,
-            )
-        )
-    return rows
-
-
-def _describe_direction(vector: np.ndarray, names: list[str], limit: int = 4) -> str:
-    """An eigenvector as 'the combination 0.71*a - 0.70*b', its largest terms first."""
-    largest = np.argsort(-np.abs(vector))[:limit]
-    terms = [(vector[i], names[i]) for i in largest if abs(vector[i]) >= 0.1] or [
-        (vector[largest[0]], names[largest[0]])
-    ]
-    (c0, name0), rest = terms[0], terms[1:]
-    return f"the combination {c0:.2f}*{name0}" + "".join(
-        f" {'-' if c < 0 else '+'} {abs(c):.2f}*{name}" for c, name in rest
-    )
-
-
-def _names(names: list[str], indexes: np.ndarray) -> str:
-    shown = ", ".join(names[i] for i in indexes[:5])
-    return f"feature {shown} is" if len(indexes) == 1 else f"features {shown}{', ...' if len(indexes) > 5 else ''} are"

@@ -18,7 +18,9 @@ from conftest import CONFIGS, make_config
 from typer.testing import CliRunner
 
 from gradfit.cli.app import app
-from gradfit.trained.inference import CONVERGED_OFFSET, ILL_CONDITIONED, SINGULAR, detect_separation, logistic_inference
+from gradfit.trained.inference import detect_separation, logistic_inference
+from gradfit.trained.multinomial import multinomial_inference
+from gradfit.trained.wald import CONVERGED_OFFSET, ILL_CONDITIONED, SINGULAR
 from gradfit.training.loop import fit
 
 runner = CliRunner()
@@ -336,15 +338,85 @@ def test_inference_on_an_mlp_run_exits_2_saying_it_is_for_logistic_regression(tm
     assert "Traceback" not in result.output
 
 
-def test_inference_on_a_multinomial_run_exits_2_naming_what_to_use_instead(tmp_path):
+def test_multinomial_table_equals_statsmodels_mnlogit_at_l2_zero():
+    # a small well-conditioned problem: 3 classes, 3 features on different scales, 600 rows, no separation
+    sm = pytest.importorskip("statsmodels.api")
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((600, 3)) * [1.0, 5.0, 0.2] + [0.0, 10.0, -1.0]
+    logits = np.c_[np.zeros(600), 0.5 + x @ [0.8, -0.1, 2.0], -0.3 + x @ [-0.5, 0.2, -1.5]]
+    y = np.array([rng.choice(3, p=np.exp(row) / np.exp(row).sum()) for row in logits])
+    mean, std = x.mean(axis=0), x.std(axis=0)
+    z = (x - mean) / std
+    w, b = _softmax_fit(z, y)
+    result = multinomial_inference(z, y, w, b, 0.0, ["a", "b", "c"], [0, 1, 2], mean, std)
+    reference = sm.MNLogit(y, sm.add_constant(x)).fit(method="newton", tol=1e-14, maxiter=200, disp=False)
+    ci = reference.conf_int()  # rows: per class, the constant first, as gradfit's table
+    expected = np.c_[
+        reference.params.T.ravel(), reference.bse.T.ravel(), reference.tvalues.T.ravel(), reference.pvalues.T.ravel()
+    ]
+    table = result.coefficients
+    assert [row.name for row in table[:4]] == ["1 vs 0: (intercept)", "1 vs 0: a", "1 vs 0: b", "1 vs 0: c"]
+    got = np.array([[row.estimate, row.std_error, row.z, row.p_value] for row in table])
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose([[r.ci_low, r.ci_high] for r in table], np.asarray(ci).reshape(-1, 2), rtol=1e-6)
+    assert result.log_likelihood == pytest.approx(reference.llf, rel=1e-10)
+    assert result.aic == pytest.approx(reference.aic, rel=1e-10) and result.bic == pytest.approx(
+        reference.bic, rel=1e-10
+    )
+    assert result.converged and not result.problems
+
+
+def _softmax_fit(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The maximum-likelihood softmax regression by Newton's method in the reference-class parameterization (K blocks
+    returned, the first all zero), to machine precision: what a converged gradfit run holds."""
+    n, d = x.shape
+    k = int(y.max()) + 1
+    design = np.c_[x, np.ones(n)]
+    theta = np.zeros((k - 1) * (d + 1))
+    for _ in range(50):
+        blocks = theta.reshape(k - 1, d + 1)
+        logits = np.c_[np.zeros(n), design @ blocks.T]
+        p = np.exp(logits - logits.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        residual = (p - np.eye(k)[y])[:, 1:]
+        grad = (design.T @ residual).T.ravel()
+        hessian = np.zeros((len(theta), len(theta)))
+        for a in range(k - 1):
+            for c in range(k - 1):
+                weight = p[:, a + 1] * ((a == c) - p[:, c + 1])
+                hessian[a * (d + 1) : (a + 1) * (d + 1), c * (d + 1) : (c + 1) * (d + 1)] = design.T @ (
+                    weight[:, None] * design
+                )
+        theta -= np.linalg.solve(hessian, grad)
+    blocks = np.r_[np.zeros((1, d + 1)), theta.reshape(k - 1, d + 1)]
+    return blocks[:, :d].T, blocks[:, d]
+
+
+def test_multinomial_run_inference_through_the_cli(tmp_path):
     summary = fit(
-        make_config("data.source=synthetic", "data.synthetic.n_classes=3", "train.steps=2", "train.log_every=1"),
+        make_config(
+            "data.source=synthetic",
+            "data.synthetic.n_classes=3",
+            "data.synthetic.n_features=3",
+            "data.synthetic.separation=0.5",
+            "optimizer.name=lbfgs",
+            "model.l2=0.01",
+            "runtime.precision=float64",
+            "train.steps=200",
+            "train.tol=1e-10",
+        ),
         out_dir=tmp_path / "runs",
     )
-    result = invoke("inference", summary.run_dir)
-    assert result.exit_code == 2, result.output
-    assert "multinomial logistic regression (3 classes)" in result.output and "gradfit eval" in result.output
-    assert "Traceback" not in result.output
+    result = invoke("inference", summary.run_dir, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    names = [row["name"] for row in report["coefficients"]]
+    assert len(names) == 2 * 4 and names[0] == "1 vs 0: (intercept)" and names[4] == "2 vs 0: (intercept)"
+    assert report["negative_class"] == 0 and report["positive_class"] is None
+    assert all(row["std_error"] > 0 for row in report["coefficients"])
+    assert any("penalized fit" in note for note in report["notes"])
+    drawn = invoke("inference", summary.run_dir)
+    assert "Multinomial logistic regression: log-odds of each class vs 0" in drawn.output
 
 
 # ------------------------------------------------------------------------------------- diagnoses from review

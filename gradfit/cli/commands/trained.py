@@ -141,7 +141,8 @@ def inference(
     run = api.load_run(run_dir)
     result = run.inference(scale, level)
     console = output.console()
-    negative, positive = run.classes
+    negative, *others = run.classes  # the reference class; the binary model's log-odds are of the other one
+    positive = others[0] if len(others) == 1 else "each class"
     for table in inference_tables(result, positive, negative):
         console.print(table)
     for problem in result.problems:
@@ -151,8 +152,8 @@ def inference(
     output.emit(
         {
             "run_dir": str(run_dir),
-            "positive_class": positive,
-            "negative_class": negative,
+            "positive_class": positive if len(others) == 1 else None,
+            "negative_class": negative,  # the reference class: of a multinomial model, every row's "k vs" class
             "converged": result.converged,
             **dataclasses.asdict(result),
         }

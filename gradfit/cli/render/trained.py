@@ -12,7 +12,7 @@ from rich.table import Table
 from gradfit.cli.render.common import fmt, titled_table
 
 if TYPE_CHECKING:
-    from gradfit.trained.inference import Inference
+    from gradfit.trained.wald import Inference
 
 
 def eval_tables(metrics: dict, source: str) -> list[Table]:
@@ -54,7 +54,8 @@ def inference_tables(result: Inference, positive: Any, negative: Any) -> list[Ta
 
 def _fit_table(result: Inference, positive: Any, negative: Any) -> Table:
     fit = titled_table(
-        f"Logistic regression: log-odds of {escape(str(positive))} vs {escape(str(negative))}",
+        f"{'Multinomial logistic' if positive == 'each class' else 'Logistic'} regression: log-odds of "
+        f"{escape(str(positive))} vs {escape(str(negative))}",
         show_header=False,
         title_justify="left",
     )
@@ -70,7 +71,7 @@ def _fit_table(result: Inference, positive: Any, negative: Any) -> Table:
     separation = (
         "none"
         if result.separation is None
-        else {"not checked": "not checked (too many rows)"}.get(result.separation, result.separation)
+        else {"not checked": "not checked (see the notes)"}.get(result.separation, result.separation)
     )
     for key, value in (
         ("observations", f"{result.n_obs:,} (the training split)"),
