@@ -32,6 +32,7 @@ from gradfit.trained.wald import (
     covariance_and_offset,
     explain_conditioning,
     unit_diagonal,
+    unscaling,
 )
 
 #: the separation check (a linear program over the rows) is skipped above this many rows x coefficients
@@ -174,10 +175,7 @@ def _to_original_scale(
 
     logit = sum_j w_j (x_j - m_j) / s_j + b is linear in theta, so the delta method is exact.
     """
-    d = len(mean)
-    jacobian = np.eye(d + 1)
-    jacobian[:d, :d] = np.diag(1 / std)
-    jacobian[d, :d] = -mean / std
+    jacobian = unscaling(mean, std)
     return jacobian @ theta, None if covariance is None else jacobian @ covariance @ jacobian.T
 
 

@@ -32,6 +32,7 @@ from gradfit.trained.wald import (
     covariance_and_offset,
     explain_conditioning,
     unit_diagonal,
+    unscaling,
 )
 
 _CHUNK_ROWS = 1 << 15
@@ -108,7 +109,7 @@ def multinomial_inference(
 
     estimates = reduced
     if mean is not None and std is not None and scale == "original":
-        jacobian = np.kron(np.eye(k - 1), _unscaling(np.asarray(mean, np.float64)[keep], np.asarray(std)[keep]))
+        jacobian = np.kron(np.eye(k - 1), unscaling(np.asarray(mean, np.float64)[keep], np.asarray(std)[keep]))
         estimates = jacobian @ reduced
         covariance = None if covariance is None else jacobian @ covariance @ jacobian.T
 
@@ -145,15 +146,6 @@ def _differences(k: int, d: int) -> np.ndarray:
     blocks = np.zeros((k - 1, k))
     blocks[:, 0], blocks[:, 1:] = -1.0, np.eye(k - 1)
     return np.kron(blocks, np.eye(d + 1))
-
-
-def _unscaling(mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """One class's block [w, b] on standardized features -> per unit of the raw features (as the binary table)."""
-    d = len(mean)
-    jacobian = np.eye(d + 1)
-    jacobian[:d, :d] = np.diag(1 / std)
-    jacobian[d, :d] = -mean / std
-    return jacobian
 
 
 def _derivatives(x: np.ndarray, y: np.ndarray, theta: np.ndarray, k: int, l2: float, reduced_space: bool):

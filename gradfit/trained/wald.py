@@ -157,3 +157,13 @@ def _describe_direction(vector: np.ndarray, names: list[str], limit: int = 4) ->
 def _names(names: list[str], indexes: np.ndarray) -> str:
     shown = ", ".join(names[i] for i in indexes[:5])
     return f"feature {shown} is" if len(indexes) == 1 else f"features {shown}{', ...' if len(indexes) > 5 else ''} are"
+
+
+def unscaling(mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """The Jacobian taking [w, b] on standardized features to raw-feature units: logit = sum_j w_j (x_j - m_j) / s_j
+    + b is linear in them, so the delta method through it is exact."""
+    d = len(mean)
+    jacobian = np.eye(d + 1)
+    jacobian[:d, :d] = np.diag(1 / std)
+    jacobian[d, :d] = -mean / std
+    return jacobian
