@@ -227,7 +227,8 @@ def load_dataset(config: GradfitConfig, shuffle: str = "full") -> InMemoryDatase
     data = config.data
     source = read_source(data, data_seed(config))
     x, names, origin = source.x, source.names, source.origin
-    if data.missing == "error":  # before the split: a missing cell is the first thing to fix
+    checked = data.missing == "error" and data.source != "synthetic"  # the generator makes no missing cell
+    if checked:  # before the split: a missing cell is the first thing to fix
         refuse_missing(x, names, source.locate)
     y, classes = encode_labels(source.labels, origin)
     try:
@@ -238,8 +239,9 @@ def load_dataset(config: GradfitConfig, shuffle: str = "full") -> InMemoryDatase
         train_idx, val_idx, test_idx = np.sort(train_idx), np.sort(val_idx), np.sort(test_idx)
     if len(np.unique(y[train_idx])) < 2:
         raise DataError(f"{origin}: the training split holds a single class; use more rows or another seed")
-    encoding = fit_encoding(data, standardize.row_chunks(x[train_idx]), names, source.dictionaries, origin)
-    x = encoding.transform(x, source.dictionaries, source.locate)
+    encoding = fit_encoding(data, standardize.taken_chunks(x, train_idx), names, source.dictionaries, origin)
+    if not (encoding.identity and (checked or data.source == "synthetic")):  # else it would hand x back as it is
+        x = encoding.transform(x, source.dictionaries, source.locate)
     names = encoding.feature_names
     raw, mean, std = x, None, None
     if data.standardize:

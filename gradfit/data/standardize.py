@@ -76,6 +76,11 @@ def row_chunks(x: np.ndarray, rows: int = CHUNK_ROWS) -> Chunks:
     return lambda: (x[start : start + rows] for start in range(0, len(x), rows))
 
 
+def taken_chunks(x: np.ndarray, rows: np.ndarray, size: int = CHUNK_ROWS) -> Chunks:
+    """The rows ``x[rows]`` as ``Chunks`` of ``size``, each taken when yielded (no copy of them all at once)."""
+    return lambda: (x[rows[start : start + size]] for start in range(0, len(rows), size))
+
+
 def statistics(chunks: Chunks, names: Sequence[str], origin: str) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature mean and std in float64 of the finite rows ``chunks()`` yields (constant features get std 1,
     so they become 0 instead of NaN).

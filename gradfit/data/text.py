@@ -241,6 +241,7 @@ class LineNumbers:
         self.carry = b""  # the start of a line not ended yet
         self.done = False
         self.header = True
+        self._offset = 0  # bytes of the file scanned so far
 
     def next(self, count: int) -> np.ndarray:
         """The line numbers of the next ``count`` data rows (fewer at the end of the file)."""
@@ -252,8 +253,6 @@ class LineNumbers:
                 self._scan(self.carry + chunk, final=not chunk)
         taken, self.found = self.found[:count], self.found[count:]
         return taken
-
-    _offset = 0
 
     def _scan(self, data: bytes, final: bool) -> None:
         raw = np.frombuffer(data, np.uint8)

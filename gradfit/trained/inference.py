@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradfit.errors import GradfitError
+from gradfit.trained.multinomial import multinomial_inference
 from gradfit.trained.wald import (
     ILL_CONDITIONED,
     Inference,
@@ -204,8 +205,6 @@ def run_inference(run, scale: str = "original", level: float = 0.95) -> Inferenc
         x, y = train.x, train.y
     scaling = run.preprocessing["standardize"] or {}
     if np.ndim(run.params["w"]) == 2:
-        from gradfit.trained.multinomial import multinomial_inference
-
         return multinomial_inference(
             x,
             y,
