@@ -324,8 +324,9 @@ def _stored_labels(table: Table, column: Any, positions: np.ndarray) -> np.ndarr
         labels = floats(column) if pa.types.is_floating(column.type) else np.array(column.to_pylist())
     else:
         labels = np.empty(len(column), dtype=object)
-        labels[:] = column.to_pylist()  # text (or anything else, which the label checks refuse by its type)
+        labels[:] = column.to_pylist()  # text: an object array of str, as a CSV's labels
         if not all(isinstance(v, str) for v in labels[:1]):
-            labels = np.array(column.to_pylist())
-    check_label_dtype(labels.dtype, f"{table.path}: column '{table.target}'")
+            labels = np.array(column.to_pylist())  # anything else: refused below by its type
+    if labels.dtype.kind != "O":
+        check_label_dtype(labels.dtype, f"{table.path}: column '{table.target}'")
     return labels

@@ -545,3 +545,17 @@ def test_the_api_fills_a_categorical_column_missing_in_every_row(tmp_path):
     frame = pd.DataFrame({"a": [1.0, 2.0], "city": [None, None]})
     filled = pd.DataFrame({"a": [1.0, 2.0], "city": [run.encoding.columns[1].fill] * 2})
     np.testing.assert_array_equal(run.predict_proba(frame), run.predict_proba(filled))
+
+
+def test_parquet_with_text_labels_is_described_and_trains(tmp_path):
+    frame = pd.DataFrame({"a": np.arange(40.0), "label": ["yes", "no"] * 20})
+    frame.to_parquet(tmp_path / "t.parquet")
+    described = CliRunner().invoke(
+        app, ["data", "describe", str(tmp_path / "t.parquet"), "--target", "label", "--json"]
+    )
+    assert described.exit_code == 0, described.output
+    assert json.loads(described.stdout)["classes"] == [{"label": "no", "rows": 20}, {"label": "yes", "rows": 20}]
+    data = load_dataset(
+        resolve_config(None, ["data.source=file", f"data.path={tmp_path / 't.parquet'}", "data.target=label"]).config
+    )
+    assert data.classes == ("no", "yes")
