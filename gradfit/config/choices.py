@@ -5,13 +5,20 @@ from __future__ import annotations
 
 from typing import Literal
 
-Source = Literal["breast_cancer", "digits", "synthetic", "file"]  # data.source
-ModelKind = Literal["logistic", "mlp"]  # model.kind
+Source = Literal["breast_cancer", "digits", "diabetes", "synthetic", "file"]  # data.source
+ModelKind = Literal["logistic", "linear", "mlp"]  # model.kind
+Loss = Literal["auto", "log", "squared", "huber"]  # model.loss
 Activation = Literal["relu", "tanh", "gelu", "sigmoid", "silu"]  # model.activation
 Init = Literal["auto", "he", "glorot"]  # model.init
 Schedule = Literal["constant", "cosine", "exponential", "warmup_cosine"]  # optimizer.schedule.name
 Optimizer = Literal["sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad", "lbfgs"]  # optimizer.name
-Metric = Literal["val_loss", "val_accuracy"]  # train.early_stopping.monitor, a sweep's metric
+Metric = Literal[
+    "val_loss", "val_accuracy", "val_rmse", "val_mae", "val_r2"
+]  # early stopping's monitor, a sweep's metric
+#: the metrics of a numeric target (the others but val_loss are of classes)
+REGRESSION_METRICS = ("val_rmse", "val_mae", "val_r2")
+#: metrics where higher is better
+HIGHER_IS_BETTER = ("val_accuracy", "val_r2")
 Logger = Literal["jsonl", "csv", "tensorboard"]  # train.loggers
 Shuffle = Literal["auto", "full", "blocks"]  # train.shuffle
 Missing = Literal["error", "mean", "median", "most_frequent"]  # data.missing

@@ -84,7 +84,7 @@ class DataConfig(Section):
         "path": {"file"},
         "target": {"file"},
         "synthetic": {"synthetic"},
-        **{key: {"file", "breast_cancer", "digits"} for key in ("features", "drop", "categorical")},
+        **{key: {"file", "breast_cancer", "digits", "diabetes"} for key in ("features", "drop", "categorical")},
     }
     SELECTOR = "source"
 

@@ -14,10 +14,12 @@ from typing import Annotated, Any, Literal, TypeGuard, cast, get_args
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from gradfit.config.choices import (
+    REGRESSION_METRICS,
     Activation,
     Device,
     Init,
     Logger,
+    Loss,
     Metric,
     ModelKind,
     Optimizer,
@@ -44,8 +46,16 @@ from gradfit.config.section import (
 class ModelConfig(Section):
     kind: ModelKind = Field(
         "logistic",
-        description="'logistic' (binary: labels mapped to -1/+1; more classes: multinomial) or 'mlp' (binary or "
-        "multiclass)",
+        description="'logistic' (binary: labels mapped to -1/+1; more classes: multinomial), 'linear' (a numeric "
+        "target) or 'mlp' (classes, or a numeric target with a squared or huber loss)",
+    )
+    loss: Loss = Field(
+        "auto",
+        description="auto (log for logistic and mlp, squared for linear), log (classes), squared: (1/2)(y - f)^2 or "
+        "huber (squared within huber_delta of the target, linear beyond) for a numeric target",
+    )
+    huber_delta: float = Field(
+        1.0, gt=0, description="where the huber loss turns from squared to linear, in the target's units"
     )
     hidden: list[Annotated[Size, Field(ge=1)]] = Field(
         [64, 64], min_length=1, description="hidden layer sizes, input to output"
@@ -57,11 +67,36 @@ class ModelConfig(Section):
     APPLIES_TO = {"hidden": {"mlp"}, "activation": {"mlp"}, "init": {"mlp"}}
     SELECTOR = "kind"
 
+    def unused_keys(self) -> set[str]:
+        return super().unused_keys() | ({"huber_delta"} if self.resolved_loss != "huber" else set())
+
+    @property
+    def resolved_loss(self) -> str:
+        """The loss ``auto`` stands for: squared for a linear model, log otherwise."""
+        if self.loss == "auto":
+            return "squared" if self.kind == "linear" else "log"
+        return self.loss
+
+    @property
+    def regression(self) -> bool:
+        """True when the model fits a numeric target (squared or huber loss), False for classes."""
+        return self.resolved_loss != "log"
+
     @model_validator(mode="after")
     def _check(self):
         for i, size in enumerate(self.hidden):
             if size < 1:
                 raise KeyProblem(("hidden", i), f"hidden layer sizes must be >= 1, got {size}")
+        if self.kind == "linear" and self.loss == "log":
+            raise KeyProblem(
+                ("loss",), "a linear model fits a numeric target: use squared or huber (for classes: kind logistic)"
+            )
+        if self.kind == "logistic" and self.loss in ("squared", "huber"):
+            raise KeyProblem(
+                ("loss",), f"logistic regression fits classes with the log loss; for {self.loss} use kind linear"
+            )
+        if "huber_delta" in self.model_fields_set and self.resolved_loss != "huber":
+            raise KeyProblem(("huber_delta",), f"applies to loss huber, not {self.resolved_loss}; remove it")
         return self
 
 
@@ -128,7 +163,7 @@ class EarlyStoppingConfig(Section):
         0.0, ge=0, description="smallest change of the monitored metric that counts as improvement"
     )
 
-    APPLIES_TO = {"patience": {"val_loss", "val_accuracy"}, "min_delta": {"val_loss", "val_accuracy"}}
+    APPLIES_TO = {"patience": set(get_args(Metric)), "min_delta": set(get_args(Metric))}
     SELECTOR = "monitor"
 
 
@@ -269,12 +304,30 @@ class GradfitConfig(Section):
     def _check_combination(self):
         if self.optimizer.name == "lbfgs" and self.train.batch_size is not None:
             raise KeyProblem(("train", "batch_size"), "lbfgs is a full-batch method; set train.batch_size=null")
+        monitor = self.train.early_stopping.monitor
+        if monitor is not None and check_metric(monitor, self.model) is not None:
+            raise KeyProblem(("train", "early_stopping", "monitor"), str(check_metric(monitor, self.model)))
+        if self.model.regression and self.data.source == "synthetic" and self.data.synthetic.n_classes != 2:
+            raise KeyProblem(
+                ("data", "synthetic", "n_classes"), "a numeric target has no classes; remove data.synthetic.n_classes"
+            )
         if self.train.early_stopping.monitor and self.data.val_fraction == 0:
             raise KeyProblem(
                 ("train", "early_stopping", "monitor"),
                 "early stopping watches the validation split; set data.val_fraction > 0",
             )
         return self
+
+
+def check_metric(metric: str, model: ModelConfig) -> str | None:
+    """Why ``metric`` cannot rank or stop a run of ``model`` (accuracy of a numeric target...), or None."""
+    if model.regression and metric == "val_accuracy":
+        return f"val_accuracy is of classes and this model fits a numeric target (loss {model.resolved_loss}); use " + (
+            ", ".join(("val_loss", *REGRESSION_METRICS))
+        )
+    if not model.regression and metric in REGRESSION_METRICS:
+        return f"{metric} is of a numeric target and this model fits classes; use val_loss or val_accuracy"
+    return None
 
 
 # ---------------------------------------------------------------------------------------- schema walking

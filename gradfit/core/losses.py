@@ -4,6 +4,10 @@ The binary loss takes labels y in {-1, +1} and one logit per row:
     L(theta) = (1/N) sum_i log(1 + exp(-y_i * logit_i)) + (l2/2) * ||w||^2
 computed as ``logaddexp(0, -y * logit)`` so that large margins neither overflow nor lose precision. K > 2 classes
 take class ids and K logits per row: L(theta) = (1/N) sum_i -log softmax(logits_i)[y_i] + (l2/2) * ||W||^2.
+A numeric target takes the squared loss (1/2)(y_i - f_i)^2 or the Huber loss: (1/2) r^2 for |r| <= delta, else
+delta (|r| - delta / 2), r = y_i - f_i. The target is standardized before training ((y - mean) / std, see
+``gradfit.data.dataset``), so a Huber delta given in the target's units acts as delta / std here; the objective in
+the target's units is std^2 times this one, with the same minimizer.
 """
 
 from __future__ import annotations
@@ -31,6 +35,28 @@ def row_losses(logits, y):
     return -jnp.take_along_axis(log_probs, y[:, None].astype(jnp.int32), axis=1)[:, 0]
 
 
+def squared_losses(outputs, y):
+    """(1/2)(y - f)^2 per row: outputs f (n,), numeric targets y (n,)."""
+    return 0.5 * jnp.square(y - outputs)
+
+
+def huber_losses(outputs, y, delta: float):
+    """Huber's loss per row: (1/2) r^2 where |r| <= delta, delta (|r| - delta/2) beyond, r = y - f."""
+    size = jnp.abs(y - outputs)
+    return jnp.where(size <= delta, 0.5 * jnp.square(size), delta * (size - 0.5 * delta))
+
+
+def row_loss_of(model: ModelConfig, target_std: float = 1.0) -> Callable:
+    """The per-row loss ``(outputs, y) -> (n,)`` a model config asks for. ``target_std``: the numeric target's
+    standardization, which ``huber_delta`` (in the target's units) is divided by."""
+    loss = model.resolved_loss
+    if loss == "squared":
+        return squared_losses
+    if loss == "huber":
+        return functools.partial(huber_losses, delta=model.huber_delta / target_std)
+    return row_losses
+
+
 def row_correct(logits, y):
     """Per row, whether the prediction is right (bool); a zero binary logit counts as +1."""
     if logits.ndim == 1:
@@ -38,9 +64,10 @@ def row_correct(logits, y):
     return jnp.argmax(logits, axis=1) == y
 
 
-def data_loss(logits, y):
-    """Mean of ``row_losses``: binary logistic loss for (n,) logits, softmax cross-entropy for (n, K)."""
-    return jnp.mean(row_losses(logits, y))
+def data_loss(logits, y, row_loss: Callable | None = None):
+    """Mean of ``row_loss`` (by default the log loss: binary logistic for (n,) logits, softmax cross-entropy for
+    (n, K))."""
+    return jnp.mean((row_loss or row_losses)(logits, y))
 
 
 def l2_penalty(params, l2: float):
@@ -52,11 +79,12 @@ def l2_penalty(params, l2: float):
     return 0.5 * l2 * sum(jax.tree_util.tree_leaves(squares))
 
 
-def make_objective(apply: Callable, l2: float) -> Callable:
-    """objective(params, x, y) = data loss + L2 penalty: what the optimizer minimizes."""
+def make_objective(apply: Callable, l2: float, row_loss: Callable | None = None) -> Callable:
+    """objective(params, x, y) = mean of ``row_loss`` (None: the log loss) + L2 penalty: what the optimizer
+    minimizes."""
 
     def objective(params, x, y):
-        return data_loss(apply(params, x), y) + l2_penalty(params, l2)
+        return data_loss(apply(params, x), y, row_loss) + l2_penalty(params, l2)
 
     return objective
 
@@ -80,6 +108,31 @@ def logistic_manual_grad(params: dict, x: np.ndarray, y: np.ndarray, l2: float =
     # sigmoid(t) = exp(-logaddexp(0, -t)) never overflows
     residual = -y * np.exp(-np.logaddexp(0.0, -margin))
     return {"w": x.T @ residual / len(y) + l2 * w, "b": np.asarray(residual.mean())}
+
+
+def output_gradient(outputs: np.ndarray, y: np.ndarray, loss: str, delta: float = 1.0) -> np.ndarray:
+    """d loss_i / d f_i of a numeric target's loss, per row: the residual f - y (squared), clipped to
+    [-delta, delta] (huber)."""
+    residual = outputs - y
+    return np.clip(residual, -delta, delta) if loss == "huber" else residual
+
+
+def linear_manual_grad(
+    params: dict,
+    x: np.ndarray,
+    y: np.ndarray,
+    l2: float = 0.0,
+    loss: str = "squared",
+    delta: float = 1.0,
+    dtype=np.float64,
+) -> dict:
+    """Closed-form gradient of the linear model's penalized squared or Huber loss, in NumPy (float64 unless
+    ``dtype``): with g_i = d loss_i / d f_i (``output_gradient``) and f = X w + b,
+    d/dw = (1/N) X^T g + l2 * w, d/db = mean(g)."""
+    w = np.asarray(params["w"], dtype)
+    x = np.asarray(x, dtype)
+    g = output_gradient(x @ w + np.asarray(params["b"], dtype), np.asarray(y, dtype), loss, delta)
+    return {"w": x.T @ g / len(y) + l2 * w, "b": np.asarray(g.mean())}
 
 
 # Hand-written activations and their derivatives, matching gradfit.core.models.ACTIVATIONS (gelu: tanh approximation,
@@ -114,12 +167,20 @@ _ACTIVATION_AND_DERIVATIVE: dict[str, tuple[_Elementwise, _Elementwise]] = {
 
 
 def mlp_manual_grad(
-    params: dict, x: np.ndarray, y: np.ndarray, activation: str, l2: float = 0.0, dtype=np.float64
+    params: dict,
+    x: np.ndarray,
+    y: np.ndarray,
+    activation: str,
+    l2: float = 0.0,
+    loss: str = "log",
+    delta: float = 1.0,
+    dtype=np.float64,
 ) -> dict:
     """Backpropagation written out by hand in NumPy (float64 unless ``dtype``) for gradfit's MLP and its loss.
 
     Forward: a_0 = x, z_l = a_{l-1} W_l + b_l, a_l = act(z_l); the last z is the logits. Backward: delta_L is
-    dLoss/dlogits ((softmax - onehot)/N, or -y sigmoid(-y s)/N for one binary logit), then
+    dLoss/dlogits ((softmax - onehot)/N, or -y sigmoid(-y s)/N for one binary logit, or ``output_gradient``/N
+    for a numeric target's squared or huber ``loss``), then
     dW_l = a_{l-1}^T delta_l (+ l2 W_l), db_l = sum_rows delta_l, delta_{l-1} = (delta_l W_l^T) * act'(z_{l-1}).
     """
     act, act_prime = _ACTIVATION_AND_DERIVATIVE[activation]
@@ -131,24 +192,30 @@ def mlp_manual_grad(
         pre_activations.append(z)
         a = act(z) if i < len(layers) - 1 else z
     logits, n = a, len(x)
-    if logits.shape[1] == 1:  # one binary logit, labels in {-1, +1}
+    if loss != "log":  # one output, a numeric target
+        delta_l = output_gradient(logits[:, 0], np.asarray(y, dtype), loss, delta)[:, None] / n
+    elif logits.shape[1] == 1:  # one binary logit, labels in {-1, +1}
         yy = np.asarray(y, dtype)[:, None]
-        delta = -yy * _sigmoid(-yy * logits) / n
+        delta_l = -yy * _sigmoid(-yy * logits) / n
     else:
         probs = _softmax(logits)
         probs[np.arange(n), np.asarray(y, np.int64)] -= 1.0
-        delta = probs / n
+        delta_l = probs / n
     grads: list[dict[str, np.ndarray] | None] = [None] * len(layers)
     for i in range(len(layers) - 1, -1, -1):
-        grads[i] = {"w": inputs[i].T @ delta + l2 * layers[i]["w"], "b": delta.sum(axis=0)}
+        grads[i] = {"w": inputs[i].T @ delta_l + l2 * layers[i]["w"], "b": delta_l.sum(axis=0)}
         if i > 0:
-            delta = (delta @ layers[i]["w"].T) * act_prime(pre_activations[i - 1])
+            delta_l = (delta_l @ layers[i]["w"].T) * act_prime(pre_activations[i - 1])
     return {"layers": grads}
 
 
-def hand_derived_gradient(model: ModelConfig) -> Callable:
+def hand_derived_gradient(model: ModelConfig, target_std: float = 1.0) -> Callable:
     """The NumPy gradient written out by hand for a model config, with its L2 term:
-    ``gradient(params, x, y, dtype=np.float64) -> grads`` (the pytree of params)."""
+    ``gradient(params, x, y, dtype=np.float64) -> grads`` (the pytree of params). ``target_std``: as in
+    ``row_loss_of``."""
+    loss, delta = model.resolved_loss, model.huber_delta / target_std
     if model.kind == "logistic":
         return functools.partial(logistic_manual_grad, l2=model.l2)
-    return functools.partial(mlp_manual_grad, activation=model.activation, l2=model.l2)
+    if model.kind == "linear":
+        return functools.partial(linear_manual_grad, l2=model.l2, loss=loss, delta=delta)
+    return functools.partial(mlp_manual_grad, activation=model.activation, l2=model.l2, loss=loss, delta=delta)

@@ -30,7 +30,8 @@ _HE_FAMILY = {"relu", "gelu", "silu"}
 
 class Model(NamedTuple):
     init: Callable  # (key, dtype) -> params
-    apply: Callable  # (params, x: (n, d)) -> logits: (n,) or (n, K)
+    apply: Callable  # (params, x: (n, d)) -> logits: (n,) or (n, K); a numeric target's prediction: (n,)
+    row_loss: Callable | None = None  # (outputs, y) -> (n,) losses; None: the log loss (gradfit.core.losses)
 
 
 def dense(x, w, compute_dtype=None):
@@ -44,7 +45,7 @@ def logistic(n_features: int, n_classes: int = 2, compute_dtype=None) -> Model:
     """Logistic regression, starting at zero. Two classes: logit = <w, x> + b, params {"w": (d,), "b": ()}. K > 2
     classes (multinomial, softmax regression): logits = x W + b, params {"w": (d, K), "b": (K,)}, every class with
     its own coefficients (as scikit-learn's multinomial LogisticRegression; the penalty makes them identified)."""
-    shape: tuple[int, ...] = (n_features,) if n_classes == 2 else (n_features, n_classes)
+    shape: tuple[int, ...] = (n_features,) if n_classes <= 2 else (n_features, n_classes)
 
     def init(key, dtype=jnp.float32):
         del key  # the loss is convex: zero is the conventional, reproducible start
@@ -96,12 +97,18 @@ def mlp(
     return Model(init, apply)
 
 
-def build_model(config: ModelConfig, n_features: int, n_classes: int, compute_dtype=None) -> Model:
-    """The model a config names, sized for the data: one logit for two classes, else one per class."""
-    if config.kind == "logistic":
-        return logistic(n_features, n_classes, compute_dtype)
-    n_outputs = 1 if n_classes == 2 else n_classes
-    return mlp(n_features, n_outputs, config.hidden, config.activation, config.init, compute_dtype)
+def build_model(
+    config: ModelConfig, n_features: int, n_classes: int, compute_dtype=None, row_loss: Callable | None = None
+) -> Model:
+    """The model a config names, sized for the data: one output for two classes or a numeric target (``n_classes``
+    0), else one per class. A linear model has the binary logistic regression's parameters, {"w": (d,), "b": ()}.
+    ``row_loss``: the loss it is trained with (``gradfit.core.losses.row_loss_of``), None for the log loss."""
+    if config.kind in ("logistic", "linear"):
+        return logistic(n_features, n_classes, compute_dtype)._replace(row_loss=row_loss)
+    n_outputs = 1 if n_classes <= 2 else n_classes
+    return mlp(n_features, n_outputs, config.hidden, config.activation, config.init, compute_dtype)._replace(
+        row_loss=row_loss
+    )
 
 
 def path_name(path) -> str:

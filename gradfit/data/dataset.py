@@ -27,10 +27,10 @@ from gradfit.data.blocks import Locate
 from gradfit.data.encoding import Encoding, refuse_missing
 from gradfit.data.encoding import fit as encoding_fit
 from gradfit.data.encoding import numeric as numeric_encoding
-from gradfit.data.labels import Labels, encode_labels
+from gradfit.data.labels import Labels, encode_labels, label_dtype, numeric_target
 from gradfit.errors import ConfigError, DataError
 
-BUILTIN = {"breast_cancer": "breast_cancer.csv", "digits": "digits.csv"}
+BUILTIN = {"breast_cancer": "breast_cancer.csv", "digits": "digits.csv", "diabetes": "diabetes.csv"}
 
 
 class DataSplit(Protocol):
@@ -105,7 +105,12 @@ class Dataset(Protocol):
 
     @property
     def n_classes(self) -> int:
-        """Distinct classes: 2 encodes as ±1, more as class ids."""
+        """Distinct classes: 2 encodes as ±1, more as class ids; 0 for a numeric target."""
+        ...
+
+    @property
+    def target_scale(self) -> tuple[float, float] | None:
+        """A numeric target's training mean and std: the rows hold (y - mean) / std. None for classes."""
         ...
 
     def digest(self) -> str:
@@ -120,7 +125,7 @@ class Dataset(Protocol):
 def preprocessing_record(dataset: Dataset) -> dict:
     """JSON-ready record of the feature names, label mapping, standardization and split sizes of ``dataset``."""
     binary = dataset.n_classes == 2
-    scaling = None
+    scaling, target = None, dataset.target_scale
     if dataset.mean is not None and dataset.std is not None:
         scaling = {"mean": dataset.mean.tolist(), "std": dataset.std.tolist()}
     return {
@@ -131,6 +136,7 @@ def preprocessing_record(dataset: Dataset) -> dict:
         "classes": list(dataset.classes),
         "label_encoding": {str(c): (-1 if i == 0 else 1) if binary else i for i, c in enumerate(dataset.classes)},
         "standardize": scaling,
+        "target_scale": None if target is None else {"mean": target[0], "std": target[1]},
         "rows": {"train": len(dataset.train), "val": len(dataset.val), "test": len(dataset.test)},
     }
 
@@ -158,7 +164,8 @@ def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) 
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-    """x: (n, d) float; y: (n,) float in {-1, +1} (binary) or int class ids (multiclass)."""
+    """x: (n, d) float; y: (n,) float in {-1, +1} (binary), int class ids (multiclass) or a standardized numeric
+    target."""
 
     x: np.ndarray
     y: np.ndarray
@@ -186,6 +193,7 @@ class InMemoryDataset:
     std: np.ndarray | None = None
     encoding: Encoding = dataclasses.field(default_factory=lambda: numeric_encoding(()))
     target: str | None = None
+    target_scale: tuple[float, float] | None = None  # a numeric target's (mean, std) over the training split
 
     @property
     def n_features(self) -> int:
@@ -225,19 +233,29 @@ def load_dataset(config: GradfitConfig, shuffle: str = "full") -> InMemoryDatase
             (``precision.of(config).compute_dtype``: float32's is 3.4e38), each naming the file, line and column.
     """
     data = config.data
-    source = read_source(data, data_seed(config))
+    regression = config.model.regression
+    source = read_source(data, data_seed(config), regression)
     x, names, origin = source.x, source.names, source.origin
     checked = data.missing == "error" and data.source != "synthetic"  # the generator makes no missing cell
     if checked:  # before the split: a missing cell is the first thing to fix
         refuse_missing(x, names, source.locate)
-    y, classes = encode_labels(source.labels, origin)
+    if regression:
+        y, classes = numeric_target(source.labels, origin, source.target), list[Any]()
+    else:
+        y, classes = encode_labels(source.labels, origin)
     try:
         train_idx, val_idx, test_idx = split_indices(len(y), data.val_fraction, data.test_fraction, data_seed(config))
     except DataError as exc:
         raise DataError(f"{origin}: {exc}") from None
     if shuffle == "blocks":
         train_idx, val_idx, test_idx = np.sort(train_idx), np.sort(val_idx), np.sort(test_idx)
-    if len(np.unique(y[train_idx])) < 2:
+    target_scale = None
+    if regression:
+        moments = standardize.Moments(1)
+        moments.add(y[train_idx, None])
+        target_scale = target_statistics(moments, origin)
+        y = (y - target_scale[0]) / target_scale[1]
+    elif len(np.unique(y[train_idx])) < 2:
         raise DataError(f"{origin}: the training split holds a single class; use more rows or another seed")
     encoding = fit_encoding(data, standardize.taken_chunks(x, train_idx), names, source.dictionaries, origin)
     if not (encoding.identity and (checked or data.source == "synthetic")):  # else it would hand x back as it is
@@ -261,7 +279,17 @@ def load_dataset(config: GradfitConfig, shuffle: str = "full") -> InMemoryDatase
         std=std,
         encoding=encoding,
         target=source.target,
+        target_scale=target_scale,
     )
+
+
+def target_statistics(moments: standardize.Moments, origin: str) -> tuple[float, float]:
+    """(mean, std) of a numeric target's training rows from their ``moments``: what it is standardized with, so
+    that one learning rate serves any units. A constant target has nothing to fit."""
+    mean, std = float(moments.mean[0]), float(moments.std()[0])
+    if not std > 0:
+        raise DataError(f"{origin}: the target is {mean:g} in every training row; there is nothing to fit")
+    return mean, std
 
 
 def fit_encoding(
@@ -334,9 +362,9 @@ def _number(value: Any) -> str:
 
 
 def split_arrays(split: Split, n_classes: int, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(x, y) as the loss wants them: x in ``dtype``; y as ±1 in ``dtype`` (binary) or int32 class ids."""
-    y = np.asarray(split.y, dtype) if n_classes == 2 else np.asarray(split.y, np.int32)
-    return np.asarray(split.x, dtype), y
+    """(x, y) as the loss wants them: x in ``dtype``; y as ±1 or a numeric target in ``dtype``, or int32 class
+    ids."""
+    return np.asarray(split.x, dtype), np.asarray(split.y, label_dtype(n_classes, dtype))
 
 
 # ---------------------------------------------------------------------------------------------------- sources
@@ -355,11 +383,12 @@ class Source(NamedTuple):
     target: str | None = None
 
 
-def read_source(data: DataConfig, seed: int) -> Source:
-    """Features (n, d), raw labels (n,), feature names and a display name for the configured source."""
+def read_source(data: DataConfig, seed: int, regression: bool = False) -> Source:
+    """Features (n, d), raw labels (n,), feature names and a display name for the configured source
+    (``regression``: synthetic rows get a numeric target)."""
     if data.source == "synthetic":
         s = data.synthetic
-        x, y = synthetic.make_synthetic(s.n_samples, s.n_features, s.n_classes, s.separation, s.noise, seed)
+        x, y = synthetic.make_synthetic(s.n_samples, s.n_features, s.n_classes, s.separation, s.noise, seed, regression)
         return Source(x, y, synthetic.feature_names(s.n_features), "synthetic", lambda row: f"synthetic: row {row}")
     table = open_source(data)
     x, labels, positions = table.read_all()

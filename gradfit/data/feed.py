@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradfit.data import shuffle
+from gradfit.data.labels import label_dtype
 from gradfit.data.streamed import StreamedSplit
 
 GROUP_BYTES = 32 << 20  # features per group; two groups live at once (the one in use and the next)
@@ -79,7 +80,7 @@ class Feeder:
 
     def _zeros(self) -> dict:
         x = np.zeros((self.steps, self.batch, self.split.dataset.n_features), self.dtypes[1])
-        y_dtype = self.dtypes[0] if self.split.dataset.n_classes == 2 else np.int32
+        y_dtype = label_dtype(self.split.dataset.n_classes, self.dtypes[0])
         return self.put({"x": x, "y": np.zeros((self.steps, self.batch), y_dtype), "first_step": np.int32(0)})
 
     def start(self, shuffle_key) -> None:

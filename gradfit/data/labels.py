@@ -52,6 +52,12 @@ class LabelIndex:
         return values
 
 
+def label_dtype(n_classes: int, float_dtype: Any) -> Any:
+    """The dtype labels take for the loss: ±1 (two classes) or a standardized numeric target (no classes, 0) in
+    ``float_dtype``; int32 class ids for more classes."""
+    return float_dtype if n_classes <= 2 else np.int32
+
+
 def check_label_dtype(dtype: np.dtype, origin: str) -> None:
     """Refuse labels that cannot be classes: complex numbers, dates, time spans, structured records, objects."""
     what = _REFUSED_LABELS.get(dtype.kind)
@@ -129,6 +135,35 @@ def encode_labels(labels: Labels | np.ndarray, origin: str) -> tuple[np.ndarray,
     if len(classes) == 2:
         return np.where(y == 1, 1.0, -1.0), classes
     return y.astype(np.int32), classes
+
+
+def numeric_target(labels: Labels | np.ndarray, origin: str, name: str | None = None) -> np.ndarray:
+    """Raw labels (n,) as the numeric target of a regression, float64: numbers, or text that reads as one.
+
+    Raises:
+        DataError: a label is not a number (naming it and the column), NaN or inf, or the target is constant.
+    """
+    if not isinstance(labels, Labels):
+        labels = distinct_labels(np.asarray(labels), origin)
+    column = f"the target column '{name}'" if name else "the target"
+    values = labels.values
+    if values.dtype.kind == "b":
+        raise DataError(f"{origin}: {column} holds true/false; a numeric target needs numbers (for classes: log loss)")
+    if values.dtype.kind in "SUO":
+        text = _texts(values, origin)
+        not_numbers = [t for t in text if not is_number(t)]
+        if not_numbers:
+            raise DataError(
+                f"{origin}: {column} holds {preview(not_numbers)}, not numbers; a linear model or a squared or huber "
+                "loss fits a numeric target (for classes: model.kind logistic, or loss log)"
+            )
+        values = text.astype(np.float64)
+    elif values.dtype.kind not in "iuf":
+        check_label_dtype(values.dtype, origin)
+    values = values.astype(np.float64)
+    if not np.isfinite(values).all():
+        raise DataError(f"{origin}: {column} holds NaN or inf; remove those rows or fill them in")
+    return values[labels.codes]
 
 
 def _normalize_labels(values: np.ndarray, origin: str) -> np.ndarray:

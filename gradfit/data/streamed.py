@@ -35,9 +35,10 @@ from gradfit.data.dataset import (
     preprocessing_record,
     shuffle_mode,
     split_indices,
+    target_statistics,
 )
 from gradfit.data.encoding import Encoding
-from gradfit.data.labels import Labels, encode_labels
+from gradfit.data.labels import Labels, encode_labels, label_dtype, numeric_target
 from gradfit.errors import DataError
 
 # ---------------------------------------------------------------------------------------------------- sources
@@ -206,6 +207,7 @@ class SyntheticRows:
 
     def __init__(self, config: GradfitConfig):
         self.spec, self.seed = config.data.synthetic, data_seed(config)
+        self.regression = config.model.regression
         self.n_rows, self.names = self.spec.n_samples, synthetic.feature_names(self.spec.n_features)
         self.dictionaries: dict[str, list[str]] = {}
         self.seen = np.zeros(self.spec.n_classes, bool)  # classes drawn so far
@@ -216,16 +218,17 @@ class SyntheticRows:
         self.made.add(block)
         start = block * synthetic.SYNTHETIC_BLOCK
         x, y = synthetic.synthetic_rows(
-            self.spec, self.seed, start, min(start + synthetic.SYNTHETIC_BLOCK, self.n_rows)
+            self.spec, self.seed, start, min(start + synthetic.SYNTHETIC_BLOCK, self.n_rows), self.regression
         )
-        self.seen[np.unique(y)] = True
+        if not self.regression:
+            self.seen[np.unique(y)] = True
         return x, y
 
     def read(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Features (len(rows), d) float32 and class ids of ``rows`` (any order)."""
+        """Features (len(rows), d) float32 and class ids (or numeric targets) of ``rows`` (any order)."""
         blocks = rows // synthetic.SYNTHETIC_BLOCK
         x = np.empty((len(rows), self.spec.n_features), np.float32)
-        y = np.empty(len(rows), np.int64)
+        y = np.empty(len(rows), np.float64 if self.regression else np.int64)
         for block in np.unique(blocks):
             mine = np.flatnonzero(blocks == block)
             bx, by = self._block(int(block))
@@ -282,8 +285,7 @@ class StreamedSplit:
                 f"{float(value)!r}, beyond {np.dtype(compute_dtype).name}'s range after preprocessing; "
                 "remove or impute it, or set runtime.precision: float64"
             )
-        y = self.dataset.encoded[codes]
-        return x, (np.asarray(y, param_dtype) if self.dataset.n_classes == 2 else np.asarray(y, np.int32))
+        return x, np.asarray(self.dataset.labels(codes), label_dtype(self.dataset.n_classes, param_dtype))
 
     def blocks(
         self, rows: int, param_dtype: Any = np.float64, compute_dtype: Any = np.float64
@@ -302,11 +304,20 @@ class StreamedDataset:
     split_rows: tuple  # (train, val, test) row indices in the file
     feature_names: tuple[str, ...]
     classes: tuple
-    encoded: np.ndarray  # class code -> y as the loss wants it (+-1, or class id)
+    encoded: np.ndarray  # class code -> y as the loss wants it (+-1, class id, or a numeric target's raw value)
     mean: np.ndarray | None
     std: np.ndarray | None
     encoding: Encoding
     target: str | None
+    target_scale: tuple[float, float] | None = None  # a numeric target's (mean, std) over the training split
+
+    def labels(self, codes: np.ndarray) -> np.ndarray:
+        """The stored labels of some rows (class codes; a synthetic numeric target's values) as the loss wants
+        them: +-1, class ids, or the standardized target, computed as ``load_dataset`` does."""
+        if self.target_scale is None:
+            return self.encoded[codes]
+        values = codes if codes.dtype.kind == "f" else self.encoded[codes]
+        return (values - self.target_scale[0]) / self.target_scale[1]
 
     @property
     def train(self) -> StreamedSplit:
@@ -376,8 +387,31 @@ def load_streamed(config: GradfitConfig) -> StreamedDataset:
     if data.standardize:
         statistics = standardize.statistics(_training_chunks(source, train, origin, encoding), names, origin)
         mean, std = only_numeric(encoding, *statistics)
+    if config.model.regression:
+        encoded = _target_values(source, origin, target)
+        scale = _target_statistics(source, encoded, np.sort(train), origin)
+        return StreamedDataset(origin, source, splits, tuple(names), (), encoded, mean, std, encoding, target, scale)
     classes, encoded = _classes(config, source, origin, train)
     return StreamedDataset(origin, source, splits, tuple(names), tuple(classes), encoded, mean, std, encoding, target)
+
+
+def _target_statistics(source: Rows, encoded: np.ndarray, train: np.ndarray, origin: str) -> tuple[float, float]:
+    """``target_statistics`` of the training rows' targets, read a chunk at a time (memory flat in the rows)."""
+    moments = standardize.Moments(1)
+    for start in range(0, len(train), standardize.CHUNK_ROWS * 16):
+        rows = train[start : start + standardize.CHUNK_ROWS * 16]
+        values = encoded[source.codes.read(rows)] if isinstance(source, ConvertedRows) else source.read(rows)[1]
+        moments.add(np.asarray(values, np.float64)[:, None])
+    return target_statistics(moments, origin)
+
+
+def _target_values(source: Rows, origin: str, target: str | None) -> np.ndarray:
+    """A numeric target's value per stored code (a converted folder's classes), checked as ``load_dataset`` checks
+    them; empty for synthetic rows, which hold the values themselves."""
+    if isinstance(source, SyntheticRows):
+        return np.zeros(0)
+    values = source.classes
+    return numeric_target(Labels(values, np.arange(len(values))), origin, target)
 
 
 def _training_chunks(

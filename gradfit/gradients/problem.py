@@ -20,7 +20,7 @@ from gradfit.core.models import build_model, params_from_named
 from gradfit.data.streamed import StreamedSplit
 from gradfit.errors import RunDirError
 from gradfit.runs.rundir import RunDir
-from gradfit.training.prepare import prepare
+from gradfit.training.prepare import prepare, target_std
 
 
 @dataclasses.dataclass
@@ -79,9 +79,11 @@ def from_config(
     objective = run.objective
     if run.precision.mixed:  # bfloat16 products would swamp any check: the same model, products in float32
         objective = make_objective(
-            build_model(config.model, run.dataset.n_features, run.dataset.n_classes).apply, config.model.l2
+            build_model(config.model, run.dataset.n_features, run.dataset.n_classes).apply,
+            config.model.l2,
+            run.model.row_loss,
         )
-    hand_derived = hand_derived_gradient(config.model)
+    hand_derived = hand_derived_gradient(config.model, target_std(run.dataset))
     x_host, y_host = np.asarray(x), np.asarray(y)
     row_count = f"{len(y_host):,} training row" + ("s" if len(y_host) != 1 else "")
     description = (

@@ -30,6 +30,15 @@ RECORD_KEYS = (
     "learning_rate",
     "elapsed_s",
 )
+#: a numeric target's records: its validation RMSE, MAE and R^2 where classes have an accuracy
+REGRESSION_RECORD_KEYS = tuple(
+    k for key in RECORD_KEYS for k in (("val_rmse", "val_mae", "val_r2") if key == "val_accuracy" else (key,))
+)
+
+
+def record_keys(regression: bool) -> tuple[str, ...]:
+    """The keys of a run's metrics.jsonl records (the columns of its metrics.csv), in order."""
+    return REGRESSION_RECORD_KEYS if regression else RECORD_KEYS
 
 
 def append_jsonl(path: Path, records: Sequence[Mapping]) -> None:

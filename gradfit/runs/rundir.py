@@ -38,7 +38,7 @@ from gradfit.errors import RunDirError
 from gradfit.files import write_atomic
 from gradfit.runs import lock
 from gradfit.runs.loggers import CSV_NAME, EVENTS_GLOB, MetricLoggers
-from gradfit.runs.metrics import RECORD_KEYS, append_jsonl, iter_metrics, truncate_metrics
+from gradfit.runs.metrics import append_jsonl, iter_metrics, record_keys, truncate_metrics
 from gradfit.version import __version__
 
 
@@ -188,7 +188,7 @@ def _empty(kind: type):
 
 
 class Best(TypedDict, total=False):
-    """Summary.best: the best val_loss and val_accuracy evaluated, and their steps. Typed so that a hand-edited
+    """Summary.best: the best validation metrics evaluated, and their steps. Typed so that a hand-edited
     value ("oops") makes the summary damaged when it is read, not a crash where the values are compared."""
 
     # a newer gradfit's keys stay; mypy allows only keys in a TypedDict, pydantic reads this one
@@ -198,6 +198,12 @@ class Best(TypedDict, total=False):
     val_loss_step: int
     val_accuracy: float | None
     val_accuracy_step: int
+    val_rmse: float | None  # a numeric target's
+    val_rmse_step: int
+    val_mae: float | None
+    val_mae_step: int
+    val_r2: float | None
+    val_r2_step: int
 
 
 if TYPE_CHECKING:  # to mypy, the plain dict training fills in; pydantic checks it as a Best
@@ -376,10 +382,11 @@ class RunDir:
     def append_metrics(self, records: Sequence[Mapping]) -> None:
         append_jsonl(self.metrics_file, records)
 
-    def open_loggers(self, names: Sequence[str]) -> MetricLoggers:
+    def open_loggers(self, names: Sequence[str], regression: bool = False) -> MetricLoggers:
         """The derived metric logs ``train.loggers`` asks for (metrics.csv, TensorBoard event files), written from
-        the records metrics.jsonl gets; a ConfigError when one cannot run here."""
-        return MetricLoggers(self.path, names, RECORD_KEYS)
+        the records metrics.jsonl gets (``regression``: a numeric target's); a ConfigError when one cannot run
+        here."""
+        return MetricLoggers(self.path, names, record_keys(regression))
 
     def metrics(self) -> list[dict]:
         """The records of metrics.jsonl (a torn last line, from a crash mid-write, is left out), all in memory:

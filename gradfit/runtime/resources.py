@@ -58,8 +58,9 @@ def check_total_steps(train: TrainConfig, total_steps: int, steps_per_epoch: int
 
 
 def output_width(n_classes: int) -> int:
-    """Logits per row: one for two classes (the binary logit), else one per class."""
-    return 1 if n_classes == 2 else n_classes
+    """Outputs per row: one for two classes (the binary logit) or a numeric target (no classes), else one per
+    class."""
+    return 1 if n_classes <= 2 else n_classes
 
 
 def layer_widths(kind: str, n_classes: int, hidden: tuple = ()) -> tuple[int, ...]:
@@ -140,7 +141,7 @@ def estimate_run(
     """
     chosen = precision.of(config)
     param_bytes, compute_bytes = chosen.param_dtype.itemsize, chosen.compute_dtype.itemsize
-    label_bytes = param_bytes if n_classes == 2 else 4  # +-1 in the params' dtype, or int32 class ids
+    label_bytes = param_bytes if n_classes <= 2 else 4  # +-1 or a target in the params' dtype, or int32 class ids
     n_rows = sum(rows)
     data = n_rows * (n_features * compute_bytes + label_bytes)
 

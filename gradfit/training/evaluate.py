@@ -1,7 +1,8 @@
 """The evaluations of a run: full-split metrics in fixed-size row blocks, so memory stays flat in the rows.
 
 ``evaluate(params, data, parts)`` computes the objective and gradient norm over the whole training split, the
-validation and test loss and accuracy, and the checkpoint probe. It runs on its own schedule
+validation and test loss and score (the count of correct rows; for a numeric target the sums of squared and of
+absolute errors), and the checkpoint probe. It runs on its own schedule
 (``Plan.eval_every``); ``parts`` are traced flags, so one compiled program serves every combination. Data in
 memory are summed by one program (``make_evaluate``); streamed data block by block as read from disk
 (``make_streamed_evaluate``), in the same blocks and by the same sums (``BlockSums``), so both compute alike.
@@ -40,18 +41,20 @@ def eval_parts(**chosen: bool) -> dict:
     return {part: np.bool_(chosen.get(part, False)) for part in EVAL_PARTS}
 
 
-def make_evaluate(model: Model, l2: float, block_rows: int, shard_rows: Callable = _same_rows) -> Callable:
+def make_evaluate(
+    model: Model, l2: float, block_rows: int, shard_rows: Callable = _same_rows, regression: bool = False
+) -> Callable:
     """evaluate(params, data, parts) -> metrics over whole splits, in blocks of ``block_rows`` rows.
 
     Parts: ``train`` (objective and data loss over the training split), ``gradient`` (with ``train``: the norm
-    of the full-split gradient), ``val`` and ``test`` (loss and the count of correct rows: accuracies are exact
-    fractions on the host), ``probe`` (the objective over the first ``PROBE_ROWS`` training rows, which a
-    resume recomputes). Parts not asked for come back as NaN (counts as -1). Each block's rows are split
-    across the devices by ``shard_rows``.
+    of the full-split gradient), ``val`` and ``test`` (loss and score: the count of correct rows, so accuracies are
+    exact fractions on the host, or with ``regression`` the sums of squared and absolute errors), ``probe`` (the
+    objective over the first ``PROBE_ROWS`` training rows, which a resume recomputes). Parts not asked for come back as
+    NaN (counts as -1). Each block's rows are split across the devices by ``shard_rows``.
     """
 
-    objective = make_objective(model.apply, l2)
-    sums = BlockSums(model, l2)
+    objective = make_objective(model.apply, l2, model.row_loss)
+    sums = BlockSums(model, l2, regression)
 
     def forward(params, x, y):
         loss_sum, correct = _blocked_sum(
@@ -68,7 +71,7 @@ def make_evaluate(model: Model, l2: float, block_rows: int, shard_rows: Callable
 
     def evaluate(params, data: dict, parts: dict) -> dict:
         dtype = jax.tree_util.tree_leaves(params)[0].dtype
-        nan, none = jnp.full((), jnp.nan, dtype), jnp.full((), -1, jnp.int32)
+        nan, none = jnp.full((), jnp.nan, dtype), sums.no_score(dtype)
         x, y = data["x"], data["y"]
         skipped = {"objective": nan, "train_loss": nan, "grad_norm": nan}
         out = jax.lax.cond(
@@ -80,12 +83,12 @@ def make_evaluate(model: Model, l2: float, block_rows: int, shard_rows: Callable
         )
         for split in ("val", "test"):
             if data[f"y_{split}"].shape[0] == 0:  # static: an empty split has nothing to evaluate
-                out[f"{split}_loss"], out[f"{split}_correct"] = nan, none
+                out[f"{split}_loss"], out[f"{split}_score"] = nan, none
                 continue
-            loss, correct = jax.lax.cond(
+            loss, score = jax.lax.cond(
                 parts[split], lambda s=split: forward(params, data[f"x_{s}"], data[f"y_{s}"]), lambda: (nan, none)
             )
-            out[f"{split}_loss"], out[f"{split}_correct"] = loss, correct
+            out[f"{split}_loss"], out[f"{split}_score"] = loss, score
         rows = min(PROBE_ROWS, x.shape[0])
         out["probe"] = jax.lax.cond(
             parts["probe"],
@@ -101,19 +104,26 @@ class BlockSums:
     """The sums an evaluation adds up over row blocks (rows where ``weight`` is False are not counted), and the
     metrics made of them: shared by the in-memory evaluation and the streamed one, so both compute alike."""
 
-    def __init__(self, model: Model, l2: float):
-        self.model, self.l2 = model, l2
+    def __init__(self, model: Model, l2: float, regression: bool = False):
+        self.model, self.l2, self.regression = model, l2, regression
+        self.row_loss = model.row_loss or row_losses
 
     def forward(self, params, xb, yb, weight):
-        """(loss sum, count of correct rows) of a validation or test block."""
-        logits = self.model.apply(params, xb)
-        return (
-            jnp.sum(jnp.where(weight, row_losses(logits, yb), 0)),
-            jnp.sum(weight & row_correct(logits, yb), dtype=jnp.int32),
-        )
+        """(loss sum, score) of a validation or test block: the count of correct rows, or for a numeric target
+        (sum of squared errors, sum of absolute errors) in the standardized target's units."""
+        outputs = self.model.apply(params, xb)
+        loss_sum = jnp.sum(jnp.where(weight, self.row_loss(outputs, yb), 0))
+        if self.regression:
+            errors = jnp.where(weight, outputs - yb, 0)
+            return loss_sum, jnp.stack([jnp.sum(jnp.square(errors)), jnp.sum(jnp.abs(errors))])
+        return loss_sum, jnp.sum(weight & row_correct(outputs, yb), dtype=jnp.int32)
+
+    def no_score(self, dtype) -> jax.Array:
+        """The score of a part not evaluated: -1 rows correct, or NaN errors."""
+        return jnp.full((2,), jnp.nan, dtype) if self.regression else jnp.full((), -1, jnp.int32)
 
     def loss(self, params, xb, yb, weight):
-        return jnp.sum(jnp.where(weight, row_losses(self.model.apply(params, xb), yb), 0))
+        return jnp.sum(jnp.where(weight, self.row_loss(self.model.apply(params, xb), yb), 0))
 
     def loss_and_grad(self, params, xb, yb, weight):
         return jax.value_and_grad(self.loss)(params, xb, yb, weight)
@@ -141,12 +151,19 @@ def block_starts(n: int, block: int) -> list[tuple[int, int]]:
 
 
 def make_streamed_evaluate(
-    model: Model, l2: float, block: int, dataset, dtypes: tuple, put: Callable, shard_rows: Callable = _same_rows
+    model: Model,
+    l2: float,
+    block: int,
+    dataset,
+    dtypes: tuple,
+    put: Callable,
+    shard_rows: Callable = _same_rows,
+    regression: bool = False,
 ) -> Callable:
     """``evaluate(params, data, parts)`` for streamed data (``data`` is ignored): the same metrics, in the same
     blocks (``block_starts``), each block read from disk and summed by its own compiled program."""
-    sums = BlockSums(model, l2)
-    objective = make_objective(model.apply, l2)
+    sums = BlockSums(model, l2, regression)
+    objective = make_objective(model.apply, l2, model.row_loss)
     programs = {
         name: jax.jit(lambda p, x, y, w, f=getattr(sums, name): f(p, shard_rows(x), shard_rows(y), shard_rows(w)))
         for name in ("forward", "loss", "loss_and_grad")
@@ -165,7 +182,7 @@ def make_streamed_evaluate(
 
     def evaluate(params, data, parts: dict) -> dict:
         dtype = jax.tree_util.tree_leaves(params)[0].dtype
-        nan, none = jnp.full((), jnp.nan, dtype), jnp.full((), -1, jnp.int32)
+        nan, none = jnp.full((), jnp.nan, dtype), sums.no_score(dtype)
         out = {"objective": nan, "train_loss": nan, "grad_norm": nan}
         if parts["train"]:
             gradient = bool(parts["gradient"])
@@ -174,10 +191,10 @@ def make_streamed_evaluate(
         for name in ("val", "test"):
             split = getattr(dataset, name)
             if parts[name] and len(split):
-                loss_sum, correct = split_sum("forward", params, split)
-                out[f"{name}_loss"], out[f"{name}_correct"] = loss_sum / len(split), correct
+                loss_sum, score = split_sum("forward", params, split)
+                out[f"{name}_loss"], out[f"{name}_score"] = loss_sum / len(split), score
             else:
-                out[f"{name}_loss"], out[f"{name}_correct"] = nan, none
+                out[f"{name}_loss"], out[f"{name}_score"] = nan, none
         out["probe"] = probe(params, *put(probe_rows)).astype(dtype) if parts["probe"] else nan
         return out
 

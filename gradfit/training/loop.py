@@ -31,7 +31,15 @@ from gradfit.training.evaluate import eval_parts
 from gradfit.training.payload import LoopState
 from gradfit.training.prepare import Prepared, Programs, compile_programs, prepare
 from gradfit.training.programs import MAX_WINDOWS, TrainState
-from gradfit.training.records import END_ROWS, finite_record, log_record, objective_text, record_fields, window_records
+from gradfit.training.records import (
+    END_ROWS,
+    Units,
+    finite_record,
+    log_record,
+    objective_text,
+    record_fields,
+    window_records,
+)
 from gradfit.training.stopping import EarlyStopping, Status, StopRequests, StopRule, stop_rule
 
 CHUNK_SECONDS = 0.1  # chunks grow to about this long: a dispatch costs ~0.2 ms, and Ctrl-C waits for one chunk
@@ -111,7 +119,12 @@ class Session:
 
     def __post_init__(self) -> None:
         self.device_name = self.run.topology.name
-        self.loggers = None if self.run_dir is None else self.run_dir.open_loggers(self.run.config.train.loggers)
+        self.units = Units.of(self.run.dataset)
+        self.loggers = (
+            None
+            if self.run_dir is None
+            else self.run_dir.open_loggers(self.run.config.train.loggers, self.run.config.model.regression)
+        )
 
     @classmethod
     def start(
@@ -231,9 +244,9 @@ class Session:
         loop, plan = self.loop, self.run.plan
         loop.step = int(metrics["step"])  # before ``end`` when a full-batch run converges within the chunk
         if end > start:
-            records = window_records(plan, start, loop.step, metrics, self.elapsed())
+            records = window_records(plan, start, loop.step, metrics, self.elapsed(), self.units)
         else:
-            records = [log_record(plan, start, 0, dict(zip(END_ROWS, metrics["end"])), self.elapsed())]
+            records = [log_record(plan, start, 0, dict(zip(END_ROWS, metrics["end"])), self.elapsed(), self.units)]
         if not records:  # a chunk stops early only below tol, which its last record shows: never here
             raise RuntimeError(f"a chunk from step {start} took no step")
         if not metrics["finite"]:
@@ -363,7 +376,7 @@ class Session:
         spent = time.perf_counter() - tick
         self.loop.eval_time_s += spent
         self.mark += spent
-        return record_fields(result, parts, self.run.dataset)
+        return record_fields(result, parts, self.run.dataset, self.units)
 
     def notify(self, hook: str, payload: Any) -> None:
         """Call a progress hook; one that fails (a closed pipe under the progress display) is dropped, not fatal."""

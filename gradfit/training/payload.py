@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import jax
 import numpy as np
 import pydantic
 from pydantic import ConfigDict, Field
 
+from gradfit.config.choices import HIGHER_IS_BETTER, Metric
 from gradfit.config.load import GradfitConfig
 from gradfit.core.models import named_leaves, params_from_named
 from gradfit.errors import RunDirError
@@ -41,11 +42,12 @@ class LoopState:
     last: dict = dataclasses.field(default_factory=dict)  # the last log record
     resumes: list = dataclasses.field(default_factory=list)
     started: str | None = None  # ISO time the run's first session started
-    best: dict = dataclasses.field(default_factory=dict)  # best val_loss / val_accuracy evaluated, and their steps
+    best: dict = dataclasses.field(default_factory=dict)  # best validation metrics evaluated, and their steps
 
     def note_best(self, record: dict) -> None:
-        """Keep the best validation metrics seen (lower loss, higher accuracy) for summary.json."""
-        for key, sign in (("val_loss", 1), ("val_accuracy", -1)):
+        """Keep the best validation metrics seen (lower loss and errors, higher accuracy and R^2) for summary.json."""
+        for key in get_args(Metric):
+            sign = -1 if key in HIGHER_IS_BETTER else 1
             value, best = record.get(key), self.best.get(key)
             if value is not None and np.isfinite(value) and (best is None or sign * value < sign * best):
                 self.best[key], self.best[f"{key}_step"] = value, record["step"]

@@ -21,6 +21,7 @@ import numpy as np
 
 from gradfit.config.load import GradfitConfig
 from gradfit.core import precision
+from gradfit.core.losses import row_loss_of
 from gradfit.core.models import Model, build_model
 from gradfit.data import load
 from gradfit.data.dataset import Dataset, InMemoryDataset, shuffle_mode, split_arrays
@@ -75,17 +76,24 @@ class Prepared:
         """The training functions of ``config`` (this run's, or one whose numbers are traced arrays) on this run's
         data, model, plan and devices, with minibatches in the order of ``shuffle_mode``."""
         return training_functions(
-            settings_of(config), self.model, self.plan, len(self.dataset.train), self.topology.shard_rows, shuffle_mode
+            settings_of(config, target_std(self.dataset)),
+            self.model,
+            self.plan,
+            len(self.dataset.train),
+            self.topology.shard_rows,
+            shuffle_mode,
         )
 
     def evaluator(self, l2: Any) -> Callable:
         """The in-memory evaluation of this run's model with the penalty ``l2`` (a number or a traced array)."""
-        return make_evaluate(self.model, l2, self.eval_rows, self.topology.shard_rows)
+        return make_evaluate(self.model, l2, self.eval_rows, self.topology.shard_rows, self.config.model.regression)
 
 
-def settings_of(config: GradfitConfig) -> Settings:
-    """What the training programs take from ``config``."""
-    return Settings(config.optimizer, config.model.l2, config.train.tol, precision.of(config).param_dtype)
+def settings_of(config: GradfitConfig, target_std: float = 1.0) -> Settings:
+    """What the training programs take from ``config``. A numeric target is standardized by ``target_std``, and the
+    gradient norms a user reads are in its units: the programs compare their own norm with ``tol / target_std``."""
+    tol = None if config.train.tol is None else config.train.tol / target_std
+    return Settings(config.optimizer, config.model.l2, tol, precision.of(config).param_dtype)
 
 
 def prepare(config: GradfitConfig) -> Prepared:
@@ -101,16 +109,23 @@ def prepare(config: GradfitConfig) -> Prepared:
         return _prepare(config)
 
 
+def target_std(dataset: Dataset) -> float:
+    """The standard deviation a numeric target was divided by (1.0 for classes): the loss's and the metrics' scale."""
+    return 1.0 if dataset.target_scale is None else dataset.target_scale[1]
+
+
 def _prepare(config: GradfitConfig) -> Prepared:
     loggers.check_available(config.train.loggers)  # a missing tensorboardX is found before any data is read
-    chosen, settings = precision.of(config), settings_of(config)
+    chosen = precision.of(config)
     topology = mesh.select(config.runtime.device, config.runtime.devices)
     dataset = _load(config, topology)
+    settings = settings_of(config, target_std(dataset))
     streamed = isinstance(dataset, StreamedDataset)
     plan = _plan(config, dataset, topology)
     # products in the parameters' dtype unless mixed: the objective then serves a check in another precision
+    row_loss = row_loss_of(config.model, target_std(dataset))
     model = build_model(
-        config.model, dataset.n_features, dataset.n_classes, chosen.compute_dtype if chosen.mixed else None
+        config.model, dataset.n_features, dataset.n_classes, chosen.compute_dtype if chosen.mixed else None, row_loss
     )
     mode = shuffle_mode(config, streamed)
     functions = training_functions(settings, model, plan, len(dataset.train), topology.shard_rows, mode, streamed)
@@ -131,10 +146,10 @@ def _prepare(config: GradfitConfig) -> Prepared:
             chosen.scope,
         )
         evaluate = make_streamed_evaluate(
-            model, settings.l2, eval_rows, dataset, dtypes, topology.put, topology.shard_rows
+            model, settings.l2, eval_rows, dataset, dtypes, topology.put, topology.shard_rows, config.model.regression
         )
     else:
-        evaluate = make_evaluate(model, settings.l2, eval_rows, topology.shard_rows)
+        evaluate = make_evaluate(model, settings.l2, eval_rows, topology.shard_rows, config.model.regression)
     memory = _check_memory(config, dataset, plan, eval_rows, feed, chosen, topology)
     data = topology.put(_device_arrays(dataset, chosen)) if isinstance(dataset, InMemoryDataset) else {}
     state, data["shuffle_key"] = _initial_state(functions, config.seed, topology, data)

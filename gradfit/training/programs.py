@@ -86,7 +86,7 @@ def training_functions(
         streamed: minibatches come from the groups ``gradfit.data.feed`` puts on the device.
     """
     optimizer, schedule = make_optimizer(settings.optimizer, plan.total_steps)
-    objective = make_objective(model.apply, settings.l2)
+    objective = make_objective(model.apply, settings.l2, model.row_loss)
     lbfgs = settings.optimizer.name == "lbfgs"
     train_step = make_train_step(objective, optimizer, plan, n_train, lbfgs, shard_rows, mode, streamed)
     chunk = make_chunk(train_step, plan, settings.l2, schedule, settings.tol)

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field
 
+from gradfit.config.choices import HIGHER_IS_BETTER, Metric
 from gradfit.config.load import GradfitConfig
 from gradfit.training.plan import Plan
 
@@ -23,7 +24,7 @@ class EarlyStopping:
 
     __pydantic_config__ = ConfigDict(extra="forbid")  # checked like this when read back from a checkpoint
 
-    monitor: Literal["val_loss", "val_accuracy"]  # val_loss: lower is better; val_accuracy: higher is better
+    monitor: Metric  # val_loss, val_rmse, val_mae: lower is better; val_accuracy, val_r2: higher is better
     patience: Annotated[int, Field(ge=1, strict=True)]
     min_delta: Annotated[float, Field(ge=0, strict=True)]
     best: Annotated[float | None, Field(strict=True)] = None
@@ -46,7 +47,7 @@ class EarlyStopping:
         """Record one evaluation; True when it is the new best."""
         value = record[self.monitor]
         gain = value - self.best if self.best is not None and value is not None else None
-        if self.monitor == "val_loss" and gain is not None:
+        if self.monitor not in HIGHER_IS_BETTER and gain is not None:
             gain = -gain
         if self.best is None or (gain is not None and gain > self.min_delta):
             self.best, self.best_step, self.bad_checks, self.best_record = value, record["step"], 0, record

@@ -11,6 +11,17 @@ from gradfit.training.prepare import Prepared, Programs
 from gradfit.training.stopping import EarlyStopping, Status
 
 FINAL_KEYS = ("train_loss", "val_loss", "val_accuracy", "test_loss", "test_accuracy")
+REGRESSION_FINAL_KEYS = (
+    "train_loss",
+    "val_loss",
+    "val_rmse",
+    "val_mae",
+    "val_r2",
+    "test_loss",
+    "test_rmse",
+    "test_mae",
+    "test_r2",
+)
 
 
 def build(
@@ -66,7 +77,7 @@ def build(
         steps_per_s=steps_per_s,
         objective=final.get("objective"),
         grad_norm=final.get("grad_norm"),
-        final={key: final.get(key) for key in FINAL_KEYS},
+        final={key: final.get(key) for key in (REGRESSION_FINAL_KEYS if config.model.regression else FINAL_KEYS)},
         best=dict(loop.best),
         early_stopping=early_stopping,
         checkpoint=None if checkpoint is None else str(checkpoint),

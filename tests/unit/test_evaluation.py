@@ -63,8 +63,8 @@ def test_blocked_metrics_equal_the_direct_computation(problem, direct, block):
     assert out["objective"] == pytest.approx(value, rel=1e-12)
     assert out["grad_norm"] == pytest.approx(norm, rel=1e-12)
     assert out["val_loss"] == pytest.approx(val_loss, rel=1e-12)
-    assert int(out["val_correct"]) == correct
-    assert np.isnan(out["test_loss"]) and int(out["test_correct"]) == -1  # an empty split: nothing to evaluate
+    assert int(out["val_score"]) == correct
+    assert np.isnan(out["test_loss"]) and int(out["test_score"]) == -1  # an empty split: nothing to evaluate
 
 
 def test_parts_not_asked_for_are_not_computed(problem):

@@ -86,14 +86,14 @@ class TrainProgress(_Spinner):
                 BarColumn(),
                 MofNCompleteColumn(),
                 TextColumn("batch_objective {task.fields[batch_objective]}"),
-                TextColumn("val_accuracy {task.fields[val_accuracy]}"),
+                TextColumn("{task.fields[val]}"),
                 TextColumn("{task.fields[rate]} steps/s"),
                 TimeRemainingColumn(),
                 console=self.console,
             )
             self.progress.start()
             self.task = self.progress.add_task(
-                "train", total=self.total, completed=self.start_step, batch_objective="-", val_accuracy="-", rate="-"
+                "train", total=self.total, completed=self.start_step, batch_objective="-", val="val -", rate="-"
             )
 
     def on_log(self, record: dict) -> None:
@@ -115,11 +115,16 @@ class TrainProgress(_Spinner):
                 self.task,
                 completed=record["step"],
                 batch_objective=fmt(self.shown.get("batch_objective", self.shown.get("objective"))),
-                val_accuracy=fmt(self.shown.get("val_accuracy"), 4),
+                val=self._validation(),
                 rate=self._rate(record),
             )
             return
         self._print_line(record)
+
+    def _validation(self) -> str:
+        """The bar's validation metric: accuracy of classes, RMSE of a numeric target."""
+        key = "val_rmse" if "val_rmse" in self.shown else "val_accuracy"
+        return f"{key} {fmt(self.shown.get(key), 4)}"
 
     def _rate(self, record: dict) -> str:
         elapsed = time.perf_counter() - self.started
@@ -137,6 +142,8 @@ class TrainProgress(_Spinner):
             ("grad_norm", 3),
             ("val_loss", 4),
             ("val_accuracy", 4),
+            ("val_rmse", 4),
+            ("val_r2", 4),
             ("learning_rate", 3),
         ):
             if record.get(key) is not None:
@@ -210,7 +217,12 @@ class SweepProgress(_Spinner):
         self.console.print(
             f"  member {entry['index']} ({escape(entry['label'] or 'base config')}): "
             f"[{colour}]{entry['status']}[/] at step {entry['steps']:,}, val_loss "
-            f"{fmt(final.get('val_loss'))}, val_accuracy {fmt(final.get('val_accuracy'))}"
+            f"{fmt(final.get('val_loss'))}, "
+            + (
+                f"val_rmse {fmt(final['val_rmse'])}"
+                if "val_rmse" in final
+                else f"val_accuracy {fmt(final.get('val_accuracy'))}"
+            )
             + ("" if entry["status"] == "completed" else f" ({escape(entry['stop_reason'])})"),
             highlight=False,
             soft_wrap=True,

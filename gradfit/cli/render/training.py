@@ -29,8 +29,7 @@ def summary_table(summary: Summary) -> Table:
         ("objective", fmt(summary.objective, 6)),
         ("grad_norm", fmt(summary.grad_norm, 3)),
         ("train_loss", fmt(final["train_loss"])),
-        ("val_loss / val_accuracy", f"{fmt(final['val_loss'])} / {_accuracy(final['val_accuracy'])}"),
-        ("test_loss / test_accuracy", f"{fmt(final['test_loss'])} / {_accuracy(final['test_accuracy'])}"),
+        *_split_rows(final),
         ("params.npz", _saved_params(summary)),
         (
             "trace / compile time",
@@ -50,6 +49,22 @@ def summary_table(summary: Summary) -> Table:
     for key, value in rows:
         table.add_row(key, escape(str(value)))
     return table
+
+
+def _split_rows(final: dict) -> list[tuple[str, str]]:
+    """The validation and test metrics: loss and accuracy, or a numeric target's loss, RMSE, MAE and R^2."""
+    if "val_rmse" in final:
+        return [
+            (
+                f"{split}_loss / rmse / mae / r2",
+                " / ".join(fmt(final[f"{split}_{key}"]) for key in ("loss", "rmse", "mae", "r2")),
+            )
+            for split in ("val", "test")
+        ]
+    return [
+        (f"{split}_loss / {split}_accuracy", f"{fmt(final[f'{split}_loss'])} / {_accuracy(final[f'{split}_accuracy'])}")
+        for split in ("val", "test")
+    ]
 
 
 def _accuracy(value: float | None) -> str:
