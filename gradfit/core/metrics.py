@@ -1,4 +1,5 @@
-"""Classification metrics from true class indices and predicted log-probabilities. NumPy only, no jax.
+"""Classification metrics from true class indices and predicted log-probabilities, and regression metrics from
+true and predicted values. NumPy only, no jax.
 
 Conventions follow scikit-learn's defaults: the precision of a class never predicted is 0; macro averages weight
 equally the classes that occur among the true or the predicted labels; ROC AUC (binary only) is the probability
@@ -43,6 +44,28 @@ def classification_metrics(y: np.ndarray, log_probs: np.ndarray, classes: list) 
         ],
         "confusion_matrix": confusion.tolist(),
         "classes": list(classes),
+    }
+
+
+def regression_metrics(y: np.ndarray, predicted: np.ndarray) -> dict:
+    """RMSE, MAE and R^2 (as scikit-learn's ``r2_score``: 1 - SSE / SST; None when the targets are all equal), the
+    mean squared error and the mean target, in the target's units.
+
+    Args:
+        y: (n,) true values.
+        predicted: (n,) predicted values.
+    """
+    y, predicted = np.asarray(y, np.float64), np.asarray(predicted, np.float64)
+    errors = predicted - y
+    squares = float(np.square(errors).sum())
+    spread = float(np.square(y - y.mean()).sum()) if len(y) else 0.0
+    return {
+        "rows": len(y),
+        "rmse": float(np.sqrt(squares / len(y))),
+        "mae": float(np.abs(errors).mean()),
+        "r2": 1.0 - squares / spread if spread > 0 else None,
+        "mse": squares / len(y),
+        "target_mean": float(y.mean()),
     }
 
 

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradfit.errors import GradfitError
+from gradfit.trained.linear import linear_inference
 from gradfit.trained.multinomial import multinomial_inference
 from gradfit.trained.wald import (
     ILL_CONDITIONED,
@@ -184,17 +185,25 @@ def run_inference(run, scale: str = "original", level: float = 0.95) -> Inferenc
     """The coefficient table of a trained run (a ``gradfit.trained.run.TrainedRun``), on its re-created training split.
 
     Raises:
-        GradfitError: the run is not a logistic regression, or its training data changed since.
+        GradfitError: the run is not a logistic or least-squares linear regression, or its training data changed
+            since.
     """
     from gradfit.data.dataset import Split
     from gradfit.data.streamed import StreamedSplit
     from gradfit.trained.run import reload_dataset
 
-    if run.config.model.kind != "logistic":
+    model = run.config.model
+    if model.kind == "mlp":
         raise GradfitError(
-            f"{run.run_dir}: inference applies to logistic regression, and this run is an MLP "
+            f"{run.run_dir}: inference applies to logistic and linear regression, and this run is an MLP "
             "(model.kind: mlp): its weights have no coefficient interpretation. Use gradfit eval "
             "for its metrics"
+        )
+    if model.kind == "linear" and model.resolved_loss != "squared":
+        raise GradfitError(
+            f"{run.run_dir}: the coefficient table is of least squares (model.loss: squared); this run minimized "
+            f"the {model.resolved_loss} loss, whose standard errors would need a robust sandwich that gradfit does "
+            "not compute. Use gradfit eval for its metrics"
         )
     train = reload_dataset(run).train
     # the Hessian needs every training row: a streamed split is read whole here
@@ -204,6 +213,21 @@ def run_inference(run, scale: str = "original", level: float = 0.95) -> Inferenc
         assert isinstance(train, Split)
         x, y = train.x, train.y
     scaling = run.preprocessing["standardize"] or {}
+    if model.kind == "linear":
+        return linear_inference(
+            x,
+            y,
+            np.asarray(run.params["w"]),
+            float(run.params["b"]),
+            model.l2,
+            run.feature_names,
+            scaling.get("mean"),
+            scaling.get("std"),
+            target_mean=run.target_scale[0],
+            target_std=run.target_scale[1],
+            scale=scale,
+            level=level,
+        )
     if np.ndim(run.params["w"]) == 2:
         return multinomial_inference(
             x,

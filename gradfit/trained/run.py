@@ -19,16 +19,16 @@ import numpy as np
 
 from gradfit.config.load import GradfitConfig
 from gradfit.core import precision
-from gradfit.core.metrics import classification_metrics
+from gradfit.core.metrics import classification_metrics, regression_metrics
 from gradfit.core.models import Model, build_model, named_leaves, params_from_named
 from gradfit.data import blocks, tabular
 from gradfit.data.columns import CategoryCodes, column_names, feature_matrix
 from gradfit.data.dataset import Dataset, first_overflow
 from gradfit.data.encoding import Encoding
-from gradfit.data.labels import class_ids
+from gradfit.data.labels import class_ids, numeric_target
 from gradfit.data.load import load
 from gradfit.data.text import LineNumbers
-from gradfit.errors import DataError, RunDirError
+from gradfit.errors import DataError, GradfitError, RunDirError
 from gradfit.runs import rundir
 
 BLOCK_ROWS = 1024  # rows per call of the compiled forward pass
@@ -49,7 +49,19 @@ class TrainedRun:
 
     @property
     def classes(self) -> list:
+        """The class labels, in id order; empty for a numeric target."""
         return self.preprocessing["classes"]
+
+    @property
+    def regression(self) -> bool:
+        """True when the model predicts a numeric target (a squared or huber loss)."""
+        return self.config.model.regression
+
+    @property
+    def target_scale(self) -> tuple[float, float]:
+        """A numeric target's training (mean, std), which the model's outputs are in units of; (0, 1) for classes."""
+        scale = self.preprocessing.get("target_scale")
+        return (0.0, 1.0) if scale is None else (scale["mean"], scale["std"])
 
     @property
     def precision(self) -> precision.Precision:
@@ -120,17 +132,36 @@ class TrainedRun:
         Log-probabilities are never returned non-finite: such a row raises a DataError naming ``locate(i)``
         (i: the row's index in x; default "row i"), so no nan probability is ever written.
         """
-        params, chosen = self.params, self.precision
-        dtype = chosen.param_dtype
+        if self.regression:
+            raise GradfitError(
+                f"{self.run_dir}: the model predicts a numeric target ({self.config.model.resolved_loss} loss); it has "
+                "no class probabilities"
+            )
 
-        @jax.jit
-        def log_softmax(params, x):
-            logits = self.model.apply(params, x)
+        def log_softmax(logits):
             if logits.ndim == 1:  # binary: one logit, for classes[1]
                 logits = jnp.stack([jnp.zeros_like(logits), logits], axis=1)
             return jax.nn.log_softmax(logits)
 
-        def log_probs(x: np.ndarray, locate: Callable[[int], str] | None = None) -> np.ndarray:
+        return self._blocked(log_softmax, "probabilities", len(self.classes))
+
+    def predictions(self) -> Callable[..., np.ndarray]:
+        """A numeric target's ``log_probabilities``: standardized x (n, d) [, locate] -> predictions (n,) float64
+        in the target's units (the model's output times the training std, plus the mean)."""
+        mean, std = self.target_scale
+        return self._blocked(lambda outputs: mean + std * outputs, "prediction", None)
+
+    def _blocked(self, finish: Callable, what: str, width: int | None) -> Callable[..., np.ndarray]:
+        """x [, locate] -> ``finish(model outputs)`` in float64, computed in fixed blocks (see
+        ``log_probabilities``), never non-finite. ``width``: the result's columns (None: one value per row)."""
+        params, chosen = self.params, self.precision
+        dtype = chosen.param_dtype
+
+        @jax.jit
+        def program(params, x):
+            return finish(self.model.apply(params, x))
+
+        def outputs(x: np.ndarray, locate: Callable[[int], str] | None = None) -> np.ndarray:
             out = []
             with chosen.scope():
                 for start in range(0, len(x), BLOCK_ROWS):
@@ -139,19 +170,19 @@ class TrainedRun:
                     rows = len(block)
                     if rows < BLOCK_ROWS:  # pad the last block to the compiled shape
                         block = np.concatenate([block, np.zeros((BLOCK_ROWS - rows, x.shape[1]), dtype)])
-                    out.append(np.asarray(log_softmax(params, block), np.float64)[:rows])
-            result = np.concatenate(out) if out else np.zeros((0, len(self.classes)))
-            bad = np.flatnonzero(~np.isfinite(result).all(axis=1))
+                    out.append(np.asarray(program(params, block), np.float64)[:rows])
+            result = np.concatenate(out) if out else np.zeros((0,) if width is None else (0, width))
+            bad = np.flatnonzero(~np.isfinite(result.reshape(len(result), -1)).all(axis=1))
             if len(bad):
                 where = locate(int(bad[0])) if locate is not None else f"row {bad[0]}"
                 raise DataError(
-                    f"{where}: the model's probabilities for this row are not finite in {dtype.name} "
+                    f"{where}: the model's {what} for this row is not finite in {dtype.name} "
                     f"({len(bad)} such row(s) in this batch); are its features far outside the range "
                     "of the training data, or sentinels for missing values? Remove or impute them"
                 )
             return result
 
-        return log_probs
+        return outputs
 
     def predict_proba(self, x: Any) -> np.ndarray:
         """Class probabilities (n, K), columns in the order of ``classes``, for raw features ``x``: a table whose
@@ -162,21 +193,27 @@ class TrainedRun:
         return np.exp(self._log_probs(x))
 
     def predict(self, x: Any) -> np.ndarray:
-        """The most probable class of each row of ``x`` (a table or an (n, d) array), as the original label values."""
+        """The most probable class of each row of ``x`` (a table or an (n, d) array), as the original label values;
+        for a numeric target, the predicted value (float64, in the target's units)."""
+        if self.regression:
+            return self.predictions()(self._scaled(self._features(x)))
         return np.asarray(self.classes)[self.predict_proba(x).argmax(axis=1)]
 
     def evaluate(self, x: Any, y: Any) -> dict:
         """``gradfit eval``'s metrics (log loss, accuracy, per-class precision/recall/F1, ROC AUC, confusion
-        matrix) on raw features ``x`` (a table or an (n, d) array) and their labels ``y`` (n,), given as the original
-        label values (an array, a list, a pandas or polars Series, a pyarrow array)."""
-        log_probs = self._log_probs(x)
+        matrix; for a numeric target RMSE, MAE and R^2) on raw features ``x`` (a table or an (n, d) array) and their
+        labels ``y`` (n,), given as the original label values (an array, a list, a pandas or polars Series, a
+        pyarrow array)."""
+        scores = self.predict(x) if self.regression else self._log_probs(x)
         if y is None or isinstance(y, (str, bytes, Mapping)) or column_names(y) is not None:
             got = "None" if y is None else type(y).__name__
-            raise DataError(f"y: expected {len(log_probs)} labels, one per row of x (an array or a Series), got {got}")
+            raise DataError(f"y: expected {len(scores)} labels, one per row of x (an array or a Series), got {got}")
         y = np.asarray(y)
-        if y.shape != (len(log_probs),):
-            raise DataError(f"y: expected {len(log_probs)} labels, one per row of x, got an array of shape {y.shape}")
-        return classification_metrics(class_ids(y, self.classes, "y"), log_probs, self.classes)
+        if y.shape != (len(scores),):
+            raise DataError(f"y: expected {len(scores)} labels, one per row of x, got an array of shape {y.shape}")
+        if self.regression:
+            return regression_metrics(numeric_target(y, "y"), scores)
+        return classification_metrics(class_ids(y, self.classes, "y"), scores, self.classes)
 
     def _log_probs(self, x: Any) -> np.ndarray:
         """Log class probabilities (n, K) of raw features ``x``, checked by ``_features``."""
@@ -232,7 +269,9 @@ class TrainedRun:
                     "value? Remove or impute it"
                 )
             labels = None
-            if table.has_labels and block.labels is not None:
+            if table.has_labels and block.labels is not None and self.regression:
+                labels = numeric_target(block.labels, str(table.path), table.target)
+            elif table.has_labels and block.labels is not None:
                 labels = class_ids(block.labels, self.classes, str(table.path))
             yield blocks.Block(x, labels, block.positions)
 
@@ -290,6 +329,7 @@ def reload_dataset(run: TrainedRun) -> Dataset:
         now["feature_names"] != saved["feature_names"]
         or now["classes"] != saved["classes"]
         or now["standardize"] != saved["standardize"]
+        or now["target_scale"] != saved.get("target_scale")
         or now["rows"] != saved.get("rows")
     ):
         raise DataError(
@@ -314,7 +354,11 @@ def _check_preprocessing(run_dir: Path, record: Any) -> None:
             or len(set(names)) != len(names)
         ):
             problem = "feature_names must be a list of distinct column names"
-        elif (
+        elif record.get("target_scale") is not None and (
+            classes != [] or not _valid_scaling({k: [v] for k, v in record["target_scale"].items()}, 1)
+        ):
+            problem = "a numeric target's target_scale must hold a finite mean and a positive std, with no classes"
+        elif record.get("target_scale") is None and (
             not isinstance(classes, list)
             or len(classes) < 2
             or not all(isinstance(c, (str, int, float)) for c in classes)
@@ -352,8 +396,9 @@ def _valid_scaling(scaling: Any, width: int) -> bool:
 def evaluate(
     run: TrainedRun, data: Path | None, split: str, target: str | None, batch_rows: int
 ) -> tuple[np.ndarray, np.ndarray, str]:
-    """(true class indices, log-probabilities, what was evaluated) on a labelled file or one of the run's splits."""
-    log_probs = run.log_probabilities()
+    """(true class indices, log-probabilities, what was evaluated) on a labelled file or one of the run's splits;
+    for a numeric target (true values, predictions, what), both in the target's units."""
+    log_probs = run.predictions() if run.regression else run.log_probabilities()
     if data is not None:
         table = run.open_data(data, target, True)
         parts = [
@@ -371,8 +416,12 @@ def evaluate(
         )
     source = run.preprocessing["dataset"]
     ys, probs = [], []
+    mean, std = run.target_scale
     for start, (x, y) in zip(range(0, len(rows), batch_rows), rows.blocks(batch_rows)):
-        ys.append((y > 0).astype(np.int32) if len(run.classes) == 2 else y.astype(np.int32))
+        if run.regression:
+            ys.append(mean + std * np.asarray(y, np.float64))  # what ``predictions`` computes of the model's output
+        else:
+            ys.append((y > 0).astype(np.int32) if len(run.classes) == 2 else y.astype(np.int32))
         probs.append(log_probs(x, lambda r, i=start: f"{source}: row {i + r} of the {split} split"))
     return np.concatenate(ys), np.concatenate(probs), f"the {split} split of {run.preprocessing['dataset']}"
 
@@ -382,12 +431,20 @@ def write_predictions(
 ) -> int:
     """Stream predictions for a file as CSV to ``out``; returns the number of rows.
 
-    Columns: ``line`` (the input line; ``row`` for .npz), ``prediction`` (an original label value) and, with
-    probabilities, ``p_<label>`` per class (17 significant digits for float64 runs, 9 for float32 ones).
+    Columns: ``line`` (the input line; ``row`` for .npz), ``prediction`` (an original label value, or a numeric
+    target's predicted value) and, with probabilities, ``p_<label>`` per class (17 significant digits for float64
+    runs, 9 for float32 ones).
     """
+    if run.regression and with_probabilities:
+        raise GradfitError(
+            f"{run.run_dir}: --proba: the model predicts a numeric target, which has no class probabilities; "
+            "leave --proba out"
+        )
     table = run.open_data(data, target, False)  # a wrong file fails here, before any output
-    log_probs = run.log_probabilities()
     digits = f"%.{run.precision.significant_digits}g"
+    if run.regression:
+        return _write_values(run, table, out, digits, batch_rows)
+    log_probs = run.log_probabilities()
     labels = np.array([_csv_field(str(c)) for c in run.classes])
     position = "line" if table.kind == "csv" else "row"
     header = [position, "prediction"] + ([f"p_{c}" for c in run.classes] if with_probabilities else [])
@@ -402,6 +459,23 @@ def write_predictions(
             columns += list(np.char.mod(digits, np.exp(lp)).T)
         out.write("".join(",".join(row) + "\n" for row in zip(*columns)))
         count += len(lp)
+    if count == 0:
+        raise table.no_rows()
+    return count
+
+
+def _write_values(run: TrainedRun, table: blocks.Table, out: TextIO, digits: str, batch_rows: int) -> int:
+    """``write_predictions`` of a numeric target: the position and the predicted value of each row."""
+    predictions = run.predictions()
+    position = "line" if table.kind == "csv" else "row"
+    out.write(f"{position},prediction\n")
+    count = 0
+    lines = LineNumbers(table.path) if table.kind == "csv" else None
+    for block in run.batches(table, batch_rows):
+        values = predictions(block.x, lambda i, b=block: table.locate(b.positions[i]))
+        where = block.positions if lines is None else lines.next(len(block.positions))
+        out.write("".join(f"{w},{v}\n" for w, v in zip(where.astype(str), np.char.mod(digits, values))))
+        count += len(values)
     if count == 0:
         raise table.no_rows()
     return count

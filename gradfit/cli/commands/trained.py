@@ -40,7 +40,7 @@ def evaluate(
     json_file: Path | None = typer.Option(None, "--json-out", metavar="FILE", help=JSON_OUT_HELP),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
-    """Evaluate a trained model: log loss, accuracy, precision/recall/F1 per class and macro, ROC AUC, confusion matrix.
+    """Evaluate a trained model: log loss, accuracy, precision/recall/F1 per class and macro, ROC AUC, confusion matrix; for a numeric target RMSE, MAE and R^2.
 
     New data get the run's saved standardization and label mapping; their feature columns must be the run's (matched by name, in any order).
 
@@ -61,8 +61,11 @@ def evaluate(
     from gradfit.trained import run as trained
 
     run = api.load_run(run_dir)
-    y, log_probs, source = trained.evaluate(run, data, split, target or run.target, batch_rows)
-    result = metrics.classification_metrics(y, log_probs, run.classes)
+    y, scores, source = trained.evaluate(run, data, split, target or run.target, batch_rows)
+    if run.regression:
+        result = metrics.regression_metrics(y, scores)
+    else:
+        result = metrics.classification_metrics(y, scores, run.classes)
     console = output.console()
     for table in eval_tables(result, source):
         console.print(table)
@@ -84,7 +87,7 @@ def predict(
     target: str | None = typer.Option(None, help="Name of a label column to ignore [default: the run's label column]."),
     batch_rows: int = typer.Option(65_536, "--batch-rows", min=1, help=BATCH_HELP),
 ) -> None:
-    """Predict labels (and probabilities) for new rows, in the original label values.
+    """Predict labels (and probabilities) for new rows, in the original label values; for a numeric target, the predicted value.
 
     Output columns: [bold]line[/] (of the input CSV; [bold]row[/] for other tables), [bold]prediction[/], and with --proba one [bold]p_<label>[/] per class. The file is written to a temporary name and renamed when complete, so a failure never leaves a partial or overwritten file.
 
@@ -122,7 +125,7 @@ def inference(
     json_file: Path | None = typer.Option(None, "--json-out", metavar="FILE", help=JSON_OUT_HELP),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
-    """Coefficient table of a logistic regression: estimates, standard errors, z, p-values, confidence intervals.
+    """Coefficient table of a logistic regression (z) or a least-squares linear regression (t, as statsmodels OLS): estimates, standard errors, statistics, p-values, confidence intervals.
 
     Standard errors come from the inverse Hessian (jax.hessian, float64) of the total negative log-likelihood on the training split, at the run's parameters; with model.l2 > 0 the penalized Hessian is used, and the output says so. Separation (checked on the data with a linear program), constant features, a singular or ill-conditioned Hessian and an unconverged fit are detected and explained instead of printing huge or NaN numbers. Exit code 1 when any problem is reported (the numbers are then withheld or not to be trusted).
 
@@ -141,9 +144,9 @@ def inference(
     run = api.load_run(run_dir)
     result = run.inference(scale, level)
     console = output.console()
-    negative, *others = run.classes  # the reference class; the binary model's log-odds are of the other one
+    negative, *others = run.classes or [None]  # the reference class; the binary model's log-odds are of the other
     positive = others[0] if len(others) == 1 else "each class"
-    for table in inference_tables(result, positive, negative):
+    for table in inference_tables(result, positive, negative, (run.target or "the target") if run.regression else None):
         console.print(table)
     for problem in result.problems:
         console.print(f"[bold red]problem:[/] {escape(problem)}", soft_wrap=True, highlight=False)

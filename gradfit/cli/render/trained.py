@@ -16,7 +16,10 @@ if TYPE_CHECKING:
 
 
 def eval_tables(metrics: dict, source: str) -> list[Table]:
-    """Overview, per-class precision/recall/F1, and the confusion matrix (rows: true, columns: predicted)."""
+    """Overview, per-class precision/recall/F1, and the confusion matrix (rows: true, columns: predicted); for a
+    numeric target one table of RMSE, MAE and R^2."""
+    if "rmse" in metrics:
+        return [_regression_table(metrics, source)]
     overview = titled_table(f"Evaluation on {escape(source)}", show_header=False, title_justify="left")
     overview.add_column(style="bold")
     overview.add_column(justify="right")
@@ -47,18 +50,36 @@ def eval_tables(metrics: dict, source: str) -> list[Table]:
     return [overview, per_class, confusion]
 
 
-def inference_tables(result: Inference, positive: Any, negative: Any) -> list[Table]:
-    """The fit's summary and the coefficient table of a logistic-regression inference result."""
-    return [_fit_table(result, positive, negative), _coefficient_table(result)]
+def _regression_table(metrics: dict, source: str) -> Table:
+    table = titled_table(f"Evaluation on {escape(source)}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    for key, value in (
+        ("rows", f"{metrics['rows']:,}"),
+        ("RMSE", fmt(metrics["rmse"], 6)),
+        ("MAE", fmt(metrics["mae"], 6)),
+        ("R^2", fmt(metrics["r2"], 6)),
+        ("mean target", fmt(metrics["target_mean"], 6)),
+    ):
+        table.add_row(key, value)
+    return table
 
 
-def _fit_table(result: Inference, positive: Any, negative: Any) -> Table:
-    fit = titled_table(
-        f"{'Multinomial logistic' if positive == 'each class' else 'Logistic'} regression: log-odds of "
-        f"{escape(str(positive))} vs {escape(str(negative))}",
-        show_header=False,
-        title_justify="left",
-    )
+def inference_tables(result: Inference, positive: Any, negative: Any, target: str | None = None) -> list[Table]:
+    """The fit's summary and the coefficient table of an inference result: a logistic regression's, or with
+    ``target`` (the numeric target's name) a linear regression's, whose statistic is t."""
+    return [_fit_table(result, positive, negative, target), _coefficient_table(result, "z" if target is None else "t")]
+
+
+def _fit_table(result: Inference, positive: Any, negative: Any, target: str | None) -> Table:
+    if target is not None:
+        title = f"Linear regression ({'ridge' if result.l2 else 'least squares'}) of {escape(target)}"
+    else:
+        title = (
+            f"{'Multinomial logistic' if positive == 'each class' else 'Logistic'} regression: log-odds of "
+            f"{escape(str(positive))} vs {escape(str(negative))}"
+        )
+    fit = titled_table(title, show_header=False, title_justify="left")
     fit.add_column(style="bold")
     fit.add_column()
     converged = {None: "unknown (standard errors withheld)", True: "yes", False: "no"}[result.converged]
@@ -80,7 +101,7 @@ def _fit_table(result: Inference, positive: Any, negative: Any) -> Table:
         ("BIC", fmt(result.bic, 8)),
         ("parameters", f"{result.effective_parameters:.4g}" + (" effective" if result.l2 else "")),
         ("penalty", f"L2 = {result.l2:g}" if result.l2 else "none (maximum likelihood)"),
-        ("separation", separation),
+        *([] if target is not None else [("separation", separation)]),
         (
             "converged",
             f"{converged}; gradient norm {fmt(result.gradient_norm, 3)}, Newton step "
@@ -93,10 +114,10 @@ def _fit_table(result: Inference, positive: Any, negative: Any) -> Table:
     return fit
 
 
-def _coefficient_table(result: Inference) -> Table:
+def _coefficient_table(result: Inference, statistic: str) -> Table:
     level = f"{result.level:.0%}"
     table = titled_table("Coefficients", title_justify="left")
-    for name in ("", "estimate", "std err", "z", "P>|z|", f"{level} CI low", f"{level} CI high"):
+    for name in ("", "estimate", "std err", statistic, f"P>|{statistic}|", f"{level} CI low", f"{level} CI high"):
         justify: JustifyMethod = "left" if not name else "right"
         table.add_column(name, justify=justify)
     for c in result.coefficients:
