@@ -38,6 +38,9 @@ RunSort = Literal[  # gradfit.runs.catalog.SORT_KEYS
     "val_loss",
     "val_accuracy",
     "test_accuracy",
+    "best_val_rmse",
+    "val_rmse",
+    "test_rmse",
     "wall_time_s",
 ]
 

@@ -54,6 +54,9 @@ class RunEntry:
             "val_loss": final.get("val_loss"),
             "val_accuracy": final.get("val_accuracy"),
             "test_accuracy": final.get("test_accuracy"),
+            "best_val_rmse": best.get("val_rmse"),  # a numeric target's
+            "val_rmse": final.get("val_rmse"),
+            "test_rmse": final.get("test_rmse"),
             "wall_time_s": summary.wall_time_s if summary else None,
             "started": self.started,
             "stop_reason": summary.stop_reason if summary else self.problem,
@@ -70,6 +73,9 @@ SORT_KEYS = (
     "val_loss",
     "val_accuracy",
     "test_accuracy",
+    "best_val_rmse",
+    "val_rmse",
+    "test_rmse",
     "wall_time_s",
 )
 
@@ -203,7 +209,7 @@ def _folder_time(path: Path) -> str:
 def sort_rows(rows: list[dict], key: str) -> list[dict]:
     """Rows by ``key``: best first for metrics (lowest loss, highest accuracy), newest first for started,
     fastest first for wall time; rows without the value last."""
-    descending = key in ("started", "best_val_accuracy", "val_accuracy", "test_accuracy", "steps")
+    descending = key in ("started", "best_val_accuracy", "val_accuracy", "test_accuracy", "steps")  # rmse: lowest first
     present = [row for row in rows if row[key] is not None]
     absent = [row for row in rows if row[key] is None]
     return sorted(present, key=lambda row: row[key], reverse=descending) + absent
@@ -245,11 +251,26 @@ COMPARED_METRICS = (
     "val_accuracy",
     "test_loss",
     "test_accuracy",
+    "val_rmse",
+    "val_mae",
+    "val_r2",
+    "test_rmse",
+    "test_mae",
+    "test_r2",
     "best_val_loss",
     "best_val_accuracy",
+    "best_val_rmse",
     "wall_time_s",
     "steps_per_s",
 )
+#: metrics of one kind of target: left out of a comparison where no run has them
+_TASK_METRICS = {
+    "val_accuracy",
+    "test_accuracy",
+    "best_val_accuracy",
+    *(f"{s}_{m}" for s in ("val", "test") for m in ("rmse", "mae", "r2")),
+    "best_val_rmse",
+}
 
 
 def compare(paths: Sequence[str | Path]) -> Comparison:
@@ -267,6 +288,16 @@ def compare(paths: Sequence[str | Path]) -> Comparison:
     config = {key: row for key, row in values.items() if any(v != row[0] for v in row[1:])}
     rows = [read_entry(run.path) for run in folders]
     metrics = {name: [_metric(entry, name) for entry in rows] for name in COMPARED_METRICS}
+    regression = any(entry.summary is not None and "val_rmse" in entry.summary.final for entry in rows)
+
+    def shown(name: str, values: list) -> bool:  # classes keep their accuracy rows, even where none was measured
+        return (
+            name not in _TASK_METRICS
+            or any(v is not None for v in values)
+            or (name.endswith("accuracy") and not regression)
+        )
+
+    metrics = {name: values for name, values in metrics.items() if shown(name, values)}
     return Comparison([str(run.path) for run in folders], labels([run.path for run in folders]), config, metrics)
 
 
@@ -286,8 +317,8 @@ def _metric(entry: RunEntry, name: str) -> Any:
         return entry.status
     if summary is None:
         return entry.steps if name == "steps" else None
-    if name in summary.final:
-        return summary.final[name]
+    if name in summary.final or name in _TASK_METRICS - {"best_val_accuracy", "best_val_rmse"}:
+        return summary.final.get(name)
     if name.startswith("best_"):
         return summary.best.get(name[len("best_") :])
     return getattr(summary, name)

@@ -189,8 +189,9 @@ def _value(value: Any) -> float | None:
 
 
 def _log_scaled(metric: str) -> bool:
-    """Losses, objectives and norms span decades; accuracies are fractions, clearer on a linear axis."""
-    return "accuracy" not in metric
+    """Losses, objectives, errors and norms span decades; accuracies and R^2 are fractions (R^2 may be below 0),
+    clearer on a linear axis."""
+    return "accuracy" not in metric and not metric.endswith("_r2")
 
 
 def _check_positive(labels: Sequence[str], metrics: Sequence[str], runs: Sequence[Sequence[Curve]]) -> None:

@@ -29,8 +29,9 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from gradfit.config.choices import Metric
+from gradfit.config.choices import HIGHER_IS_BETTER, Metric
 from gradfit.config.load import ResolvedConfig, describe_keys, parse_override, validate_tree
+from gradfit.config.schema import check_metric
 from gradfit.errors import ConfigError
 from gradfit.sweeps import random_search
 from gradfit.sweeps.random_search import RandomSearch
@@ -50,6 +51,8 @@ VALUE_KEYS = (
 )
 PROGRAM_KEYS = (
     "model.kind",
+    "model.loss",
+    "model.huber_delta",
     "model.hidden",
     "model.activation",
     "model.init",
@@ -82,7 +85,9 @@ class SweepSection(_Strict):
     grid: dict[str, list] = Field(default_factory=dict, description="key -> the values to try (every combination)")
     random: RandomSearch | None = Field(None, description="random search, combined with the grid")
     seeds: int | list[int] = Field(1, description="N (seeds seed, seed+1, ...) or a list of seeds per setting")
-    metric: Metric = Field("val_loss", description="what ranks the settings")
+    metric: Metric | None = Field(
+        None, description="what ranks the settings (null: val_rmse for a numeric target, val_loss for classes)"
+    )
     parallel: Literal["auto"] | int = Field(
         "auto", description="members trained side by side (auto: as many as the device memory holds)"
     )
@@ -185,7 +190,11 @@ def plan_sweep(
     except ValidationError as exc:
         raise _problems(origin, [(tuple(e["loc"]), _message(e)) for e in exc.errors()], lines, given) from None
     keys = [*section.grid, *(section.random.space if section.random else {})]
+    model = resolved.config.model
+    section = section.model_copy(update={"metric": section.metric or ("val_rmse" if model.regression else "val_loss")})
     problems = [(where, message) for where, message in _key_problems(section) if message]
+    if check_metric(str(section.metric), model) is not None:
+        problems.append((("metric",), check_metric(str(section.metric), model)))
     if problems:
         raise _problems(origin, problems, lines, given)
     if not keys and _seed_list(section, resolved.config.seed) == [resolved.config.seed]:
@@ -452,7 +461,7 @@ def rank(members: list[dict], metric: str) -> list[dict]:
                 "std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
             }
         )
-    sign = 1 if metric == "val_loss" else -1
+    sign = -1 if metric in HIGHER_IS_BETTER else 1
     rows.sort(key=lambda r: (r["failed"] > 0, r["mean"] is None, sign * (r["mean"] or 0.0), r["setting"]))
     for i, row in enumerate(rows):
         row["rank"], row["best"] = i + 1, i == 0 and row["mean"] is not None and not row["failed"]

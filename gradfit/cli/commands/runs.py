@@ -22,8 +22,8 @@ def list_runs(
         "--sort",
         metavar="COLUMN",
         help="Order by started (newest first), run, status, steps, best_val_loss, "
-        "best_val_accuracy, val_loss, val_accuracy, test_accuracy or wall_time_s (best "
-        "first for metrics).",
+        "best_val_accuracy, val_loss, val_accuracy, test_accuracy, best_val_rmse, val_rmse, test_rmse or "
+        "wall_time_s (best first for metrics).",
     ),
     status: RunStatus | None = typer.Option(
         None,
@@ -89,15 +89,16 @@ def plot(
         ..., help="Run directories whose curves to draw, overlaid.", metavar="RUN..."
     ),
     out: Path = typer.Option(..., "--out", "-o", help="The image to write: .png, .svg or .pdf."),
-    metric: str = typer.Option(
-        "batch_objective,val_loss,val_accuracy",
+    metric: str | None = typer.Option(
+        None,
         "--metric",
         "-m",
         help="Comma-separated metrics of metrics.jsonl, one panel each: batch_objective "
         "(every log point), objective, train_loss and grad_norm (whole training split, "
-        "at evaluations), val_loss, val_accuracy, learning_rate.",
+        "at evaluations), val_loss, val_accuracy (classes), val_rmse, val_mae, val_r2 (a numeric target), "
+        "learning_rate. [default: batch_objective,val_loss and val_accuracy, or val_rmse for a numeric target]",
     ),
-    log_y: bool = typer.Option(False, "--log-y", help="Logarithmic y axes (accuracies stay linear)."),
+    log_y: bool = typer.Option(False, "--log-y", help="Logarithmic y axes (accuracies and R^2 stay linear)."),
     size: str = typer.Option("1200x400", "--size", metavar="WxH", help="Image size in pixels."),
     force: bool = typer.Option(False, "--force", help="Replace --out if the file exists."),
 ) -> None:
@@ -118,8 +119,13 @@ def plot(
     if match is None:
         raise GradfitError(f"--size {size!r}: expected WIDTHxHEIGHT in pixels (digits 0-9), e.g. 1200x400")
     width, height = match.groups()
-    metrics = [name.strip() for name in metric.split(",") if name.strip()]
     folders = [RunDir.open(path) for path in run_dirs]
+    if metric is None:
+        numeric = folders[0].config().model.regression if folders else False
+        metric = ",".join(plotting.PLOT_METRICS_DEFAULT).replace(
+            "val_accuracy", "val_rmse" if numeric else "val_accuracy"
+        )
+    metrics = [name.strip() for name in metric.split(",") if name.strip()]
     out = checked_output(out, "--out", force, [path for run in folders for path in run.own_files()], stdout=False)
     labels = catalog.labels([run.path for run in folders])
     plotting.plot_curves(

@@ -293,7 +293,11 @@ def sweep(
         help="A random-search range: [bold]KEY={log_uniform: [1e-4, 1e-1]}[/], "
         "{uniform: [lo, hi]}, {int_uniform: [lo, hi]} or a list of choices (repeatable).",
     ),
-    metric: Metric | None = typer.Option(None, help="Rank settings by this (default val_loss, or the section's)."),
+    metric: Metric | None = typer.Option(
+        None,
+        help="Rank settings by this (default: the section's, else val_rmse for a numeric target, val_loss for "
+        "classes).",
+    ),
     parallel: str | None = typer.Option(
         None,
         "--parallel",

@@ -33,8 +33,8 @@ _RUN_COLUMNS: tuple[tuple[str, JustifyMethod], ...] = (
     ("steps", "right"),
     ("best val_loss", "right"),
     ("val_loss", "right"),
-    ("val_acc", "right"),
-    ("test_acc", "right"),
+    ("val_acc|rmse", "right"),
+    ("test_acc|rmse", "right"),
     ("wall time", "right"),
     ("started", "left"),
 )
@@ -54,8 +54,8 @@ def runs_table(rows: list[dict], folder: str) -> Table:
             fmt(row["steps"]),
             fmt(row["best_val_loss"]),
             fmt(row["val_loss"]),
-            _accuracy_short(row["val_accuracy"]),
-            _accuracy_short(row["test_accuracy"]),
+            _score_short(row, "val"),
+            _score_short(row, "test"),
             "-" if row["wall_time_s"] is None else f"{row['wall_time_s']:.1f} s",
             escape(row["started"].replace("T", " ")[:19]),
         )
@@ -69,7 +69,11 @@ def damaged_runs(rows: list[dict]) -> list[str]:
     ]
 
 
-def _accuracy_short(value: float | None) -> str:
+def _score_short(row: dict, split: str) -> str:
+    """A split's accuracy, or a numeric target's RMSE (marked as such)."""
+    if row.get(f"{split}_rmse") is not None:
+        return f"rmse {fmt(row[f'{split}_rmse'])}"
+    value = row[f"{split}_accuracy"]
     return "-" if value is None else f"{value:.4f}"
 
 

@@ -81,11 +81,12 @@ def _saved_params(summary: Summary) -> str:
 
 def sweep_ranking(state: dict) -> Table:
     """sweep.json's ranking: one row per setting, mean +- std of the metric over its seeds, the best marked."""
+    from gradfit.config.choices import HIGHER_IS_BETTER
     from gradfit.sweeps.plan import show_value
 
     metric = state["metric"]
     table = titled_table(
-        f"Sweep: settings ranked by {metric} ({'lower' if metric == 'val_loss' else 'higher'} is "
+        f"Sweep: settings ranked by {metric} ({'higher' if metric in HIGHER_IS_BETTER else 'lower'} is "
         "better), mean +- std over seeds",
         title_justify="left",
     )
