@@ -143,13 +143,13 @@ class TrainedRun:
                 logits = jnp.stack([jnp.zeros_like(logits), logits], axis=1)
             return jax.nn.log_softmax(logits)
 
-        return self._blocked(log_softmax, "probabilities", len(self.classes))
+        return self._blocked(log_softmax, "probabilities for this row are", len(self.classes))
 
     def predictions(self) -> Callable[..., np.ndarray]:
         """A numeric target's ``log_probabilities``: standardized x (n, d) [, locate] -> predictions (n,) float64
         in the target's units (the model's output times the training std, plus the mean)."""
         mean, std = self.target_scale
-        return self._blocked(lambda outputs: mean + std * outputs, "prediction", None)
+        return self._blocked(lambda outputs: mean + std * outputs, "prediction for this row is", None)
 
     def _blocked(self, finish: Callable, what: str, width: int | None) -> Callable[..., np.ndarray]:
         """x [, locate] -> ``finish(model outputs)`` in float64, computed in fixed blocks (see
@@ -176,7 +176,7 @@ class TrainedRun:
             if len(bad):
                 where = locate(int(bad[0])) if locate is not None else f"row {bad[0]}"
                 raise DataError(
-                    f"{where}: the model's {what} for this row is not finite in {dtype.name} "
+                    f"{where}: the model's {what} not finite in {dtype.name} "
                     f"({len(bad)} such row(s) in this batch); are its features far outside the range "
                     "of the training data, or sentinels for missing values? Remove or impute them"
                 )

@@ -19,7 +19,7 @@ def test_config_choices_are_the_schemas():
     assert get_args(choices.Device) == get_args(RuntimeConfig.model_fields["device"].annotation)
     assert get_args(choices.Precision) == get_args(RuntimeConfig.model_fields["precision"].annotation)
     assert get_args(choices.ModelKind) == get_args(ModelConfig.model_fields["kind"].annotation)
-    assert get_args(choices.Metric) == get_args(SweepSection.model_fields["metric"].annotation)
+    assert get_args(choices.Metric) == get_args(get_args(SweepSection.model_fields["metric"].annotation)[0])
 
 
 def test_run_listing_choices_are_the_catalogs():

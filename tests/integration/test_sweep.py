@@ -250,7 +250,10 @@ HOSTILE = {
     "no values": ("grid:\n    model.l2: []\n", "line 4: sweep.grid.model.l2: no values"),
     "typo in the section": ("seed: 3\n", "line 3: sweep.seed: unknown key; allowed: grid, random, seeds"),
     "repeated seeds": ("seeds: [1, 1]\n", "line 3: sweep.seeds: seeds repeat in [1, 1]"),
-    "bad metric": ("metric: accuracy\n", "line 3: sweep.metric: Input should be 'val_loss' or 'val_accuracy'"),
+    "bad metric": (
+        "metric: accuracy\n",
+        "line 3: sweep.metric: Input should be 'val_loss', 'val_accuracy', 'val_rmse'",
+    ),
     "bad distribution": (
         "random:\n    trials: 2\n    space:\n      model.l2: {normal: [0, 1]}\n",
         "line 6: sweep.random.space.model.l2: expected {log_uniform: [lo, hi]}",

@@ -334,7 +334,7 @@ def test_inference_on_an_mlp_run_exits_2_saying_it_is_for_logistic_regression(tm
     )
     result = invoke("inference", summary.run_dir)
     assert result.exit_code == 2, result.output
-    assert "inference applies to logistic regression" in result.output and "MLP" in result.output
+    assert "inference applies to logistic and linear regression" in result.output and "MLP" in result.output
     assert "Traceback" not in result.output
 
 

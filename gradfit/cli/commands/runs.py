@@ -96,7 +96,7 @@ def plot(
         help="Comma-separated metrics of metrics.jsonl, one panel each: batch_objective "
         "(every log point), objective, train_loss and grad_norm (whole training split, "
         "at evaluations), val_loss, val_accuracy (classes), val_rmse, val_mae, val_r2 (a numeric target), "
-        "learning_rate. [default: batch_objective,val_loss and val_accuracy, or val_rmse for a numeric target]",
+        "learning_rate. [default: batch_objective,val_loss,val_accuracy (val_rmse for a numeric target)]",
     ),
     log_y: bool = typer.Option(False, "--log-y", help="Logarithmic y axes (accuracies and R^2 stay linear)."),
     size: str = typer.Option("1200x400", "--size", metavar="WxH", help="Image size in pixels."),

@@ -33,8 +33,8 @@ _RUN_COLUMNS: tuple[tuple[str, JustifyMethod], ...] = (
     ("steps", "right"),
     ("best val_loss", "right"),
     ("val_loss", "right"),
-    ("val_acc|rmse", "right"),
-    ("test_acc|rmse", "right"),
+    ("val_acc", "right"),  # a numeric target's runs: val_rmse (and both names when the rows mix them)
+    ("test_acc", "right"),
     ("wall time", "right"),
     ("started", "left"),
 )
@@ -43,7 +43,10 @@ _RUN_COLUMNS: tuple[tuple[str, JustifyMethod], ...] = (
 def runs_table(rows: list[dict], folder: str) -> Table:
     """``gradfit runs``: one line per run (the rows of ``gradfit.runs.catalog.RunEntry.row``)."""
     table = titled_table(f"{len(rows)} run(s) in {escape(folder)}")
+    numeric = {row.get("val_rmse") is not None or row.get("test_rmse") is not None for row in rows}
+    score = {frozenset({False}): "acc", frozenset({True}): "rmse"}.get(frozenset(numeric), "acc|rmse")
     for name, justify in _RUN_COLUMNS:
+        name = name.replace("_acc", f"_{score}")
         table.add_column(name, justify=justify, overflow="fold" if name == "run" else "ellipsis")
     for row in rows:
         table.add_row(
@@ -72,7 +75,7 @@ def damaged_runs(rows: list[dict]) -> list[str]:
 def _score_short(row: dict, split: str) -> str:
     """A split's accuracy, or a numeric target's RMSE (marked as such)."""
     if row.get(f"{split}_rmse") is not None:
-        return f"rmse {fmt(row[f'{split}_rmse'])}"
+        return fmt(row[f"{split}_rmse"])
     value = row[f"{split}_accuracy"]
     return "-" if value is None else f"{value:.4f}"
 
