@@ -63,6 +63,12 @@ class ModelConfig(Section):
     activation: Activation = Field("relu", description="hidden-layer activation")
     init: Init = Field("auto", description="weight init: auto = He for relu/gelu/silu, Glorot for tanh/sigmoid")
     l2: float = Field(0.0, ge=0, description="L2 penalty (l2/2)*||w||^2 on weights, not biases")
+    l1: float = Field(
+        0.0,
+        ge=0,
+        description="L1 penalty l1*||w||_1 on weights, not biases (elastic net with l2), applied by a proximal "
+        "step (soft-thresholding) after each step of sgd, momentum, nesterov, adam or adamw",
+    )
 
     APPLIES_TO = {"hidden": {"mlp"}, "activation": {"mlp"}, "init": {"mlp"}}
     SELECTOR = "kind"
@@ -121,6 +127,8 @@ class ScheduleConfig(Section):
 
 
 _ADAPTIVE = {"adam", "adamw", "rmsprop", "adagrad"}
+#: the optimizers whose step an L1 proximal step can follow (gradfit.core.optim.with_l1)
+PROXIMAL_OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
 _FIRST_ORDER = {"sgd", "momentum", "nesterov"} | _ADAPTIVE
 
 
@@ -302,6 +310,12 @@ class GradfitConfig(Section):
 
     @model_validator(mode="after")
     def _check_combination(self):
+        if self.model.l1 > 0 and self.optimizer.name not in PROXIMAL_OPTIMIZERS:
+            raise KeyProblem(
+                ("model", "l1"),
+                f"optimizer {self.optimizer.name} cannot take the L1 penalty, which is not differentiable at 0: it is "
+                f"applied by a proximal step after each step of {', '.join(PROXIMAL_OPTIMIZERS)}; pick one of them",
+            )
         if self.optimizer.name == "lbfgs" and self.train.batch_size is not None:
             raise KeyProblem(("train", "batch_size"), "lbfgs is a full-batch method; set train.batch_size=null")
         monitor = self.train.early_stopping.monitor

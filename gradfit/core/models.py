@@ -136,6 +136,12 @@ def count_params(params) -> int:
     return sum(leaf.size for leaf in jax.tree_util.tree_leaves(params))
 
 
+def count_zero_weights(params) -> int:
+    """How many weights (not biases) are exactly zero: what an L1 penalty's proximal steps leave."""
+    zeros = jax.tree_util.tree_map(lambda p, m: int((p == 0).sum()) if m else 0, params, weight_mask(params))
+    return sum(jax.tree_util.tree_leaves(zeros))
+
+
 def params_from_named(template, arrays: dict, origin: str = "params"):
     """Inverse of ``named_leaves``: fill ``template``'s structure with ``arrays[name]``, checking names and shapes.
 

@@ -234,6 +234,7 @@ class Summary:
     mesh: dict[str, int] = _empty(dict)
     precision: str = ""
     num_params: int = 0
+    zero_weights: int | None = None  # with model.l1 > 0: the weights (not biases) of the saved parameters that are 0
     rows: dict[str, int] = _empty(dict)  # train, val, test
     steps: int | None = None  # None: the supervisor of a process that died before its first checkpoint
     epochs: float = 0.0

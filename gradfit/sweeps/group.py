@@ -75,7 +75,8 @@ class Group:
             return run.functions(with_values(run.config, hyper), "full")
 
         def evaluate(hyper, params, data, parts):
-            return run.evaluator(with_values(run.config, hyper).model.l2)(params, data, parts)
+            model = with_values(run.config, hyper).model
+            return run.evaluator(model.l2, model.l1)(params, data, parts)
 
         # the step count is one for the whole block (members step together), so the chunk's loops and their
         # conditions stay scalar: a batched condition would make XLA run both sides of every lax.cond. Only a

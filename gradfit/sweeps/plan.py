@@ -39,6 +39,7 @@ from gradfit.sweeps.random_search import RandomSearch
 VALUE_KEYS = (
     "seed",
     "model.l2",
+    "model.l1",
     "optimizer.learning_rate",
     "optimizer.momentum",
     "optimizer.b1",

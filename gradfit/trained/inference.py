@@ -199,6 +199,12 @@ def run_inference(run, scale: str = "original", level: float = 0.95) -> Inferenc
             "(model.kind: mlp): its weights have no coefficient interpretation. Use gradfit eval "
             "for its metrics"
         )
+    if model.l1 > 0:
+        raise GradfitError(
+            f"{run.run_dir}: the run has an L1 penalty (model.l1 = {model.l1:g}); Wald tables of lasso and elastic-net "
+            "estimates are not valid (the zeros are chosen by the data), so none is given. Refit the kept features "
+            "with model.l1: 0 for a table, and say that they were selected"
+        )
     if model.kind == "linear" and model.resolved_loss != "squared":
         raise GradfitError(
             f"{run.run_dir}: the coefficient table is of least squares (model.loss: squared); this run minimized "

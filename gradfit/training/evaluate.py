@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gradfit.core.losses import l2_penalty, make_objective, row_correct, row_losses
+from gradfit.core.losses import l1_penalty, l2_penalty, make_objective, row_correct, row_losses, stationarity
 from gradfit.core.models import Model
 
 BLOCK_ELEMENTS = 1 << 22  # rows x widest layer of one evaluation block: 16 MB of float32 activations
@@ -42,7 +42,12 @@ def eval_parts(**chosen: bool) -> dict:
 
 
 def make_evaluate(
-    model: Model, l2: float, block_rows: int, shard_rows: Callable = _same_rows, regression: bool = False
+    model: Model,
+    l2: float,
+    block_rows: int,
+    shard_rows: Callable = _same_rows,
+    regression: bool = False,
+    l1: Any = 0.0,
 ) -> Callable:
     """evaluate(params, data, parts) -> metrics over whole splits, in blocks of ``block_rows`` rows.
 
@@ -54,7 +59,7 @@ def make_evaluate(
     """
 
     objective = make_objective(model.apply, l2, model.row_loss)
-    sums = BlockSums(model, l2, regression)
+    sums = BlockSums(model, l2, regression, l1)
 
     def forward(params, x, y):
         loss_sum, correct = _blocked_sum(
@@ -104,8 +109,8 @@ class BlockSums:
     """The sums an evaluation adds up over row blocks (rows where ``weight`` is False are not counted), and the
     metrics made of them: shared by the in-memory evaluation and the streamed one, so both compute alike."""
 
-    def __init__(self, model: Model, l2: float, regression: bool = False):
-        self.model, self.l2, self.regression = model, l2, regression
+    def __init__(self, model: Model, l2: float, regression: bool = False, l1: Any = 0.0):
+        self.model, self.l2, self.regression, self.l1 = model, l2, regression, l1
         self.row_loss = model.row_loss or row_losses
 
     def forward(self, params, xb, yb, weight):
@@ -129,13 +134,15 @@ class BlockSums:
         return jax.value_and_grad(self.loss)(params, xb, yb, weight)
 
     def train_metrics(self, params, total, n: int, gradient: bool) -> dict:
-        """Objective, data loss and (with ``gradient``) gradient norm over ``n`` rows from their block sums."""
+        """Objective, data loss and (with ``gradient``) gradient norm over ``n`` rows from their block sums (with an
+        L1 term: the norm of the minimum-norm subgradient, ``stationarity``)."""
         dtype = jax.tree_util.tree_leaves(params)[0].dtype
         penalty, penalty_grad = jax.value_and_grad(lambda p: jnp.asarray(l2_penalty(p, self.l2), dtype))(params)
+        penalty = penalty + l1_penalty(params, self.l1)
         if gradient:
             loss_sum, grad_sum = total
             grads = jax.tree_util.tree_map(lambda g, pg: g / n + pg, grad_sum, penalty_grad)
-            norm = optax.tree.norm(grads)
+            norm = optax.tree.norm(stationarity(grads, params, self.l1))
         else:
             loss_sum = total
             norm = jnp.full((), jnp.nan, loss_sum.dtype)
@@ -159,10 +166,11 @@ def make_streamed_evaluate(
     put: Callable,
     shard_rows: Callable = _same_rows,
     regression: bool = False,
+    l1: Any = 0.0,
 ) -> Callable:
     """``evaluate(params, data, parts)`` for streamed data (``data`` is ignored): the same metrics, in the same
     blocks (``block_starts``), each block read from disk and summed by its own compiled program."""
-    sums = BlockSums(model, l2, regression)
+    sums = BlockSums(model, l2, regression, l1)
     objective = make_objective(model.apply, l2, model.row_loss)
     programs = {
         name: jax.jit(lambda p, x, y, w, f=getattr(sums, name): f(p, shard_rows(x), shard_rows(y), shard_rows(w)))

@@ -24,7 +24,7 @@ import numpy as np
 
 from gradfit.config.load import GradfitConfig, to_yaml
 from gradfit.core import precision
-from gradfit.core.models import count_params, named_leaves
+from gradfit.core.models import count_params, count_zero_weights, named_leaves
 from gradfit.runs import checkpoints, rundir
 from gradfit.training import failures, payload, summary
 from gradfit.training.evaluate import eval_parts
@@ -457,6 +457,7 @@ class Session:
             reason=reason,
             final=final,
             num_params=count_params(params),
+            zero_weights=count_zero_weights(params) if saved and self.run.config.model.l1 > 0 else None,
             wall_time_s=self.elapsed(),
             run_dir=self.run_dir,
             checkpoint=self.path,

@@ -84,16 +84,17 @@ class Prepared:
             shuffle_mode,
         )
 
-    def evaluator(self, l2: Any) -> Callable:
-        """The in-memory evaluation of this run's model with the penalty ``l2`` (a number or a traced array)."""
-        return make_evaluate(self.model, l2, self.eval_rows, self.topology.shard_rows, self.config.model.regression)
+    def evaluator(self, l2: Any, l1: Any = 0.0) -> Callable:
+        """The in-memory evaluation of this run's model with the penalties ``l2`` and ``l1`` (numbers or traced
+        arrays)."""
+        return make_evaluate(self.model, l2, self.eval_rows, self.topology.shard_rows, self.config.model.regression, l1)
 
 
 def settings_of(config: GradfitConfig, target_std: float = 1.0) -> Settings:
     """What the training programs take from ``config``. A numeric target is standardized by ``target_std``, and the
     gradient norms a user reads are in its units: the programs compare their own norm with ``tol / target_std``."""
     tol = None if config.train.tol is None else config.train.tol / target_std
-    return Settings(config.optimizer, config.model.l2, tol, precision.of(config).param_dtype)
+    return Settings(config.optimizer, config.model.l2, tol, precision.of(config).param_dtype, config.model.l1)
 
 
 def prepare(config: GradfitConfig) -> Prepared:
@@ -146,10 +147,20 @@ def _prepare(config: GradfitConfig) -> Prepared:
             chosen.scope,
         )
         evaluate = make_streamed_evaluate(
-            model, settings.l2, eval_rows, dataset, dtypes, topology.put, topology.shard_rows, config.model.regression
+            model,
+            settings.l2,
+            eval_rows,
+            dataset,
+            dtypes,
+            topology.put,
+            topology.shard_rows,
+            config.model.regression,
+            settings.l1,
         )
     else:
-        evaluate = make_evaluate(model, settings.l2, eval_rows, topology.shard_rows, config.model.regression)
+        evaluate = make_evaluate(
+            model, settings.l2, eval_rows, topology.shard_rows, config.model.regression, settings.l1
+        )
     memory = _check_memory(config, dataset, plan, eval_rows, feed, chosen, topology)
     data = topology.put(_device_arrays(dataset, chosen)) if isinstance(dataset, InMemoryDataset) else {}
     state, data["shuffle_key"] = _initial_state(functions, config.seed, topology, data)

@@ -24,7 +24,7 @@ import numpy as np
 import optax
 
 from gradfit.config.schema import OptimizerConfig
-from gradfit.core.losses import l2_penalty, make_objective
+from gradfit.core.losses import l1_penalty, l2_penalty, make_objective, stationarity
 from gradfit.core.models import Model
 from gradfit.core.optim import make_optimizer
 from gradfit.data import shuffle
@@ -54,6 +54,7 @@ class Settings:
     l2: Any  # float, or a traced array
     tol: float | None  # full batch: stop below this gradient norm
     param_dtype: np.dtype
+    l1: Any = 0.0  # float, or a traced array: applied by the optimizer's proximal step
 
 
 class Functions(NamedTuple):
@@ -85,11 +86,11 @@ def training_functions(
         mode: the epoch order of the minibatches (``train.shuffle`` resolved).
         streamed: minibatches come from the groups ``gradfit.data.feed`` puts on the device.
     """
-    optimizer, schedule = make_optimizer(settings.optimizer, plan.total_steps)
+    optimizer, schedule = make_optimizer(settings.optimizer, plan.total_steps, settings.l1)
     objective = make_objective(model.apply, settings.l2, model.row_loss)
     lbfgs = settings.optimizer.name == "lbfgs"
-    train_step = make_train_step(objective, optimizer, plan, n_train, lbfgs, shard_rows, mode, streamed)
-    chunk = make_chunk(train_step, plan, settings.l2, schedule, settings.tol)
+    train_step = make_train_step(objective, optimizer, plan, n_train, lbfgs, shard_rows, mode, streamed, settings.l1)
+    chunk = make_chunk(train_step, plan, settings.l2, schedule, settings.tol, settings.l1)
 
     def initial_state(seed, data):
         init_key, shuffle_key = jax.random.split(jax.random.PRNGKey(seed))
@@ -97,16 +98,18 @@ def training_functions(
         current = None
         if plan.full_batch:
             x, y = shard_rows(data["x"]), shard_rows(data["y"])
-            current = with_norm(jax.value_and_grad(objective)(params, x, y))
+            current = with_norm(jax.value_and_grad(objective)(params, x, y), params, settings.l1)
         return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32), current), shuffle_key
 
     return Functions(objective, train_step, chunk, initial_state)
 
 
-def with_norm(value_and_grad: tuple) -> tuple:
-    """(objective, gradient) -> (objective, gradient, gradient norm): computed once, read by every consumer."""
+def with_norm(value_and_grad: tuple, params: Any, l1: Any = 0.0) -> tuple:
+    """(objective, gradient) -> (objective, gradient, gradient norm): computed once, read by every consumer. With
+    an L1 term: the objective with it, the smooth gradient (what the optimizer takes) and the norm of the
+    objective's minimum-norm subgradient (``stationarity``)."""
     value, grads = value_and_grad
-    return value, grads, optax.tree.norm(grads)
+    return value + l1_penalty(params, l1), grads, optax.tree.norm(stationarity(grads, params, l1))
 
 
 def make_train_step(
@@ -118,12 +121,14 @@ def make_train_step(
     shard_rows: Callable = _same_rows,
     shuffle_mode: str = "full",
     streamed: bool = False,
+    l1: Any = 0.0,
 ) -> Callable:
     """train_step(state, data) -> (state, (objective, gradient norm)) of one step, on the params it started from.
 
     ``shard_rows`` splits the rows a step works on across the devices (``Topology.shard_rows``). A minibatch
     is gathered from the training split on the device, in the epoch order of ``shuffle_mode``; a ``streamed``
-    step instead takes its minibatch from the group ``gradfit.data.feed`` put there (the same rows).
+    step instead takes its minibatch from the group ``gradfit.data.feed`` put there (the same rows). ``l1``: the
+    objective it reports has the L1 term and its gradient norm is the subgradient's (``with_norm``).
     """
 
     def full_batch_step(state: TrainState, data: dict):
@@ -140,7 +145,7 @@ def make_train_step(
             current = (optax.tree_utils.tree_get(opt_state, "value"), optax.tree_utils.tree_get(opt_state, "grad"))
         else:
             current = jax.value_and_grad(loss_fn)(params)
-        return TrainState(params, opt_state, state.step + 1, with_norm(current)), (value, norm)
+        return TrainState(params, opt_state, state.step + 1, with_norm(current, params, l1)), (value, norm)
 
     def minibatch(step, data: dict):
         if streamed:
@@ -156,16 +161,16 @@ def make_train_step(
 
     def minibatch_step(state: TrainState, data: dict):
         x, y = minibatch(state.step, data)
-        value, grads = jax.value_and_grad(objective)(state.params, x, y)
+        value, grads, norm = with_norm(jax.value_and_grad(objective)(state.params, x, y), state.params, l1)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        return TrainState(params, opt_state, state.step + 1), (value, optax.tree.norm(grads))
+        return TrainState(params, opt_state, state.step + 1), (value, norm)
 
     return full_batch_step if plan.full_batch else minibatch_step
 
 
 def make_chunk(
-    train_step: Callable, plan: Plan, l2: Any, schedule: Callable | None, tol: float | None = None
+    train_step: Callable, plan: Plan, l2: Any, schedule: Callable | None, tol: float | None = None, l1: Any = 0.0
 ) -> Callable:
     """chunk(state, data, num_steps) -> (state, metrics): ``num_steps`` steps, with the metrics of every log point.
 
@@ -210,18 +215,18 @@ def make_chunk(
                     partial_window,
                     state,
                 )
-            column = _window_column(state, objective_sum, norm_sum, plan.full_batch, l2, schedule, dtype)
+            column = _window_column(state, objective_sum, norm_sum, plan.full_batch, (l2, l1), schedule, dtype)
             return state, windows.at[: len(column), w].set(column), w + 1
 
         windows = jnp.zeros((len(WINDOW_ROWS), MAX_WINDOWS), dtype)
         state, windows, _ = jax.lax.while_loop(lambda c: going(c[0], end), window, (state, windows, 0))
-        metrics = _chunk_metrics(state, windows, plan.full_batch, l2)
+        metrics = _chunk_metrics(state, windows, plan.full_batch, (l2, l1))
         return state, metrics
 
     return chunk
 
 
-def _chunk_metrics(state: TrainState, windows: jax.Array, full_batch: bool, l2: Any) -> dict:
+def _chunk_metrics(state: TrainState, windows: jax.Array, full_batch: bool, penalties: tuple) -> dict:
     """A chunk's metrics: its windows' columns, where it stopped, whether all stayed finite and (full batch) the
     values at its end, all a chunk that takes no step has to report."""
     metrics = {
@@ -231,13 +236,13 @@ def _chunk_metrics(state: TrainState, windows: jax.Array, full_batch: bool, l2: 
     }
     if full_batch:
         current, _, norm = state.current
-        metrics["end"] = jnp.stack([current, current - l2_penalty(state.params, l2), norm])
+        metrics["end"] = jnp.stack([current, current - _penalty(state.params, penalties), norm])
         metrics["finite"] &= jnp.isfinite(metrics["end"]).all()
     return metrics
 
 
 def _window_column(
-    state: TrainState, objective_sum, norm_sum, full_batch: bool, l2: Any, schedule: Callable | None, dtype
+    state: TrainState, objective_sum, norm_sum, full_batch: bool, penalties: tuple, schedule: Callable | None, dtype
 ) -> jax.Array:
     """One log window's column of ``WINDOW_ROWS`` numbers (the full-batch rows only for full batch)."""
     if schedule is not None:
@@ -247,8 +252,14 @@ def _window_column(
     column = [objective_sum, norm_sum, lr]
     if full_batch:
         current, _, norm = state.current
-        column += [current, current - l2_penalty(state.params, l2), norm]
+        column += [current, current - _penalty(state.params, penalties), norm]
     return jnp.stack([jnp.asarray(c, dtype) for c in column])
+
+
+def _penalty(params: Any, penalties: tuple) -> Any:
+    """The L2 and L1 terms of the objective at ``params``: what separates it from the data loss."""
+    l2, l1 = penalties
+    return l2_penalty(params, l2) + l1_penalty(params, l1)
 
 
 def _all_finite(tree) -> jax.Array:

@@ -31,6 +31,11 @@ def summary_table(summary: Summary) -> Table:
         ("train_loss", fmt(final["train_loss"])),
         *_split_rows(final),
         ("params.npz", _saved_params(summary)),
+        *(
+            []
+            if summary.zero_weights is None
+            else [("zero weights", f"{summary.zero_weights:,} of the weights are exactly 0 (model.l1)")]
+        ),
         (
             "trace / compile time",
             f"{summary.trace_time_s:.2f} s / {summary.compile_time_s:.2f} s (compile cache: {summary.compile_cache})",
