@@ -34,6 +34,11 @@ class DataConfig(Section):
         None, description="the feature columns, in order (null: every column but the target and data.drop)"
     )
     drop: list[str] = Field([], description="columns to ignore, such as ids")
+    weight: str | None = Field(
+        None,
+        description="a column of sample weights (numbers >= 0), not a feature: the objective becomes "
+        "mean(weight * loss), scikit-learn's sample_weight (null: every row weighs 1)",
+    )
     categorical: Literal["auto"] | list[str] = Field(
         [],
         description="columns one-hot encoded with the training split's categories; auto: every column whose "
@@ -84,7 +89,10 @@ class DataConfig(Section):
         "path": {"file"},
         "target": {"file"},
         "synthetic": {"synthetic"},
-        **{key: {"file", "breast_cancer", "digits", "diabetes"} for key in ("features", "drop", "categorical")},
+        **{
+            key: {"file", "breast_cancer", "digits", "diabetes"}
+            for key in ("features", "drop", "categorical", "weight")
+        },
     }
     SELECTOR = "source"
 
@@ -115,6 +123,17 @@ class DataConfig(Section):
     def _check(self):
         if self.features is not None and not self.features:
             raise KeyProblem(("features",), "names no column; list the feature columns, or null for all")
+        if self.weight is not None and (
+            self.weight in (self.features or ())
+            or self.weight in self.drop
+            or self.weight == self.target
+            or (isinstance(self.categorical, list) and self.weight in self.categorical)
+        ):
+            raise KeyProblem(
+                ("weight",),
+                f"'{self.weight}' is also a feature, dropped, categorical or the target; the weight "
+                "column is none of those",
+            )
         both = set(self.features or ()) & set(self.drop)
         if both:
             raise KeyProblem(("drop",), f"{sorted(both)} also in data.features; a column is a feature or dropped")

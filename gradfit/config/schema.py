@@ -8,6 +8,7 @@ error rather than silently ignored. No jax and no file handling here.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from typing import Annotated, Any, Literal, TypeGuard, cast, get_args
 
@@ -63,6 +64,12 @@ class ModelConfig(Section):
     activation: Activation = Field("relu", description="hidden-layer activation")
     init: Init = Field("auto", description="weight init: auto = He for relu/gelu/silu, Glorot for tanh/sigmoid")
     l2: float = Field(0.0, ge=0, description="L2 penalty (l2/2)*||w||^2 on weights, not biases")
+    class_weight: Literal["balanced"] | dict[str | int | float, float] | None = Field(
+        None,
+        description="weights of the classes in the objective: balanced (n / (K * rows of the class), from the "
+        "training split) or {label: weight} (other classes weigh 1), as scikit-learn's class_weight; multiplies "
+        "data.weight",
+    )
     l1: float = Field(
         0.0,
         ge=0,
@@ -101,6 +108,12 @@ class ModelConfig(Section):
             raise KeyProblem(
                 ("loss",), f"logistic regression fits classes with the log loss; for {self.loss} use kind linear"
             )
+        if self.class_weight is not None and self.regression:
+            raise KeyProblem(("class_weight",), "a numeric target has no classes; use data.weight for row weights")
+        if isinstance(self.class_weight, dict):
+            for label, weight in self.class_weight.items():
+                if not (weight > 0 and math.isfinite(weight)):
+                    raise KeyProblem(("class_weight", label), f"a class weight must be a number > 0, got {weight}")
         if "huber_delta" in self.model_fields_set and self.resolved_loss != "huber":
             raise KeyProblem(("huber_delta",), f"applies to loss huber, not {self.resolved_loss}; remove it")
         return self

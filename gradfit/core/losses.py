@@ -23,6 +23,14 @@ from gradfit.config.schema import ModelConfig
 from gradfit.core.models import weight_mask
 
 
+def split_weights(y):
+    """(labels, weights) of the labels a loss takes: weighted rows come as (label, weight) pairs, shape (n, 2)
+    (``gradfit.data.labels.with_weights``); otherwise (y, None). Works on NumPy and jax arrays alike."""
+    if y.ndim == 2:
+        return y[:, 0], y[:, 1]
+    return y, None
+
+
 def row_losses(logits, y):
     """The task's loss per row, chosen by the logits' shape.
 
@@ -66,8 +74,10 @@ def row_correct(logits, y):
 
 def data_loss(logits, y, row_loss: Callable | None = None):
     """Mean of ``row_loss`` (by default the log loss: binary logistic for (n,) logits, softmax cross-entropy for
-    (n, K))."""
-    return jnp.mean((row_loss or row_losses)(logits, y))
+    (n, K)); with weighted labels the mean of weight * loss over the rows."""
+    labels, weights = split_weights(y)
+    losses = (row_loss or row_losses)(logits, labels)
+    return jnp.mean(losses if weights is None else weights * losses)  # scikit-learn's sample_weight: over n rows
 
 
 def l2_penalty(params, l2: float):
@@ -122,20 +132,24 @@ def logistic_manual_grad(params: dict, x: np.ndarray, y: np.ndarray, l2: float =
     """Closed-form gradient of the L2-penalized logistic loss, in NumPy (float64 unless ``dtype``).
 
     Binary (w: (d,), y in {-1, +1}): d/dw = (1/N) X^T (-y * sigmoid(-y * m)) + l2 * w,
-    d/db = mean(-y * sigmoid(-y * m)), m = X w + b. Multinomial (w: (d, K), y class ids): with P = softmax(X W + b)
+    d/db = mean(-y * sigmoid(-y * m)), m = X w + b. Weighted rows (y: (label, weight) pairs) multiply each row's
+    residual by its weight. Multinomial (w: (d, K), y class ids): with P = softmax(X W + b)
     row by row and Y the one-hot labels, d/dW = (1/N) X^T (P - Y) + l2 * W, d/db = mean over rows of (P - Y).
     """
     w = np.asarray(params["w"], dtype)
     b = np.asarray(params["b"], dtype)
     x = np.asarray(x, dtype)  # no copy when already of this dtype
+    y, weights = split_weights(np.asarray(y))
+    scale = 1.0 if weights is None else np.asarray(weights, dtype)  # weighted rows: each residual times its weight
     if w.ndim == 2:
         residual = _softmax(x @ w + b)
         residual[np.arange(len(y)), np.asarray(y, np.int64)] -= 1.0
+        residual *= np.reshape(scale, (-1, 1))
         return {"w": x.T @ residual / len(y) + l2 * w, "b": residual.mean(axis=0)}
     y = np.asarray(y, dtype)
     margin = -y * (x @ w + b)
     # sigmoid(t) = exp(-logaddexp(0, -t)) never overflows
-    residual = -y * np.exp(-np.logaddexp(0.0, -margin))
+    residual = -y * np.exp(-np.logaddexp(0.0, -margin)) * scale
     return {"w": x.T @ residual / len(y) + l2 * w, "b": np.asarray(residual.mean())}
 
 
@@ -157,10 +171,12 @@ def linear_manual_grad(
 ) -> dict:
     """Closed-form gradient of the linear model's penalized squared or Huber loss, in NumPy (float64 unless
     ``dtype``): with g_i = d loss_i / d f_i (``output_gradient``) and f = X w + b,
-    d/dw = (1/N) X^T g + l2 * w, d/db = mean(g)."""
+    d/dw = (1/N) X^T g + l2 * w, d/db = mean(g); weighted rows multiply g_i by their weight."""
     w = np.asarray(params["w"], dtype)
     x = np.asarray(x, dtype)
+    y, weights = split_weights(np.asarray(y))
     g = output_gradient(x @ w + np.asarray(params["b"], dtype), np.asarray(y, dtype), loss, delta)
+    g = g if weights is None else g * np.asarray(weights, dtype)
     return {"w": x.T @ g / len(y) + l2 * w, "b": np.asarray(g.mean())}
 
 
@@ -221,6 +237,7 @@ def mlp_manual_grad(
         pre_activations.append(z)
         a = act(z) if i < len(layers) - 1 else z
     logits, n = a, len(x)
+    y, weights = split_weights(np.asarray(y))
     if loss != "log":  # one output, a numeric target
         delta_l = output_gradient(logits[:, 0], np.asarray(y, dtype), loss, delta)[:, None] / n
     elif logits.shape[1] == 1:  # one binary logit, labels in {-1, +1}
@@ -230,6 +247,8 @@ def mlp_manual_grad(
         probs = _softmax(logits)
         probs[np.arange(n), np.asarray(y, np.int64)] -= 1.0
         delta_l = probs / n
+    if weights is not None:
+        delta_l = delta_l * np.asarray(weights, dtype)[:, None]
     grads: list[dict[str, np.ndarray] | None] = [None] * len(layers)
     for i in range(len(layers) - 1, -1, -1):
         grads[i] = {"w": inputs[i].T @ delta_l + l2 * layers[i]["w"], "b": delta_l.sum(axis=0)}

@@ -81,6 +81,7 @@ def with_l1(
     are exactly the optimum's conditions (g + l1 sign(w) = 0 where w != 0, |g| <= l1 where w = 0), and weights
     reach exact zeros. rmsprop, adagrad and lbfgs do not take it (the config refuses them).
     """
+
     def init(params):
         return ProximalState(inner.init(params), jnp.zeros([], jnp.int32))
 

@@ -12,7 +12,7 @@ import collections
 import dataclasses
 import difflib
 import os
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -36,11 +36,13 @@ class Block(NamedTuple):
     x: (b, d) raw rows (see the module's docstring), columns in ``Table.names`` order.
     labels: (b,) raw labels (stripped text for a CSV, the stored values otherwise), or None.
     positions: (b,) int64: CSV line numbers, or row indices.
+    weights: (b,) sample weights (a trained run's weight column), or None.
     """
 
     x: np.ndarray
     labels: np.ndarray | None
     positions: np.ndarray
+    weights: np.ndarray | None = None
 
 
 @dataclasses.dataclass
@@ -116,6 +118,30 @@ class Table:
         if self.kind != "csv":
             return x, distinct_labels(np.concatenate(stored), str(self.path)), where
         return x, Labels(index.values(text=True), np.concatenate(codes)), where
+
+
+def split_weight(
+    x: np.ndarray, names: Sequence[str], dictionaries: Mapping[str, list], weight: str, locate: Locate
+) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """(x without the sample-weight column, the other names, the weights (n,) float64), checked: the column holds
+    numbers, none missing, none negative.
+
+    Raises:
+        DataError: naming the column (and the row) and ``data.weight``.
+    """
+    if weight not in names:
+        raise DataError(f"data.weight: no column '{weight}' in the table; its columns are {preview(list(names), 10)}")
+    if weight in dictionaries:
+        raise DataError(f"data.weight: column '{weight}' holds text; sample weights are numbers >= 0")
+    j = list(names).index(weight)
+    weights = np.asarray(x[:, j], np.float64)
+    bad = np.flatnonzero(~(weights >= 0))  # NaN (a missing cell) fails too
+    if len(bad):
+        value = "missing" if np.isnan(weights[bad[0]]) else repr(float(weights[bad[0]]))
+        raise DataError(
+            f"{locate(int(bad[0]))}: the weight (column '{weight}', data.weight) is {value}; weights are numbers >= 0"
+        )
+    return np.delete(x, j, axis=1), [n for n in names if n != weight], weights
 
 
 # ---------------------------------------------------------------------------------------------------- checks

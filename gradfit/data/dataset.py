@@ -27,7 +27,7 @@ from gradfit.data.blocks import Locate
 from gradfit.data.encoding import Encoding, refuse_missing
 from gradfit.data.encoding import fit as encoding_fit
 from gradfit.data.encoding import numeric as numeric_encoding
-from gradfit.data.labels import Labels, encode_labels, label_dtype, numeric_target
+from gradfit.data.labels import Labels, class_weights, encode_labels, label_dtype, numeric_target, with_weights
 from gradfit.errors import ConfigError, DataError
 
 BUILTIN = {"breast_cancer": "breast_cancer.csv", "digits": "digits.csv", "diabetes": "diabetes.csv"}
@@ -113,6 +113,11 @@ class Dataset(Protocol):
         """A numeric target's training mean and std: the rows hold (y - mean) / std. None for classes."""
         ...
 
+    @property
+    def weighting(self) -> Weighting | None:
+        """Where the rows' weights come from (then each y is a (label, weight) pair), or None."""
+        ...
+
     def digest(self) -> str:
         """A checksum of the rows and splits, to tell that a resumed run sees the rows it started with."""
         ...
@@ -128,9 +133,12 @@ def preprocessing_record(dataset: Dataset) -> dict:
     scaling, target = None, dataset.target_scale
     if dataset.mean is not None and dataset.std is not None:
         scaling = {"mean": dataset.mean.tolist(), "std": dataset.std.tolist()}
+    weighting = dataset.weighting
     return {
         "dataset": dataset.name,
         "target": dataset.target,
+        "weight": None if weighting is None else weighting.column,
+        "class_weight": None if weighting is None or weighting.classes is None else list(weighting.classes),
         "encoding": dataset.encoding.record(),
         "feature_names": list(dataset.feature_names),
         "classes": list(dataset.classes),
@@ -194,6 +202,7 @@ class InMemoryDataset:
     encoding: Encoding = dataclasses.field(default_factory=lambda: numeric_encoding(()))
     target: str | None = None
     target_scale: tuple[float, float] | None = None  # a numeric target's (mean, std) over the training split
+    weighting: Weighting | None = None
 
     @property
     def n_features(self) -> int:
@@ -257,6 +266,15 @@ def load_dataset(config: GradfitConfig, shuffle: str = "full") -> InMemoryDatase
         y = (y - target_scale[0]) / target_scale[1]
     elif len(np.unique(y[train_idx])) < 2:
         raise DataError(f"{origin}: the training split holds a single class; use more rows or another seed")
+    ids = class_positions(y, classes)
+    sample = None if source.weights is None else source.weights[train_idx]  # balanced counts weights, as sklearn
+    counts = None if ids is None else np.bincount(ids[train_idx], sample, minlength=len(classes))
+    weighting = Weighting.of(config, source.weights is not None, classes, counts, origin)
+    if weighting is not None:
+        weights = weighting.rows(source.weights, ids)
+        if not weights[train_idx].sum() > 0:
+            raise DataError(f"{origin}: every training row weighs 0 (data.weight, model.class_weight); nothing to fit")
+        y = with_weights(y, weights)
     encoding = fit_encoding(data, standardize.taken_chunks(x, train_idx), names, source.dictionaries, origin)
     if not (encoding.identity and (checked or data.source == "synthetic")):  # else it would hand x back as it is
         x = encoding.transform(x, source.dictionaries, source.locate)
@@ -280,7 +298,49 @@ def load_dataset(config: GradfitConfig, shuffle: str = "full") -> InMemoryDatase
         encoding=encoding,
         target=source.target,
         target_scale=target_scale,
+        weighting=weighting,
     )
+
+
+def class_positions(y: np.ndarray, classes: list) -> np.ndarray | None:
+    """Each row's index into ``classes`` from its encoded label (±1 or a class id); None for a numeric target."""
+    if not classes:
+        return None
+    return (y > 0).astype(np.int64) if len(classes) == 2 else np.asarray(y, np.int64)
+
+
+@dataclasses.dataclass(frozen=True)
+class Weighting:
+    """How rows are weighted in the objective: ``data.weight``'s column and ``model.class_weight`` per class."""
+
+    column: str | None  # the sample-weight column, or None
+    classes: tuple[float, ...] | None  # one weight per class, in the classes' order, or None
+
+    @classmethod
+    def of(
+        cls,
+        config: GradfitConfig,
+        sampled: bool,
+        classes: list,
+        counts: np.ndarray | None,
+        origin: str,
+    ) -> Weighting | None:
+        """The weighting ``config`` asks for (``sampled``: the source has a weight column; ``counts``: training rows
+        per class, None for a numeric target); None without any."""
+        per_class = None
+        if counts is not None:
+            per_class = class_weights(config.model.class_weight, classes, counts, origin)
+        if not sampled and per_class is None:
+            return None
+        return cls(config.data.weight if sampled else None, None if per_class is None else tuple(per_class.tolist()))
+
+    def rows(self, sample: np.ndarray | None, ids: np.ndarray | None) -> np.ndarray:
+        """Each row's weight: its sample weight times its class's weight, float64."""
+        per_class = None if self.classes is None or ids is None else np.asarray(self.classes)[ids]
+        if sample is None:
+            assert per_class is not None, "a weighting has a weight column or class weights"
+            return per_class
+        return np.asarray(sample, np.float64) * (1.0 if per_class is None else per_class)
 
 
 def target_statistics(moments: standardize.Moments, origin: str) -> tuple[float, float]:
@@ -362,9 +422,9 @@ def _number(value: Any) -> str:
 
 
 def split_arrays(split: Split, n_classes: int, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(x, y) as the loss wants them: x in ``dtype``; y as ±1 or a numeric target in ``dtype``, or int32 class
-    ids."""
-    return np.asarray(split.x, dtype), np.asarray(split.y, label_dtype(n_classes, dtype))
+    """(x, y) as the loss wants them: x in ``dtype``; y as ±1 or a numeric target in ``dtype``, int32 class
+    ids, or (label, weight) pairs in ``dtype``."""
+    return np.asarray(split.x, dtype), np.asarray(split.y, label_dtype(n_classes, dtype, split.y.ndim == 2))
 
 
 # ---------------------------------------------------------------------------------------------------- sources
@@ -381,6 +441,7 @@ class Source(NamedTuple):
     locate: Locate
     dictionaries: dict[str, list[str]] = {}
     target: str | None = None
+    weights: np.ndarray | None = None  # data.weight's column (n,), float64
 
 
 def read_source(data: DataConfig, seed: int, regression: bool = False) -> Source:
@@ -394,16 +455,22 @@ def read_source(data: DataConfig, seed: int, regression: bool = False) -> Source
     x, labels, positions = table.read_all()
     origin = str(table.path) if data.source == "file" else data.source
     locate = lambda row: table.locate(int(positions[row]))  # noqa: E731
-    return Source(x, labels, table.names, origin, locate, table.categories.dictionaries, table.target)
+    names, weights = table.names, None
+    if data.weight is not None:
+        x, names, weights = blocks.split_weight(x, names, table.categories.dictionaries, data.weight, locate)
+    return Source(x, labels, names, origin, locate, table.categories.dictionaries, table.target, weights)
 
 
 def open_source(data: DataConfig, need_labels: bool | None = True) -> blocks.Table:
     """The table a file or built-in source names, its columns chosen as ``data`` says (header checked)."""
     path = file_path(data) if data.source == "file" else builtin_path(data.source)
+    features = data.features
+    if features is not None and data.weight is not None:
+        features = [*features, data.weight]
     return tabular.open_table(
         path,
         data.target if data.source == "file" else "target",
-        data.features,
+        features,
         need_labels,
         drop=data.drop,
         categorical=data.categorical,

@@ -80,8 +80,10 @@ class Feeder:
 
     def _zeros(self) -> dict:
         x = np.zeros((self.steps, self.batch, self.split.dataset.n_features), self.dtypes[1])
-        y_dtype = label_dtype(self.split.dataset.n_classes, self.dtypes[0])
-        return self.put({"x": x, "y": np.zeros((self.steps, self.batch), y_dtype), "first_step": np.int32(0)})
+        weighted = self.split.dataset.weighting is not None  # rows come as (label, weight) pairs
+        y_dtype = label_dtype(self.split.dataset.n_classes, self.dtypes[0], weighted)
+        y = np.zeros((self.steps, self.batch, 2) if weighted else (self.steps, self.batch), y_dtype)
+        return self.put({"x": x, "y": y, "first_step": np.int32(0)})
 
     def start(self, shuffle_key) -> None:
         """Set the run's shuffle key (a device array); groups are read from the first ``group`` call on."""
@@ -113,10 +115,10 @@ class Feeder:
         steps = jax.device_put(np.arange(first, first + self.steps, dtype=np.int32), self._cpu)
         rows = np.asarray(self._rows(self._key, steps))[:count]
         x, y = self.split.take(rows.reshape(-1), *self.dtypes)
-        xs, ys = x.reshape(count, self.batch, -1), y.reshape(count, self.batch)
+        xs, ys = x.reshape(count, self.batch, -1), y.reshape(count, self.batch, *y.shape[1:])
         if count < self.steps:  # the run's last group: padded to the compiled shape (those steps never run)
             xs = np.concatenate([xs, np.zeros((self.steps - count, *xs.shape[1:]), xs.dtype)])
-            ys = np.concatenate([ys, np.zeros((self.steps - count, self.batch), ys.dtype)])
+            ys = np.concatenate([ys, np.zeros((self.steps - count, *ys.shape[1:]), ys.dtype)])
         return self.put({"x": xs, "y": ys, "first_step": np.int32(first)})
 
     def close(self) -> None:

@@ -52,10 +52,39 @@ class LabelIndex:
         return values
 
 
-def label_dtype(n_classes: int, float_dtype: Any) -> Any:
+def label_dtype(n_classes: int, float_dtype: Any, weighted: bool = False) -> Any:
     """The dtype labels take for the loss: ±1 (two classes) or a standardized numeric target (no classes, 0) in
-    ``float_dtype``; int32 class ids for more classes."""
-    return float_dtype if n_classes <= 2 else np.int32
+    ``float_dtype``; int32 class ids for more classes. Weighted rows are (label, weight) pairs in ``float_dtype``."""
+    return float_dtype if n_classes <= 2 or weighted else np.int32
+
+
+def with_weights(y: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
+    """Labels (n,) as the loss takes them: unchanged without weights, else (n, 2) float64 pairs (label, weight)
+    (class ids are exact in float64: classes number far fewer than 2**53)."""
+    return y if weights is None else np.stack([np.asarray(y, np.float64), weights], axis=1)
+
+
+def class_weights(setting: Any, classes: list, counts: np.ndarray, origin: str) -> np.ndarray | None:
+    """``model.class_weight`` as one weight per class (in ``classes``' order), or None.
+
+    balanced: n / (K * n_c) over the training split's rows (``counts``: rows per class, or their summed sample
+    weights), as scikit-learn computes it (a class absent from the training split weighs 1). A mapping names labels
+    as they read (``class_ids`` matches them); others weigh 1.
+    """
+    if setting is None:
+        return None
+    weights = np.ones(len(classes))
+    if setting == "balanced":
+        present = counts > 0
+        weights[present] = counts.sum() / (len(classes) * counts[present])
+        return weights
+    labels = list(setting)
+    try:
+        ids = class_ids(np.array([str(label) for label in labels], dtype=object), classes, "model.class_weight")
+    except DataError as exc:
+        raise DataError(f"{origin}: {exc}") from None
+    weights[ids] = [float(setting[label]) for label in labels]
+    return weights
 
 
 def check_label_dtype(dtype: np.dtype, origin: str) -> None:

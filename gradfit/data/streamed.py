@@ -29,6 +29,8 @@ import numpy as np
 from gradfit.config.schema import GradfitConfig, data_seed
 from gradfit.data import blocks, standardize, synthetic
 from gradfit.data.dataset import (
+    Weighting,
+    class_positions,
     fit_encoding,
     only_numeric,
     open_source,
@@ -38,7 +40,7 @@ from gradfit.data.dataset import (
     target_statistics,
 )
 from gradfit.data.encoding import Encoding
-from gradfit.data.labels import Labels, encode_labels, label_dtype, numeric_target
+from gradfit.data.labels import Labels, encode_labels, label_dtype, numeric_target, with_weights
 from gradfit.errors import DataError
 
 # ---------------------------------------------------------------------------------------------------- sources
@@ -164,7 +166,7 @@ def _pread_into(fd: int, view: memoryview, position: int) -> int:
 class ConvertedRows:
     """Rows of a converted folder, read from its files as asked (see ``RowFile``)."""
 
-    def __init__(self, table: blocks.Table):
+    def __init__(self, table: blocks.Table, weight: str | None = None):
         if table.stored_x is None or table.stored_codes is None or table.classes is None or table.rows is None:
             raise DataError(f"{table.path}: only a folder made by 'gradfit data convert' can be streamed")
         self.table, self.classes = table, table.classes
@@ -175,11 +177,25 @@ class ConvertedRows:
         stored = list(table.meta["feature_names"]) if table.meta is not None else self.names
         order = [stored.index(n) for n in self.names]
         self.order = None if order == list(range(len(stored))) else order  # data.features or data.drop
+        self.weight, self.all_names = weight, self.names
+        if weight is not None:  # a column of the folder's features, split off as it is read
+            self.names = [n for n in self.names if n != weight]
+            if weight in self.dictionaries or weight not in self.all_names:
+                blocks.split_weight(np.zeros((0, len(self.all_names))), self.all_names, self.dictionaries, weight, str)
 
     def read(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Raw rows (len(rows), d) and class codes of ``rows`` (sorted; repeats allowed), in that order."""
+        x, codes, _ = self.read_weighted(rows)
+        return x, codes
+
+    def read_weighted(self, rows: np.ndarray, locate: Callable[[int], str] = str) -> tuple:
+        """``read`` and the rows' sample weights (data.weight's column, checked), None without one."""
         x = self.x.read(rows)
-        return (x if self.order is None else x[:, self.order]), self.codes.read(rows)
+        x = x if self.order is None else x[:, self.order]
+        if self.weight is None:
+            return x, self.codes.read(rows), None
+        x, _, weights = blocks.split_weight(x, self.all_names, self.dictionaries, self.weight, locate)
+        return x, self.codes.read(rows), weights
 
     def classes_in(self, rows: np.ndarray) -> int:
         """How many distinct classes ``rows`` (any order) hold: the codes read in file order, a piece at a time."""
@@ -263,11 +279,20 @@ class StreamedSplit:
         arithmetic and casts, so the same bits; the rows are read from the source in file order."""
         wanted = self.rows[positions]
         order = np.argsort(wanted, kind="stable")
-        sorted_x, sorted_codes = self.dataset.source.read(wanted[order])
+        source = self.dataset.source
+        if isinstance(source, ConvertedRows):
+            located = lambda i: self.dataset.locate(int(wanted[order][i]))  # noqa: E731
+            sorted_x, sorted_codes, sorted_weights = source.read_weighted(wanted[order], located)
+        else:
+            (sorted_x, sorted_codes), sorted_weights = source.read(wanted[order]), None
         raw = np.empty_like(sorted_x)
         raw[order] = sorted_x
         codes = np.empty_like(sorted_codes)
         codes[order] = sorted_codes
+        sample = None
+        if sorted_weights is not None:
+            sample = np.empty_like(sorted_weights)
+            sample[order] = sorted_weights
         del sorted_x
         encoded = self.dataset.encoding.transform(
             raw, self.dataset.source.dictionaries, lambda i: self.dataset.locate(int(wanted[i]))
@@ -285,7 +310,11 @@ class StreamedSplit:
                 f"{float(value)!r}, beyond {np.dtype(compute_dtype).name}'s range after preprocessing; "
                 "remove or impute it, or set runtime.precision: float64"
             )
-        return x, np.asarray(self.dataset.labels(codes), label_dtype(self.dataset.n_classes, param_dtype))
+        y = self.dataset.labels(codes)
+        weighting = self.dataset.weighting
+        if weighting is not None:
+            y = with_weights(y, weighting.rows(sample, class_positions(y, list(self.dataset.classes))))
+        return x, np.asarray(y, label_dtype(self.dataset.n_classes, param_dtype, weighting is not None))
 
     def blocks(
         self, rows: int, param_dtype: Any = np.float64, compute_dtype: Any = np.float64
@@ -310,6 +339,7 @@ class StreamedDataset:
     encoding: Encoding
     target: str | None
     target_scale: tuple[float, float] | None = None  # a numeric target's (mean, std) over the training split
+    weighting: Weighting | None = None
 
     def labels(self, codes: np.ndarray) -> np.ndarray:
         """The stored labels of some rows (class codes; a synthetic numeric target's values) as the loss wants
@@ -369,7 +399,7 @@ def load_streamed(config: GradfitConfig) -> StreamedDataset:
         source, origin, target = SyntheticRows(config), "synthetic", None
     else:
         table = open_source(data)
-        source, origin, target = ConvertedRows(table), str(table.path), table.target
+        source, origin, target = ConvertedRows(table, data.weight), str(table.path), table.target
     n = source.n_rows
     try:
         splits = split_indices(n, data.val_fraction, data.test_fraction, data_seed(config))
@@ -390,9 +420,33 @@ def load_streamed(config: GradfitConfig) -> StreamedDataset:
     if config.model.regression:
         encoded = _target_values(source, origin, target)
         scale = _target_statistics(source, encoded, np.sort(train), origin)
-        return StreamedDataset(origin, source, splits, tuple(names), (), encoded, mean, std, encoding, target, scale)
+        weighting = Weighting.of(config, data.weight is not None, [], None, origin)
+        return StreamedDataset(
+            origin, source, splits, tuple(names), (), encoded, mean, std, encoding, target, scale, weighting
+        )
     classes, encoded = _classes(config, source, origin, train)
-    return StreamedDataset(origin, source, splits, tuple(names), tuple(classes), encoded, mean, std, encoding, target)
+    counts = _class_counts(source, encoded, len(classes), np.sort(train)) if config.model.class_weight else None
+    weighting = Weighting.of(config, data.weight is not None, classes, counts, origin)
+    return StreamedDataset(
+        origin, source, splits, tuple(names), tuple(classes), encoded, mean, std, encoding, target, None, weighting
+    )
+
+
+def _class_counts(source: Rows, encoded: np.ndarray, k: int, train: np.ndarray) -> np.ndarray:
+    """Training rows per class, or their summed sample weights (for class_weight: balanced, as scikit-learn counts
+    them), the labels read a chunk at a time."""
+    counts = np.zeros(k)
+    for start in range(0, len(train), standardize.CHUNK_ROWS * 16):
+        rows = train[start : start + standardize.CHUNK_ROWS * 16]
+        weights = None
+        if isinstance(source, ConvertedRows):
+            _, codes, weights = source.read_weighted(rows) if source.weight else (None, source.codes.read(rows), None)
+        else:
+            codes = source.read(rows)[1]
+        ids = class_positions(encoded[codes], [None] * k)
+        assert ids is not None
+        counts += np.bincount(ids, weights, minlength=k)
+    return counts
 
 
 def _target_statistics(source: Rows, encoded: np.ndarray, train: np.ndarray, origin: str) -> tuple[float, float]:

@@ -199,6 +199,11 @@ def run_inference(run, scale: str = "original", level: float = 0.95) -> Inferenc
             "(model.kind: mlp): its weights have no coefficient interpretation. Use gradfit eval "
             "for its metrics"
         )
+    if run.preprocessing.get("weight") is not None or run.preprocessing.get("class_weight") is not None:
+        raise GradfitError(
+            f"{run.run_dir}: the run weighs its rows (data.weight or model.class_weight); gradfit's coefficient "
+            "tables assume one observation per row and give none for weighted fits"
+        )
     if model.l1 > 0:
         raise GradfitError(
             f"{run.run_dir}: the run has an L1 penalty (model.l1 = {model.l1:g}); Wald tables of lasso and elastic-net "

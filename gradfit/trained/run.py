@@ -11,7 +11,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NamedTuple, TextIO
 
 import jax
 import jax.numpy as jnp
@@ -199,11 +199,11 @@ class TrainedRun:
             return self.predictions()(self._scaled(self._features(x)))
         return np.asarray(self.classes)[self.predict_proba(x).argmax(axis=1)]
 
-    def evaluate(self, x: Any, y: Any) -> dict:
+    def evaluate(self, x: Any, y: Any, sample_weight: Any = None) -> dict:
         """``gradfit eval``'s metrics (log loss, accuracy, per-class precision/recall/F1, ROC AUC, confusion
         matrix; for a numeric target RMSE, MAE and R^2) on raw features ``x`` (a table or an (n, d) array) and their
         labels ``y`` (n,), given as the original label values (an array, a list, a pandas or polars Series, a
-        pyarrow array)."""
+        pyarrow array); ``sample_weight`` (n,) weighs the rows (as scikit-learn's)."""
         scores = self.predict(x) if self.regression else self._log_probs(x)
         if y is None or isinstance(y, (str, bytes, Mapping)) or column_names(y) is not None:
             got = "None" if y is None else type(y).__name__
@@ -211,9 +211,14 @@ class TrainedRun:
         y = np.asarray(y)
         if y.shape != (len(scores),):
             raise DataError(f"y: expected {len(scores)} labels, one per row of x, got an array of shape {y.shape}")
+        weights = None
+        if sample_weight is not None:
+            weights = np.asarray(sample_weight, np.float64)
+            if weights.shape != (len(scores),) or not (weights >= 0).all():
+                raise DataError(f"sample_weight: expected {len(scores)} numbers >= 0, one per row of x")
         if self.regression:
-            return regression_metrics(numeric_target(y, "y"), scores)
-        return classification_metrics(class_ids(y, self.classes, "y"), scores, self.classes)
+            return regression_metrics(numeric_target(y, "y"), scores, weights)
+        return classification_metrics(class_ids(y, self.classes, "y"), scores, self.classes, weights)
 
     def _log_probs(self, x: Any) -> np.ndarray:
         """Log class probabilities (n, K) of raw features ``x``, checked by ``_features``."""
@@ -230,19 +235,36 @@ class TrainedRun:
             )
         return x
 
+    @property
+    def weight(self) -> str | None:
+        """The sample-weight column the run was trained with (data.weight), or None."""
+        return self.preprocessing.get("weight")
+
     def open_data(self, path: Path, target: str | None, need_labels: bool) -> blocks.Table:
-        """A data file (or converted folder) with this run's input columns, its header checked now."""
-        encoding = self.encoding
-        return tabular.open_table(
-            path,
-            target,
-            encoding.input_names,
-            need_labels,
-            target_hint="pass --target",
-            drop=self.config.data.drop,
-            categorical=encoding.categorical_names,
-            extra_ok=self.config.data.features is not None,
-        )
+        """A data file (or converted folder) with this run's input columns, its header checked now. The run's
+        weight column is read where labels are (``batches`` hands out its weights) and the file has it; it is
+        never a feature."""
+        encoding, weight = self.encoding, self.weight
+        extra = [] if weight is None else [weight]
+
+        def opened(with_weight: bool) -> blocks.Table:
+            return tabular.open_table(
+                path,
+                target,
+                [*encoding.input_names, *(extra if with_weight else [])],
+                need_labels,
+                target_hint="pass --target",
+                drop=[*self.config.data.drop, *([] if with_weight else extra)],
+                categorical=encoding.categorical_names,
+                extra_ok=self.config.data.features is not None,
+            )
+
+        if weight is not None and need_labels:
+            try:
+                return opened(True)
+            except DataError:  # no weight column: unweighted metrics (a real problem is raised again below)
+                pass
+        return opened(False)
 
     def batches(self, table: blocks.Table, rows: int) -> Iterator[blocks.Block]:
         """Standardized blocks of a table; labels as class indices when it has them.
@@ -255,7 +277,13 @@ class TrainedRun:
         scaled = self.preprocessing["standardize"] is not None
         names, encoding = self.feature_names, self.encoding
         for block in table.blocks(rows):
-            encoded = encoding.transform(block.x, table.categories.dictionaries, _located(table, block.positions))
+            raw, weights = block.x, None
+            if self.weight is not None and self.weight in table.names:
+                located = _located(table, block.positions)
+                raw, _, weights = blocks.split_weight(
+                    raw, table.names, table.categories.dictionaries, self.weight, located
+                )
+            encoded = encoding.transform(raw, table.categories.dictionaries, _located(table, block.positions))
             x = self._scaled(encoded)
             found = first_overflow(x, dtype)
             if found is not None:
@@ -273,7 +301,7 @@ class TrainedRun:
                 labels = numeric_target(block.labels, str(table.path), table.target)
             elif table.has_labels and block.labels is not None:
                 labels = class_ids(block.labels, self.classes, str(table.path))
-            yield blocks.Block(x, labels, block.positions)
+            yield blocks.Block(x, labels, block.positions, weights)
 
 
 def _located(table: blocks.Table, positions: np.ndarray) -> Callable[[int], str]:
@@ -393,21 +421,32 @@ def _valid_scaling(scaling: Any, width: int) -> bool:
     return all(v > 0 for v in scaling["std"])
 
 
-def evaluate(
-    run: TrainedRun, data: Path | None, split: str, target: str | None, batch_rows: int
-) -> tuple[np.ndarray, np.ndarray, str]:
-    """(true class indices, log-probabilities, what was evaluated) on a labelled file or one of the run's splits;
-    for a numeric target (true values, predictions, what), both in the target's units."""
+class Evaluated(NamedTuple):
+    """What ``evaluate`` computed the metrics from."""
+
+    y: np.ndarray  # true class indices, or a numeric target's values (in its units)
+    scores: np.ndarray  # log-probabilities (n, K), or predictions (n,)
+    source: str  # what was evaluated, for the title
+    weights: np.ndarray | None  # the rows' sample weights (the run's data.weight column), or None
+
+
+def evaluate(run: TrainedRun, data: Path | None, split: str, target: str | None, batch_rows: int) -> Evaluated:
+    """The true labels and the model's log-probabilities (a numeric target's true values and predictions, in its
+    units) on a labelled file or one of the run's splits, with the rows' sample weights when the run was trained
+    with a weight column and the data have it."""
     log_probs = run.predictions() if run.regression else run.log_probabilities()
     if data is not None:
         table = run.open_data(data, target, True)
         parts = [
-            (block.labels, log_probs(block.x, lambda i, b=block: table.locate(b.positions[i])))
+            (block.labels, log_probs(block.x, lambda i, b=block: table.locate(b.positions[i])), block.weights)
             for block in run.batches(table, batch_rows)
         ]
         if not parts:
             raise table.no_rows()
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), str(data)
+        weights = None if parts[0][2] is None else np.concatenate([p[2] for p in parts])
+        return Evaluated(
+            np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), str(data), weights
+        )
     rows = getattr(reload_dataset(run), split)
     if len(rows) == 0:
         raise DataError(
@@ -415,15 +454,26 @@ def evaluate(
             "--split or pass --data FILE"
         )
     source = run.preprocessing["dataset"]
-    ys, probs = [], []
+    ys, probs, row_weights = [], [], []
     mean, std = run.target_scale
+    per_class = run.preprocessing.get("class_weight")
     for start, (x, y) in zip(range(0, len(rows), batch_rows), rows.blocks(batch_rows)):
+        if y.ndim == 2:  # weighted rows: (label, weight), the weight a sample weight times a class weight
+            y, w = y[:, 0], np.asarray(y[:, 1], np.float64)
+            ids = None if run.regression else ((y > 0) if len(run.classes) == 2 else y).astype(np.int64)
+            row_weights.append(w if per_class is None or ids is None else w / np.asarray(per_class)[ids])
         if run.regression:
             ys.append(mean + std * np.asarray(y, np.float64))  # what ``predictions`` computes of the model's output
         else:
             ys.append((y > 0).astype(np.int32) if len(run.classes) == 2 else y.astype(np.int32))
         probs.append(log_probs(x, lambda r, i=start: f"{source}: row {i + r} of the {split} split"))
-    return np.concatenate(ys), np.concatenate(probs), f"the {split} split of {run.preprocessing['dataset']}"
+    sampled = run.weight is not None and row_weights  # class weights alone weigh the objective, not the data
+    return Evaluated(
+        np.concatenate(ys),
+        np.concatenate(probs),
+        f"the {split} split of {run.preprocessing['dataset']}",
+        np.concatenate(row_weights) if sampled else None,
+    )
 
 
 def write_predictions(

@@ -18,7 +18,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gradfit.core.losses import l1_penalty, l2_penalty, make_objective, row_correct, row_losses, stationarity
+from gradfit.core.losses import (
+    l1_penalty,
+    l2_penalty,
+    make_objective,
+    row_correct,
+    row_losses,
+    split_weights,
+    stationarity,
+)
 from gradfit.core.models import Model
 
 BLOCK_ELEMENTS = 1 << 22  # rows x widest layer of one evaluation block: 16 MB of float32 activations
@@ -106,32 +114,39 @@ def make_evaluate(
 
 
 class BlockSums:
-    """The sums an evaluation adds up over row blocks (rows where ``weight`` is False are not counted), and the
+    """The sums an evaluation adds up over row blocks (rows where ``counted`` is False are not counted), and the
     metrics made of them: shared by the in-memory evaluation and the streamed one, so both compute alike."""
 
     def __init__(self, model: Model, l2: float, regression: bool = False, l1: Any = 0.0):
         self.model, self.l2, self.regression, self.l1 = model, l2, regression, l1
         self.row_loss = model.row_loss or row_losses
 
-    def forward(self, params, xb, yb, weight):
+    def forward(self, params, xb, yb, counted):
         """(loss sum, score) of a validation or test block: the count of correct rows, or for a numeric target
         (sum of squared errors, sum of absolute errors) in the standardized target's units."""
         outputs = self.model.apply(params, xb)
-        loss_sum = jnp.sum(jnp.where(weight, self.row_loss(outputs, yb), 0))
+        labels, _ = split_weights(yb)
+        loss_sum = self._loss_sum(outputs, yb, counted)
         if self.regression:
-            errors = jnp.where(weight, outputs - yb, 0)
+            errors = jnp.where(counted, outputs - labels, 0)
             return loss_sum, jnp.stack([jnp.sum(jnp.square(errors)), jnp.sum(jnp.abs(errors))])
-        return loss_sum, jnp.sum(weight & row_correct(outputs, yb), dtype=jnp.int32)
+        return loss_sum, jnp.sum(counted & row_correct(outputs, labels), dtype=jnp.int32)
+
+    def _loss_sum(self, outputs, yb, counted):
+        """The sum of the rows' losses (times their weights, when rows are weighted) over the ``counted`` rows."""
+        labels, weights = split_weights(yb)
+        losses = self.row_loss(outputs, labels)
+        return jnp.sum(jnp.where(counted, losses if weights is None else weights * losses, 0))
 
     def no_score(self, dtype) -> jax.Array:
         """The score of a part not evaluated: -1 rows correct, or NaN errors."""
         return jnp.full((2,), jnp.nan, dtype) if self.regression else jnp.full((), -1, jnp.int32)
 
-    def loss(self, params, xb, yb, weight):
-        return jnp.sum(jnp.where(weight, self.row_loss(self.model.apply(params, xb), yb), 0))
+    def loss(self, params, xb, yb, counted):
+        return self._loss_sum(self.model.apply(params, xb), yb, counted)
 
-    def loss_and_grad(self, params, xb, yb, weight):
-        return jax.value_and_grad(self.loss)(params, xb, yb, weight)
+    def loss_and_grad(self, params, xb, yb, counted):
+        return jax.value_and_grad(self.loss)(params, xb, yb, counted)
 
     def train_metrics(self, params, total, n: int, gradient: bool) -> dict:
         """Objective, data loss and (with ``gradient``) gradient norm over ``n`` rows from their block sums (with an
@@ -210,9 +225,9 @@ def make_streamed_evaluate(
 
 
 def _blocked_sum(fn: Callable, x, y, block: int, shard_rows: Callable):
-    """The sum over fixed-size row blocks of ``fn(x_block, y_block, weight)``, a pytree of sums.
+    """The sum over fixed-size row blocks of ``fn(x_block, y_block, counted)``, a pytree of sums.
 
-    The last block is shifted back to end at the last row rather than padded (no copy of the data); ``weight``
+    The last block is shifted back to end at the last row rather than padded (no copy of the data); ``counted``
     is False for its rows that the previous block already counted. ``shard_rows`` splits each block's rows.
     """
     n = x.shape[0]
@@ -224,8 +239,8 @@ def _blocked_sum(fn: Callable, x, y, block: int, shard_rows: Callable):
         start = jnp.minimum(i * block, n - block)
         xb = jax.lax.dynamic_slice_in_dim(x, start, block)
         yb = jax.lax.dynamic_slice_in_dim(y, start, block)
-        weight = start + jnp.arange(block) >= i * block
-        return jax.tree_util.tree_map(jnp.add, total, fn(shard_rows(xb), shard_rows(yb), shard_rows(weight)))
+        counted = start + jnp.arange(block) >= i * block
+        return jax.tree_util.tree_map(jnp.add, total, fn(shard_rows(xb), shard_rows(yb), shard_rows(counted)))
 
     shapes = jax.eval_shape(fn, x[:block], y[:block], jnp.ones((block,), bool))
     zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)

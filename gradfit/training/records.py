@@ -39,6 +39,7 @@ class Units:
             count, total, squares = 0, 0.0, 0.0
             for _, y in getattr(dataset, name).blocks(1 << 16):
                 y = np.asarray(y, np.float64)
+                y = y[:, 0] if y.ndim == 2 else y  # weighted rows: (label, weight) pairs
                 count, total, squares = count + len(y), total + y.sum(), squares + np.square(y).sum()
             spread[name] = squares - total * total / count if count else 0.0
         return cls(True, dataset.target_scale[1], spread)

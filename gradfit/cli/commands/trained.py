@@ -61,11 +61,12 @@ def evaluate(
     from gradfit.trained import run as trained
 
     run = api.load_run(run_dir)
-    y, scores, source = trained.evaluate(run, data, split, target or run.target, batch_rows)
+    y, scores, source, weights = trained.evaluate(run, data, split, target or run.target, batch_rows)
     if run.regression:
-        result = metrics.regression_metrics(y, scores)
+        result = metrics.regression_metrics(y, scores, weights)
     else:
-        result = metrics.classification_metrics(y, scores, run.classes)
+        result = metrics.classification_metrics(y, scores, run.classes, weights)
+    result["weighted_by"] = None if weights is None else run.weight
     console = output.console()
     for table in eval_tables(result, source):
         console.print(table)

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 def eval_tables(metrics: dict, source: str) -> list[Table]:
     """Overview, per-class precision/recall/F1, and the confusion matrix (rows: true, columns: predicted); for a
     numeric target one table of RMSE, MAE and R^2."""
+    if metrics.get("weighted_by"):
+        source = f"{source}, every row weighted by its '{metrics['weighted_by']}'"
     if "rmse" in metrics:
         return [_regression_table(metrics, source)]
     overview = titled_table(f"Evaluation on {escape(source)}", show_header=False, title_justify="left")
@@ -39,15 +41,20 @@ def eval_tables(metrics: dict, source: str) -> list[Table]:
         per_class.add_column(name, justify="left" if name == "class" else "right")
     for row in metrics["per_class"]:
         per_class.add_row(
-            escape(str(row["class"])), fmt(row["precision"]), fmt(row["recall"]), fmt(row["f1"]), f"{row['support']:,}"
+            escape(str(row["class"])), fmt(row["precision"]), fmt(row["recall"]), fmt(row["f1"]), _count(row["support"])
         )
     confusion = titled_table("Confusion matrix (rows: true class, columns: predicted)", title_justify="left")
     confusion.add_column("true \\ predicted", style="bold")
     for c in metrics["classes"]:
         confusion.add_column(escape(str(c)), justify="right")
     for c, counts in zip(metrics["classes"], metrics["confusion_matrix"]):
-        confusion.add_row(escape(str(c)), *(f"{v:,}" for v in counts))
+        confusion.add_row(escape(str(c)), *(_count(v) for v in counts))
     return [overview, per_class, confusion]
+
+
+def _count(value: float) -> str:
+    """A row count, or a sum of row weights."""
+    return f"{value:,}" if isinstance(value, int) else fmt(value, 6)
 
 
 def _regression_table(metrics: dict, source: str) -> Table:
