@@ -67,7 +67,7 @@ def from_config(
         params = run.state.params
         if at_run is not None:
             params, where = _saved_params(params, at_run), f"the parameters of {at_run}"
-        elif config.model.kind == "logistic" and not start:
+        elif config.model.kind in ("logistic", "linear") and not start:  # convex: training starts at zero
             w_key, b_key = jax.random.split(jax.random.PRNGKey(config.seed))
             params = {
                 "w": jax.random.normal(w_key, params["w"].shape, dtype) / np.sqrt(run.dataset.n_features),
