@@ -30,10 +30,10 @@ from gradfit.trained.wald import (
     ILL_CONDITIONED,
     Inference,
     coefficient_rows,
+    conditioning,
     constant_columns,
     covariance_and_offset,
     explain_conditioning,
-    unit_diagonal,
     unscaling,
 )
 
@@ -80,9 +80,7 @@ def logistic_inference(
 
     separation = detect_separation(x, y) if n * (d + 1) <= SEPARATION_CHECK_LIMIT else "not checked"
     nll, grad, hessian, unpenalized_hessian = _derivatives(x, y, theta, l2)
-    scaled, unit = unit_diagonal(hessian)
-    eigenvalues, eigenvectors = np.linalg.eigh(scaled)
-    condition = float(eigenvalues.max() / eigenvalues.min()) if eigenvalues.min() > 0 else math.inf
+    unit, eigenvalues, eigenvectors, condition = conditioning(hessian)
 
     no_estimates = l2 == 0 and separation in ("complete", "quasi-complete")
     _explain_separation(separation, l2, n, d, theta, problems, notes)

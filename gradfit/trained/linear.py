@@ -31,9 +31,9 @@ from gradfit.trained.wald import (
     Coefficient,
     Inference,
     coefficient_rows,
+    conditioning,
     constant_columns,
     explain_conditioning,
-    unit_diagonal,
     unscaling,
 )
 
@@ -83,9 +83,7 @@ def linear_inference(
     penalty = np.diag(np.r_[np.full(d, n * l2), 0.0])  # objective = n * (mean loss + (l2/2)||w||^2)
     hessian = gram + penalty
     grad = penalty @ theta - np.r_[x.T @ residual, residual.sum()]
-    scaled, unit = unit_diagonal(hessian)
-    eigenvalues, eigenvectors = np.linalg.eigh(scaled)
-    condition = float(eigenvalues.max() / eigenvalues.min()) if eigenvalues.min() > 0 else math.inf
+    unit, eigenvalues, eigenvectors, condition = conditioning(hessian)
     # the (pseudo-)inverse of the Hessian, from its unit-diagonal eigendecomposition so feature units do not count
     reciprocal = np.divide(1.0, eigenvalues, out=np.zeros_like(eigenvalues), where=eigenvalues > 0)
     inverse = unit[:, None] * ((eigenvectors * reciprocal) @ eigenvectors.T) * unit[None, :]

@@ -28,10 +28,10 @@ from gradfit.trained.wald import (
     ILL_CONDITIONED,
     Inference,
     coefficient_rows,
+    conditioning,
     constant_columns,
     covariance_and_offset,
     explain_conditioning,
-    unit_diagonal,
     unscaling,
 )
 
@@ -86,9 +86,7 @@ def multinomial_inference(
     else:
         nll, grad, hessian, unpenalized = _derivatives(x, y, reduced, k, 0.0, reduced_space=True)
         space_names = [f"{classes[c]} vs {classes[0]}: {t}" for c in range(1, k) for t in [*kept_names, "(intercept)"]]
-    scaled, unit = unit_diagonal(hessian)
-    eigenvalues, eigenvectors = np.linalg.eigh(scaled)
-    condition = float(eigenvalues.max() / eigenvalues.min()) if eigenvalues.min() > 0 else math.inf
+    unit, eigenvalues, eigenvectors, condition = conditioning(hessian)
     if condition > ILL_CONDITIONED:
         explain_conditioning(condition, eigenvectors[:, 0], space_names, problems, notes)
     withheld = bool(problems)

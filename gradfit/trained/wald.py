@@ -108,6 +108,15 @@ def explain_conditioning(
         )
 
 
+def conditioning(hessian: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """(D, eigenvalues, eigenvectors, condition number) of the Hessian scaled to unit diagonal (``unit_diagonal``):
+    how well the data determine the coefficients, whatever the features' units."""
+    scaled, unit = unit_diagonal(hessian)
+    eigenvalues, eigenvectors = np.linalg.eigh(scaled)
+    condition = float(eigenvalues.max() / eigenvalues.min()) if eigenvalues.min() > 0 else math.inf
+    return unit, eigenvalues, eigenvectors, condition
+
+
 def unit_diagonal(hessian: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(D H D, D) with D = diag(1/sqrt(H_ii)): conditioning that does not depend on the features' units."""
     diagonal = np.diag(hessian)
