@@ -58,10 +58,10 @@ def evaluate(
     from gradfit import api
     from gradfit.cli.render.trained import eval_tables
     from gradfit.core import metrics
-    from gradfit.trained import run as trained
+    from gradfit.trained import tables
 
     run = api.load_run(run_dir)
-    y, scores, source, weights = trained.evaluate(run, data, split, target or run.target, batch_rows)
+    y, scores, source, weights = tables.evaluate(run, data, split, target or run.target, batch_rows)
     if run.regression:
         result = metrics.regression_metrics(y, scores, weights)
     else:
@@ -100,7 +100,7 @@ def predict(
     from gradfit import api
     from gradfit.files import STDOUT, write_atomic_stream
     from gradfit.runs.rundir import own_files
-    from gradfit.trained import run as trained
+    from gradfit.trained import tables
 
     if out is not None:
         out = None if str(out) == STDOUT else checked_output(out, "--out", force, [*own_files(run_dir), data])
@@ -108,10 +108,10 @@ def predict(
     run = api.load_run(run_dir)
     label_column = target or run.target
     if out is None:
-        trained.write_predictions(run, data, sys.stdout, proba, label_column, batch_rows)
+        tables.write_predictions(run, data, sys.stdout, proba, label_column, batch_rows)
         return
     with write_atomic_stream(out) as handle:
-        rows = trained.write_predictions(run, data, handle, proba, label_column, batch_rows)
+        rows = tables.write_predictions(run, data, handle, proba, label_column, batch_rows)
     stderr.print(f"wrote {rows:,} predictions to {escape(str(out))}", highlight=False)
 
 
