@@ -83,7 +83,7 @@ def convert(
 
     stderr.print(
         f"wrote {escape(done.out_dir)}: {done.rows:,} rows x {done.features:,} features ({done.dtype}), "
-        f"{len(done.classes)} classes, {format_bytes(done.bytes_out)} in {done.seconds:.1f} s "
+        f"{len(done.classes)} distinct labels, {format_bytes(done.bytes_out)} in {done.seconds:.1f} s "
         f"({done.mb_per_s:,.0f} MB/s of input)",
         highlight=False,
         soft_wrap=True,
