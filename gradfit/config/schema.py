@@ -114,9 +114,16 @@ class ModelConfig(Section):
             for label, weight in self.class_weight.items():
                 if not (weight > 0 and math.isfinite(weight)):
                     raise KeyProblem(("class_weight", label), f"a class weight must be a number > 0, got {weight}")
-        if "huber_delta" in self.model_fields_set and self.resolved_loss != "huber":
-            raise KeyProblem(("huber_delta",), f"applies to loss huber, not {self.resolved_loss}; remove it")
         return self
+
+    @classmethod
+    def unused_in(cls, tree: dict) -> dict[str, str]:
+        """huber_delta given for another loss (its default would otherwise be ignored silently)."""
+        kind, loss = tree.get("kind", "logistic"), tree.get("loss", "auto")
+        resolved = ("squared" if kind == "linear" else "log") if loss == "auto" else loss
+        if "huber_delta" in tree and resolved != "huber" and isinstance(loss, str):
+            return {"huber_delta": f"applies to loss huber, not {resolved}; remove it"}
+        return {}
 
 
 class ScheduleConfig(Section):
@@ -389,6 +396,11 @@ def unused_key_problems(tree: Any, cls: type[Section] = GradfitConfig, prefix: K
         chosen = tree.get(cls.SELECTOR, selector.default)
         if chosen not in choices_of(selector.annotation):
             chosen = ...  # a typo in the selector itself is reported by the validator
+    for key, message in cls.unused_in(tree).items():
+        if tree[key] is None:
+            del tree[key]
+        else:
+            problems.append((prefix + (key,), message))
     for key, value in list(tree.items()):
         users = cls.APPLIES_TO.get(key)
         if users is not None and chosen is not ... and chosen not in users:

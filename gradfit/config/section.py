@@ -60,6 +60,11 @@ class Section(BaseModel):
     APPLIES_TO: ClassVar[dict[str, set[str]]] = {}
     SELECTOR: ClassVar[str] = ""
 
+    @classmethod
+    def unused_in(cls, tree: dict) -> dict[str, str]:
+        """Keys of a raw section ``tree`` that its other keys make unused, beyond ``APPLIES_TO``: key -> why."""
+        return {}
+
     def unused_keys(self) -> set[str]:
         """Keys of this section that the chosen variant (e.g. the optimizer name) ignores."""
         chosen = getattr(self, self.SELECTOR, None)

@@ -9,6 +9,7 @@ raw rows into features).
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import difflib
 import os
@@ -118,6 +119,20 @@ class Table:
         if self.kind != "csv":
             return x, distinct_labels(np.concatenate(stored), str(self.path)), where
         return x, Labels(index.values(text=True), np.concatenate(codes)), where
+
+
+@contextlib.contextmanager
+def weight_cells(weight: str | None) -> Iterator[None]:
+    """Within the block, a text cell in the sample-weight column is reported as such: the reader's advice for a
+    feature column (data.categorical, data.drop) does not apply to it."""
+    try:
+        yield
+    except DataError as exc:
+        text, marker = str(exc), f": column '{weight}' has non-numeric value "
+        if weight is None or marker not in text:
+            raise
+        where = text.split("; name it in data.categorical")[0]
+        raise DataError(f"{where}; it is the sample-weight column (data.weight): weights are numbers >= 0") from None
 
 
 def split_weight(

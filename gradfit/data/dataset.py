@@ -452,7 +452,8 @@ def read_source(data: DataConfig, seed: int, regression: bool = False) -> Source
         x, y = synthetic.make_synthetic(s.n_samples, s.n_features, s.n_classes, s.separation, s.noise, seed, regression)
         return Source(x, y, synthetic.feature_names(s.n_features), "synthetic", lambda row: f"synthetic: row {row}")
     table = open_source(data)
-    x, labels, positions = table.read_all()
+    with blocks.weight_cells(data.weight):
+        x, labels, positions = table.read_all()
     origin = str(table.path) if data.source == "file" else data.source
     locate = lambda row: table.locate(int(positions[row]))  # noqa: E731
     names, weights = table.names, None

@@ -216,8 +216,10 @@ class TrainedRun:
             if weights.shape != (len(scores),) or not (weights >= 0).all():
                 raise DataError(f"sample_weight: expected {len(scores)} numbers >= 0, one per row of x")
         if self.regression:
-            return regression_metrics(numeric_target(y, "y"), scores, weights)
-        return classification_metrics(class_ids(y, self.classes, "y"), scores, self.classes, weights)
+            result = regression_metrics(numeric_target(y, "y"), scores, weights)
+        else:
+            result = classification_metrics(class_ids(y, self.classes, "y"), scores, self.classes, weights)
+        return {**result, "weighted_by": None if weights is None else "sample_weight"}
 
     def _log_probs(self, x: Any) -> np.ndarray:
         """Log class probabilities (n, K) of raw features ``x``, checked by ``_features``."""
@@ -272,6 +274,10 @@ class TrainedRun:
         standardized value must also be finite in the run's compute dtype (float32's range is 3.4e38): otherwise
         a DataError names the line (or row) and column.
         """
+        with blocks.weight_cells(self.weight):
+            yield from self._batches(table, rows)
+
+    def _batches(self, table: blocks.Table, rows: int) -> Iterator[blocks.Block]:
         dtype = self.precision.compute_dtype
         scaled = self.preprocessing["standardize"] is not None
         names, encoding = self.feature_names, self.encoding

@@ -184,7 +184,7 @@ def test_cli_bad_config_exits_2(tmp_path):
     bad.write_text("model:\n  kind: tree\n")
     result = CliRunner().invoke(app, ["bench", str(bad), "--device", "cpu"], env={"COLUMNS": "200"})
     assert result.exit_code == 2
-    assert "model.kind" in result.stderr and "expected one of logistic, mlp" in result.stderr
+    assert "model.kind" in result.stderr and "expected one of logistic, linear, mlp" in result.stderr
 
 
 def test_cli_study_helmholtz_runs_alone(monkeypatch, tmp_path):
