@@ -17,8 +17,12 @@ WIDTH = 118
 
 
 def config_template(model: str = "logistic") -> str:
-    """The template for ``model`` ('logistic' or 'mlp'): block-style YAML that ``gradfit config validate`` accepts."""
-    config = GradfitConfig.model_validate({"name": model if model == "mlp" else "logreg", "model": {"kind": model}})
+    """The template for ``model`` ('logistic', 'linear' or 'mlp'): block-style YAML that ``gradfit config validate``
+    accepts; a linear model's trains on the built-in numeric target (diabetes)."""
+    tree: dict[str, Any] = {"name": {"logistic": "logreg"}.get(model, model), "model": {"kind": model}}
+    if model == "linear":
+        tree["data"] = {"source": "diabetes"}
+    config = GradfitConfig.model_validate(tree)
     lines = [
         "# A gradfit config: every key with its default and what it means. Train with: gradfit train <this file>",
         "# Precedence: defaults < this file < --set KEY=VALUE. Check it with: gradfit config validate <this file>",

@@ -391,13 +391,14 @@ def test_the_python_api_raises_the_same_errors(made):
 # ------------------------------------------------------------------------------------------------ CLI conventions
 
 
-@pytest.mark.parametrize("model", ["logistic", "mlp"])
+@pytest.mark.parametrize("model", ["logistic", "linear", "mlp"])
 def test_config_init_writes_every_key_and_validates(tmp_path, model):
     path = tmp_path / "c.yaml"
     assert invoke("config", "init", path, "--model", model).exit_code == 0
     text = path.read_text()
-    name = "mlp" if model == "mlp" else "logreg"
-    assert resolve_config(path).config == resolve_config(None, [f"model.kind={model}", f"name={name}"]).config
+    name = {"logistic": "logreg"}.get(model, model)
+    data = ["data.source=diabetes"] if model == "linear" else []  # a numeric target to fit
+    assert resolve_config(path).config == resolve_config(None, [f"model.kind={model}", f"name={name}", *data]).config
     for info in describe_keys():  # at its depth, set or commented out
         assert re.search(rf"^{'  ' * (len(info.key) - 1)}(# )?{info.key[-1]}:", text, re.MULTILINE), info.key
     assert invoke("config", "validate", path).exit_code == 0
