@@ -21,7 +21,7 @@ import numpy as np
 
 from gradfit.data.columns import CategoryCodes
 from gradfit.data.labels import LabelIndex, Labels, distinct_labels
-from gradfit.data.text import line_of_row, preview
+from gradfit.data.text import NonNumericCell, line_of_row, preview
 from gradfit.errors import DataError
 
 BLOCK_ROWS = 1 << 16  # rows per block at most
@@ -127,12 +127,13 @@ def weight_cells(weight: str | None) -> Iterator[None]:
     feature column (data.categorical, data.drop) does not apply to it."""
     try:
         yield
-    except DataError as exc:
-        text, marker = str(exc), f": column '{weight}' has non-numeric value "
-        if weight is None or marker not in text:
+    except NonNumericCell as exc:
+        if weight is None or exc.column != weight:
             raise
-        where = text.split("; name it in data.categorical")[0]
-        raise DataError(f"{where}; it is the sample-weight column (data.weight): weights are numbers >= 0") from None
+        raise DataError(
+            f"{exc.where}: the sample weight (column '{weight}', data.weight) is {exc.value!r}, not a number; "
+            "weights are numbers >= 0"
+        ) from None
 
 
 def split_weight(

@@ -118,6 +118,15 @@ def label_fields(path: Path, texts: list[str], numbers: np.ndarray, n_fields: in
     return labels
 
 
+class NonNumericCell(DataError):
+    """A text cell in a numeric column: ``where`` (file:line), ``column`` and ``value`` say which, for a caller
+    that knows the column's role better (the sample-weight column)."""
+
+    def __init__(self, where: str, column: str, value: str, message: str):
+        super().__init__(message)
+        self.where, self.column, self.value = where, column, value
+
+
 def raise_bad_cell(path: Path, header: list[str], texts: list[str], numbers: np.ndarray, columns: list[int]) -> None:
     """Name the first cell among the numeric ``columns`` of lines ``texts`` (numbered ``numbers``) that is neither
     a number nor missing (empty, or one of ``NA_TEXT``); return if there is none."""
@@ -127,9 +136,12 @@ def raise_bad_cell(path: Path, header: list[str], texts: list[str], numbers: np.
             cell = row[c].strip()
             if is_number(cell) or cell in NA_TEXT:  # float() also reads "1_000" and other digits, which are text
                 continue
-            raise DataError(
+            raise NonNumericCell(
+                f"{path}:{number}",
+                header[c],
+                row[c][:100],
                 f"{path}:{number}: column '{header[c]}' has non-numeric value {row[c][:100]!r}; name it in "
-                "data.categorical (or set data.categorical: auto) to one-hot encode it, or drop it (data.drop)"
+                "data.categorical (or set data.categorical: auto) to one-hot encode it, or drop it (data.drop)",
             )
 
 
