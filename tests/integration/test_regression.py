@@ -484,3 +484,39 @@ def test_streamed_regression_equals_in_memory(tmp_path):
     assert streamed.final["test_rmse"] == pytest.approx(memory.final["test_rmse"], rel=1e-6)
     scales = [load_run(s.run_dir).target_scale for s in (memory, streamed)]
     np.testing.assert_allclose(scales[0], scales[1], rtol=1e-12)
+
+
+def test_a_sweep_of_a_numeric_target_ranks_by_val_rmse_and_the_runs_commands_show_it(tmp_path):
+    """A sweep over model.l1 (traced) and model.loss (a program key) ranks by val_rmse, lowest first; runs,
+    compare and plot show the numeric target's metrics and no accuracy."""
+    config = tmp_path / "sweep.yaml"
+    config.write_text(
+        "name: sw\ndata:\n  source: diabetes\nmodel:\n  kind: linear\noptimizer:\n  name: adam\n"
+        "  learning_rate: 0.05\ntrain:\n  epochs: 20\n  batch_size: 64\n"
+        "sweep:\n  grid:\n    model.l1: [0.0, 0.5]\n    model.loss: [squared, huber]\n"
+    )
+    swept = invoke("sweep", config, "--out-dir", tmp_path / "runs", "--json")
+    assert swept.exit_code == 0, swept.output
+    state = json.loads(swept.stdout)
+    assert state["metric"] == "val_rmse"
+    means = [row["mean"] for row in state["ranking"]]
+    assert means == sorted(means) and len(means) == 4  # lower RMSE ranks first
+    (sweep_dir,) = (tmp_path / "runs").iterdir()
+    members = sorted((sweep_dir / "members").iterdir())
+    listed = invoke("runs", tmp_path / "runs", "--json", "--sort", "val_rmse")
+    assert listed.exit_code == 0, listed.output
+    rows = json.loads(listed.stdout)
+    assert [row["val_rmse"] for row in rows] == sorted(row["val_rmse"] for row in rows)
+    assert all(row["val_accuracy"] is None and row["test_rmse"] > 0 for row in rows)
+    table = invoke("runs", tmp_path / "runs")
+    assert "val_rmse" in table.stdout and "val_acc" not in table.stdout
+    compared = invoke("compare", members[0], members[1], "--json")
+    assert compared.exit_code == 0, compared.output
+    metrics = json.loads(compared.stdout)["metrics"]
+    assert {"val_rmse", "val_mae", "val_r2", "test_rmse"} <= set(metrics) and "val_accuracy" not in metrics
+    pytest.importorskip("matplotlib")
+    plotted = invoke("plot", *members, "--out", tmp_path / "curves.png")
+    assert plotted.exit_code == 0, plotted.output
+    assert (tmp_path / "curves.png").stat().st_size > 0
+    wrong = invoke("plot", members[0], "--metric", "val_accuracy", "--out", tmp_path / "none.png")
+    assert wrong.exit_code == 2 and "val_rmse" in wrong.output  # says which metrics the run has
