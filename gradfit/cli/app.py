@@ -115,6 +115,7 @@ COMMANDS: list[tuple[str, Callable[..., None]]] = [  # in the order --help lists
     ("eval", trained.evaluate),
     ("predict", trained.predict),
     ("inference", trained.inference),
+    ("export", trained.export),
     ("runs", runs.list_runs),
     ("compare", runs.compare),
     ("plot", runs.plot),
