@@ -82,21 +82,21 @@ def data_loss(logits, y, row_loss: Callable | None = None):
 
 def l2_penalty(params, l2: float):
     """(l2/2) * sum of squared weights; biases are not penalized (as in scikit-learn)."""
-    if _static_zero(l2):  # a traced l2 (a sweep member's) always adds its term
+    if static_zero(l2):  # a traced l2 (a sweep member's) always adds its term
         return 0.0
     mask = weight_mask(params)
     squares = jax.tree_util.tree_map(lambda p, m: jnp.sum(p * p) if m else 0.0, params, mask)
     return 0.5 * l2 * sum(jax.tree_util.tree_leaves(squares))
 
 
-def _static_zero(value) -> bool:
+def static_zero(value) -> bool:
     """True for a Python 0 (a traced value, a sweep member's, is never skipped)."""
     return isinstance(value, (int, float)) and value == 0
 
 
 def l1_penalty(params, l1):
     """l1 * sum |w| over the weights (biases are not penalized)."""
-    if _static_zero(l1):
+    if static_zero(l1):
         return 0.0
     mask = weight_mask(params)
     sums = jax.tree_util.tree_map(lambda p, m: jnp.sum(jnp.abs(p)) if m else 0.0, params, mask)
@@ -107,7 +107,7 @@ def stationarity(grads, params, l1):
     """The gradient of the smooth objective, made the minimum-norm subgradient of the objective with its L1 term:
     g + l1 sign(w) where w != 0, soft-threshold(g, l1) where w == 0. Zero exactly at the optimum, so its norm is
     what ``grad_norm`` and ``train.tol`` measure; ``grads`` unchanged when ``l1`` is 0."""
-    if _static_zero(l1):
+    if static_zero(l1):
         return grads
 
     def subgradient(g, p, m):

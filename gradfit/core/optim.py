@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from gradfit.config.schema import OptimizerConfig
+from gradfit.core.losses import static_zero
 from gradfit.core.models import weight_mask
 from gradfit.errors import ConfigError
 
@@ -60,7 +61,7 @@ def make_optimizer(
     }[config.name]()
     clip = [optax.clip_by_global_norm(config.clip_norm)] if config.clip_norm is not None else []
     chained = optax.chain(*clip, base)
-    if isinstance(l1, (int, float)) and l1 == 0:
+    if static_zero(l1):
         return chained, schedule
     return with_l1(chained, l1, config, schedule), schedule
 

@@ -136,6 +136,14 @@ def weight_cells(weight: str | None) -> Iterator[None]:
         ) from None
 
 
+def check_weight_column(names: Sequence[str], dictionaries: Mapping[str, list], weight: str) -> None:
+    """Raise a DataError unless the table has ``weight`` among its columns, holding numbers (not categories)."""
+    if weight not in names:
+        raise DataError(f"data.weight: no column '{weight}' in the table; its columns are {preview(list(names), 10)}")
+    if weight in dictionaries:
+        raise DataError(f"data.weight: column '{weight}' holds text; sample weights are numbers >= 0")
+
+
 def split_weight(
     x: np.ndarray, names: Sequence[str], dictionaries: Mapping[str, list], weight: str, locate: Locate
 ) -> tuple[np.ndarray, list[str], np.ndarray]:
@@ -145,10 +153,7 @@ def split_weight(
     Raises:
         DataError: naming the column (and the row) and ``data.weight``.
     """
-    if weight not in names:
-        raise DataError(f"data.weight: no column '{weight}' in the table; its columns are {preview(list(names), 10)}")
-    if weight in dictionaries:
-        raise DataError(f"data.weight: column '{weight}' holds text; sample weights are numbers >= 0")
+    check_weight_column(names, dictionaries, weight)
     j = list(names).index(weight)
     weights = np.asarray(x[:, j], np.float64)
     bad = np.flatnonzero(~(weights >= 0))  # NaN (a missing cell) fails too

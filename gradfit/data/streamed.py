@@ -179,9 +179,8 @@ class ConvertedRows:
         self.order = None if order == list(range(len(stored))) else order  # data.features or data.drop
         self.weight, self.all_names = weight, self.names
         if weight is not None:  # a column of the folder's features, split off as it is read
+            blocks.check_weight_column(self.all_names, self.dictionaries, weight)
             self.names = [n for n in self.names if n != weight]
-            if weight in self.dictionaries or weight not in self.all_names:
-                blocks.split_weight(np.zeros((0, len(self.all_names))), self.all_names, self.dictionaries, weight, str)
 
     def read(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Raw rows (len(rows), d) and class codes of ``rows`` (sorted; repeats allowed), in that order."""

@@ -9,6 +9,7 @@ from typing import NamedTuple, TextIO
 import numpy as np
 
 from gradfit.data import blocks
+from gradfit.data.dataset import class_positions
 from gradfit.data.text import LineNumbers
 from gradfit.errors import DataError, GradfitError
 from gradfit.trained.run import TrainedRun, reload_dataset
@@ -53,7 +54,7 @@ def evaluate(run: TrainedRun, data: Path | None, split: str, target: str | None,
     for start, (x, y) in zip(range(0, len(rows), batch_rows), rows.blocks(batch_rows)):
         if y.ndim == 2:  # weighted rows: (label, weight), the weight a sample weight times a class weight
             y, w = y[:, 0], np.asarray(y[:, 1], np.float64)
-            ids = None if run.regression else ((y > 0) if len(run.classes) == 2 else y).astype(np.int64)
+            ids = class_positions(y, run.classes)
             row_weights.append(w if per_class is None or ids is None else w / np.asarray(per_class)[ids])
         if run.regression:
             ys.append(mean + std * np.asarray(y, np.float64))  # what ``predictions`` computes of the model's output
