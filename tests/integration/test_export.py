@@ -1,6 +1,7 @@
 """gradfit export: a run's whole prediction function as StableHLO that jax alone runs, equal to gradfit's own
 predict_proba (predict for a numeric target): 1e-12 in float64; 1e-5 in float32, where the artifact standardizes in
-float32 and gradfit in float64 before rounding (measured up to 1.5e-6 on digits)."""
+float32 and gradfit in float64 before rounding (measured up to 1.5e-6 on digits). --format onnx converts the same
+function with jax2onnx; onnxruntime runs it within the same tolerances, at any batch size."""
 
 from __future__ import annotations
 
@@ -66,10 +67,24 @@ KINDS = {  # config, overrides, data, tolerance
 }
 
 
+@pytest.fixture(scope="module")
+def kind_run(tmp_path_factory):
+    """``kind -> run_dir`` of a KINDS entry, trained once for the module: the StableHLO and ONNX tests share it."""
+    runs: dict[str, Path] = {}
+
+    def get(kind: str) -> Path:
+        if kind not in runs:
+            config, sets, _, _ = KINDS[kind]
+            runs[kind] = train(CONFIGS / config, tmp_path_factory.mktemp(kind), *sets)
+        return runs[kind]
+
+    return get
+
+
 @pytest.mark.parametrize("kind", KINDS)
-def test_every_model_kind_exports_and_predicts_as_gradfit_does(kind, tmp_path):
-    config, sets, data, tolerance = KINDS[kind]
-    run_dir = train(CONFIGS / config, tmp_path / "runs", *sets)
+def test_every_model_kind_exports_and_predicts_as_gradfit_does(kind, kind_run, tmp_path):
+    _, _, data, tolerance = KINDS[kind]
+    run_dir = kind_run(kind)
     function, sidecar = exported(run_dir, tmp_path / "model.stablehlo")
     run = load_run(run_dir)
     x = features(data)
@@ -119,17 +134,23 @@ def table_run(tmp_path_factory) -> dict:
     return {"run_dir": train(folder / "c.yaml", folder / "runs"), "frame": frame, "folder": folder}
 
 
-def test_categories_and_missing_cells_are_encoded_inside_the_exported_function(table_run):
-    run = load_run(table_run["run_dir"])
-    function, sidecar = exported(table_run["run_dir"], table_run["folder"] / "t.stablehlo")
-    (city,) = [c for c in sidecar["inputs"]["columns"] if c["kind"] == "categorical"]
-    assert city == {"name": "city", "kind": "categorical", "categories": CITIES}
+def table_rows(table_run: dict) -> tuple[pd.DataFrame, np.ndarray]:
+    """(the table's rows and two more, one with missing cells and one with an unseen category; the same rows as
+    the exported function takes them)."""
     frame = table_run["frame"].drop(columns="label")
     new = pd.DataFrame({"a": [0.1, -1.0], "b": [np.nan, 2.0], "city": [None, "paris"]})  # missing; unseen
     frame = pd.concat([frame, new], ignore_index=True)
     codes = frame["city"].map({c: float(i) for i, c in enumerate(CITIES)}).astype(float)
     codes[frame["city"].notna() & codes.isna()] = -1.0  # a code that is no category's: unseen
-    x = np.column_stack([frame["a"], frame["b"], codes])
+    return frame, np.column_stack([frame["a"], frame["b"], codes])
+
+
+def test_categories_and_missing_cells_are_encoded_inside_the_exported_function(table_run):
+    run = load_run(table_run["run_dir"])
+    function, sidecar = exported(table_run["run_dir"], table_run["folder"] / "t.stablehlo")
+    (city,) = [c for c in sidecar["inputs"]["columns"] if c["kind"] == "categorical"]
+    assert city == {"name": "city", "kind": "categorical", "categories": CITIES}
+    frame, x = table_rows(table_run)
     np.testing.assert_allclose(call(function, sidecar, x), run.predict_proba(frame), rtol=0, atol=1e-12)
 
 
@@ -164,3 +185,109 @@ def test_the_artifact_runs_with_jax_alone_and_files_are_never_overwritten_unaske
     assert invoke("export", run_dir, "--out", out, "--force").exit_code == 0
     own = invoke("export", run_dir, "--out", run_dir / "params.npz", "--force")
     assert own.exit_code == 2 and (run_dir / "params.npz").stat().st_size > 0
+
+
+# ONNX: the same prediction function converted by jax2onnx, run by onnxruntime.
+
+
+@pytest.fixture(scope="module")
+def onnxruntime():
+    pytest.importorskip("jax2onnx")
+    return pytest.importorskip("onnxruntime")
+
+
+def onnx_exported(onnxruntime, run_dir: Path, out: Path):
+    """Export as ONNX through the CLI; (an onnxruntime session of it, the sidecar)."""
+    result = invoke("export", run_dir, "--format", "onnx", "--out", out)
+    assert result.exit_code == 0, result.output
+    sidecar = json.loads(Path(f"{out}.json").read_text())
+    assert sidecar["format"] == "gradfit-onnx-1" and "x64" not in sidecar
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == [sidecar["inputs"]["name"]]
+    assert [o.name for o in session.get_outputs()] == [sidecar["output"]["name"]]
+    assert session.get_inputs()[0].shape == sidecar["inputs"]["shape"]  # ["batch", inputs]: a symbolic batch
+    assert (
+        session.get_outputs()[0].type
+        == {"float32": "tensor(float)", "float64": "tensor(double)"}[sidecar["inputs"]["dtype"]]
+    )
+    return session, sidecar
+
+
+def onnx_call(session, sidecar: dict, x: np.ndarray) -> np.ndarray:
+    (got,) = session.run(None, {sidecar["inputs"]["name"]: np.asarray(x, sidecar["inputs"]["dtype"])})
+    assert got.dtype == sidecar["inputs"]["dtype"]
+    return got
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_model_kind_exports_to_onnx_and_predicts_as_gradfit_does(kind, kind_run, onnxruntime, tmp_path):
+    _, _, data, tolerance = KINDS[kind]
+    run_dir = kind_run(kind)
+    session, sidecar = onnx_exported(onnxruntime, run_dir, tmp_path / "model.onnx")
+    run = load_run(run_dir)
+    x = features(data)
+    expected = run.predict(x) if run.regression else run.predict_proba(x)
+    for rows in (x, x[:7]):  # two batch sizes from one graph
+        got = onnx_call(session, sidecar, rows)
+        if run.regression:
+            np.testing.assert_allclose(got, expected[: len(rows)], rtol=tolerance, atol=0)
+        else:
+            np.testing.assert_allclose(got, expected[: len(rows)], rtol=0, atol=tolerance)
+    assert sidecar["output"]["name"] == ("prediction" if run.regression else "probabilities")
+
+
+def test_onnx_encodes_categories_and_missing_cells_and_refuses_rows_as_stablehlo_does(table_run, kind_run, onnxruntime):
+    session, sidecar = onnx_exported(onnxruntime, table_run["run_dir"], table_run["folder"] / "t.onnx")
+    frame, x = table_rows(table_run)
+    expected = load_run(table_run["run_dir"]).predict_proba(frame)
+    np.testing.assert_allclose(onnx_call(session, sidecar, x), expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(onnx_call(session, sidecar, x[-3:]), expected[-3:], rtol=0, atol=1e-12)
+    run_dir = kind_run("logistic-binary")  # data.missing: error
+    session, sidecar = onnx_exported(onnxruntime, run_dir, table_run["folder"] / "refusing.onnx")
+    x = features("breast_cancer")[:3].copy()
+    x[1, 4] = np.nan
+    got = onnx_call(session, sidecar, x)
+    assert np.isnan(got[1]).all() and np.isfinite(got[[0, 2]]).all()
+
+
+def test_onnx_runs_with_onnxruntime_alone_and_refusals_write_nothing(kind_run, onnxruntime, tmp_path, monkeypatch):
+    run_dir = kind_run("logistic-binary")
+    out = tmp_path / "m.onnx"
+    session, sidecar = onnx_exported(onnxruntime, run_dir, out)
+    x = features("breast_cancer")[:4]
+    script = (
+        "import sys, json, numpy as np, onnxruntime\n"
+        "session = onnxruntime.InferenceSession(sys.argv[1], providers=['CPUExecutionProvider'])\n"
+        "(p,) = session.run(None, {'x': np.array(json.loads(sys.argv[2]), np.float32)})\n"
+        "print(json.dumps(p.tolist()))\n"
+        "assert 'gradfit' not in sys.modules and 'jax' not in sys.modules\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(out), json.dumps(x.tolist())], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    np.testing.assert_allclose(json.loads(done.stdout), onnx_call(session, sidecar, x), rtol=0, atol=1e-7)
+
+    before = out.read_bytes()
+    again = invoke("export", run_dir, "--format", "onnx", "--out", out)
+    assert again.exit_code == 2 and "--force" in again.output and out.read_bytes() == before
+    out.unlink()  # the sidecar alone also blocks the export
+    again = invoke("export", run_dir, "--format", "onnx", "--out", out)
+    assert again.exit_code == 2 and "--force" in again.output and not out.exists()
+
+    fresh = tmp_path / "fresh.onnx"
+    monkeypatch.setitem(sys.modules, "jax2onnx", None)  # import jax2onnx raises ImportError
+    missing = invoke("export", run_dir, "--format", "onnx", "--out", fresh)
+    assert missing.exit_code == 2 and "pip install 'gradfit[onnx]'" in missing.output
+    monkeypatch.undo()
+
+    def unsupported(*args, **kwargs):
+        raise NotImplementedError("no ONNX plugin for primitive 'frobnicate'\n(a long traceback)")
+
+    monkeypatch.setattr("jax2onnx.to_onnx", unsupported)
+    refused = invoke("export", run_dir, "--format", "onnx", "--out", fresh)
+    assert refused.exit_code == 2, refused.output
+    assert "cannot convert run" in refused.output and "'frobnicate'" in refused.output
+    assert "long traceback" not in refused.output
+    assert not fresh.exists() and not Path(f"{fresh}.json").exists()
+    assert list(tmp_path.iterdir()) == [out.with_name("m.onnx.json")]  # no temporary file left either

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from pathlib import Path
+from typing import Literal
 
 import typer
 from rich.markup import escape
@@ -22,6 +23,7 @@ from gradfit.cli.options import (
     use_compile_cache,
 )
 
+ExportFormat = Literal["stablehlo", "onnx"]
 BATCH_HELP = "Rows per batch: files are read and predicted this many rows at a time, never loaded whole."
 
 
@@ -169,27 +171,32 @@ def inference(
 def export(
     run_dir: Path = typer.Argument(..., help=RUN_DIR_HELP),
     out: Path = typer.Option(..., "--out", "-o", help="The artifact to write; its sidecar is OUT.json."),
+    export_format: ExportFormat = typer.Option(
+        "stablehlo", "--format", help="StableHLO (jax.export), or ONNX (jax2onnx: pip install 'gradfit\\[onnx]')."
+    ),
     force: bool = typer.Option(False, "--force", help="Replace --out and its sidecar if they exist."),
 ) -> None:
-    """Export a trained model with its preprocessing as StableHLO (jax.export), to run with jax alone.
+    """Export a trained model with its preprocessing as StableHLO (jax.export), to run with jax alone, or as ONNX.
 
-    The file holds the whole prediction function, with a symbolic batch size: raw input rows in, class probabilities (or a numeric target's predictions) out, as predict_proba (predict) returns them. OUT.json names the input columns in order, their dtype, each categorical column's categories (a category goes in as its index in that list; a missing cell as NaN) and the output. Load it with: jax.export.deserialize(open(OUT, "rb").read()).call(X) (float64 runs: enable jax_enable_x64 first).
+    The file holds the whole prediction function, with a symbolic batch size: raw input rows in, class probabilities (or a numeric target's predictions) out, as predict_proba (predict) returns them. OUT.json names the input columns in order, their dtype, each categorical column's categories (a category goes in as its index in that list; a missing cell as NaN) and the output. Load StableHLO with: jax.export.deserialize(open(OUT, "rb").read()).call(X) (float64 runs: enable jax_enable_x64 first); ONNX with: onnxruntime.InferenceSession(OUT).run(None, {"x": X}).
 
     [bold]Examples[/]
 
       gradfit export runs/logreg-20261126-101500 --out logreg.stablehlo
+      gradfit export runs/logreg-20261126-101500 --format onnx --out logreg.onnx
     """  # noqa: E501 (a paragraph of --help is one line: Rich wraps it to the terminal)
     from gradfit import api
     from gradfit.files import write_atomic
     from gradfit.runs.rundir import own_files
-    from gradfit.trained.export import export_stablehlo
 
     sidecar_path = Path(f"{out}.json")
     inputs = own_files(run_dir)
     out = checked_output(out, "--out", force, inputs, stdout=False)
     sidecar_path = checked_output(sidecar_path, "--out (its sidecar)", force, inputs, stdout=False)
+    from gradfit.trained.export import exported
+
     use_compile_cache()
-    blob, sidecar = export_stablehlo(api.load_run(run_dir))
+    blob, sidecar = exported(api.load_run(run_dir), export_format)
     write_atomic(out, blob)
     write_atomic(sidecar_path, sidecar)
     stderr.print(f"wrote {escape(str(out))} ({len(blob):,} bytes) and {escape(str(sidecar_path))}", highlight=False)
