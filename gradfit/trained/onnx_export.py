@@ -35,7 +35,7 @@ def export_onnx(run: TrainedRun) -> tuple[bytes, str]:
     try:
         with run.precision.scope(), _quiet("onnx_ir", "jax2onnx"):
             model = to_onnx(
-                prediction_function(run),
+                prediction_function(run, wide=False),  # jax2onnx types a graph in one float type
                 inputs=[("batch", len(run.encoding.columns))],
                 opset=OPSET,
                 enable_double_precision=run.precision.x64,  # jax2onnx sets jax_enable_x64 to this while it traces
