@@ -3,6 +3,7 @@
     import gradfit
 
     summary = gradfit.fit("configs/logreg.yaml", overrides={"model.l2": 0.01})
+    summary = gradfit.fit("configs/logreg.yaml", X=frame, y=labels)  # rows in memory: arrays, DataFrames, Arrow
     run = gradfit.load_run(summary.run_dir)
     run.predict(x)        # original label values, (n,); x: a DataFrame/Arrow table (by name) or an (n, d) array
     run.evaluate(x, y)    # log loss, accuracy, per-class precision/recall/F1, ROC AUC, confusion matrix
@@ -26,10 +27,13 @@ from typing import Any
 import numpy as np
 import yaml
 
-from gradfit.config.load import GradfitConfig, resolve_config
+from gradfit.config.load import GradfitConfig, replaced, resolve_config
+from gradfit.data.supplied import Supplied, supplied
 from gradfit.errors import ConfigError, RunDirError
+from gradfit.files import write_atomic
 from gradfit.runs.rundir import RunDir, Summary
 from gradfit.trained import run as trained
+from gradfit.trained.export import FORMATS, exported
 from gradfit.trained.inference import run_inference
 from gradfit.trained.run import TrainedRun
 from gradfit.trained.wald import Inference
@@ -42,7 +46,16 @@ Overrides = Sequence[str] | Mapping[str, object] | None
 
 
 def fit(
-    config: ConfigLike, overrides: Overrides = None, out_dir: str | Path = "runs", callbacks: Callbacks | None = None
+    config: ConfigLike,
+    overrides: Overrides = None,
+    out_dir: str | Path = "runs",
+    callbacks: Callbacks | None = None,
+    *,
+    X: Any = None,
+    y: Any = None,
+    sample_weight: Any = None,
+    X_val: Any = None,
+    y_val: Any = None,
 ) -> Summary:
     """Train as ``gradfit train`` does and write a new run directory; returns its summary.
 
@@ -52,6 +65,16 @@ def fit(
         out_dir: the parent folder of the run directory.
         callbacks: progress hooks (``gradfit.training.loop.Callbacks``, or any object with some of its methods);
             None trains silently.
+        X: rows to train on instead of the config's data source: a pandas or polars DataFrame, a pyarrow Table
+            (columns by name; text and categorical columns as ``data.categorical`` says) or an (n, d) array
+            (columns x0, x1, ...). The run's ``data.source`` becomes ``memory``; every other data key applies
+            (features, drop, categorical, missing, the split, standardization) with the checks and messages of
+            a file, naming ``X`` and the row.
+        y: the labels (or numeric target), one per row of X; None when X holds the column ``data.target`` names.
+        sample_weight: a weight >= 0 per row of X (``data.weight`` becomes ``sample_weight`` unless it names it).
+        X_val: validation rows, given with ``y_val``; they are then the validation split (``data.val_fraction``
+            is 0).
+        y_val: the validation rows' labels.
 
     Raises:
         ConfigError, DataError, DeviceError: before the run directory is made (a config with a ``sweep:``
@@ -59,8 +82,34 @@ def fit(
         RunDirError: ``out_dir`` is not a path.
         TrainingFailed: training diverged (``.summary`` says where); Interrupted: a signal stopped it.
     """
-    resolved = resolve(config, overrides)
-    return loop.fit(resolved, _path(out_dir, "out_dir", "the folder to make the run directory in"), _hooks(callbacks))
+    resolved = resolve(config, overrides, memory=X is not None)
+    folder = _path(out_dir, "out_dir", "the folder to make the run directory in")
+    rows = None
+    if X is not None:
+        resolved, rows = in_memory(resolved, X, y, sample_weight, X_val, y_val)
+    elif any(v is not None for v in (y, sample_weight, X_val, y_val)):
+        raise ConfigError("y, sample_weight, X_val and y_val go with X, the rows they belong to; X is None")
+    return loop.fit(resolved, folder, _hooks(callbacks), rows)
+
+
+def in_memory(
+    config: GradfitConfig, X: Any, y: Any = None, sample_weight: Any = None, X_val: Any = None, y_val: Any = None
+) -> tuple[GradfitConfig, Supplied]:
+    """``config`` reading the rows handed over (``data.source: memory``), and those rows (see ``fit``)."""
+    data = config.data
+    weight = data.weight if data.weight is not None or sample_weight is None else "sample_weight"
+    changed = replaced(
+        config,
+        "data",
+        "<config, with X>",
+        source="memory",
+        path=None,
+        synthetic=None,
+        in_memory=None,
+        weight=weight,
+        **({"val_fraction": 0} if X_val is not None else {}),
+    )
+    return changed, supplied(X, y, sample_weight, X_val, y_val, target=changed.data.target, weight=weight)
 
 
 def resume(
@@ -82,8 +131,9 @@ def resume(
     return resuming.resume(folder.path, resolved, bool(force), _hooks(callbacks))
 
 
-def resolve(config: ConfigLike, overrides: Overrides = None) -> GradfitConfig:
-    """A validated config from anything ``fit`` accepts (a ``GradfitConfig`` is taken as it is)."""
+def resolve(config: ConfigLike, overrides: Overrides = None, memory: bool = False) -> GradfitConfig:
+    """A validated config from anything ``fit`` accepts (a ``GradfitConfig`` is taken as it is); ``memory``: for
+    rows handed over in Python (``data.source: memory``, the data keys checked against it)."""
     texts = _override_texts(overrides)
     if isinstance(config, GradfitConfig):
         if texts:
@@ -103,7 +153,7 @@ def resolve(config: ConfigLike, overrides: Overrides = None) -> GradfitConfig:
             "<dict>: sweep: this config describes a sweep, and the Python API has no sweep yet; run it with "
             "gradfit sweep CONFIG on the command line (or remove the section to train its base config)"
         )
-    return resolve_config(config, texts).config
+    return resolve_config(config, texts, memory=memory).config
 
 
 def _override_texts(overrides: Overrides) -> list[str]:
@@ -187,7 +237,7 @@ def _kind(value: Any) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Run(TrainedRun):
-    """A finished run loaded back: ``predict``, ``predict_proba``, ``evaluate``, ``inference``, and its
+    """A finished run loaded back: ``predict``, ``predict_proba``, ``evaluate``, ``inference``, ``export``, and its
     ``config``, ``summary`` (``gradfit.runs.rundir.Summary``), ``classes`` and ``feature_names``."""
 
     def inference(self, scale: str = "original", level: float = 0.95) -> Inference:
@@ -199,6 +249,27 @@ class Run(TrainedRun):
         if isinstance(level, bool) or not isinstance(level, numbers.Real) or not 0.5 <= level <= 0.9999:
             raise ConfigError(f"level: expected a confidence level between 0.5 and 0.9999, got {level!r:.60}")
         return run_inference(self, str(scale), float(level))
+
+    def export(self, out: str | Path, format: str = "stablehlo", force: bool = False) -> Path:
+        """Write the whole prediction function (preprocessing included) to ``out`` and its sidecar to
+        ``out.json``, as ``gradfit export --format`` does: ``stablehlo`` (load it with jax alone) or ``onnx``
+        (``pip install 'gradfit[onnx]'``; run it with onnxruntime). Returns ``out``.
+
+        Raises:
+            RunDirError: ``out`` or its sidecar exists (pass ``force=True`` to replace them).
+            ConfigError: an unknown format.
+        """
+        target = _path(out, "out", "the file to write")
+        if not isinstance(format, str) or format not in FORMATS:
+            raise ConfigError(f"format: expected one of {', '.join(FORMATS)}, got {format!r:.40}")
+        sidecar_path = Path(f"{target}.json")
+        taken = [str(p) for p in (target, sidecar_path) if p.exists()]
+        if taken and not force:
+            raise RunDirError(f"{', '.join(taken)}: already exists; pass force=True to replace it")
+        blob, sidecar = exported(self, format)
+        write_atomic(target, blob)
+        write_atomic(sidecar_path, sidecar)
+        return target
 
 
 SCALES = ("original", "standardized")

@@ -64,9 +64,9 @@ def one_window_chunks(monkeypatch):
 
     By default a chunk grows to ~0.1 s of steps and Ctrl-C stops the run at the end of the chunk in flight.
     """
-    from gradfit.training import loop
+    from gradfit.training import session
 
-    monkeypatch.setattr(loop, "CHUNK_SECONDS", 0.0)
+    monkeypatch.setattr(session, "CHUNK_SECONDS", 0.0)
 
 
 class InterruptAt:

@@ -15,9 +15,9 @@ from gradfit.bench.options import BenchOptions
 from gradfit.bench.timing import Timing, collect, measure, record
 from gradfit.core.models import count_params
 from gradfit.runs.rundir import RunDir
-from gradfit.training.loop import Session
 from gradfit.training.payload import LoopState
 from gradfit.training.prepare import compile_programs
+from gradfit.training.session import Session
 from gradfit.training.stopping import EarlyStopping, StopRequests
 
 # Dense fp32 peak (TFLOP/s) of GPUs we know: the CUDA-core rate, and the TF32 tensor-core rate (dense) that

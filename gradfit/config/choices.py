@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-Source = Literal["breast_cancer", "digits", "diabetes", "synthetic", "file"]  # data.source
+Source = Literal["breast_cancer", "digits", "diabetes", "synthetic", "file", "memory"]  # data.source
 ModelKind = Literal["logistic", "linear", "mlp"]  # model.kind
 Loss = Literal["auto", "log", "squared", "huber"]  # model.loss
 Activation = Literal["relu", "tanh", "gelu", "sigmoid", "silu"]  # model.activation
@@ -19,7 +19,7 @@ Metric = Literal[
 REGRESSION_METRICS = ("val_rmse", "val_mae", "val_r2")
 #: metrics where higher is better
 HIGHER_IS_BETTER = ("val_accuracy", "val_r2")
-Logger = Literal["jsonl", "csv", "tensorboard"]  # train.loggers
+Logger = Literal["jsonl", "csv", "tensorboard", "mlflow"]  # train.loggers
 Shuffle = Literal["auto", "full", "blocks"]  # train.shuffle
 Missing = Literal["error", "mean", "median", "most_frequent"]  # data.missing
 UnknownCategory = Literal["error", "ignore"]  # data.unknown_category

@@ -23,13 +23,19 @@ class SyntheticConfig(Section):
 
 
 class DataConfig(Section):
-    source: Source = Field("breast_cancer", description="built-in dataset, 'synthetic', or 'file' (then set data.path)")
+    source: Source = Field(
+        "breast_cancer",
+        description="built-in dataset, 'synthetic', 'file' (then set data.path), or 'memory': rows handed over in "
+        "Python (gradfit.fit(config, X=..., y=...), the gradfit.sklearn estimators), which set it themselves",
+    )
     path: str | None = Field(
         None,
         description="CSV (with a header), Parquet (.parquet), Arrow IPC / Feather (.arrow, .feather), .npz (arrays X, "
         "y) or a folder made by 'gradfit data convert'; relative to the config file",
     )
-    target: str = Field("target", description="name of the label column in a CSV, Parquet or Feather file")
+    target: str = Field(
+        "target", description="name of the label column in a CSV, Parquet or Feather file (or in X, from Python)"
+    )
     features: list[str] | None = Field(
         None, description="the feature columns, in order (null: every column but the target and data.drop)"
     )
@@ -87,10 +93,10 @@ class DataConfig(Section):
 
     APPLIES_TO = {
         "path": {"file"},
-        "target": {"file"},
+        "target": {"file", "memory"},
         "synthetic": {"synthetic"},
         **{
-            key: {"file", "breast_cancer", "digits", "diabetes"}
+            key: {"file", "memory", "breast_cancer", "digits", "diabetes"}
             for key in ("features", "drop", "categorical", "weight")
         },
     }
@@ -141,6 +147,8 @@ class DataConfig(Section):
             outside = [n for n in self.categorical if n not in self.features]
             if outside:
                 raise KeyProblem(("categorical",), f"{outside} not in data.features; categorical columns are features")
+        if self.source == "memory" and self.in_memory is False:
+            raise KeyProblem(("in_memory",), "rows handed over in Python are in memory already; leave it auto")
         if self.source == "file" and not self.path:
             raise KeyProblem(("path",), "data.source is 'file' but data.path is not set")
         if self.val_fraction + self.test_fraction >= 1:

@@ -213,7 +213,7 @@ def _apply_override(tree: dict, key: KeyPath, value: Any) -> None:
 
 
 def resolve_config(
-    path: str | Path | Mapping | None = None, overrides: Sequence[str] = (), sweep: bool = False
+    path: str | Path | Mapping | None = None, overrides: Sequence[str] = (), sweep: bool = False, memory: bool = False
 ) -> ResolvedConfig:
     """Load defaults < YAML file < ``--set`` overrides and validate the result.
 
@@ -222,6 +222,8 @@ def resolve_config(
             None for the built-in defaults.
         overrides: ``key.path=value`` strings, applied in order.
         sweep: accept a ``sweep:`` section (``gradfit sweep``): it is set apart, unchecked, in ``.sweep``.
+        memory: the rows are handed over in Python: ``data.source`` becomes memory (``data.path`` and
+            ``data.synthetic`` go), before the data keys are checked against it.
 
     Raises:
         ConfigError: listing every problem, each with its file and line or its --set.
@@ -259,6 +261,13 @@ def resolve_config(
         if key[0] == "data":
             _anchor_data_path(tree, Path.cwd())
     _prefer_overridden_length(tree, overridden)
+    if memory:
+        data = tree.setdefault("data", {}) or {}
+        tree["data"] = data
+        if isinstance(data, dict):
+            data["source"] = "memory"
+            data.pop("path", None)
+            data.pop("synthetic", None)
     for name in GradfitConfig.model_fields:
         if name in tree and tree[name] is None:  # `optimizer:` with every key commented out
             tree[name] = {}
@@ -365,10 +374,28 @@ def to_yaml(config: GradfitConfig, header: str = "") -> str:
     Every key the run uses is written, defaults included; keys the chosen variants ignore are left out
     (they would be rejected on the way back in).
     """
+    return header + yaml.safe_dump(used_tree(config), sort_keys=False, default_flow_style=None)
+
+
+def used_tree(config: GradfitConfig) -> dict:
+    """The resolved config as a plain tree of the keys the run uses (what ``to_yaml`` writes)."""
     tree = config.model_dump(mode="json")
     for key in sorted(unused_keys(config), key=len, reverse=True):
         node = tree
         for part in key[:-1]:
             node = node.get(part, {})
         node.pop(key[-1], None)
-    return header + yaml.safe_dump(tree, sort_keys=False, default_flow_style=None)
+    return tree
+
+
+def replaced(config: GradfitConfig, section: str, origin: str, **changes: Any) -> GradfitConfig:
+    """``config`` with keys of one section changed (a value of None removes the key: its default applies),
+    validated again; a problem is a ConfigError that names ``origin``."""
+    tree = used_tree(config)
+    part = tree.setdefault(section, {})
+    for key, value in changes.items():
+        if value is None:
+            part.pop(key, None)
+        else:
+            part[key] = value
+    return validate_tree(tree, origin, {}, {})

@@ -234,8 +234,9 @@ class TrainConfig(Section):
         ["jsonl"],
         min_length=1,
         description="metric logs to write: jsonl (metrics.jsonl, always written: the source "
-        "of truth), csv (metrics.csv) and tensorboard (event files for tensorboard --logdir runs; needs "
-        "gradfit[tensorboard])",
+        "of truth), csv (metrics.csv), tensorboard (event files for tensorboard --logdir runs; needs "
+        "gradfit[tensorboard]) and mlflow (params, metrics and the run's files to MLFLOW_TRACKING_URI, else "
+        "./mlruns; needs gradfit[mlflow])",
     )
     shuffle: Shuffle = Field(
         "auto",

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -94,7 +94,26 @@ def open_arrow_table(path: Path, kind: str, request: Request) -> Table:
     """Open a CSV ("csv"), Parquet or Arrow IPC / Feather ("parquet", "feather") file and check its header."""
     if kind == "csv":
         return _open_csv(path, request)
-    return _open_columnar(path, kind, request)
+    return _open_columnar(path, kind, request, _columnar_reader(path, kind))
+
+
+class MemoryTable(NamedTuple):
+    """Rows handed over in memory (``gradfit.fit(config, X=..., y=...)``) as one Arrow table, and how a message
+    names it ("X")."""
+
+    table: pa.Table
+    origin: str
+
+
+def open_memory_table(given: MemoryTable, request: Request) -> Table:
+    """An in-memory table, read as a Parquet file is read: the same checks, and messages naming ``given.origin``
+    and the row."""
+    table = given.table
+
+    def batches(columns: list[str], rows: int) -> Iterator[pa.RecordBatch]:
+        return iter(table.select(columns).to_batches(max_chunksize=rows))
+
+    return _open_columnar(Path(given.origin), "memory", request, (table.schema, table.num_rows, batches))
 
 
 # ---------------------------------------------------------------------------------------------------- CSV
@@ -276,8 +295,8 @@ def _columnar_reader(path: Path, kind: str) -> tuple[pa.Schema, int, Any]:
         raise DataError(f"{path}: not a readable {what} file ({exc})") from None
 
 
-def _open_columnar(path: Path, kind: str, request: Request) -> Table:
-    schema, total, batches = _columnar_reader(path, kind)
+def _open_columnar(path: Path, kind: str, request: Request, reader: tuple[pa.Schema, int, Any]) -> Table:
+    schema, total, batches = reader
     columns = list(schema.names)
     has_labels = request.labels(path, columns)
     names = request.inputs(path, columns)

@@ -51,7 +51,7 @@ class Table:
     """An opened table, its header checked: iterate ``blocks()`` (each call reads the file again)."""
 
     path: Path
-    kind: str  # "csv", "parquet", "feather", "npz" or "converted"
+    kind: str  # "csv", "parquet", "feather", "npz", "converted" or "memory" (rows handed over in Python)
     names: list[str]  # the input columns, in the order blocks hold them
     has_labels: bool  # blocks carry labels
     rows: int | None  # known up front except for a CSV

@@ -1,6 +1,7 @@
 """Datasets: what training, evaluation and the trained-run commands use of a run's data (``Dataset``, whether the
 rows are in memory or streamed), and the in-memory kind: a built-in CSV, a user file (read by
-``gradfit.data.tabular``) or synthetic data, checked, encoded (``gradfit.data.labels``), split and standardized.
+``gradfit.data.tabular``), rows handed over in Python (``gradfit.data.supplied``) or synthetic data, checked,
+encoded (``gradfit.data.labels``), split and standardized.
 
 Splits are seeded; standardization statistics come from the training split only (``gradfit.data.standardize``).
 
@@ -23,11 +24,14 @@ from gradfit.config.data import DataConfig
 from gradfit.config.schema import GradfitConfig, data_seed
 from gradfit.core import precision
 from gradfit.data import blocks, standardize, synthetic, tabular
+from gradfit.data.arrow_tables import MemoryTable
 from gradfit.data.blocks import Locate
 from gradfit.data.encoding import Encoding, refuse_missing
 from gradfit.data.encoding import fit as encoding_fit
 from gradfit.data.encoding import numeric as numeric_encoding
-from gradfit.data.labels import Labels, class_weights, encode_labels, label_dtype, numeric_target, with_weights
+from gradfit.data.labels import Labels, encode_labels, label_dtype, numeric_target, with_weights
+from gradfit.data.supplied import Supplied
+from gradfit.data.weighting import Weighting, class_positions, refuse_weightless_class
 from gradfit.errors import ConfigError, DataError
 
 BUILTIN = {"breast_cancer": "breast_cancer.csv", "digits": "digits.csv", "diabetes": "diabetes.csv"}
@@ -230,7 +234,7 @@ class InMemoryDataset:
         return preprocessing_record(self)
 
 
-def load_dataset(config: GradfitConfig, shuffle: str = "full") -> InMemoryDataset:
+def load_dataset(config: GradfitConfig, shuffle: str = "full", supplied: Supplied | None = None) -> InMemoryDataset:
     """Load, check, encode, split and standardize the dataset a config names.
 
     ``shuffle`` is the run's resolved ``train.shuffle``: with "blocks" each split keeps its rows in file order
@@ -243,7 +247,7 @@ def load_dataset(config: GradfitConfig, shuffle: str = "full") -> InMemoryDatase
     """
     data = config.data
     regression = config.model.regression
-    source = read_source(data, data_seed(config), regression)
+    source = read_source(data, data_seed(config), regression, supplied)
     x, names, origin = source.x, source.names, source.origin
     checked = data.missing == "error" and data.source != "synthetic"  # the generator makes no missing cell
     if checked:  # before the split: a missing cell is the first thing to fix
@@ -252,10 +256,15 @@ def load_dataset(config: GradfitConfig, shuffle: str = "full") -> InMemoryDatase
         y, classes = numeric_target(source.labels, origin, source.target), list[Any]()
     else:
         y, classes = encode_labels(source.labels, origin)
+    given = supplied.val_rows if supplied is not None else 0  # X_val: the last rows, data.val_fraction is 0
     try:
-        train_idx, val_idx, test_idx = split_indices(len(y), data.val_fraction, data.test_fraction, data_seed(config))
+        train_idx, val_idx, test_idx = split_indices(
+            len(y) - given, data.val_fraction, data.test_fraction, data_seed(config)
+        )
     except DataError as exc:
         raise DataError(f"{origin}: {exc}") from None
+    if given:
+        val_idx = np.arange(len(y) - given, len(y))
     if shuffle == "blocks":
         train_idx, val_idx, test_idx = np.sort(train_idx), np.sort(val_idx), np.sort(test_idx)
     target_scale = None
@@ -274,6 +283,8 @@ def load_dataset(config: GradfitConfig, shuffle: str = "full") -> InMemoryDatase
         weights = weighting.rows(source.weights, ids)
         if not weights[train_idx].sum() > 0:
             raise DataError(f"{origin}: every training row weighs 0 (data.weight, model.class_weight); nothing to fit")
+        if ids is not None:
+            refuse_weightless_class(ids[train_idx], weights[train_idx], classes, origin)
         y = with_weights(y, weights)
     encoding = fit_encoding(data, standardize.taken_chunks(x, train_idx), names, source.dictionaries, origin)
     if not (encoding.identity and (checked or data.source == "synthetic")):  # else it would hand x back as it is
@@ -300,47 +311,6 @@ def load_dataset(config: GradfitConfig, shuffle: str = "full") -> InMemoryDatase
         target_scale=target_scale,
         weighting=weighting,
     )
-
-
-def class_positions(y: np.ndarray, classes: list) -> np.ndarray | None:
-    """Each row's index into ``classes`` from its encoded label (±1 or a class id); None for a numeric target."""
-    if not classes:
-        return None
-    return (y > 0).astype(np.int64) if len(classes) == 2 else np.asarray(y, np.int64)
-
-
-@dataclasses.dataclass(frozen=True)
-class Weighting:
-    """How rows are weighted in the objective: ``data.weight``'s column and ``model.class_weight`` per class."""
-
-    column: str | None  # the sample-weight column, or None
-    classes: tuple[float, ...] | None  # one weight per class, in the classes' order, or None
-
-    @classmethod
-    def of(
-        cls,
-        config: GradfitConfig,
-        sampled: bool,
-        classes: list,
-        counts: np.ndarray | None,
-        origin: str,
-    ) -> Weighting | None:
-        """The weighting ``config`` asks for (``sampled``: the source has a weight column; ``counts``: training rows
-        per class, None for a numeric target); None without any."""
-        per_class = None
-        if counts is not None:
-            per_class = class_weights(config.model.class_weight, classes, counts, origin)
-        if not sampled and per_class is None:
-            return None
-        return cls(config.data.weight if sampled else None, None if per_class is None else tuple(per_class.tolist()))
-
-    def rows(self, sample: np.ndarray | None, ids: np.ndarray | None) -> np.ndarray:
-        """Each row's weight: its sample weight times its class's weight, float64."""
-        per_class = None if self.classes is None or ids is None else np.asarray(self.classes)[ids]
-        if sample is None:
-            assert per_class is not None, "a weighting has a weight column or class weights"
-            return per_class
-        return np.asarray(sample, np.float64) * (1.0 if per_class is None else per_class)
 
 
 def target_statistics(moments: standardize.Moments, origin: str) -> tuple[float, float]:
@@ -444,17 +414,17 @@ class Source(NamedTuple):
     weights: np.ndarray | None = None  # data.weight's column (n,), float64
 
 
-def read_source(data: DataConfig, seed: int, regression: bool = False) -> Source:
+def read_source(data: DataConfig, seed: int, regression: bool = False, supplied: Supplied | None = None) -> Source:
     """Features (n, d), raw labels (n,), feature names and a display name for the configured source
-    (``regression``: synthetic rows get a numeric target)."""
+    (``regression``: synthetic rows get a numeric target; ``supplied``: the rows of ``data.source: memory``)."""
     if data.source == "synthetic":
         s = data.synthetic
         x, y = synthetic.make_synthetic(s.n_samples, s.n_features, s.n_classes, s.separation, s.noise, seed, regression)
         return Source(x, y, synthetic.feature_names(s.n_features), "synthetic", lambda row: f"synthetic: row {row}")
-    table = open_source(data)
+    table = open_source(data, supplied=supplied)
     with blocks.weight_cells(data.weight):
         x, labels, positions = table.read_all()
-    origin = str(table.path) if data.source == "file" else data.source
+    origin = str(table.path) if data.source in ("file", "memory") else data.source
     locate = lambda row: table.locate(int(positions[row]))  # noqa: E731
     names, weights = table.names, None
     if data.weight is not None:
@@ -462,15 +432,19 @@ def read_source(data: DataConfig, seed: int, regression: bool = False) -> Source
     return Source(x, labels, names, origin, locate, table.categories.dictionaries, table.target, weights)
 
 
-def open_source(data: DataConfig, need_labels: bool | None = True) -> blocks.Table:
-    """The table a file or built-in source names, its columns chosen as ``data`` says (header checked)."""
-    path = file_path(data) if data.source == "file" else builtin_path(data.source)
+def open_source(data: DataConfig, need_labels: bool | None = True, supplied: Supplied | None = None) -> blocks.Table:
+    """The table a file, built-in or memory source names, its columns chosen as ``data`` says (header checked)."""
+    path: Path | MemoryTable
+    if data.source == "memory":
+        path = memory_rows(supplied)
+    else:
+        path = file_path(data) if data.source == "file" else builtin_path(data.source)
     features = data.features
     if features is not None and data.weight is not None:
         features = [*features, data.weight]
     return tabular.open_table(
         path,
-        data.target if data.source == "file" else "target",
+        data.target if data.source in ("file", "memory") else "target",
         features,
         need_labels,
         drop=data.drop,
@@ -478,6 +452,17 @@ def open_source(data: DataConfig, need_labels: bool | None = True) -> blocks.Tab
         run_inputs=False,
         extra_ok=data.features is not None,
     )
+
+
+def memory_rows(supplied: Supplied | None) -> MemoryTable:
+    """The rows of ``data.source: memory``, which only Python hands over."""
+    if supplied is None:
+        raise ConfigError(
+            "data.source: memory: the rows were handed over in Python (gradfit.fit(config, X=..., y=...) or a "
+            "gradfit.sklearn estimator) and are not on disk; here, read them from a file (data.source: file, "
+            "data.path) or pass a data file where the command takes one (--data)"
+        )
+    return supplied.rows
 
 
 def file_path(data: DataConfig) -> Path:

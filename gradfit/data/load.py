@@ -12,6 +12,7 @@ from gradfit import files
 from gradfit.config.schema import GradfitConfig
 from gradfit.core import precision
 from gradfit.data import converted, dataset, streamed
+from gradfit.data.supplied import Supplied
 from gradfit.errors import ConfigError, DataError
 from gradfit.files import format_bytes
 from gradfit.runtime import resources
@@ -20,12 +21,15 @@ HOST_SHARE = 4  # auto streams when the training features would take over 1/4 of
 DEVICE_SHARE = 2  # ... or over 1/2 of the device's
 
 
-def load(config: GradfitConfig, device_bytes: int | None = None) -> dataset.Dataset:
-    """The run's data: in memory, or streamed from disk, as ``data.in_memory`` says (see ``decide``)."""
-    if decide(config, device_bytes):
+def load(config: GradfitConfig, device_bytes: int | None = None, supplied: Supplied | None = None) -> dataset.Dataset:
+    """The run's data: in memory, or streamed from disk, as ``data.in_memory`` says (see ``decide``);
+    ``supplied``: the rows of ``data.source: memory``, handed over in Python (always in memory)."""
+    if config.data.source == "memory":
+        dataset.memory_rows(supplied)  # refuses a command-line run of such a config, naming what to do
+    elif decide(config, device_bytes):
         return streamed.load_streamed(config)
     resources.check_synthetic(config, resources.host_available_bytes())  # before the generator allocates it
-    return dataset.load_dataset(config, dataset.shuffle_mode(config, False))
+    return dataset.load_dataset(config, dataset.shuffle_mode(config, False), supplied)
 
 
 def decide(config: GradfitConfig, device_bytes: int | None = None) -> bool:
@@ -75,6 +79,8 @@ def _extent(config: GradfitConfig) -> tuple[int, int, Path | None]:
     data = config.data
     if data.source == "synthetic":
         return data.synthetic.n_samples, data.synthetic.n_features, None
+    if data.source == "memory":  # already in host memory
+        return 0, 0, None
     if data.source != "file":
         return 0, 0, dataset.builtin_path(data.source)  # the built-in tables are small
     path = dataset.file_path(data)

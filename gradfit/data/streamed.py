@@ -29,8 +29,6 @@ import numpy as np
 from gradfit.config.schema import GradfitConfig, data_seed
 from gradfit.data import blocks, standardize, synthetic
 from gradfit.data.dataset import (
-    Weighting,
-    class_positions,
     fit_encoding,
     only_numeric,
     open_source,
@@ -41,6 +39,7 @@ from gradfit.data.dataset import (
 )
 from gradfit.data.encoding import Encoding
 from gradfit.data.labels import Labels, encode_labels, label_dtype, numeric_target, with_weights
+from gradfit.data.weighting import Weighting, class_positions
 from gradfit.errors import DataError
 
 # ---------------------------------------------------------------------------------------------------- sources

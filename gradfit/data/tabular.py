@@ -1,5 +1,6 @@
 """One front door for tabular data, read in row blocks: a CSV, Parquet or Arrow IPC / Feather file
-(``gradfit.data.arrow_tables``), an .npz, or a folder made by ``gradfit data convert``.
+(``gradfit.data.arrow_tables``), an .npz, a folder made by ``gradfit data convert``, or rows handed over in memory
+(``gradfit.data.supplied``).
 
 Training, evaluation, prediction, inference, ``gradfit data convert`` and ``gradfit data describe`` all read
 through ``open_table``: one set of checks, one wording of every error, each naming the file, the line (CSV) or
@@ -18,7 +19,7 @@ import numpy as np
 
 from gradfit import files
 from gradfit.data import converted
-from gradfit.data.arrow_tables import Request, kind_of, open_arrow_table
+from gradfit.data.arrow_tables import MemoryTable, Request, kind_of, open_arrow_table, open_memory_table
 from gradfit.data.blocks import Block, Locate, Table, check_features, choose_columns
 from gradfit.data.columns import CategoryCodes
 from gradfit.data.labels import check_label_dtype, class_values
@@ -27,7 +28,7 @@ from gradfit.errors import DataError
 
 
 def open_table(
-    path: Path,
+    path: Path | MemoryTable,
     target: str | None = "target",
     features: Sequence[str] | None = None,
     need_labels: bool | None = True,
@@ -41,6 +42,7 @@ def open_table(
     """Open a table and check its header; nothing else is read yet.
 
     Args:
+        path: a file or converted folder, or rows handed over in memory (``MemoryTable``).
         target: the label column (an .npz holds labels as ``y``; a converted folder knows its own).
         features: the input columns wanted, in this order (``data.features``, or a run's); None: every column
             but the target and ``drop``, in file order.
@@ -52,7 +54,6 @@ def open_table(
         run_inputs: ``features`` are a trained run's input columns (default: whenever ``features`` is given).
         extra_ok: columns beyond ``features`` and ``drop`` are ignored rather than refused.
     """
-    path = Path(path)
     request = Request(
         target,
         features,
@@ -63,6 +64,9 @@ def open_table(
         features is not None if run_inputs is None else run_inputs,
         extra_ok,
     )
+    if isinstance(path, MemoryTable):
+        return open_memory_table(path, request)
+    path = Path(path)
     if path.is_dir():
         return _open_converted(path, request)
     if path.suffix.lower() == ".npz":

@@ -3,7 +3,7 @@
 Members that compile alike (``sweeps.program_key``) form a group, which compiles its programs once
 (``gradfit.sweeps.group``) and shares its data. Members train in blocks of
 ``parallel`` side by side (the last block padded, so one program serves every block). Each member has its own
-``loop.Session``: it logs, evaluates, stops early, checkpoints and writes its run directory as ``gradfit train``
+``session.Session``: it logs, evaluates, stops early, checkpoints and writes its run directory as ``gradfit train``
 would, from its slice of the block's metrics and state. A member that stops (converged, early stopping,
 diverged) is written when it stops and keeps its slot until the block ends; vmap keeps every member's
 arithmetic apart, so one member's NaNs never reach another.
@@ -37,10 +37,10 @@ from gradfit.runtime import resources
 from gradfit.sweeps import plan as sweeps
 from gradfit.sweeps.group import Group
 from gradfit.training.failures import one_line
-from gradfit.training.loop import Session
 from gradfit.training.payload import SavedRun
 from gradfit.training.prepare import Prepared, prepare
 from gradfit.training.resume import continue_from, record_resume
+from gradfit.training.session import Session
 from gradfit.training.stopping import Status, StopRequests
 
 MAX_PARALLEL = 1024  # members per block

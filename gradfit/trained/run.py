@@ -330,26 +330,46 @@ def load_run(run_dir: str | Path) -> TrainedRun:
     if not folder.has_params():
         status = f" (status {summary.status}: {summary.stop_reason})" if summary is not None else ""
         raise RunDirError(f"{run_dir}: has no params.npz{status}; only runs that saved parameters can be used")
+    _, template = _model(config, preprocessing)
+    shapes = {name: leaf.shape for name, leaf in named_leaves(template).items()}
+    try:
+        arrays = folder.load_params(expected=shapes)
+    except RunDirError as exc:  # the shapes come from preprocessing.json: either file may be the wrong one
+        classes, features = len(preprocessing["classes"]), len(preprocessing["feature_names"])
+        raise RunDirError(
+            f"{exc} (the model of {classes} classes and {features} features that preprocessing.json "
+            "describes); was either file edited by hand?"
+        ) from None
+    return assemble(run_dir, config, preprocessing, arrays, summary, str(folder.params_file))
+
+
+def assemble(
+    name: Path,
+    config: GradfitConfig,
+    preprocessing: dict,
+    arrays: Mapping[str, np.ndarray],
+    summary: rundir.Summary | None,
+    origin: str = "params",
+) -> TrainedRun:
+    """A trained run from what its run directory holds, already read: its parameters by name (``named_leaves``)
+    and the rest. ``name``: how messages name the run (its run directory)."""
+    model, template = _model(config, preprocessing)
+    with precision.of(config).scope():
+        try:
+            params = params_from_named(template, dict(arrays), origin=origin)
+        except ValueError as exc:
+            raise RunDirError(str(exc)) from None
+    return TrainedRun(name, config, preprocessing, params, model, summary)
+
+
+def _model(config: GradfitConfig, preprocessing: dict) -> tuple[Model, Any]:
+    """The run's model and the shapes of its parameters (a pytree of ShapeDtypeStructs)."""
     chosen = precision.of(config)
     model = build_model(
         config.model, len(preprocessing["feature_names"]), len(preprocessing["classes"]), chosen.compute_dtype
     )
     with chosen.scope():
-        template = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), chosen.param_dtype))
-        shapes = {name: leaf.shape for name, leaf in named_leaves(template).items()}
-        try:
-            arrays = folder.load_params(expected=shapes)
-        except RunDirError as exc:  # the shapes come from preprocessing.json: either file may be the wrong one
-            classes, features = len(preprocessing["classes"]), len(preprocessing["feature_names"])
-            raise RunDirError(
-                f"{exc} (the model of {classes} classes and {features} features that preprocessing.json "
-                "describes); was either file edited by hand?"
-            ) from None
-        try:
-            params = params_from_named(template, arrays, origin=str(folder.params_file))
-        except ValueError as exc:
-            raise RunDirError(str(exc)) from None
-    return TrainedRun(run_dir, config, preprocessing, params, model, summary)
+        return model, jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), chosen.param_dtype))
 
 
 def reload_dataset(run: TrainedRun) -> Dataset:

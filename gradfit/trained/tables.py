@@ -9,8 +9,8 @@ from typing import NamedTuple, TextIO
 import numpy as np
 
 from gradfit.data import blocks
-from gradfit.data.dataset import class_positions
 from gradfit.data.text import LineNumbers
+from gradfit.data.weighting import class_positions
 from gradfit.errors import DataError, GradfitError
 from gradfit.trained.run import TrainedRun, reload_dataset
 

@@ -5,7 +5,8 @@
 - ``evaluate``: the full-split evaluations, in memory and streamed.
 - ``prepare``: everything before the first step (data, devices, memory checks, the initial state, compiling):
   the ``Prepared`` pieces that a single run and a sweep both build on.
-- ``loop``: the host-side ``Session``: chunks, log points, evaluations, checkpoints, stopping.
+- ``loop``: training from a config (``fit``, ``train``) and its progress hooks (``Callbacks``).
+- ``session``: the host-side ``Session``: chunks, log points, evaluations, checkpoints, stopping.
 - ``records``: the lines of metrics.jsonl; ``stopping``: the stopping rules and early stopping; ``payload``: what
   a checkpoint holds, written and read; ``summary``: summary.json; ``failures``: what a run that did not
   complete tells its user.

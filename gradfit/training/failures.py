@@ -70,6 +70,7 @@ def raise_unless_completed(
     resume_command: str,
     lbfgs: bool,
     last_finite: str | None,
+    written: bool = True,
 ) -> None:
     """Raise ``Interrupted`` or ``TrainingFailed`` for a summary that says so, with what to do next.
 
@@ -79,8 +80,11 @@ def raise_unless_completed(
         resume_command: the command that resumes the run.
         lbfgs: the optimizer was L-BFGS (the advice for a divergence differs).
         last_finite: the last finite objective logged, as ``objective_text`` says it.
+        written: False when no process writes a run directory (nothing to resume from).
     """
     if summary.status == "interrupted":
+        if not written:
+            raise Interrupted(f"{summary.stop_reason}; nothing was saved (no run directory)", summary)
         if run_dir is None:
             raise Interrupted(
                 f"{summary.stop_reason}; process 0 wrote the checkpoint and prints the command that resumes the run",
@@ -95,7 +99,9 @@ def raise_unless_completed(
             if lbfgs
             else "lower optimizer.learning_rate or set optimizer.clip_norm"
         )
-        if run_dir is None:
+        if not written:
+            where = "Nothing was saved (no run directory)"
+        elif run_dir is None:
             where = "Process 0 reports where to resume from"
         elif checkpoint is not None:
             where = _continue_hint(run_dir, checkpoint, resume_command, lbfgs)

@@ -27,6 +27,7 @@ from gradfit.data import load
 from gradfit.data.dataset import Dataset, InMemoryDataset, shuffle_mode, split_arrays
 from gradfit.data.feed import Feeder
 from gradfit.data.streamed import StreamedDataset
+from gradfit.data.supplied import Supplied
 from gradfit.errors import ConfigError
 from gradfit.runs import loggers
 from gradfit.runtime import compile_cache, mesh, resources
@@ -97,8 +98,9 @@ def settings_of(config: GradfitConfig, target_std: float = 1.0) -> Settings:
     return Settings(config.optimizer, config.model.l2, tol, precision.of(config).param_dtype, config.model.l1)
 
 
-def prepare(config: GradfitConfig) -> Prepared:
-    """Load and check the data, pick the device, size the plan and build the initial state.
+def prepare(config: GradfitConfig, supplied: Supplied | None = None) -> Prepared:
+    """Load and check the data (``supplied``: the rows of ``data.source: memory``), pick the device, size the plan
+    and build the initial state.
 
     Arrays are made under the run's precision (x64 for float64 configs); trace and run the programs under the
     same setting (``Prepared.precision.scope()``).
@@ -107,7 +109,7 @@ def prepare(config: GradfitConfig) -> Prepared:
         GradfitError: bad data, settings or device, or a run that cannot fit in memory.
     """
     with precision.of(config).scope():
-        return _prepare(config)
+        return _prepare(config, supplied)
 
 
 def target_std(dataset: Dataset) -> float:
@@ -115,11 +117,11 @@ def target_std(dataset: Dataset) -> float:
     return 1.0 if dataset.target_scale is None else dataset.target_scale[1]
 
 
-def _prepare(config: GradfitConfig) -> Prepared:
+def _prepare(config: GradfitConfig, supplied: Supplied | None) -> Prepared:
     loggers.check_available(config.train.loggers)  # a missing tensorboardX is found before any data is read
     chosen = precision.of(config)
     topology = mesh.select(config.runtime.device, config.runtime.devices)
-    dataset = _load(config, topology)
+    dataset = _load(config, topology, supplied)
     settings = settings_of(config, target_std(dataset))
     streamed = isinstance(dataset, StreamedDataset)
     plan = _plan(config, dataset, topology)
@@ -185,9 +187,9 @@ def _prepare(config: GradfitConfig) -> Prepared:
     )
 
 
-def _load(config: GradfitConfig, topology: mesh.Topology) -> Dataset:
+def _load(config: GradfitConfig, topology: mesh.Topology, supplied: Supplied | None) -> Dataset:
     """The run's data, in memory or streamed, the same in every process of a distributed run."""
-    dataset = load.load(config, resources.device_available_bytes(topology.devices[0]))
+    dataset = load.load(config, resources.device_available_bytes(topology.devices[0]), supplied)
     if isinstance(dataset, StreamedDataset) and topology.process_count > 1:
         raise ConfigError(
             "data.in_memory: streamed data are read by one process; use data.in_memory: true for a "

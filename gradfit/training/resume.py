@@ -17,9 +17,9 @@ from gradfit.core import precision
 from gradfit.errors import ConfigError, RunDirError
 from gradfit.runs import rundir
 from gradfit.runtime import mesh
-from gradfit.training.loop import Session, stage
 from gradfit.training.payload import SavedRun
 from gradfit.training.prepare import Prepared, Programs, compile_programs, prepare
+from gradfit.training.session import Session, stage
 
 _EXTEND_HINT = (
     "To train it further, resume with --force and a larger train.steps or train.epochs (and a larger "

@@ -32,7 +32,7 @@ from typer.testing import CliRunner
 from gradfit.cli.app import app
 from gradfit.errors import Interrupted
 from gradfit.runs import checkpoints, rundir
-from gradfit.training import loop
+from gradfit.training import session
 from gradfit.training.loop import fit
 
 runner = CliRunner()
@@ -326,7 +326,7 @@ def trained_runs(tmp_path_factory) -> dict[str, Path]:
     config = make_config(*TINY_RUN)
     out_dir = tmp_path_factory.mktemp("interrupted")
     with pytest.MonkeyPatch.context() as patch, pytest.raises(Interrupted):
-        patch.setattr(loop, "CHUNK_SECONDS", 0.0)  # one log window per chunk: stop exactly at step 8
+        patch.setattr(session, "CHUNK_SECONDS", 0.0)  # one log window per chunk: stop exactly at step 8
         fit(config, out_dir, InterruptAt(8))
     (interrupted,) = out_dir.iterdir()
     finished = Path(fit(config, tmp_path_factory.mktemp("finished")).run_dir)

@@ -28,7 +28,7 @@ from gradfit.errors import ConfigError, DataError, Interrupted, RunDirError, Tra
 from gradfit.runs import catalog, checkpoints
 from gradfit.runs.metrics import RECORD_KEYS
 from gradfit.runs.rundir import RunDir, Summary
-from gradfit.training import loop
+from gradfit.training import session
 
 LOGISTIC = {
     "name": "lr",
@@ -75,7 +75,7 @@ def made(tmp_path_factory) -> dict[str, Path]:
         gradfit.fit(resolve_config(None, list(DIVERGING)).config, out_dir=folder)
     runs["failed"] = Path(failed.value.summary.run_dir)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(loop, "CHUNK_SECONDS", 0.0)  # one log window a chunk: Ctrl-C stops at that log point
+        patch.setattr(session, "CHUNK_SECONDS", 0.0)  # one log window a chunk: Ctrl-C stops at that log point
         for name in ("interrupted", "resumed"):
             with pytest.raises(Interrupted) as stopped:
                 gradfit.fit(LOGISTIC, {"name": name, "optimizer.learning_rate": 0.02}, folder, callbacks=InterruptAt(9))

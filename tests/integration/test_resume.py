@@ -247,7 +247,7 @@ def test_a_state_that_computes_differently_is_detected_by_the_probe(tmp_path, mo
     # what another device or library version would do: the same data and parameters give other bits
     config = make_config("train.steps=20", "train.log_every=2")
     run_dir, _ = interrupt(config, tmp_path, 6)
-    from gradfit.training.loop import Session
+    from gradfit.training.session import Session
 
     original = Session.probe
     monkeypatch.setattr(Session, "probe", lambda self, params: original(self, params) * (1 + 1e-15) + 1e-300)

@@ -184,12 +184,12 @@ def test_minibatches_follow_a_fresh_permutation_per_epoch():
     ids=["minibatch", "full-batch-tol"],
 )
 def test_grouping_log_windows_into_chunks_changes_no_number(overrides, out_dir, monkeypatch):
-    from gradfit.training import loop
+    from gradfit.training import session
 
     config = make_config(*overrides)
-    monkeypatch.setattr(loop, "CHUNK_SECONDS", 0.0)  # one log window per dispatch
+    monkeypatch.setattr(session, "CHUNK_SECONDS", 0.0)  # one log window per dispatch
     single = fit(config, out_dir=out_dir)
-    monkeypatch.setattr(loop, "CHUNK_SECONDS", 1e9)  # as many windows per dispatch as allowed
+    monkeypatch.setattr(session, "CHUNK_SECONDS", 1e9)  # as many windows per dispatch as allowed
     grouped = fit(config, out_dir=out_dir)
     strip = lambda records: [{k: v for k, v in r.items() if k != "elapsed_s"} for r in records]  # noqa: E731
     assert strip(read_metrics(single.run_dir)) == strip(read_metrics(grouped.run_dir))
