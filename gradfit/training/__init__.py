@@ -6,6 +6,7 @@
 - ``prepare``: everything before the first step (data, devices, memory checks, the initial state, compiling):
   the ``Prepared`` pieces that a single run and a sweep both build on.
 - ``loop``: training from a config (``fit``, ``train``) and its progress hooks (``Callbacks``).
+- ``reuse``: compiled programs kept in a process for the next run of the same key (the scikit-learn estimators).
 - ``session``: the host-side ``Session``: chunks, log points, evaluations, checkpoints, stopping.
 - ``records``: the lines of metrics.jsonl; ``stopping``: the stopping rules and early stopping; ``payload``: what
   a checkpoint holds, written and read; ``summary``: summary.json; ``failures``: what a run that did not

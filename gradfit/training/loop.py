@@ -53,13 +53,15 @@ def train(
     out_dir: Path | None,
     callbacks: Callbacks | None = None,
     supplied: Supplied | None = None,
+    reuse_programs: bool = False,
 ) -> Trained:
     """``fit``, returning the trained parameters too; ``out_dir`` None writes nothing (no run directory, no
-    checkpoint: what the scikit-learn estimators do unless given ``out_dir``)."""
+    checkpoint: what the scikit-learn estimators do unless given ``out_dir``). ``reuse_programs``: take the
+    compiled programs of an earlier run of this process with the same key (``gradfit.training.reuse``)."""
     with precision.of(config).scope():
         started = time.perf_counter()
         callbacks = stage(callbacks, "loading data")
-        run = prepare(config, supplied)  # everything that can reject the input happens before the run directory exists
+        run = prepare(config, supplied, reuse_programs)  # all that can reject the input comes before the run directory
         callbacks = stage(callbacks, "compiling")
         programs = compile_programs(run)
         if not run.topology.writes or out_dir is None:  # another process of a distributed run computes, 0 writes

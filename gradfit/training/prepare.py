@@ -31,6 +31,7 @@ from gradfit.data.supplied import Supplied
 from gradfit.errors import ConfigError
 from gradfit.runs import loggers
 from gradfit.runtime import compile_cache, mesh, resources
+from gradfit.training import reuse
 from gradfit.training.evaluate import block_rows, eval_parts, make_evaluate, make_streamed_evaluate
 from gradfit.training.plan import Plan
 from gradfit.training.programs import Functions, Settings, TrainState, training_functions
@@ -55,6 +56,7 @@ class Prepared:
     feed: Feeder | None = None  # streamed data: the groups of minibatches the chunks read
     eval_rows: int = 0  # rows of one evaluation block
     memory: resources.MemoryEstimate | None = None  # the device memory the run was estimated to need
+    reuse_key: str | None = None  # programs kept in this process under this key are this run's (``reuse``)
 
     @property
     def device(self) -> Any:
@@ -98,9 +100,10 @@ def settings_of(config: GradfitConfig, target_std: float = 1.0) -> Settings:
     return Settings(config.optimizer, config.model.l2, tol, precision.of(config).param_dtype, config.model.l1)
 
 
-def prepare(config: GradfitConfig, supplied: Supplied | None = None) -> Prepared:
+def prepare(config: GradfitConfig, supplied: Supplied | None = None, reuse_programs: bool = False) -> Prepared:
     """Load and check the data (``supplied``: the rows of ``data.source: memory``), pick the device, size the plan
-    and build the initial state.
+    and build the initial state. ``reuse_programs``: take (and keep) compiled programs kept in this process for runs
+    of the same key (``gradfit.training.reuse``).
 
     Arrays are made under the run's precision (x64 for float64 configs); trace and run the programs under the
     same setting (``Prepared.precision.scope()``).
@@ -109,7 +112,7 @@ def prepare(config: GradfitConfig, supplied: Supplied | None = None) -> Prepared
         GradfitError: bad data, settings or device, or a run that cannot fit in memory.
     """
     with precision.of(config).scope():
-        return _prepare(config, supplied)
+        return _prepare(config, supplied, reuse_programs)
 
 
 def target_std(dataset: Dataset) -> float:
@@ -117,7 +120,7 @@ def target_std(dataset: Dataset) -> float:
     return 1.0 if dataset.target_scale is None else dataset.target_scale[1]
 
 
-def _prepare(config: GradfitConfig, supplied: Supplied | None) -> Prepared:
+def _prepare(config: GradfitConfig, supplied: Supplied | None, reuse_programs: bool) -> Prepared:
     loggers.check_available(config.train.loggers)  # a missing tensorboardX is found before any data is read
     chosen = precision.of(config)
     topology = mesh.select(config.runtime.device, config.runtime.devices)
@@ -165,7 +168,10 @@ def _prepare(config: GradfitConfig, supplied: Supplied | None) -> Prepared:
         )
     memory = _check_memory(config, dataset, plan, eval_rows, feed, chosen, topology)
     data = topology.put(_device_arrays(dataset, chosen)) if isinstance(dataset, InMemoryDataset) else {}
-    state, data["shuffle_key"] = _initial_state(functions, config.seed, topology, data)
+    run_key = None
+    if reuse_programs and feed is None:
+        run_key = reuse.key(config, data, target_std(dataset), topology.describe())
+    state, data["shuffle_key"] = _initial_state(functions, config.seed, topology, data, run_key)
     if feed is not None:
         feed.start(data["shuffle_key"])
     return Prepared(
@@ -184,6 +190,7 @@ def _prepare(config: GradfitConfig, supplied: Supplied | None) -> Prepared:
         feed,
         eval_rows,
         memory,
+        run_key,
     )
 
 
@@ -233,7 +240,9 @@ def _check_memory(
     return needed
 
 
-def _initial_state(functions: Functions, seed: int, topology: mesh.Topology, data: dict) -> tuple[TrainState, Any]:
+def _initial_state(
+    functions: Functions, seed: int, topology: mesh.Topology, data: dict, run_key: str | None = None
+) -> tuple[TrainState, Any]:
     """The initial state and the shuffle key, made on the devices from ``seed``.
 
     One compiled program rather than a dozen eager ops, each compiled on its own; it runs once, so it is compiled
@@ -242,12 +251,15 @@ def _initial_state(functions: Functions, seed: int, topology: mesh.Topology, dat
     device like the chunk's outputs, so feeding those back never recompiles.
     """
     placed_seed = topology.put(np.uint32(seed))
-    init = (
-        jax.jit(functions.initial_state, out_shardings=topology.replicated)
-        .lower(placed_seed, data)
-        # XLA takes integer options; jax's CompilerOptions type admits only str and bool
-        .compile(compiler_options={"xla_backend_optimization_level": 0})  # type: ignore[dict-item]
-    )
+    init = reuse.get(run_key, "init")
+    if init is None:
+        init = (
+            jax.jit(functions.initial_state, out_shardings=topology.replicated)
+            .lower(placed_seed, data)
+            # XLA takes integer options; jax's CompilerOptions type admits only str and bool
+            .compile(compiler_options={"xla_backend_optimization_level": 0})  # type: ignore[dict-item]
+        )
+        reuse.put(run_key, "init", init)
     return init(placed_seed, data)
 
 
@@ -268,11 +280,16 @@ class Programs:
     evaluate: Callable  # (params, data, parts) -> metrics
     trace_time_s: float  # tracing and lowering to StableHLO (Python; no cache can skip it)
     compile_time_s: float  # XLA compilation, or loading from the persistent cache
-    cache: str  # "hit", "miss", "partial" (some programs) or "off": JAX's persistent compilation cache
+    cache: str  # "hit", "miss", "partial" (some programs) or "off": JAX's persistent compilation cache; "reused":
+    # kept in this process (``gradfit.training.reuse``), not compiled again
 
 
 def compile_programs(run: Prepared) -> Programs:
-    """Trace, lower and compile the chunk and the evaluation (call under ``run.precision.scope()``)."""
+    """Trace, lower and compile the chunk and the evaluation (call under ``run.precision.scope()``), or take those
+    kept for ``run.reuse_key`` (cache "reused")."""
+    kept = reuse.get(run.reuse_key, "chunk"), reuse.get(run.reuse_key, "evaluate")
+    if kept[0] is not None and kept[1] is not None:
+        return Programs(kept[0], kept[1], 0.0, 0.0, "reused")
     tick = time.perf_counter()
     # pinned to the mesh, replicated: outputs fed back as inputs never recompile, and host scalars (the step
     # count, the evaluation flags) are placed the same way on every process
@@ -285,4 +302,6 @@ def compile_programs(run: Prepared) -> Programs:
     traced = time.perf_counter()
     compiled, cache = compile_cache.compile_all(lowered, [None] * len(lowered))
     evaluate = compiled[1] if run.feed is None else run.evaluate
+    reuse.put(run.reuse_key, "chunk", compiled[0])
+    reuse.put(run.reuse_key, "evaluate", evaluate)
     return Programs(compiled[0], evaluate, traced - tick, time.perf_counter() - traced, cache)

@@ -16,7 +16,7 @@ import sys
 import pytest
 from conftest import ROOT
 
-SCRIPTS = ("speed", "streaming", "sweep", "gradcheck_power", "tables")
+SCRIPTS = ("speed", "streaming", "sweep", "gradcheck_power", "tables", "estimator")
 TIMEOUT_S = 900  # far above a --smoke run: only a hung script gets near it
 # a number as printed ("1,322", "0.070", "1.4e-16", "nan"); the "-" of a range ("177-184") is not a sign
 NUMBER = re.compile(r"(?<![\w.])-?(?:\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?|(?:nan|inf)(?!\w))")
@@ -184,3 +184,13 @@ def test_tables(smoke_runs):
         "train on CSV within 1.5x of train on .npz",
         "CSV and Parquet give bit-identical parameters",
     }
+
+
+def test_estimator(smoke_runs):
+    report = json.loads(output_of(smoke_runs, "estimator"))
+    assert report["rounds"] == 2
+    for name in ("train", "estimator", "estimator_refit", "sklearn"):
+        assert_positive(*report["seconds"][name].values())
+    ratio = report["estimator_over_train"]
+    assert_positive(ratio["median"], ratio["min"], ratio["max"])
+    assert ratio["target"] == 1.5  # a target stated, not asserted: timings are the benchmark's to report

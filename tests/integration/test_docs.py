@@ -173,3 +173,41 @@ def test_marked_shell_example_runs(page, command):
     assert shlex.split(command)[0] == "gradfit", f"{page}: only gradfit commands are marked to run: {command}"
     result = subprocess.run(command, shell=True, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, f"{page}: `{command}` exited with {result.returncode}:\n{result.stderr[-2000:]}"
+
+
+PYTHON_MARKER = "<!-- test: run python -->"
+
+
+def marked_python() -> list[tuple[str, str]]:
+    """(page and line, code) of every Python block right after the Python run marker."""
+    found = []
+    for page in [ROOT / "README.md", *PAGES]:
+        lines = page.read_text(encoding="utf-8").splitlines()
+        for index, line in enumerate(lines):
+            if line.strip() != PYTHON_MARKER:
+                continue
+            assert lines[index + 1].strip() == "```python", f"{page}: the marker must stand right above a python fence"
+            end = next(i for i in range(index + 2, len(lines)) if lines[i].startswith("```"))
+            found.append((f"{page.relative_to(ROOT)}:{index + 2}", "\n".join(lines[index + 2 : end])))
+    return found
+
+
+PYTHON_EXAMPLES = marked_python()
+
+
+def test_the_python_guides_have_examples_that_run():
+    pages = {where.split(":")[0] for where, _ in PYTHON_EXAMPLES}
+    assert {"docs/guides/sklearn.md", "docs/guides/export.md", "docs/guides/mlflow.md"} <= pages
+
+
+@pytest.mark.parametrize(("where", "code"), PYTHON_EXAMPLES, ids=[where for where, _ in PYTHON_EXAMPLES])
+def test_marked_python_example_runs(where, code, tmp_path):
+    """Each marked block runs as printed, in a fresh process, from a folder holding the repository's configs and
+    data (what it writes stays there)."""
+    for shipped in ("configs", "data"):
+        (tmp_path / shipped).symlink_to(ROOT / shipped)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": (tmp_path / "mlruns").as_uri()}
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, f"{where}: the example failed:\n{result.stderr[-3000:]}"
