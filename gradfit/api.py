@@ -30,10 +30,10 @@ import yaml
 from gradfit.config.load import GradfitConfig, replaced, resolve_config
 from gradfit.data.supplied import Supplied, supplied
 from gradfit.errors import ConfigError, RunDirError
-from gradfit.files import write_atomic
-from gradfit.runs.rundir import RunDir, Summary
+from gradfit.files import check_output, write_atomic
+from gradfit.runs.rundir import RunDir, Summary, own_files, protected_files
 from gradfit.trained import run as trained
-from gradfit.trained.export import FORMATS, exported
+from gradfit.trained.export import export_stablehlo
 from gradfit.trained.inference import run_inference
 from gradfit.trained.run import TrainedRun
 from gradfit.trained.wald import Inference
@@ -256,23 +256,30 @@ class Run(TrainedRun):
         (``pip install 'gradfit[onnx]'``; run it with onnxruntime). Returns ``out``.
 
         Raises:
-            RunDirError: ``out`` or its sidecar exists (pass ``force=True`` to replace them).
+            GradfitError: ``out`` or its sidecar exists (pass ``force=True`` to replace them), is not a regular
+                file, or is a file gradfit keeps in a run directory.
             ConfigError: an unknown format.
         """
         target = _path(out, "out", "the file to write")
         if not isinstance(format, str) or format not in FORMATS:
             raise ConfigError(f"format: expected one of {', '.join(FORMATS)}, got {format!r:.40}")
         sidecar_path = Path(f"{target}.json")
-        taken = [str(p) for p in (target, sidecar_path) if p.exists()]
-        if taken and not force:
-            raise RunDirError(f"{', '.join(taken)}: already exists; pass force=True to replace it")
-        blob, sidecar = exported(self, format)
+        kept = [*own_files(self.run_dir), *protected_files(target.parent)]  # never a run's own file
+        for path, name in ((target, "out"), (sidecar_path, "out (its sidecar)")):
+            check_output(path, name, bool(force), kept, stdout=False)
+        if format == "onnx":
+            from gradfit.trained.onnx_export import export_onnx  # jax2onnx: an optional dependency
+
+            blob, sidecar = export_onnx(self)
+        else:
+            blob, sidecar = export_stablehlo(self)
         write_atomic(target, blob)
         write_atomic(sidecar_path, sidecar)
         return target
 
 
 SCALES = ("original", "standardized")
+FORMATS = ("stablehlo", "onnx")  # Run.export, gradfit export --format
 
 
 def load_run(run_dir: str | Path) -> Run:

@@ -71,13 +71,14 @@ class MetricLoggers:
     Files are made on the first ``append``: a run that never logs leaves none.
     """
 
-    def __init__(self, run_dir: Path, names: Sequence[str], columns: Sequence[str]):
+    def __init__(self, run_dir: Path, names: Sequence[str], columns: Sequence[str], sweep: str | None = None):
+        """``sweep``: the sweep's folder name when the run is a sweep member (its MLflow experiment)."""
         check_available(names)
         self.run_dir = Path(run_dir)
         self.columns = tuple(columns)
         self.csv = "csv" in names
         self.tensorboard = "tensorboard" in names
-        self.mlflow = MlflowLog(self.run_dir) if "mlflow" in names else None
+        self.mlflow = MlflowLog(self.run_dir, sweep) if "mlflow" in names else None
         self._events: Path | None = None  # this session's event file
 
     @property
@@ -166,8 +167,9 @@ class MlflowLog:
     session: training goes on, and metrics.jsonl keeps every record.
     """
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, sweep: str | None = None):
         self.run_dir = run_dir
+        self.sweep = sweep
         self.experiment = "gradfit"
         self.params: dict[str, str] = {}  # the flattened config
         self.uri = _tracking_uri()
@@ -284,7 +286,7 @@ class MlflowLog:
 
     def _new_run(self) -> None:
         tags = {"gradfit.run_dir": str(self.run_dir.resolve())}
-        sweep = _sweep_of(self.run_dir)
+        sweep = self.sweep
         if sweep is not None:  # a sweep's members side by side in one experiment (theirs have names of their own)
             tags["gradfit.sweep"] = sweep
         experiment_id = self._experiment_id(sweep or self.experiment)
@@ -349,14 +351,6 @@ def _scrubbed(text: str, uri: str) -> str:
     """``text`` without the user name and password of ``uri`` (MLflow's errors quote the URL they requested)."""
     netloc = urllib.parse.urlsplit(uri).netloc
     return text.replace(netloc.rsplit("@", 1)[0] + "@", "") if "@" in netloc else text
-
-
-def _sweep_of(run_dir: Path) -> str | None:
-    """The sweep folder's name when ``run_dir`` is a sweep member's, else None."""
-    from gradfit.runs.rundir import MEMBERS_DIR, SWEEP_PLAN  # rundir imports this module
-
-    folder = run_dir.resolve().parent
-    return folder.parent.name if folder.name == MEMBERS_DIR and (folder.parent / SWEEP_PLAN).is_file() else None
 
 
 def _cell(value: Any) -> str:

@@ -106,6 +106,13 @@ def fresh(parent: str | Path, name: str):
 MEMBERS_DIR = "members"  # a sweep's folder keeps its members' run directories in here
 SWEEP_PLAN, SWEEP_STATE = "sweep.yaml", "sweep.json"  # and its plan and state (gradfit.sweeps.run writes them)
 
+
+def sweep_of(run_dir: Path) -> str | None:
+    """The sweep folder's name when ``run_dir`` is a sweep member's, else None."""
+    folder = Path(run_dir).resolve().parent
+    return folder.parent.name if folder.name == MEMBERS_DIR and (folder.parent / SWEEP_PLAN).is_file() else None
+
+
 RUN_FILES = (
     "config.yaml",
     "preprocessing.json",
@@ -387,7 +394,7 @@ class RunDir:
         """The derived metric logs ``train.loggers`` asks for (metrics.csv, TensorBoard event files), written from
         the records metrics.jsonl gets (``regression``: a numeric target's); a ConfigError when one cannot run
         here."""
-        return MetricLoggers(self.path, names, record_keys(regression))
+        return MetricLoggers(self.path, names, record_keys(regression), sweep_of(self.path))
 
     def metrics(self) -> list[dict]:
         """The records of metrics.jsonl (a torn last line, from a crash mid-write, is left out), all in memory:

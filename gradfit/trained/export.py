@@ -123,17 +123,3 @@ def export_stablehlo(run: TrainedRun) -> tuple[bytes, str]:
         spec = jax.ShapeDtypeStruct((batch, len(run.encoding.columns)), run.precision.param_dtype)
         exported = jax.export.export(jax.jit(prediction_function(run)))(spec)
         return bytes(exported.serialize()), json.dumps(sidecar(run), indent=2) + "\n"
-
-
-FORMATS = ("stablehlo", "onnx")
-
-
-def exported(run: TrainedRun, export_format: str) -> tuple[bytes, str]:
-    """(the artifact, its sidecar as JSON text) in one of ``FORMATS``: what ``gradfit export`` writes."""
-    if export_format == "onnx":
-        from gradfit.trained.onnx_export import export_onnx  # jax2onnx: an optional dependency
-
-        return export_onnx(run)
-    if export_format != "stablehlo":
-        raise ValueError(f"format: expected one of {', '.join(FORMATS)}, got {export_format!r:.40}")
-    return export_stablehlo(run)

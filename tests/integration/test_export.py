@@ -298,3 +298,27 @@ def test_onnx_runs_with_onnxruntime_alone_and_refusals_write_nothing(kind_run, o
     assert "long traceback" not in refused.output
     assert not fresh.exists() and not Path(f"{fresh}.json").exists()
     assert list(tmp_path.iterdir()) == [out.with_name("m.onnx.json")]  # no temporary file left either
+
+
+def test_run_export_from_python_writes_what_the_command_writes(kind_run, tmp_path):
+    from gradfit.errors import ConfigError, GradfitError
+
+    run_dir = kind_run("logistic-binary")
+    run = load_run(run_dir)
+    target = run.export(tmp_path / "model.stablehlo")
+    assert target == tmp_path / "model.stablehlo"
+    command = tmp_path / "command.stablehlo"
+    assert CliRunner().invoke(app, ["export", str(run_dir), "--out", str(command)]).exit_code == 0
+    x = features("breast_cancer", "float32")[:20].astype(np.float32)
+    results = [jax.export.deserialize(bytearray(path.read_bytes())).call(x) for path in (target, command)]
+    np.testing.assert_array_equal(*results)
+    assert json.loads((tmp_path / "model.stablehlo.json").read_text()) == json.loads(
+        (tmp_path / "command.stablehlo.json").read_text()
+    )
+    with pytest.raises(GradfitError, match="exists"):
+        run.export(target)  # kept unless force
+    run.export(target, force=True)
+    with pytest.raises(GradfitError, match="gradfit keeps"):
+        run.export(Path(run_dir) / "config.yaml", force=True)  # a run's own file: never, even with force
+    with pytest.raises(ConfigError, match="format"):
+        run.export(tmp_path / "m.x", format="tflite")

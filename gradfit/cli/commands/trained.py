@@ -186,17 +186,13 @@ def export(
       gradfit export runs/logreg-20261126-101500 --format onnx --out logreg.onnx
     """  # noqa: E501 (a paragraph of --help is one line: Rich wraps it to the terminal)
     from gradfit import api
-    from gradfit.files import write_atomic
     from gradfit.runs.rundir import own_files
 
     sidecar_path = Path(f"{out}.json")
     inputs = own_files(run_dir)
     out = checked_output(out, "--out", force, inputs, stdout=False)
     sidecar_path = checked_output(sidecar_path, "--out (its sidecar)", force, inputs, stdout=False)
-    from gradfit.trained.export import exported
-
     use_compile_cache()
-    blob, sidecar = exported(api.load_run(run_dir), export_format)
-    write_atomic(out, blob)
-    write_atomic(sidecar_path, sidecar)
-    stderr.print(f"wrote {escape(str(out))} ({len(blob):,} bytes) and {escape(str(sidecar_path))}", highlight=False)
+    api.load_run(run_dir).export(out, export_format, force=True)  # the targets were checked just above
+    size = out.stat().st_size
+    stderr.print(f"wrote {escape(str(out))} ({size:,} bytes) and {escape(str(sidecar_path))}", highlight=False)
