@@ -211,28 +211,7 @@ class GradfitClassifier(ClassifierMixin, _GradfitEstimator):
         seed: int | None = None,
         out_dir: str | Path | None = None,
     ):
-        self.config = config
-        self.model = model
-        self.hidden = hidden
-        self.activation = activation
-        self.l2 = l2
-        self.l1 = l1
-        self.class_weight = class_weight
-        self.optimizer = optimizer
-        self.learning_rate = learning_rate
-        self.epochs = epochs
-        self.steps = steps
-        self.batch_size = batch_size
-        self.tol = tol
-        self.validation_fraction = validation_fraction
-        self.early_stopping = early_stopping
-        self.missing = missing
-        self.categorical = categorical
-        self.standardize = standardize
-        self.precision = precision
-        self.device = device
-        self.seed = seed
-        self.out_dir = out_dir
+        _keep(self, locals())
 
     def fit(self, X: Any, y: Any, sample_weight: Any = None) -> GradfitClassifier:
         """Train on X (an array, or a pandas or polars DataFrame or pyarrow Table: columns by name) and labels y."""
@@ -296,29 +275,7 @@ class GradfitRegressor(RegressorMixin, _GradfitEstimator):
         seed: int | None = None,
         out_dir: str | Path | None = None,
     ):
-        self.config = config
-        self.model = model
-        self.hidden = hidden
-        self.activation = activation
-        self.l2 = l2
-        self.l1 = l1
-        self.loss = loss
-        self.huber_delta = huber_delta
-        self.optimizer = optimizer
-        self.learning_rate = learning_rate
-        self.epochs = epochs
-        self.steps = steps
-        self.batch_size = batch_size
-        self.tol = tol
-        self.validation_fraction = validation_fraction
-        self.early_stopping = early_stopping
-        self.missing = missing
-        self.categorical = categorical
-        self.standardize = standardize
-        self.precision = precision
-        self.device = device
-        self.seed = seed
-        self.out_dir = out_dir
+        _keep(self, locals())
 
     def fit(self, X: Any, y: Any, sample_weight: Any = None) -> GradfitRegressor:
         """Train on X (an array, or a pandas or polars DataFrame or pyarrow Table: columns by name) and target y."""
@@ -327,6 +284,13 @@ class GradfitRegressor(RegressorMixin, _GradfitEstimator):
     def predict(self, X: Any) -> np.ndarray:
         """Predictions (n,) in the target's units."""
         return self._call("predict", X)
+
+
+def _keep(estimator: BaseEstimator, arguments: dict[str, Any]) -> None:
+    """Store the constructor's arguments as they are, as scikit-learn's contract asks (no checks in __init__)."""
+    for name, value in arguments.items():
+        if name not in ("self", "__class__"):
+            setattr(estimator, name, value)
 
 
 def _assembled(name: str, state: tuple, summary: Any) -> TrainedRun:
