@@ -204,7 +204,7 @@ def _plain(value: Any) -> Any:
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
+        return {_plain(k): _plain(v) for k, v in value.items()}  # keys too: class_weight={np.int64(1): 5.0}
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     return value

@@ -18,10 +18,12 @@ ValueError, with gradfit's message.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 try:
     from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
@@ -33,9 +35,12 @@ except ImportError as exc:  # also an older scikit-learn, without validate_data
     ) from None
 
 from gradfit import api
+from gradfit.config.load import GradfitConfig, used_tree
 from gradfit.core.models import named_leaves
 from gradfit.data.columns import column_names
-from gradfit.errors import ConfigError, DataError
+from gradfit.data.labels import class_ids
+from gradfit.data.text import preview
+from gradfit.errors import ConfigError, DataError, DeviceError, GradfitError, RunDirError
 from gradfit.trained.run import TrainedRun, assemble
 from gradfit.training import loop
 
@@ -69,38 +74,70 @@ class _GradfitEstimator(BaseEstimator):
     """What both estimators share: settings -> config, fit, the trained run, pickling."""
 
     _regression = False
+    _FITTED = ("classes_", "config_", "summary_", "n_iter_", "run_dir_", "n_features_in_", "feature_names_in_")
 
-    def _config(self) -> Any:
-        """The validated config of these settings."""
+    def _config(self, columns: Sequence[str] = (), weighted: bool = False) -> GradfitConfig:
+        """The validated config of these settings; the label (and weight) column get names no column of X has."""
         overrides = {key: getattr(self, name) for name, key in KEYS.items() if getattr(self, name, None) is not None}
-        overrides["data.test_fraction"] = 0
-        overrides["data.val_fraction"] = 0 if self.validation_fraction is None else self.validation_fraction
-        base = self.config if self.config is not None else {}
+        overrides["data.test_fraction"] = 0  # the caller holds test rows out
+        base = self._base()
+        if self.validation_fraction is not None or _setting(base, "data", "val_fraction") is None:
+            overrides["data.val_fraction"] = self.validation_fraction or 0
+        overrides["data.target"] = _free_name("target", columns)
+        if weighted:
+            overrides["data.weight"] = _free_name("sample_weight", columns)
         try:
             if self._regression and self.model is None and api.resolve(base, memory=True).model.kind == "logistic":
                 overrides["model.kind"] = "linear"  # gradfit's default kind cannot fit a numeric target
             config = api.resolve(base, overrides, memory=True)
+            if self._regression and not config.model.regression and config.model.kind == "mlp":
+                if config.model.loss == "auto":  # an MLP fits a numeric target with the squared loss
+                    config = api.resolve(base, {**overrides, "model.loss": "squared"}, memory=True)
         except ConfigError as exc:
             raise ValueError(f"{type(self).__name__}: {exc}") from None
+        if config.model.regression != self._regression:
+            wanted = "a numeric target" if self._regression else "classes"
+            other = "GradfitClassifier" if self._regression else "GradfitRegressor"
+            raise ValueError(
+                f"{type(self).__name__} fits {wanted}, and model.kind {config.model.kind} with the "
+                f"{config.model.resolved_loss} loss does not; use {other}, or another model or loss"
+            )
         return config
 
+    def _base(self) -> Any:
+        """``config=`` as resolve takes it: a file, a dict, or a GradfitConfig's keys."""
+        if isinstance(self.config, GradfitConfig):
+            return used_tree(self.config)
+        return {} if self.config is None else self.config
+
+    def _missing_ok(self) -> bool:
+        """Whether rows may hold NaN (data.missing imputes them), from the parameter or ``config=``."""
+        chosen = self.missing if self.missing is not None else _setting(self._base(), "data", "missing")
+        return chosen not in (None, "error")
+
     def _fit(self, X: Any, y: Any, sample_weight: Any) -> _GradfitEstimator:
-        regression = self._regression
+        try:
+            return self._fit_rows(X, y, sample_weight)
+        except BaseException:
+            for name in (*self._FITTED, "_state", "_run", "_positions"):  # a failed fit leaves no half of one
+                self.__dict__.pop(name, None)
+            raise
+
+    def _fit_rows(self, X: Any, y: Any, sample_weight: Any) -> _GradfitEstimator:
         table = _is_table(X)
-        missing_ok = self.missing not in (None, "error")
         X_checked, y = validate_data(
             self,
             X,
             y,
             dtype=None if table else "numeric",
-            ensure_all_finite="allow-nan" if missing_ok else True,
-            y_numeric=regression,
+            ensure_all_finite="allow-nan" if self._missing_ok() else True,
+            y_numeric=self._regression,
         )
         if X_checked.shape[0] < 2:
             raise ValueError(f"n_samples={X_checked.shape[0]}: {type(self).__name__} needs at least 2 rows to fit")
         if sample_weight is not None:
             sample_weight = _check_sample_weight(sample_weight, X_checked, ensure_non_negative=True)
-        if not regression:
+        if not self._regression:
             check_classification_targets(y)
             self.classes_ = np.unique(y)
             if len(self.classes_) < 2:
@@ -108,37 +145,35 @@ class _GradfitEstimator(BaseEstimator):
                     f"{type(self).__name__} needs rows of at least 2 classes; the data hold one class "
                     f"({self.classes_[0]!r})"
                 )
-        config = self._config()
+        named = table and hasattr(self, "feature_names_in_")  # a table whose columns are named by text
+        config = self._config((column_names(X) or []) if named else [], sample_weight is not None)
         out_dir = None if self.out_dir is None else Path(self.out_dir)
         try:
-            named = table and hasattr(self, "feature_names_in_")  # a table whose columns are named by text
             config, rows = api.in_memory(config, X if named else X_checked, y, sample_weight)
             trained = loop.train(config, out_dir, None, rows, reuse_programs=True)
-        except (ConfigError, DataError) as exc:
+        except (ConfigError, DataError, DeviceError, RunDirError) as exc:
             raise ValueError(str(exc)) from None
+        arrays = {name: np.asarray(leaf) for name, leaf in named_leaves(trained.params).items()}
+        self._state = (config, trained.preprocessing, arrays)
+        self._run = _assembled(type(self).__name__, self._state, trained.summary)
+        if not self._regression:
+            self._positions = _positions(self.classes_, self._run.classes)
         self.config_ = config
         self.summary_ = trained.summary
         self.n_iter_ = trained.summary.steps
         self.run_dir_ = trained.summary.run_dir
-        self._state = (
-            config,
-            trained.preprocessing,
-            {k: np.asarray(v) for k, v in named_leaves(trained.params).items()},
-        )
-        self._run = _assembled(type(self).__name__, self._state, trained.summary)
         return self
 
     def _rows(self, X: Any) -> Any:
         """X checked as at fit (columns, their count and names), in the form the run reads."""
         check_is_fitted(self)
         table = _is_table(X)
-        missing_ok = self.missing not in (None, "error")
         checked = validate_data(
             self,
             X,
             reset=False,
             dtype=None if table else "numeric",
-            ensure_all_finite="allow-nan" if missing_ok else True,
+            ensure_all_finite="allow-nan" if self.config_.data.missing != "error" else True,
         )
         return X if table and hasattr(self, "feature_names_in_") else checked
 
@@ -146,12 +181,15 @@ class _GradfitEstimator(BaseEstimator):
         rows = self._rows(X)
         try:
             return getattr(self._run, method)(rows)
-        except DataError as exc:
+        except GradfitError as exc:  # a row the run refuses (an unseen category, a value beyond the dtype)
             raise ValueError(str(exc)) from None
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = self.missing not in (None, "error")
+        try:
+            tags.input_tags.allow_nan = self._missing_ok()
+        except Exception:  # tags must not fail; fit reports a config= that cannot be read
+            tags.input_tags.allow_nan = False
         return tags
 
     def __getstate__(self) -> dict:
@@ -219,24 +257,19 @@ class GradfitClassifier(ClassifierMixin, _GradfitEstimator):
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities (n, K), columns in the order of ``classes_``."""
-        return self._call("predict_proba", X)[:, self._order()]
+        return self._call("predict_proba", X)[:, self._positions]
 
     def predict_log_proba(self, X: Any) -> np.ndarray:
         return np.log(self.predict_proba(X))
 
     def decision_function(self, X: Any) -> np.ndarray:
         """The model's scores: the logit of ``classes_[1]`` (n,) for two classes, else log-probabilities (n, K)."""
-        logs = self._call("_log_probs", X)[:, self._order()]
+        logs = self._call("_log_probs", X)[:, self._positions]
         return logs[:, 1] - logs[:, 0] if len(self.classes_) == 2 else logs
 
     def predict(self, X: Any) -> np.ndarray:
         best = self.predict_proba(X).argmax(axis=1)
         return self.classes_[best]
-
-    def _order(self) -> np.ndarray:
-        """Where each of ``classes_`` is among the run's classes."""
-        position = {_plain(c): i for i, c in enumerate(self._run.classes)}
-        return np.array([position[_plain(c)] for c in self.classes_])
 
 
 class GradfitRegressor(RegressorMixin, _GradfitEstimator):
@@ -302,9 +335,34 @@ def _is_table(X: Any) -> bool:
     return column_names(X) is not None and not isinstance(X, np.ndarray)
 
 
-def _plain(value: Any) -> Any:
-    """A label as a plain Python value, so that NumPy and Python spellings of one label match."""
-    return value.item() if isinstance(value, np.generic) else value
+def _positions(classes: np.ndarray, run_classes: list) -> np.ndarray:
+    """Where each of scikit-learn's ``classes_`` is among the run's classes. gradfit reads labels as a file's (text
+    stripped, numbers written as text as numbers): labels that differ only so are refused, being one class to it."""
+    positions = class_ids(classes, run_classes, "y")
+    if len(np.unique(positions)) < len(classes):
+        raise ValueError(
+            f"y: gradfit reads the labels {preview(classes.tolist(), 10)} as {preview(run_classes, 10)} (text "
+            "is stripped, and text that is a number is that number), so some are one class; relabel them"
+        )
+    return positions
+
+
+def _setting(config: Any, section: str, key: str) -> Any:
+    """The value ``config=`` (a dict or a YAML file) gives ``section.key``, or None where it gives none."""
+    if isinstance(config, (str, Path)):
+        try:
+            config = yaml.safe_load(Path(config).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            return None  # resolve reports the file's problem, naming it
+    part = config.get(section) if isinstance(config, Mapping) else None
+    return part.get(key) if isinstance(part, Mapping) else None
+
+
+def _free_name(name: str, columns: Sequence[str]) -> str:
+    """``name``, or ``_name``, ``__name``, ...: the first that no column of X has."""
+    while name in columns:
+        name = f"_{name}"
+    return name
 
 
 __all__ = ["GradfitClassifier", "GradfitRegressor"]

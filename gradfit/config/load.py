@@ -222,8 +222,8 @@ def resolve_config(
             None for the built-in defaults.
         overrides: ``key.path=value`` strings, applied in order.
         sweep: accept a ``sweep:`` section (``gradfit sweep``): it is set apart, unchecked, in ``.sweep``.
-        memory: the rows are handed over in Python: ``data.source`` becomes memory (``data.path`` and
-            ``data.synthetic`` go), before the data keys are checked against it.
+        memory: the rows are handed over in Python: ``data.source`` becomes memory (``data.path``,
+            ``data.synthetic`` and ``data.in_memory`` go), before the data keys are checked against it.
 
     Raises:
         ConfigError: listing every problem, each with its file and line or its --set.
@@ -266,8 +266,8 @@ def resolve_config(
         tree["data"] = data
         if isinstance(data, dict):
             data["source"] = "memory"
-            data.pop("path", None)
-            data.pop("synthetic", None)
+            for name in ("path", "synthetic", "in_memory"):  # a file's: rows in memory have none of them
+                data.pop(name, None)
     for name in GradfitConfig.model_fields:
         if name in tree and tree[name] is None:  # `optimizer:` with every key commented out
             tree[name] = {}

@@ -31,6 +31,7 @@ from gradfit.data.encoding import fit as encoding_fit
 from gradfit.data.encoding import numeric as numeric_encoding
 from gradfit.data.labels import Labels, encode_labels, label_dtype, numeric_target, with_weights
 from gradfit.data.supplied import Supplied
+from gradfit.data.text import preview
 from gradfit.data.weighting import Weighting, class_positions, refuse_weightless_class
 from gradfit.errors import ConfigError, DataError
 
@@ -276,6 +277,13 @@ def load_dataset(config: GradfitConfig, shuffle: str = "full", supplied: Supplie
     elif len(np.unique(y[train_idx])) < 2:
         raise DataError(f"{origin}: the training split holds a single class; use more rows or another seed")
     ids = class_positions(y, classes)
+    if given and ids is not None:  # X_val's labels must be classes the training rows teach
+        unseen = np.setdiff1d(np.unique(ids[val_idx]), np.unique(ids[train_idx]))
+        if len(unseen):
+            raise DataError(
+                f"y_val: holds {preview([classes[i] for i in unseen])}, a class no training row of X has; the model "
+                "cannot predict it (give X rows of it, or leave those validation rows out)"
+            )
     sample = None if source.weights is None else source.weights[train_idx]  # balanced counts weights, as sklearn
     counts = None if ids is None else np.bincount(ids[train_idx], sample, minlength=len(classes))
     weighting = Weighting.of(config, source.weights is not None, classes, counts, origin)

@@ -170,7 +170,16 @@ def _prepare(config: GradfitConfig, supplied: Supplied | None, reuse_programs: b
     data = topology.put(_device_arrays(dataset, chosen)) if isinstance(dataset, InMemoryDataset) else {}
     run_key = None
     if reuse_programs and feed is None:
-        run_key = reuse.key(config, data, target_std(dataset), topology.describe())
+        built_from = {  # everything training_functions, build_model and make_evaluate take besides the config
+            "features": dataset.n_features,
+            "classes": dataset.n_classes,
+            "train_rows": len(dataset.train),
+            "plan": dataclasses.asdict(plan),
+            "target_std": repr(target_std(dataset)),
+            "eval_rows": eval_rows,
+            "shuffle": mode,
+        }
+        run_key = reuse.key(config, data, built_from, topology.describe())
     state, data["shuffle_key"] = _initial_state(functions, config.seed, topology, data, run_key)
     if feed is not None:
         feed.start(data["shuffle_key"])

@@ -32,7 +32,7 @@ def test_fit_gives_the_numbers_of_gradfit_train_for_the_same_settings(tmp_path):
     summary = gradfit.fit(config, {"data.val_fraction": 0, "data.test_fraction": 0}, out_dir=tmp_path / "runs")
     run = gradfit.load_run(summary.run_dir)
     X, y = breast_cancer()
-    model = GradfitClassifier(config=str(config)).fit(X, y)
+    model = GradfitClassifier(config=str(config), validation_fraction=0).fit(X, y)  # the config sets 0.2
     assert model.n_iter_ == summary.steps
     assert run.classes == ["benign", "malignant"] == list(model.classes_)
     np.testing.assert_array_equal(np.asarray(model._run.params["w"]), np.asarray(run.params["w"]))
@@ -155,3 +155,37 @@ def test_programs_kept_for_reuse_give_the_numbers_of_programs_compiled_afresh(ki
         np.testing.assert_array_equal(model._state[2][name], np.asarray(value), err_msg=name)
     if estimator is GradfitRegressor:  # another target scale: other programs
         assert model.fit(X, y * 10, sample_weight=weights).summary_.compile_cache != "reused"
+
+
+def test_a_refit_with_more_classes_compiles_its_own_programs():
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(90, 4))
+    model = GradfitClassifier(epochs=3).fit(X, rng.integers(0, 3, 90))
+    model.fit(X, rng.integers(0, 4, 90))  # the same arrays' shapes, one more output
+    assert model.summary_.compile_cache != "reused" and model.predict_proba(X).shape == (90, 4)
+
+
+def test_labels_and_kinds_are_checked_for_what_each_estimator_fits():
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(60, 3))
+    labels = np.where(X[:, 0] > 0, "1", "0")  # text that gradfit reads as numbers: still scikit-learn's classes
+    model = GradfitClassifier(optimizer="lbfgs", steps=30).fit(X, labels)
+    assert list(model.classes_) == ["0", "1"] and set(model.predict(X)) <= {"0", "1"}
+    assert model.score(X, labels) > 0.9
+    y = X @ np.array([1.0, -2.0, 0.5])
+    assert GradfitRegressor(model="mlp", hidden=(8,), steps=5).fit(X, y).config_.model.resolved_loss == "squared"
+    with pytest.raises(ValueError, match="GradfitClassifier fits classes"):
+        GradfitClassifier(model="linear").fit(X, labels == "1")
+    with pytest.raises(ValueError, match="GradfitRegressor fits a numeric target"):
+        GradfitRegressor(model="logistic").fit(X, y)
+
+
+def test_a_failed_refit_leaves_an_unfitted_estimator():
+    from sklearn.exceptions import NotFittedError
+
+    X, y = breast_cancer()
+    model = GradfitClassifier(optimizer="lbfgs", steps=10).fit(X, y)
+    with pytest.raises(ValueError, match="weighs 0"):
+        model.fit(X, y, sample_weight=np.where(y == "malignant", 0.0, 1.0))
+    with pytest.raises(NotFittedError):
+        model.predict(X)
