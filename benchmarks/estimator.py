@@ -22,13 +22,11 @@ import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 CONFIG = ROOT / "configs" / "logreg.yaml"
 EVERY_ROW = {"data.val_fraction": 0, "data.test_fraction": 0}
 
