@@ -10,6 +10,7 @@ anything is read or written. ``-`` is standard output wherever a command writes 
 from __future__ import annotations
 
 import contextlib
+import difflib
 import errno
 import math
 import os
@@ -51,7 +52,21 @@ def kind(mode: int) -> str:
 def _missing(path: Path, what: str) -> str:
     if path.is_symlink():
         return f"{path}: {what} not found (it is a link to {os.readlink(path)}, which does not exist)"
-    return f"{path}: {what} not found"
+    return f"{path}: {what} not found{_close_name(path)}"
+
+
+SIBLINGS_READ = 10_000  # names of a folder compared with a missing file's: a huge data folder is not listed whole
+
+
+def _close_name(path: Path) -> str:
+    """'; did you mean configs/mlp.yaml?' for a file beside ``path`` whose name is close to its name, else ''."""
+    try:
+        with os.scandir(path.parent) as entries:
+            names = [entry.name for _, entry in zip(range(SIBLINGS_READ), entries) if entry.is_file()]
+    except OSError:
+        return ""
+    close = difflib.get_close_matches(path.name, names, n=1, cutoff=0.75)
+    return f"; did you mean {path.parent / close[0]}?" if close else ""
 
 
 # ---------------------------------------------------------------------------------------------------- reading

@@ -96,6 +96,11 @@ def test_quiet_prints_nothing_on_success(tmp_path):
     "args,message",
     [
         (["train", "missing.yaml"], "missing.yaml: config file not found"),
+        (["train", str(CONFIGS / "mpl.yaml")], f"config file not found; did you mean {CONFIGS / 'mlp.yaml'}?"),
+        (
+            ["data", "describe", str(CONFIGS.parent / "data" / "breast_cancr.csv")],
+            f"not found; did you mean {CONFIGS.parent / 'data' / 'breast_cancer.csv'}?",
+        ),
         (["train", str(CONFIGS / "logreg.yaml"), "--set", "optimizer.lerning_rate=1"], "did you mean 'learning_rate'?"),
         (["train", str(CONFIGS / "logreg.yaml"), "--set", "train.steps=-3"], "train.steps"),
         (["train", str(CONFIGS / "logreg.yaml"), "--set", "oops"], "expected KEY.PATH=VALUE"),
