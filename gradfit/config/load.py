@@ -82,7 +82,7 @@ EXAMPLES = {
         "model.l2=0.0001",
         "optimizer.name=adam",
         "optimizer.learning_rate=0.003",
-        "optimizer.schedule={name: warmup_cosine, warmup_steps: 50, final_fraction: 0.01}",
+        "optimizer.schedule={name: warmup_cosine, warmup_fraction: 0.08, final_fraction: 0.01}",
         "train.epochs=40",
         "train.batch_size=64",
         "train.log_every=16",
@@ -314,14 +314,25 @@ def validate_tree(tree: dict, origin: str, lines: dict, given: dict) -> GradfitC
     return config
 
 
+# keys that say one thing two ways: a --set of one replaces the file's other (the command line wins)
+ALTERNATIVES = (
+    (("train",), "steps", "epochs"),
+    (("optimizer", "schedule"), "warmup_steps", "warmup_fraction"),
+)
+
+
 def _prefer_overridden_length(tree: dict, overridden: list) -> None:
-    """`--set train.steps=N` replaces the file's `epochs` (and vice versa): the command line wins."""
-    train = tree.get("train")
-    if not isinstance(train, dict):
-        return
-    for given, other in ((("train", "steps"), "epochs"), (("train", "epochs"), "steps")):
-        if given in overridden and ("train", other) not in overridden and train.get(given[1]) is not None:
-            train.pop(other, None)
+    """`--set train.steps=N` replaces the file's `epochs`, `--set optimizer.schedule.warmup_steps=N` its
+    `warmup_fraction` (and vice versa): the command line wins."""
+    for section, first, second in ALTERNATIVES:
+        node: Any = tree
+        for part in section:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            continue
+        for given, other in ((first, second), (second, first)):
+            if (*section, given) in overridden and (*section, other) not in overridden and node.get(given) is not None:
+                node.pop(other, None)
 
 
 def _anchor_data_path(tree: dict, base: Path) -> None:

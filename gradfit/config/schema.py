@@ -129,12 +129,20 @@ class ModelConfig(Section):
 class ScheduleConfig(Section):
     name: Schedule = Field("constant", description="learning-rate schedule over the whole run")
     warmup_steps: Steps = Field(0, ge=0, description="linear warm-up steps from 0 to learning_rate")
+    warmup_fraction: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="the warm-up as a fraction of the run's steps, instead of warmup_steps: a config that suits "
+        "any table, however many steps its size makes",
+    )
     final_fraction: float = Field(
         0.01, ge=0, le=1, description="learning rate at the last step, as a fraction of learning_rate"
     )
 
     APPLIES_TO = {
         "warmup_steps": {"warmup_cosine"},
+        "warmup_fraction": {"warmup_cosine"},
         "final_fraction": {"cosine", "exponential", "warmup_cosine"},
     }
     SELECTOR = "name"
@@ -143,6 +151,8 @@ class ScheduleConfig(Section):
     def _check(self):
         if self.name == "exponential" and self.final_fraction == 0:
             raise KeyProblem(("final_fraction",), "an exponential schedule needs final_fraction > 0")
+        if self.warmup_fraction is not None and self.warmup_steps:
+            raise KeyProblem(("warmup_fraction",), "the warm-up is warmup_steps or warmup_fraction; give one")
         return self
 
 

@@ -28,11 +28,20 @@ def make_schedule(config: OptimizerConfig, total_steps: int) -> Callable:
         return optax.cosine_decay_schedule(lr, decay_steps=total_steps, alpha=sched.final_fraction)
     if sched.name == "exponential":
         return optax.exponential_decay(lr, transition_steps=total_steps, decay_rate=sched.final_fraction)
-    if sched.warmup_steps >= total_steps:
-        raise ConfigError(
-            f"optimizer.schedule.warmup_steps={sched.warmup_steps} must be below the run's {total_steps} steps"
+    warmup = sched.warmup_steps
+    if sched.warmup_fraction is not None:
+        warmup = round(sched.warmup_fraction * total_steps)
+    if warmup >= total_steps:
+        given = (
+            f"warmup_fraction={sched.warmup_fraction:g} ({warmup} steps)"
+            if sched.warmup_fraction is not None
+            else f"warmup_steps={warmup}"
         )
-    return optax.warmup_cosine_decay_schedule(0.0, lr, sched.warmup_steps, total_steps, end_value=final)
+        raise ConfigError(
+            f"optimizer.schedule.{given} must be below the run's {total_steps} steps; set "
+            "optimizer.schedule.warmup_fraction to scale the warm-up with the run"
+        )
+    return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, total_steps, end_value=final)
 
 
 def make_optimizer(

@@ -61,6 +61,7 @@ PROGRAM_KEYS = (
     "optimizer.memory_size",
     "optimizer.schedule.name",
     "optimizer.schedule.warmup_steps",
+    "optimizer.schedule.warmup_fraction",
     "train.batch_size",
     "train.steps",
     "train.epochs",

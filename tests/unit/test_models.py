@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import CONFIGS
 
 from gradfit.config.load import OptimizerConfig, resolve_config
 from gradfit.core.losses import data_loss, l2_penalty, logistic_manual_grad, make_objective, row_correct
@@ -310,3 +311,21 @@ def test_warmup_cosine_rises_from_zero_to_lr_then_decays():
 def test_warmup_not_shorter_than_the_run_is_a_config_error(warmup, total):
     with pytest.raises(ConfigError, match=f"warmup_steps={warmup}"):
         schedule_for("warmup_cosine", total_steps=total, warmup_steps=warmup)
+
+
+@pytest.mark.parametrize("total, peak", [(100, 8), (40, 3), (640, 51)])
+def test_a_warmup_fraction_scales_the_warmup_with_the_run(total, peak):
+    """configs/mlp.yaml's 0.08: 51 of its 640 steps, and 3 of the 40 a 178-row table makes (where a fixed 50 would
+    not fit)."""
+    curve = values(schedule_for("warmup_cosine", total_steps=total, warmup_fraction=0.08), range(0, total + 1))
+    assert curve[0] == 0.0 and curve[peak] == pytest.approx(0.2, rel=1e-6) == curve.max()
+    assert np.all(np.diff(curve[: peak + 1]) > 0) and np.all(np.diff(curve[peak:]) < 0)
+
+
+def test_the_warmup_is_steps_or_a_fraction_and_a_set_of_one_replaces_the_other():
+    with pytest.raises(ConfigError, match="warmup_fraction: the warm-up is warmup_steps or warmup_fraction"):
+        config("optimizer.schedule={name: warmup_cosine, warmup_steps: 5, warmup_fraction: 0.1}")
+    mlp = CONFIGS / "mlp.yaml"
+    assert resolve_config(mlp).config.optimizer.schedule.warmup_fraction == 0.08
+    steps = resolve_config(mlp, ["optimizer.schedule.warmup_steps=5"]).config.optimizer.schedule
+    assert (steps.warmup_steps, steps.warmup_fraction) == (5, None)  # the command line wins over the file
