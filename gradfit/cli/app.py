@@ -17,28 +17,14 @@ from typing import Any
 import typer
 from rich.markup import escape
 
+from gradfit.cli import conventions
 from gradfit.cli.commands import bench, config, data, gradients, runs, train, trained
 from gradfit.cli.options import stderr
 from gradfit.errors import GradfitError
 from gradfit.training import supervise
 from gradfit.version import __version__
 
-
-def _no_type_after_flags() -> None:
-    """Typer shows ``<bool>`` after every flag, as if ``--json`` took a value; a flag takes none, so show nothing."""
-    option: Any = getattr(typer.core, "TyperOption", None)
-    shown = getattr(option, "display_type_rich", None)
-    if option is None or shown is None or getattr(option, "_flags_plain", False):
-        return
-
-    def display_type_rich(self: Any, ctx: Any) -> Any:
-        return None if self.is_flag else shown(self, ctx)
-
-    option.display_type_rich = display_type_rich
-    option._flags_plain = True
-
-
-_no_type_after_flags()
+conventions.install()
 
 
 @contextlib.contextmanager
@@ -74,6 +60,7 @@ class GuardedCommand(typer.core.TyperCommand):
 
 
 app = typer.Typer(
+    cls=conventions.GradfitGroup,
     no_args_is_help=True,
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -150,20 +137,27 @@ _register()
 
 _FILE_JSON_COMMANDS = {"eval", "inference", "compare-grads", "bench"}
 _CONFIG_COMMANDS = {"compare-grads", "bench"}  # their arguments are configs, which may be .json files
+_OUT_DIR_COMMANDS = {"train", "sweep"}  # -o was their --out-dir; -o now always names a file (--out)
 
 
 def legacy_spellings(args: list[str]) -> list[str]:
-    """``--json FILE.json`` (gradfit 0.1's eval, inference, compare-grads and bench) becomes ``--json-out``.
+    """Old spellings that keep working, each with a note naming the new one.
 
-    ``--json`` is now a flag (JSON on stdout); a following argument that names a .json file can only be the old
-    spelling, so it keeps working, with a note.
+    - ``--json FILE.json`` (gradfit 0.1's eval, inference, compare-grads and bench) becomes ``--json-out``: ``--json``
+      is now a flag (JSON on stdout), so a following argument that names a .json file can only be the old spelling.
+    - ``-o DIR`` of train and sweep becomes ``--out-dir DIR``: ``-o`` is ``--out``, the file a command writes.
     """
-    if not args or args[0] not in _FILE_JSON_COMMANDS:
+    if not args or args[0] not in _FILE_JSON_COMMANDS | _OUT_DIR_COMMANDS:
         return args
     out = list(args)
     for i, arg in enumerate(out):
         if arg == "--":
             break
+        if args[0] in _OUT_DIR_COMMANDS:
+            if arg == "-o" or (arg.startswith("-o") and not arg.startswith("--")):
+                out[i] = "--out-dir" if arg == "-o" else "--out-dir=" + arg[2:].removeprefix("=")
+                _note("-o is --out-dir in gradfit train and sweep (-o now always names a file)")
+            continue
         # for compare-grads and bench an existing .json file after --json may be a config: not rewritten
         old = (
             arg == "--json"
@@ -173,8 +167,12 @@ def legacy_spellings(args: list[str]) -> list[str]:
         )
         if old or arg.startswith("--json="):
             out[i] = "--json-out" if old else "--json-out=" + arg.removeprefix("--json=")
-            stderr.print("[yellow]note:[/] --json FILE is now --json-out FILE", highlight=False, soft_wrap=True)
+            _note("--json FILE is now --json-out FILE")
     return out
+
+
+def _note(text: str) -> None:
+    stderr.print(f"[yellow]note:[/] {text}", highlight=False, soft_wrap=True)
 
 
 def main() -> None:

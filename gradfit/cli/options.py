@@ -19,6 +19,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from gradfit.cli.completion import complete_set  # light: the schema (pydantic) loads only when completing
+
 if TYPE_CHECKING:
     from gradfit.config.schema import GradfitConfig
 
@@ -51,6 +53,12 @@ JSON_HELP = "Print the result as JSON, alone on stdout (tables and progress go t
 JSON_OUT_HELP = "Also write the result as JSON to this file ([bold]-[/]: stdout); an existing file needs --force."
 FORCE_HELP = "Replace --json-out (or --out) if the file exists."
 RUN_DIR_HELP = "A run directory made by gradfit train."
+
+
+def set_option() -> Any:
+    """The ``--set KEY=VALUE`` option of every command that reads a config, declared once: its help, its short
+    name and its shell completion (the schema's keys, then a choice key's values; see gradfit.cli.completion)."""
+    return typer.Option(None, "--set", "-s", help=SET_HELP, metavar="KEY=VALUE", autocompletion=complete_set)
 
 
 @dataclasses.dataclass

@@ -33,12 +33,12 @@ def make_schedule(config: OptimizerConfig, total_steps: int) -> Callable:
         warmup = round(sched.warmup_fraction * total_steps)
     if warmup >= total_steps:
         given = (
-            f"warmup_fraction={sched.warmup_fraction:g} ({warmup} steps)"
+            f"warmup_fraction={sched.warmup_fraction:g} ({warmup:,} steps)"
             if sched.warmup_fraction is not None
             else f"warmup_steps={warmup}"
         )
         raise ConfigError(
-            f"optimizer.schedule.{given} must be below the run's {total_steps} steps; set "
+            f"optimizer.schedule.{given} must be below the run's {total_steps:,} steps; set "
             "optimizer.schedule.warmup_fraction to scale the warm-up with the run"
         )
     return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, total_steps, end_value=final)

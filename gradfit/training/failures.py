@@ -108,7 +108,7 @@ def raise_unless_completed(
         else:
             where = f"No checkpoint was written before it; run directory: {run_dir}"
         raise TrainingFailed(
-            f"training diverged at step {summary.steps} (last finite {last_finite or 'objective: none'}); "
+            f"training diverged at step {summary.steps:,} (last finite {last_finite or 'objective: none'}); "
             f"{hint}. {where}",
             summary,
         )

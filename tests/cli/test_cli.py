@@ -70,7 +70,7 @@ def test_train_json_goes_to_stdout_and_progress_to_stderr(tmp_path):
     result = invoke(
         "train",
         str(CONFIGS / "logreg.yaml"),
-        "-o",
+        "--out-dir",
         str(tmp_path),
         "--json",
         "--device",
@@ -88,7 +88,7 @@ def test_train_json_goes_to_stdout_and_progress_to_stderr(tmp_path):
 
 
 def test_quiet_prints_nothing_on_success(tmp_path):
-    result = invoke("train", str(CONFIGS / "logreg.yaml"), "-o", str(tmp_path), "--quiet", "-s", "train.steps=3")
+    result = invoke("train", str(CONFIGS / "logreg.yaml"), "--out-dir", str(tmp_path), "--quiet", "-s", "train.steps=3")
     assert result.exit_code == 0 and result.output == ""
 
 
@@ -113,7 +113,7 @@ def test_quiet_prints_nothing_on_success(tmp_path):
     ],
 )
 def test_user_errors_exit_2_with_a_message_and_no_traceback(args, message, tmp_path):
-    result = invoke(*args, *(["-o", str(tmp_path / "runs")] if args[0] == "train" else []))
+    result = invoke(*args, *(["--out-dir", str(tmp_path / "runs")] if args[0] == "train" else []))
     assert result.exit_code == 2, result.output
     assert "error:" in result.stderr and message in result.stderr
     assert "Traceback" not in result.output
@@ -122,7 +122,7 @@ def test_user_errors_exit_2_with_a_message_and_no_traceback(args, message, tmp_p
 
 @requires_no_gpu
 def test_gpu_request_without_gpu_exits_2_with_install_hint(tmp_path):
-    result = invoke("train", str(CONFIGS / "logreg.yaml"), "--device", "gpu", "-o", str(tmp_path))
+    result = invoke("train", str(CONFIGS / "logreg.yaml"), "--device", "gpu", "--out-dir", str(tmp_path))
     assert result.exit_code == 2
     assert "JAX sees no GPU" in result.stderr and "pip install" in result.stderr
 
@@ -131,7 +131,7 @@ def test_divergence_exits_1(tmp_path):
     result = invoke(
         "train",
         str(CONFIGS / "mlp.yaml"),
-        "-o",
+        "--out-dir",
         str(tmp_path),
         "-q",
         "--set",
@@ -187,7 +187,7 @@ def test_broken_data_files_exit_2_naming_the_problem(csv_text, message, tmp_path
     result = invoke(
         "train",
         str(CONFIGS / "logreg.yaml"),
-        "-o",
+        "--out-dir",
         str(tmp_path / "runs"),
         "--set",
         "data.source=file",
@@ -200,7 +200,7 @@ def test_broken_data_files_exit_2_naming_the_problem(csv_text, message, tmp_path
 
 
 def test_command_line_steps_replace_the_files_epochs(tmp_path):
-    result = invoke("train", str(CONFIGS / "mlp.yaml"), "-o", str(tmp_path), "--json", "--set", "train.steps=70")
+    result = invoke("train", str(CONFIGS / "mlp.yaml"), "--out-dir", str(tmp_path), "--json", "--set", "train.steps=70")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["steps"] == 70
 
@@ -229,7 +229,7 @@ def test_null_clears_a_key_the_new_variant_does_not_use():
     ],
 )
 def test_extreme_numbers_are_config_errors(override, message, tmp_path):
-    result = invoke("train", str(CONFIGS / "logreg.yaml"), "-o", str(tmp_path), "--set", override)
+    result = invoke("train", str(CONFIGS / "logreg.yaml"), "--out-dir", str(tmp_path), "--set", override)
     assert result.exit_code == 2 and message in result.stderr and "Traceback" not in result.output
 
 
@@ -243,7 +243,7 @@ def test_sigint_finishes_the_chunk_writes_a_checkpoint_and_exits_130(tmp_path):
         ),
     )
     process = subprocess.Popen(
-        [sys.executable, "-m", "gradfit", "train", config, "-o", str(tmp_path / "runs")],
+        [sys.executable, "-m", "gradfit", "train", config, "--out-dir", str(tmp_path / "runs")],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

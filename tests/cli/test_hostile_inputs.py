@@ -259,7 +259,7 @@ CASES = {
         TINY,
         ("blocker", "cannot create output directory"),
         files={"blocker": "not a folder\n"},
-        args=("-o", "{tmp}/blocker/runs"),
+        args=("--out-dir", "{tmp}/blocker/runs"),
     ),
 }
 
@@ -286,7 +286,7 @@ def test_hostile_input_is_refused_cleanly(name: str, tmp_path: Path):
     args = [arg.replace("{tmp}", tmp) for arg in case.args]
 
     result = runner.invoke(
-        app, ["train", str(tmp_path / case.config_arg), "-o", str(tmp_path / "runs"), *args], env=WIDE
+        app, ["train", str(tmp_path / case.config_arg), "--out-dir", str(tmp_path / "runs"), *args], env=WIDE
     )
 
     # CliRunner catches exceptions instead of printing them: an escaped one is a traceback for the user
@@ -568,7 +568,7 @@ RESUME_CASES = {
     "run-already-finished": ResumeCase(_keep, ("{run}", "already finished", "--force"), run="finished"),
     "out-dir-with-resume": ResumeCase(_keep, ("--out-dir", "--resume"), args=("--out-dir", "{run}/elsewhere")),
     "force-without-resume": ResumeCase(  # would otherwise start a new run from the run's config
-        _keep, ("--force", "--resume"), command=("{run}/config.yaml", "-o", "{run}/runs", "--force")
+        _keep, ("--force", "--resume"), command=("{run}/config.yaml", "--out-dir", "{run}/runs", "--force")
     ),
     "metrics-garbage-line": ResumeCase(  # found after compiling, but before metrics.jsonl is rewritten
         _garbage_metrics_line, ("metrics.jsonl", "line 3", "not a gradfit metrics record")

@@ -45,7 +45,7 @@ def _train(cache: str, *extra: str, out: Path) -> dict:
             str(CONFIGS / "logreg.yaml"),
             "-q",
             "--json",
-            "-o",
+            "--out-dir",
             str(out),
             "--set",
             "train.steps=3",

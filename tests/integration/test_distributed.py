@@ -61,7 +61,7 @@ def test_processes_given_different_configs_refuse_to_start(tmp_path):
                 "train",
                 str(config),
                 "-q",
-                "-o",
+                "--out-dir",
                 str(out),
                 "--set",
                 f"train.steps={steps}",
@@ -87,7 +87,7 @@ def test_processes_given_different_configs_refuse_to_start(tmp_path):
 
 def test_a_process_given_another_number_of_processes_is_refused_by_every_process(tmp_path):
     out = tmp_path / "group"
-    args = ["train", str(CONFIGS / "logreg.yaml"), "-q", "-o", str(out), "--set", "train.steps=5"]
+    args = ["train", str(CONFIGS / "logreg.yaml"), "-q", "--out-dir", str(out), "--set", "train.steps=5"]
     args += ["--set", "train.epochs=null", "--distributed", "--coordinator", f"127.0.0.1:{free_port()}"]
     group = [
         subprocess.Popen(
@@ -129,7 +129,7 @@ def test_when_process_0_dies_the_survivor_says_how_to_resume_in_one_line(tmp_pat
     config.write_text((CONFIGS / "mlp.yaml").read_text())
     out = tmp_path / "group"
     run = [*GROUP_RUN[:2], "train.steps=3000", *GROUP_RUN[3:]]  # far from done when process 0 is killed
-    group = start_group(["train", str(config), "-q", "-o", str(out), *sum((["--set", s] for s in run), [])])
+    group = start_group(["train", str(config), "-q", "--out-dir", str(out), *sum((["--set", s] for s in run), [])])
     wait_for_checkpoint(out, group)
     coordinator = group[0].args[group[0].args.index("--coordinator") + 1]
     # the coordinator, which authenticates no one, listens on the address --coordinator names, not on every one
@@ -149,7 +149,7 @@ def test_when_process_0_dies_the_survivor_says_how_to_resume_in_one_line(tmp_pat
 
 def group_of_one(tmp_path) -> tuple[subprocess.Popen, Path]:
     """``gradfit train --distributed`` as a group of one process, and the /proc file listing its children."""
-    argv = ["train", str(CONFIGS / "mlp.yaml"), "-q", "-o", str(tmp_path / "runs"), "--distributed"]
+    argv = ["train", str(CONFIGS / "mlp.yaml"), "-q", "--out-dir", str(tmp_path / "runs"), "--distributed"]
     argv += ["--coordinator", f"127.0.0.1:{free_port()}", "--num-processes", "1", "--process-id", "0"]
     process = subprocess.Popen(gradfit_argv(*argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return process, Path(f"/proc/{process.pid}/task/{process.pid}/children")
@@ -203,7 +203,7 @@ def test_a_signal_or_a_lost_process_stops_the_whole_group_which_then_resumes(tmp
     config = tmp_path / "mlp.yaml"
     config.write_text((CONFIGS / "mlp.yaml").read_text())
     out = tmp_path / "group"
-    args = ["train", str(config), "-q", "-o", str(out), *sum((["--set", s] for s in GROUP_RUN), [])]
+    args = ["train", str(config), "-q", "--out-dir", str(out), *sum((["--set", s] for s in GROUP_RUN), [])]
 
     # SIGTERM to one process: every process stops at the same step, with a checkpoint, exit 130
     group = start_group(args, heartbeat=4)
@@ -401,7 +401,7 @@ def test_a_coordinator_that_cannot_listen_is_one_line_and_exit_2(tmp_path):
             "train",
             str(CONFIGS / "logreg.yaml"),
             "-q",
-            "-o",
+            "--out-dir",
             str(tmp_path / "runs"),
             "--distributed",
             "--coordinator",

@@ -448,7 +448,7 @@ def test_a_text_target_is_not_a_numeric_target(tmp_path):
     with pytest.raises(DataError, match="numeric target") as caught:
         load_dataset(config)
     assert "'target'" in str(caught.value)
-    result = invoke("train", LINEAR, "--set", "data.source=breast_cancer", "-o", tmp_path)
+    result = invoke("train", LINEAR, "--set", "data.source=breast_cancer", "--out-dir", tmp_path)
     assert result.exit_code == 2
     assert "'target'" in result.stderr and "numeric target" in result.stderr
 

@@ -196,7 +196,8 @@ def test_train_json_out_never_writes_over_its_config(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("train: {steps: 2}\n")
     refused(
-        invoke("train", config, "-o", tmp_path / "runs", "--json-out", config, "--force"), "which this command reads"
+        invoke("train", config, "--out-dir", tmp_path / "runs", "--json-out", config, "--force"),
+        "which this command reads",
     )
     assert config.read_text() == "train: {steps: 2}\n" and not (tmp_path / "runs").exists()
 
@@ -223,7 +224,7 @@ def test_json_flag_prints_json_alone_on_stdout(run, args):
 def test_train_json_and_json_out_hold_the_summary(tmp_path):
     out, config = tmp_path / "summary-copy.json", tmp_path / "c.yaml"
     config.write_text("train: {steps: 2}\n")
-    result = invoke("train", config, "-o", tmp_path / "runs", "--json", "--json-out", out)
+    result = invoke("train", config, "--out-dir", tmp_path / "runs", "--json", "--json-out", out)
     assert result.exit_code == 0, result.output
     printed, written = json.loads(result.stdout), json.loads(out.read_text())
     assert printed == written and printed["status"] == "completed"
@@ -388,7 +389,7 @@ def _wait_for_gradfit_handlers(process: subprocess.Popen, timeout: float = 60.0)
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads signal dispositions from /proc")
 @pytest.mark.parametrize("sig, delay", [(signal.SIGINT, 0.0), (signal.SIGTERM, 0.4), (signal.SIGHUP, 1.0)])
 def test_a_signal_before_training_exits_130_and_leaves_nothing(tmp_path, sig, delay):
-    process = _start(["train", CONFIGS / "mlp.yaml", "-o", tmp_path / "runs"], tmp_path)
+    process = _start(["train", CONFIGS / "mlp.yaml", "--out-dir", tmp_path / "runs"], tmp_path)
     _wait_for_gradfit_handlers(process)
     time.sleep(delay)  # from gradfit's first instant: while typer, rich and jax import, then while it compiles
     process.send_signal(sig)
@@ -463,7 +464,7 @@ def test_a_full_disk_names_the_file_and_leaves_no_run_directory(tmp_path, monkey
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(files.os, "fsync", full)
-    result = invoke("train", CONFIGS / "logreg.yaml", "-o", tmp_path / "runs", "--set", "train.steps=2")
+    result = invoke("train", CONFIGS / "logreg.yaml", "--out-dir", tmp_path / "runs", "--set", "train.steps=2")
     monkeypatch.setattr(files.os, "fsync", real_fsync)
     refused(result, "config.yaml", "No space left on device", code=1)
     assert list((tmp_path / "runs").iterdir()) == []

@@ -124,7 +124,7 @@ def killed_then_resumed(overrides: tuple, tmp_path: Path, kill_after: int) -> Pa
     config_file = tmp_path / "killed.yaml"
     config_file.write_text(_yaml(make_config(*overrides)), encoding="utf-8")
     process = subprocess.Popen(
-        [sys.executable, "-m", "gradfit", "train", str(config_file), "-q", "-o", str(tmp_path / "killed")],
+        [sys.executable, "-m", "gradfit", "train", str(config_file), "-q", "--out-dir", str(tmp_path / "killed")],
         stderr=subprocess.PIPE,
         text=True,
     )

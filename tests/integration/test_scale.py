@@ -202,7 +202,7 @@ def test_a_killed_four_device_run_resumes_bit_for_bit(trained, tmp_path):
     config.write_text((reference / "config.yaml").read_text())
     out = tmp_path / "killed"
     process = subprocess.Popen(
-        gradfit_argv("train", str(config), "-q", "-o", str(out)),
+        gradfit_argv("train", str(config), "-q", "--out-dir", str(out)),
         env=forced_devices(4),
         stderr=subprocess.PIPE,
         text=True,
@@ -253,7 +253,7 @@ def test_two_processes_of_two_devices_match_one_process_of_four(trained, tmp_pat
     config.write_text((reference / "config.yaml").read_text())  # runtime.devices: 4 ...
     out = tmp_path / "group"
     (code0, stdout0, stderr0), (code1, stdout1, stderr1) = finish(
-        start_group(["train", str(config), "-q", "-o", str(out), "--json", "--devices", "2"])
+        start_group(["train", str(config), "-q", "--out-dir", str(out), "--json", "--devices", "2"])
     )  # ... per process
     assert code0 == 0 and code1 == 0, stderr0 + stderr1
     (run_dir,) = out.iterdir()  # exactly one run directory, written by process 0

@@ -175,7 +175,7 @@ def test_the_cli_ranks_and_prints_sweep_json_and_float64_members_that_stop_at_th
         "  metric: val_accuracy\n"
     )
     result = CliRunner().invoke(
-        app, ["sweep", str(config), "--json", "-o", str(tmp_path / "runs"), "--quiet"], env={"COLUMNS": "200"}
+        app, ["sweep", str(config), "--json", "--out-dir", str(tmp_path / "runs"), "--quiet"], env={"COLUMNS": "200"}
     )
     assert result.exit_code == 0, result.output
     state = json.loads(result.stdout)
@@ -294,19 +294,21 @@ def test_the_cli_refuses_bad_sweeps_with_exit_2_and_writes_nothing(tmp_path):
     runner = CliRunner()
     config = tmp_path / "config.yaml"
     config.write_text("sweep:\n  grid:\n    model.l2: [0, 0.1]\n")
-    result = runner.invoke(app, ["train", str(config), "-o", str(tmp_path / "runs")], env={"COLUMNS": "200"})
+    result = runner.invoke(app, ["train", str(config), "--out-dir", str(tmp_path / "runs")], env={"COLUMNS": "200"})
     assert result.exit_code == 2 and "line 1: sweep: this config describes a sweep; run gradfit sweep" in result.output
     for args, message in (
         (["--grid", "model.l2=0.1"], "--grid model.l2=0.1: expected KEY=[v1, v2, ...]"),
         (["--grid", "runtime.device=[cpu]"], "--grid: sweep.grid.runtime.device: cannot be swept"),
         (["--seeds", "2", "--parallel", "0"], "--parallel: sweep.parallel: expected auto or a number"),
     ):
-        result = runner.invoke(app, ["sweep", str(config), "-o", str(tmp_path / "runs"), *args], env={"COLUMNS": "200"})
+        result = runner.invoke(
+            app, ["sweep", str(config), "--out-dir", str(tmp_path / "runs"), *args], env={"COLUMNS": "200"}
+        )
         assert result.exit_code == 2 and message in result.output, result.output
     # found when the data are loaded, after the sweep folder was made: the folder goes again
     result = runner.invoke(
         app,
-        ["sweep", str(config), "-o", str(tmp_path / "runs"), "--set", "train.batch_size=5000"],
+        ["sweep", str(config), "--out-dir", str(tmp_path / "runs"), "--set", "train.batch_size=5000"],
         env={"COLUMNS": "200"},
     )
     assert result.exit_code == 2 and "train.batch_size=5000 exceeds the 341 training rows" in result.output

@@ -176,7 +176,7 @@ def test_a_sweep_killed_with_sigkill_between_a_final_checkpoint_and_its_outputs_
     config = tmp_path / "base.yaml"
     config.write_text(to_yaml(resolve_config(None, BASE).config))
     out = tmp_path / "runs"
-    args = ["sweep", str(config), "--quiet", "-o", str(out), "--grid", OPTIONS["grid"][0], "--seeds", "3"]
+    args = ["sweep", str(config), "--quiet", "--out-dir", str(out), "--grid", OPTIONS["grid"][0], "--seeds", "3"]
     args += ["--parallel", "3"]
     # the first early-stopped member's summary.json: its final checkpoint and params.npz are written
     killed = subprocess.run(
@@ -233,7 +233,7 @@ def test_a_sweep_too_large_to_hold_is_refused_at_once_by_sweep_and_validate(tmp_
     values = "[" + ", ".join(f"{(i + 1) * 1e-5:.5g}" for i in range(1000)) + "]"
     grid = [f"--grid=optimizer.learning_rate={values}", f"--grid=model.l2={values}", f"--grid=optimizer.b1={values}"]
     tick = time.perf_counter()
-    args = ["sweep", str(CONFIGS / "logreg.yaml"), *grid, "-o", str(tmp_path)]
+    args = ["sweep", str(CONFIGS / "logreg.yaml"), *grid, "--out-dir", str(tmp_path)]
     result = CliRunner().invoke(app, args, env={"COLUMNS": "300"})
     assert result.exit_code == 2, result.output
     assert "1,000,000,000 members (1,000 learning_rate x 1,000 l2 x 1,000 b1); at most 10,000" in result.output
@@ -265,7 +265,16 @@ def test_random_search_never_draws_two_settings_alike_and_shows_them_apart():
 def test_non_ascii_digits_for_parallel_are_refused_in_one_line(tmp_path):
     result = CliRunner().invoke(
         app,
-        ["sweep", str(CONFIGS / "logreg.yaml"), "--grid", "model.l2=[0, 0.1]", "--parallel", "²", "-o", str(tmp_path)],
+        [
+            "sweep",
+            str(CONFIGS / "logreg.yaml"),
+            "--grid",
+            "model.l2=[0, 0.1]",
+            "--parallel",
+            "²",
+            "--out-dir",
+            str(tmp_path),
+        ],
         env={"COLUMNS": "200"},
     )
     assert result.exit_code == 2 and "sweep.parallel" in result.output, result.output

@@ -159,7 +159,7 @@ def config_file(folder: Path, path: Path, name: str = "tables", sweep: dict | No
 
 
 def train(config: Path, out_dir: Path) -> Path:
-    result = invoke("train", config, "-o", out_dir, "-q", "--json")
+    result = invoke("train", config, "--out-dir", out_dir, "-q", "--json")
     assert result.exit_code == 0, result.output
     return Path(json.loads(result.stdout)["run_dir"])
 
@@ -379,7 +379,7 @@ def test_bad_tables_are_refused_in_one_line_before_the_run_directory(case, tmp_p
     change, data, expected = REFUSALS[case]
     path = small_csv(tmp_path / "small.csv", change)
     config = config_file(tmp_path, path, data=data)
-    message = one_line_error(invoke("train", config, "-o", tmp_path / "runs", "-q"))
+    message = one_line_error(invoke("train", config, "--out-dir", tmp_path / "runs", "-q"))
     for part in expected:
         assert part.format(path=path) in message, message
     assert not (tmp_path / "runs").exists()
@@ -494,7 +494,7 @@ def test_a_sweep_over_l2_on_the_mixed_table_ranks_its_members(table, tmp_path):
         train={"steps": 20},
         sweep={"grid": {"model.l2": [0.001, 0.1]}, "metric": "val_loss"},
     )
-    result = invoke("sweep", config, "--json", "-o", tmp_path / "runs", "--quiet")
+    result = invoke("sweep", config, "--json", "--out-dir", tmp_path / "runs", "--quiet")
     assert result.exit_code == 0, result.output
     state = json.loads(result.stdout)
     members = state["members"]

@@ -52,7 +52,7 @@ def write_config(folder: Path, data: str, extra: str = "") -> Path:
 
 
 def train(folder: Path, data: str = "data.csv", extra: str = "", *args):
-    return invoke("train", write_config(folder, data, extra), "-o", folder / "runs", "--quiet", *args)
+    return invoke("train", write_config(folder, data, extra), "--out-dir", folder / "runs", "--quiet", *args)
 
 
 def assert_refused(result, *fragments: str, runs: Path | None = None) -> str:

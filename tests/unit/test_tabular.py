@@ -47,7 +47,7 @@ def train_args(data: Path, out_dir: Path, *more: str) -> list:
     return [
         "train",
         CONFIGS / "logreg.yaml",
-        "-o",
+        "--out-dir",
         out_dir,
         "-q",
         "-s",

@@ -8,13 +8,13 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from gradfit.cli.options import SET_HELP, checked_output, stderr
+from gradfit.cli.options import checked_output, set_option, stderr
 from gradfit.config.choices import ModelKind
 
 
 def show(
     config: Path | None = typer.Argument(None, help="YAML config file; omit for the built-in defaults."),
-    set_: list[str] | None = typer.Option(None, "--set", "-s", help=SET_HELP, metavar="KEY=VALUE"),
+    set_: list[str] | None = set_option(),
     as_yaml: bool = typer.Option(False, "--yaml", help="Print the resolved config as YAML instead of a table."),
 ) -> None:
     """Show the resolved config: every key, its value and where it came from (default, file:line or --set).

@@ -11,9 +11,9 @@ import typer
 from gradfit.cli.options import (
     FORCE_HELP,
     JSON_OUT_HELP,
-    SET_HELP,
     JsonOutput,
     data_files,
+    set_option,
     use_compile_cache,
 )
 from gradfit.config.choices import Device, Metric, Precision
@@ -42,9 +42,9 @@ def train(
         help="YAML config file (see configs/ and [bold]gradfit config show[/]); with --resume, defaults to "
         "the run's own config.yaml.",
     ),
-    set_: list[str] | None = typer.Option(None, "--set", "-s", help=SET_HELP, metavar="KEY=VALUE"),
+    set_: list[str] | None = set_option(),
     out_dir: Path | None = typer.Option(
-        None, "--out-dir", "-o", help="Parent folder of the new run directory (default: runs)."
+        None, "--out-dir", metavar="DIR", help="Parent folder of the new run directory (default: runs)."
     ),
     resume: Path | None = typer.Option(
         None, "--resume", metavar="RUN_DIR", help="Continue this run in place from its newest checkpoint."
@@ -305,9 +305,9 @@ def sweep(
         help="Members trained side by side in one program (auto: as many as the "
         "device memory holds, estimated before allocating).",
     ),
-    set_: list[str] | None = typer.Option(None, "--set", "-s", help=SET_HELP, metavar="KEY=VALUE"),
+    set_: list[str] | None = set_option(),
     out_dir: Path | None = typer.Option(
-        None, "--out-dir", "-o", help="Parent folder of the new sweep directory (default: runs)."
+        None, "--out-dir", metavar="DIR", help="Parent folder of the new sweep directory (default: runs)."
     ),
     resume: Path | None = typer.Option(
         None,

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from gradfit.cli.render.common import fmt, member_ranges, titled_table, yaml_value
 from gradfit.config.load import ResolvedConfig, describe_keys, unused_keys
+from gradfit.counts import count, rate
 
 if TYPE_CHECKING:
     from gradfit.runs.rundir import Summary
@@ -43,9 +44,13 @@ def summary_table(summary: Summary) -> Table:
         (
             "train / eval time",
             f"{summary.train_time_s:.2f} s / {summary.eval_time_s:.2f} s "
-            f"({summary.evaluations} evaluations, every {summary.eval_every:,} steps)",
+            f"({count(summary.evaluations, 'evaluation')}, every {count(summary.eval_every, 'step')})",
         ),
-        ("steps_per_s", f"{fmt(steps_per_s, 4)} (training steps and log points; evaluations excluded)"),
+        (
+            "steps_per_s",
+            ("-" if steps_per_s is None else rate(steps_per_s))
+            + " (training steps and log points; evaluations excluded)",
+        ),
         ("wall_time", f"{summary.wall_time_s:.2f} s"),
         ("device", summary.device),
         ("run directory", summary.run_dir or "written by process 0"),
@@ -109,9 +114,9 @@ def sweep_ranking(state: dict) -> Table:
             else fmt(row["mean"]) + ("" if row["std"] is None else f" +- {fmt(row['std'], 2)}")
         )
         seeds = (
-            f"{row['completed']}/{len(row['members'])}"
-            + (f", [red]{row['failed']} diverged or failed[/]" if row["failed"] else "")
-            + (f", {row['pending']} unfinished" if row["pending"] else "")
+            f"{row['completed']:,}/{len(row['members']):,}"
+            + (f", [red]{row['failed']:,} diverged or failed[/]" if row["failed"] else "")
+            + (f", {row['pending']:,} unfinished" if row["pending"] else "")
         )
         mark = "[bold green]best[/] " if row["best"] else ""
         table.add_row(
@@ -122,7 +127,7 @@ def sweep_ranking(state: dict) -> Table:
             member_ranges(row["members"]),
         )
     table.caption = "".join(f"{note}\n" for note in state.get("notes", [])) + (
-        f"{len(state['members'])} members in {len(state['groups'])} compiled group(s); sub-runs in "
+        f"{count(len(state['members']), 'member')} in {count(len(state['groups']), 'compiled group')}; sub-runs in "
         f"{state['sweep_dir']}/members; wall time {state.get('wall_time_s', 0):.1f} s"
     )
     return table
