@@ -21,6 +21,8 @@ FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
 MIN_SIZE, MAX_SIZE = (200, 150), (10000, 10000)  # pixels (width, height)
 DPI = 100  # with figsize = size / DPI, a PNG has exactly ``size`` pixels
 LINE_WIDTH = 1.8
+# a line's colour (tab10's ten) and, from the eleventh run on, its dash: 40 runs (a sweep's members) stay apart
+LINE_STYLES = ("-", "--", ":", "-.")
 NOT_METRICS = frozenset({"step", "epoch", "elapsed_s"})  # the x axis and bookkeeping, not curves
 # points drawn per run and panel at most (2,000 buckets' lowest and highest), above the 1,200 columns of the default
 # image: a longer curve is reduced as it is read (``Curve``), so memory does not grow with metrics.jsonl
@@ -205,6 +207,12 @@ def _check_positive(labels: Sequence[str], metrics: Sequence[str], runs: Sequenc
                 )
 
 
+def line_style(run: int, colours: int) -> tuple[int, str]:
+    """The ``run``-th line's colour (an index of the palette's ``colours``) and dash: each colour solid first, then
+    dashed, dotted and dash-dotted; past ``colours * len(LINE_STYLES)`` runs they repeat."""
+    return run % colours, LINE_STYLES[(run // colours) % len(LINE_STYLES)]
+
+
 def _render(
     labels: Sequence[str], metrics: Sequence[str], points, image_format: str, log_y: bool, size: tuple[int, int]
 ) -> bytes:
@@ -228,10 +236,12 @@ def _render(
             steps, values = points[run][panel]
             if steps:
                 # a run with a single point would draw nothing as a line: give it a marker
+                colour, style = line_style(run, len(palette))
                 (line,) = ax.plot(
                     steps,
                     values,
-                    color=palette[run % len(palette)],
+                    color=palette[colour],
+                    linestyle=style,
                     linewidth=LINE_WIDTH,
                     marker="o" if len(steps) == 1 else None,
                     label=label,

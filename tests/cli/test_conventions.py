@@ -96,7 +96,8 @@ def test_a_count_groups_its_digits_and_agrees_with_its_noun():
 
 
 def test_the_training_summary_writes_counts_one_way():
-    from gradfit.cli.render.common import stdout_console
+    from rich.console import Console
+
     from gradfit.cli.render.training import summary_table
     from gradfit.runs.rundir import Summary
 
@@ -122,7 +123,7 @@ def test_the_training_summary_writes_counts_one_way():
         device="cpu:0 (cpu)",
         params_step=3000,
     )
-    console = stdout_console()
+    console = Console(width=200)
     with console.capture() as captured:
         console.print(summary_table(summary))
     text = captured.get()

@@ -170,3 +170,10 @@ def test_a_size_with_anything_but_ascii_digits_is_a_one_line_error(tmp_path, siz
     assert result.exit_code == 2, result.exception
     assert "--size" in result.output and "WIDTHxHEIGHT" in result.output
     assert result.output.strip().count("\n") == 0 and not (tmp_path / "c.png").exists()
+
+
+def test_forty_runs_get_forty_different_lines():
+    """tab10 has ten colours: from the eleventh run on, the colours repeat dashed, then dotted, then dash-dotted."""
+    styles = [plot.line_style(run, 10) for run in range(40)]
+    assert len(set(styles)) == 40 and styles[:10] == [(run, "-") for run in range(10)]
+    assert styles[10] == (0, "--") and plot.line_style(40, 10) == styles[0]

@@ -25,7 +25,7 @@ from gradfit.config.load import resolve_config
 from gradfit.config.schema import describe_keys
 from gradfit.data import dataset
 from gradfit.errors import ConfigError, DataError, Interrupted, RunDirError, TrainingFailed
-from gradfit.runs import catalog, checkpoints
+from gradfit.runs import catalog, checkpoints, comparison
 from gradfit.runs.metrics import RECORD_KEYS
 from gradfit.runs.rundir import RunDir, Summary
 from gradfit.training import session
@@ -182,8 +182,10 @@ def test_runs_lists_sweep_members_and_a_run_in_training(made, tmp_path):
     sweep = tmp_path / "lr-sweep-20261201-120000"
     for member in ("000_learning_rate=0.1", "001_learning_rate=0.2"):
         shutil.copytree(made["completed"], sweep / "members" / member)
-    labels = [entry.label for entry in catalog.find_runs(tmp_path)]
+    labels = [entry.label for entry in catalog.find_runs(tmp_path, members=True)]
     assert labels == [f"{sweep.name}/members/000_learning_rate=0.1", f"{sweep.name}/members/001_learning_rate=0.2"]
+    (folded,) = catalog.find_runs(tmp_path)  # one entry for the sweep: damaged, as it has no sweep.json
+    assert (folded.label, folded.kind, folded.status, folded.sweep.members) == (sweep.name, "sweep", "damaged", 2)
     assert len(catalog.find_runs(sweep)) == 2  # the sweep's own folder lists its members
     with RunDir(sweep / "members" / "000_learning_rate=0.1").locked():
         assert [entry.status for entry in catalog.find_runs(sweep)] == ["running", "completed"]
@@ -273,7 +275,7 @@ def test_compare_reads_an_older_config_with_its_defaults(made, tmp_path):
     shutil.copytree(made["completed"], older)
     text = (older / "config.yaml").read_text()
     (older / "config.yaml").write_text("\n".join(line for line in text.splitlines() if "loggers" not in line))
-    compared = catalog.compare([made["completed"], older])
+    compared = comparison.compare([made["completed"], older])
     assert compared.config == {"train.loggers": [["jsonl", "csv", "tensorboard"], ["jsonl"]]}
     assert compared.labels == [made["completed"].name, "older"]
 

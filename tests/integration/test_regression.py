@@ -503,7 +503,7 @@ def test_a_sweep_of_a_numeric_target_ranks_by_val_rmse_and_the_runs_commands_sho
     assert means == sorted(means) and len(means) == 4  # lower RMSE ranks first
     (sweep_dir,) = (tmp_path / "runs").iterdir()
     members = sorted((sweep_dir / "members").iterdir())
-    listed = invoke("runs", tmp_path / "runs", "--json", "--sort", "val_rmse")
+    listed = invoke("runs", tmp_path / "runs", "--json", "--sort", "val_rmse", "--members")
     assert listed.exit_code == 0, listed.output
     rows = json.loads(listed.stdout)
     assert [row["val_rmse"] for row in rows] == sorted(row["val_rmse"] for row in rows)

@@ -15,7 +15,7 @@ from gradfit.errors import GradfitError
 def list_runs(
     folder: Path = typer.Argument(
         Path("runs"),
-        help="A folder of run directories (also lists the members of the sweeps in it), or one run directory.",
+        help="A folder of run directories and sweeps, one run directory, or a sweep's folder (lists its members).",
     ),
     sort: RunSort = typer.Option(
         "started",
@@ -29,7 +29,11 @@ def list_runs(
         None,
         "--status",
         metavar="STATUS",
-        help="Only runs with this status: completed, failed, interrupted, running, unfinished or damaged.",
+        help="Only runs with this status: completed, failed, interrupted, running, unfinished or damaged "
+        "(a sweep's row: the sweep's own status).",
+    ),
+    members: bool = typer.Option(
+        False, "--members", help="List every member of each sweep instead of one row per sweep."
     ),
     json_flag: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
@@ -37,17 +41,20 @@ def list_runs(
 
     Reads only each run's summary.json, so it stays fast on a folder of thousands of runs. Status is what the summary says, [bold]running[/] while a gradfit process holds the run, [bold]unfinished[/] for a run killed before writing one (resume it), [bold]damaged[/] for a summary or run folder that cannot be read (a line under the table says why).
 
+    A sweep is one row, "(N runs)" after its name, with the metrics of its best member (named under the table); [bold]--members[/] lists them all, as does naming the sweep's folder. Columns that do not fit the terminal are left out, from [bold]started[/] and [bold]wall time[/] on (a line under the table names them; --json has every one): a run's name is never wrapped.
+
     [bold]Examples[/]
 
       gradfit runs
       gradfit runs runs/ --sort best_val_loss --status completed
+      gradfit runs runs/mlp-sweep-20261126-110000 --sort val_loss
       gradfit runs --json | jq '.[0].run'
     """  # noqa: E501 (a paragraph of --help is one line: Rich wraps it to the terminal)
     from gradfit.cli.render import runs as rendering
     from gradfit.cli.render.common import stdout_console
     from gradfit.runs import catalog
 
-    rows = [entry.row() for entry in catalog.find_runs(folder)]
+    rows = [entry.row() for entry in catalog.find_runs(folder, members=members)]
     if status is not None:
         rows = [row for row in rows if row["status"] == status]
     rows = catalog.sort_rows(rows, sort)
@@ -55,13 +62,18 @@ def list_runs(
         JsonOutput(True, None).emit(rows)
         return
     console = stdout_console()
-    console.print(rendering.runs_table(rows, str(folder)))
+    table, notes = rendering.runs_table(rows, str(folder), console.width)
+    console.print(table)
+    for line in notes:
+        console.print(line, highlight=False)
     for line in rendering.damaged_runs(rows):
         console.print(line, highlight=False, soft_wrap=True)
 
 
 def compare(
-    run_dirs: list[Path] = typer.Argument(..., help="Two or more run directories.", metavar="RUN RUN..."),
+    run_dirs: list[Path] = typer.Argument(
+        ..., help="Two or more run directories; a sweep's folder stands for its members.", metavar="RUN RUN..."
+    ),
     json_flag: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Compare runs: the config keys on which they differ ([bold]key: a -> b[/]) and their metrics side by side.
@@ -69,13 +81,13 @@ def compare(
     [bold]Examples[/]
 
       gradfit compare runs/mlp-20261126-101500 runs/mlp-20261126-103000
-      gradfit compare runs/mlp-sweep-20261126-110000/members/* --json
+      gradfit compare runs/mlp-sweep-20261126-110000 --json   # every member of the sweep
     """
     from gradfit.cli.render.common import stdout_console
     from gradfit.cli.render.runs import comparison_tables
-    from gradfit.runs import catalog
+    from gradfit.runs.comparison import compare as comparison_of
 
-    comparison = catalog.compare(run_dirs)
+    comparison = comparison_of(run_dirs)
     if json_flag:
         JsonOutput(True, None).emit(comparison.to_json())
         return
@@ -86,7 +98,9 @@ def compare(
 
 def plot(
     run_dirs: list[Path] = typer.Argument(
-        ..., help="Run directories whose curves to draw, overlaid.", metavar="RUN..."
+        ...,
+        help="Run directories whose curves to draw, overlaid; a sweep's folder stands for its members.",
+        metavar="RUN...",
     ),
     out: Path = typer.Option(..., "--out", "-o", help="The image to write: .png, .svg or .pdf."),
     metric: str | None = typer.Option(
@@ -108,18 +122,18 @@ def plot(
 
       gradfit plot runs/mlp-20261126-101500 --out curves.png
       gradfit plot runs/mlp-* --metric val_loss,val_accuracy --log-y --out curves.svg
+      gradfit plot runs/mlp-sweep-20261126-110000 --metric val_loss --out sweep.png   # its members
       pip install 'gradfit\\[plot]'   # matplotlib, if it is missing
     """
     from gradfit.runs import catalog
     from gradfit.runs import plot as plotting
-    from gradfit.runs.rundir import RunDir
 
     # ASCII digits only: str.isdigit() also passes '²', which int() refuses
     match = re.fullmatch(r"([0-9]{1,9})x([0-9]{1,9})", size.strip().lower())
     if match is None:
         raise GradfitError(f"--size {size!r}: expected WIDTHxHEIGHT in pixels (digits 0-9), e.g. 1200x400")
     width, height = match.groups()
-    folders = [RunDir.open(path) for path in run_dirs]
+    folders = catalog.open_runs(run_dirs)  # a sweep's folder: its members
     if metric is None:
         numeric = folders[0].config().model.regression if folders else False
         metric = ",".join(plotting.PLOT_METRICS_DEFAULT).replace(

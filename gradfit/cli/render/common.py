@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from rich.console import Console
@@ -11,9 +12,10 @@ from rich.text import Text
 
 
 def stdout_console() -> Console:
-    """A console for stdout; wide when it is not a terminal, so logs and redirected tables are not wrapped."""
-    console = Console()
-    return console if console.is_terminal else Console(width=160)
+    """A console for stdout, as wide as COLUMNS says when it is set; else the terminal's width, or 160 columns when
+    stdout is not a terminal, so logs and redirected tables are not wrapped."""
+    console = Console()  # Rich reads COLUMNS itself
+    return console if console.is_terminal or os.environ.get("COLUMNS", "").isdigit() else Console(width=160)
 
 
 def titled_table(title: str, **options) -> Table:
