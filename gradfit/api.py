@@ -2,7 +2,7 @@
 
     import gradfit
 
-    summary = gradfit.fit("configs/logreg.yaml", overrides={"model.l2": 0.01})
+    summary = gradfit.fit("configs/logreg.yaml", overrides={"model.l2": 0.01})  # progress shown in a notebook
     summary = gradfit.fit("configs/logreg.yaml", X=frame, y=labels)  # rows in memory: arrays, DataFrames, Arrow
     run = gradfit.load_run(summary.run_dir)
     run.predict(x)        # original label values, (n,); x: a DataFrame/Arrow table (by name) or an (n, d) array
@@ -15,12 +15,13 @@ argument of the wrong type or value is one too (ConfigError, DataError or RunDir
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import numbers
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,7 @@ def fit(
     out_dir: str | Path = "runs",
     callbacks: Callbacks | None = None,
     *,
+    progress: bool | None = None,
     X: Any = None,
     y: Any = None,
     sample_weight: Any = None,
@@ -63,8 +65,12 @@ def fit(
         config: a YAML file, a dict shaped like one (``{"model": {"kind": "mlp"}}``), or a ``GradfitConfig``.
         overrides: ``{"optimizer.learning_rate": 3e-3}`` or ``["optimizer.learning_rate=3e-3"]`` (as ``--set``).
         out_dir: the parent folder of the run directory.
-        callbacks: progress hooks (``gradfit.training.loop.Callbacks``, or any object with some of its methods);
-            None trains silently.
+        callbacks: progress hooks (``gradfit.training.loop.Callbacks``, or any object with some of its methods),
+            told whether or not ``progress`` shows.
+        progress: show what training does on stderr (as ``gradfit train`` does: a spinner while it loads and
+            compiles, then a bar with the objective, or a log line every half second where no bar can be redrawn).
+            None (the default): shown when stderr is a terminal or in a notebook (an IPython kernel), silent
+            elsewhere (a script whose output is redirected, a test run); True or False decides.
         X: rows to train on instead of the config's data source: a pandas or polars DataFrame, a pyarrow Table
             (columns by name; text and categorical columns as ``data.categorical`` says) or an (n, d) array
             (columns x0, x1, ...). The run's ``data.source`` becomes ``memory``; every other data key applies
@@ -89,7 +95,8 @@ def fit(
         resolved, rows = in_memory(resolved, X, y, sample_weight, X_val, y_val)
     elif any(v is not None for v in (y, sample_weight, X_val, y_val)):
         raise ConfigError("y, sample_weight, X_val and y_val go with X, the rows they belong to; X is None")
-    return loop.fit(resolved, folder, _hooks(callbacks), rows)
+    with _shown(progress, _hooks(callbacks)) as hooks:
+        return loop.fit(resolved, folder, hooks, rows)
 
 
 def in_memory(
@@ -118,17 +125,21 @@ def resume(
     overrides: Overrides = None,
     force: bool = False,
     callbacks: Callbacks | None = None,
+    *,
+    progress: bool | None = None,
 ) -> Summary:
     """Continue a stopped run in place, as ``gradfit train --resume`` does (bit-identically to a run never stopped).
 
     ``config`` defaults to the run's own config.yaml; a config that differs from the one it ran with (or
-    ``overrides`` that change it) needs ``force``, as on the command line.
+    ``overrides`` that change it) needs ``force``, as on the command line. ``callbacks`` and ``progress`` as in
+    ``fit``.
     """
     folder = RunDir.open(_path(run_dir, "run_dir", "the path of a run directory"))
     if not isinstance(force, (bool, np.bool_)):
         raise ConfigError(f"force: expected True or False, got {_kind(force)}")
     resolved = resolve(config if config is not None else folder.config_file, overrides)
-    return resuming.resume(folder.path, resolved, bool(force), _hooks(callbacks))
+    with _shown(progress, _hooks(callbacks)) as hooks:
+        return resuming.resume(folder.path, resolved, bool(force), hooks)
 
 
 def resolve(config: ConfigLike, overrides: Overrides = None, memory: bool = False) -> GradfitConfig:
@@ -228,6 +239,28 @@ def _hooks(callbacks: Any) -> Any:
             f"(gradfit.training.loop.Callbacks), got {_kind(callbacks)}"
         )
     return callbacks
+
+
+@contextlib.contextmanager
+def _shown(progress: Any, callbacks: Any) -> Iterator[Any]:
+    """The hooks to train with: ``callbacks``, and the progress display on stderr when ``progress`` asks for it
+    (None: when stderr is a terminal or in a notebook); the display is closed however training ends."""
+    if progress is not None and not isinstance(progress, (bool, np.bool_)):
+        raise ConfigError(
+            f"progress: expected True, False or None (shown in a terminal or notebook), got {_kind(progress)}"
+        )
+    from gradfit.training import progress as display  # imports Rich only once a display is made
+
+    if not (display.default_on() if progress is None else progress):
+        yield callbacks
+        return
+    from rich.console import Console
+
+    shown = display.TrainProgress(Console(stderr=True))
+    try:
+        yield shown if callbacks is None else display.WithDisplay(shown, callbacks)
+    finally:
+        shown.close()
 
 
 def _kind(value: Any) -> str:

@@ -10,7 +10,8 @@
 flat form; None (every default) takes the value of ``config=`` (a YAML file or a dict) and, below it, gradfit's
 default. Two data keys are the estimator's own: ``fit`` trains on every row of X (``data.test_fraction`` is 0, the
 caller holds test rows out) but the ``validation_fraction`` it evaluates on (``data.val_fraction``, default 0).
-Nothing is written unless ``out_dir`` is given (then a run directory, as ``gradfit train`` makes).
+Nothing is written unless ``out_dir`` is given (then a run directory, as ``gradfit train`` makes), and nothing is
+printed: a ``GridSearchCV`` fits hundreds of times (``gradfit.fit`` shows progress in a terminal or notebook).
 
 Input checks are scikit-learn's (``validate_data``); gradfit's own errors about the data or settings are raised as
 ValueError, with gradfit's message.

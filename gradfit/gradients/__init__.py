@@ -4,7 +4,8 @@ Modules:
 
 - ``problem``: a config's training objective at a point, what ``compare-grads`` and ``trace`` work on.
 - ``gradcheck``: ``check_gradient``, reverse mode against forward mode, finite differences and the hand-derived
-  gradient, per parameter group; and ``planted_error``, a known bug to measure what a check can see.
+  gradient, per parameter group, with its progress hooks (``CheckCallbacks``); and ``planted_error``, a known bug
+  to measure what a check can see.
 - ``checked_point``: the loss around the checked point, with batched evaluations in the checked precision and
   in float64.
 - ``finite_differences``: central differences, their measured noise, and the verdict of each entry.

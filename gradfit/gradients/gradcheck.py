@@ -1,6 +1,7 @@
 """Gradient checking: reverse-mode AD against forward mode, finite differences and a hand-derived gradient.
 
-Works on any scalar ``loss_fn(params, *args)`` and params pytree; returns a ``Report`` and prints nothing.
+Works on any scalar ``loss_fn(params, *args)`` and params pytree; returns a ``Report`` and prints nothing (its
+``callbacks`` are told each stage, parameter group and method as it starts: ``CheckCallbacks``).
 
 Finite differences are always taken in float64, of the same function at the same point and data. In float32
 they resolve about three digits: too few to see a 1% error in one entry among thousands. So a float32 check
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -55,7 +57,7 @@ from gradfit.gradients.finite_differences import (
 )
 from gradfit.gradients.step_sweep import step_sweep
 
-__all__ = ["CheckOptions", "check_gradient", "planted_error"]
+__all__ = ["CheckCallbacks", "CheckOptions", "check_gradient", "planted_error"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +74,37 @@ class CheckOptions:
     batch: int = 128  # loss evaluations per vmapped device call
 
 
+class CheckCallbacks:
+    """Progress hooks of ``check_gradient``, which prints nothing itself; override what you need. Any object with
+    some of these methods will do: the others are skipped, and one that raises is not called again."""
+
+    def on_stage(self, message: str) -> None:
+        """A step outside the groups: 'compiling the loss and its gradient', 'step-size sweep'."""
+
+    def on_group(self, index: int, total: int, name: str, size: int) -> None:
+        """Parameter group ``index`` (from 0) of ``total`` starts: its pytree path and its number of entries."""
+
+    def on_method(self, method: str) -> None:
+        """A method starts on the current group: 'noise' (measuring the loss noise), 'finite_difference',
+        'forward', 'manual', 'float64' (reverse AD in float64) or 'bisect' (narrowing a failing direction)."""
+
+
+class _Teller:
+    """Calls the hooks a callbacks object has; a display that fails (a closed pipe) is dropped, not the check."""
+
+    def __init__(self, callbacks: object = None):
+        self.callbacks = callbacks
+
+    def __call__(self, hook: str, *args: object) -> None:
+        call = getattr(self.callbacks, hook, None)
+        if call is None:
+            return
+        try:
+            call(*args)
+        except (Exception, SystemExit):  # Rich exits on a broken pipe
+            self.callbacks = None
+
+
 def check_gradient(
     loss_fn: Callable,
     params,
@@ -79,6 +112,7 @@ def check_gradient(
     options: CheckOptions = CheckOptions(),
     args: tuple = (),
     sweep: bool = False,
+    callbacks: Any = None,
 ) -> Report:
     """Check ``jax.grad(loss_fn)`` at ``params`` against forward mode, finite differences and ``manual_grad``.
 
@@ -90,10 +124,13 @@ def check_gradient(
         args: arrays passed to ``loss_fn`` after params (the data), as jit arguments rather than constants.
         sweep: also tabulate the finite-difference error against the step (``Report.sweep``), in the checked
             precision: what its finite differences can resolve.
+        callbacks: progress hooks (``CheckCallbacks``, or any object with some of its methods); None: silent.
 
     Returns:
         A Report; its ``verdict`` is "fail" if any group fails, "inconclusive" if any entry could not be decided.
     """
+    tell = _Teller(callbacks)
+    tell("on_stage", "compiling the loss and its gradient")
     point = CheckedPoint(
         loss_fn,
         params,
@@ -109,10 +146,13 @@ def check_gradient(
     rng = np.random.default_rng(options.seed)
     check_group = _check_group_full if point.full else _check_group_directional
     groups = []
-    for group in point.groups:
+    for index, group in enumerate(point.groups):
+        tell("on_group", index, len(point.groups), group.name, group.size)
+        tell("on_method", "noise")
         f_noise = noise_level(point, group, coordinate_lines(point, group, rng))
-        result = check_group(point, group, manual, forward_ok, options, rng, f_noise)
+        result = check_group(point, group, manual, forward_ok, options, rng, f_noise, tell)
         if not point.checked.x64:
+            tell("on_method", "float64")
             _add_float64(point, group, result)
         result.f_noise = f_noise
         groups.append(result)
@@ -123,6 +163,7 @@ def check_gradient(
         overall, options.precision, int(point.theta.size), "full" if point.full else "directional", rule, groups
     )
     if sweep:
+        tell("on_stage", "step-size sweep")
         report.sweep, report.sweep_shape = step_sweep(point, options.seed, options.coordinates, groups)
     return report
 
@@ -137,8 +178,8 @@ def _add_float64(point: CheckedPoint, group: Group, result: GroupResult) -> None
     result.verdict = combine_verdicts(m.verdict for m in result.methods.values())
 
 
-def _check_group_full(point, group, manual, forward_ok, options, rng, f_noise) -> GroupResult:
-    return _check_coordinates(point, group, manual, forward_ok, np.arange(group.size), f_noise)
+def _check_group_full(point, group, manual, forward_ok, options, rng, f_noise, tell) -> GroupResult:
+    return _check_coordinates(point, group, manual, forward_ok, np.arange(group.size), f_noise, tell)
 
 
 def _random_directions(point: CheckedPoint, group: Group, count: int, rng) -> np.ndarray:
@@ -148,15 +189,16 @@ def _random_directions(point: CheckedPoint, group: Group, count: int, rng) -> np
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
-def _check_group_directional(point, group, manual, forward_ok, options, rng, f_noise) -> GroupResult:
+def _check_group_directional(point, group, manual, forward_ok, options, rng, f_noise, tell) -> GroupResult:
     if group.size <= options.coordinates:  # a small group: every entry costs no more than the sample would
-        return _check_group_full(point, group, manual, forward_ok, options, rng, f_noise)
+        return _check_group_full(point, group, manual, forward_ok, options, rng, f_noise, tell)
     vectors = _random_directions(point, group, options.directions, rng)
     sample = rng.choice(group.size, size=options.coordinates, replace=False)
     direction_noise = noise_level(point, group, _random_directions(point, group, NOISE_LINES, rng))
-    result = _check_directions(point, group, manual, forward_ok, vectors, direction_noise)
+    result = _check_directions(point, group, manual, forward_ok, vectors, direction_noise, tell)
     fd = result.methods["finite_difference"]
     if fd.verdict == FAIL:  # narrow the failing direction down to its worst coordinate
+        tell("on_method", "bisect")
         k = fd.worst_direction
         flat, spread = _bisect(point, group, vectors[k], direction_noise, fd.worst_step)
         fd.note = f"direction {k} narrowed to entry {index_label(group, flat)}" + (
@@ -164,10 +206,10 @@ def _check_group_directional(point, group, manual, forward_ok, options, rng, f_n
         )
         sample = np.union1d(sample, [flat])
     if len(sample):  # on a tie the merged result names a coordinate rather than a direction
-        result = _merge(_check_coordinates(point, group, manual, forward_ok, sample, f_noise), result)
+        result = _merge(_check_coordinates(point, group, manual, forward_ok, sample, f_noise, tell), result)
     if manual is not None:  # the hand-derived gradient is at hand for every coordinate: compare them all
         everything = _check_coordinates(
-            point, group, manual, False, np.arange(group.size), f_noise, methods=("manual",)
+            point, group, manual, False, np.arange(group.size), f_noise, tell, methods=("manual",)
         )
         result.methods["manual"] = everything.methods["manual"]
         result.verdict = combine_verdicts(m.verdict for m in result.methods.values())
@@ -201,6 +243,7 @@ def _check_coordinates(
     forward_ok,
     flat: np.ndarray,
     f_noise: float,
+    tell: _Teller,
     methods=("finite_difference", "forward", "manual"),
 ) -> GroupResult:
     """Check the group's entries ``flat`` (indices within the group) with each of ``methods``."""
@@ -219,17 +262,19 @@ def _check_coordinates(
         evaluate,
         coordinate_steps(point, index),
         f_noise,
+        tell,
         forward=lambda: point.forward_at(index) if forward_ok else None,
         manual_values=None if manual is None else manual[index],
     )
 
 
-def _check_directions(point, group, manual, forward_ok, vectors: np.ndarray, f_noise: float) -> GroupResult:
+def _check_directions(point, group, manual, forward_ok, vectors: np.ndarray, f_noise: float, tell) -> GroupResult:
     """Check directional derivatives along the rows of ``vectors`` (supported on the group)."""
 
     def evaluate(deltas, rows=slice(None)):
         return point.losses_along(np.tile(vectors[rows], (4, 1)), deltas)
 
+    tell("on_method", "finite_difference")  # choosing each direction's step is finite differences' work
     steps = best_steps(point, evaluate, point.group_step(group), len(vectors), f_noise)
 
     return _summarize(
@@ -242,12 +287,13 @@ def _check_directions(point, group, manual, forward_ok, vectors: np.ndarray, f_n
         evaluate,
         steps,
         f_noise,
+        tell,
         forward=lambda: point.forward_along(vectors) if forward_ok else None,
         manual_values=None if manual is None else vectors @ manual,
     )
 
 
-def _summarize(point, group, methods, labels, flat, where, evaluate, steps, f_noise, forward, manual_values):
+def _summarize(point, group, methods, labels, flat, where, evaluate, steps, f_noise, tell, forward, manual_values):
     """Run the requested methods on one set of entries and summarize each against reverse AD.
 
     ``where`` is the entries' flat indices (coordinates) or the rows of unit vectors (directions).
@@ -258,6 +304,7 @@ def _summarize(point, group, methods, labels, flat, where, evaluate, steps, f_no
 
     results = {}
     if "finite_difference" in methods:  # in float64, against reverse AD in float64
+        tell("on_method", "finite_difference")
         reference = project(point.reverse64)
         diff, verdicts = check_finite_differences(point, evaluate, steps, reference, f_noise)
         ratio = np.abs(diff.central - reference) / np.maximum(diff.noise, 1e-300)
@@ -265,11 +312,11 @@ def _summarize(point, group, methods, labels, flat, where, evaluate, steps, f_no
         fd.worst_step = float(diff.step[labels.index(fd.worst)])
         results["finite_difference"] = fd
     reference = project(point.reverse)
-    exact = {"forward": forward() if "forward" in methods else None, "manual": manual_values}
     for name in ("forward", "manual"):
         if name not in methods:
             continue
-        values = exact[name]
+        tell("on_method", name)
+        values = forward() if name == "forward" else manual_values
         if values is None:
             note = "no forward-mode rule (custom_vjp)" if name == "forward" else "no hand-derived gradient"
             results[name] = MethodResult(name, NOT_AVAILABLE, note=note)

@@ -11,6 +11,8 @@
 - ``records``: the lines of metrics.jsonl; ``stopping``: the stopping rules and early stopping; ``payload``: what
   a checkpoint holds, written and read; ``summary``: summary.json; ``failures``: what a run that did not
   complete tells its user.
+- ``progress``: the live display of a run (``TrainProgress``), shared by ``gradfit train`` and
+  ``gradfit.fit(progress=True)``.
 - ``resume``: continuing a run from its newest checkpoint; ``supervise``: the parent process that watches a
   distributed run.
 

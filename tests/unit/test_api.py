@@ -4,7 +4,10 @@ wrong argument types or values refused with gradfit's own one-line errors."""
 from __future__ import annotations
 
 import enum
+import io
 import math
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -241,6 +244,8 @@ def wrong_calls(made) -> list:
         (lambda: gradfit.fit(fine, out_dir=None), RunDirError, r"^out_dir: .*got None"),
         (lambda: gradfit.fit(fine, out_dir=5), RunDirError, r"^out_dir: .*got int"),
         (lambda: gradfit.fit(fine, out_dir=folder, callbacks=print), ConfigError, r"^callbacks: .*on_log"),
+        (lambda: gradfit.fit(fine, out_dir=folder, progress="yes"), ConfigError, r"^progress: .*True, False or None"),
+        (lambda: api.resume(run.run_dir, progress=1), ConfigError, r"^progress: .*got int"),
         (lambda: gradfit.load_run(3.5), RunDirError, r"^run_dir: .*got float"),
         (lambda: gradfit.load_run(None), RunDirError, r"^run_dir: .*got None"),
         (lambda: api.resume(5), RunDirError, r"^run_dir: .*got int"),
@@ -274,3 +279,73 @@ def test_good_arguments_still_work(made):
     table = run.inference(scale="standardized", level=0.9)
     assert table.level == 0.9 and table.scale == "standardized"
     assert isinstance(Path(run.run_dir), Path)
+
+
+# ------------------------------------------------------------------------------------------------- progress
+
+QUICK = {**CONFIG, "name": "shown", "optimizer": {"name": "sgd", "learning_rate": 0.1}, "train": {"steps": 4}}
+
+
+class Steps:
+    """A caller's own callbacks: the steps it was told of."""
+
+    def __init__(self):
+        self.steps: list[int] = []
+
+    def on_log(self, record: dict) -> None:
+        self.steps.append(record["step"])
+
+
+def test_progress_shows_training_on_stderr_and_false_is_silent(tmp_path, capsys, monkeypatch):
+    from gradfit.training import progress
+
+    told = Steps()
+    gradfit.fit(QUICK, out_dir=tmp_path, progress=True, callbacks=told)
+    shown = capsys.readouterr()
+    assert shown.out == ""
+    assert "logistic on breast_cancer: 31 parameters, 4 steps" in shown.err and "run directory: " in shown.err
+    assert "step 4/4" in shown.err  # not a terminal: log lines, the last step among them
+    assert told.steps[-1] == 4  # the caller's callbacks are told as well
+    gradfit.fit(QUICK, out_dir=tmp_path, progress=False)
+    assert capsys.readouterr() == ("", "")
+    monkeypatch.setattr(progress, "default_on", lambda: True)  # as in a terminal or a notebook
+    gradfit.fit(QUICK, out_dir=tmp_path)
+    assert "step 4/4" in capsys.readouterr().err
+
+
+class Stream(io.StringIO):
+    def __init__(self, terminal: bool):
+        super().__init__()
+        self.terminal = terminal
+
+    def isatty(self) -> bool:
+        return self.terminal
+
+
+def test_progress_is_on_by_default_in_a_terminal_or_a_notebook_only(monkeypatch):
+    from gradfit.training import progress
+
+    monkeypatch.delitem(sys.modules, "IPython", raising=False)
+    monkeypatch.setattr(sys, "stderr", Stream(terminal=False))
+    assert not progress.default_on()  # a script whose stderr is redirected, a test run
+    monkeypatch.setattr(sys, "stderr", Stream(terminal=True))
+    assert progress.default_on()
+    monkeypatch.setattr(sys, "stderr", Stream(terminal=False))  # as in a notebook: a kernel's own stream
+    shell = types.SimpleNamespace()  # IPython in a terminal: no kernel
+    monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda: shell))
+    assert not progress.default_on()
+    shell.kernel = object()  # a notebook's IPython kernel
+    assert progress.default_on()
+
+
+@pytest.mark.parametrize("widgets", [True, False])
+def test_a_notebook_gets_a_live_bar_only_where_ipywidgets_can_redraw_it(monkeypatch, widgets):
+    from rich.console import Console
+
+    from gradfit.training import progress
+
+    asked = []
+    monkeypatch.setattr(progress.importlib.util, "find_spec", lambda name: asked.append(name) or (widgets or None))
+    notebook = Console(file=io.StringIO(), force_jupyter=True)
+    assert progress.TrainProgress(notebook).live is widgets and asked == ["ipywidgets"]
+    assert not progress.TrainProgress(Console(file=io.StringIO(), force_terminal=False)).live

@@ -222,7 +222,7 @@ def test_cli_default_passes_and_writes_json(tmp_path):
 
 
 def test_cli_mlp_config_directional_with_sweep(tmp_path):
-    result = invoke(str(CONFIGS / "mlp.yaml"), "--sweep", "--rows", "100", "--json-out", str(tmp_path / "o.json"))
+    result = invoke(str(CONFIGS / "mlp.yaml"), "--step-sweep", "--rows", "100", "--json-out", str(tmp_path / "o.json"))
     assert result.exit_code == 0, result.output
     assert "directional check" in result.output and "V shape" in result.output
     assert json.loads((tmp_path / "o.json").read_text())["sweep"]["shape"] == "V"

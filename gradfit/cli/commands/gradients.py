@@ -4,7 +4,7 @@ computed operation by operation."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -14,18 +14,20 @@ from gradfit.cli.options import (
     FORCE_HELP,
     JSON_HELP,
     JSON_OUT_HELP,
-    SET_HELP,
     CheckPrecision,
     JsonOutput,
     TraceMode,
     checked_output,
     data_files,
+    set_option,
+    stderr,
     use_compile_cache,
 )
 from gradfit.errors import ConfigError, RunDirError
 
 if TYPE_CHECKING:
-    from gradfit.config.load import ResolvedConfig
+    from gradfit.cli.render.progress import GradcheckProgress
+    from gradfit.config.load import GradfitConfig, ResolvedConfig
     from gradfit.gradients.check_report import Report
     from gradfit.gradients.problem import Problem
 
@@ -57,12 +59,15 @@ def compare_grads(
     config: Path | None = typer.Argument(
         None, help="YAML config; omit for the shipped configs/logreg.yaml (breast cancer, l2 = 0.001)."
     ),
-    set_: list[str] | None = typer.Option(None, "--set", "-s", help=SET_HELP, metavar="KEY=VALUE"),
+    set_: list[str] | None = set_option(),
     at: Path | None = typer.Option(None, "--at", help="Check at the parameters of this run directory."),
     precision: CheckPrecision = typer.Option(
         "float64", help="Precision of the gradient checked (finite differences are float64 either way)."
     ),
-    sweep: bool = typer.Option(False, "--sweep", help="Also tabulate the error against h from 1e-1 to 1e-10."),
+    step_sweep: bool = typer.Option(
+        False, "--step-sweep", help="Also tabulate the finite-difference error against the step h, 1e-1 to 1e-10."
+    ),
+    old_sweep: bool = typer.Option(False, "--sweep", hidden=True),  # gradfit 0.1's spelling of --step-sweep
     step: float | None = typer.Option(
         None, "--step", min=1e-15, max=1.0, help="Finite-difference step factor instead of eps^(1/3)."
     ),
@@ -71,44 +76,80 @@ def compare_grads(
     coordinates: int = typer.Option(16, min=0, help="Sampled coordinates per group (directional mode)."),
     max_rows: int = typer.Option(10_000, "--rows", min=1, help="Use at most this many training rows."),
     seed: int = typer.Option(0, min=0, help="Seed for the directions and the coordinate sample."),
+    quiet: bool = typer.Option(
+        False, "--quiet", "-q", help="No progress on stderr; the tables and the verdict still print."
+    ),
     json_flag: bool = typer.Option(False, "--json", help=JSON_HELP),
     json_file: Path | None = typer.Option(None, "--json-out", metavar="FILE", help=JSON_OUT_HELP),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Check the gradient: reverse-mode AD against forward mode, finite differences and the hand-derived gradient.
 
-    The loss is the config's training objective (with its L2 term) at the parameters training starts from (logistic regression, which starts at zero: a seeded random point). Models up to 5,000 parameters are checked entry by entry; larger ones along random directions and sampled coordinates per parameter group, and a failing direction is narrowed down to its worst entry. Finite differences are taken in float64 with a noise estimate measured from the loss itself; a recheck at a smaller step overturns a failure only when the disagreement shrinks as truncation error does. Exit code 0 when the gradient passes (or is inconclusive: the differences could not resolve an entry), 1 when it fails, 2 for bad input.
+    The loss is the config's training objective (with its L2 term) at the parameters training starts from (logistic regression, which starts at zero: a seeded random point). Models up to 5,000 parameters are checked entry by entry; larger ones along random directions and sampled coordinates per parameter group, and a failing direction is narrowed down to its worst entry. Finite differences are taken in float64 with a noise estimate measured from the loss itself; a recheck at a smaller step overturns a failure only when the disagreement shrinks as truncation error does. Exit code 0 when the gradient passes (or is inconclusive: the differences could not resolve an entry), 1 when it fails, 2 for bad input. Progress (loading, compiling, each parameter group and method) goes to stderr, erased before the tables on a terminal.
 
     [bold]Examples[/]
 
       gradfit compare-grads
       gradfit compare-grads configs/mlp.yaml --json-out check.json
       gradfit compare-grads configs/mlp.yaml --at runs/mlp-20261126-101500
-      gradfit compare-grads configs/logreg.yaml --sweep
+      gradfit compare-grads configs/logreg.yaml --step-sweep
     """  # noqa: E501 (a paragraph of --help is one line: Rich wraps it to the terminal)
     config, resolved, protected = _problem_config(config, at, set_)
     source = str(config) if config else "configs/logreg.yaml (built in: breast cancer, l2 = 0.001)"
     output = JsonOutput.checked(json_flag, json_file, force, protected)
     console = output.console()
-    use_compile_cache()
-    from gradfit.gradients import gradcheck, problem
+    if old_sweep:
+        stderr.print("[yellow]note:[/] --sweep is now --step-sweep", highlight=False, soft_wrap=True)
+    from gradfit.cli.render.progress import GradcheckProgress
 
-    options = gradcheck.CheckOptions(
-        precision=precision,
-        step=step,
-        full=True if full else None,
-        directions=directions,
-        coordinates=coordinates,
-        seed=seed,
-    )
-    checked = problem.from_config(resolved.config, None if at is None else str(at), max_rows)
-    result = gradcheck.check_gradient(
-        checked.loss_fn, checked.params, checked.manual_grad, options, args=checked.args, sweep=sweep
-    )
+    progress = None if quiet else GradcheckProgress(stderr)  # stderr, whichever console the tables go to
+    options = {  # gradcheck.CheckOptions, made once jax is imported
+        "precision": precision,
+        "step": step,
+        "full": True if full else None,
+        "directions": directions,
+        "coordinates": coordinates,
+        "seed": seed,
+    }
+    try:
+        checked, result = _check(resolved.config, at, max_rows, step_sweep or old_sweep, options, progress)
+    finally:
+        if progress is not None:
+            progress.close()  # before the tables: a terminal's spinner is erased, not printed over
     _print_check(console, source, checked, result)
     output.emit(result.to_json())
     if result.verdict == "fail":
         raise typer.Exit(1)
+
+
+def _check(
+    config: GradfitConfig,
+    at: Path | None,
+    max_rows: int,
+    sweep: bool,
+    options: dict[str, Any],
+    progress: GradcheckProgress | None,
+) -> tuple[Problem, Report]:
+    """Set up the problem and check it (``options``: the fields of ``CheckOptions``), telling ``progress`` each
+    stage as it starts."""
+    if progress is not None:
+        progress.on_stage("starting JAX")  # from the first second: importing jax takes seconds
+    use_compile_cache()
+    from gradfit.gradients import gradcheck, problem
+
+    if progress is not None:
+        progress.on_stage("loading data")
+    checked = problem.from_config(config, None if at is None else str(at), max_rows)
+    result = gradcheck.check_gradient(
+        checked.loss_fn,
+        checked.params,
+        checked.manual_grad,
+        gradcheck.CheckOptions(**options),
+        args=checked.args,
+        sweep=sweep,
+        callbacks=progress,
+    )
+    return checked, result
 
 
 def _print_check(console: Console, source: str, checked: Problem, result: Report) -> None:
@@ -133,7 +174,7 @@ def trace(
     config: Path | None = typer.Argument(
         None, help="YAML config; omit for the shipped configs/logreg.yaml (breast cancer, l2 = 0.001)."
     ),
-    set_: list[str] | None = typer.Option(None, "--set", "-s", help=SET_HELP, metavar="KEY=VALUE"),
+    set_: list[str] | None = set_option(),
     rows: int = typer.Option(1, "--rows", min=1, help="Training rows the loss is traced on."),
     param: str | None = typer.Option(
         None, "--param", metavar="NAME[INDEX]", help="theta_j, e.g. w[3] or layers/0/w[2,5]; default: the first weight."

@@ -254,8 +254,8 @@ def _fit(
         from gradfit import api
 
         if resume is None:
-            return api.fit(resolved.config, out_dir=out_dir or Path("runs"), callbacks=callbacks)
-        return api.resume(resume, resolved.config, force=force, callbacks=callbacks)
+            return api.fit(resolved.config, out_dir=out_dir or Path("runs"), callbacks=callbacks, progress=False)
+        return api.resume(resume, resolved.config, force=force, callbacks=callbacks, progress=False)
     except TrainingFailed as exc:
         if exc.summary is not None:
             output.emit(exc.summary)

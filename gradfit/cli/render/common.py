@@ -10,6 +10,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from gradfit.counts import number
+
 
 def stdout_console() -> Console:
     """A console for stdout, as wide as COLUMNS says when it is set; else the terminal's width, or 160 columns when
@@ -24,13 +26,7 @@ def titled_table(title: str, **options) -> Table:
     return Table(title=title, min_width=len(Text.from_markup(title).plain), **{"title_justify": "left", **options})
 
 
-def fmt(value: Any, digits: int = 4) -> str:
-    """Compact number formatting for tables and log lines; '-' for missing values."""
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}g}"
-    return str(value)
+fmt = number  # how a table writes a measured value (gradfit.counts)
 
 
 def yaml_value(value: Any) -> str:
