@@ -64,7 +64,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         compile_cache.enable(Path(scratch) / "jax-cache")
         runs = Path(scratch) / "runs"
-        train = lambda: gradfit.fit(CONFIG, EVERY_ROW, out_dir=runs)  # noqa: E731
+        train = lambda: gradfit.fit(CONFIG, EVERY_ROW, out_dir=runs, progress=False)  # noqa: E731
         refit = lambda: GradfitClassifier(config=str(CONFIG), validation_fraction=0).fit(X, y)  # noqa: E731
         estimator = lambda: (reuse.forget(), refit())  # noqa: E731  (the first fit of its shape)
         reference = lambda: LogisticRegression(C=1 / (0.001 * len(y)), max_iter=1000).fit(scaled, y)  # noqa: E731
