@@ -12,7 +12,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from gradfit.bench.options import BenchOptions
-from gradfit.bench.timing import compile_side_by_side, growth_exponent, measure, record
+from gradfit.bench.timing import compile_side_by_side, dispatch_floor, growth_exponent, growth_fit, measure, record
 from gradfit.core.losses import logistic_manual_grad, make_objective, mlp_manual_grad
 from gradfit.core.models import count_params, logistic, mlp
 from gradfit.data.synthetic import make_synthetic
@@ -81,10 +81,12 @@ def method_scaling(options: BenchOptions, device) -> dict:
     """Full-gradient time by method, as a ratio to one loss evaluation, as the parameter count grows.
 
     The growth exponent is the slope of log(ratio) against log(parameters): about 0 for reverse mode (the cheap
-    gradient principle), about 1 for forward mode and finite differences (one pass per parameter).
+    gradient principle), about 1 for forward mode and finite differences (one pass per parameter). It is fitted
+    only over the sizes whose loss takes well above the dispatch floor (``gradfit.bench.timing.growth_fit``).
     """
     families = {}
     with jax.default_device(device):
+        floor_s = dispatch_floor(2 * options.repeats)
         rows = []
         for d in options.logreg_dims:
             x, labels = make_synthetic(options.rows, d, 2, 2.0, 1.0, seed=0)
@@ -100,7 +102,7 @@ def method_scaling(options: BenchOptions, device) -> dict:
                 options.repeats,
             )
             rows.append({"size": d, **timing})
-        families["logistic"] = _with_ratios(rows)
+        families["logistic"] = _with_ratios(rows, floor_s)
         rows = []
         for width in options.mlp_widths:
             x, labels = make_synthetic(options.rows, 64, 10, 2.0, 1.0, seed=0)
@@ -115,13 +117,16 @@ def method_scaling(options: BenchOptions, device) -> dict:
                 options.repeats,
             )
             rows.append({"size": width, **timing})
-        families["mlp"] = _with_ratios(rows)
+        families["mlp"] = _with_ratios(rows, floor_s)
     return families
 
 
-def _with_ratios(rows: list) -> dict:
+def _with_ratios(rows: list, floor_s: float) -> dict:
+    """The rows with each method's time over the loss's, and growth exponents over the compute-bound sizes."""
     methods = ("reverse", "forward", "finite_difference", "manual_numpy")
     for row in rows:
         row["ratios"] = {m: row[f"{m}_s"] / row["loss_s"] for m in methods}
-    exponents = {m: growth_exponent([(row["num_params"], row["ratios"][m]) for row in rows]) for m in methods}
-    return {"rows": rows, "growth_exponent": exponents}
+    fit = growth_fit(rows, "loss_s", floor_s)
+    fitted = [row for row in rows if row["num_params"] in fit["sizes"]]
+    exponents = {m: growth_exponent([(row["num_params"], row["ratios"][m]) for row in fitted]) for m in methods}
+    return {"rows": rows, "growth_exponent": exponents, "growth_fit": fit}

@@ -8,7 +8,9 @@ nothing; the CLI renders them.
 
 This module runs the sections in order with the presets ``FULL`` and ``QUICK``: training speed
 (``training_speed``), the cost of differentiation (``differentiation``) and the Helmholtz study (``helmholtz``),
-the peers (``peers``) and the scaling over devices (``scaling``).
+the peers (``peers``) and the scaling over devices (``scaling``). ``QUICK`` measures only what a side-by-side
+ratio needs: gradfit's whole training loop per config against the minimal JAX loop, PyTorch eager and
+scikit-learn.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +36,9 @@ from gradfit.runtime.mesh import describe_device, select_device
 from gradfit.training.prepare import prepare
 
 FULL = BenchOptions()
+# the side-by-side ratios alone: no Python loop or fused chunk (two compiles per config), no per-size method
+# tables, no Helmholtz study, no NumPy peer (a compile per config), no scaling table (three); the sizes below
+# serve --study helmholtz --quick and the sections a caller adds back
 QUICK = BenchOptions(
     steps=50,
     repeats=3,
@@ -41,6 +47,7 @@ QUICK = BenchOptions(
     rows=500,
     helmholtz_sizes=helmholtz.QUICK["sizes"],
     symbolic_max_n=helmholtz.QUICK["symbolic_max_n"],
+    sections=(),
 )
 STUDIES = ("helmholtz",)  # what ``gradfit bench --study`` can run alone
 
@@ -60,7 +67,14 @@ def environment(device, precisions) -> dict:
         "dtype": ", ".join(sorted(set(precisions))),
         # jax's Config stub lacks the attributes it makes for its options
         "matmul_precision": jax.config.jax_default_matmul_precision or "default",  # type: ignore[attr-defined]
+        "load_average": load_average(),
     }
+
+
+def load_average() -> list | None:
+    """The machine's 1-, 5- and 15-minute load averages (other work competing for the cores); None where the
+    system does not report them."""
+    return [round(value, 2) for value in os.getloadavg()] if hasattr(os, "getloadavg") else None
 
 
 def run_bench(
@@ -69,14 +83,18 @@ def run_bench(
     device: str = "auto",
     progress: Callable[[str], None] = lambda message: None,
 ) -> dict:
-    """The whole benchmark; ``configs`` maps a name to a GradfitConfig (default: the logreg and mlp suite).
+    """The benchmark; ``configs`` maps a name to a GradfitConfig (default: the logreg and mlp suite).
 
-    Every section but the scaling table runs on one device, as its peers do.
+    Always gradfit's whole training loop per config (``training``) and, with ``options.peers``, its peers; the
+    other sections as ``options.sections`` lists them. Every section but the scaling table runs on one device,
+    as its peers do. ``wall_s``: the seconds it took, set-up and compilation included.
     """
+    started = time.perf_counter()
     if configs is None:
         configs = {name: resolve_config(None, overrides).config for name, overrides in EXAMPLES.items()}
     chosen = select_device(device)
     configs = {name: on_devices(c, chosen.platform, 1) for name, c in configs.items()}
+    sections = options.sections
     result: dict[str, Any] = {
         "environment": environment(chosen, [c.runtime.precision for c in configs.values()]),
         "options": dataclasses.asdict(options),
@@ -84,16 +102,25 @@ def run_bench(
     runs = {name: prepare(config) for name, config in configs.items()}
     progress("training throughput")
     result["training"] = [training_throughput(run, options, name) for name, run in runs.items()]
-    progress("gradient cost")
-    result["gradient_cost"] = [gradient_cost(run, options, name) for name, run in runs.items()]
-    progress("differentiation methods")
-    result["methods"] = {**method_scaling(options, chosen), "helmholtz": helmholtz_study(options, chosen, progress)}
+    if "gradient_cost" in sections:
+        progress("gradient cost")
+        result["gradient_cost"] = [gradient_cost(run, options, name) for name, run in runs.items()]
+    methods = {}
+    if "methods" in sections:
+        progress("differentiation methods")
+        methods.update(method_scaling(options, chosen))
+    if "helmholtz" in sections:
+        methods["helmholtz"] = helmholtz_study(options, chosen, progress)
+    if methods:
+        result["methods"] = methods
     if options.peers:
         progress("peers")
         result["peers"] = peers(runs, options, result["training"])
-    progress("scaling over devices")
-    minibatch = [name for name, run in runs.items() if not run.plan.full_batch] or list(runs)
-    result["scaling"] = scaling_table(configs[minibatch[-1]], options, minibatch[-1])
+    if "scaling" in sections:
+        progress("scaling over devices")
+        minibatch = [name for name, run in runs.items() if not run.plan.full_batch] or list(runs)
+        result["scaling"] = scaling_table(configs[minibatch[-1]], options, minibatch[-1])
+    result["wall_s"] = time.perf_counter() - started
     return result
 
 
@@ -116,12 +143,14 @@ def run_study(
     progress: Callable[[str], None] = lambda message: None,
 ) -> dict:
     """One study of ``STUDIES`` alone, shaped as ``run_bench``'s result with only that section."""
+    started = time.perf_counter()
     chosen = select_device(device)
-    return {
+    result = {
         "environment": environment(chosen, ["float64"]),
         "options": dataclasses.asdict(options),
         "methods": {name: helmholtz_study(options, chosen, progress)},
     }
+    return {**result, "wall_s": time.perf_counter() - started}
 
 
 FORCED_CPU_DEVICES = 4  # what ``split_cpu`` makes of a CPU for the scaling table

@@ -40,12 +40,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradfit.bench.timing import compile_side_by_side, growth_exponent, measure, record
+from gradfit.bench.timing import compile_side_by_side, dispatch_floor, growth_exponent, growth_fit, measure, record
 from gradfit.core.precision import Precision
 
 RT = 1.0
 METHODS = ("reverse", "forward", "finite_difference", "manual", "symbolic")
-FIT_FROM = 16  # growth exponents are fitted over n >= FIT_FROM: below it, per-call overhead dominates every time
 SYMBOLIC_BUDGET_S = 5.0  # symbolic differentiation stops growing n once one size's set-up takes longer than this
 SYMPY_HINT = "SymPy is not installed: pip install 'gradfit[symbolic]'"
 
@@ -303,15 +302,16 @@ def _symbolic_fields(row: dict, instance: Problem, reference: np.ndarray, repeat
     )
 
 
-def growth_exponents(rows: list, fit_from: int = FIT_FROM) -> dict:
-    """For each method, the slope of log(time / f time) against log(n) over the rows with ``n >= fit_from``
-    where the method was timed; None when fewer than 2 such rows."""
+def growth_exponents(rows: list, fitted_sizes: list) -> dict:
+    """For each method, the slope of log(time / f time) against log(n) over the rows whose n is in
+    ``fitted_sizes`` (``gradfit.bench.timing.growth_fit``: f's time well above the dispatch floor) and where the
+    method was timed; None when fewer than 2 such rows."""
     return {
         m: growth_exponent(
             [
                 (r["num_params"], r["ratios"][m])
                 for r in rows
-                if r["num_params"] >= fit_from and r["ratios"].get(m) is not None
+                if r["num_params"] in fitted_sizes and r["ratios"].get(m) is not None
             ]
         )
         for m in METHODS
@@ -325,14 +325,15 @@ def study(
     seed: int = 0,
     progress: Callable[[str], None] = lambda message: None,
     symbolic_budget_s: float = SYMBOLIC_BUDGET_S,
-    fit_from: int = FIT_FROM,
 ) -> dict:
     """Full-gradient time of each method as a multiple of one evaluation of f, for each number of variables.
 
     Every JAX program is compiled once per size before it is timed, with the arrays as arguments; times are
     medians after a warm-up (``gradfit.bench.timing``). Symbolic differentiation runs for ``n <= symbolic_max_n`` and
     stops growing once one size's set-up takes more than ``symbolic_budget_s`` (its cost grows about as n^3);
-    rows it skips carry None and the reason in ``symbolic_skipped``.
+    rows it skips carry None and the reason in ``symbolic_skipped``. Growth exponents are fitted only over the
+    sizes where f takes at least ``COMPUTE_BOUND_FACTOR`` times the dispatch floor (``growth_fit``); with fewer
+    than 2 such sizes they are None, and ``growth_fit["reason"]`` says why.
 
     Args:
         sizes: numbers of variables n, increasing.
@@ -341,10 +342,9 @@ def study(
         seed: seed of the constants (``problem``).
         progress: called with a short message before each size.
         symbolic_budget_s: set-up seconds after which symbolic differentiation is not tried at larger n.
-        fit_from: smallest n in the fit of the growth exponents.
 
     Returns:
-        ``{"function", "rows", "growth_exponent", "growth_fit_from", "expression_growth", "symbolic", "note"}``;
+        ``{"function", "rows", "growth_exponent", "growth_fit", "expression_growth", "symbolic", "note"}``;
         each row has ``size``, ``num_params``, ``loss_s``, ``{method}_s``, ``symbolic_setup_s``, ``symbolic_ops``,
         ``symbolic_ops_cse``, ``symbolic_loss_s``, ``symbolic_own_ratio`` (symbolic_s / symbolic_loss_s),
         ``symbolic_skipped`` (None, or why symbolic did not run), ``ratios`` (method -> time / loss_s, None where
@@ -353,6 +353,7 @@ def study(
     """
     version = sympy_version()
     rows, stopped = [], None if version else SYMPY_HINT
+    floor_s = dispatch_floor(2 * repeats)
     for n in sizes:
         progress(f"Helmholtz free energy, n={n}")
         instance = problem(n, seed)
@@ -370,14 +371,15 @@ def study(
         row.setdefault("errors", {}).setdefault("symbolic", None)
         row["ratios"] = {m: None if row[f"{m}_s"] is None else row[f"{m}_s"] / row["loss_s"] for m in METHODS}
         rows.append(row)
+    fit = growth_fit(rows, "loss_s", floor_s)
     return {
         "function": "helmholtz",
         "rows": rows,
-        "growth_exponent": growth_exponents(rows, fit_from),
+        "growth_exponent": growth_exponents(rows, fit["sizes"]),
+        "growth_fit": fit,
         "expression_growth": _expression_growth(rows),
-        "growth_fit_from": fit_from,
         "symbolic": version or SYMPY_HINT,
-        "note": _note(fit_from),
+        "note": NOTE,
     }
 
 
@@ -395,14 +397,13 @@ def _expression_growth(rows: list) -> dict:
     }
 
 
-def _note(fit_from: int) -> str:
-    return (
-        f"float64; ratios are a method's full-gradient time over one evaluation of f (compiled with "
-        f"jax.jit; symbolic: SymPy's gradient lambdified to NumPy, so its ratio also holds Python's "
-        f"interpreter against XLA, and symbolic_own_ratio compares it with f lambdified the same way); "
-        f"growth exponents are slopes of log(ratio) against log(n) over n >= {fit_from}: below it every "
-        f"call costs about the same fixed per-call overhead, and on a CPU that overhead is still much of "
-        f"f's own time up to a few hundred variables, which bends the slopes (read the large-n rows too); "
-        f"expression_growth is the slope of log(operation count) against log(n) over n >= 2; errors "
-        f"are norm-relative against reverse mode"
-    )
+NOTE = (
+    "float64; ratios are a method's full-gradient time over one evaluation of f (compiled with jax.jit; "
+    "symbolic: SymPy's gradient lambdified to NumPy, so its ratio also holds Python's interpreter against XLA, "
+    "and symbolic_own_ratio compares it with f lambdified the same way); growth exponents are slopes of "
+    "log(ratio) against log(n) over growth_fit's sizes only, those where f takes at least growth_fit's factor "
+    "times the dispatch floor (a compiled call that does next to nothing): below, every call costs about that "
+    "fixed overhead and a slope is not a growth rate, so with fewer than 2 such sizes there is none; "
+    "expression_growth is the slope of log(operation count) against log(n) over n >= 2; errors are "
+    "norm-relative against reverse mode"
+)

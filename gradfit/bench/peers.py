@@ -30,9 +30,9 @@ DESCENT_RATE = 0.01  # learning rate of the plain gradient-descent steps compare
 
 
 def peers(runs: dict, options: BenchOptions, training: list) -> dict:
-    """gradfit against the minimal hand-written JAX loop and a NumPy step (always), PyTorch eager and
-    scikit-learn's lbfgs (when installed). ``runs`` maps names to prepared runs; ``training`` holds each one's
-    loop timing (``training_throughput``)."""
+    """gradfit against the minimal hand-written JAX loop (always), PyTorch eager and scikit-learn's lbfgs (when
+    installed), and a NumPy step (with the section "numpy_step" of ``options.sections``). ``runs`` maps names to
+    prepared runs; ``training`` holds each one's loop timing (``training_throughput``)."""
     out = {}
     loops = {row["config"]: row for row in training}  # rows are named by the keys of ``runs``
     # torch first: after scikit-learn has started its OpenMP threads, torch's own pool fights them for the
@@ -42,8 +42,9 @@ def peers(runs: dict, options: BenchOptions, training: list) -> dict:
         out["torch_eager_mlp"] = _torch_peer(runs[network], options, loops.get(network))
     for name, run in runs.items():
         out[f"minimal_jax_loop_{name}"] = _minimal_loop_peer(run, options, loops[name])
-    for name, run in runs.items():
-        out[f"numpy_step_{name}"] = _numpy_step_peer(run.config, options)
+    if "numpy_step" in options.sections:
+        for name, run in runs.items():
+            out[f"numpy_step_{name}"] = _numpy_step_peer(run.config, options)
     logreg = next((r for r in runs.values() if r.config.model.kind == "logistic"), None)
     if logreg is not None:
         out["sklearn_lbfgs"] = _sklearn_peer(logreg.config, options)
@@ -195,13 +196,14 @@ def _sklearn_peer(config: GradfitConfig, options: BenchOptions) -> dict:
 
         target = min(sklearn_objective(sklearn_fit(10_000, 1e-14)), gradfit_objective(200))
         goal = target * (1 + 1e-9)
-        steps = next((n for n in range(1, 201) if gradfit_objective(n) <= goal), None)
-        iterations = next((n for n in range(1, 1001) if sklearn_objective(sklearn_fit(n)) <= goal), None)
+        steps = fewest(lambda n: gradfit_objective(n) <= goal, 200)
+        iterations = fewest(lambda n: sklearn_objective(sklearn_fit(n)) <= goal, 1000)
         if steps is None or iterations is None:
             return _unavailable(name, "one of the two did not reach the common objective; nothing to compare")
         row = {
             "peer": name,
             "available": True,
+            "config": config.name,
             "l2": lam,
             "objective": target,
             "gradfit_steps": steps,
@@ -216,6 +218,19 @@ def _sklearn_peer(config: GradfitConfig, options: BenchOptions) -> dict:
         )
     sklearn_s = record(row, "peer_s", measure(lambda: sklearn_fit(iterations), repeats=options.repeats))
     return {**row, "time_ratio": gradfit_s / sklearn_s}
+
+
+def fewest(reaches: Callable[[int], bool], most: int) -> int | None:
+    """The smallest n in 1 ... ``most`` with ``reaches(n)``, None if not even ``most`` does; for a predicate that
+    stays true once true (a descent method's objective after n iterations is below a goal). By bisection: about
+    log2(most) calls where counting up made as many as n (38 scikit-learn fits, seconds on a busy machine)."""
+    if not reaches(most):
+        return None
+    below, reached = 0, most
+    while reached - below > 1:
+        middle = (below + reached) // 2
+        below, reached = (below, middle) if reaches(middle) else (middle, reached)
+    return reached
 
 
 def _lbfgs_float64(config: GradfitConfig, lam: float) -> GradfitConfig:
@@ -275,12 +290,13 @@ def _torch_peer(run, options: BenchOptions, loop_row: dict | None = None) -> dic
     row = {
         "peer": name,
         "available": True,
+        "config": config.name,
         "torch": torch.__version__,
         "device": where,
         "batch_size": batch_size(run),
         "optimizer": config.optimizer.name,
         "note": f"torch {torch.__version__} on {where} ({torch.get_num_threads()} CPU threads), "
-        f"{config.optimizer.name}, batch {batch_size(run)}",
+        f"{config.optimizer.name}",
     }
     torch_s = record(row, "peer_s_per_step", measure(torch_step, repeats=options.repeats * 2))
     if loop_row is not None:

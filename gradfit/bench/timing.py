@@ -98,3 +98,32 @@ def growth_exponent(points: list) -> float | None:
         return None
     xs, ys = zip(*points)
     return float(np.polyfit(np.log(xs), np.log(ys), 1)[0])
+
+
+# A size enters a growth fit only where its reference call (one loss, one f) takes at least this many times the
+# dispatch floor: below, every call costs about the same fixed overhead, a ratio of two such times is about 1
+# whatever the size, and a slope through them is not a growth rate (it came out as n^-1.10 and n^-1.41).
+COMPUTE_BOUND_FACTOR = 5.0
+
+
+def dispatch_floor(repeats: int = 5) -> float:
+    """Seconds of one call of a compiled program that does next to nothing (a scalar plus one), waited for: what
+    any call costs before it computes anything (dispatch, argument handling, the wait)."""
+    program = jax.jit(lambda value: value + 1).lower(np.float32(0)).compile()
+    return measure(program, np.float32(0), repeats=repeats).seconds
+
+
+def growth_fit(rows: list, reference_key: str, floor_s: float, factor: float = COMPUTE_BOUND_FACTOR) -> dict:
+    """Which ``rows`` a growth exponent may be fitted over: those whose ``reference_key`` time is at least
+    ``factor`` times ``floor_s`` (``dispatch_floor``).
+
+    Returns ``{"dispatch_floor_s", "factor", "sizes", "reason"}``: ``sizes`` the ``num_params`` of those rows;
+    ``reason`` None when there are 2 or more of them, else why no exponent is fitted."""
+    sizes = [row["num_params"] for row in rows if row[reference_key] >= factor * floor_s]
+    reason = (
+        None
+        if len(sizes) >= 2
+        else f"dispatch-bound: {len(sizes)} size(s) where one call takes over {factor:g}x the "
+        f"{floor_s * 1e6:.3g} us dispatch floor; a slope over the others is not a growth rate"
+    )
+    return {"dispatch_floor_s": floor_s, "factor": factor, "sizes": sizes, "reason": reason}

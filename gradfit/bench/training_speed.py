@@ -107,13 +107,36 @@ def loop_step_time(run, programs, repeats: int) -> tuple[Timing, dict]:
 
 
 def training_throughput(run, options: BenchOptions, name: str | None = None) -> dict:
-    """Compile time; steps/s of a Python loop over the jitted step, of the fused chunk, and of gradfit's whole
-    training loop with the config's own log points and evaluations. ``name``: the row's name (the config's)."""
+    """Compile time and steps/s of gradfit's whole training loop with the config's own log points and
+    evaluations; with the section "throughput" (``options.sections``), also steps/s of a Python loop over the
+    jitted step and of the fused chunk, and the FLOP rate. ``name``: the row's name (the config's)."""
     config = run.config
-    n = options.steps
-    fused, fused_compile_s = fused_step_time(run, n, options.repeats)
     with run.precision.scope():
         programs = compile_programs(run)
+    whole, done = loop_step_time(run, programs, options.repeats)
+    batch = batch_size(run)
+    result = {
+        "config": name or config.name,
+        "model": config.model.kind,
+        "optimizer": config.optimizer.name,
+        "precision": config.runtime.precision,
+        "num_params": count_params(run.state.params),
+        "batch_size": batch,
+        "compile_time_s": programs.trace_time_s + programs.compile_time_s,  # the chunk and the evaluation
+    }
+    rate = 1 / record(result, "loop_s_per_step", whole)
+    result["loop"] = {"steps_per_s": rate, "examples_per_s": rate * batch, **done}
+    if "throughput" in options.sections:
+        result.update(_step_throughput(run, options, result))
+    return result
+
+
+def _step_throughput(run, options: BenchOptions, result: dict) -> dict:
+    """The Python loop over the jitted step and the fused chunk: compile times, steps/s, the fused chunk's
+    speed-up and FLOP rate (and its fraction of a known GPU's peak). Timings are recorded in ``result``."""
+    n, batch = options.steps, result["batch_size"]
+    fused, fused_compile_s = fused_step_time(run, n, options.repeats)
+    with run.precision.scope():
         tick = time.perf_counter()
         step = jax.jit(run.train_step).lower(run.state, run.train_data).compile()
         step_compile_s = time.perf_counter() - tick
@@ -125,28 +148,13 @@ def training_throughput(run, options: BenchOptions, name: str | None = None) -> 
             return loss
 
         python = measure(python_loop, repeats=options.repeats)
-    whole, done = loop_step_time(run, programs, options.repeats)
-    batch = batch_size(run)
-    flops_per_step = batch * step_flops_per_example(run.state.params)
-    result = {
-        "config": name or config.name,
-        "model": config.model.kind,
-        "optimizer": config.optimizer.name,
-        "precision": config.runtime.precision,
-        "num_params": count_params(run.state.params),
-        "batch_size": batch,
-        "steps": n,
-        "compile_time_s": programs.trace_time_s + programs.compile_time_s,  # the chunk and the evaluation
-        "fused_compile_time_s": fused_compile_s,
-        "step_compile_time_s": step_compile_s,
-    }
-    for key, timing, steps in (("python_loop", python, n), ("fused", fused, 1), ("loop", whole, 1)):
+    out: dict = {"steps": n, "fused_compile_time_s": fused_compile_s, "step_compile_time_s": step_compile_s}
+    for key, timing, steps in (("python_loop", python, n), ("fused", fused, 1)):
         rate = 1 / record(result, f"{key}_s_per_step", timing, 1 / steps)
-        result[key] = {"steps_per_s": rate, "examples_per_s": rate * batch}
-    result["loop"].update(done)
-    result["fused_speedup"] = result["fused"]["steps_per_s"] / result["python_loop"]["steps_per_s"]
-    result["flops_per_step"] = flops_per_step
-    result["gflops_per_s"] = flops_per_step * result["fused"]["steps_per_s"] / 1e9
+        out[key] = {"steps_per_s": rate, "examples_per_s": rate * batch}
+    out["fused_speedup"] = out["fused"]["steps_per_s"] / out["python_loop"]["steps_per_s"]
+    out["flops_per_step"] = flops_per_step = batch * step_flops_per_example(run.state.params)
+    out["gflops_per_s"] = flops_per_step * out["fused"]["steps_per_s"] / 1e9
     peak = gpu_peak(run.device.device_kind) if run.device.platform == "gpu" else None
     if peak:  # bfloat16 against the bfloat16 rate; 32-bit against the FP32 and TF32 rates
         rates = (
@@ -156,8 +164,8 @@ def training_throughput(run, options: BenchOptions, name: str | None = None) -> 
             if not run.precision.x64
             else {}
         )
-        result["fraction_of_peak"] = {k: result["gflops_per_s"] / (v * 1e3) for k, v in rates.items()}
-    return result
+        out["fraction_of_peak"] = {k: out["gflops_per_s"] / (v * 1e3) for k, v in rates.items()}
+    return out
 
 
 def step_flops_per_example(params) -> int:

@@ -3,6 +3,8 @@ differentiation methods grow as theory says. No speed targets here: those belong
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
 import math
 
@@ -10,11 +12,13 @@ import jax
 import numpy as np
 import pytest
 from conftest import CONFIGS, make_config, requires_no_gpu
+from rich.console import Console
 from typer.testing import CliRunner
 
 from gradfit.bench import differentiation, engine, peers, timing, training_speed
 from gradfit.bench.options import BenchOptions
 from gradfit.cli.app import app
+from gradfit.cli.render import bench as bench_render
 from gradfit.training.prepare import prepare
 
 TINY = BenchOptions(
@@ -159,17 +163,103 @@ def test_gpu_peak_table():
     assert training_speed.gpu_peak("cpu") is None
 
 
-def test_cli_quick_json(monkeypatch, tmp_path):
-    monkeypatch.setattr(engine, "QUICK", TINY)
-    monkeypatch.setattr(engine, "EXAMPLES", {"logreg": ["name=logreg", "train.steps=5"]})
+QUICK_SUITE = {  # the suite's two kinds of model, tiny, for a --quick run in seconds
+    "logreg": ["name=logreg", "train.steps=5"],
+    "mlp": ["name=mlp", "data.source=digits", "model.kind=mlp", "model.hidden=[8]", "train.steps=5"],
+}
+
+
+def test_cli_quick_prints_a_short_summary_of_the_side_by_side_ratios(monkeypatch, tmp_path):
+    monkeypatch.setattr(engine, "QUICK", dataclasses.replace(engine.QUICK, repeats=1))  # its sections, fewer samples
+    monkeypatch.setattr(engine, "EXAMPLES", QUICK_SUITE)
     out = tmp_path / "bench.json"
     result = CliRunner().invoke(
-        app, ["bench", "--quick", "--device", "cpu", "--no-peers", "--json-out", str(out)], env={"COLUMNS": "200"}
+        app, ["bench", "--quick", "--device", "cpu", "--json-out", str(out)], env={"COLUMNS": "100"}
     )
     assert result.exit_code == 0, result.output
-    assert "Training throughput" in result.output and "Cost of a gradient" in result.output
+    lines = result.output.splitlines()
+    assert len(lines) <= 40 and max(map(len, lines)) <= 100, result.output
+    assert "minimal JAX loop" in result.output and "Verdict:" in result.output
+    assert "Training throughput" not in result.output and "Helmholtz" not in result.output  # --verbose's
+    assert "n^" not in result.output and "growth exponent" not in result.output  # no exponent fitted at all
     data = json.loads(out.read_text())
-    assert data["options"]["steps"] == 5 and "peers" not in data
+    # --quick measures gradfit's whole loop and its peers, nothing else: no Python loop, fused chunk, NumPy step
+    assert set(data) == {"environment", "options", "training", "peers", "wall_s"} and data["options"]["sections"] == []
+    assert all("loop_s_per_step" in row and "fused" not in row for row in data["training"])
+    assert set(data["peers"]) == {"minimal_jax_loop_logreg", "minimal_jax_loop_mlp", "torch_eager_mlp", "sklearn_lbfgs"}
+    for name in ("minimal JAX loop", "PyTorch eager", "scikit-learn L-BFGS"):  # a ratio, or why it did not run
+        assert name in result.output
+
+
+def test_the_summary_is_short_and_verbose_adds_every_table(result):
+    def printed(verbose: bool) -> list:
+        console = Console(width=100, record=True, file=io.StringIO())
+        for table in bench_render.bench_tables(result, verbose):
+            console.print(table)
+        return console.export_text().splitlines()
+
+    summary, verbose = printed(False), printed(True)
+    assert len(summary) <= 40 and any(line.startswith("Verdict:") for line in summary)
+    assert summary[-1].startswith("Details: --verbose")
+    text = "\n".join(verbose)
+    for title in ("Environment", "Training throughput", "Cost of a gradient", "Helmholtz", "Scaling over devices"):
+        assert title in text and title not in "\n".join(summary)
+    assert len(verbose) > len(summary)
+
+
+def test_the_verdict_says_when_the_machine_was_busy(result):
+    busy = {**result, "environment": {**result["environment"], "cpu_cores": 2, "load_average": [6.2, 5.0, 4.0]}}
+    quiet = {**result, "environment": {**result["environment"], "cpu_cores": 2, "load_average": [0.3, 0.2, 0.1]}}
+    assert "busy (load average 6.20 on 2 cores)" in bench_render.verdict(busy)
+    assert "busy" not in bench_render.verdict(quiet)
+
+
+def test_method_tables_fit_growth_only_over_compute_bound_sizes():
+    def family(loss_times: list) -> dict:
+        rows = [
+            {
+                "size": n,
+                "num_params": n,
+                "loss_s": loss_s,
+                "ratios": {"reverse": 2.0, "forward": 3.0 / n, "finite_difference": 3.0 / n, "manual_numpy": 1.0},
+            }
+            for n, loss_s in zip((16, 512, 2048), loss_times)
+        ]
+        fit = timing.growth_fit(rows, "loss_s", 10e-6)
+        fitted = [(r["num_params"], r["ratios"]["forward"]) for r in rows if r["num_params"] in fit["sizes"]]
+        exponents = dict.fromkeys(rows[0]["ratios"], timing.growth_exponent(fitted))
+        return {"rows": rows, "growth_exponent": exponents, "growth_fit": fit}
+
+    def caption(data: dict) -> str:
+        return str(bench_render._methods_table("logistic", data).caption)
+
+    flat = family([10e-6, 11e-6, 60e-6])  # one size above 5 x 10 us: the falling ratios are overhead, not a rate
+    assert flat["growth_exponent"]["forward"] is None
+    assert caption(flat).startswith("no growth exponent: dispatch-bound: 1 size(s)") and "-1.00" not in caption(flat)
+    compute = family([10e-6, 60e-6, 240e-6])
+    assert compute["growth_fit"]["sizes"] == [512, 2048]
+    assert "fitted over params = 512, 2,048" in caption(compute) and "forward -1.00" in caption(compute)
+
+
+def test_fewest_iterations_by_bisection_matches_counting_up():
+    for first in (1, 2, 37, 38, 200):
+        calls = []
+
+        def reaches(n, first=first, calls=calls):
+            calls.append(n)
+            return n >= first
+
+        assert peers.fewest(reaches, 200) == first and len(calls) <= 10
+    assert peers.fewest(lambda n: False, 200) is None
+
+
+def test_cli_help_says_what_quick_measures_and_what_verbose_adds():
+    result = CliRunner().invoke(app, ["bench", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    assert "--verbose" in text and "--quick" in text
+    assert "minimal JAX loop, PyTorch eager and scikit-learn" in text
+    assert "Also print every table measured" in text
 
 
 @requires_no_gpu
@@ -188,8 +278,6 @@ def test_cli_bad_config_exits_2(tmp_path):
 
 
 def test_cli_study_helmholtz_runs_alone(monkeypatch, tmp_path):
-    import dataclasses
-
     monkeypatch.setattr(engine, "QUICK", dataclasses.replace(TINY, helmholtz_sizes=(1, 2), symbolic_max_n=1))
     out = tmp_path / "study.json"
     result = CliRunner().invoke(
@@ -204,6 +292,9 @@ def test_cli_study_helmholtz_runs_alone(monkeypatch, tmp_path):
     assert study["rows"][0]["symbolic_s"] is not None and study["rows"][1]["symbolic_s"] is None
     for row in study["rows"]:
         assert max(v for k, v in row["errors"].items() if v is not None) < 1e-6
+    if study["growth_fit"]["reason"] is not None:  # n = 1, 2: f costs about the dispatch floor, no growth rate
+        assert all(value is None for value in study["growth_exponent"].values())
+        assert "dispatch-bound" in " ".join(result.output.split()) and "n^-" not in result.output
 
 
 def test_cli_study_with_configs_exits_2(tmp_path):

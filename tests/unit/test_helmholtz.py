@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 import sympy
 
-from gradfit.bench import helmholtz
+from gradfit.bench import helmholtz, timing
 from gradfit.core.precision import Precision
 
 # float64 tolerances (norm-relative): AD and the closed form agree to rounding; central differences with
@@ -99,9 +100,12 @@ def test_study_rows_are_well_formed(small_study):
     assert symbolic["symbolic_setup_s"] > 0 and symbolic["symbolic_ops_cse"] < symbolic["symbolic_ops"]
     assert beyond["symbolic_s"] is None and beyond["symbolic_ops"] is None and beyond["errors"]["symbolic"] is None
     assert "symbolic_max_n = 2" in beyond["symbolic_skipped"]
-    # every size is below FIT_FROM: too few points for a growth exponent
-    assert set(result["growth_exponent"]) == set(helmholtz.METHODS)
-    assert all(value is None for value in result["growth_exponent"].values())
+    # exponents only over the sizes where f is well above the dispatch floor, and none with fewer than 2 of them
+    fit = result["growth_fit"]
+    assert set(result["growth_exponent"]) == set(helmholtz.METHODS) and fit["dispatch_floor_s"] > 0
+    assert fit["sizes"] == [r["size"] for r in result["rows"] if r["loss_s"] >= fit["factor"] * fit["dispatch_floor_s"]]
+    if len(fit["sizes"]) < 2:
+        assert "dispatch-bound" in fit["reason"] and all(v is None for v in result["growth_exponent"].values())
     assert result["expression_growth"]["ops"] is None  # only n = 2 has an expression of more than one variable
 
 
@@ -122,22 +126,54 @@ def test_study_runs_without_sympy_and_says_how_to_install_it(monkeypatch):
     assert row["reverse_s"] > 0 and row["errors"]["manual"] < EXACT_TOL
 
 
-def test_growth_exponent_is_fitted_over_the_large_sizes_only():
-    def row(n, ratio):
-        return {
-            "num_params": n,
-            "ratios": {
-                "reverse": 2.0,
-                "forward": ratio,
-                "finite_difference": ratio,
-                "manual": 1.0,
-                "symbolic": ratio if n <= 32 else None,
-            },
-        }
+def ratio_row(n: int, ratio: float, loss_s: float) -> dict:
+    """A study row at n whose forward and finite-difference (and symbolic, up to n = 32) ratios are ``ratio``."""
+    symbolic = ratio if n <= 32 else None
+    methods = {"reverse": 2.0, "forward": ratio, "finite_difference": ratio, "manual": 1.0, "symbolic": symbolic}
+    return {"num_params": n, "size": n, "loss_s": loss_s, "ratios": methods}
 
-    rows = [row(1, 50.0), row(4, 50.0)] + [row(n, 0.5 * n) for n in (16, 32, 64)]
-    exponents = helmholtz.growth_exponents(rows)
+
+FLOOR_S = 10e-6  # a dispatch floor of 10 us: a size is fitted where f takes 50 us or more
+
+
+def test_growth_exponent_is_fitted_over_the_compute_bound_sizes_only():
+    # f at the floor up to n = 4 (forward's ratio flat at 50), then compute-bound with forward growing as n
+    rows = [ratio_row(1, 50.0, FLOOR_S), ratio_row(4, 50.0, 1.2 * FLOOR_S)]
+    rows += [ratio_row(n, 0.5 * n, n * FLOOR_S) for n in (16, 32, 64)]
+    fit = timing.growth_fit(rows, "loss_s", FLOOR_S)
+    assert fit["sizes"] == [16, 32, 64] and fit["reason"] is None and fit["factor"] == timing.COMPUTE_BOUND_FACTOR
+    exponents = helmholtz.growth_exponents(rows, fit["sizes"])
     assert exponents["reverse"] == pytest.approx(0.0, abs=1e-12)
     assert exponents["forward"] == pytest.approx(1.0) and exponents["finite_difference"] == pytest.approx(1.0)
     assert exponents["symbolic"] == pytest.approx(1.0)  # from n = 16 and 32
-    assert helmholtz.growth_exponents(rows[:3])["forward"] is None  # one size >= 16: no slope
+    assert helmholtz.growth_exponents(rows, [16])["forward"] is None  # one size: no slope
+
+
+def dispatch_bound_study() -> dict:
+    """The quick study as a busy 2-core machine measured it: f flat at the dispatch floor from n = 1 to 64 while the
+    ratios fall, whose slope over n >= 16 was printed as a growth rate of n^-1.10."""
+    rows = [ratio_row(n, 8.0 / n**1.1, FLOOR_S * (1 + n / 100)) for n in (1, 2, 4, 8, 16, 32, 64)]
+    for row in rows:
+        row.update(errors={}, symbolic_ops=None, symbolic_ops_cse=None, symbolic_setup_s=None, symbolic_skipped=None)
+    fit = timing.growth_fit(rows, "loss_s", FLOOR_S)
+    return {
+        "rows": rows,
+        "growth_exponent": helmholtz.growth_exponents(rows, fit["sizes"]),
+        "growth_fit": fit,
+        "expression_growth": {},
+        "symbolic": "sympy",
+    }
+
+
+def test_a_dispatch_bound_study_prints_no_growth_rate_and_says_why():
+    from rich.console import Console
+
+    from gradfit.cli.render.bench import helmholtz_table
+
+    study = dispatch_bound_study()
+    assert study["growth_fit"]["sizes"] == [] and all(v is None for v in study["growth_exponent"].values())
+    console = Console(width=200, record=True, file=io.StringIO())
+    console.print(helmholtz_table(study))
+    text = " ".join(console.export_text().split())
+    assert "n^-" not in text and "n^1" not in text and "n^0" not in text
+    assert "none here, dispatch-bound: 0 size(s) where one call takes over 5x the 10 us dispatch floor" in text
