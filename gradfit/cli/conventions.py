@@ -1,6 +1,6 @@
 """How every command spells what it shows: the value an option takes in ``--help``, and a usage error.
 
-- An option that takes a value shows one upper-case placeholder (``N``, ``NUMBER``, ``FILE``, ``DIR``, ``PATH``,
+- An option that takes a value shows one upper-case value name (``N``, ``NUMBER``, ``FILE``, ``DIR``, ``PATH``,
   ``TEXT``) or its choices (``auto|cpu|gpu``), with a range folded in (``N>=1``); a flag shows nothing. Typer's own
   display mixes ``<int range> [x>=1]``, ``<path>`` and ``INTEGER``.
 - The usage line writes an argument as ``CONFIG`` (required), ``[CONFIG]`` (optional) or ``RUN...`` (repeated).
@@ -20,18 +20,18 @@ from rich.markup import escape
 from typer._click.exceptions import ClickException, NoArgsIsHelpError
 
 # what Typer's display type (``<int range>``, ``<path>``, ``<str>``) becomes
-_PLACEHOLDERS = {"int": "N", "float": "NUMBER", "str": "TEXT", "path": "PATH", "bool": "BOOL"}
+_VALUE_NAMES = {"int": "N", "float": "NUMBER", "str": "TEXT", "path": "PATH", "bool": "BOOL"}
 
 
-def placeholder(param: Any, ctx: Any) -> str | None:
-    """What ``--help`` shows after an option or argument: None for a flag, else its metavar or a placeholder."""
+def value_name(param: Any, ctx: Any) -> str | None:
+    """What ``--help`` shows after an option or argument: None for a flag, else its metavar or a value name."""
     if getattr(param, "is_flag", False):
         return None
     if param.metavar is not None:
         return param.metavar
     shown = str(param.display_type(ctx)).strip("<>")
     if "|" not in shown:  # choices are shown as they are: auto|cpu|gpu
-        shown = _PLACEHOLDERS.get(shown.removesuffix(" range"), "VALUE")
+        shown = _VALUE_NAMES.get(shown.removesuffix(" range"), "VALUE")
         bounds = param.help_range()  # "x>=1", "0<=x<=1"
         shown = bounds.replace("x", shown) if bounds else shown
     return shown
@@ -75,12 +75,12 @@ class GradfitGroup(typer.core.TyperGroup):
 
 
 def install() -> None:
-    """Show placeholders, not Typer's types, in every ``--help`` (once per process)."""
+    """Show value names, not Typer's types, in every ``--help`` (once per process)."""
     for cls in (typer.core.TyperOption, typer.core.TyperArgument):
         if "help_range" not in vars(cls):
             setattr(cls, "help_range", cls._get_number_range_help_str)  # noqa: B010 (a new attribute)
-            setattr(cls, "_get_number_range_help_str", _no_range)  # noqa: B010 (folded into the placeholder)
-            setattr(cls, "display_type_rich", placeholder)  # noqa: B010
+            setattr(cls, "_get_number_range_help_str", _no_range)  # noqa: B010 (folded into the value name)
+            setattr(cls, "display_type_rich", value_name)  # noqa: B010
     typer.core.TyperArgument._usage_display_name = _usage_name  # type: ignore[method-assign]
 
 
