@@ -227,7 +227,7 @@ def test_a_data_file_truncated_during_a_streamed_run_fails_it_in_one_line(digits
     config_file.write_text(to_yaml(config), encoding="utf-8")
     runs = tmp_path / "runs"
     process = subprocess.Popen(
-        gradfit_argv("train", str(config_file), "-q", "-o", str(runs)), stderr=subprocess.PIPE, text=True
+        gradfit_argv("train", str(config_file), "-q", "--out-dir", str(runs)), stderr=subprocess.PIPE, text=True
     )
     try:
         deadline = time.monotonic() + 120
